@@ -1,0 +1,152 @@
+"""Training configuration: one plain dataclass, validated before any work is done.
+
+Field names equal the `aftt-train` flag names, so a config can be written back as a
+flagfile that reproduces the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from aftt_tf import data, networks, trainers
+
+METHODS = ("aftt", "none", "l1", "l2")
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that determines a training run.
+
+    `method` picks the algorithm: 'aftt' (adversarial autoencoder pre-training of the
+    extractor, then supervised fine-tuning), or plain supervised training with no
+    regularisation ('none'), Lasso ('l1') or Tikhonov ('l2') weight penalties.
+    """
+
+    method: str = "aftt"
+    architecture: str = "fmnist_mlp"
+    dataset: str = ""  # Empty: the architecture's dataset.
+    data_dir: str = ""  # Empty: the dataset's default local directory.
+    tfds_data_dir: str = ""
+    data_source: str = "auto"
+    validation_fraction: float = 0.1
+    train_examples: int = 0  # 0: all.
+    test_examples: int = 0  # 0: all.
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    # Unsupervised phase (aftt only).
+    pretrain_epochs: int = 10
+    reconstruction_learning_rate: float = 1e-3
+    discriminator_learning_rate: float = 5e-5  # Paper section VI.B.
+    adversarial_learning_rate: float = 5e-5
+    discriminator_steps: int = 1
+    prior_stddev: float = 1.0
+    # Supervised phase.
+    finetune_epochs: int = 20
+    learning_rate: float = 1e-3
+    classification_loss: str = "mse"  # Paper Eq. 15.
+    freeze_extractor: bool = False
+    reg_lambda: float = 0.0
+    reg_lambda_grid: tuple[float, ...] = ()
+    early_stopping_patience: int = 0  # 0: off; the best validation epoch is kept either way.
+    # Execution.
+    seed: int = 0
+    jit_compile: bool = False
+    strategy: str = "default"
+
+    def __post_init__(self):
+        self.reg_lambda_grid = tuple(float(value) for value in self.reg_lambda_grid)
+        if not self.dataset and self.architecture in networks.ARCHITECTURE_DATASETS:
+            self.dataset = networks.ARCHITECTURE_DATASETS[self.architecture]
+
+    def validate(self) -> None:
+        """Raises ValueError naming the field, the value received and what is expected."""
+        _choice("method", self.method, METHODS)
+        _choice("architecture", self.architecture, networks.ARCHITECTURES)
+        _choice("dataset", self.dataset, data.DATASETS)
+        _choice("data_source", self.data_source, data.SOURCES)
+        _choice("classification_loss", self.classification_loss, trainers.CLASSIFICATION_LOSSES)
+        _choice("strategy", self.strategy, STRATEGIES)
+        expected = networks.input_shape_for(networks.ARCHITECTURE_DATASETS[self.architecture])
+        if networks.input_shape_for(self.dataset) != expected:
+            raise ValueError(
+                f"architecture {self.architecture!r} expects {expected} images but dataset "
+                f"{self.dataset!r} has {networks.input_shape_for(self.dataset)}; pick a "
+                "matching --dataset."
+            )
+        for name in ("batch_size", "eval_batch_size", "discriminator_steps"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("pretrain_epochs", "finetune_epochs", "train_examples", "test_examples",
+                     "early_stopping_patience", "seed"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("reconstruction_learning_rate", "discriminator_learning_rate",
+                     "adversarial_learning_rate", "learning_rate", "prior_stddev"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, received {value}.")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(
+                f"validation_fraction must be in [0, 1), received {self.validation_fraction}."
+            )
+        for value in (self.reg_lambda, *self.reg_lambda_grid):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"reg_lambda values must be finite and >= 0, received {value}.")
+        if self.reg_lambda_grid and self.method not in ("l1", "l2"):
+            raise ValueError(
+                f"reg_lambda_grid selects the penalty weight of 'l1'/'l2'; method is "
+                f"{self.method!r}. Drop --reg_lambda_grid or use --method=l1/l2."
+            )
+        if self.reg_lambda_grid and self.validation_fraction == 0:
+            raise ValueError("reg_lambda_grid selects by validation accuracy; set validation_fraction > 0.")
+        if self.early_stopping_patience and self.validation_fraction == 0:
+            raise ValueError("early_stopping_patience needs a validation split; set validation_fraction > 0.")
+        if self.freeze_extractor and self.method != "aftt":
+            raise ValueError(
+                "freeze_extractor keeps a pre-trained extractor fixed; only method 'aftt' "
+                f"pre-trains one (method is {self.method!r})."
+            )
+
+    @property
+    def regularization(self) -> str:
+        return self.method if self.method in ("l1", "l2") else "none"
+
+    def as_dict(self) -> dict[str, Any]:
+        result = dataclasses.asdict(self)
+        result["reg_lambda_grid"] = list(self.reg_lambda_grid)
+        return result
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown config keys {unknown}; expected a subset of {sorted(known)}.")
+        return cls(**values)
+
+    def to_flagfile(self) -> str:
+        """absl flagfile text that reproduces this config with `aftt-train`."""
+        lines = []
+        for name, value in self.as_dict().items():
+            if isinstance(value, bool):
+                lines.append(f"--{name}" if value else f"--no{name}")
+            elif isinstance(value, list):
+                lines.append(f"--{name}={','.join(repr(v) for v in value)}")
+            else:
+                lines.append(f"--{name}={value}")
+        return "\n".join(lines) + "\n"
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(valid)}.")
+
+
+def _at_least(name: str, value: int, minimum: int) -> None:
+    if not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, received {value!r}.")

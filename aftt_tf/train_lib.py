@@ -1,0 +1,398 @@
+"""`train_and_evaluate(config, workdir)`: the library behind `aftt-train`.
+
+A run directory documents and restores itself:
+
+    RUN/config.json          resolved TrainConfig
+    RUN/flags.txt            flagfile that reproduces the run (aftt-train --flagfile=RUN/flags.txt)
+    RUN/checkpoints/<phase>/ state.json + variables.npz after every completed epoch
+    RUN/tensorboard/<phase>/ TensorBoard logs (Fig. 5 curves for the pretrain phase)
+    RUN/metrics.json         accuracies, generalization error, losses, complexity, history
+    RUN/classifier.keras     deployable extractor + head (keras.saving.load_model after import aftt_tf)
+    RUN/manifest.json        versions, sha256 and size of the artifacts
+
+Re-running the same config on the same directory resumes from the last completed
+epoch; a different config is refused rather than overwriting anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from aftt_tf import complexity, data, io_utils, networks, trainers
+from aftt_tf.config import TrainConfig
+
+PRETRAIN = "pretrain"
+FINETUNE = "finetune"
+
+
+class RunDirectoryError(RuntimeError):
+    """The run directory holds something this run must not overwrite."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """A tf.distribute strategy by name; 'mirrored' uses every GPU, else every logical CPU."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker_mirrored":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"Unknown strategy {name!r}; expected default, mirrored, multi_worker_mirrored.")
+
+
+def prepare_run_directory(workdir: Path, config: TrainConfig, overwrite: bool = False) -> bool:
+    """Creates `workdir` or checks that it belongs to this config. Returns True when resuming."""
+    config_path = workdir / "config.json"
+    if workdir.exists() and overwrite:
+        shutil.rmtree(workdir)
+    if workdir.exists() and any(workdir.iterdir()):
+        if not config_path.exists():
+            raise RunDirectoryError(
+                f"{workdir} exists, is not empty and is not an aftt-train run directory (no "
+                "config.json). Choose another --out, or empty it yourself."
+            )
+        previous = io_utils.read_json(config_path)
+        current = config.as_dict()
+        differences = {
+            key: (previous.get(key), current.get(key))
+            for key in sorted(set(previous) | set(current))
+            if previous.get(key) != current.get(key)
+        }
+        if differences:
+            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items())
+            raise RunDirectoryError(
+                f"{workdir} holds a run with a different config ({listed}). Use another --out to "
+                "keep both, or --overwrite to replace it."
+            )
+        return True
+    workdir.mkdir(parents=True, exist_ok=True)
+    io_utils.write_text(config_path, config.to_json() + "\n")
+    io_utils.write_text(workdir / "flags.txt", config.to_flagfile())
+    return False
+
+
+class _PhaseState:
+    """Per-epoch checkpoint of one training phase: variables.npz + state.json."""
+
+    def __init__(self, directory: Path, variables: list[keras.Variable]):
+        self.directory = directory
+        self.variables = variables
+        self.state_path = directory / "state.json"
+        self.variables_path = directory / "variables.npz"
+
+    def exists(self) -> bool:
+        return self.state_path.exists() and self.variables_path.exists()
+
+    def load(self) -> dict[str, Any]:
+        state = io_utils.read_json(self.state_path)
+        with np.load(self.variables_path) as arrays:
+            if int(arrays["epoch"]) != state["epochs_completed"]:
+                raise RunDirectoryError(
+                    f"{self.directory}: variables.npz and state.json disagree on the epoch; "
+                    "delete this checkpoint directory to restart the phase."
+                )
+            if len(arrays.files) - 1 != len(self.variables):
+                raise RunDirectoryError(
+                    f"{self.directory} holds {len(arrays.files) - 1} variables, this model has "
+                    f"{len(self.variables)}; it was written by a different architecture."
+                )
+            for index, variable in enumerate(self.variables):
+                variable.assign(arrays[f"v{index}"])
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        arrays = {f"v{index}": np.asarray(v.numpy()) for index, v in enumerate(self.variables)}
+        with io_utils.atomic_path(self.variables_path) as temporary:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, epoch=state["epochs_completed"], **arrays)
+        io_utils.write_json(self.state_path, state)
+
+
+class _EpochCallback(keras.callbacks.Callback):
+    """Saves a checkpoint after every finite epoch, stops on NaN/inf, tracks the best epoch."""
+
+    def __init__(self, phase_state: _PhaseState, state: dict[str, Any], monitor: str | None,
+                 patience: int, best_variables: list[keras.Variable] | None):
+        super().__init__()
+        self.phase_state = phase_state
+        self.state = state
+        self.monitor = monitor
+        self.patience = patience
+        self.best_variables = best_variables
+        self.diverged_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {key: float(value) for key, value in (logs or {}).items()}
+        if not all(math.isfinite(value) for value in logs.values()):
+            self.diverged_epoch = epoch + 1
+            self.model.stop_training = True
+            return
+        self.state["history"].append({"epoch": epoch + 1, **logs})
+        self.state["epochs_completed"] = epoch + 1
+        if self.monitor:
+            value = logs[self.monitor]
+            if self.state.get("best_value") is None or value > self.state["best_value"]:
+                self.state["best_value"] = value
+                self.state["best_epoch"] = epoch + 1
+                _save_arrays(self.phase_state.directory / "best.npz", self.best_variables)
+            if self.patience and epoch + 1 - self.state["best_epoch"] >= self.patience:
+                self.state["stopped_early"] = True
+                self.model.stop_training = True
+        self.phase_state.save(self.state)
+
+
+def _save_arrays(path: Path, variables: list[keras.Variable]) -> None:
+    with io_utils.atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, *[np.asarray(v.numpy()) for v in variables])
+
+
+def _load_arrays(path: Path, variables: list[keras.Variable]) -> None:
+    with np.load(path) as arrays:
+        for index, variable in enumerate(variables):
+            variable.assign(arrays[f"arr_{index}"])
+
+
+def _optimizer_variables(trainer_optimizers: dict[str, keras.optimizers.Optimizer],
+                         player_variables: dict[str, list[keras.Variable]]) -> list[keras.Variable]:
+    """Builds each optimizer on its player's variables (so state exists before restore)."""
+    result = []
+    for name, optimizer in trainer_optimizers.items():
+        if not optimizer.built:
+            optimizer.build(player_variables[name])
+        result.extend(optimizer.variables)
+    return result
+
+
+def _run_phase(
+    name: str,
+    trainer: keras.Model,
+    state_variables: list[keras.Variable],
+    make_dataset,
+    epochs: int,
+    workdir: Path,
+    validation=None,
+    monitor: str | None = None,
+    patience: int = 0,
+    best_variables: list[keras.Variable] | None = None,
+) -> dict[str, Any]:
+    """Runs (or resumes) one phase with `fit`; returns its state (history, best epoch)."""
+    phase_state = _PhaseState(workdir / "checkpoints" / name, state_variables)
+    phase_state.directory.mkdir(parents=True, exist_ok=True)
+    state = {"phase": name, "epochs_completed": 0, "history": []}
+    if phase_state.exists():
+        state = phase_state.load()
+        logging.info("%s: resuming after epoch %d of %d", name, state["epochs_completed"], epochs)
+    done = state["epochs_completed"] >= epochs or state.get("stopped_early")
+    if not done:
+        dataset, steps = make_dataset(state["epochs_completed"], epochs)
+        callback = _EpochCallback(phase_state, state, monitor, patience, best_variables)
+        trainer.fit(
+            dataset,
+            epochs=epochs,
+            initial_epoch=state["epochs_completed"],
+            steps_per_epoch=steps,
+            validation_data=validation,
+            shuffle=False,  # The dataset is already shuffled per (seed, epoch).
+            callbacks=[
+                callback,
+                keras.callbacks.TensorBoard(str(workdir / "tensorboard" / name), write_graph=False),
+            ],
+            verbose=2,
+        )
+        if callback.diverged_epoch is not None:
+            raise TrainingDivergedError(
+                f"{name}: a loss became NaN or infinite in epoch {callback.diverged_epoch}. The "
+                f"last good checkpoint (epoch {state['epochs_completed']}) is kept in "
+                f"{phase_state.directory}. Lower the learning rates and re-run with a new --out, "
+                "or delete that checkpoint directory."
+            )
+    return state
+
+
+def describe_complexity(nets: networks.Networks) -> dict[str, dict[str, int]]:
+    return {
+        name: complexity.model_complexity(getattr(nets, name)).as_dict()
+        for name in ("classifier", "extractor", "head", "decoder", "discriminator")
+    }
+
+
+def _evaluate(trainer: trainers.ClassifierTrainer, images, labels, batch_size) -> dict[str, float]:
+    results = trainer.evaluate(
+        data.eval_dataset(images, labels, batch_size), verbose=0, return_dict=True
+    )
+    return {key: float(value) for key, value in results.items()}
+
+
+def train_once(config: TrainConfig, workdir: Path, splits: data.Splits | None = None) -> dict[str, Any]:
+    """Trains one model per `config` into `workdir` (resuming) and returns its metrics."""
+    start = time.time()
+    metrics_path = workdir / "metrics.json"
+    if metrics_path.exists():
+        logging.info("%s is complete; reusing its results.", workdir)
+        return io_utils.read_json(metrics_path)
+    if splits is None:
+        splits = load_config_splits(config)
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    with strategy.scope():
+        nets = networks.build_networks(config.architecture, config.dataset)
+        costs = describe_complexity(nets)
+        for name, cost in costs.items():
+            logging.info("%-13s parameters=%d weight_bytes=%d forward_flops=%d", name,
+                         cost["parameters"], cost["weight_bytes"], cost["forward_flops"])
+        histories = {}
+        finetune_dir = workdir / "checkpoints" / FINETUNE
+        if config.method == "aftt" and config.pretrain_epochs > 0 and not (finetune_dir / "state.json").exists():
+            autoencoder = trainers.AdversarialAutoencoder(
+                nets.extractor, nets.decoder, nets.discriminator,
+                prior_stddev=config.prior_stddev, discriminator_steps=config.discriminator_steps,
+                seed=config.seed,
+            )
+            autoencoder.compile(
+                reconstruction_optimizer=keras.optimizers.Adam(config.reconstruction_learning_rate),
+                discriminator_optimizer=keras.optimizers.Adam(config.discriminator_learning_rate),
+                adversarial_optimizer=keras.optimizers.Adam(config.adversarial_learning_rate),
+                jit_compile=config.jit_compile,
+            )
+            state_variables = autoencoder.variables + _optimizer_variables(
+                autoencoder.optimizers, autoencoder.player_variables()
+            )
+            histories[PRETRAIN] = _run_phase(
+                PRETRAIN, autoencoder, state_variables,
+                lambda first, last: data.train_dataset(
+                    splits.train_images, None, config.batch_size, config.seed, first, last),
+                config.pretrain_epochs, workdir,
+            )["history"]
+        elif (workdir / "checkpoints" / PRETRAIN / "state.json").exists():
+            histories[PRETRAIN] = io_utils.read_json(workdir / "checkpoints" / PRETRAIN / "state.json")["history"]
+
+        frozen = ()
+        if config.freeze_extractor:
+            frozen = tuple(
+                layer.name for layer in nets.classifier.layers
+                if layer.name not in networks.HEAD_LAYER_NAMES
+            )
+        classifier_trainer = trainers.ClassifierTrainer(
+            nets.classifier, loss=config.classification_loss, regularization=config.regularization,
+            reg_lambda=config.reg_lambda, frozen_layer_names=frozen,
+        )
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+        classifier_trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        state_variables = nets.classifier.variables + _optimizer_variables(
+            {"optimizer": optimizer}, {"optimizer": classifier_trainer.trainable_variables_list()}
+        )
+        has_validation = len(splits.validation_labels) > 0
+        finetune_state = _run_phase(
+            FINETUNE, classifier_trainer, state_variables,
+            lambda first, last: data.train_dataset(
+                splits.train_images, splits.train_labels, config.batch_size, config.seed, first, last),
+            config.finetune_epochs, workdir,
+            validation=data.eval_dataset(splits.validation_images, splits.validation_labels,
+                                         config.eval_batch_size) if has_validation else None,
+            monitor="val_accuracy" if has_validation else None,
+            patience=config.early_stopping_patience,
+            best_variables=nets.classifier.variables,
+        )
+        histories[FINETUNE] = finetune_state["history"]
+        best_path = finetune_dir / "best.npz"
+        if has_validation and best_path.exists():
+            _load_arrays(best_path, nets.classifier.variables)
+
+        evaluation = {
+            split: _evaluate(classifier_trainer, images, labels, config.eval_batch_size)
+            for split, images, labels in (
+                ("train", splits.train_images, splits.train_labels),
+                ("validation", splits.validation_images, splits.validation_labels),
+                ("test", splits.test_images, splits.test_labels),
+            )
+            if len(labels)
+        }
+    metrics = {
+        "method": config.method,
+        "architecture": config.architecture,
+        "dataset": config.dataset,
+        "data_source": splits.source,
+        "split_sizes": splits.sizes(),
+        "train_accuracy": evaluation["train"]["accuracy"],
+        "validation_accuracy": evaluation.get("validation", {}).get("accuracy"),
+        "test_accuracy": evaluation["test"]["accuracy"],
+        # Paper Eq. 8: generalization error = train accuracy - test accuracy.
+        "generalization_error": evaluation["train"]["accuracy"] - evaluation["test"]["accuracy"],
+        "train_loss": evaluation["train"]["classification_loss"],
+        "test_loss": evaluation["test"]["classification_loss"],
+        "reg_lambda": config.reg_lambda,
+        "best_epoch": finetune_state.get("best_epoch", finetune_state["epochs_completed"]),
+        "stopped_early": bool(finetune_state.get("stopped_early", False)),
+        "complexity": costs,
+        "history": histories,
+        "seconds": time.time() - start,
+    }
+    with io_utils.atomic_path(workdir / "classifier.keras") as temporary:
+        nets.classifier.save(temporary)
+    io_utils.write_json(metrics_path, metrics)
+    io_utils.write_manifest(workdir, ["classifier.keras", "metrics.json", "config.json"])
+    return metrics
+
+
+def load_config_splits(config: TrainConfig) -> data.Splits:
+    return data.load_splits(
+        config.dataset,
+        data_dir=config.data_dir or None,
+        tfds_data_dir=config.tfds_data_dir or None,
+        source=config.data_source,
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+        train_examples=config.train_examples,
+        test_examples=config.test_examples,
+    )
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Trains per `config` in `workdir` (resuming if it holds this config) and returns metrics.
+
+    With `reg_lambda_grid`, trains one model per lambda in `workdir/lambda_<value>`,
+    selects the one with the best validation accuracy (the paper tuned its baselines
+    by grid search), and copies it to `workdir/classifier.keras`.
+    """
+    config.validate()
+    workdir = Path(workdir)
+    prepare_run_directory(workdir, config, overwrite)
+    splits = load_config_splits(config)
+    logging.info("Data: %s from %s", splits.sizes(), splits.source)
+    if not config.reg_lambda_grid:
+        return train_once(config, workdir, splits)
+
+    sweep = []
+    for reg_lambda in config.reg_lambda_grid:
+        child_config = dataclasses.replace(config, reg_lambda=reg_lambda, reg_lambda_grid=())
+        child_dir = workdir / f"lambda_{reg_lambda:g}"
+        prepare_run_directory(child_dir, child_config)
+        child = train_once(child_config, child_dir, splits)
+        sweep.append({key: child[key] for key in (
+            "reg_lambda", "train_accuracy", "validation_accuracy", "test_accuracy", "generalization_error")})
+    best = max(sweep, key=lambda row: row["validation_accuracy"])
+    best_dir = workdir / f"lambda_{best['reg_lambda']:g}"
+    metrics = {**io_utils.read_json(best_dir / "metrics.json"), "lambda_sweep": sweep,
+               "selected_by": "validation_accuracy"}
+    with io_utils.atomic_path(workdir / "classifier.keras") as temporary:
+        shutil.copyfile(best_dir / "classifier.keras", temporary)
+    io_utils.write_json(workdir / "metrics.json", metrics)
+    io_utils.write_manifest(workdir, ["classifier.keras", "metrics.json", "config.json"])
+    return metrics

@@ -1,0 +1,305 @@
+"""Trainers: small subclassed `keras.Model`s that own sub-networks and implement one algorithm.
+
+`AdversarialAutoencoder` runs Algorithm 1 of the paper (Game 1 and Game 2) on every
+batch; `ClassifierTrainer` runs supervised fine-tuning with the paper's squared-error
+loss (or cross-entropy) and the L1/L2 baselines. Neither is the deployable artifact:
+the classifier Functional model they update is.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+CLASSIFICATION_LOSSES = ("mse", "crossentropy")
+REGULARIZATIONS = ("none", "l1", "l2")
+
+
+def _replica_scale(loss: tf.Tensor) -> tf.Tensor:
+    """Divides a per-replica mean loss so that the optimizer's all-reduce SUM gives the mean."""
+    return loss / tf.distribute.get_replica_context().num_replicas_in_sync
+
+
+def _mean_metrics(*names: str) -> dict[str, keras.metrics.Mean]:
+    return {name: keras.metrics.Mean(name=name) for name in names}
+
+
+class AdversarialAutoencoder(keras.Model):
+    """Unsupervised phase of AFTT (paper section V.A, Algorithm 1).
+
+    Each `train_step` on a batch x performs, in order:
+
+    1. Game 1: one step of the extractor q and decoder p on the reconstruction loss
+       L_R = mean ||x - p(q(x))||^2 (pixel mean).
+    2. Game 2, discriminator: `discriminator_steps` steps of D on the gain G_D, with
+       real codes z' ~ N(0, prior_stddev^2 I) and fake codes z = q(x) (extractor fixed).
+    3. Game 2, extractor: one step of q on L_G = -mean log D(q(x)) (D fixed).
+
+    Each player has its own optimizer and updates only its own variables. The code
+    z = q(x) of steps 2 and 3 is computed once, after step 1, under the extractor's
+    tape: the extractor does not change between steps 2 and 3, so a second forward
+    pass would recompute the same values.
+
+    Args:
+        extractor: Functional model image -> latent code.
+        decoder: Functional model latent code -> image.
+        discriminator: Functional model latent code -> one logit.
+        prior_stddev: standard deviation sigma of the Gaussian prior.
+        discriminator_steps: k, discriminator updates per batch.
+        seed: seed of the prior sampler.
+    """
+
+    def __init__(
+        self,
+        extractor: keras.Model,
+        decoder: keras.Model,
+        discriminator: keras.Model,
+        prior_stddev: float = 1.0,
+        discriminator_steps: int = 1,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if prior_stddev <= 0:
+            raise ValueError(f"prior_stddev must be > 0, received {prior_stddev}.")
+        if discriminator_steps < 1:
+            raise ValueError(f"discriminator_steps must be >= 1, received {discriminator_steps}.")
+        self.extractor = extractor
+        self.decoder = decoder
+        self.discriminator = discriminator
+        self.prior_stddev = prior_stddev
+        self.discriminator_steps = discriminator_steps
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.trackers = _mean_metrics(
+            "reconstruction_loss",
+            "discriminator_gain",
+            "extractor_adversarial_loss",
+            "discriminator_accuracy_real",
+            "discriminator_accuracy_fake",
+        )
+        self.latent_dim = int(extractor.output_shape[-1])
+
+    def compile(
+        self,
+        reconstruction_optimizer: keras.optimizers.Optimizer,
+        discriminator_optimizer: keras.optimizers.Optimizer,
+        adversarial_optimizer: keras.optimizers.Optimizer,
+        **kwargs,
+    ) -> None:
+        """One optimizer per player: extractor+decoder (Game 1), D, extractor (Game 2)."""
+        super().compile(**kwargs)
+        self.reconstruction_optimizer = reconstruction_optimizer
+        self.discriminator_optimizer = discriminator_optimizer
+        self.adversarial_optimizer = adversarial_optimizer
+
+    @property
+    def optimizers(self) -> dict[str, keras.optimizers.Optimizer]:
+        return {
+            "reconstruction_optimizer": self.reconstruction_optimizer,
+            "discriminator_optimizer": self.discriminator_optimizer,
+            "adversarial_optimizer": self.adversarial_optimizer,
+        }
+
+    def player_variables(self) -> dict[str, list[keras.Variable]]:
+        """The variables each optimizer updates (used to build optimizers for resume)."""
+        return {
+            "reconstruction_optimizer": self.extractor.trainable_weights
+            + self.decoder.trainable_weights,
+            "discriminator_optimizer": self.discriminator.trainable_weights,
+            "adversarial_optimizer": self.extractor.trainable_weights,
+        }
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self.trackers.values())
+
+    def call(self, images, training=False):
+        return self.decoder(self.extractor(images, training=training), training=training)
+
+    def build(self, input_shape=None):
+        # Sub-networks are Functional models and already built.
+        self.built = True
+
+    def train_step(self, data):
+        images = data[0] if isinstance(data, tuple) else data
+        batch_size = ops.shape(images)[0]
+
+        # Game 1: extractor + decoder minimise the reconstruction error.
+        autoencoder_variables = self.extractor.trainable_weights + self.decoder.trainable_weights
+        with tf.GradientTape() as tape:
+            reconstruction = self.decoder(self.extractor(images, training=True), training=True)
+            reconstruction_loss = ops.mean(ops.square(images - reconstruction))
+            scaled_loss = _replica_scale(reconstruction_loss)
+        gradients = tape.gradient(scaled_loss, autoencoder_variables)
+        self.reconstruction_optimizer.apply(gradients, autoencoder_variables)
+
+        # Game 2. One forward pass of the updated extractor serves both players.
+        with tf.GradientTape() as extractor_tape:
+            fake_codes = self.extractor(images, training=True)
+            fixed_fake_codes = ops.stop_gradient(fake_codes)
+            for _ in range(self.discriminator_steps):
+                real_codes = self.prior_stddev * keras.random.normal(
+                    (batch_size, self.latent_dim), seed=self.seed_generator
+                )
+                with tf.GradientTape() as discriminator_tape:
+                    real_logits = self.discriminator(real_codes, training=True)
+                    fake_logits = self.discriminator(fixed_fake_codes, training=True)
+                    # G_D = -mean[log D(z') + log(1 - D(z))], from logits.
+                    discriminator_gain = ops.mean(
+                        keras.losses.binary_crossentropy(
+                            ops.ones_like(real_logits), real_logits, from_logits=True
+                        )
+                    ) + ops.mean(
+                        keras.losses.binary_crossentropy(
+                            ops.zeros_like(fake_logits), fake_logits, from_logits=True
+                        )
+                    )
+                    scaled_gain = _replica_scale(discriminator_gain)
+                discriminator_variables = self.discriminator.trainable_weights
+                gradients = discriminator_tape.gradient(scaled_gain, discriminator_variables)
+                self.discriminator_optimizer.apply(gradients, discriminator_variables)
+            # L_G = -mean log D(q(x)) with the discriminator just updated and held fixed.
+            adversarial_logits = self.discriminator(fake_codes, training=True)
+            adversarial_loss = ops.mean(
+                keras.losses.binary_crossentropy(
+                    ops.ones_like(adversarial_logits), adversarial_logits, from_logits=True
+                )
+            )
+            scaled_loss = _replica_scale(adversarial_loss)
+        extractor_variables = self.extractor.trainable_weights
+        gradients = extractor_tape.gradient(scaled_loss, extractor_variables)
+        self.adversarial_optimizer.apply(gradients, extractor_variables)
+
+        self.trackers["reconstruction_loss"].update_state(reconstruction_loss)
+        self.trackers["discriminator_gain"].update_state(discriminator_gain)
+        self.trackers["extractor_adversarial_loss"].update_state(adversarial_loss)
+        self.trackers["discriminator_accuracy_real"].update_state(
+            ops.mean(ops.cast(real_logits > 0, "float32"))
+        )
+        self.trackers["discriminator_accuracy_fake"].update_state(
+            ops.mean(ops.cast(fake_logits <= 0, "float32"))
+        )
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+
+def weight_penalty(kernels: list[keras.Variable], regularization: str) -> tf.Tensor:
+    """sum |w| (Lasso) or sum w^2 (Tikhonov) over kernels; biases are not penalised."""
+    if regularization == "l1":
+        return ops.sum(ops.stack([ops.sum(ops.abs(kernel)) for kernel in kernels]))
+    if regularization == "l2":
+        return ops.sum(ops.stack([ops.sum(ops.square(kernel)) for kernel in kernels]))
+    raise ValueError(f"regularization must be 'l1' or 'l2', received {regularization!r}.")
+
+
+def classification_loss(labels: tf.Tensor, logits: tf.Tensor, loss: str) -> tf.Tensor:
+    """Per-batch mean of L_C: ||softmax(logits) - onehot(y)||^2 (paper Eq. 15) or cross-entropy."""
+    if loss == "mse":
+        one_hot = ops.one_hot(ops.cast(labels, "int32"), ops.shape(logits)[-1])
+        return ops.mean(ops.sum(ops.square(ops.softmax(logits) - one_hot), axis=-1))
+    if loss == "crossentropy":
+        return ops.mean(
+            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        )
+    raise ValueError(
+        f"classification loss must be one of {', '.join(CLASSIFICATION_LOSSES)}, received {loss!r}."
+    )
+
+
+class ClassifierTrainer(keras.Model):
+    """Supervised fine-tuning of extractor + head, with the L1/L2 baselines.
+
+    Total loss = L_C + reg_lambda * penalty(kernels of every trained layer). The
+    penalty is added here rather than through `kernel_regularizer`, so the
+    deployable classifier is the same graph for every method.
+
+    Args:
+        classifier: Functional model image -> logits.
+        loss: 'mse' (paper Eq. 15) or 'crossentropy'.
+        regularization: 'none', 'l1' or 'l2'.
+        reg_lambda: weight of the penalty.
+        frozen_layer_names: classifier layers that are not trained (the extractor,
+            when fine-tuning only the head).
+    """
+
+    def __init__(
+        self,
+        classifier: keras.Model,
+        loss: str = "mse",
+        regularization: str = "none",
+        reg_lambda: float = 0.0,
+        frozen_layer_names: tuple[str, ...] = (),
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if loss not in CLASSIFICATION_LOSSES:
+            raise ValueError(
+                f"loss must be one of {', '.join(CLASSIFICATION_LOSSES)}, received {loss!r}."
+            )
+        if regularization not in REGULARIZATIONS:
+            raise ValueError(
+                f"regularization must be one of {', '.join(REGULARIZATIONS)}, "
+                f"received {regularization!r}."
+            )
+        if reg_lambda < 0:
+            raise ValueError(f"reg_lambda must be >= 0, received {reg_lambda}.")
+        self.classifier = classifier
+        self.classification_loss_name = loss
+        self.regularization = regularization
+        self.reg_lambda = reg_lambda
+        frozen = set(frozen_layer_names)
+        self.trained_layers = [layer for layer in classifier.layers if layer.name not in frozen]
+        self.trackers = _mean_metrics("loss", "classification_loss", "penalty")
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    def trainable_variables_list(self) -> list[keras.Variable]:
+        return [weight for layer in self.trained_layers for weight in layer.trainable_weights]
+
+    def kernels(self) -> list[keras.Variable]:
+        return [layer.kernel for layer in self.trained_layers if hasattr(layer, "kernel")]
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self.trackers.values()) + [self.accuracy_tracker]
+
+    def call(self, images, training=False):
+        return self.classifier(images, training=training)
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def penalty(self) -> tf.Tensor:
+        if self.regularization == "none" or self.reg_lambda == 0:
+            return ops.convert_to_tensor(0.0)
+        return self.reg_lambda * weight_penalty(self.kernels(), self.regularization)
+
+    def total_loss(self, labels, logits) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(total, classification, penalty) for a batch; exposed for tests."""
+        data_loss = classification_loss(labels, logits, self.classification_loss_name)
+        penalty = self.penalty()
+        return data_loss + penalty, data_loss, penalty
+
+    def train_step(self, data):
+        images, labels = data
+        variables = self.trainable_variables_list()
+        with tf.GradientTape() as tape:
+            logits = self.classifier(images, training=True)
+            loss, data_loss, penalty = self.total_loss(labels, logits)
+            scaled_loss = _replica_scale(loss)
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(gradients, variables)
+        self.trackers["loss"].update_state(loss)
+        self.trackers["classification_loss"].update_state(data_loss)
+        self.trackers["penalty"].update_state(penalty)
+        self.accuracy_tracker.update_state(labels, logits)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def test_step(self, data):
+        images, labels = data
+        logits = self.classifier(images, training=False)
+        loss, data_loss, penalty = self.total_loss(labels, logits)
+        self.trackers["loss"].update_state(loss)
+        self.trackers["classification_loss"].update_state(data_loss)
+        self.trackers["penalty"].update_state(penalty)
+        self.accuracy_tracker.update_state(labels, logits)
+        return {metric.name: metric.result() for metric in self.metrics}
