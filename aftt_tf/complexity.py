@@ -46,7 +46,15 @@ def layer_forward_flops(layer: keras.layers.Layer) -> int:
     if isinstance(layer, keras.layers.Conv2D):
         kernel_height, kernel_width, in_channels, filters = (int(d) for d in layer.kernel.shape)
         _, out_height, out_width, _ = layer.output.shape
-        return 2 * kernel_height * kernel_width * in_channels * filters * int(out_height) * int(out_width)
+        return (
+            2
+            * kernel_height
+            * kernel_width
+            * in_channels
+            * filters
+            * int(out_height)
+            * int(out_width)
+        )
     return 0
 
 

@@ -79,11 +79,22 @@ class TrainConfig:
             )
         for name in ("batch_size", "eval_batch_size", "discriminator_steps"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("pretrain_epochs", "finetune_epochs", "train_examples", "test_examples",
-                     "early_stopping_patience", "seed"):
+        for name in (
+            "pretrain_epochs",
+            "finetune_epochs",
+            "train_examples",
+            "test_examples",
+            "early_stopping_patience",
+            "seed",
+        ):
             _at_least(name, getattr(self, name), 0)
-        for name in ("reconstruction_learning_rate", "discriminator_learning_rate",
-                     "adversarial_learning_rate", "learning_rate", "prior_stddev"):
+        for name in (
+            "reconstruction_learning_rate",
+            "discriminator_learning_rate",
+            "adversarial_learning_rate",
+            "learning_rate",
+            "prior_stddev",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, received {value}.")
@@ -100,9 +111,13 @@ class TrainConfig:
                 f"{self.method!r}. Drop --reg_lambda_grid or use --method=l1/l2."
             )
         if self.reg_lambda_grid and self.validation_fraction == 0:
-            raise ValueError("reg_lambda_grid selects by validation accuracy; set validation_fraction > 0.")
+            raise ValueError(
+                "reg_lambda_grid selects by validation accuracy; set validation_fraction > 0."
+            )
         if self.early_stopping_patience and self.validation_fraction == 0:
-            raise ValueError("early_stopping_patience needs a validation split; set validation_fraction > 0.")
+            raise ValueError(
+                "early_stopping_patience needs a validation split; set validation_fraction > 0."
+            )
         if self.freeze_extractor and self.method != "aftt":
             raise ValueError(
                 "freeze_extractor keeps a pre-trained extractor fixed; only method 'aftt' "
@@ -126,7 +141,9 @@ class TrainConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"Unknown config keys {unknown}; expected a subset of {sorted(known)}.")
+            raise ValueError(
+                f"Unknown config keys {unknown}; expected a subset of {sorted(known)}."
+            )
         return cls(**values)
 
     def to_flagfile(self) -> str:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aftt_tf import io_utils
+
 DATASETS = ("fashion_mnist", "mnist", "cifar10")
 SOURCES = ("auto", "tfds", "local", "download")
 DEFAULT_LOCAL_DIRS = {
@@ -148,7 +150,9 @@ def _load_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         decoded = (
             tf.data.Dataset.from_tensor_slices(paths)
             .map(
-                lambda p: tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False),
+                lambda p: tf.io.decode_image(
+                    tf.io.read_file(p), channels=3, expand_animations=False
+                ),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
@@ -158,9 +162,12 @@ def _load_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         labels = np.array([label for _, label in files], dtype=np.int32)
         result[split] = (images, labels)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache.with_suffix(".tmp.npz")
-    np.savez(temporary, **{f"{s}_{k}": v for s, (i, l) in result.items() for k, v in (("images", i), ("labels", l))})
-    os.replace(temporary, cache)
+    arrays = {}
+    for split, (images, labels) in result.items():
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    with io_utils.atomic_path(cache) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
     return result
 
 
@@ -194,13 +201,23 @@ def _load_local(name: str, data_dir: str) -> dict[str, tuple[np.ndarray, np.ndar
         raise FileNotFoundError(f"{directory} does not exist")
     if name in ("fashion_mnist", "mnist"):
         return _load_idx_dir(directory)
-    for candidate in (directory / "cifar-10-batches-py", directory, directory / "cifar-10-python.tar.gz"):
-        if (candidate / "data_batch_1").exists() or candidate.name.endswith(".tar.gz") and candidate.is_file():
+    for candidate in (
+        directory / "cifar-10-batches-py",
+        directory,
+        directory / "cifar-10-python.tar.gz",
+    ):
+        if (
+            (candidate / "data_batch_1").exists()
+            or candidate.name.endswith(".tar.gz")
+            and candidate.is_file()
+        ):
             return _load_cifar_python(candidate)
     return _load_image_folder(directory)
 
 
-def _tfds_arrays(name: str, data_dir: str | None, download: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _tfds_arrays(
+    name: str, data_dir: str | None, download: bool
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=data_dir)
@@ -236,7 +253,12 @@ def load_arrays(
     local_dir = data_dir or DEFAULT_LOCAL_DIRS[name]
     attempts = []
     if source in ("auto", "tfds"):
-        attempts.append((f"TFDS prepared data in {tfds_data_dir or '~/tensorflow_datasets'}", lambda: _tfds_arrays(name, tfds_data_dir, False)))
+        attempts.append(
+            (
+                f"TFDS prepared data in {tfds_data_dir or '~/tensorflow_datasets'}",
+                lambda: _tfds_arrays(name, tfds_data_dir, False),
+            )
+        )
     if source in ("auto", "local"):
         attempts.append((f"local files in {local_dir}", lambda: _load_local(name, local_dir)))
     if source in ("auto", "download"):
@@ -246,12 +268,16 @@ def load_arrays(
         try:
             arrays = attempt()
         except Exception as error:  # Every source failure is reported together below.
-            failures.append(f"  - {description}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            failures.append(
+                f"  - {description}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            )
             continue
         logging.info("Loaded %s from %s", name, description)
         return arrays, description
     raise DataUnavailableError(
-        f"Could not load dataset {name!r}. Tried:\n" + "\n".join(failures) + f"\nFix: {_remedy(name)}"
+        f"Could not load dataset {name!r}. Tried:\n"
+        + "\n".join(failures)
+        + f"\nFix: {_remedy(name)}"
     )
 
 
@@ -281,7 +307,11 @@ def load_splits(
     validation_index, train_index = order[:num_validation], order[num_validation:]
     if train_examples:
         train_index = train_index[:train_examples]
-        validation_index = validation_index[: max(1, int(round(validation_fraction * train_examples)))] if num_validation else validation_index
+        validation_index = (
+            validation_index[: max(1, int(round(validation_fraction * train_examples)))]
+            if num_validation
+            else validation_index
+        )
     if test_examples:
         test_images, test_labels = test_images[:test_examples], test_labels[:test_examples]
     return Splits(

@@ -71,7 +71,14 @@ def versions() -> dict[str, str]:
     from importlib import metadata
 
     result = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for package in ("aftt-tf", "tensorflow", "keras", "numpy", "tensorflow-datasets", "ai-edge-litert"):
+    for package in (
+        "aftt-tf",
+        "tensorflow",
+        "keras",
+        "numpy",
+        "tensorflow-datasets",
+        "ai-edge-litert",
+    ):
         try:
             result[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -79,7 +86,9 @@ def versions() -> dict[str, str]:
     return result
 
 
-def write_manifest(directory: str | os.PathLike, artifacts: list[str], extra: dict | None = None) -> None:
+def write_manifest(
+    directory: str | os.PathLike, artifacts: list[str], extra: dict | None = None
+) -> None:
     """manifest.json: versions, creation time, and sha256/size of each artifact."""
     directory = Path(directory)
     files = {
@@ -89,6 +98,10 @@ def write_manifest(directory: str | os.PathLike, artifacts: list[str], extra: di
     }
     write_json(
         directory / "manifest.json",
-        {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(),
-         "artifacts": files, **(extra or {})},
+        {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": versions(),
+            "artifacts": files,
+            **(extra or {}),
+        },
     )

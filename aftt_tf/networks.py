@@ -142,7 +142,9 @@ def build_head(architecture: str, latent_dim: int) -> keras.Model:
     return keras.Model(inputs, logits, name=HEAD_NAME)
 
 
-def build_decoder(architecture: str, latent_dim: int, output_shape: tuple[int, int, int]) -> keras.Model:
+def build_decoder(
+    architecture: str, latent_dim: int, output_shape: tuple[int, int, int]
+) -> keras.Model:
     """Generative network p(x|z) of Game 1: latent code -> image in [0, 1]."""
     _check_architecture(architecture)
     inputs = keras.Input(shape=(latent_dim,), name="latent_code")
@@ -158,7 +160,9 @@ def build_decoder(architecture: str, latent_dim: int, output_shape: tuple[int, i
             x = layers.Conv2D(
                 num_filters, 3, padding="same", activation="relu", name=f"decoder_conv_{index}"
             )(x)
-            x = layers.UpSampling2D(2, interpolation="bilinear", name=f"decoder_upsample_{index}")(x)
+            x = layers.UpSampling2D(2, interpolation="bilinear", name=f"decoder_upsample_{index}")(
+                x
+            )
         outputs = layers.Conv2D(
             output_shape[-1], 3, padding="same", activation="sigmoid", name="reconstruction"
         )(x)

@@ -53,7 +53,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker_mirrored":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"Unknown strategy {name!r}; expected default, mirrored, multi_worker_mirrored.")
+    raise ValueError(
+        f"Unknown strategy {name!r}; expected default, mirrored, multi_worker_mirrored."
+    )
 
 
 def prepare_run_directory(workdir: Path, config: TrainConfig, overwrite: bool = False) -> bool:
@@ -75,7 +77,9 @@ def prepare_run_directory(workdir: Path, config: TrainConfig, overwrite: bool = 
             if previous.get(key) != current.get(key)
         }
         if differences:
-            listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items())
+            listed = ", ".join(
+                f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items()
+            )
             raise RunDirectoryError(
                 f"{workdir} holds a run with a different config ({listed}). Use another --out to "
                 "keep both, or --overwrite to replace it."
@@ -127,8 +131,14 @@ class _PhaseState:
 class _EpochCallback(keras.callbacks.Callback):
     """Saves a checkpoint after every finite epoch, stops on NaN/inf, tracks the best epoch."""
 
-    def __init__(self, phase_state: _PhaseState, state: dict[str, Any], monitor: str | None,
-                 patience: int, best_variables: list[keras.Variable] | None):
+    def __init__(
+        self,
+        phase_state: _PhaseState,
+        state: dict[str, Any],
+        monitor: str | None,
+        patience: int,
+        best_variables: list[keras.Variable] | None,
+    ):
         super().__init__()
         self.phase_state = phase_state
         self.state = state
@@ -169,8 +179,10 @@ def _load_arrays(path: Path, variables: list[keras.Variable]) -> None:
             variable.assign(arrays[f"arr_{index}"])
 
 
-def _optimizer_variables(trainer_optimizers: dict[str, keras.optimizers.Optimizer],
-                         player_variables: dict[str, list[keras.Variable]]) -> list[keras.Variable]:
+def _optimizer_variables(
+    trainer_optimizers: dict[str, keras.optimizers.Optimizer],
+    player_variables: dict[str, list[keras.Variable]],
+) -> list[keras.Variable]:
     """Builds each optimizer on its player's variables (so state exists before restore)."""
     result = []
     for name, optimizer in trainer_optimizers.items():
@@ -240,7 +252,9 @@ def _evaluate(trainer: trainers.ClassifierTrainer, images, labels, batch_size) -
     return {key: float(value) for key, value in results.items()}
 
 
-def train_once(config: TrainConfig, workdir: Path, splits: data.Splits | None = None) -> dict[str, Any]:
+def train_once(
+    config: TrainConfig, workdir: Path, splits: data.Splits | None = None
+) -> dict[str, Any]:
     """Trains one model per `config` into `workdir` (resuming) and returns its metrics."""
     start = time.time()
     metrics_path = workdir / "metrics.json"
@@ -255,14 +269,26 @@ def train_once(config: TrainConfig, workdir: Path, splits: data.Splits | None = 
         nets = networks.build_networks(config.architecture, config.dataset)
         costs = describe_complexity(nets)
         for name, cost in costs.items():
-            logging.info("%-13s parameters=%d weight_bytes=%d forward_flops=%d", name,
-                         cost["parameters"], cost["weight_bytes"], cost["forward_flops"])
+            logging.info(
+                "%-13s parameters=%d weight_bytes=%d forward_flops=%d",
+                name,
+                cost["parameters"],
+                cost["weight_bytes"],
+                cost["forward_flops"],
+            )
         histories = {}
         finetune_dir = workdir / "checkpoints" / FINETUNE
-        if config.method == "aftt" and config.pretrain_epochs > 0 and not (finetune_dir / "state.json").exists():
+        if (
+            config.method == "aftt"
+            and config.pretrain_epochs > 0
+            and not (finetune_dir / "state.json").exists()
+        ):
             autoencoder = trainers.AdversarialAutoencoder(
-                nets.extractor, nets.decoder, nets.discriminator,
-                prior_stddev=config.prior_stddev, discriminator_steps=config.discriminator_steps,
+                nets.extractor,
+                nets.decoder,
+                nets.discriminator,
+                prior_stddev=config.prior_stddev,
+                discriminator_steps=config.discriminator_steps,
                 seed=config.seed,
             )
             autoencoder.compile(
@@ -275,23 +301,33 @@ def train_once(config: TrainConfig, workdir: Path, splits: data.Splits | None = 
                 autoencoder.optimizers, autoencoder.player_variables()
             )
             histories[PRETRAIN] = _run_phase(
-                PRETRAIN, autoencoder, state_variables,
+                PRETRAIN,
+                autoencoder,
+                state_variables,
                 lambda first, last: data.train_dataset(
-                    splits.train_images, None, config.batch_size, config.seed, first, last),
-                config.pretrain_epochs, workdir,
+                    splits.train_images, None, config.batch_size, config.seed, first, last
+                ),
+                config.pretrain_epochs,
+                workdir,
             )["history"]
         elif (workdir / "checkpoints" / PRETRAIN / "state.json").exists():
-            histories[PRETRAIN] = io_utils.read_json(workdir / "checkpoints" / PRETRAIN / "state.json")["history"]
+            histories[PRETRAIN] = io_utils.read_json(
+                workdir / "checkpoints" / PRETRAIN / "state.json"
+            )["history"]
 
         frozen = ()
         if config.freeze_extractor:
             frozen = tuple(
-                layer.name for layer in nets.classifier.layers
+                layer.name
+                for layer in nets.classifier.layers
                 if layer.name not in networks.HEAD_LAYER_NAMES
             )
         classifier_trainer = trainers.ClassifierTrainer(
-            nets.classifier, loss=config.classification_loss, regularization=config.regularization,
-            reg_lambda=config.reg_lambda, frozen_layer_names=frozen,
+            nets.classifier,
+            loss=config.classification_loss,
+            regularization=config.regularization,
+            reg_lambda=config.reg_lambda,
+            frozen_layer_names=frozen,
         )
         optimizer = keras.optimizers.Adam(config.learning_rate)
         classifier_trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
@@ -300,12 +336,24 @@ def train_once(config: TrainConfig, workdir: Path, splits: data.Splits | None = 
         )
         has_validation = len(splits.validation_labels) > 0
         finetune_state = _run_phase(
-            FINETUNE, classifier_trainer, state_variables,
+            FINETUNE,
+            classifier_trainer,
+            state_variables,
             lambda first, last: data.train_dataset(
-                splits.train_images, splits.train_labels, config.batch_size, config.seed, first, last),
-            config.finetune_epochs, workdir,
-            validation=data.eval_dataset(splits.validation_images, splits.validation_labels,
-                                         config.eval_batch_size) if has_validation else None,
+                splits.train_images,
+                splits.train_labels,
+                config.batch_size,
+                config.seed,
+                first,
+                last,
+            ),
+            config.finetune_epochs,
+            workdir,
+            validation=data.eval_dataset(
+                splits.validation_images, splits.validation_labels, config.eval_batch_size
+            )
+            if has_validation
+            else None,
             monitor="val_accuracy" if has_validation else None,
             patience=config.early_stopping_patience,
             best_variables=nets.classifier.variables,
@@ -364,7 +412,9 @@ def load_config_splits(config: TrainConfig) -> data.Splits:
     )
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+def train_and_evaluate(
+    config: TrainConfig, workdir: str | Path, overwrite: bool = False
+) -> dict[str, Any]:
     """Trains per `config` in `workdir` (resuming if it holds this config) and returns metrics.
 
     With `reg_lambda_grid`, trains one model per lambda in `workdir/lambda_<value>`,
@@ -385,12 +435,25 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, overwrite: bool
         child_dir = workdir / f"lambda_{reg_lambda:g}"
         prepare_run_directory(child_dir, child_config)
         child = train_once(child_config, child_dir, splits)
-        sweep.append({key: child[key] for key in (
-            "reg_lambda", "train_accuracy", "validation_accuracy", "test_accuracy", "generalization_error")})
+        sweep.append(
+            {
+                key: child[key]
+                for key in (
+                    "reg_lambda",
+                    "train_accuracy",
+                    "validation_accuracy",
+                    "test_accuracy",
+                    "generalization_error",
+                )
+            }
+        )
     best = max(sweep, key=lambda row: row["validation_accuracy"])
     best_dir = workdir / f"lambda_{best['reg_lambda']:g}"
-    metrics = {**io_utils.read_json(best_dir / "metrics.json"), "lambda_sweep": sweep,
-               "selected_by": "validation_accuracy"}
+    metrics = {
+        **io_utils.read_json(best_dir / "metrics.json"),
+        "lambda_sweep": sweep,
+        "selected_by": "validation_accuracy",
+    }
     with io_utils.atomic_path(workdir / "classifier.keras") as temporary:
         shutil.copyfile(best_dir / "classifier.keras", temporary)
     io_utils.write_json(workdir / "metrics.json", metrics)

@@ -92,6 +92,12 @@ class AdversarialAutoencoder(keras.Model):
         self.reconstruction_optimizer = reconstruction_optimizer
         self.discriminator_optimizer = discriminator_optimizer
         self.adversarial_optimizer = adversarial_optimizer
+        # Build optimizer state now, in the strategy scope of the caller: created lazily
+        # inside a distributed train step it breaks under MirroredStrategy.
+        for name, variables in self.player_variables().items():
+            optimizer = self.optimizers[name]
+            if not optimizer.built:
+                optimizer.build(variables)
 
     @property
     def optimizers(self) -> dict[str, keras.optimizers.Optimizer]:
