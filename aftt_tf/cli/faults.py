@@ -1,0 +1,185 @@
+"""aftt-faults: Monte-Carlo fault campaigns on trained classifiers, with paired statistics.
+
+    aftt-faults --model=runs/fmnist_mlp_aftt/classifier.keras --model=runs/fmnist_mlp_l2/classifier.keras \
+        --fault=weight --rates=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7 --trials=30 --seed=0 --out=campaigns/mlp_weight
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from absl import app, flags
+
+from aftt_tf.faults import sampling, targets
+
+flags.DEFINE_multi_string(
+    "model",
+    [],
+    "Classifier .keras file; repeat for a paired comparison. "
+    "LABEL=PATH names the model in reports (default: its run directory).",
+)
+flags.DEFINE_enum("fault", "weight", targets.FAULT_KINDS, "Fault kind.")
+flags.DEFINE_list(
+    "rates",
+    ["0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"],
+    "Fractions of each targeted layer's elements to fault.",
+)
+flags.DEFINE_integer("trials", 30, "Trials per rate (maximum when --target_margin is set).")
+flags.DEFINE_integer("seed", 0, "Campaign seed: same seed, same fault positions on every model.")
+flags.DEFINE_enum("scope", "all", targets.SCOPES, "Which part of the classifier to fault.")
+flags.DEFINE_list("layers", [], "Fault only these layers (names as in the model).")
+flags.DEFINE_enum(
+    "sampling",
+    "exact",
+    sampling.SAMPLINGS,
+    "exact: round(rate*n) distinct elements; bernoulli: each element with prob. rate.",
+)
+flags.DEFINE_bool("include_bias", False, "Fault biases too.")
+flags.DEFINE_bool("include_output_nodes", False, "Allow node faults in the output layer.")
+flags.DEFINE_float(
+    "stuck_value", None, "Value of stuck_value faults (default: the layer's max |w|)."
+)
+flags.DEFINE_integer("bit_position", -1, "float32 bit for bit faults (0..31); -1: random.")
+flags.DEFINE_enum("bit_mode", "flip", sampling.BIT_MODES, "Bit fault type.")
+flags.DEFINE_float(
+    "target_margin", 0.0, "Size trials until the 95% CI half-width <= this (0: off)."
+)
+flags.DEFINE_bool("per_layer", False, "Sensitivity mode: fault one layer at a time.")
+flags.DEFINE_integer("num_shards", 1, "Split cells across this many processes.")
+flags.DEFINE_integer("shard_index", 0, "This process's shard.")
+flags.DEFINE_list("merge", [], "Merge these shard directories into --out instead of running.")
+flags.DEFINE_string("dataset", "", "Test data (default: from the model's input shape).")
+flags.DEFINE_string("data_dir", "", "Local raw data directory (see aftt-train).")
+flags.DEFINE_integer("test_examples", 0, "Use only this many test examples (0: all).")
+flags.DEFINE_integer("batch_size", 2000, "Evaluation chunk size.")
+flags.DEFINE_string("out", None, "Output directory (resumed if it holds the same campaign).")
+
+FLAGS = flags.FLAGS
+
+
+def _parse_models(values: list[str]) -> dict[str, Path]:
+    models = {}
+    for value in values:
+        label, _, path = value.rpartition("=") if "=" in value else ("", "", value)
+        path = Path(path)
+        label = label or (path.parent.name if path.name == "classifier.keras" else path.stem)
+        if label in models:
+            raise app.UsageError(f"Two models are labelled {label!r}; name them with LABEL=PATH.")
+        models[label] = path
+    return models
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.out:
+        raise app.UsageError("--out is required: the campaign directory.")
+    logging.getLogger().setLevel(logging.INFO)
+    from aftt_tf.faults import campaign  # TensorFlow loads only after flags are valid.
+
+    if FLAGS.merge:
+        try:
+            results = campaign.merge_shards(FLAGS.merge, FLAGS.out)
+        except (ValueError, FileNotFoundError) as error:
+            raise app.UsageError(str(error)) from None
+        _print_summary(results)
+        return
+    if not FLAGS.model:
+        raise app.UsageError("--model is required (a classifier.keras from aftt-train).")
+    try:
+        rates = tuple(float(rate) for rate in FLAGS.rates)
+    except ValueError:
+        raise app.UsageError(
+            f"--rates must be numbers in [0, 1], received {FLAGS.rates}."
+        ) from None
+    spec = campaign.FaultSpec(
+        kind=FLAGS.fault,
+        rates=rates,
+        trials=FLAGS.trials,
+        seed=FLAGS.seed,
+        scope=FLAGS.scope,
+        layers=tuple(FLAGS.layers),
+        sampling=FLAGS.sampling,
+        include_bias=FLAGS.include_bias,
+        include_output_nodes=FLAGS.include_output_nodes,
+        stuck_value=FLAGS.stuck_value,
+        bit_position=FLAGS.bit_position,
+        bit_mode=FLAGS.bit_mode,
+        target_margin=FLAGS.target_margin,
+    )
+    try:
+        spec.validate()
+        campaign.shard_cells([], FLAGS.num_shards, FLAGS.shard_index)
+        paths = _parse_models(FLAGS.model)
+        models = {label: campaign.load_model(path) for label, path in paths.items()}
+        for model in models.values():
+            targets.select_layers(
+                model, spec.kind, spec.scope, spec.layers, spec.include_output_nodes
+            )
+        shapes = {tuple(model.input_shape[1:]) for model in models.values()}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"Models take different input shapes {sorted(shapes)}; compare like with like."
+            )
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error)) from None
+    from aftt_tf import data
+
+    dataset = FLAGS.dataset or {(28, 28, 1): "fashion_mnist", (32, 32, 3): "cifar10"}.get(
+        shapes.pop(), ""
+    )
+    if not dataset:
+        raise app.UsageError(
+            "Cannot infer the dataset from the model's input shape; pass --dataset."
+        )
+    arrays, source = data.load_arrays(dataset, data_dir=FLAGS.data_dir or None)
+    images, labels = arrays["test"]
+    if FLAGS.test_examples:
+        images, labels = images[: FLAGS.test_examples], labels[: FLAGS.test_examples]
+    logging.info("Test data: %d %s images from %s", len(labels), dataset, source)
+    try:
+        results = campaign.run_campaign(
+            models,
+            spec,
+            images,
+            labels,
+            FLAGS.out,
+            batch_size=FLAGS.batch_size,
+            num_shards=FLAGS.num_shards,
+            shard_index=FLAGS.shard_index,
+            per_layer=FLAGS.per_layer,
+        )
+    except targets.FaultTargetError as error:
+        raise app.UsageError(str(error)) from None
+    if FLAGS.num_shards == 1:
+        _print_summary(results)
+    print(f"Campaign directory: {FLAGS.out}")
+
+
+def _print_summary(results: dict) -> None:
+    for model, groups in results["summary"].items():
+        for group, summary in groups.items():
+            print(f"{model} [{group}] normalized AUC {100 * summary['normalized_auc']:.2f}%")
+            for row in summary["per_rate"]:
+                print(
+                    f"  rate {row['rate']:.3f}: {100 * row['mean']:.2f}% "
+                    f"[{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}] (n={row['trials']})"
+                )
+    for pair, rows in results["paired_differences"].items():
+        print(f"paired difference {pair}:")
+        for row in rows:
+            print(
+                f"  rate {row['rate']:.3f}: {100 * row['mean_difference']:+.2f} points "
+                f"[{100 * row['ci_low']:+.2f}, {100 * row['ci_high']:+.2f}]"
+            )
+    print(json.dumps({"skipped_cells": results.get("skipped_cells", 0)}))
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

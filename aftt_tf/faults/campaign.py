@@ -1,0 +1,689 @@
+"""Monte-Carlo fault campaigns: fault kind x rates x trials over a full test split.
+
+The engine builds one faulty copy of the model, compiles one evaluation function
+and, per trial, only `assign`s new masks: one trace per campaign. When the first
+faulted layer is not the first layer, the activations entering it are computed
+once and reused by every trial. Results are written cell by cell (resumable),
+can be split into shards and merged, and are summarised with t-based 95%
+confidence intervals and paired differences between models.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from scipy import stats
+
+from aftt_tf import io_utils
+from aftt_tf.faults import sampling, targets
+
+CELLS_FILE = "cells.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultSpec:
+    """One seeded fault campaign; the same spec gives the same fault positions on any
+    model with the same layer names and shapes.
+
+    Attributes:
+        kind: 'weight', 'filter', 'node', 'stuck_value' or 'bit'.
+        rates: fractions of each targeted layer's elements (filters, nodes) faulted.
+        trials: trials per rate (the maximum when target_margin > 0).
+        seed: campaign seed.
+        scope: 'all', 'extractor' or 'head'.
+        layers: restrict to these layer names (empty: every layer the kind can take).
+        sampling: 'exact' (round(rate*n) distinct elements) or 'bernoulli'.
+        include_bias: fault biases too (parameter kinds).
+        include_output_nodes: allow node faults in the output layer.
+        stuck_value: value of 'stuck_value' faults; None: the layer's max |w|.
+        bit_position: float32 bit for 'bit' faults (0..31), -1: random per element.
+        bit_mode: 'flip', 'stuck_at_1' or 'stuck_at_0'.
+        target_margin: > 0 sizes trials per rate sequentially until the 95% CI
+            half-width of the accuracy is at most this (statistical fault injection,
+            Leveugle et al., DATE 2009), between `min_trials` and `trials`.
+        min_trials: first trials before the margin is checked.
+    """
+
+    kind: str = "weight"
+    rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    trials: int = 30
+    seed: int = 0
+    scope: str = "all"
+    layers: tuple[str, ...] = ()
+    sampling: str = "exact"
+    include_bias: bool = False
+    include_output_nodes: bool = False
+    stuck_value: float | None = None
+    bit_position: int = -1
+    bit_mode: str = "flip"
+    target_margin: float = 0.0
+    min_trials: int = 5
+
+    def validate(self) -> None:
+        if self.kind not in targets.FAULT_KINDS:
+            raise ValueError(
+                f"Unknown fault kind {self.kind!r}; expected one of {', '.join(targets.FAULT_KINDS)}."
+            )
+        if not self.rates:
+            raise ValueError("rates is empty; give at least one fault rate in [0, 1].")
+        for rate in self.rates:
+            if not (isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0):
+                raise ValueError(
+                    f"Fault rate {rate!r} is outside [0, 1]; rates are fractions (0.7 = 70%)."
+                )
+        if len(set(self.rates)) != len(self.rates):
+            raise ValueError(f"rates contain duplicates: {list(self.rates)}.")
+        if not isinstance(self.trials, int) or self.trials < 1:
+            raise ValueError(f"trials must be an integer >= 1, received {self.trials!r}.")
+        if self.scope not in targets.SCOPES:
+            raise ValueError(
+                f"Unknown scope {self.scope!r}; expected one of {', '.join(targets.SCOPES)}."
+            )
+        if self.sampling not in sampling.SAMPLINGS:
+            raise ValueError(
+                f"Unknown sampling {self.sampling!r}; expected one of {', '.join(sampling.SAMPLINGS)}."
+            )
+        if self.bit_mode not in sampling.BIT_MODES:
+            raise ValueError(
+                f"Unknown bit_mode {self.bit_mode!r}; expected one of {', '.join(sampling.BIT_MODES)}."
+            )
+        if not -1 <= self.bit_position <= 31:
+            raise ValueError(
+                f"bit_position must be in 0..31 (float32) or -1 (random), received {self.bit_position}."
+            )
+        if self.target_margin < 0 or (self.target_margin and self.min_trials < 2):
+            raise ValueError("target_margin must be >= 0 and min_trials >= 2 when it is used.")
+
+    @property
+    def value_fault(self) -> sampling.ValueFault:
+        if self.kind == "stuck_value":
+            return sampling.ValueFault("value", value=self.stuck_value)
+        if self.kind == "bit":
+            return sampling.ValueFault(
+                "bit", bit_position=self.bit_position, bit_mode=self.bit_mode
+            )
+        return sampling.ValueFault("zero")
+
+    def as_dict(self) -> dict[str, Any]:
+        result = dataclasses.asdict(self)
+        result["rates"] = [float(r) for r in self.rates]
+        result["layers"] = list(self.layers)
+        return result
+
+    def key(self) -> str:
+        """Hash of everything that determines the cells' values (not how many trials run)."""
+        values = self.as_dict()
+        for name in ("trials", "rates", "target_margin", "min_trials"):
+            values.pop(name)
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """sha256 of the architecture and every weight: identifies results across runs."""
+    digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Loads a .keras classifier with a clear error for missing, foreign or corrupt files."""
+    import aftt_tf.faults.layers  # noqa: F401  (registers fault layers)
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Model file {path} does not exist.")
+    if path.suffix != ".keras":
+        raise ValueError(
+            f"{path} is not a .keras file; aftt-faults takes the classifier.keras of an aftt-train run."
+        )
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:
+        raise ValueError(
+            f"{path} could not be read as a Keras model ({type(error).__name__}: {error})."
+        ) from None
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a Keras model.")
+    return model
+
+
+class _Progress:
+    def __init__(self, total: int, label: str, stream=sys.stderr):
+        self.total, self.label, self.stream = total, label, stream
+        self.done, self.start = 0, time.time()
+
+    def update(self, rate: float, trial: int, accuracy: float) -> None:
+        self.done += 1
+        elapsed = time.time() - self.start
+        remaining = elapsed / self.done * (self.total - self.done)
+        self.stream.write(
+            f"\r{self.label} rate={rate:.3f} trial={trial} accuracy={accuracy:.4f} "
+            f"[{self.done}/{self.total} cells, {elapsed:.0f}s, ~{remaining:.0f}s left]   "
+        )
+        if self.done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+class CampaignRunner:
+    """Evaluates one model under one FaultSpec; `evaluate_cell(rate, trial)` per trial.
+
+    Args:
+        model: clean Functional classifier (image -> logits).
+        spec: the campaign.
+        images: test images, float32 in [0, 1] or uint8 (scaled here).
+        labels: integer labels.
+        batch_size: evaluation chunk size.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        spec: FaultSpec,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int = 2000,
+    ):
+        spec.validate()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, received {batch_size}.")
+        self.spec = spec
+        self.target_names = targets.select_layers(
+            model, spec.kind, spec.scope, spec.layers, spec.include_output_nodes
+        )
+        self.faulty = targets.apply_faults(model, spec.kind, self.target_names)
+        self.fault_layers = {
+            name: targets.fault_layer(self.faulty, name, spec.kind) for name in self.target_names
+        }
+        self.trace_count = 0
+        images = np.asarray(images)
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 255.0
+        self.num_examples = len(labels)
+        self._suffix, self.prefix_layer = self._split_at_first_fault(images[: min(64, len(images))])
+        prefix_outputs = self._prefix_features(images, batch_size)
+        self._chunks, self._chunk_labels, self._valid = _pad_chunks(
+            prefix_outputs, labels, batch_size
+        )
+        self._count_correct = tf.function(self._count_correct_impl)
+
+    def _split_at_first_fault(self, probe: np.ndarray):
+        """Suffix model starting at the first faulted layer, if the network is a chain.
+
+        Returns (suffix, prefix_layer_name or None). The split is checked numerically on
+        a probe batch; a non-chain graph falls back to the whole faulty model.
+        """
+        layers = [
+            layer for layer in self.faulty.layers if not isinstance(layer, keras.layers.InputLayer)
+        ]
+        first_name = self.target_names[0]
+        index = next(i for i, layer in enumerate(layers) if layer.name == first_name)
+        if index == 0:
+            self._prefix = None
+            return self.faulty, None
+        prefix_output = layers[index - 1].output
+        prefix = keras.Model(self.faulty.inputs[0], prefix_output)
+        suffix_input = keras.Input(shape=prefix_output.shape[1:])
+        x = suffix_input
+        for layer in layers[index:]:
+            x = layer(x)
+        suffix = keras.Model(suffix_input, x)
+        reference = np.asarray(self.faulty(probe, training=False))
+        split = np.asarray(suffix(prefix(probe, training=False), training=False))
+        if not np.allclose(reference, split, rtol=1e-5, atol=1e-5):
+            self._prefix = None
+            return self.faulty, None
+        self._prefix = prefix
+        return suffix, layers[index - 1].name
+
+    def _prefix_features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        if self._prefix is None:
+            return images
+        return np.concatenate(
+            [
+                np.asarray(self._prefix(images[start : start + batch_size], training=False))
+                for start in range(0, len(images), batch_size)
+            ]
+        )
+
+    def _count_correct_impl(self, chunks, chunk_labels, valid):
+        self.trace_count += 1  # Python side effect: runs once per trace.
+        correct = tf.constant(0, tf.int32)
+        for index in tf.range(tf.shape(chunks)[0]):
+            logits = self._suffix(chunks[index], training=False)
+            hits = tf.logical_and(
+                tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), chunk_labels[index]),
+                valid[index],
+            )
+            correct += tf.reduce_sum(tf.cast(hits, tf.int32))
+        return correct
+
+    def accuracy(self) -> float:
+        """Accuracy of the faulty model with the masks as currently assigned."""
+        correct = self._count_correct(self._chunks, self._chunk_labels, self._valid)
+        return float(correct.numpy()) / self.num_examples
+
+    def clear(self) -> None:
+        for layer in self.fault_layers.values():
+            layer.clear_faults()
+
+    def inject(self, rate: float, trial: int) -> dict[str, Any]:
+        """Assigns the masks of cell (rate, trial); returns per-layer fault counts."""
+        spec = self.spec
+        per_layer, faulted, total = {}, 0, 0
+        for name, layer in self.fault_layers.items():
+            rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
+            if spec.kind == "node":
+                size = int(np.prod(layer.node_keep.shape))
+                positions = sampling.sample_positions(size, rate, rng, spec.sampling)
+                keep = np.ones(size, np.float32)
+                keep[positions] = 0.0
+                layer.node_keep.assign(keep.reshape(layer.node_keep.shape))
+                count, elements = len(positions), size
+            else:
+                count, elements = self._inject_parameters(layer, rate, rng)
+            per_layer[name] = {"faulted": count, "elements": elements}
+            faulted += count
+            total += elements
+        return {"faulted": faulted, "elements": total, "per_layer": per_layer}
+
+    def _inject_parameters(self, layer, rate, rng) -> tuple[int, int]:
+        spec = self.spec
+        kernel = np.asarray(layer.kernel.numpy())
+        if spec.kind == "filter":
+            num_filters = kernel.shape[-1]
+            filters = sampling.sample_positions(num_filters, rate, rng, spec.sampling)
+            positions = sampling.filter_positions(kernel.shape, filters)
+            count, elements = len(filters), num_filters
+            bias_positions = filters
+        else:
+            positions = sampling.sample_positions(kernel.size, rate, rng, spec.sampling)
+            count, elements = len(positions), kernel.size
+            bias_positions = None
+        keep, replacement = sampling.parameter_fault(kernel, positions, spec.value_fault, rng)
+        layer.kernel_keep.assign(keep)
+        layer.kernel_replacement.assign(replacement)
+        if layer.use_bias:
+            bias = np.asarray(layer.bias.numpy())
+            if spec.include_bias:
+                if bias_positions is None:
+                    bias_positions = sampling.sample_positions(bias.size, rate, rng, spec.sampling)
+                    count, elements = count + len(bias_positions), elements + bias.size
+                keep, replacement = sampling.parameter_fault(
+                    bias, bias_positions, spec.value_fault, rng
+                )
+            else:
+                keep, replacement = np.ones_like(bias), np.zeros_like(bias)
+            layer.bias_keep.assign(keep)
+            layer.bias_replacement.assign(replacement)
+        return count, elements
+
+    def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
+        counts = self.inject(rate, trial)
+        accuracy = self.accuracy()
+        return {
+            "rate": float(rate),
+            "trial": int(trial),
+            "accuracy": accuracy,
+            "realized_fraction": counts["faulted"] / counts["elements"]
+            if counts["elements"]
+            else 0.0,
+            "faulted": counts["faulted"],
+            "per_layer": {name: value["faulted"] for name, value in counts["per_layer"].items()},
+        }
+
+
+def _pad_chunks(features: np.ndarray, labels: np.ndarray, batch_size: int):
+    """(num_chunks, batch, ...) tensors with a validity mask: one static shape, one trace."""
+    count = len(labels)
+    batch_size = min(batch_size, count)
+    num_chunks = math.ceil(count / batch_size)
+    padded = num_chunks * batch_size
+    feature_array = np.zeros((padded, *features.shape[1:]), np.float32)
+    feature_array[:count] = features
+    label_array = np.zeros(padded, np.int32)
+    label_array[:count] = labels
+    valid = np.zeros(padded, bool)
+    valid[:count] = True
+    shape = (num_chunks, batch_size)
+    return (
+        tf.constant(feature_array.reshape(*shape, *features.shape[1:])),
+        tf.constant(label_array.reshape(shape)),
+        tf.constant(valid.reshape(shape)),
+    )
+
+
+def cell_plan(spec: FaultSpec) -> list[tuple[float, int]]:
+    """Every (rate, trial) cell in a fixed order."""
+    return [(float(rate), trial) for rate in spec.rates for trial in range(spec.trials)]
+
+
+def shard_cells(
+    cells: list[tuple[float, int]], num_shards: int, shard_index: int
+) -> list[tuple[float, int]]:
+    """Deterministic round-robin share of the cells for one shard."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(
+            f"shard_index must be in [0, num_shards) and num_shards >= 1; received "
+            f"shard_index={shard_index}, num_shards={num_shards}."
+        )
+    return [cell for index, cell in enumerate(cells) if index % num_shards == shard_index]
+
+
+def read_cells(path: Path) -> list[dict[str, Any]]:
+    """Completed cells of a cells.jsonl; an incomplete last line (crash mid-write) is ignored."""
+    if not path.exists():
+        return []
+    cells = []
+    for line in path.read_text().splitlines():
+        try:
+            cells.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return cells
+
+
+def _append_cell(path: Path, cell: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(cell, sort_keys=True) + "\n")
+        handle.flush()
+
+
+def run_campaign(
+    models: dict[str, keras.Model],
+    spec: FaultSpec,
+    images: np.ndarray,
+    labels: np.ndarray,
+    out_dir: str | Path,
+    batch_size: int = 2000,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    per_layer: bool = False,
+    progress: bool = True,
+    on_cell: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Runs (or resumes) a campaign over several models; writes outputs into `out_dir`.
+
+    Cells already in `out_dir/cells.jsonl` for the same model fingerprint and spec
+    key are skipped. With `per_layer`, each target layer is faulted alone (group =
+    layer name) for a sensitivity table.
+
+    Returns:
+        The results dictionary also written to results.json (when not sharded).
+    """
+    spec.validate()
+    if spec.target_margin and num_shards > 1:
+        raise ValueError(
+            "target_margin sizes trials sequentially; it cannot be combined with shards."
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells_path = out_dir / CELLS_FILE
+    existing = read_cells(cells_path)
+    done = {(c["model_hash"], c["spec_key"], c["group"], c["rate"], c["trial"]) for c in existing}
+    spec_key = spec.key()
+    plan = shard_cells(cell_plan(spec), num_shards, shard_index)
+    fingerprints = {label: model_fingerprint(model) for label, model in models.items()}
+    skipped = 0
+    for label, model in models.items():
+        groups = [("all", spec)]
+        if per_layer:
+            names = targets.select_layers(
+                model, spec.kind, spec.scope, spec.layers, spec.include_output_nodes
+            )
+            groups = [(name, dataclasses.replace(spec, layers=(name,))) for name in names]
+        for group, group_spec in groups:
+            todo = [c for c in plan if (fingerprints[label], spec_key, group, *c) not in done]
+            skipped += len(plan) - len(todo)
+            if not todo:
+                continue
+            runner = CampaignRunner(model, group_spec, images, labels, batch_size)
+            bar = _Progress(len(todo), f"[{label}:{group}]") if progress else None
+            completed_by_rate: dict[float, list[float]] = {}
+            for cell in existing:
+                if (cell["model_hash"], cell["spec_key"], cell["group"]) == (
+                    fingerprints[label],
+                    spec_key,
+                    group,
+                ):
+                    completed_by_rate.setdefault(cell["rate"], []).append(cell["accuracy"])
+            clean_result = None
+            for rate, trial in todo:
+                if spec.target_margin and _margin_reached(completed_by_rate.get(rate, []), spec):
+                    continue
+                if rate == 0.0 and clean_result is not None:
+                    # Rate 0 faults nothing: every trial is the clean model.
+                    result = {**clean_result, "trial": trial}
+                else:
+                    result = runner.evaluate_cell(rate, trial)
+                    if rate == 0.0:
+                        clean_result = result
+                record = {
+                    "model": label,
+                    "model_hash": fingerprints[label],
+                    "spec_key": spec_key,
+                    "group": group,
+                    **result,
+                }
+                _append_cell(cells_path, record)
+                completed_by_rate.setdefault(rate, []).append(result["accuracy"])
+                existing.append(record)
+                if on_cell:
+                    on_cell(record)
+                if bar:
+                    bar.update(rate, trial, result["accuracy"])
+    meta = {
+        "spec": spec.as_dict(),
+        "spec_key": spec_key,
+        "models": fingerprints,
+        "skipped_cells": skipped,
+        "num_shards": num_shards,
+        "shard_index": shard_index,
+    }
+    if num_shards > 1:
+        io_utils.write_json(out_dir / "shard.json", meta)
+        return meta
+    return write_outputs(out_dir, existing, meta)
+
+
+def _margin_reached(accuracies: list[float], spec: FaultSpec) -> bool:
+    if len(accuracies) < spec.min_trials:
+        return False
+    return confidence_interval(accuracies)[2] <= spec.target_margin
+
+
+def confidence_interval(
+    values: Iterable[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """(mean, std, half-width) of a t-based confidence interval of the mean."""
+    values = np.asarray(list(values), np.float64)
+    mean = float(values.mean()) if len(values) else float("nan")
+    if len(values) < 2:
+        return mean, 0.0, 0.0 if len(values) == 1 else float("nan")
+    std = float(values.std(ddof=1))
+    half_width = float(
+        stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * std / math.sqrt(len(values))
+    )
+    return mean, std, half_width
+
+
+def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model and group: per-rate statistics, drop from clean accuracy, area under the curve."""
+    summary: dict[str, Any] = {}
+    keys = sorted({(c["model"], c["group"]) for c in cells})
+    for model, group in keys:
+        own = [c for c in cells if c["model"] == model and c["group"] == group]
+        rows = []
+        for rate in sorted({c["rate"] for c in own}):
+            accuracies = [c["accuracy"] for c in own if c["rate"] == rate]
+            mean, std, half_width = confidence_interval(accuracies)
+            rows.append(
+                {
+                    "rate": rate,
+                    "trials": len(accuracies),
+                    "mean": mean,
+                    "std": std,
+                    "ci_low": mean - half_width,
+                    "ci_high": mean + half_width,
+                    "realized_fraction": float(
+                        np.mean([c["realized_fraction"] for c in own if c["rate"] == rate])
+                    ),
+                }
+            )
+        clean = next((row["mean"] for row in rows if row["rate"] == 0.0), None)
+        for row in rows:
+            row["drop_from_clean"] = None if clean is None else clean - row["mean"]
+        rates = np.array([row["rate"] for row in rows])
+        means = np.array([row["mean"] for row in rows])
+        span = rates.max() - rates.min() if len(rates) > 1 else 0.0
+        auc = float(np.trapezoid(means, rates) / span) if span > 0 else float(means[0])
+        summary.setdefault(model, {})[group] = {
+            "per_rate": rows,
+            "clean_accuracy": clean,
+            "normalized_auc": auc,
+        }
+    return summary
+
+
+def paired_differences(
+    cells: list[dict[str, Any]], model_a: str, model_b: str, group: str = "all"
+) -> list[dict]:
+    """Per rate: mean of accuracy(a) - accuracy(b) over trials with identical faults, with 95% CI."""
+    by_key = {(c["model"], c["group"], c["rate"], c["trial"]): c["accuracy"] for c in cells}
+    rows = []
+    for rate in sorted({c["rate"] for c in cells if c["model"] == model_a and c["group"] == group}):
+        trials = sorted(
+            t
+            for (m, g, r, t) in by_key
+            if m == model_a and g == group and r == rate and (model_b, group, rate, t) in by_key
+        )
+        diffs = [
+            by_key[(model_a, group, rate, t)] - by_key[(model_b, group, rate, t)] for t in trials
+        ]
+        if not diffs:
+            continue
+        mean, std, half_width = confidence_interval(diffs)
+        rows.append(
+            {
+                "rate": rate,
+                "pairs": len(diffs),
+                "mean_difference": mean,
+                "std": std,
+                "ci_low": mean - half_width,
+                "ci_high": mean + half_width,
+            }
+        )
+    return rows
+
+
+def write_outputs(
+    out_dir: Path, cells: list[dict[str, Any]], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """results.json, trials.csv and plots, each written atomically."""
+    spec_key = meta["spec_key"]
+    hashes = set(meta["models"].values())
+    cells = [c for c in cells if c["spec_key"] == spec_key and c["model_hash"] in hashes]
+    summary = summarize(cells)
+    labels = list(meta["models"])
+    comparisons = {
+        f"{a} - {b}": paired_differences(cells, a, b)
+        for i, a in enumerate(labels)
+        for b in labels[i + 1 :]
+    }
+    results = {
+        **meta,
+        "versions": io_utils.versions(),
+        "summary": summary,
+        "paired_differences": comparisons,
+    }
+    io_utils.write_json(out_dir / "results.json", results)
+    with io_utils.atomic_path(out_dir / "trials.csv") as temporary:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(
+                [
+                    "model",
+                    "group",
+                    "rate",
+                    "trial",
+                    "accuracy",
+                    "realized_fraction",
+                    "faulted",
+                    "per_layer",
+                ]
+            )
+            for c in sorted(cells, key=lambda c: (c["model"], c["group"], c["rate"], c["trial"])):
+                writer.writerow(
+                    [
+                        c["model"],
+                        c["group"],
+                        c["rate"],
+                        c["trial"],
+                        c["accuracy"],
+                        c["realized_fraction"],
+                        c["faulted"],
+                        json.dumps(c["per_layer"]),
+                    ]
+                )
+    from aftt_tf.faults import plots
+
+    plots.accuracy_vs_rate(summary, out_dir / "accuracy_vs_rate", title=_title(meta["spec"]))
+    if any(group != "all" for groups in summary.values() for group in groups):
+        plots.layer_sensitivity(summary, out_dir / "layer_sensitivity", title=_title(meta["spec"]))
+    return results
+
+
+def _title(spec: dict[str, Any]) -> str:
+    return f"{spec['kind']} faults, scope={spec['scope']}, seed={spec['seed']}"
+
+
+def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Combines the cells of shard directories (same spec and models) into one result."""
+    metas = []
+    for directory in shard_dirs:
+        path = Path(directory) / "shard.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{directory} is not a shard output (no shard.json).")
+        metas.append(io_utils.read_json(path))
+    keys = {
+        (m["spec_key"], json.dumps(m["models"], sort_keys=True), m["num_shards"]) for m in metas
+    }
+    if len(keys) != 1:
+        raise ValueError(
+            "Shards come from different specs, models or shard counts; merge only one campaign."
+        )
+    if sorted(m["shard_index"] for m in metas) != list(range(metas[0]["num_shards"])):
+        raise ValueError(
+            f"Expected shards 0..{metas[0]['num_shards'] - 1}, got {sorted(m['shard_index'] for m in metas)}."
+        )
+    cells = {}
+    for directory in shard_dirs:
+        for cell in read_cells(Path(directory) / CELLS_FILE):
+            cells[
+                (cell["model_hash"], cell["group"], cell["rate"], cell["trial"], cell["spec_key"])
+            ] = cell
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged = sorted(cells.values(), key=lambda c: (c["model"], c["group"], c["rate"], c["trial"]))
+    with io_utils.atomic_path(out_dir / CELLS_FILE) as temporary:
+        temporary.write_text("".join(json.dumps(c, sort_keys=True) + "\n" for c in merged))
+    meta = {
+        **metas[0],
+        "num_shards": 1,
+        "shard_index": 0,
+        "merged_from": [str(d) for d in shard_dirs],
+    }
+    return write_outputs(out_dir, merged, meta)

@@ -1,0 +1,67 @@
+"""Campaign plots (matplotlib Agg): accuracy vs fault rate with 95% CI bands, layer sensitivity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from aftt_tf import io_utils  # noqa: E402
+
+
+def _save(figure, stem: Path) -> None:
+    for suffix in (".png", ".svg"):
+        path = stem.with_suffix(suffix)
+        with io_utils.atomic_path(path) as temporary:
+            figure.savefig(temporary, format=suffix[1:], dpi=150, bbox_inches="tight")
+    plt.close(figure)
+
+
+def accuracy_vs_rate(
+    summary: dict[str, Any], stem: Path, title: str = "", group: str = "all"
+) -> None:
+    """One line per model (like the paper's Fig. 3 and Fig. 7), CI as a shaded band."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for model, groups in summary.items():
+        if group not in groups:
+            continue
+        rows = groups[group]["per_rate"]
+        rates = [100 * row["rate"] for row in rows]
+        axis.plot(rates, [100 * row["mean"] for row in rows], marker="o", label=model)
+        axis.fill_between(
+            rates,
+            [100 * row["ci_low"] for row in rows],
+            [100 * row["ci_high"] for row in rows],
+            alpha=0.25,
+        )
+    axis.set_xlabel("fault rate (% of elements per layer)")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    _save(figure, stem)
+
+
+def layer_sensitivity(summary: dict[str, Any], stem: Path, title: str = "") -> None:
+    """Normalised area under the accuracy-vs-rate curve when only one layer is faulted."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    models = list(summary)
+    width = 0.8 / max(1, len(models))
+    for index, model in enumerate(models):
+        layers = [g for g in summary[model] if g != "all"]
+        positions = [i + index * width for i in range(len(layers))]
+        axis.bar(
+            positions,
+            [100 * summary[model][g]["normalized_auc"] for g in layers],
+            width,
+            label=model,
+        )
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))], layers, rotation=30)
+    axis.set_ylabel("mean accuracy over rates (%)")
+    axis.set_title(f"per-layer sensitivity: {title}")
+    axis.legend()
+    _save(figure, stem)

@@ -1,0 +1,116 @@
+"""*What* is faulted: seeded sampling of fault positions and faulty values, in numpy.
+
+Seeds are derived from (campaign seed, fault kind, layer name, rate, trial) only,
+so two models with the same architecture evaluated with the same seed see the
+same fault positions: comparisons between training methods are paired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+
+SAMPLINGS = ("exact", "bernoulli")
+BIT_MODES = ("flip", "stuck_at_1", "stuck_at_0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueFault:
+    """How a faulted parameter element changes."""
+
+    kind: str  # 'zero' | 'value' | 'bit'
+    value: float | None = None  # For 'value'; None means the layer's max |w| (stuck at V_max).
+    bit_position: int = -1  # For 'bit': 0..31, or -1 for a random position per element.
+    bit_mode: str = "flip"
+
+
+def trial_rng(seed: int, kind: str, layer: str, rate: float, trial: int) -> np.random.Generator:
+    """Generator for one (layer, rate, trial) cell, independent of the model's weights."""
+    key = [
+        int(seed),
+        zlib.crc32(kind.encode()),
+        zlib.crc32(layer.encode()),
+        int(round(rate * 1_000_000)),
+        int(trial),
+    ]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def sample_positions(
+    num_elements: int, rate: float, rng: np.random.Generator, sampling: str
+) -> np.ndarray:
+    """Flat indices of faulted elements.
+
+    'exact': round(rate * n) distinct elements, uniformly without replacement.
+    'bernoulli': each element independently with probability `rate` (paper Fig. 1).
+    """
+    if sampling == "exact":
+        count = int(round(rate * num_elements))
+        if count == 0:
+            return np.empty(0, np.int64)
+        if count == num_elements:
+            return np.arange(num_elements)
+        return np.sort(rng.choice(num_elements, size=count, replace=False))
+    if sampling == "bernoulli":
+        return np.flatnonzero(rng.random(num_elements) < rate)
+    raise ValueError(f"Unknown sampling {sampling!r}; expected one of {', '.join(SAMPLINGS)}.")
+
+
+def corrupt_float32_bits(
+    values: np.ndarray, rng: np.random.Generator, bit_position: int, bit_mode: str
+) -> np.ndarray:
+    """Float32 values with one bit (chosen or random per element) flipped or stuck.
+
+    Bit 31 is the sign, 30..23 the exponent, 22..0 the mantissa.
+    """
+    if bit_mode not in BIT_MODES:
+        raise ValueError(f"Unknown bit_mode {bit_mode!r}; expected one of {', '.join(BIT_MODES)}.")
+    if not -1 <= bit_position <= 31:
+        raise ValueError(
+            f"bit_position must be in 0..31 for float32 (or -1: random), received {bit_position}."
+        )
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).copy()
+    if bit_position >= 0:
+        positions = np.full(bits.shape, bit_position, np.uint32)
+    else:
+        positions = rng.integers(0, 32, size=bits.shape).astype(np.uint32)
+    masks = np.left_shift(np.uint32(1), positions)
+    if bit_mode == "flip":
+        bits ^= masks
+    elif bit_mode == "stuck_at_1":
+        bits |= masks
+    else:
+        bits &= ~masks
+    return bits.view(np.float32)
+
+
+def parameter_fault(
+    parameter: np.ndarray,
+    positions: np.ndarray,
+    value_fault: ValueFault,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keep_mask, replacement) arrays that realise a fault at flat `positions`."""
+    keep = np.ones(parameter.size, np.float32)
+    replacement = np.zeros(parameter.size, np.float32)
+    keep[positions] = 0.0
+    if value_fault.kind == "value":
+        value = value_fault.value
+        if value is None:
+            value = float(np.max(np.abs(parameter))) if parameter.size else 0.0
+        replacement[positions] = value
+    elif value_fault.kind == "bit":
+        replacement[positions] = corrupt_float32_bits(
+            parameter.reshape(-1)[positions], rng, value_fault.bit_position, value_fault.bit_mode
+        )
+    elif value_fault.kind != "zero":
+        raise ValueError(f"Unknown value fault {value_fault.kind!r}.")
+    return keep.reshape(parameter.shape), replacement.reshape(parameter.shape)
+
+
+def filter_positions(kernel_shape: tuple[int, ...], filters: np.ndarray) -> np.ndarray:
+    """Flat kernel indices of whole output-channel slices (Conv2D kernel is H, W, in, out)."""
+    grid = np.arange(int(np.prod(kernel_shape))).reshape(kernel_shape)
+    return np.sort(grid[..., filters].reshape(-1))
