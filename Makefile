@@ -46,7 +46,8 @@ format: venv
 	$(BIN)/ruff check --fix .
 
 bench: deps
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python -m benchmarks.train_throughput
+	$(BIN)/python -m benchmarks.fault_campaign
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

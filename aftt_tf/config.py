@@ -15,6 +15,7 @@ from aftt_tf import data, networks, trainers
 
 METHODS = ("aftt", "none", "l1", "l2")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass
@@ -47,6 +48,7 @@ class TrainConfig:
     # Supervised phase.
     finetune_epochs: int = 20
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # Supervised phase: 'constant' or 'cosine' decay to 0.
     classification_loss: str = "mse"  # Paper Eq. 15.
     freeze_extractor: bool = False
     reg_lambda: float = 0.0
@@ -70,6 +72,7 @@ class TrainConfig:
         _choice("data_source", self.data_source, data.SOURCES)
         _choice("classification_loss", self.classification_loss, trainers.CLASSIFICATION_LOSSES)
         _choice("strategy", self.strategy, STRATEGIES)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         expected = networks.input_shape_for(networks.ARCHITECTURE_DATASETS[self.architecture])
         if networks.input_shape_for(self.dataset) != expected:
             raise ValueError(

@@ -329,7 +329,13 @@ def train_once(
             reg_lambda=config.reg_lambda,
             frozen_layer_names=frozen,
         )
-        optimizer = keras.optimizers.Adam(config.learning_rate)
+        learning_rate = config.learning_rate
+        if config.lr_schedule == "cosine":
+            steps_per_epoch = len(splits.train_labels) // config.batch_size
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                config.learning_rate, decay_steps=max(1, config.finetune_epochs * steps_per_epoch)
+            )
+        optimizer = keras.optimizers.Adam(learning_rate)
         classifier_trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
         state_variables = nets.classifier.variables + _optimizer_variables(
             {"optimizer": optimizer}, {"optimizer": classifier_trainer.trainable_variables_list()}

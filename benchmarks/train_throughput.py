@@ -1,6 +1,6 @@
 """Seconds per epoch of AFTT's unsupervised phase vs a supervised epoch, against FLOP ratios.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps=100] [--batch_size=128]
+    .venv/bin/python -m benchmarks.train_throughput [--steps=100] [--batch_size=128]
 
 For fmnist_mlp and fmnist_cnn, on the same extractor and batch size, measures one
 epoch (after a warm-up epoch that absorbs tracing) of
@@ -24,30 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from aftt_tf import complexity, data, networks, trainers  # noqa: E402
-
-
-def matmul_gflops(size: int = 2048, repeats: int = 20) -> float:
-    """float32 matmul rate of this machine (GFLOP/s), best of 3."""
-    a = tf.random.uniform((size, size))
-    b = tf.random.uniform((size, size))
-
-    @tf.function
-    def chain(a, b):
-        total = tf.zeros((size, size))
-        for _ in range(repeats):
-            total += tf.matmul(a, b)
-        return total
-
-    chain(a, b).numpy()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        chain(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 * repeats / best / 1e9
+from benchmarks.common import matmul_gflops  # noqa: E402
 
 
 class _EpochTimer(keras.callbacks.Callback):

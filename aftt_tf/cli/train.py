@@ -61,6 +61,12 @@ flags.DEFINE_float(
     "learning_rate", _DEFAULTS.learning_rate, "Adam learning rate, supervised phase."
 )
 flags.DEFINE_enum(
+    "lr_schedule",
+    _DEFAULTS.lr_schedule,
+    config_lib.LR_SCHEDULES,
+    "Supervised learning rate: constant, or cosine decay to 0 over finetune_epochs.",
+)
+flags.DEFINE_enum(
     "classification_loss",
     _DEFAULTS.classification_loss,
     trainers.CLASSIFICATION_LOSSES,
