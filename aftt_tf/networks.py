@@ -32,6 +32,8 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from aftt_tf.faults import kinds
+
 NUM_CLASSES = 10
 
 # The four paper architectures and the dataset each was designed for.
@@ -46,7 +48,7 @@ ARCHITECTURES = tuple(ARCHITECTURE_DATASETS)
 EXTRACTOR_NAME = "extractor"
 HEAD_NAME = "head"
 # Layers of the classifier that belong to the head; every other layer is the extractor.
-HEAD_LAYER_NAMES = ("head_dense", "logits")
+HEAD_LAYER_NAMES = kinds.HEAD_LAYER_NAMES
 CLASSIFIER_NAME = "classifier"
 
 

@@ -32,7 +32,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from aftt_tf import complexity, data, networks  # noqa: E402
-from aftt_tf.faults import campaign, sampling  # noqa: E402
+from aftt_tf.faults import campaign, keras_runner, sampling  # noqa: E402
 from benchmarks.common import matmul_gflops, peak_rss_mib  # noqa: E402
 
 RATES = tuple(round(0.1 * i, 1) for i in range(10))
@@ -40,12 +40,12 @@ RATES = tuple(round(0.1 * i, 1) for i in range(10))
 
 def _model(path: str, architecture: str) -> keras.Model:
     if path:
-        return campaign.load_model(path)
+        return keras_runner.load_model(path)
     keras.utils.set_random_seed(0)
     return networks.build_networks(architecture).classifier
 
 
-def _seconds_per_trial(runner: campaign.CampaignRunner, cells) -> float:
+def _seconds_per_trial(runner: keras_runner.CampaignRunner, cells) -> float:
     runner.evaluate_cell(*cells[0])  # Trace.
     start = time.perf_counter()
     for rate, trial in cells:
@@ -126,7 +126,7 @@ def main() -> None:
 
     mlp = _model(args.model, "fmnist_mlp")
     spec = campaign.FaultSpec(kind="weight", rates=RATES, trials=args.trials)
-    runner = campaign.CampaignRunner(mlp, spec, images, labels)
+    runner = keras_runner.CampaignRunner(mlp, spec, images, labels)
     cells = campaign.cell_plan(spec)
     sample = [cell for cell in cells if cell[0] > 0][:: max(1, len(cells) // 40)]
     per_trial = _seconds_per_trial(runner, sample)
@@ -149,7 +149,7 @@ def main() -> None:
     cnn = _model(args.cnn_model, "fmnist_cnn")
     cnn_cells = [(0.3, trial) for trial in range(10)]
     for scope in ("all", "head"):
-        cnn_runner = campaign.CampaignRunner(
+        cnn_runner = keras_runner.CampaignRunner(
             cnn,
             campaign.FaultSpec(kind="weight", rates=(0.3,), trials=10, scope=scope),
             images,

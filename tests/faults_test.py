@@ -6,7 +6,7 @@ import pytest
 
 import aftt_tf  # noqa: F401
 from aftt_tf import networks
-from aftt_tf.faults import campaign, layers, sampling, targets
+from aftt_tf.faults import campaign, keras_runner, layers, sampling, statistics, targets
 
 
 def _model(architecture="fmnist_mlp", seed=0):
@@ -22,7 +22,7 @@ def _runner(model, count=64, **spec_values):
     spec = campaign.FaultSpec(**{"rates": (0.0, 0.5), "trials": 2, **spec_values})
     images = _images(count, model.input_shape[1:])
     labels = np.argmax(np.asarray(model(images)), -1)  # Clean accuracy = 1.
-    return campaign.CampaignRunner(model, spec, images, labels, batch_size=32)
+    return keras_runner.CampaignRunner(model, spec, images, labels, batch_size=32)
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.37, 0.7, 1.0])
@@ -265,7 +265,7 @@ def test_outputs_statistics_and_plots(tmp_path):
     row = results["summary"]["a"]["all"]["per_rate"][1]
     cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
     accuracies = [c["accuracy"] for c in cells if c["model"] == "a" and c["rate"] == 0.3]
-    mean, std, half = campaign.confidence_interval(accuracies)
+    mean, std, half = statistics.confidence_interval(accuracies)
     assert row["mean"] == pytest.approx(np.mean(accuracies))
     assert row["ci_high"] - row["ci_low"] == pytest.approx(2 * half)
     # t(0.975, 2) = 4.303
@@ -333,10 +333,10 @@ def test_model_without_faultable_layers_is_refused():
 
 def test_bad_model_files_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        campaign.load_model(tmp_path / "missing.keras")
+        keras_runner.load_model(tmp_path / "missing.keras")
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="is not a .keras file"):
-        campaign.load_model(tmp_path / "notes.txt")
+    with pytest.raises(ValueError, match="is not a .keras or .tflite file"):
+        keras_runner.load_model(tmp_path / "notes.txt")
     (tmp_path / "corrupt.keras").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match="could not be read as a Keras model"):
-        campaign.load_model(tmp_path / "corrupt.keras")
+        keras_runner.load_model(tmp_path / "corrupt.keras")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from aftt_tf.faults import sampling, targets
+from aftt_tf.faults import kinds, sampling
 
 flags.DEFINE_multi_string(
     "model",
@@ -20,7 +20,7 @@ flags.DEFINE_multi_string(
     "Classifier .keras file; repeat for a paired comparison. "
     "LABEL=PATH names the model in reports (default: its run directory).",
 )
-flags.DEFINE_enum("fault", "weight", targets.FAULT_KINDS, "Fault kind.")
+flags.DEFINE_enum("fault", "weight", kinds.FAULT_KINDS, "Fault kind.")
 flags.DEFINE_list(
     "rates",
     ["0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"],
@@ -28,7 +28,7 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("trials", 30, "Trials per rate (maximum when --target_margin is set).")
 flags.DEFINE_integer("seed", 0, "Campaign seed: same seed, same fault positions on every model.")
-flags.DEFINE_enum("scope", "all", targets.SCOPES, "Which part of the classifier to fault.")
+flags.DEFINE_enum("scope", "all", kinds.SCOPES, "Which part of the classifier to fault.")
 flags.DEFINE_list("layers", [], "Fault only these layers (names as in the model).")
 flags.DEFINE_enum(
     "sampling",
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS.out:
         raise app.UsageError("--out is required: the campaign directory.")
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf.faults import campaign  # TensorFlow loads only after flags are valid.
+    from aftt_tf.faults import campaign
 
     if FLAGS.merge:
         try:
@@ -113,12 +113,10 @@ def main(argv: list[str]) -> None:
         spec.validate()
         campaign.shard_cells([], FLAGS.num_shards, FLAGS.shard_index)
         paths = _parse_models(FLAGS.model)
-        models = {label: campaign.load_model(path) for label, path in paths.items()}
+        models = {label: campaign.load_campaign_model(path) for label, path in paths.items()}
         for model in models.values():
-            targets.select_layers(
-                model, spec.kind, spec.scope, spec.layers, spec.include_output_nodes
-            )
-        shapes = {tuple(model.input_shape[1:]) for model in models.values()}
+            model.select_layers(spec)
+        shapes = {model.input_shape for model in models.values()}
         if len(shapes) != 1:
             raise ValueError(
                 f"Models take different input shapes {sorted(shapes)}; compare like with like."
@@ -151,7 +149,7 @@ def main(argv: list[str]) -> None:
             shard_index=FLAGS.shard_index,
             per_layer=FLAGS.per_layer,
         )
-    except targets.FaultTargetError as error:
+    except kinds.FaultTargetError as error:
         raise app.UsageError(str(error)) from None
     if FLAGS.num_shards == 1:
         _print_summary(results)

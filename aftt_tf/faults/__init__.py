@@ -1,13 +1,6 @@
-"""Fault injection: *where* (targets), *what* (sampling), *how* (layers), campaigns."""
+"""Fault injection, split into *where* (`targets`), *what* (`sampling`) and *how* (`layers`).
 
-from aftt_tf.faults.layers import FaultyConv2D, FaultyDense, NodeFault
-from aftt_tf.faults.targets import apply_faults, select_layers, strip_faults
-
-__all__ = [
-    "FaultyConv2D",
-    "FaultyDense",
-    "NodeFault",
-    "apply_faults",
-    "select_layers",
-    "strip_faults",
-]
+`campaign` (the engine), `kinds`, `sampling`, `statistics` and `tflite_runner` import no
+TensorFlow; `layers`, `targets` and `keras_runner` are the Keras side. Import the
+submodule you need.
+"""

@@ -1,11 +1,11 @@
 """Monte-Carlo fault campaigns: fault kind x rates x trials over a full test split.
 
-The engine builds one faulty copy of the model, compiles one evaluation function
-and, per trial, only `assign`s new masks: one trace per campaign. When the first
-faulted layer is not the first layer, the activations entering it are computed
-once and reused by every trial. Results are written cell by cell (resumable),
-can be split into shards and merged, and are summarised with t-based 95%
-confidence intervals and paired differences between models.
+The engine is independent of the runtime: a *runner* (Keras: `keras_runner`,
+TFLite: `tflite_runner`) evaluates one (rate, trial) cell; this module plans the
+cells, skips finished ones (resume), splits them into shards, merges shards and
+summarises results with t-based 95% confidence intervals and paired differences
+between models. It imports no TensorFlow, so .tflite campaigns run on devices with
+only numpy and ai-edge-litert.
 """
 
 from __future__ import annotations
@@ -14,20 +14,18 @@ import csv
 import dataclasses
 import hashlib
 import json
-import math
+import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
-from scipy import stats
 
 from aftt_tf import io_utils
-from aftt_tf.faults import sampling, targets
+from aftt_tf.faults import kinds, sampling
+from aftt_tf.faults.statistics import confidence_interval
 
 CELLS_FILE = "cells.jsonl"
 
@@ -72,9 +70,9 @@ class FaultSpec:
     min_trials: int = 5
 
     def validate(self) -> None:
-        if self.kind not in targets.FAULT_KINDS:
+        if self.kind not in kinds.FAULT_KINDS:
             raise ValueError(
-                f"Unknown fault kind {self.kind!r}; expected one of {', '.join(targets.FAULT_KINDS)}."
+                f"Unknown fault kind {self.kind!r}; expected one of {', '.join(kinds.FAULT_KINDS)}."
             )
         if not self.rates:
             raise ValueError("rates is empty; give at least one fault rate in [0, 1].")
@@ -87,9 +85,9 @@ class FaultSpec:
             raise ValueError(f"rates contain duplicates: {list(self.rates)}.")
         if not isinstance(self.trials, int) or self.trials < 1:
             raise ValueError(f"trials must be an integer >= 1, received {self.trials!r}.")
-        if self.scope not in targets.SCOPES:
+        if self.scope not in kinds.SCOPES:
             raise ValueError(
-                f"Unknown scope {self.scope!r}; expected one of {', '.join(targets.SCOPES)}."
+                f"Unknown scope {self.scope!r}; expected one of {', '.join(kinds.SCOPES)}."
             )
         if self.sampling not in sampling.SAMPLINGS:
             raise ValueError(
@@ -130,36 +128,6 @@ class FaultSpec:
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_fingerprint(model: keras.Model) -> str:
-    """sha256 of the architecture and every weight: identifies results across runs."""
-    digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-    return digest.hexdigest()
-
-
-def load_model(path: str | Path) -> keras.Model:
-    """Loads a .keras classifier with a clear error for missing, foreign or corrupt files."""
-    import aftt_tf.faults.layers  # noqa: F401  (registers fault layers)
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Model file {path} does not exist.")
-    if path.suffix != ".keras":
-        raise ValueError(
-            f"{path} is not a .keras file; aftt-faults takes the classifier.keras of an aftt-train run."
-        )
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:
-        raise ValueError(
-            f"{path} could not be read as a Keras model ({type(error).__name__}: {error})."
-        ) from None
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a Keras model.")
-    return model
-
-
 class _Progress:
     def __init__(self, total: int, label: str, stream=sys.stderr):
         self.total, self.label, self.stream = total, label, stream
@@ -178,192 +146,29 @@ class _Progress:
         self.stream.flush()
 
 
-class CampaignRunner:
-    """Evaluates one model under one FaultSpec; `evaluate_cell(rate, trial)` per trial.
+def as_campaign_model(model: Any):
+    """Wraps a model for the engine: `fingerprint()`, `select_layers(spec)`, `runner(...)`.
 
-    Args:
-        model: clean Functional classifier (image -> logits).
-        spec: the campaign.
-        images: test images, float32 in [0, 1] or uint8 (scaled here).
-        labels: integer labels.
-        batch_size: evaluation chunk size.
+    TFLite models (`tflite_runner.TFLiteModel`) already have that interface; anything
+    else is taken as a Keras model (TensorFlow is imported only then).
     """
+    if all(hasattr(model, name) for name in ("fingerprint", "select_layers", "runner")):
+        return model
+    from aftt_tf.faults import keras_runner
 
-    def __init__(
-        self,
-        model: keras.Model,
-        spec: FaultSpec,
-        images: np.ndarray,
-        labels: np.ndarray,
-        batch_size: int = 2000,
-    ):
-        spec.validate()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, received {batch_size}.")
-        self.spec = spec
-        self.target_names = targets.select_layers(
-            model, spec.kind, spec.scope, spec.layers, spec.include_output_nodes
-        )
-        self.faulty = targets.apply_faults(model, spec.kind, self.target_names)
-        self.fault_layers = {
-            name: targets.fault_layer(self.faulty, name, spec.kind) for name in self.target_names
-        }
-        self.trace_count = 0
-        images = np.asarray(images)
-        if images.dtype == np.uint8:
-            images = images.astype(np.float32) / 255.0
-        self.num_examples = len(labels)
-        self._suffix, self.prefix_layer = self._split_at_first_fault(images[: min(64, len(images))])
-        prefix_outputs = self._prefix_features(images, batch_size)
-        self._chunks, self._chunk_labels, self._valid = _pad_chunks(
-            prefix_outputs, labels, batch_size
-        )
-        self._count_correct = tf.function(self._count_correct_impl)
-
-    def _split_at_first_fault(self, probe: np.ndarray):
-        """Suffix model starting at the first faulted layer, if the network is a chain.
-
-        Returns (suffix, prefix_layer_name or None). The split is checked numerically on
-        a probe batch; a non-chain graph falls back to the whole faulty model.
-        """
-        layers = [
-            layer for layer in self.faulty.layers if not isinstance(layer, keras.layers.InputLayer)
-        ]
-        first_name = self.target_names[0]
-        index = next(i for i, layer in enumerate(layers) if layer.name == first_name)
-        if index == 0:
-            self._prefix = None
-            return self.faulty, None
-        prefix_output = layers[index - 1].output
-        prefix = keras.Model(self.faulty.inputs[0], prefix_output)
-        suffix_input = keras.Input(shape=prefix_output.shape[1:])
-        x = suffix_input
-        for layer in layers[index:]:
-            x = layer(x)
-        suffix = keras.Model(suffix_input, x)
-        reference = np.asarray(self.faulty(probe, training=False))
-        split = np.asarray(suffix(prefix(probe, training=False), training=False))
-        if not np.allclose(reference, split, rtol=1e-5, atol=1e-5):
-            self._prefix = None
-            return self.faulty, None
-        self._prefix = prefix
-        return suffix, layers[index - 1].name
-
-    def _prefix_features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-        if self._prefix is None:
-            return images
-        return np.concatenate(
-            [
-                np.asarray(self._prefix(images[start : start + batch_size], training=False))
-                for start in range(0, len(images), batch_size)
-            ]
-        )
-
-    def _count_correct_impl(self, chunks, chunk_labels, valid):
-        self.trace_count += 1  # Python side effect: runs once per trace.
-        correct = tf.constant(0, tf.int32)
-        for index in tf.range(tf.shape(chunks)[0]):
-            logits = self._suffix(chunks[index], training=False)
-            hits = tf.logical_and(
-                tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), chunk_labels[index]),
-                valid[index],
-            )
-            correct += tf.reduce_sum(tf.cast(hits, tf.int32))
-        return correct
-
-    def accuracy(self) -> float:
-        """Accuracy of the faulty model with the masks as currently assigned."""
-        correct = self._count_correct(self._chunks, self._chunk_labels, self._valid)
-        return float(correct.numpy()) / self.num_examples
-
-    def clear(self) -> None:
-        for layer in self.fault_layers.values():
-            layer.clear_faults()
-
-    def inject(self, rate: float, trial: int) -> dict[str, Any]:
-        """Assigns the masks of cell (rate, trial); returns per-layer fault counts."""
-        spec = self.spec
-        per_layer, faulted, total = {}, 0, 0
-        for name, layer in self.fault_layers.items():
-            rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
-            if spec.kind == "node":
-                size = int(np.prod(layer.node_keep.shape))
-                positions = sampling.sample_positions(size, rate, rng, spec.sampling)
-                keep = np.ones(size, np.float32)
-                keep[positions] = 0.0
-                layer.node_keep.assign(keep.reshape(layer.node_keep.shape))
-                count, elements = len(positions), size
-            else:
-                count, elements = self._inject_parameters(layer, rate, rng)
-            per_layer[name] = {"faulted": count, "elements": elements}
-            faulted += count
-            total += elements
-        return {"faulted": faulted, "elements": total, "per_layer": per_layer}
-
-    def _inject_parameters(self, layer, rate, rng) -> tuple[int, int]:
-        spec = self.spec
-        kernel = np.asarray(layer.kernel.numpy())
-        if spec.kind == "filter":
-            num_filters = kernel.shape[-1]
-            filters = sampling.sample_positions(num_filters, rate, rng, spec.sampling)
-            positions = sampling.filter_positions(kernel.shape, filters)
-            count, elements = len(filters), num_filters
-            bias_positions = filters
-        else:
-            positions = sampling.sample_positions(kernel.size, rate, rng, spec.sampling)
-            count, elements = len(positions), kernel.size
-            bias_positions = None
-        keep, replacement = sampling.parameter_fault(kernel, positions, spec.value_fault, rng)
-        layer.kernel_keep.assign(keep)
-        layer.kernel_replacement.assign(replacement)
-        if layer.use_bias:
-            bias = np.asarray(layer.bias.numpy())
-            if spec.include_bias:
-                if bias_positions is None:
-                    bias_positions = sampling.sample_positions(bias.size, rate, rng, spec.sampling)
-                    count, elements = count + len(bias_positions), elements + bias.size
-                keep, replacement = sampling.parameter_fault(
-                    bias, bias_positions, spec.value_fault, rng
-                )
-            else:
-                keep, replacement = np.ones_like(bias), np.zeros_like(bias)
-            layer.bias_keep.assign(keep)
-            layer.bias_replacement.assign(replacement)
-        return count, elements
-
-    def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
-        counts = self.inject(rate, trial)
-        accuracy = self.accuracy()
-        return {
-            "rate": float(rate),
-            "trial": int(trial),
-            "accuracy": accuracy,
-            "realized_fraction": counts["faulted"] / counts["elements"]
-            if counts["elements"]
-            else 0.0,
-            "faulted": counts["faulted"],
-            "per_layer": {name: value["faulted"] for name, value in counts["per_layer"].items()},
-        }
+    return keras_runner.KerasModel(model)
 
 
-def _pad_chunks(features: np.ndarray, labels: np.ndarray, batch_size: int):
-    """(num_chunks, batch, ...) tensors with a validity mask: one static shape, one trace."""
-    count = len(labels)
-    batch_size = min(batch_size, count)
-    num_chunks = math.ceil(count / batch_size)
-    padded = num_chunks * batch_size
-    feature_array = np.zeros((padded, *features.shape[1:]), np.float32)
-    feature_array[:count] = features
-    label_array = np.zeros(padded, np.int32)
-    label_array[:count] = labels
-    valid = np.zeros(padded, bool)
-    valid[:count] = True
-    shape = (num_chunks, batch_size)
-    return (
-        tf.constant(feature_array.reshape(*shape, *features.shape[1:])),
-        tf.constant(label_array.reshape(shape)),
-        tf.constant(valid.reshape(shape)),
-    )
+def load_campaign_model(path: str | Path):
+    """A campaign model from a file: `.tflite` (no TensorFlow needed) or `.keras`."""
+    path = Path(path)
+    if path.suffix == ".tflite":
+        from aftt_tf.faults import tflite_runner
+
+        return tflite_runner.TFLiteModel.load(path)
+    from aftt_tf.faults import keras_runner
+
+    return keras_runner.KerasModel(keras_runner.load_model(path))
 
 
 def cell_plan(spec: FaultSpec) -> list[tuple[float, int]]:
@@ -403,7 +208,7 @@ def _append_cell(path: Path, cell: dict[str, Any]) -> None:
 
 
 def run_campaign(
-    models: dict[str, keras.Model],
+    models: dict[str, Any],
     spec: FaultSpec,
     images: np.ndarray,
     labels: np.ndarray,
@@ -436,21 +241,20 @@ def run_campaign(
     done = {(c["model_hash"], c["spec_key"], c["group"], c["rate"], c["trial"]) for c in existing}
     spec_key = spec.key()
     plan = shard_cells(cell_plan(spec), num_shards, shard_index)
-    fingerprints = {label: model_fingerprint(model) for label, model in models.items()}
+    adapters = {label: as_campaign_model(model) for label, model in models.items()}
+    fingerprints = {label: adapter.fingerprint() for label, adapter in adapters.items()}
     skipped = 0
-    for label, model in models.items():
+    for label, adapter in adapters.items():
         groups = [("all", spec)]
         if per_layer:
-            names = targets.select_layers(
-                model, spec.kind, spec.scope, spec.layers, spec.include_output_nodes
-            )
+            names = adapter.select_layers(spec)
             groups = [(name, dataclasses.replace(spec, layers=(name,))) for name in names]
         for group, group_spec in groups:
             todo = [c for c in plan if (fingerprints[label], spec_key, group, *c) not in done]
             skipped += len(plan) - len(todo)
             if not todo:
                 continue
-            runner = CampaignRunner(model, group_spec, images, labels, batch_size)
+            runner = adapter.runner(group_spec, images, labels, batch_size)
             bar = _Progress(len(todo), f"[{label}:{group}]") if progress else None
             completed_by_rate: dict[float, list[float]] = {}
             for cell in existing:
@@ -503,21 +307,6 @@ def _margin_reached(accuracies: list[float], spec: FaultSpec) -> bool:
     if len(accuracies) < spec.min_trials:
         return False
     return confidence_interval(accuracies)[2] <= spec.target_margin
-
-
-def confidence_interval(
-    values: Iterable[float], confidence: float = 0.95
-) -> tuple[float, float, float]:
-    """(mean, std, half-width) of a t-based confidence interval of the mean."""
-    values = np.asarray(list(values), np.float64)
-    mean = float(values.mean()) if len(values) else float("nan")
-    if len(values) < 2:
-        return mean, 0.0, 0.0 if len(values) == 1 else float("nan")
-    std = float(values.std(ddof=1))
-    half_width = float(
-        stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * std / math.sqrt(len(values))
-    )
-    return mean, std, half_width
 
 
 def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -638,11 +427,16 @@ def write_outputs(
                         json.dumps(c["per_layer"]),
                     ]
                 )
-    from aftt_tf.faults import plots
-
-    plots.accuracy_vs_rate(summary, out_dir / "accuracy_vs_rate", title=_title(meta["spec"]))
-    if any(group != "all" for groups in summary.values() for group in groups):
-        plots.layer_sensitivity(summary, out_dir / "layer_sensitivity", title=_title(meta["spec"]))
+    try:
+        from aftt_tf.faults import plots
+    except ImportError:  # matplotlib is optional on edge devices.
+        logging.warning("matplotlib is not installed: no plots in %s", out_dir)
+    else:
+        plots.accuracy_vs_rate(summary, out_dir / "accuracy_vs_rate", title=_title(meta["spec"]))
+        if any(group != "all" for groups in summary.values() for group in groups):
+            plots.layer_sensitivity(
+                summary, out_dir / "layer_sensitivity", title=_title(meta["spec"])
+            )
     return results
 
 

@@ -6,27 +6,12 @@ from __future__ import annotations
 
 import keras
 
-from aftt_tf import networks
 from aftt_tf.faults import layers as fault_layers
-
-FAULT_KINDS = ("weight", "filter", "node", "stuck_value", "bit")
-SCOPES = ("all", "extractor", "head")
-PARAMETER_KINDS = ("weight", "filter", "stuck_value", "bit")
-
-
-class FaultTargetError(ValueError):
-    """The requested fault cannot be placed on this model."""
+from aftt_tf.faults.kinds import FAULT_KINDS, PARAMETER_KINDS, SCOPES, FaultTargetError, in_scope
 
 
 def _is_parametric(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
-
-
-def _in_scope(name: str, scope: str) -> bool:
-    if scope == "all":
-        return True
-    in_head = name in networks.HEAD_LAYER_NAMES
-    return in_head if scope == "head" else not in_head
 
 
 def select_layers(
@@ -81,7 +66,7 @@ def select_layers(
                 f"Layers {wrong} cannot take {kind!r} faults; layers that can: {names}."
             )
         names = [name for name in names if name in layer_names]
-    names = [name for name in names if _in_scope(name, scope)]
+    names = [name for name in names if in_scope(name, scope)]
     if not names:
         raise FaultTargetError(
             f"No layer of {model.name!r} takes {kind!r} faults in scope {scope!r}."
