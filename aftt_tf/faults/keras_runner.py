@@ -200,33 +200,22 @@ class CampaignRunner:
     def _inject_parameters(self, layer, rate, rng) -> tuple[int, int]:
         spec = self.spec
         kernel = np.asarray(layer.kernel.numpy())
-        if spec.kind == "filter":
-            num_filters = kernel.shape[-1]
-            filters = sampling.sample_positions(num_filters, rate, rng, spec.sampling)
-            positions = sampling.filter_positions(kernel.shape, filters)
-            count, elements = len(filters), num_filters
-            bias_positions = filters
-        else:
-            positions = sampling.sample_positions(kernel.size, rate, rng, spec.sampling)
-            count, elements = len(positions), kernel.size
-            bias_positions = None
-        keep, replacement = sampling.parameter_fault(kernel, positions, spec.value_fault, rng)
+        bias = np.asarray(layer.bias.numpy()) if layer.use_bias else np.empty(0, np.float32)
+        plan = sampling.plan_parameter_fault(
+            kernel.shape, bias.size, spec.kind, rate, rng, spec.sampling, spec.include_bias
+        )
+        keep, replacement = sampling.parameter_fault(
+            kernel, plan.kernel_positions, spec.value_fault, rng
+        )
         layer.kernel_keep.assign(keep)
         layer.kernel_replacement.assign(replacement)
         if layer.use_bias:
-            bias = np.asarray(layer.bias.numpy())
-            if spec.include_bias:
-                if bias_positions is None:
-                    bias_positions = sampling.sample_positions(bias.size, rate, rng, spec.sampling)
-                    count, elements = count + len(bias_positions), elements + bias.size
-                keep, replacement = sampling.parameter_fault(
-                    bias, bias_positions, spec.value_fault, rng
-                )
-            else:
-                keep, replacement = np.ones_like(bias), np.zeros_like(bias)
+            keep, replacement = sampling.parameter_fault(
+                bias, plan.bias_positions, spec.value_fault, rng
+            )
             layer.bias_keep.assign(keep)
             layer.bias_replacement.assign(replacement)
-        return count, elements
+        return plan.faulted, plan.elements
 
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         counts = self.inject(rate, trial)

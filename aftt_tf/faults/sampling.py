@@ -110,6 +110,75 @@ def parameter_fault(
     return keep.reshape(parameter.shape), replacement.reshape(parameter.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class ParameterPlan:
+    """Which elements of one layer's kernel (Keras layout, flat) and bias are faulted."""
+
+    kernel_positions: np.ndarray
+    bias_positions: np.ndarray
+    faulted: int  # Elements, or filters for 'filter' faults.
+    elements: int
+
+
+def plan_parameter_fault(
+    kernel_shape: tuple[int, ...],
+    bias_size: int,
+    kind: str,
+    rate: float,
+    rng: np.random.Generator,
+    sampling: str,
+    include_bias: bool,
+) -> ParameterPlan:
+    """Fault positions of one layer in the Keras layout, shared by every runtime.
+
+    Keras, SavedModel and TFLite runtimes all draw positions through this function
+    with the same generator, so one seed gives the same faulted elements everywhere;
+    each runtime then writes the faulty values in its own representation.
+    """
+    kernel_size = int(np.prod(kernel_shape))
+    if kind == "filter":
+        filters = sample_positions(kernel_shape[-1], rate, rng, sampling)
+        bias = filters if include_bias and bias_size else np.empty(0, np.int64)
+        return ParameterPlan(
+            filter_positions(kernel_shape, filters), bias, len(filters), kernel_shape[-1]
+        )
+    positions = sample_positions(kernel_size, rate, rng, sampling)
+    bias = np.empty(0, np.int64)
+    faulted, elements = len(positions), kernel_size
+    if include_bias and bias_size:
+        bias = sample_positions(bias_size, rate, rng, sampling)
+        faulted, elements = faulted + len(bias), elements + bias_size
+    return ParameterPlan(positions, bias, faulted, elements)
+
+
+def corrupt_integer_bits(
+    values: np.ndarray, rng: np.random.Generator, bit_position: int, bit_mode: str
+) -> np.ndarray:
+    """int8 or int32 values with one bit (chosen or random per element) flipped or stuck."""
+    if bit_mode not in BIT_MODES:
+        raise ValueError(f"Unknown bit_mode {bit_mode!r}; expected one of {', '.join(BIT_MODES)}.")
+    unsigned = {np.dtype(np.int8): np.uint8, np.dtype(np.int32): np.uint32}[values.dtype]
+    num_bits = values.dtype.itemsize * 8
+    if not -1 <= bit_position < num_bits:
+        raise ValueError(
+            f"bit_position must be in 0..{num_bits - 1} for {values.dtype} (or -1: random), "
+            f"received {bit_position}."
+        )
+    bits = np.ascontiguousarray(values).view(unsigned).copy()
+    if bit_position >= 0:
+        positions = np.full(bits.shape, bit_position, unsigned)
+    else:
+        positions = rng.integers(0, num_bits, size=bits.shape).astype(unsigned)
+    masks = np.left_shift(unsigned(1), positions).astype(unsigned)
+    if bit_mode == "flip":
+        bits ^= masks
+    elif bit_mode == "stuck_at_1":
+        bits |= masks
+    else:
+        bits &= ~masks
+    return bits.view(values.dtype)
+
+
 def filter_positions(kernel_shape: tuple[int, ...], filters: np.ndarray) -> np.ndarray:
     """Flat kernel indices of whole output-channel slices (Conv2D kernel is H, W, in, out)."""
     grid = np.arange(int(np.prod(kernel_shape))).reshape(kernel_shape)

@@ -1,0 +1,342 @@
+"""`export_classifier`: SavedModel and TFLite (float32, int8 PTQ, int8 QAT) artifacts.
+
+Every TFLite file starts from the SavedModel (QAT from its own tf_keras model) and
+maps a named mode to converter settings. The export is written to a temporary
+directory beside the destination and renamed into place at the end, so an
+interrupted export leaves nothing half-written. `manifest.json` records versions,
+hashes, I/O quantization, the Keras layer -> TFLite operator/tensor/buffer map used
+by fault campaigns, and each artifact's clean test accuracy measured at export time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from aftt_tf import data, io_utils
+from aftt_tf.faults import keras_runner, targets, tflite_runner
+
+FORMATS = ("saved_model", "tflite_float32", "tflite_int8", "tflite_int8_qat")
+TFLITE_FILES = {
+    "tflite_float32": "model_float32.tflite",
+    "tflite_int8": "model_int8.tflite",
+    "tflite_int8_qat": "model_int8_qat.tflite",
+}
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """What to export and how.
+
+    Attributes:
+        model: path of the classifier.keras to export.
+        out: export directory (created; refused if it exists unless overwrite).
+        formats: subset of FORMATS.
+        calibration_steps: batches of training data for int8 calibration.
+        calibration_batch_size: images per calibration batch.
+        qat_epochs: quantization-aware fine-tuning epochs.
+        qat_examples: training examples used for QAT (0: all).
+        dataset / data_dir: data for calibration, QAT and accuracy (default: from the
+            run's config.json, else from the input shape).
+        test_examples: test images for the accuracy in the manifest (0: all).
+        overwrite: replace an existing export.
+        seed: seed of QAT.
+    """
+
+    model: str
+    out: str
+    formats: tuple[str, ...] = FORMATS
+    calibration_steps: int = 100
+    calibration_batch_size: int = 32
+    qat_epochs: int = 2
+    qat_examples: int = 0
+    qat_learning_rate: float = 1e-4
+    dataset: str = ""
+    data_dir: str = ""
+    test_examples: int = 0
+    overwrite: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        unknown = [name for name in self.formats if name not in FORMATS]
+        if unknown or not self.formats:
+            raise ValueError(
+                f"Unknown export formats {unknown or '(none)'}; expected a subset of {', '.join(FORMATS)}."
+            )
+        for name in ("calibration_steps", "calibration_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, received {getattr(self, name)}.")
+        for name in ("qat_epochs", "qat_examples", "test_examples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, received {getattr(self, name)}.")
+        if not Path(self.model).exists():
+            raise FileNotFoundError(f"Model file {self.model} does not exist.")
+        if Path(self.out).exists() and not self.overwrite:
+            raise FileExistsError(
+                f"{self.out} already exists; pass --overwrite to replace it, or another --out."
+            )
+
+
+def deployable_classifier(model: keras.Model) -> keras.Model:
+    """The model without fault layers and training-only layers (Dropout, noise)."""
+    model = targets.strip_faults(model)
+    training_only = (keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.GaussianDropout)
+
+    def call_function(layer, *args, **kwargs):
+        if isinstance(layer, training_only):
+            return args[0]
+        return layer(*args, **kwargs)
+
+    clean = keras.models.clone_model(model, call_function=call_function)
+    for layer in clean.layers:
+        try:
+            source = model.get_layer(layer.name)
+        except ValueError:
+            continue
+        for target, value in zip(layer.weights, source.weights, strict=True):
+            target.assign(value)
+    return clean
+
+
+def _dataset_for(model: keras.Model, config: ExportConfig) -> str:
+    if config.dataset:
+        return config.dataset
+    run_config = Path(config.model).parent / "config.json"
+    if run_config.exists():
+        return json.loads(run_config.read_text())["dataset"]
+    return {(28, 28, 1): "fashion_mnist", (32, 32, 3): "cifar10"}[tuple(model.input_shape[1:])]
+
+
+def _representative_dataset(images: np.ndarray, steps: int, batch_size: int, seed: int):
+    """Bounded generator over real training images (seeded order)."""
+    order = np.random.default_rng(seed).permutation(len(images))
+
+    def generator():
+        for step in range(steps):
+            index = order[(step * batch_size) % len(order) :][:batch_size]
+            yield [images[index].astype(np.float32) / 255.0]
+
+    return generator
+
+
+def _convert(converter, mode: str, representative=None) -> bytes:
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    try:
+        return converter.convert()
+    except Exception as error:
+        raise RuntimeError(
+            f"TFLite conversion ({mode}) needs operators outside the builtin set or failed: {error}"
+        ) from None
+
+
+def layer_map(
+    model: keras.Model, tflite: tflite_runner.TFLiteModel, check_values: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Keras Dense/Conv2D layer -> TFLite operator, matched in order, by shape and by value.
+
+    QAT files hold fine-tuned weights, so only order and shapes are checked for them.
+    """
+    keras_layers = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+    ]
+    operators = sorted(tflite.layers.values(), key=lambda layer: layer.operator_index)
+    if len(keras_layers) != len(operators):
+        raise RuntimeError(
+            f"{len(keras_layers)} Dense/Conv2D layers but {len(operators)} TFLite operators with weights."
+        )
+    result = {}
+    for keras_layer, operator in zip(keras_layers, operators, strict=True):
+        kernel = np.asarray(keras_layer.kernel.numpy())
+        if kernel.shape != operator.keras_kernel_shape:
+            raise RuntimeError(
+                f"Layer {keras_layer.name} {kernel.shape} does not match operator "
+                f"{operator.operator_index} {operator.keras_kernel_shape}."
+            )
+        runner_values = np.frombuffer(
+            tflite.content,
+            operator.weights.dtype,
+            int(np.prod(operator.weights.shape)),
+            operator.weights.offset,
+        ).astype(np.float64)
+        if operator.weights.dtype != np.float32:
+            runner_values = runner_values * tflite_runner.TFLiteRunner._element_scales(
+                operator.weights
+            )
+        file_order = operator.keras_to_file_positions(np.arange(kernel.size))
+        stored = runner_values[file_order].reshape(kernel.shape)
+        tolerance = (
+            1e-6 if operator.weights.dtype == np.float32 else float(np.max(operator.weights.scales))
+        )
+        if check_values and not np.allclose(stored, kernel, atol=tolerance):
+            raise RuntimeError(
+                f"Values of layer {keras_layer.name} differ from operator {operator.operator_index}."
+            )
+        result[keras_layer.name] = {
+            "operator_index": operator.operator_index,
+            "operator": operator.operator,
+            "weights_tensor": operator.weights.index,
+            "weights_dtype": operator.weights.dtype.name,
+            "bias_tensor": None if operator.bias is None else operator.bias.index,
+            "bias_dtype": None if operator.bias is None else operator.bias.dtype.name,
+        }
+    return result
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def export_classifier(config: ExportConfig) -> dict[str, Any]:
+    """Exports per `config`; returns the manifest (also written to OUT/manifest.json)."""
+    config.validate()
+    source = keras_runner.load_model(config.model)
+    model = deployable_classifier(source)
+    dataset = _dataset_for(model, config)
+    arrays, data_source = data.load_arrays(dataset, data_dir=config.data_dir or None)
+    train_images, train_labels = arrays["train"]
+    test_images, test_labels = arrays["test"]
+    if config.test_examples:
+        test_images, test_labels = (
+            test_images[: config.test_examples],
+            test_labels[: config.test_examples],
+        )
+    float_test = test_images.astype(np.float32) / 255.0
+    reference = np.asarray(model.predict(float_test, batch_size=1000, verbose=0))
+    original = np.asarray(source.predict(float_test[:256], verbose=0))
+    if not np.allclose(reference[:256], original, atol=1e-5):
+        raise RuntimeError(
+            "The stripped classifier does not reproduce the source model's predictions."
+        )
+
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        artifacts: dict[str, dict[str, Any]] = {}
+        saved_model = staging / "saved_model"
+        model.export(str(saved_model), format="tf_saved_model", verbose=False)
+        if "saved_model" in config.formats:
+            loaded = tf.saved_model.load(str(saved_model))
+            outputs = np.concatenate(
+                [
+                    np.asarray(loaded.serve(tf.constant(float_test[i : i + 1000])))
+                    for i in range(0, len(float_test), 1000)
+                ]
+            )
+            artifacts["saved_model"] = {
+                "signature": "serving_default",
+                "endpoint": "serve",
+                "test_accuracy": _accuracy(outputs, test_labels),
+                "max_abs_logit_difference_vs_keras": float(np.max(np.abs(outputs - reference))),
+            }
+        representative = _representative_dataset(
+            train_images, config.calibration_steps, config.calibration_batch_size, config.seed
+        )
+        for name in ("tflite_float32", "tflite_int8"):
+            if name not in config.formats:
+                continue
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+            content = _convert(
+                converter, "float32" if name == "tflite_float32" else "int8", representative
+            )
+            (staging / TFLITE_FILES[name]).write_bytes(content)
+        if "tflite_int8_qat" in config.formats:
+            from aftt_tf import qat
+
+            content, qat_history = qat.quantization_aware_int8(
+                model,
+                train_images,
+                train_labels,
+                representative,
+                epochs=config.qat_epochs,
+                examples=config.qat_examples,
+                learning_rate=config.qat_learning_rate,
+                seed=config.seed,
+            )
+            (staging / TFLITE_FILES["tflite_int8_qat"]).write_bytes(content)
+        for name, file_name in TFLITE_FILES.items():
+            path = staging / file_name
+            if not path.exists():
+                continue
+            tflite = tflite_runner.TFLiteModel(path)
+            logits = tflite_runner.predict(tflite, test_images)
+            interpreter = tflite.interpreter(tflite.content)
+            artifacts[file_name] = {
+                "format": name,
+                "test_accuracy": _accuracy(logits, test_labels),
+                "max_abs_logit_difference_vs_keras": float(np.max(np.abs(logits - reference))),
+                "input": _io_detail(interpreter.get_input_details()[0]),
+                "output": _io_detail(interpreter.get_output_details()[0]),
+                "layers": layer_map(model, tflite, check_values=name != "tflite_int8_qat"),
+            }
+            if name == "tflite_int8_qat":
+                artifacts[file_name]["qat_history"] = qat_history
+        if "saved_model" not in config.formats:
+            shutil.rmtree(saved_model)
+        keras_accuracy = _accuracy(reference, test_labels)
+        float_accuracy = artifacts.get("model_float32.tflite", {}).get("test_accuracy")
+        for file_name in ("model_int8.tflite", "model_int8_qat.tflite"):
+            if file_name in artifacts and float_accuracy is not None:
+                artifacts[file_name]["accuracy_minus_float32"] = (
+                    artifacts[file_name]["test_accuracy"] - float_accuracy
+                )
+        io_utils.write_json(
+            staging / "config.json",
+            {**dataclasses.asdict(config), "dataset": dataset, "data_source": data_source},
+        )
+        hashes = {
+            str(path.relative_to(staging)): {
+                "sha256": io_utils.sha256_file(path),
+                "bytes": path.stat().st_size,
+            }
+            for path in sorted(staging.rglob("*"))
+            if path.is_file()
+        }
+        manifest = {
+            "versions": io_utils.versions(),
+            "source_model": {
+                "path": str(Path(config.model).resolve()),
+                "sha256": io_utils.sha256_file(config.model),
+            },
+            "dataset": dataset,
+            "test_examples": int(len(test_labels)),
+            "keras_test_accuracy": keras_accuracy,
+            "artifacts": {name: {**artifacts[name], **hashes.get(name, {})} for name in artifacts},
+            "files": hashes,
+        }
+        io_utils.write_json(staging / "manifest.json", manifest)
+        staging.chmod(0o755)  # mkdtemp creates it private; exports are meant to be shared.
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return manifest
+
+
+def _io_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    scale, zero_point = detail["quantization"]
+    return {
+        "name": detail["name"],
+        "shape": [int(d) for d in detail["shape"]],
+        "dtype": np.dtype(detail["dtype"]).name,
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+    }

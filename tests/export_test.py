@@ -1,0 +1,333 @@
+"""Export (SavedModel, TFLite float32/int8/QAT) and fault campaigns on the exported files."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from aftt_tf import data, export_lib, networks, trainers
+from aftt_tf.faults import campaign, keras_runner, kinds, tflite_runner
+from tests.conftest import requires_fashion_mnist
+
+pytestmark = requires_fashion_mnist
+
+
+def _trained_classifier(architecture: str, path: Path) -> Path:
+    """A quickly trained classifier (a few thousand images), saved like aftt-train does."""
+    keras.utils.set_random_seed(0)
+    nets = networks.build_networks(architecture)
+    splits = data.load_splits("fashion_mnist", source="local", train_examples=4096, seed=0)
+    trainer = trainers.ClassifierTrainer(nets.classifier, loss="crossentropy")
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    dataset, steps = data.train_dataset(splits.train_images, splits.train_labels, 64, 0, 0, 2)
+    trainer.fit(dataset, epochs=2, steps_per_epoch=steps, verbose=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nets.classifier.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def test_data():
+    arrays, _ = data.load_arrays("fashion_mnist", source="local")
+    images, labels = arrays["test"]
+    return images[:1000], labels[:1000]
+
+
+@pytest.fixture(scope="module")
+def mlp_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlp")
+    model_path = _trained_classifier("fmnist_mlp", root / "run" / "classifier.keras")
+    config = export_lib.ExportConfig(
+        model=str(model_path),
+        out=str(root / "export"),
+        calibration_steps=20,
+        qat_epochs=1,
+        qat_examples=2048,
+        test_examples=1000,
+    )
+    manifest = export_lib.export_classifier(config)
+    return model_path, root / "export", manifest
+
+
+@pytest.fixture(scope="module")
+def cnn_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cnn")
+    model_path = _trained_classifier("fmnist_cnn", root / "run" / "classifier.keras")
+    config = export_lib.ExportConfig(
+        model=str(model_path),
+        out=str(root / "export"),
+        formats=("tflite_float32", "tflite_int8"),
+        calibration_steps=20,
+        test_examples=1000,
+    )
+    export_lib.export_classifier(config)
+    return model_path, root / "export"
+
+
+def test_manifest_documents_every_artifact(mlp_export):
+    model_path, out, manifest = mlp_export
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert manifest["source_model"]["sha256"] == __import__(
+        "aftt_tf.io_utils"
+    ).io_utils.sha256_file(model_path)
+    assert {"tensorflow", "keras", "ai-edge-litert"} <= set(manifest["versions"])
+    for name in ("model_float32.tflite", "model_int8.tflite", "model_int8_qat.tflite"):
+        artifact = manifest["artifacts"][name]
+        assert (
+            artifact["sha256"]
+            == __import__("hashlib").sha256((out / name).read_bytes()).hexdigest()
+        )
+        assert set(artifact["layers"]) == {"dense_1", "dense_2", "latent", "head_dense", "logits"}
+        assert 0.5 < artifact["test_accuracy"] <= 1.0
+    int8 = manifest["artifacts"]["model_int8.tflite"]
+    assert int8["input"]["dtype"] == "int8" and int8["output"]["dtype"] == "int8"
+    assert int8["input"]["scale"] > 0
+    # int8 post-training quantization stays within 1 point of float32.
+    assert abs(int8["accuracy_minus_float32"]) <= 0.01
+    assert (out / "saved_model" / "saved_model.pb").exists()
+    assert not list(out.parent.glob(".export.*")), "no staging directory is left behind"
+
+
+def test_clean_parity_keras_saved_model_tflite(mlp_export, test_data):
+    model_path, out, _ = mlp_export
+    images = test_data[0][:256].astype(np.float32) / 255.0
+    keras_logits = np.asarray(keras_runner.load_model(model_path)(images))
+    saved = tf.saved_model.load(str(out / "saved_model"))
+    saved_logits = np.asarray(saved.serve(tf.constant(images)))
+    float32 = tflite_runner.TFLiteModel.load(out / "model_float32.tflite")
+    tflite_logits = tflite_runner.predict(float32, images)
+    assert np.max(np.abs(saved_logits - keras_logits)) <= 1e-4
+    assert np.max(np.abs(tflite_logits - keras_logits)) <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["weight", "node", "filter"])
+def test_faulty_keras_and_float32_tflite_agree(kind, mlp_export, cnn_export, test_data):
+    model_path, out = (cnn_export if kind == "filter" else mlp_export)[:2]
+    images, labels = test_data
+    spec = campaign.FaultSpec(kind=kind, rates=(0.3,), trials=2, seed=3)
+    keras_model = keras_runner.KerasModel(keras_runner.load_model(model_path))
+    float32 = tflite_runner.TFLiteModel.load(out / "model_float32.tflite")
+    keras_run = keras_model.runner(spec, images, labels, 500)
+    tflite_run = float32.runner(spec, images, labels, 500)
+    assert tflite_run.target_names == keras_run.target_names
+    for trial in range(2):
+        keras_run.inject(0.3, trial)
+        tflite_run.inject(0.3, trial)
+        keras_logits = np.asarray(keras_run.faulty(images.astype(np.float32) / 255.0))
+        tflite_logits = tflite_run.logits()
+        assert np.max(np.abs(keras_logits - tflite_logits)) <= 1e-3
+        assert keras_run.accuracy() == pytest.approx(
+            float(np.mean(tflite_logits.argmax(-1) == labels)), abs=0.002
+        )
+
+
+# At rate 0.5, weight faults on int8 lose 2-3 points more than on float32 (measured on the
+# trained fmnist_mlp: README, "int8 under faults"): the activation ranges calibrated on
+# the clean network no longer fit. That case is reported, not asserted; so is node 0.5,
+# where 3 trials on 1000 images put the difference at about 1 point either way.
+@pytest.mark.parametrize(
+    "kind, rate",
+    [
+        ("weight", 0.1),
+        ("weight", 0.3),
+        ("node", 0.1),
+        ("node", 0.3),
+        ("filter", 0.1),
+        ("filter", 0.3),
+        ("filter", 0.5),
+    ],
+)
+def test_int8_faults_track_float32(kind, rate, mlp_export, cnn_export, test_data):
+    out = (cnn_export if kind == "filter" else mlp_export)[1]
+    images, labels = test_data
+    spec = campaign.FaultSpec(kind=kind, rates=(rate,), trials=3, seed=1)
+    accuracies = {}
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        runner = tflite_runner.TFLiteModel.load(out / name).runner(spec, images, labels, 500)
+        accuracies[name] = np.mean([runner.evaluate_cell(rate, t)["accuracy"] for t in range(3)])
+    assert abs(accuracies["model_int8.tflite"] - accuracies["model_float32.tflite"]) <= 0.01, (
+        accuracies
+    )
+
+
+def test_int8_stuck_at_zero_writes_int8_zero(mlp_export, test_data):
+    out = mlp_export[1]
+    model = tflite_runner.TFLiteModel.load(out / "model_int8.tflite")
+    runner = model.runner(campaign.FaultSpec(kind="weight", layers=("dense_2",)), *test_data, 500)
+    runner.inject(1.0, 0)
+    layer = model.layers["dense_2"]
+    weights = np.frombuffer(
+        bytes(runner.buffer), np.int8, int(np.prod(layer.weights.shape)), layer.weights.offset
+    )
+    assert not weights.any()
+    untouched = model.layers["dense_1"]
+    assert (
+        bytes(runner.buffer)[
+            untouched.weights.offset : untouched.weights.offset + untouched.weights.nbytes
+        ]
+        == model.content[
+            untouched.weights.offset : untouched.weights.offset + untouched.weights.nbytes
+        ]
+    )
+
+
+def test_bit_faults_per_representation(mlp_export, test_data):
+    out = mlp_export[1]
+    images, labels = test_data
+    int8 = tflite_runner.TFLiteModel.load(out / "model_int8.tflite")
+    runner = int8.runner(
+        campaign.FaultSpec(kind="bit", bit_position=7, layers=("logits",)), images, labels, 500
+    )
+    runner.inject(1.0, 0)  # every weight's int8 sign bit flipped: w -> w - 128 or w + 128
+    layer = int8.layers["logits"]
+    original = np.frombuffer(
+        int8.content, np.int8, int(np.prod(layer.weights.shape)), layer.weights.offset
+    )
+    patched = np.frombuffer(bytes(runner.buffer), np.int8, original.size, layer.weights.offset)
+    np.testing.assert_array_equal(patched.view(np.uint8), original.view(np.uint8) ^ 0x80)
+    with pytest.raises(kinds.FaultTargetError, match="bit_position 12 does not exist in the 8-bit"):
+        int8.select_layers(campaign.FaultSpec(kind="bit", bit_position=12))
+
+
+def test_fully_zeroed_filter_survives_int8(cnn_export, tmp_path, test_data):
+    model_path = cnn_export[0]
+    model = keras_runner.load_model(model_path)
+    conv = model.get_layer("conv_1")
+    kernel = conv.kernel.numpy()
+    kernel[..., 3] = 0.0
+    conv.kernel.assign(kernel)
+    zeroed_path = tmp_path / "run" / "classifier.keras"
+    zeroed_path.parent.mkdir()
+    model.save(zeroed_path)
+    out = tmp_path / "export"
+    export_lib.export_classifier(
+        export_lib.ExportConfig(
+            model=str(zeroed_path),
+            out=str(out),
+            formats=("tflite_int8",),
+            calibration_steps=10,
+            test_examples=500,
+            dataset="fashion_mnist",
+        )
+    )
+    int8 = tflite_runner.TFLiteModel.load(out / "model_int8.tflite")
+    scales = int8.layers["conv_1"].weights.scales
+    assert np.all(np.isfinite(scales)) and np.all(scales > 0)
+    logits = tflite_runner.predict(int8, test_data[0][:100])
+    assert np.all(np.isfinite(logits))
+
+
+def test_qat_export_is_full_int8(mlp_export):
+    out, manifest = mlp_export[1], mlp_export[2]
+    qat = manifest["artifacts"]["model_int8_qat.tflite"]
+    assert qat["input"]["dtype"] == "int8" and qat["output"]["dtype"] == "int8"
+    model = tflite_runner.TFLiteModel.load(out / "model_int8_qat.tflite")
+    assert all(layer.weights.dtype == np.int8 for layer in model.layers.values())
+    assert len(qat["qat_history"]) == 1 and 0.5 < qat["test_accuracy"] <= 1.0
+
+
+NO_TENSORFLOW = textwrap.dedent(
+    """
+    import sys, importlib.abc
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "scipy"):
+                raise ImportError(f"{name} is blocked: edge device")
+
+    sys.meta_path.insert(0, Block())
+    import numpy as np
+    from aftt_tf import data
+    from aftt_tf.faults import campaign
+    arrays, _ = data.load_arrays("fashion_mnist", source="local")
+    images, labels = arrays["test"]
+    model = campaign.load_campaign_model(sys.argv[1])
+    spec = campaign.FaultSpec(kind="weight", rates=(0.0, 0.3), trials=2)
+    results = campaign.run_campaign({"int8": model}, spec, images[:500], labels[:500], sys.argv[2],
+                                    progress=False)
+    assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+    print("EDGE_OK", results["summary"]["int8"]["all"]["per_rate"][1]["mean"])
+    """
+)
+
+
+def test_tflite_campaign_runs_without_tensorflow(mlp_export, tmp_path):
+    out = mlp_export[1]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NO_TENSORFLOW,
+            str(out / "model_int8.tflite"),
+            str(tmp_path / "edge"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "EDGE_OK" in result.stdout, result.stderr[-3000:]
+    assert (tmp_path / "edge" / "results.json").exists()
+
+
+def test_bad_tflite_inputs(mlp_export, tmp_path):
+    out = mlp_export[1]
+    content = (out / "model_float32.tflite").read_bytes()
+    (tmp_path / "truncated.tflite").write_bytes(content[: len(content) // 3])
+    with pytest.raises(ValueError, match="corrupt|truncated|could not be loaded"):
+        tflite_runner.TFLiteModel.load(tmp_path / "truncated.tflite")
+    (tmp_path / "notes.tflite").write_text("definitely not a flatbuffer")
+    with pytest.raises(ValueError, match="is not a TFLite model"):
+        tflite_runner.TFLiteModel.load(tmp_path / "notes.tflite")
+    float32 = tflite_runner.TFLiteModel.load(out / "model_float32.tflite")
+    with pytest.raises(kinds.FaultTargetError, match="Filter faults need convolutions"):
+        float32.select_layers(campaign.FaultSpec(kind="filter"))
+    with pytest.raises(
+        kinds.FaultTargetError, match=r"Layers \['conv_3'\] are not in the layer map"
+    ):
+        float32.select_layers(campaign.FaultSpec(kind="weight", layers=("conv_3",)))
+
+
+def test_node_faults_refused_behind_non_zero_preserving_activation(tmp_path):
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(4, activation="sigmoid", name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(hidden))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    (tmp_path / "sigmoid.tflite").write_bytes(converter.convert())
+    tflite = tflite_runner.TFLiteModel.load(tmp_path / "sigmoid.tflite")
+    with pytest.raises(kinds.FaultTargetError, match="need act\\(0\\) = 0"):
+        tflite.select_layers(campaign.FaultSpec(kind="node"))
+    tflite.select_layers(campaign.FaultSpec(kind="weight"))  # weights are fine
+
+
+def test_export_refuses_existing_output_and_leaves_nothing_on_failure(
+    mlp_export, tmp_path, monkeypatch
+):
+    model_path, out, _ = mlp_export
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        export_lib.ExportConfig(model=str(model_path), out=str(out)).validate()
+    with pytest.raises(ValueError, match=r"Unknown export formats \['onnx'\]"):
+        export_lib.ExportConfig(
+            model=str(model_path), out=str(tmp_path / "x"), formats=("onnx",)
+        ).validate()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(export_lib, "layer_map", broken)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        export_lib.export_classifier(
+            export_lib.ExportConfig(
+                model=str(model_path),
+                out=str(tmp_path / "failed"),
+                formats=("tflite_float32",),
+                test_examples=100,
+            )
+        )
+    assert not (tmp_path / "failed").exists()
+    assert not list(tmp_path.glob(".failed.*"))
