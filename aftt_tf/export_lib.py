@@ -106,13 +106,22 @@ def deployable_classifier(model: keras.Model) -> keras.Model:
     return clean
 
 
+def _run_config(config: ExportConfig) -> dict[str, Any]:
+    """The aftt-train config.json beside the model, if there is one."""
+    path = Path(config.model).parent / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _dataset_for(model: keras.Model, config: ExportConfig) -> str:
     if config.dataset:
         return config.dataset
-    run_config = Path(config.model).parent / "config.json"
-    if run_config.exists():
-        return json.loads(run_config.read_text())["dataset"]
-    return {(28, 28, 1): "fashion_mnist", (32, 32, 3): "cifar10"}[tuple(model.input_shape[1:])]
+    if "dataset" in _run_config(config):
+        return _run_config(config)["dataset"]
+    shape = tuple(model.input_shape[1:])
+    datasets = {(28, 28, 1): "fashion_mnist", (32, 32, 3): "cifar10"}
+    if shape not in datasets:
+        raise ValueError(f"Cannot infer the dataset of input shape {shape}; pass --dataset.")
+    return datasets[shape]
 
 
 def _representative_dataset(images: np.ndarray, steps: int, batch_size: int, seed: int):
@@ -268,6 +277,7 @@ def export_classifier(config: ExportConfig) -> dict[str, Any]:
                 examples=config.qat_examples,
                 learning_rate=config.qat_learning_rate,
                 seed=config.seed,
+                loss=_run_config(config).get("classification_loss", "mse"),
             )
             (staging / TFLITE_FILES["tflite_int8_qat"]).write_bytes(content)
         for name, file_name in TFLITE_FILES.items():

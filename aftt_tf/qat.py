@@ -49,6 +49,21 @@ def _tf_keras_layer(layer: keras.layers.Layer, tf_keras):
     )
 
 
+def _loss(name: str, tf):
+    if name == "crossentropy":
+        import tf_keras
+
+        return tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if name == "mse":
+
+        def squared_error_of_softmax(labels, logits):
+            one_hot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), tf.shape(logits)[-1])
+            return tf.reduce_sum(tf.square(tf.nn.softmax(logits) - one_hot), axis=-1)
+
+        return squared_error_of_softmax
+    raise ValueError(f"Unknown QAT loss {name!r}; expected 'mse' or 'crossentropy'.")
+
+
 def rebuild_in_tf_keras(model: keras.Model):
     """A tf_keras Sequential twin of a chain-shaped Keras 3 classifier, weights copied."""
     import tf_keras
@@ -77,8 +92,13 @@ def quantization_aware_int8(
     examples: int = 0,
     learning_rate: float = 1e-4,
     seed: int = 0,
+    loss: str = "mse",
 ) -> tuple[bytes, list[dict[str, Any]]]:
-    """QAT fine-tuning then full-int8 conversion; returns (tflite bytes, per-epoch history)."""
+    """QAT fine-tuning then full-int8 conversion; returns (tflite bytes, per-epoch history).
+
+    `loss` is the loss the classifier was trained with ('mse': paper Eq. 15, or
+    'crossentropy'), so QAT does not pull the model towards another objective.
+    """
     import tensorflow as tf
     import tensorflow_model_optimization as tfmot
     import tf_keras
@@ -90,7 +110,7 @@ def quantization_aware_int8(
     quantized = tfmot.quantization.keras.quantize_model(twin)
     quantized.compile(
         optimizer=tf_keras.optimizers.Adam(learning_rate),
-        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=_loss(loss, tf),
         metrics=["accuracy"],
     )
     order = np.random.default_rng(seed).permutation(len(train_labels))
@@ -98,7 +118,7 @@ def quantization_aware_int8(
         order = order[:examples]
     history = []
     if epochs:
-        tf.keras.utils.set_random_seed(seed) if hasattr(tf.keras.utils, "set_random_seed") else None
+        tf_keras.utils.set_random_seed(seed)
         result = quantized.fit(
             train_images[order].astype(np.float32) / 255.0,
             train_labels[order],

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +297,8 @@ class TFLiteRunner:
         self.labels = np.asarray(labels)
         self.batch_size = min(batch_size, len(self.labels))
         self.buffer = bytearray(model.content)
-        self.patch_seconds = 0.0
+        self.patch_seconds = 0.0  # Time spent writing faulty bytes (inject).
+        self.build_seconds = 0.0  # Time spent building interpreters from patched bytes.
 
     def _write(self, tensor: ConstantTensor, values: np.ndarray) -> None:
         self.buffer[tensor.offset : tensor.offset + tensor.nbytes] = np.ascontiguousarray(
@@ -401,12 +403,12 @@ class TFLiteRunner:
 
     def logits(self) -> np.ndarray:
         """Float logits of the model as currently patched."""
+        start = time.perf_counter()
         interpreter = _BatchedInterpreter(self.model, self.buffer, self.batch_size)
+        self.build_seconds += time.perf_counter() - start
         return self.model.dequantize_outputs(interpreter.outputs(self.inputs))
 
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
-        import time
-
         start = time.perf_counter()
         counts = self.inject(rate, trial)
         self.patch_seconds += time.perf_counter() - start
