@@ -1,12 +1,13 @@
+"""aftt-faults and aftt-export through their binaries (subprocesses: each defines its own flags)."""
+
 import json
+import subprocess
+import sys
 
 import keras
 import pytest
-from absl import app, flags
-from absl.testing import flagsaver
 
 from aftt_tf import networks
-from aftt_tf.cli import faults as faults_cli
 from tests.conftest import requires_fashion_mnist
 
 
@@ -19,45 +20,36 @@ def model_path(tmp_path):
     return path
 
 
-def _run(argv):
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["aftt-faults", *argv])
-    faults_cli.main(["aftt-faults"])
+def _run(binary, argv):
+    return subprocess.run(
+        [sys.executable, "-m", f"aftt_tf.cli.{binary}", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @requires_fashion_mnist
-def test_campaign_through_the_cli(model_path, tmp_path, capsys):
+def test_campaign_through_the_cli(model_path, tmp_path):
     out = tmp_path / "campaign"
-    with flagsaver.flagsaver():
-        _run(
-            [
-                f"--model=a={model_path}",
-                f"--model=b={model_path}",
-                "--fault=node",
-                "--rates=0,0.5",
-                "--trials=2",
-                "--test_examples=300",
-                f"--out={out}",
-            ]
-        )
+    argv = [
+        f"--model=a={model_path}",
+        f"--model=b={model_path}",
+        "--fault=node",
+        "--rates=0,0.5",
+        "--trials=2",
+        "--test_examples=300",
+        f"--out={out}",
+    ]
+    result = _run("faults", argv)
+    assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results["summary"]) == {"a", "b"}
     # Identical models under identical (paired) faults differ by exactly 0.
     assert all(row["mean_difference"] == 0 for row in results["paired_differences"]["a - b"])
-    assert "paired difference a - b" in capsys.readouterr().out
-    with flagsaver.flagsaver():  # Re-running skips every finished cell.
-        _run(
-            [
-                f"--model=a={model_path}",
-                f"--model=b={model_path}",
-                "--fault=node",
-                "--rates=0,0.5",
-                "--trials=2",
-                "--test_examples=300",
-                f"--out={out}",
-            ]
-        )
-    assert '"skipped_cells": 8' in capsys.readouterr().out
+    assert "paired difference a - b" in result.stdout
+    again = _run("faults", argv)  # Re-running skips every finished cell.
+    assert '"skipped_cells": 8' in again.stdout
 
 
 @pytest.mark.parametrize(
@@ -69,23 +61,15 @@ def test_campaign_through_the_cli(model_path, tmp_path, capsys):
         (["--fault=filter"], "Filter faults need convolutions"),
         (["--layers=conv_7"], "do not exist"),
         (["--num_shards=2", "--shard_index=2"], "shard_index must be in [0, num_shards)"),
+        (["--fault=cosmic"], "value should be one of <weight|filter|node|stuck_value|bit>"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(model_path, tmp_path, argv, message):
     out = tmp_path / "campaign"
-    with flagsaver.flagsaver(), pytest.raises(app.UsageError) as error:
-        _run([f"--model={model_path}", f"--out={out}", *argv])
-    assert message in str(error.value)
+    result = _run("faults", [f"--model={model_path}", f"--out={out}", *argv])
+    assert result.returncode != 0
+    assert message in result.stderr
     assert not out.exists()
-
-
-def test_unknown_fault_kind_lists_valid_ones():
-    with (
-        flagsaver.flagsaver(),
-        pytest.raises(flags.IllegalFlagValueError, match="weight|filter|node"),
-    ):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["aftt-faults", "--fault=cosmic"])
 
 
 def test_bad_model_files(tmp_path):
@@ -94,5 +78,15 @@ def test_bad_model_files(tmp_path):
         (tmp_path / "x.keras", "could not be read"),
         (tmp_path / "none.keras", "does not exist"),
     ):
-        with flagsaver.flagsaver(), pytest.raises(app.UsageError, match=message):
-            _run([f"--model={path}", f"--out={tmp_path / 'c'}"])
+        result = _run("faults", [f"--model={path}", f"--out={tmp_path / 'c'}"])
+        assert result.returncode != 0 and message in result.stderr
+
+
+def test_export_refuses_unknown_format_and_missing_model(model_path, tmp_path):
+    result = _run(
+        "export", [f"--model={model_path}", f"--out={tmp_path / 'e'}", "--formats=tflite_int8,onnx"]
+    )
+    assert result.returncode != 0 and "Unknown export formats ['onnx']" in result.stderr
+    result = _run("export", [f"--model={tmp_path / 'missing.keras'}", f"--out={tmp_path / 'e'}"])
+    assert result.returncode != 0 and "does not exist" in result.stderr
+    assert not (tmp_path / "e").exists()
