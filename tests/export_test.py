@@ -331,3 +331,26 @@ def test_export_refuses_existing_output_and_leaves_nothing_on_failure(
         )
     assert not (tmp_path / "failed").exists()
     assert not list(tmp_path.glob(".failed.*"))
+
+
+def test_faults_cli_runs_without_tensorflow(mlp_export, tmp_path):
+    out = mlp_export[1]
+    script = NO_TENSORFLOW.split("import numpy as np")[0] + textwrap.dedent(
+        """
+        import runpy
+        sys.argv = ["aftt-faults", f"--model={sys.argv[1]}", "--fault=weight", "--rates=0,0.3",
+                    "--trials=2", "--test_examples=300", f"--out={sys.argv[2]}"]
+        try:
+            runpy.run_module("aftt_tf.cli.faults", run_name="__main__")
+        except SystemExit as exit:
+            assert not exit.code, exit.code
+        assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+        print("CLI_EDGE_OK")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(out / "model_int8.tflite"), str(tmp_path / "cli")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert "CLI_EDGE_OK" in result.stdout, result.stderr[-3000:]
+    assert json.loads((tmp_path / "cli" / "results.json").read_text())["spec"]["kind"] == "weight"
