@@ -350,7 +350,9 @@ def test_faults_cli_runs_without_tensorflow(mlp_export, tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "-c", script, str(out / "model_int8.tflite"), str(tmp_path / "cli")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert "CLI_EDGE_OK" in result.stdout, result.stderr[-3000:]
     assert json.loads((tmp_path / "cli" / "results.json").read_text())["spec"]["kind"] == "weight"

@@ -173,7 +173,7 @@ def test_strip_restores_original_outputs_and_faulty_model_round_trips(tmp_path):
 )
 def test_float32_bit_faults(value, bit, mode, expected):
     rng = np.random.default_rng(0)
-    result = sampling.corrupt_float32_bits(np.array([value], np.float32), rng, bit, mode)
+    result = sampling.corrupt_bits(np.array([value], np.float32), rng, bit, mode)
     assert result[0] == np.float32(expected)
 
 
@@ -340,3 +340,13 @@ def test_bad_model_files_are_refused(tmp_path):
     (tmp_path / "corrupt.keras").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match="could not be read as a Keras model"):
         keras_runner.load_model(tmp_path / "corrupt.keras")
+
+
+def test_integer_bit_faults():
+    rng = np.random.default_rng(0)
+    int8 = sampling.corrupt_bits(np.array([1, -1, 0], np.int8), rng, 7, "flip")
+    np.testing.assert_array_equal(int8, np.array([-127, 127, -128], np.int8))
+    int32 = sampling.corrupt_bits(np.array([5], np.int32), rng, 0, "stuck_at_0")
+    np.testing.assert_array_equal(int32, np.array([4], np.int32))
+    with pytest.raises(ValueError, match="bit_position must be in 0..7 for int8"):
+        sampling.corrupt_bits(np.array([1], np.int8), rng, 9, "flip")

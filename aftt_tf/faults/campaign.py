@@ -171,6 +171,18 @@ def load_campaign_model(path: str | Path):
     return keras_runner.KerasModel(keras_runner.load_model(path))
 
 
+def cell_result(rate: float, trial: int, accuracy: float, counts: dict[str, Any]) -> dict[str, Any]:
+    """One cell's record, the same for every runtime."""
+    return {
+        "rate": float(rate),
+        "trial": int(trial),
+        "accuracy": float(accuracy),
+        "realized_fraction": counts["faulted"] / counts["elements"] if counts["elements"] else 0.0,
+        "faulted": counts["faulted"],
+        "per_layer": {name: value["faulted"] for name, value in counts["per_layer"].items()},
+    }
+
+
 def cell_plan(spec: FaultSpec) -> list[tuple[float, int]]:
     """Every (rate, trial) cell in a fixed order."""
     return [(float(rate), trial) for rate in spec.rates for trial in range(spec.trials)]

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf.faults import sampling, targets
+from aftt_tf.faults import campaign, sampling, targets
 from aftt_tf.faults.campaign import FaultSpec
 
 
@@ -220,16 +220,7 @@ class CampaignRunner:
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         counts = self.inject(rate, trial)
         accuracy = self.accuracy()
-        return {
-            "rate": float(rate),
-            "trial": int(trial),
-            "accuracy": accuracy,
-            "realized_fraction": counts["faulted"] / counts["elements"]
-            if counts["elements"]
-            else 0.0,
-            "faulted": counts["faulted"],
-            "per_layer": {name: value["faulted"] for name, value in counts["per_layer"].items()},
-        }
+        return campaign.cell_result(rate, trial, accuracy, counts)
 
 
 def _pad_chunks(features: np.ndarray, labels: np.ndarray, batch_size: int):

@@ -58,32 +58,46 @@ def sample_positions(
     raise ValueError(f"Unknown sampling {sampling!r}; expected one of {', '.join(SAMPLINGS)}.")
 
 
-def corrupt_float32_bits(
+_UNSIGNED = {
+    np.dtype(np.float32): np.uint32,
+    np.dtype(np.int8): np.uint8,
+    np.dtype(np.int32): np.uint32,
+}
+
+
+def corrupt_bits(
     values: np.ndarray, rng: np.random.Generator, bit_position: int, bit_mode: str
 ) -> np.ndarray:
-    """Float32 values with one bit (chosen or random per element) flipped or stuck.
-
-    Bit 31 is the sign, 30..23 the exponent, 22..0 the mantissa.
+    """Values (float32, int8 or int32) with one bit, chosen or random per element, flipped
+    or stuck. float32: bit 31 is the sign, 30..23 the exponent, 22..0 the mantissa.
     """
     if bit_mode not in BIT_MODES:
         raise ValueError(f"Unknown bit_mode {bit_mode!r}; expected one of {', '.join(BIT_MODES)}.")
-    if not -1 <= bit_position <= 31:
+    values = np.asarray(values)
+    if values.dtype not in _UNSIGNED:
         raise ValueError(
-            f"bit_position must be in 0..31 for float32 (or -1: random), received {bit_position}."
+            f"Bit faults support float32, int8 and int32 values, received {values.dtype}."
         )
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).copy()
+    unsigned = _UNSIGNED[values.dtype]
+    num_bits = values.dtype.itemsize * 8
+    if not -1 <= bit_position < num_bits:
+        raise ValueError(
+            f"bit_position must be in 0..{num_bits - 1} for {values.dtype} (or -1: random), "
+            f"received {bit_position}."
+        )
+    bits = np.ascontiguousarray(values).view(unsigned).copy()
     if bit_position >= 0:
-        positions = np.full(bits.shape, bit_position, np.uint32)
+        positions = np.full(bits.shape, bit_position, unsigned)
     else:
-        positions = rng.integers(0, 32, size=bits.shape).astype(np.uint32)
-    masks = np.left_shift(np.uint32(1), positions)
+        positions = rng.integers(0, num_bits, size=bits.shape).astype(unsigned)
+    masks = np.left_shift(unsigned(1), positions).astype(unsigned)
     if bit_mode == "flip":
         bits ^= masks
     elif bit_mode == "stuck_at_1":
         bits |= masks
     else:
         bits &= ~masks
-    return bits.view(np.float32)
+    return bits.view(values.dtype)
 
 
 def parameter_fault(
@@ -102,8 +116,11 @@ def parameter_fault(
             value = float(np.max(np.abs(parameter))) if parameter.size else 0.0
         replacement[positions] = value
     elif value_fault.kind == "bit":
-        replacement[positions] = corrupt_float32_bits(
-            parameter.reshape(-1)[positions], rng, value_fault.bit_position, value_fault.bit_mode
+        replacement[positions] = corrupt_bits(
+            parameter.reshape(-1)[positions].astype(np.float32),
+            rng,
+            value_fault.bit_position,
+            value_fault.bit_mode,
         )
     elif value_fault.kind != "zero":
         raise ValueError(f"Unknown value fault {value_fault.kind!r}.")
@@ -149,34 +166,6 @@ def plan_parameter_fault(
         bias = sample_positions(bias_size, rate, rng, sampling)
         faulted, elements = faulted + len(bias), elements + bias_size
     return ParameterPlan(positions, bias, faulted, elements)
-
-
-def corrupt_integer_bits(
-    values: np.ndarray, rng: np.random.Generator, bit_position: int, bit_mode: str
-) -> np.ndarray:
-    """int8 or int32 values with one bit (chosen or random per element) flipped or stuck."""
-    if bit_mode not in BIT_MODES:
-        raise ValueError(f"Unknown bit_mode {bit_mode!r}; expected one of {', '.join(BIT_MODES)}.")
-    unsigned = {np.dtype(np.int8): np.uint8, np.dtype(np.int32): np.uint32}[values.dtype]
-    num_bits = values.dtype.itemsize * 8
-    if not -1 <= bit_position < num_bits:
-        raise ValueError(
-            f"bit_position must be in 0..{num_bits - 1} for {values.dtype} (or -1: random), "
-            f"received {bit_position}."
-        )
-    bits = np.ascontiguousarray(values).view(unsigned).copy()
-    if bit_position >= 0:
-        positions = np.full(bits.shape, bit_position, unsigned)
-    else:
-        positions = rng.integers(0, num_bits, size=bits.shape).astype(unsigned)
-    masks = np.left_shift(unsigned(1), positions).astype(unsigned)
-    if bit_mode == "flip":
-        bits ^= masks
-    elif bit_mode == "stuck_at_1":
-        bits |= masks
-    else:
-        bits &= ~masks
-    return bits.view(values.dtype)
 
 
 def filter_positions(kernel_shape: tuple[int, ...], filters: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from aftt_tf.faults import kinds, sampling
+from aftt_tf.faults import campaign, kinds, sampling
 from aftt_tf.faults.campaign import FaultSpec
 from aftt_tf.faults.kinds import FaultTargetError
 
@@ -327,15 +327,9 @@ class TFLiteRunner:
                 limit = np.iinfo(tensor.dtype).max
                 values[file_positions] = np.clip(np.round(value / scales), -limit, limit)
         else:
-            selected = values[file_positions]
-            if tensor.dtype == np.float32:
-                values[file_positions] = sampling.corrupt_float32_bits(
-                    selected, rng, fault.bit_position, fault.bit_mode
-                )
-            else:
-                values[file_positions] = sampling.corrupt_integer_bits(
-                    selected, rng, fault.bit_position, fault.bit_mode
-                )
+            values[file_positions] = sampling.corrupt_bits(
+                values[file_positions], rng, fault.bit_position, fault.bit_mode
+            )
         return values
 
     @staticmethod
@@ -413,16 +407,7 @@ class TFLiteRunner:
         counts = self.inject(rate, trial)
         self.patch_seconds += time.perf_counter() - start
         accuracy = float(np.mean(np.argmax(self.logits(), axis=-1) == self.labels))
-        return {
-            "rate": float(rate),
-            "trial": int(trial),
-            "accuracy": accuracy,
-            "realized_fraction": counts["faulted"] / counts["elements"]
-            if counts["elements"]
-            else 0.0,
-            "faulted": counts["faulted"],
-            "per_layer": {name: value["faulted"] for name, value in counts["per_layer"].items()},
-        }
+        return campaign.cell_result(rate, trial, accuracy, counts)
 
 
 def _read_checked(path: Path) -> bytes:
