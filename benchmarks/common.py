@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 
 import tensorflow as tf
@@ -31,6 +30,22 @@ def matmul_gflops(size: int = 2048, repeats: int = 20) -> float:
     return 2 * size**3 * repeats / best / 1e9
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def reset_peak_rss() -> bool:
+    """Resets this process's peak RSS (Linux >= 4.0: /proc/self/clear_refs); True if it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_status_mib() -> dict[str, float]:
+    """Current (VmRSS) and peak since the last reset (VmHWM) resident memory, in MiB."""
+    values = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, amount, _ = line.split()
+                values[name[:-1]] = int(amount) / 1024
+    return {"current": values["VmRSS"], "peak": values["VmHWM"]}

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from aftt_tf import complexity, data, networks  # noqa: E402
 from aftt_tf.faults import campaign, keras_runner, sampling  # noqa: E402
-from benchmarks.common import matmul_gflops, peak_rss_mib  # noqa: E402
+from benchmarks.common import matmul_gflops, reset_peak_rss, rss_status_mib  # noqa: E402
 
 RATES = tuple(round(0.1 * i, 1) for i in range(10))
 
@@ -83,9 +83,21 @@ def _rss_child(args) -> None:
     images = np.concatenate([images] * repeats)[: args.rss_examples]
     labels = np.concatenate([labels] * repeats)[: args.rss_examples]
     spec = campaign.FaultSpec(kind="weight", rates=(0.3,), trials=args.rss_trials)
+    before = rss_status_mib()["current"]
+    if not reset_peak_rss():
+        raise SystemExit("cannot reset the peak RSS on this system (/proc/self/clear_refs)")
     with tempfile.TemporaryDirectory() as out:
         campaign.run_campaign({"m": model}, spec, images, labels, out, progress=False)
-    print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
+    peak = rss_status_mib()["peak"]
+    print(
+        json.dumps(
+            {
+                "rss_before_mib": before,
+                "campaign_peak_rss_mib": peak,
+                "campaign_increase_mib": peak - before,
+            }
+        )
+    )
 
 
 def _rss(args, examples: int, trials: int) -> float:
@@ -100,7 +112,21 @@ def _rss(args, examples: int, trials: int) -> float:
     if args.model:
         command.append(f"--model={args.model}")
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _report_rss(args) -> dict:
+    """Campaign memory: peak RSS during the campaign over the RSS before it, per size."""
+    rows = {
+        f"{examples}_examples_{trials}_trials": _rss(args, examples, trials)
+        for examples, trials in ((10000, 10), (10000, 100), (40000, 10))
+    }
+    for key, row in rows.items():
+        print(
+            f"{key.replace('_', ' ')}: RSS before campaign {row['rss_before_mib']:.0f} MiB, peak during "
+            f"campaign {row['campaign_peak_rss_mib']:.0f} MiB (+{row['campaign_increase_mib']:.0f} MiB)"
+        )
+    return rows
 
 
 def main() -> None:
@@ -110,6 +136,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--naive_cells", type=int, default=20)
     parser.add_argument("--json", default="")
+    parser.add_argument("--only_rss", action="store_true", help="Run only the memory part.")
     parser.add_argument("--rss_child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rss_examples", type=int, default=10000, help=argparse.SUPPRESS)
     parser.add_argument("--rss_trials", type=int, default=10, help=argparse.SUPPRESS)
@@ -118,6 +145,9 @@ def main() -> None:
         _rss_child(args)
         return
 
+    if args.only_rss:
+        _report_rss(args)
+        return
     arrays, _ = data.load_arrays("fashion_mnist", source="local")
     images, labels = arrays["test"]
     float_images = images.astype(np.float32) / 255.0
@@ -157,11 +187,6 @@ def main() -> None:
         )
         results[f"cnn_{scope}_seconds_per_trial"] = _seconds_per_trial(cnn_runner, cnn_cells)
 
-    results["rss_mib"] = {
-        f"{examples}_examples_{trials}_trials": _rss(args, examples, trials)
-        for examples, trials in ((10000, 10), (10000, 100), (40000, 10))
-    }
-
     print(f"float32 matmul rate (2048^3, this run): {peak:.1f} GFLOP/s")
     print(
         f"fmnist_mlp weight campaign: {per_trial * 1000:.0f} ms/trial over {len(labels)} images = "
@@ -179,8 +204,7 @@ def main() -> None:
         f"head only: {results['cnn_head_seconds_per_trial'] * 1000:.0f} ms/trial -> "
         f"{results['cnn_all_seconds_per_trial'] / results['cnn_head_seconds_per_trial']:.1f}x"
     )
-    for key, value in results["rss_mib"].items():
-        print(f"peak RSS, {key.replace('_', ' ')}: {value:.0f} MiB")
+    results["rss"] = _report_rss(args)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -107,10 +107,13 @@ class CampaignRunner:
         }
         self.trace_count = 0
         images = np.asarray(images)
-        if images.dtype == np.uint8:
-            images = images.astype(np.float32) / 255.0
+        # uint8 test images stay uint8 in memory (4x smaller) and are scaled per chunk.
+        self._scale_uint8 = images.dtype == np.uint8
         self.num_examples = len(labels)
-        self._suffix, self.prefix_layer = self._split_at_first_fault(images[: min(64, len(images))])
+        probe = _as_float(images[: min(64, len(images))])
+        self._suffix, self.prefix_layer = self._split_at_first_fault(probe)
+        if self.prefix_layer is not None:
+            self._scale_uint8 = False
         prefix_outputs = self._prefix_features(images, batch_size)
         self._chunks, self._chunk_labels, self._valid = _pad_chunks(
             prefix_outputs, labels, batch_size
@@ -148,10 +151,12 @@ class CampaignRunner:
 
     def _prefix_features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         if self._prefix is None:
-            return images
+            return images if self._scale_uint8 else images.astype(np.float32)
         return np.concatenate(
             [
-                np.asarray(self._prefix(images[start : start + batch_size], training=False))
+                np.asarray(
+                    self._prefix(_as_float(images[start : start + batch_size]), training=False)
+                )
                 for start in range(0, len(images), batch_size)
             ]
         )
@@ -160,7 +165,10 @@ class CampaignRunner:
         self.trace_count += 1  # Python side effect: runs once per trace.
         correct = tf.constant(0, tf.int32)
         for index in tf.range(tf.shape(chunks)[0]):
-            logits = self._suffix(chunks[index], training=False)
+            inputs = chunks[index]
+            if self._scale_uint8:
+                inputs = tf.cast(inputs, tf.float32) / 255.0
+            logits = self._suffix(inputs, training=False)
             hits = tf.logical_and(
                 tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), chunk_labels[index]),
                 valid[index],
@@ -223,13 +231,19 @@ class CampaignRunner:
         return campaign.cell_result(rate, trial, accuracy, counts)
 
 
+def _as_float(images: np.ndarray) -> np.ndarray:
+    return (
+        images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+    )
+
+
 def _pad_chunks(features: np.ndarray, labels: np.ndarray, batch_size: int):
     """(num_chunks, batch, ...) tensors with a validity mask: one static shape, one trace."""
     count = len(labels)
     batch_size = min(batch_size, count)
     num_chunks = math.ceil(count / batch_size)
     padded = num_chunks * batch_size
-    feature_array = np.zeros((padded, *features.shape[1:]), np.float32)
+    feature_array = np.zeros((padded, *features.shape[1:]), features.dtype)
     feature_array[:count] = features
     label_array = np.zeros(padded, np.int32)
     label_array[:count] = labels
