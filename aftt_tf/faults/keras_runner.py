@@ -123,15 +123,17 @@ class CampaignRunner:
     def _split_at_first_fault(self, probe: np.ndarray):
         """Suffix model starting at the first faulted layer, if the network is a chain.
 
-        Returns (suffix, prefix_layer_name or None). The split is checked numerically on
-        a probe batch; a non-chain graph falls back to the whole faulty model.
+        Returns (suffix, prefix_layer_name or None). A prefix without weights (Flatten,
+        reshapes) is not worth caching: its cached output would only cost memory. The
+        split is checked numerically on a probe batch; a non-chain graph falls back to
+        the whole faulty model.
         """
         layers = [
             layer for layer in self.faulty.layers if not isinstance(layer, keras.layers.InputLayer)
         ]
         first_name = self.target_names[0]
         index = next(i for i, layer in enumerate(layers) if layer.name == first_name)
-        if index == 0:
+        if not any(layer.weights for layer in layers[:index]):
             self._prefix = None
             return self.faulty, None
         prefix_output = layers[index - 1].output
@@ -152,14 +154,11 @@ class CampaignRunner:
     def _prefix_features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         if self._prefix is None:
             return images if self._scale_uint8 else images.astype(np.float32)
-        return np.concatenate(
-            [
-                np.asarray(
-                    self._prefix(_as_float(images[start : start + batch_size]), training=False)
-                )
-                for start in range(0, len(images), batch_size)
-            ]
-        )
+        features = np.empty((len(images), *self._prefix.output.shape[1:]), np.float32)
+        for start in range(0, len(images), batch_size):
+            chunk = _as_float(images[start : start + batch_size])
+            features[start : start + len(chunk)] = np.asarray(self._prefix(chunk, training=False))
+        return features
 
     def _count_correct_impl(self, chunks, chunk_labels, valid):
         self.trace_count += 1  # Python side effect: runs once per trace.
