@@ -26,6 +26,7 @@ Representations:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import struct
@@ -107,14 +108,18 @@ class TFLiteLayer:
         out_channels, height, width, in_channels = self.weights.shape
         return (height, width, in_channels, out_channels)
 
-    def keras_to_file_positions(self, keras_positions: np.ndarray) -> np.ndarray:
-        """Flat indices in the file's layout of flat indices in the Keras kernel layout."""
+    @functools.cached_property
+    def _file_position_of_keras_index(self) -> np.ndarray:
         permutation = (1, 0) if self.operator == "fully_connected" else (3, 0, 1, 2)
         keras_index = np.arange(int(np.prod(self.weights.shape))).reshape(self.keras_kernel_shape)
         file_order = keras_index.transpose(permutation).reshape(-1)
         inverse = np.empty_like(file_order)
         inverse[file_order] = np.arange(file_order.size)
-        return inverse[keras_positions]
+        return inverse
+
+    def keras_to_file_positions(self, keras_positions: np.ndarray) -> np.ndarray:
+        """Flat indices in the file's layout of flat indices in the Keras kernel layout."""
+        return self._file_position_of_keras_index[keras_positions]
 
 
 class TFLiteModel:
@@ -310,16 +315,15 @@ class TFLiteRunner:
             self.model.content, tensor.dtype, int(np.prod(tensor.shape)), tensor.offset
         ).copy()
 
-    def _faulty_values(
-        self, tensor: ConstantTensor, file_positions: np.ndarray, rng, real_values=None
-    ):
+    def _faulty_values(self, tensor: ConstantTensor, file_positions: np.ndarray, rng):
         values = self._read(tensor)
         fault = self.spec.value_fault
         if fault.kind == "zero":
             values[file_positions] = 0
         elif fault.kind == "value":
-            real = real_values if real_values is not None else values.astype(np.float64)
-            value = fault.value if fault.value is not None else float(np.max(np.abs(real)))
+            value = fault.value
+            if value is None:  # Stuck at the tensor's max |real value|.
+                value = float(np.max(np.abs(self._real_values(tensor))))
             if tensor.dtype == np.float32:
                 values[file_positions] = value
             else:
@@ -341,7 +345,7 @@ class TFLiteRunner:
         shape[tensor.quantized_dimension] = -1
         return np.broadcast_to(tensor.scales.reshape(shape), tensor.shape).reshape(-1)
 
-    def _real_weights(self, tensor: ConstantTensor) -> np.ndarray:
+    def _real_values(self, tensor: ConstantTensor) -> np.ndarray:
         values = self._read(tensor).astype(np.float64)
         return values if tensor.dtype == np.float32 else values * self._element_scales(tensor)
 
@@ -376,18 +380,10 @@ class TFLiteRunner:
                     spec.include_bias,
                 )
                 file_positions = layer.keras_to_file_positions(plan.kernel_positions)
-                self._write(
-                    layer.weights,
-                    self._faulty_values(
-                        layer.weights, file_positions, rng, self._real_weights(layer.weights)
-                    ),
-                )
+                self._write(layer.weights, self._faulty_values(layer.weights, file_positions, rng))
                 if layer.bias is not None and len(plan.bias_positions):
                     self._write(
-                        layer.bias,
-                        self._faulty_values(
-                            layer.bias, plan.bias_positions, rng, self._real_weights(layer.bias)
-                        ),
+                        layer.bias, self._faulty_values(layer.bias, plan.bias_positions, rng)
                     )
                 count, elements = plan.faulted, plan.elements
             per_layer[name] = {"faulted": count, "elements": elements}
