@@ -58,35 +58,44 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     )
 
 
-def prepare_run_directory(workdir: Path, config: TrainConfig, overwrite: bool = False) -> bool:
-    """Creates `workdir` or checks that it belongs to this config. Returns True when resuming."""
+def check_run_directory(workdir: Path, config: TrainConfig, overwrite: bool = False) -> bool:
+    """Raises unless `workdir` is absent, empty, or holds this config; writes nothing.
+
+    Returns True when the run will resume (or reuse) what is there.
+    """
     config_path = workdir / "config.json"
+    if overwrite or not workdir.exists() or not any(workdir.iterdir()):
+        return False
+    if not config_path.exists():
+        raise RunDirectoryError(
+            f"{workdir} exists, is not empty and is not an aftt-train run directory (no "
+            "config.json). Choose another --out, or empty it yourself."
+        )
+    previous = io_utils.read_json(config_path)
+    current = config.as_dict()
+    differences = {
+        key: (previous.get(key), current.get(key))
+        for key in sorted(set(previous) | set(current))
+        if previous.get(key) != current.get(key)
+    }
+    if differences:
+        listed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items())
+        raise RunDirectoryError(
+            f"{workdir} holds a run with a different config ({listed}). Use another --out to "
+            "keep both, or --overwrite to replace it."
+        )
+    return True
+
+
+def prepare_run_directory(workdir: Path, config: TrainConfig, overwrite: bool = False) -> bool:
+    """Creates `workdir` (replacing it when `overwrite`) or checks that it belongs to this
+    config. Returns True when resuming."""
+    if check_run_directory(workdir, config, overwrite):
+        return True
     if workdir.exists() and overwrite:
         shutil.rmtree(workdir)
-    if workdir.exists() and any(workdir.iterdir()):
-        if not config_path.exists():
-            raise RunDirectoryError(
-                f"{workdir} exists, is not empty and is not an aftt-train run directory (no "
-                "config.json). Choose another --out, or empty it yourself."
-            )
-        previous = io_utils.read_json(config_path)
-        current = config.as_dict()
-        differences = {
-            key: (previous.get(key), current.get(key))
-            for key in sorted(set(previous) | set(current))
-            if previous.get(key) != current.get(key)
-        }
-        if differences:
-            listed = ", ".join(
-                f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items()
-            )
-            raise RunDirectoryError(
-                f"{workdir} holds a run with a different config ({listed}). Use another --out to "
-                "keep both, or --overwrite to replace it."
-            )
-        return True
     workdir.mkdir(parents=True, exist_ok=True)
-    io_utils.write_text(config_path, config.to_json() + "\n")
+    io_utils.write_text(workdir / "config.json", config.to_json() + "\n")
     io_utils.write_text(workdir / "flags.txt", config.to_flagfile())
     return False
 
@@ -429,8 +438,10 @@ def train_and_evaluate(
     """
     config.validate()
     workdir = Path(workdir)
-    prepare_run_directory(workdir, config, overwrite)
+    # Bad directories and missing data are reported before anything is written.
+    check_run_directory(workdir, config, overwrite)
     splits = load_config_splits(config)
+    prepare_run_directory(workdir, config, overwrite)
     logging.info("Data: %s from %s", splits.sizes(), splits.source)
     if not config.reg_lambda_grid:
         return train_once(config, workdir, splits)

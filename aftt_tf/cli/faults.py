@@ -132,7 +132,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(
             "Cannot infer the dataset from the model's input shape; pass --dataset."
         )
-    arrays, source = data.load_arrays(dataset, data_dir=FLAGS.data_dir or None)
+    try:
+        arrays, source = data.load_arrays(dataset, data_dir=FLAGS.data_dir or None)
+    except data.DataUnavailableError as error:
+        raise app.UsageError(str(error)) from None
     images, labels = arrays["test"]
     if FLAGS.test_examples:
         images, labels = images[: FLAGS.test_examples], labels[: FLAGS.test_examples]

@@ -119,7 +119,7 @@ def main(argv: list[str]) -> None:
 
     try:
         metrics = train_lib.train_and_evaluate(config, FLAGS.out, overwrite=FLAGS.overwrite)
-    except train_lib.RunDirectoryError as error:
+    except (train_lib.RunDirectoryError, data.DataUnavailableError) as error:
         raise app.UsageError(str(error)) from None
     summary = {
         key: metrics[key]
