@@ -108,7 +108,13 @@ def test_out_is_required():
 
 def test_missing_data_is_reported_before_the_run_directory_is_written(tmp_path):
     with flagsaver.flagsaver():
-        _parse([f"--data_dir={tmp_path / 'nowhere'}", "--data_source=local", f"--out={tmp_path / 'run'}"])
+        _parse(
+            [
+                f"--data_dir={tmp_path / 'nowhere'}",
+                "--data_source=local",
+                f"--out={tmp_path / 'run'}",
+            ]
+        )
         with pytest.raises(app.UsageError, match="Could not load dataset 'fashion_mnist'"):
             train_cli.main(["aftt-train"])
     assert not (tmp_path / "run").exists()

@@ -129,20 +129,25 @@ class FaultSpec:
 
 
 class _Progress:
+    """One updating line on a terminal; in logs, a line every 10% of the cells."""
+
     def __init__(self, total: int, label: str, stream=sys.stderr):
         self.total, self.label, self.stream = total, label, stream
         self.done, self.start = 0, time.time()
+        self.interactive = hasattr(stream, "isatty") and stream.isatty()
 
     def update(self, rate: float, trial: int, accuracy: float) -> None:
         self.done += 1
         elapsed = time.time() - self.start
         remaining = elapsed / self.done * (self.total - self.done)
-        self.stream.write(
-            f"\r{self.label} rate={rate:.3f} trial={trial} accuracy={accuracy:.4f} "
-            f"[{self.done}/{self.total} cells, {elapsed:.0f}s, ~{remaining:.0f}s left]   "
+        line = (
+            f"{self.label} rate={rate:.3f} trial={trial} accuracy={accuracy:.4f} "
+            f"[{self.done}/{self.total} cells, {elapsed:.0f}s, ~{remaining:.0f}s left]"
         )
-        if self.done == self.total:
-            self.stream.write("\n")
+        if self.interactive:
+            self.stream.write(f"\r{line}   " + ("\n" if self.done == self.total else ""))
+        elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
+            self.stream.write(line + "\n")
         self.stream.flush()
 
 
