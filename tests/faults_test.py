@@ -350,3 +350,48 @@ def test_integer_bit_faults():
     np.testing.assert_array_equal(int32, np.array([4], np.int32))
     with pytest.raises(ValueError, match="bit_position must be in 0..7 for int8"):
         sampling.corrupt_bits(np.array([1], np.int8), rng, 9, "flip")
+
+
+def _hand_made_cells(accuracy_by_model):
+    cells = []
+    for model, rows in accuracy_by_model.items():
+        for rate, accuracies in rows.items():
+            for trial, accuracy in enumerate(accuracies):
+                cells.append(
+                    {
+                        "model": model,
+                        "group": "all",
+                        "rate": rate,
+                        "trial": trial,
+                        "accuracy": accuracy,
+                    }
+                )
+    return cells
+
+
+def test_verdict_names_the_most_tolerant_model():
+    cells = _hand_made_cells(
+        {
+            "aftt": {0.0: [0.90] * 4, 0.5: [0.70, 0.72, 0.69, 0.71]},
+            "l2": {0.0: [0.90] * 4, 0.5: [0.60, 0.63, 0.61, 0.62]},
+            "none": {0.0: [0.89] * 4, 0.5: [0.50, 0.52, 0.49, 0.51]},
+        }
+    )
+    result = campaign.verdict(cells)
+    assert result["best"] == "aftt" and result["runner_up"] == "l2" and not result["tie"]
+    # Per-trial AUC difference is (0.10, 0.09, 0.08, 0.09) / 2.
+    assert result["mean_difference"] == pytest.approx(0.045)
+    assert result["text"].startswith("most tolerant: aftt, ahead of l2 by +4.50 points")
+
+
+def test_verdict_reports_a_tie_within_the_interval():
+    cells = _hand_made_cells(
+        {
+            "aftt": {0.0: [0.90] * 4, 0.5: [0.70, 0.60, 0.72, 0.58]},
+            "l2": {0.0: [0.90] * 4, 0.5: [0.62, 0.69, 0.60, 0.68]},
+        }
+    )
+    result = campaign.verdict(cells)
+    assert result["tie"] and result["best"] is None
+    assert result["ci_low"] < 0 < result["ci_high"]
+    assert "tie within the 95% CI" in result["text"]

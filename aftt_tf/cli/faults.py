@@ -175,6 +175,11 @@ def _print_summary(results: dict) -> None:
                 f"  rate {row['rate']:.3f}: {100 * row['mean_difference']:+.2f} points "
                 f"[{100 * row['ci_low']:+.2f}, {100 * row['ci_high']:+.2f}]"
             )
+    if results.get("verdict"):
+        print(
+            f"verdict ({results['spec']['kind']} faults, scope {results['spec']['scope']}): "
+            f"{results['verdict']['text']}"
+        )
     print(json.dumps({"skipped_cells": results.get("skipped_cells", 0)}))
 
 

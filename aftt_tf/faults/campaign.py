@@ -395,6 +395,67 @@ def paired_differences(
     return rows
 
 
+def _per_trial_auc(cells: list[dict[str, Any]], model: str, group: str) -> dict[int, float]:
+    """Normalised area under each trial's accuracy-vs-rate curve (trials present at every rate)."""
+    own = [c for c in cells if c["model"] == model and c["group"] == group]
+    rates = sorted({c["rate"] for c in own})
+    by_key = {(c["rate"], c["trial"]): c["accuracy"] for c in own}
+    trials = sorted({c["trial"] for c in own if all((r, c["trial"]) in by_key for r in rates)})
+    span = rates[-1] - rates[0] if len(rates) > 1 else 0.0
+    result = {}
+    for trial in trials:
+        curve = np.array([by_key[(rate, trial)] for rate in rates])
+        result[trial] = float(np.trapezoid(curve, rates) / span) if span else float(curve[0])
+    return result
+
+
+def verdict(cells: list[dict[str, Any]], group: str = "all") -> dict[str, Any]:
+    """The most fault-tolerant model by normalised AUC, with the paired difference to the
+    runner-up and its 95% CI; a tie when that interval contains 0.
+
+    Trials of every model share fault positions, so the per-trial AUCs are paired.
+    """
+    models = sorted({c["model"] for c in cells if c["group"] == group})
+    aucs = {model: _per_trial_auc(cells, model, group) for model in models}
+    means = {
+        model: float(np.mean(list(values.values()))) for model, values in aucs.items() if values
+    }
+    if len(means) < 2:
+        return {
+            "group": group,
+            "best": next(iter(means), None),
+            "text": "only one model: no comparison",
+        }
+    ranked = sorted(means, key=means.get, reverse=True)
+    best, runner_up = ranked[0], ranked[1]
+    shared = sorted(set(aucs[best]) & set(aucs[runner_up]))
+    mean, _, half_width = confidence_interval([aucs[best][t] - aucs[runner_up][t] for t in shared])
+    low, high = mean - half_width, mean + half_width
+    tie = low <= 0.0
+    interval = f"{100 * mean:+.2f} points [{100 * low:+.2f}, {100 * high:+.2f}]"
+    if tie:
+        text = (
+            f"no clear winner: {best} and {runner_up} tie within the 95% CI of the paired "
+            f"difference in normalized AUC ({interval}, {len(shared)} trials)"
+        )
+    else:
+        text = (
+            f"most tolerant: {best}, ahead of {runner_up} by {interval} normalized AUC "
+            f"(paired, 95% CI, {len(shared)} trials)"
+        )
+    return {
+        "group": group,
+        "best": None if tie else best,
+        "tie": tie,
+        "runner_up": runner_up,
+        "mean_difference": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "ranking": ranked,
+        "text": text,
+    }
+
+
 def write_outputs(
     out_dir: Path, cells: list[dict[str, Any]], meta: dict[str, Any]
 ) -> dict[str, Any]:
@@ -410,6 +471,7 @@ def write_outputs(
         for b in labels[i + 1 :]
     }
     results = {
+        "verdict": verdict(cells) if len(labels) > 1 else None,
         **meta,
         "versions": io_utils.versions(),
         "summary": summary,
