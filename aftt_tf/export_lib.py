@@ -184,9 +184,7 @@ def layer_map(
             operator.weights.offset,
         ).astype(np.float64)
         if operator.weights.dtype != np.float32:
-            runner_values = runner_values * tflite_runner.TFLiteRunner._element_scales(
-                operator.weights
-            )
+            runner_values = runner_values * tflite_runner.element_scales(operator.weights)
         file_order = operator.keras_to_file_positions(np.arange(kernel.size))
         stored = runner_values[file_order].reshape(kernel.shape)
         tolerance = (

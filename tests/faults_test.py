@@ -148,6 +148,12 @@ def test_strip_restores_original_outputs_and_faulty_model_round_trips(tmp_path):
             runner_layers[0].node_keep.assign(np.zeros(runner_layers[0].node_keep.shape, "float32"))
         faulted = np.asarray(faulty(images))
         assert not np.allclose(faulted, np.asarray(model(images)))
+        runner_layers[0].clear_faults()
+        np.testing.assert_allclose(np.asarray(faulty(images)), np.asarray(model(images)), atol=1e-6)
+        if kind == "weight":
+            runner_layers[0].kernel_keep.assign(np.zeros(runner_layers[0].kernel.shape, "float32"))
+        else:
+            runner_layers[0].node_keep.assign(np.zeros(runner_layers[0].node_keep.shape, "float32"))
         path = tmp_path / f"faulty_{kind}.keras"
         faulty.save(path)
         reloaded = keras.saving.load_model(path)

@@ -88,6 +88,11 @@ def main(argv: list[str]) -> None:
         return
     if not FLAGS.model:
         raise app.UsageError("--model is required (a classifier.keras from aftt-train).")
+    if FLAGS.test_examples < 0 or FLAGS.batch_size < 1:
+        raise app.UsageError(
+            f"--test_examples must be >= 0 and --batch_size >= 1; received "
+            f"{FLAGS.test_examples} and {FLAGS.batch_size}."
+        )
     try:
         rates = tuple(float(rate) for rate in FLAGS.rates)
     except ValueError:

@@ -106,6 +106,7 @@ class CampaignRunner:
             name: targets.fault_layer(self.faulty, name, spec.kind) for name in self.target_names
         }
         self.trace_count = 0
+        self._parameters: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         images = np.asarray(images)
         # uint8 test images stay uint8 in memory (4x smaller) and are scaled per chunk.
         self._scale_uint8 = images.dtype == np.uint8
@@ -180,10 +181,6 @@ class CampaignRunner:
         correct = self._count_correct(self._chunks, self._chunk_labels, self._valid)
         return float(correct.numpy()) / self.num_examples
 
-    def clear(self) -> None:
-        for layer in self.fault_layers.values():
-            layer.clear_faults()
-
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         """Assigns the masks of cell (rate, trial); returns per-layer fault counts."""
         spec = self.spec
@@ -204,10 +201,17 @@ class CampaignRunner:
             total += elements
         return {"faulted": faulted, "elements": total, "per_layer": per_layer}
 
+    def _clean_parameters(self, layer) -> tuple[np.ndarray, np.ndarray]:
+        """Host copies of a layer's kernel and bias, read once per campaign (they never change)."""
+        if layer.name not in self._parameters:
+            kernel = np.asarray(layer.kernel.numpy())
+            bias = np.asarray(layer.bias.numpy()) if layer.use_bias else np.empty(0, np.float32)
+            self._parameters[layer.name] = (kernel, bias)
+        return self._parameters[layer.name]
+
     def _inject_parameters(self, layer, rate, rng) -> tuple[int, int]:
         spec = self.spec
-        kernel = np.asarray(layer.kernel.numpy())
-        bias = np.asarray(layer.bias.numpy()) if layer.use_bias else np.empty(0, np.float32)
+        kernel, bias = self._clean_parameters(layer)
         plan = sampling.plan_parameter_fault(
             kernel.shape, bias.size, spec.kind, rate, rng, spec.sampling, spec.include_bias
         )

@@ -122,6 +122,16 @@ class TFLiteLayer:
         return self._file_position_of_keras_index[keras_positions]
 
 
+def element_scales(tensor: ConstantTensor) -> np.ndarray:
+    """Quantization scale of every element of a tensor, flat (1.0 for float tensors)."""
+    size = int(np.prod(tensor.shape))
+    if tensor.scales.size <= 1:
+        return np.full(size, float(tensor.scales[0]) if tensor.scales.size else 1.0)
+    shape = [1] * len(tensor.shape)
+    shape[tensor.quantized_dimension] = -1
+    return np.broadcast_to(tensor.scales.reshape(shape), tensor.shape).reshape(-1)
+
+
 class TFLiteModel:
     """A parsed .tflite classifier; the campaign engine's adapter for TFLite files.
 
@@ -327,7 +337,7 @@ class TFLiteRunner:
             if tensor.dtype == np.float32:
                 values[file_positions] = value
             else:
-                scales = self._element_scales(tensor)[file_positions]
+                scales = element_scales(tensor)[file_positions]
                 limit = np.iinfo(tensor.dtype).max
                 values[file_positions] = np.clip(np.round(value / scales), -limit, limit)
         else:
@@ -336,18 +346,9 @@ class TFLiteRunner:
             )
         return values
 
-    @staticmethod
-    def _element_scales(tensor: ConstantTensor) -> np.ndarray:
-        size = int(np.prod(tensor.shape))
-        if tensor.scales.size <= 1:
-            return np.full(size, float(tensor.scales[0]) if tensor.scales.size else 1.0)
-        shape = [1] * len(tensor.shape)
-        shape[tensor.quantized_dimension] = -1
-        return np.broadcast_to(tensor.scales.reshape(shape), tensor.shape).reshape(-1)
-
     def _real_values(self, tensor: ConstantTensor) -> np.ndarray:
         values = self._read(tensor).astype(np.float64)
-        return values if tensor.dtype == np.float32 else values * self._element_scales(tensor)
+        return values if tensor.dtype == np.float32 else values * element_scales(tensor)
 
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         """Writes the faulty bytes of cell (rate, trial) into the in-memory model."""
