@@ -13,7 +13,9 @@ from typing import Any
 
 from aftt_tf import data, networks, trainers
 
-METHODS = ("aftt", "none", "l1", "l2")
+METHODS = ("aftt", "none", "l1", "l2", "fat", "aftt_fat")
+PRETRAINING_METHODS = ("aftt", "aftt_fat")
+FAULT_AWARE_METHODS = ("fat", "aftt_fat")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -23,8 +25,10 @@ class TrainConfig:
     """Everything that determines a training run.
 
     `method` picks the algorithm: 'aftt' (adversarial autoencoder pre-training of the
-    extractor, then supervised fine-tuning), or plain supervised training with no
-    regularisation ('none'), Lasso ('l1') or Tikhonov ('l2') weight penalties.
+    extractor, then supervised fine-tuning), plain supervised training with no
+    regularisation ('none'), Lasso ('l1') or Tikhonov ('l2') weight penalties,
+    fault-aware training ('fat': random stuck-at-0 faults in every supervised step), or
+    AFTT pre-training followed by fault-aware fine-tuning ('aftt_fat').
     """
 
     method: str = "aftt"
@@ -53,6 +57,9 @@ class TrainConfig:
     freeze_extractor: bool = False
     reg_lambda: float = 0.0
     reg_lambda_grid: tuple[float, ...] = ()
+    # Fault-aware training ('fat', 'aftt_fat'): per step, one kind and a rate in [0, max].
+    fault_aware_kinds: tuple[str, ...] = ("weight", "node")
+    fault_aware_max_rate: float = 0.5
     early_stopping_patience: int = 0  # 0: off; the best validation epoch is kept either way.
     # Execution.
     seed: int = 0
@@ -61,6 +68,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.reg_lambda_grid = tuple(float(value) for value in self.reg_lambda_grid)
+        self.fault_aware_kinds = tuple(str(kind) for kind in self.fault_aware_kinds)
         if not self.dataset and self.architecture in networks.ARCHITECTURE_DATASETS:
             self.dataset = networks.ARCHITECTURE_DATASETS[self.architecture]
 
@@ -121,11 +129,30 @@ class TrainConfig:
             raise ValueError(
                 "early_stopping_patience needs a validation split; set validation_fraction > 0."
             )
-        if self.freeze_extractor and self.method != "aftt":
+        unknown = [k for k in self.fault_aware_kinds if k not in trainers.FAULT_AWARE_KINDS]
+        if unknown or not self.fault_aware_kinds:
             raise ValueError(
-                "freeze_extractor keeps a pre-trained extractor fixed; only method 'aftt' "
-                f"pre-trains one (method is {self.method!r})."
+                f"fault_aware_kinds must be a non-empty subset of "
+                f"{', '.join(trainers.FAULT_AWARE_KINDS)}, received {list(self.fault_aware_kinds)}."
             )
+        if not (math.isfinite(self.fault_aware_max_rate) and 0 < self.fault_aware_max_rate < 1):
+            raise ValueError(
+                f"fault_aware_max_rate must be in (0, 1), received {self.fault_aware_max_rate}."
+            )
+        if self.freeze_extractor and not self.pretrains:
+            raise ValueError(
+                "freeze_extractor keeps a pre-trained extractor fixed; only methods "
+                f"{', '.join(PRETRAINING_METHODS)} pre-train one (method is {self.method!r})."
+            )
+
+    @property
+    def pretrains(self) -> bool:
+        """Whether the extractor is first trained as an adversarial autoencoder."""
+        return self.method in PRETRAINING_METHODS
+
+    @property
+    def fault_aware(self) -> bool:
+        return self.method in FAULT_AWARE_METHODS
 
     @property
     def regularization(self) -> str:
@@ -134,6 +161,7 @@ class TrainConfig:
     def as_dict(self) -> dict[str, Any]:
         result = dataclasses.asdict(self)
         result["reg_lambda_grid"] = list(self.reg_lambda_grid)
+        result["fault_aware_kinds"] = list(self.fault_aware_kinds)
         return result
 
     def to_json(self) -> str:
@@ -156,7 +184,7 @@ class TrainConfig:
             if isinstance(value, bool):
                 lines.append(f"--{name}" if value else f"--no{name}")
             elif isinstance(value, list):
-                lines.append(f"--{name}={','.join(repr(v) for v in value)}")
+                lines.append(f"--{name}={','.join(str(v) for v in value)}")
             else:
                 lines.append(f"--{name}={value}")
         return "\n".join(lines) + "\n"

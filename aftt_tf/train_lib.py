@@ -71,7 +71,8 @@ def check_run_directory(workdir: Path, config: TrainConfig, overwrite: bool = Fa
             f"{workdir} exists, is not empty and is not an aftt-train run directory (no "
             "config.json). Choose another --out, or empty it yourself."
         )
-    previous = io_utils.read_json(config_path)
+    # Fields added to TrainConfig after a run was written take their defaults there.
+    previous = {**TrainConfig().as_dict(), **io_utils.read_json(config_path)}
     current = config.as_dict()
     differences = {
         key: (previous.get(key), current.get(key))
@@ -288,7 +289,7 @@ def train_once(
         histories = {}
         finetune_dir = workdir / "checkpoints" / FINETUNE
         if (
-            config.method == "aftt"
+            config.pretrains
             and config.pretrain_epochs > 0
             and not (finetune_dir / "state.json").exists()
         ):
@@ -337,6 +338,9 @@ def train_once(
             regularization=config.regularization,
             reg_lambda=config.reg_lambda,
             frozen_layer_names=frozen,
+            fault_aware_kinds=config.fault_aware_kinds if config.fault_aware else (),
+            fault_aware_max_rate=config.fault_aware_max_rate,
+            seed=config.seed,
         )
         learning_rate = config.learning_rate
         if config.lr_schedule == "cosine":

@@ -2,8 +2,8 @@
 
 `AdversarialAutoencoder` runs Algorithm 1 of the paper (Game 1 and Game 2) on every
 batch; `ClassifierTrainer` runs supervised fine-tuning with the paper's squared-error
-loss (or cross-entropy) and the L1/L2 baselines. Neither is the deployable artifact:
-the classifier Functional model they update is.
+loss (or cross-entropy), the L1/L2 baselines and fault-aware training. Neither is the
+deployable artifact: the classifier Functional model they update is.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from aftt_tf.faults import layers as fault_layers
+
 CLASSIFICATION_LOSSES = ("mse", "crossentropy")
 REGULARIZATIONS = ("none", "l1", "l2")
+FAULT_AWARE_KINDS = ("weight", "node")
 
 
 def _replica_scale(loss: tf.Tensor) -> tf.Tensor:
@@ -226,6 +229,18 @@ class ClassifierTrainer(keras.Model):
         reg_lambda: weight of the penalty.
         frozen_layer_names: classifier layers that are not trained (the extractor,
             when fine-tuning only the head).
+        fault_aware_kinds: fault-aware training (the dropout/DropConnect-style baseline
+            of the fault-tolerance literature): every training step holds a fresh random
+            set of stuck-at-0 faults of one of these kinds ('weight': kernel elements
+            of every trained layer; 'node': outputs of the hidden Dense/Conv2D layers,
+            per activation position like the campaigns' node faults). One fault map
+            per step is shared by the whole batch, as a faulty chip would be, and
+            nothing is rescaled (a stuck-at-0 fault is not inverted dropout).
+        fault_aware_max_rate: each step draws its kind uniformly from
+            `fault_aware_kinds` and its fault rate uniformly from [0, this], so the
+            model sees the whole range a campaign evaluates.
+        seed: seed of the fault maps; step i's map depends only on (seed, i), so a
+            resumed run draws the same faults as an uninterrupted one.
     """
 
     def __init__(
@@ -235,9 +250,22 @@ class ClassifierTrainer(keras.Model):
         regularization: str = "none",
         reg_lambda: float = 0.0,
         frozen_layer_names: tuple[str, ...] = (),
+        fault_aware_kinds: tuple[str, ...] = (),
+        fault_aware_max_rate: float = 0.0,
+        seed: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        unknown = [kind for kind in fault_aware_kinds if kind not in FAULT_AWARE_KINDS]
+        if unknown:
+            raise ValueError(
+                f"fault_aware_kinds {unknown} are not supported; expected a subset of "
+                f"{', '.join(FAULT_AWARE_KINDS)}."
+            )
+        if fault_aware_kinds and not 0.0 < fault_aware_max_rate < 1.0:
+            raise ValueError(
+                f"fault_aware_max_rate must be in (0, 1), received {fault_aware_max_rate}."
+            )
         if loss not in CLASSIFICATION_LOSSES:
             raise ValueError(
                 f"loss must be one of {', '.join(CLASSIFICATION_LOSSES)}, received {loss!r}."
@@ -257,6 +285,20 @@ class ClassifierTrainer(keras.Model):
         self.trained_layers = [layer for layer in classifier.layers if layer.name not in frozen]
         self.trackers = _mean_metrics("loss", "classification_loss", "penalty")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.fault_aware_kinds = tuple(fault_aware_kinds)
+        self.fault_aware_max_rate = float(fault_aware_max_rate)
+        self.fault_seed = int(seed)
+        self.fault_kernels = []
+        self.node_view = None
+        self.node_masks = []
+        if "weight" in self.fault_aware_kinds:
+            self.fault_kernels = [
+                layer.kernel
+                for layer in self.trained_layers
+                if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+            ]
+        if "node" in self.fault_aware_kinds:
+            self.node_view, self.node_masks = _with_node_masks(classifier)
 
     def trainable_variables_list(self) -> list[keras.Variable]:
         return [weight for layer in self.trained_layers for weight in layer.trainable_weights]
@@ -285,11 +327,49 @@ class ClassifierTrainer(keras.Model):
         penalty = self.penalty()
         return data_loss + penalty, data_loss, penalty
 
+    def fault_mapping(self, step: tf.Tensor) -> list[tuple[keras.Variable, tf.Tensor]]:
+        """(variable, value) pairs that put step `step`'s stuck-at-0 faults in place.
+
+        Random numbers are stateless functions of (seed, step, tensor index): no
+        random state to checkpoint, and every replica of a distributed step draws the
+        same fault map. Kernel values are computed from the variables, so the
+        gradient reaches the fault-free elements (and is 0 at the faulted ones).
+        """
+        step_seed = tf.stack([tf.constant(self.fault_seed, tf.int64), tf.cast(step, tf.int64)])
+        draws = tf.random.stateless_uniform(
+            [2], seed=tf.random.experimental.stateless_fold_in(step_seed, 0)
+        )
+        rate = draws[0] * self.fault_aware_max_rate
+        kind_index = tf.minimum(
+            tf.cast(draws[1] * len(self.fault_aware_kinds), tf.int32),
+            len(self.fault_aware_kinds) - 1,
+        )
+        mapping = []
+        tensors = [(kernel, "weight") for kernel in self.fault_kernels] + [
+            (mask, "node") for mask in self.node_masks
+        ]
+        for index, (variable, kind) in enumerate(tensors, start=1):
+            kind_rate = tf.where(
+                kind_index == self.fault_aware_kinds.index(kind), rate, tf.zeros_like(rate)
+            )
+            uniform = tf.random.stateless_uniform(
+                variable.shape, seed=tf.random.experimental.stateless_fold_in(step_seed, index)
+            )
+            keep = tf.cast(uniform >= kind_rate, variable.dtype)
+            mapping.append((variable, variable * keep if kind == "weight" else keep))
+        return mapping
+
     def train_step(self, data):
         images, labels = data
         variables = self.trainable_variables_list()
         with tf.GradientTape() as tape:
-            logits = self.classifier(images, training=True)
+            if self.fault_aware_kinds:
+                mapping = self.fault_mapping(self.optimizer.iterations)
+                model = self.node_view or self.classifier
+                with keras.StatelessScope(state_mapping=mapping):
+                    logits = model(images, training=True)
+            else:
+                logits = self.classifier(images, training=True)
             loss, data_loss, penalty = self.total_loss(labels, logits)
             scaled_loss = _replica_scale(loss)
         gradients = tape.gradient(scaled_loss, variables)
@@ -309,3 +389,31 @@ class ClassifierTrainer(keras.Model):
         self.trackers["penalty"].update_state(penalty)
         self.accuracy_tracker.update_state(labels, logits)
         return {metric.name: metric.result() for metric in self.metrics}
+
+
+def _with_node_masks(classifier: keras.Model) -> tuple[keras.Model, list[keras.Variable]]:
+    """A view of `classifier` that shares its layers (and weights) and multiplies the
+    output of every hidden Dense/Conv2D layer by a node mask, for fault-aware training."""
+    output_names = set(classifier.output_names)
+    targets = {
+        layer.name
+        for layer in classifier.layers
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+        and layer.name not in output_names
+    }
+    masks = []
+
+    def call_function(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        if layer.name in targets:
+            node_fault = fault_layers.NodeFault(
+                target=layer.name, name=f"{layer.name}_training_fault"
+            )
+            outputs = node_fault(outputs)
+            masks.append(node_fault.node_keep)
+        return outputs
+
+    view = keras.models.clone_model(
+        classifier, clone_function=lambda layer: layer, call_function=call_function
+    )
+    return view, masks

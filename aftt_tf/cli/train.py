@@ -10,102 +10,13 @@ import logging
 
 from absl import app, flags
 
-from aftt_tf import config as config_lib
-from aftt_tf import data, networks, trainers
+from aftt_tf import data
+from aftt_tf.cli import train_flags
 
-_DEFAULTS = config_lib.TrainConfig()
-
-flags.DEFINE_enum("method", _DEFAULTS.method, config_lib.METHODS, "Training method.")
-flags.DEFINE_enum("architecture", _DEFAULTS.architecture, networks.ARCHITECTURES, "Network.")
-flags.DEFINE_string("dataset", "", f"One of {', '.join(data.DATASETS)}; empty: the architecture's.")
-flags.DEFINE_string("data_dir", "", "Local raw data (IDX .gz files or CIFAR-10 image folder).")
-flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory.")
-flags.DEFINE_enum("data_source", _DEFAULTS.data_source, data.SOURCES, "Where to load data from.")
-flags.DEFINE_float(
-    "validation_fraction",
-    _DEFAULTS.validation_fraction,
-    "Fraction of the training set held out for model selection.",
-)
-flags.DEFINE_integer("train_examples", 0, "Use only this many training examples (0: all).")
-flags.DEFINE_integer("test_examples", 0, "Use only this many test examples (0: all).")
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training batch size (global).")
-flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Evaluation batch size.")
-flags.DEFINE_integer(
-    "pretrain_epochs",
-    _DEFAULTS.pretrain_epochs,
-    "Epochs of adversarial autoencoder pre-training (aftt).",
-)
-flags.DEFINE_float(
-    "reconstruction_learning_rate",
-    _DEFAULTS.reconstruction_learning_rate,
-    "Adam learning rate of extractor + decoder in Game 1.",
-)
-flags.DEFINE_float(
-    "discriminator_learning_rate",
-    _DEFAULTS.discriminator_learning_rate,
-    "Adam learning rate of the discriminator (paper: 5e-5).",
-)
-flags.DEFINE_float(
-    "adversarial_learning_rate",
-    _DEFAULTS.adversarial_learning_rate,
-    "Adam learning rate of the extractor in Game 2.",
-)
-flags.DEFINE_integer(
-    "discriminator_steps",
-    _DEFAULTS.discriminator_steps,
-    "Discriminator updates per batch (k in Algorithm 1).",
-)
-flags.DEFINE_float("prior_stddev", _DEFAULTS.prior_stddev, "Sigma of the Gaussian prior.")
-flags.DEFINE_integer("finetune_epochs", _DEFAULTS.finetune_epochs, "Epochs of supervised training.")
-flags.DEFINE_float(
-    "learning_rate", _DEFAULTS.learning_rate, "Adam learning rate, supervised phase."
-)
-flags.DEFINE_enum(
-    "lr_schedule",
-    _DEFAULTS.lr_schedule,
-    config_lib.LR_SCHEDULES,
-    "Supervised learning rate: constant, or cosine decay to 0 over finetune_epochs.",
-)
-flags.DEFINE_enum(
-    "classification_loss",
-    _DEFAULTS.classification_loss,
-    trainers.CLASSIFICATION_LOSSES,
-    "mse: paper Eq. 15; or crossentropy.",
-)
-flags.DEFINE_bool("freeze_extractor", False, "Fine-tune only the head (aftt).")
-flags.DEFINE_float("reg_lambda", _DEFAULTS.reg_lambda, "Penalty weight of l1/l2.")
-flags.DEFINE_list("reg_lambda_grid", [], "Lambdas to try; the best by validation accuracy wins.")
-flags.DEFINE_integer(
-    "early_stopping_patience",
-    0,
-    "Stop after this many epochs without a better validation accuracy (0: off).",
-)
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of initialisation, data order and sampling.")
-flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile, "Compile train steps with XLA.")
-flags.DEFINE_enum("strategy", _DEFAULTS.strategy, config_lib.STRATEGIES, "tf.distribute strategy.")
 flags.DEFINE_string("out", None, "Run directory (created; resumed if it holds the same config).")
 flags.DEFINE_bool("overwrite", False, "Delete an existing run directory with another config first.")
 
 FLAGS = flags.FLAGS
-
-
-def config_from_flags() -> config_lib.TrainConfig:
-    """Builds the config from parsed flags; bad values become app.UsageError."""
-    values = {}
-    for field in config_lib.TrainConfig.__dataclass_fields__:
-        values[field] = FLAGS[field].value
-    try:
-        values["reg_lambda_grid"] = tuple(float(v) for v in values["reg_lambda_grid"])
-    except ValueError as error:
-        raise app.UsageError(
-            f"--reg_lambda_grid must be comma-separated numbers: {error}"
-        ) from None
-    config = config_lib.TrainConfig(**values)
-    try:
-        config.validate()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
-    return config
 
 
 def main(argv: list[str]) -> None:
@@ -113,7 +24,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.out:
         raise app.UsageError("--out is required: the run directory to create or resume.")
-    config = config_from_flags()
+    config = train_flags.config_from_flags()
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf import train_lib  # TensorFlow is imported only after flags are valid.
 

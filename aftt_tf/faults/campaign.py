@@ -409,6 +409,34 @@ def _per_trial_auc(cells: list[dict[str, Any]], model: str, group: str) -> dict[
     return result
 
 
+def paired_auc_difference(
+    cells: list[dict[str, Any]], model_a: str, model_b: str, group: str = "all"
+) -> dict[str, Any]:
+    """Mean of AUC(a) - AUC(b) over trials with identical faults, with its 95% CI."""
+    auc_a = _per_trial_auc(cells, model_a, group)
+    auc_b = _per_trial_auc(cells, model_b, group)
+    shared = sorted(set(auc_a) & set(auc_b))
+    mean, _, half_width = confidence_interval([auc_a[t] - auc_b[t] for t in shared])
+    return {
+        "model_a": model_a,
+        "model_b": model_b,
+        "pairs": len(shared),
+        "mean_difference": mean,
+        "ci_low": mean - half_width,
+        "ci_high": mean + half_width,
+    }
+
+
+def campaign_cells(out_dir: str | Path, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cells of `out_dir` that belong to `results` (its spec and models)."""
+    hashes = set(results["models"].values())
+    return [
+        cell
+        for cell in read_cells(Path(out_dir) / CELLS_FILE)
+        if cell["spec_key"] == results["spec_key"] and cell["model_hash"] in hashes
+    ]
+
+
 def verdict(cells: list[dict[str, Any]], group: str = "all") -> dict[str, Any]:
     """The most fault-tolerant model by normalised AUC, with the paired difference to the
     runner-up and its 95% CI; a tie when that interval contains 0.

@@ -1,0 +1,106 @@
+"""aftt-reproduce: the paper's comparison (train, export, paired fault campaigns, report).
+
+    aftt-reproduce --flagfile=flags/fmnist_mlp.flags --out=results/fmnist_mlp
+
+Takes every aftt-train flag (the flagfiles in flags/ work as they are; --method is
+ignored, each method sets its own) plus the flags below. Re-running resumes: finished
+trainings, exports and campaign cells are reused.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+
+from aftt_tf import data
+from aftt_tf.cli import train_flags
+
+flags.DEFINE_string(
+    "out", None, "Output directory (created; resumed if it holds this reproduction)."
+)
+flags.DEFINE_list(
+    "methods",
+    ["none", "l1", "l2", "fat", "aftt", "aftt_fat"],
+    "Methods to train and compare: none, l1, l2, fat (fault-aware training), aftt, aftt_fat.",
+)
+flags.DEFINE_list("l1_lambda_grid", ["1e-6", "1e-5", "1e-4"], "Lasso weights tried (grid search).")
+flags.DEFINE_list(
+    "l2_lambda_grid", ["1e-6", "1e-5", "1e-4", "1e-3"], "Tikhonov weights tried (grid search)."
+)
+flags.DEFINE_list(
+    "faults", [], "Fault kinds: weight, node, filter (empty: weight, node, + filter for CNNs)."
+)
+flags.DEFINE_list("scopes", ["all", "extractor"], "Where to fault: all layers, the extractor.")
+flags.DEFINE_list("runtimes", ["keras", "int8"], "keras (float32) and/or int8 (TFLite export).")
+flags.DEFINE_list(
+    "rates",
+    ["0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.68", "0.7"],
+    "Fault rates (fractions of each targeted layer's elements).",
+)
+flags.DEFINE_integer("trials", 20, "Trials per rate (fault maps shared by all methods).")
+flags.DEFINE_integer("campaign_seed", 0, "Seed of the fault positions.")
+flags.DEFINE_integer(
+    "campaign_test_examples", 0, "Test images evaluated per campaign cell (0: the whole test set)."
+)
+flags.DEFINE_integer("campaign_batch_size", 2000, "Evaluation chunk size of the campaigns.")
+flags.DEFINE_integer(
+    "calibration_steps", 100, "Batches of 32 training images for int8 calibration."
+)
+
+FLAGS = flags.FLAGS
+
+
+def _floats(name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(value) for value in FLAGS[name].value)
+    except ValueError:
+        raise app.UsageError(
+            f"--{name} must be comma-separated numbers, received {FLAGS[name].value}."
+        ) from None
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.out:
+        raise app.UsageError("--out is required: the directory of the reproduction.")
+    train_config = train_flags.config_from_flags()
+    logging.getLogger().setLevel(logging.INFO)
+    from aftt_tf import reproduce
+
+    config = reproduce.ReproduceConfig(
+        train=train_config,
+        out=FLAGS.out,
+        methods=tuple(FLAGS.methods),
+        l1_lambda_grid=_floats("l1_lambda_grid"),
+        l2_lambda_grid=_floats("l2_lambda_grid"),
+        faults=tuple(FLAGS.faults),
+        scopes=tuple(FLAGS.scopes),
+        runtimes=tuple(FLAGS.runtimes),
+        rates=_floats("rates"),
+        trials=FLAGS.trials,
+        campaign_seed=FLAGS.campaign_seed,
+        campaign_test_examples=FLAGS.campaign_test_examples,
+        campaign_batch_size=FLAGS.campaign_batch_size,
+        calibration_steps=FLAGS.calibration_steps,
+    )
+    try:
+        config.validate()
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    try:
+        results = reproduce.reproduce(config)
+    except (reproduce.ReproduceError, data.DataUnavailableError) as error:
+        raise app.UsageError(str(error)) from None
+    print(f"Report: {FLAGS.out}/report.md and {FLAGS.out}/report.html")
+    for line in results["verdicts"]:
+        print("verdict: " + line.replace("**", ""))
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
