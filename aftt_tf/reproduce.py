@@ -340,11 +340,17 @@ def check_output_directory(config: ReproduceConfig) -> bool:
         return False
     record = out / "reproduce.json"
     if not record.exists():
-        raise ReproduceError(
-            f"{out} exists, is not empty and holds no reproduce.json: it is not an "
-            "aftt-reproduce directory. Choose another --out."
-        )
-    previous = io_utils.read_json(record)["fixed"]
+        # Finished aftt-train runs placed in OUT/train/<method>[/lambda_<v>] are adopted
+        # (each is checked against its method's config below); anything else is refused.
+        others = sorted(path.name for path in out.iterdir() if path.name != "train")
+        if others:
+            raise ReproduceError(
+                f"{out} exists, holds {others} and no reproduce.json: it is not an "
+                "aftt-reproduce directory. Choose another --out."
+            )
+        previous = config.fixed()
+    else:
+        previous = io_utils.read_json(record)["fixed"]
     previous["train"] = {**TrainConfig().as_dict(), **previous["train"]}
     current = config.fixed()
     differences = [

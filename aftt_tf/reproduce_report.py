@@ -213,6 +213,7 @@ def write(
         "split_sizes": first["split_sizes"],
         "campaign_test_examples": campaign_examples,
         "config": config.as_dict(),
+        "method_order": methods,  # JSON objects below are written with sorted keys.
         "methods": {},
         "sweeps": {},
         "campaigns": {},

@@ -65,6 +65,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.out:
         raise app.UsageError("--out is required: the directory of the reproduction.")
+    if FLAGS.reg_lambda_grid:
+        raise app.UsageError(
+            "--reg_lambda_grid is an aftt-train flag; aftt-reproduce takes --l1_lambda_grid "
+            "and --l2_lambda_grid. Remove --reg_lambda_grid."
+        )
     train_config = train_flags.config_from_flags()
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf import reproduce
