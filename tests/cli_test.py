@@ -8,6 +8,7 @@ from absl import app, flags
 from absl.testing import flagsaver
 
 from aftt_tf.cli import train as train_cli
+from aftt_tf.cli import train_flags
 from tests.conftest import requires_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def test_smoke_flagfile_runs_through_the_cli(tmp_path):
     # flags.txt reproduces the run: parsing it gives the same config.
     with flagsaver.flagsaver():
         _parse([f"--flagfile={out / 'flags.txt'}", f"--out={out}"])
-        assert train_cli.config_from_flags().as_dict() == json.loads(
+        assert train_flags.config_from_flags().as_dict() == json.loads(
             (out / "config.json").read_text()
         )
 
@@ -69,7 +70,7 @@ def test_smoke_flagfile_runs_through_the_cli(tmp_path):
         (["--architecture=fmnist_mlp", "--dataset=cifar10"], "expects (28, 28, 1) images"),
         (["--learning_rate=0"], "learning_rate must be a finite number > 0, received 0.0"),
         (["--validation_fraction=1.5"], "validation_fraction must be in [0, 1), received 1.5"),
-        (["--method=none", "--freeze_extractor"], "only method 'aftt' pre-trains one"),
+        (["--method=none", "--freeze_extractor"], "only methods aftt, aftt_fat pre-train one"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(argv, message, tmp_path):
@@ -84,7 +85,7 @@ def test_bad_input_is_refused_before_any_work(argv, message, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--method=magic"], "value should be one of <aftt|none|l1|l2>"),
+        (["--method=magic"], "value should be one of <aftt|none|l1|l2|fat|aftt_fat>"),
         (
             ["--architecture=vgg16"],
             "value should be one of <fmnist_mlp|fmnist_cnn|cifar10_conv7|cifar10_conv3>",

@@ -16,9 +16,6 @@ from absl import app, flags
 from aftt_tf import data
 from aftt_tf.cli import train_flags
 
-flags.DEFINE_string(
-    "out", None, "Output directory (created; resumed if it holds this reproduction)."
-)
 flags.DEFINE_list(
     "methods",
     ["none", "l1", "l2", "fat", "aftt", "aftt_fat"],
@@ -60,18 +57,14 @@ def _floats(name: str) -> tuple[float, ...]:
         ) from None
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.out:
-        raise app.UsageError("--out is required: the directory of the reproduction.")
+def config_from_flags():
+    """The ReproduceConfig of the parsed flags; bad values become app.UsageError."""
     if FLAGS.reg_lambda_grid:
         raise app.UsageError(
             "--reg_lambda_grid is an aftt-train flag; aftt-reproduce takes --l1_lambda_grid "
             "and --l2_lambda_grid. Remove --reg_lambda_grid."
         )
     train_config = train_flags.config_from_flags()
-    logging.getLogger().setLevel(logging.INFO)
     from aftt_tf import reproduce
 
     config = reproduce.ReproduceConfig(
@@ -94,6 +87,18 @@ def main(argv: list[str]) -> None:
         config.validate()
     except ValueError as error:
         raise app.UsageError(str(error)) from None
+    return config
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.out:
+        raise app.UsageError("--out is required: the directory of the reproduction.")
+    config = config_from_flags()
+    logging.getLogger().setLevel(logging.INFO)
+    from aftt_tf import reproduce
+
     try:
         results = reproduce.reproduce(config)
     except (reproduce.ReproduceError, data.DataUnavailableError) as error:

@@ -13,7 +13,6 @@ from absl import app, flags
 from aftt_tf import data
 from aftt_tf.cli import train_flags
 
-flags.DEFINE_string("out", None, "Run directory (created; resumed if it holds the same config).")
 flags.DEFINE_bool("overwrite", False, "Delete an existing run directory with another config first.")
 
 FLAGS = flags.FLAGS

@@ -89,6 +89,10 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of initialisation, data order and sampling.")
 flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile, "Compile train steps with XLA.")
 flags.DEFINE_enum("strategy", _DEFAULTS.strategy, config_lib.STRATEGIES, "tf.distribute strategy.")
+flags.DEFINE_string(
+    "out", None, "Output directory (created; resumed if it holds the same configuration)."
+)
+
 FLAGS = flags.FLAGS
 
 
