@@ -349,14 +349,23 @@ class ClassifierTrainer(keras.Model):
             (mask, "node") for mask in self.node_masks
         ]
         for index, (variable, kind) in enumerate(tensors, start=1):
-            kind_rate = tf.where(
-                kind_index == self.fault_aware_kinds.index(kind), rate, tf.zeros_like(rate)
-            )
-            uniform = tf.random.stateless_uniform(
-                variable.shape, seed=tf.random.experimental.stateless_fold_in(step_seed, index)
-            )
-            keep = tf.cast(uniform >= kind_rate, variable.dtype)
-            mapping.append((variable, variable * keep if kind == "weight" else keep))
+            drawn = kind_index == self.fault_aware_kinds.index(kind)
+            seed = tf.random.experimental.stateless_fold_in(step_seed, index)
+
+            def keep_mask(variable=variable, seed=seed):
+                uniform = tf.random.stateless_uniform(variable.shape, seed=seed)
+                return tf.cast(uniform >= rate, variable.dtype)
+
+            if kind == "weight":
+                # Kernel masks are large: draw them only in the steps that fault weights.
+                value = tf.cond(
+                    drawn,
+                    lambda variable=variable, keep_mask=keep_mask: variable * keep_mask(),
+                    lambda variable=variable: tf.identity(variable),
+                )
+            else:
+                value = tf.cond(drawn, keep_mask, lambda variable=variable: tf.ones_like(variable))
+            mapping.append((variable, value))
         return mapping
 
     def train_step(self, data):

@@ -10,7 +10,9 @@ epoch (after a warm-up epoch that absorbs tracing) of
 and prints the time ratio next to the FLOP ratio of the two steps
 (`complexity.aae_step_flops` / `complexity.supervised_step_flops`). Target: time
 ratio <= 1.15 x FLOP ratio. Also prints the supervised phase's achieved GFLOP/s next
-to this machine's float32 matmul rate measured in the same run (target >= 50%).
+to this machine's float32 matmul rate measured in the same run (target >= 50%), and
+the cost of fault-aware training (a fresh stuck-at-0 fault map every step) as the
+ratio of its epoch time to the plain supervised epoch's.
 """
 
 from __future__ import annotations
@@ -72,8 +74,13 @@ def benchmark(architecture: str, steps: int, batch_size: int, jit_compile: bool)
     classifier.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
     unsupervised, steps_per_epoch = data.train_dataset(images, None, batch_size, 0, 0, 2)
     supervised, _ = data.train_dataset(images, labels, batch_size, 0, 0, 2)
+    fault_aware = trainers.ClassifierTrainer(
+        nets.classifier, fault_aware_kinds=("weight", "node"), fault_aware_max_rate=0.5
+    )
+    fault_aware.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
     aae_seconds = _epoch_seconds(autoencoder, unsupervised, steps_per_epoch)
     supervised_seconds = _epoch_seconds(classifier, supervised, steps_per_epoch)
+    fault_aware_seconds = _epoch_seconds(fault_aware, supervised, steps_per_epoch)
     cost = {
         name: complexity.model_complexity(getattr(nets, name))
         for name in ("extractor", "decoder", "discriminator", "classifier")
@@ -90,6 +97,8 @@ def benchmark(architecture: str, steps: int, batch_size: int, jit_compile: bool)
         "steps": steps_per_epoch,
         "aae_seconds_per_epoch": aae_seconds,
         "supervised_seconds_per_epoch": supervised_seconds,
+        "fault_aware_seconds_per_epoch": fault_aware_seconds,
+        "fault_aware_over_supervised": fault_aware_seconds / supervised_seconds,
         "time_ratio": time_ratio,
         "flop_ratio": flop_ratio,
         "time_over_flop_ratio": time_ratio / flop_ratio,
@@ -118,7 +127,7 @@ def main() -> None:
     print(f"float32 matmul rate (2048^3, this machine, this run): {peak:.1f} GFLOP/s")
     header = (
         "architecture   aae s/epoch  sup s/epoch  time ratio  FLOP ratio  time/FLOP  "
-        "sup GFLOP/s (% of matmul)  aae GFLOP/s"
+        "sup GFLOP/s (% of matmul)  aae GFLOP/s  fat/sup time"
     )
     print(header)
     for row in rows:
@@ -127,7 +136,7 @@ def main() -> None:
             f"{row['supervised_seconds_per_epoch']:>11.2f}  {row['time_ratio']:>10.2f}  "
             f"{row['flop_ratio']:>10.2f}  {row['time_over_flop_ratio']:>9.2f}  "
             f"{row['supervised_gflops']:>11.1f} ({100 * row['supervised_gflops'] / peak:4.1f}%)"
-            f"        {row['aae_gflops']:>8.1f}"
+            f"        {row['aae_gflops']:>8.1f}  {row['fault_aware_over_supervised']:>12.2f}"
         )
     if args.json:
         with open(args.json, "w") as handle:
