@@ -117,7 +117,9 @@ def _load_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Decodes root/{train,test}/<class>/*.jpg once and caches the arrays as .npz.
 
     Classes are numbered in CIFAR-10's official order when the folder names are
-    CIFAR-10's, else alphabetically.
+    CIFAR-10's, else alphabetically. Each split is stored in a fixed pseudo-random
+    order (seed 0), as the official releases are: listed class by class, any prefix
+    (--test_examples, a campaign subset) would hold only the first classes.
     """
     listing = {}
     for split in ("train", "test"):
@@ -135,8 +137,9 @@ def _load_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         ]
         if not files:
             raise FileNotFoundError(f"no images in {split_dir}/<class>/")
-        listing[split] = files
-    key = f"{root.resolve()}|{len(listing['train'])}|{len(listing['test'])}"
+        order = np.random.default_rng(0).permutation(len(files))
+        listing[split] = [files[index] for index in order]
+    key = f"mixed-order|{root.resolve()}|{len(listing['train'])}|{len(listing['test'])}"
     cache = _cache_path("imagefolder", key)
     if cache.exists():
         with np.load(cache) as arrays:

@@ -58,7 +58,8 @@ def test_image_folder_with_cifar_class_order(tmp_path, monkeypatch):
     images, labels = arrays["train"]
     assert images.shape == (10, 32, 32, 3)
     np.testing.assert_array_equal(images[:, 0, 0, 0], labels * 20)
-    assert list(labels) == list(range(10))
+    assert sorted(labels) == list(range(10))
+    assert list(labels) != list(range(10)), "stored in a mixed order, not class by class"
     # The second load is served from the cache with the same arrays.
     assert len(os.listdir(tmp_path / "cache")) == 1
     cached, _ = data.load_arrays("cifar10", data_dir=str(tmp_path / "images"), source="local")
@@ -122,3 +123,5 @@ def test_real_cifar10_image_folder():
     assert arrays["train"][0].shape == (50000, 32, 32, 3)
     assert arrays["test"][0].shape == (10000, 32, 32, 3)
     assert np.bincount(arrays["test"][1]).tolist() == [1000] * 10
+    # Any prefix is a fair sample (the folders are listed class by class).
+    assert np.bincount(arrays["test"][1][:1000], minlength=10).min() >= 70
