@@ -503,25 +503,10 @@ def train_stage(config: ReproduceConfig, splits, log: Callable[[dict], None]) ->
         if method in ("l1", "l2"):
             selected_unit, selected = max(
                 runs,
-                key=lambda run: (
-                    run[1]["validation_accuracy"]
-                    if run[1]["validation_accuracy"] is not None
-                    else run[1]["test_accuracy"]
-                ),
+                # Never the test set: validate() requires a validation split for grids.
+                key=lambda run: run[1]["validation_accuracy"] or 0.0,
             )
-            sweep = [
-                {
-                    key: metrics[key]
-                    for key in (
-                        "reg_lambda",
-                        "train_accuracy",
-                        "validation_accuracy",
-                        "test_accuracy",
-                        "generalization_error",
-                    )
-                }
-                for _, metrics in runs
-            ]
+            sweep = [train_lib.sweep_row(metrics) for _, metrics in runs]
             io_utils.write_json(
                 Path(config.out) / "train" / method / "selection.json",
                 {

@@ -431,6 +431,18 @@ def load_config_splits(config: TrainConfig) -> data.Splits:
     )
 
 
+def sweep_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """One lambda's line of a grid search (paper Table I columns plus validation)."""
+    keys = (
+        "reg_lambda",
+        "train_accuracy",
+        "validation_accuracy",
+        "test_accuracy",
+        "generalization_error",
+    )
+    return {key: metrics[key] for key in keys}
+
+
 def train_and_evaluate(
     config: TrainConfig, workdir: str | Path, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -456,18 +468,7 @@ def train_and_evaluate(
         child_dir = workdir / f"lambda_{reg_lambda:g}"
         prepare_run_directory(child_dir, child_config)
         child = train_once(child_config, child_dir, splits)
-        sweep.append(
-            {
-                key: child[key]
-                for key in (
-                    "reg_lambda",
-                    "train_accuracy",
-                    "validation_accuracy",
-                    "test_accuracy",
-                    "generalization_error",
-                )
-            }
-        )
+        sweep.append(sweep_row(child))
     best = max(sweep, key=lambda row: row["validation_accuracy"])
     best_dir = workdir / f"lambda_{best['reg_lambda']:g}"
     metrics = {
