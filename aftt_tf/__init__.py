@@ -1,15 +1,18 @@
 """aftt-tf: Adversarial Fault Tolerant Training and fault campaigns for Keras 3.
 
-Importing the package registers its serializable Keras objects (the fault layers),
-so `keras.saving.load_model` can open every `.keras` file the package writes. On an
-edge device without Keras/TensorFlow the package still imports, for .tflite campaigns.
+Four wings on a shared ground floor; imports only point down the list:
+
+- `cli/`: thin absl binaries (flags -> config -> one library call).
+- `reproduce/`: the paper's comparison as one pipeline, and its report.
+- `deploy/`: SavedModel and TFLite (float32, int8, QAT) exports.
+- `training/`: configs, networks, trainers (AFTT games, baselines), resumable runs.
+- `faults/`: fault injection and paired, resumable campaigns (Keras and TFLite).
+- ground floor: `vocabulary` (shared names, no TensorFlow), `io_utils`, `progress`,
+  `data`, `tflite_file` (a .tflite reader without TensorFlow).
+
+Importing the package imports neither Keras nor TensorFlow, so flag parsing and .tflite
+campaigns on edge devices stay light. `aftt_tf.faults.layers` registers the fault layers
+for `keras.saving.load_model`; every loader in the package imports it.
 """
 
 __version__ = "0.1.0"
-
-try:
-    import keras as _keras  # noqa: F401
-except ImportError:  # Edge device: numpy + ai-edge-litert only.
-    pass
-else:
-    from aftt_tf.faults import layers as _fault_layers  # noqa: F401  (registration)

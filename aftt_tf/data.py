@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from aftt_tf import io_utils
+from aftt_tf.vocabulary import DATA_SOURCES as SOURCES
+from aftt_tf.vocabulary import DATASETS
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10")
-SOURCES = ("auto", "tfds", "local", "download")
 DEFAULT_LOCAL_DIRS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",
     "mnist": "/usr/share/datasets/mnist",

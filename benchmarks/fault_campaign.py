@@ -31,8 +31,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from aftt_tf import complexity, data, networks  # noqa: E402
+from aftt_tf import data  # noqa: E402
 from aftt_tf.faults import campaign, keras_runner, sampling  # noqa: E402
+from aftt_tf.faults.spec import FaultSpec  # noqa: E402
+from aftt_tf.training import complexity, networks  # noqa: E402
 from benchmarks.common import matmul_gflops, reset_peak_rss, rss_status_mib  # noqa: E402
 
 RATES = tuple(round(0.1 * i, 1) for i in range(10))
@@ -82,7 +84,7 @@ def _rss_child(args) -> None:
     repeats = args.rss_examples // len(labels) + 1
     images = np.concatenate([images] * repeats)[: args.rss_examples]
     labels = np.concatenate([labels] * repeats)[: args.rss_examples]
-    spec = campaign.FaultSpec(kind="weight", rates=(0.3,), trials=args.rss_trials)
+    spec = FaultSpec(kind="weight", rates=(0.3,), trials=args.rss_trials)
     before = rss_status_mib()["current"]
     if not reset_peak_rss():
         raise SystemExit("cannot reset the peak RSS on this system (/proc/self/clear_refs)")
@@ -155,7 +157,7 @@ def main() -> None:
     results = {"matmul_gflops": peak, "test_examples": len(labels)}
 
     mlp = _model(args.model, "fmnist_mlp")
-    spec = campaign.FaultSpec(kind="weight", rates=RATES, trials=args.trials)
+    spec = FaultSpec(kind="weight", rates=RATES, trials=args.trials)
     runner = keras_runner.CampaignRunner(mlp, spec, images, labels)
     cells = campaign.cell_plan(spec)
     sample = [cell for cell in cells if cell[0] > 0][:: max(1, len(cells) // 40)]
@@ -181,7 +183,7 @@ def main() -> None:
     for scope in ("all", "head"):
         cnn_runner = keras_runner.CampaignRunner(
             cnn,
-            campaign.FaultSpec(kind="weight", rates=(0.3,), trials=10, scope=scope),
+            FaultSpec(kind="weight", rates=(0.3,), trials=10, scope=scope),
             images,
             labels,
         )

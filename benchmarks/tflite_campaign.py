@@ -23,8 +23,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from aftt_tf import data, export_lib, networks  # noqa: E402
-from aftt_tf.faults import campaign, keras_runner, tflite_runner  # noqa: E402
+from aftt_tf import data  # noqa: E402
+from aftt_tf.deploy import export_lib  # noqa: E402
+from aftt_tf.faults import keras_runner, tflite_runner  # noqa: E402
+from aftt_tf.faults.spec import FaultSpec  # noqa: E402
+from aftt_tf.training import networks  # noqa: E402
 
 
 def _export(architecture: str, root: Path) -> Path:
@@ -68,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     arrays, _ = data.load_arrays("fashion_mnist", source="local")
     images, labels = arrays["test"]
-    spec = campaign.FaultSpec(kind="weight", rates=(0.3,), trials=args.trials)
+    spec = FaultSpec(kind="weight", rates=(0.3,), trials=args.trials)
     rows = []
     with tempfile.TemporaryDirectory() as temporary:
         exports = {

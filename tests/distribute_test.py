@@ -10,7 +10,7 @@ SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from aftt_tf import networks, trainers, train_lib
+    from aftt_tf.training import networks, trainers, train_lib
     strategy = train_lib.make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
     keras.utils.set_random_seed(0)

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data, export_lib, networks, trainers
-from aftt_tf.faults import campaign, keras_runner, kinds, tflite_runner
+from aftt_tf import data, tflite_file
+from aftt_tf.deploy import export_lib
+from aftt_tf.faults import keras_runner, tflite_runner
+from aftt_tf.faults.spec import FaultSpec, FaultTargetError
+from aftt_tf.training import networks, trainers
 from tests.conftest import requires_fashion_mnist
 
 pytestmark = requires_fashion_mnist
@@ -101,7 +104,7 @@ def test_clean_parity_keras_saved_model_tflite(mlp_export, test_data):
     saved = tf.saved_model.load(str(out / "saved_model"))
     saved_logits = np.asarray(saved.serve(tf.constant(images)))
     float32 = tflite_runner.TFLiteModel.load(out / "model_float32.tflite")
-    tflite_logits = tflite_runner.predict(float32, images)
+    tflite_logits = tflite_file.predict(float32, images)
     assert np.max(np.abs(saved_logits - keras_logits)) <= 1e-4
     assert np.max(np.abs(tflite_logits - keras_logits)) <= 1e-4
 
@@ -110,7 +113,7 @@ def test_clean_parity_keras_saved_model_tflite(mlp_export, test_data):
 def test_faulty_keras_and_float32_tflite_agree(kind, mlp_export, cnn_export, test_data):
     model_path, out = (cnn_export if kind == "filter" else mlp_export)[:2]
     images, labels = test_data
-    spec = campaign.FaultSpec(kind=kind, rates=(0.3,), trials=2, seed=3)
+    spec = FaultSpec(kind=kind, rates=(0.3,), trials=2, seed=3)
     keras_model = keras_runner.KerasModel(keras_runner.load_model(model_path))
     float32 = tflite_runner.TFLiteModel.load(out / "model_float32.tflite")
     keras_run = keras_model.runner(spec, images, labels, 500)
@@ -146,7 +149,7 @@ def test_faulty_keras_and_float32_tflite_agree(kind, mlp_export, cnn_export, tes
 def test_int8_faults_track_float32(kind, rate, mlp_export, cnn_export, test_data):
     out = (cnn_export if kind == "filter" else mlp_export)[1]
     images, labels = test_data
-    spec = campaign.FaultSpec(kind=kind, rates=(rate,), trials=3, seed=1)
+    spec = FaultSpec(kind=kind, rates=(rate,), trials=3, seed=1)
     accuracies = {}
     for name in ("model_float32.tflite", "model_int8.tflite"):
         runner = tflite_runner.TFLiteModel.load(out / name).runner(spec, images, labels, 500)
@@ -159,7 +162,7 @@ def test_int8_faults_track_float32(kind, rate, mlp_export, cnn_export, test_data
 def test_int8_stuck_at_zero_writes_int8_zero(mlp_export, test_data):
     out = mlp_export[1]
     model = tflite_runner.TFLiteModel.load(out / "model_int8.tflite")
-    runner = model.runner(campaign.FaultSpec(kind="weight", layers=("dense_2",)), *test_data, 500)
+    runner = model.runner(FaultSpec(kind="weight", layers=("dense_2",)), *test_data, 500)
     runner.inject(1.0, 0)
     layer = model.layers["dense_2"]
     weights = np.frombuffer(
@@ -182,7 +185,7 @@ def test_bit_faults_per_representation(mlp_export, test_data):
     images, labels = test_data
     int8 = tflite_runner.TFLiteModel.load(out / "model_int8.tflite")
     runner = int8.runner(
-        campaign.FaultSpec(kind="bit", bit_position=7, layers=("logits",)), images, labels, 500
+        FaultSpec(kind="bit", bit_position=7, layers=("logits",)), images, labels, 500
     )
     runner.inject(1.0, 0)  # every weight's int8 sign bit flipped: w -> w - 128 or w + 128
     layer = int8.layers["logits"]
@@ -191,8 +194,8 @@ def test_bit_faults_per_representation(mlp_export, test_data):
     )
     patched = np.frombuffer(bytes(runner.buffer), np.int8, original.size, layer.weights.offset)
     np.testing.assert_array_equal(patched.view(np.uint8), original.view(np.uint8) ^ 0x80)
-    with pytest.raises(kinds.FaultTargetError, match="bit_position 12 does not exist in the 8-bit"):
-        int8.select_layers(campaign.FaultSpec(kind="bit", bit_position=12))
+    with pytest.raises(FaultTargetError, match="bit_position 12 does not exist in the 8-bit"):
+        int8.select_layers(FaultSpec(kind="bit", bit_position=12))
 
 
 def test_fully_zeroed_filter_survives_int8(cnn_export, tmp_path, test_data):
@@ -219,7 +222,7 @@ def test_fully_zeroed_filter_survives_int8(cnn_export, tmp_path, test_data):
     int8 = tflite_runner.TFLiteModel.load(out / "model_int8.tflite")
     scales = int8.layers["conv_1"].weights.scales
     assert np.all(np.isfinite(scales)) and np.all(scales > 0)
-    logits = tflite_runner.predict(int8, test_data[0][:100])
+    logits = tflite_file.predict(int8, test_data[0][:100])
     assert np.all(np.isfinite(logits))
 
 
@@ -244,11 +247,12 @@ NO_TENSORFLOW = textwrap.dedent(
     sys.meta_path.insert(0, Block())
     import numpy as np
     from aftt_tf import data
-    from aftt_tf.faults import campaign
+    from aftt_tf.faults import campaign, runtimes
+    from aftt_tf.faults.spec import FaultSpec
     arrays, _ = data.load_arrays("fashion_mnist", source="local")
     images, labels = arrays["test"]
-    model = campaign.load_campaign_model(sys.argv[1])
-    spec = campaign.FaultSpec(kind="weight", rates=(0.0, 0.3), trials=2)
+    model = runtimes.load_campaign_model(sys.argv[1])
+    spec = FaultSpec(kind="weight", rates=(0.0, 0.3), trials=2)
     results = campaign.run_campaign({"int8": model}, spec, images[:500], labels[:500], sys.argv[2],
                                     progress=False)
     assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
@@ -285,12 +289,10 @@ def test_bad_tflite_inputs(mlp_export, tmp_path):
     with pytest.raises(ValueError, match="is not a TFLite model"):
         tflite_runner.TFLiteModel.load(tmp_path / "notes.tflite")
     float32 = tflite_runner.TFLiteModel.load(out / "model_float32.tflite")
-    with pytest.raises(kinds.FaultTargetError, match="Filter faults need convolutions"):
-        float32.select_layers(campaign.FaultSpec(kind="filter"))
-    with pytest.raises(
-        kinds.FaultTargetError, match=r"Layers \['conv_3'\] are not in the layer map"
-    ):
-        float32.select_layers(campaign.FaultSpec(kind="weight", layers=("conv_3",)))
+    with pytest.raises(FaultTargetError, match="Filter faults need convolutions"):
+        float32.select_layers(FaultSpec(kind="filter"))
+    with pytest.raises(FaultTargetError, match=r"Layers \['conv_3'\] are not in the layer map"):
+        float32.select_layers(FaultSpec(kind="weight", layers=("conv_3",)))
 
 
 def test_node_faults_refused_behind_non_zero_preserving_activation(tmp_path):
@@ -300,9 +302,9 @@ def test_node_faults_refused_behind_non_zero_preserving_activation(tmp_path):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     (tmp_path / "sigmoid.tflite").write_bytes(converter.convert())
     tflite = tflite_runner.TFLiteModel.load(tmp_path / "sigmoid.tflite")
-    with pytest.raises(kinds.FaultTargetError, match="need act\\(0\\) = 0"):
-        tflite.select_layers(campaign.FaultSpec(kind="node"))
-    tflite.select_layers(campaign.FaultSpec(kind="weight"))  # weights are fine
+    with pytest.raises(FaultTargetError, match="need act\\(0\\) = 0"):
+        tflite.select_layers(FaultSpec(kind="node"))
+    tflite.select_layers(FaultSpec(kind="weight"))  # weights are fine
 
 
 def test_export_refuses_existing_output_and_leaves_nothing_on_failure(

@@ -7,7 +7,7 @@ import sys
 import keras
 import pytest
 
-from aftt_tf import networks
+from aftt_tf.training import networks
 from tests.conftest import requires_fashion_mnist
 
 

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import aftt_tf  # noqa: F401
-from aftt_tf import networks
-from aftt_tf.faults import campaign, keras_runner, layers, sampling, statistics, targets
+from aftt_tf.faults import analysis, campaign, keras_runner, layers, sampling, statistics, targets
+from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.training import networks
 
 
 def _model(architecture="fmnist_mlp", seed=0):
@@ -19,7 +20,7 @@ def _images(count=64, shape=(28, 28, 1), seed=0):
 
 
 def _runner(model, count=64, **spec_values):
-    spec = campaign.FaultSpec(**{"rates": (0.0, 0.5), "trials": 2, **spec_values})
+    spec = FaultSpec(**{"rates": (0.0, 0.5), "trials": 2, **spec_values})
     images = _images(count, model.input_shape[1:])
     labels = np.argmax(np.asarray(model(images)), -1)  # Clean accuracy = 1.
     return keras_runner.CampaignRunner(model, spec, images, labels, batch_size=32)
@@ -223,7 +224,7 @@ def _campaign(tmp_path, name, **kwargs):
     models = {"a": _model(seed=0), "b": _model(seed=1)}
     images = _images(96)
     labels = np.random.default_rng(1).integers(0, 10, 96)
-    spec = campaign.FaultSpec(kind="weight", rates=(0.0, 0.3, 0.6), trials=3, seed=5)
+    spec = FaultSpec(kind="weight", rates=(0.0, 0.3, 0.6), trials=3, seed=5)
     return campaign.run_campaign(
         models, spec, images, labels, tmp_path / name, batch_size=40, progress=False, **kwargs
     )
@@ -287,9 +288,7 @@ def test_target_margin_stops_early_when_precise(tmp_path):
     models = {"a": _model()}
     images = _images(64)
     labels = np.argmax(np.asarray(models["a"](images)), -1)
-    spec = campaign.FaultSpec(
-        kind="weight", rates=(0.0, 0.05), trials=50, target_margin=0.5, min_trials=3
-    )
+    spec = FaultSpec(kind="weight", rates=(0.0, 0.05), trials=50, target_margin=0.5, min_trials=3)
     results = campaign.run_campaign(models, spec, images, labels, tmp_path / "m", progress=False)
     rows = results["summary"]["a"]["all"]["per_rate"]
     assert [row["trials"] for row in rows] == [3, 3]
@@ -299,7 +298,7 @@ def test_per_layer_sensitivity(tmp_path):
     model = _model()
     images = _images(64)
     labels = np.argmax(np.asarray(model(images)), -1)
-    spec = campaign.FaultSpec(kind="weight", rates=(0.0, 0.5), trials=2)
+    spec = FaultSpec(kind="weight", rates=(0.0, 0.5), trials=2)
     results = campaign.run_campaign(
         {"m": model}, spec, images, labels, tmp_path / "s", per_layer=True, progress=False
     )
@@ -320,7 +319,7 @@ def test_per_layer_sensitivity(tmp_path):
 )
 def test_bad_spec_is_refused(values, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        campaign.FaultSpec(**values).validate()
+        FaultSpec(**values).validate()
 
 
 def test_unknown_layer_names_are_refused():
@@ -383,7 +382,7 @@ def test_verdict_names_the_most_tolerant_model():
             "none": {0.0: [0.89] * 4, 0.5: [0.50, 0.52, 0.49, 0.51]},
         }
     )
-    result = campaign.verdict(cells)
+    result = analysis.verdict(cells)
     assert result["best"] == "aftt" and result["runner_up"] == "l2" and not result["tie"]
     # Per-trial AUC difference is (0.10, 0.09, 0.08, 0.09) / 2.
     assert result["mean_difference"] == pytest.approx(0.045)
@@ -397,7 +396,7 @@ def test_verdict_reports_a_tie_within_the_interval():
             "l2": {0.0: [0.90] * 4, 0.5: [0.62, 0.69, 0.60, 0.68]},
         }
     )
-    result = campaign.verdict(cells)
+    result = analysis.verdict(cells)
     assert result["tie"] and result["best"] is None
     assert result["ci_low"] < 0 < result["ci_high"]
     assert "tie within the 95% CI" in result["text"]

@@ -8,7 +8,7 @@ from absl.testing import flagsaver
 
 from aftt_tf.cli import reproduce as reproduce_cli
 from aftt_tf.cli import train_flags
-from aftt_tf.config import TrainConfig
+from aftt_tf.training.config import TrainConfig
 
 FLAGS_DIR = Path(__file__).resolve().parents[1] / "flags"
 FLAGFILES = sorted(FLAGS_DIR.glob("*.flags"))

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf import complexity, networks
+from aftt_tf.training import complexity, networks
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import config as config_lib
-from aftt_tf import networks, report, reproduce, reproduce_report, trainers
 from aftt_tf.faults import campaign
+from aftt_tf.reproduce import config as reproduce_config
+from aftt_tf.reproduce import document, pipeline, sections
+from aftt_tf.training import config as config_lib
+from aftt_tf.training import networks, trainers
 from tests.conftest import requires_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +60,7 @@ def smoke_reproduction(tmp_path_factory):
 def test_smoke_reproduction_trains_every_method_and_reports(smoke_reproduction):
     out, result = smoke_reproduction
     results = json.loads((out / "results.json").read_text())
-    assert results["method_order"] == list(reproduce.ALL_METHODS)
+    assert results["method_order"] == list(reproduce_config.ALL_METHODS)
     # The grid searches ran and selected by validation accuracy.
     selection = json.loads((out / "train/l2/selection.json").read_text())
     assert [row["reg_lambda"] for row in selection["sweep"]] == [1e-5, 1e-4]
@@ -68,7 +70,7 @@ def test_smoke_reproduction_trains_every_method_and_reports(smoke_reproduction):
     assert "aftt_fat: pre-training reused from aftt" in result.stderr
     for method in ("aftt", "aftt_fat"):
         assert (out / f"train/{method}/checkpoints/pretrain/variables.npz").exists()
-    for method in reproduce.ALL_METHODS:
+    for method in reproduce_config.ALL_METHODS:
         assert (out / f"export/{method}/model_int8.tflite").exists()
     expected = {
         f"{k}_{s}_{r}"
@@ -79,7 +81,7 @@ def test_smoke_reproduction_trains_every_method_and_reports(smoke_reproduction):
     assert set(results["campaigns"]) == expected
     for name in expected:
         summary = results["campaigns"][name]["summary"]
-        assert set(summary) == set(reproduce.ALL_METHODS)
+        assert set(summary) == set(reproduce_config.ALL_METHODS)
         assert all(len(summary[m]["all"]["per_rate"]) == 2 for m in summary)
     # Figures exist and the HTML carries them inline.
     figures = sorted(path.name for path in (out / "figures").glob("*.png"))
@@ -124,7 +126,7 @@ def test_report_numbers_match_the_json_results(smoke_reproduction):
     for name, entry in results["campaigns"].items():
         for method, groups in entry["summary"].items():
             auc = f"{100 * groups['all']['normalized_auc']:.2f}"
-            runtime = reproduce.RUNTIME_NAMES[entry["runtime"]]
+            runtime = reproduce_config.RUNTIME_NAMES[entry["runtime"]]
             assert re.search(rf"\| {method} \| {runtime} \| {auc} \|", markdown), (name, method)
         # The campaign's own results.json holds the same summary.
         own = json.loads((out / "campaigns" / name / "results.json").read_text())
@@ -192,17 +194,17 @@ def test_bad_flags_fail_before_anything_is_written(tmp_path, flag, message):
 
 def test_a_directory_that_is_not_a_reproduction_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    config = reproduce.ReproduceConfig(train=config_lib.TrainConfig(), out=str(tmp_path))
-    with pytest.raises(reproduce.ReproduceError, match=r"holds \['notes.txt'\]"):
-        reproduce.check_output_directory(config)
+    config = reproduce_config.ReproduceConfig(train=config_lib.TrainConfig(), out=str(tmp_path))
+    with pytest.raises(pipeline.ReproduceError, match=r"holds \['notes.txt'\]"):
+        pipeline.check_output_directory(config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_default_faults_follow_the_architecture():
-    mlp = reproduce.ReproduceConfig(
+    mlp = reproduce_config.ReproduceConfig(
         train=config_lib.TrainConfig(architecture="fmnist_mlp"), out="x"
     )
-    cnn = reproduce.ReproduceConfig(
+    cnn = reproduce_config.ReproduceConfig(
         train=config_lib.TrainConfig(architecture="fmnist_cnn"), out="x"
     )
     assert mlp.faults == ("weight", "node")
@@ -211,15 +213,15 @@ def test_default_faults_follow_the_architecture():
 
 def test_method_configs_and_shared_pretraining_signature():
     base = config_lib.TrainConfig(architecture="fmnist_mlp", freeze_extractor=True)
-    aftt = reproduce.method_config(base, "aftt")
-    aftt_fat = reproduce.method_config(base, "aftt_fat")
-    none = reproduce.method_config(base, "none")
-    l2 = reproduce.method_config(base, "l2", 1e-4)
+    aftt = reproduce_config.method_config(base, "aftt")
+    aftt_fat = reproduce_config.method_config(base, "aftt_fat")
+    none = reproduce_config.method_config(base, "none")
+    l2 = reproduce_config.method_config(base, "l2", 1e-4)
     assert aftt.freeze_extractor and not none.freeze_extractor
     assert (l2.method, l2.reg_lambda, l2.reg_lambda_grid) == ("l2", 1e-4, ())
     for config in (aftt, aftt_fat, none, l2):
         config.validate()
-    signature = reproduce._pretrain_signature
+    signature = pipeline._pretrain_signature
     assert signature(aftt) == signature(aftt_fat)
     assert signature(aftt) == signature(dataclasses.replace(aftt, learning_rate=0.5))
     assert signature(aftt) != signature(dataclasses.replace(aftt, pretrain_epochs=3))
@@ -263,8 +265,8 @@ def _verdict_from_files(tmp_path, accuracy_by_model):
     results = campaign.write_outputs(
         directory, campaign.read_cells(directory / campaign.CELLS_FILE), meta
     )
-    verdict = reproduce_report._campaign_verdict(name, results, tmp_path)
-    return verdict, reproduce_report._verdict_line("weight", "all", "keras", verdict)
+    verdict = sections.campaign_verdict(name, results, tmp_path)
+    return verdict, sections.verdict_line("weight", "all", "keras", verdict)
 
 
 def test_verdict_from_result_files_names_the_winner_and_where_aftt_stands(tmp_path):
@@ -309,13 +311,13 @@ def test_report_renders_the_same_blocks_to_markdown_and_html(tmp_path):
     figure.savefig(tmp_path / "figures/line.png")
     plt.close(figure)
     blocks = [
-        report.Heading("Title", 1),
-        report.Paragraph("a **bold** `code` <tag>"),
-        report.Table(["a", "b|c"], [["1", "2"]], "caption"),
-        report.Figure("figures/line.png", "a line"),
-        report.BulletList(["x", "y"]),
+        document.Heading("Title", 1),
+        document.Paragraph("a **bold** `code` <tag>"),
+        document.Table(["a", "b|c"], [["1", "2"]], "caption"),
+        document.Figure("figures/line.png", "a line"),
+        document.BulletList(["x", "y"]),
     ]
-    markdown, html = report.write_report(blocks, tmp_path, "t")
+    markdown, html = document.write_report(blocks, tmp_path, "t")
     text = markdown.read_text()
     assert "# Title" in text and "| a | b\\|c |" in text and "![a line](figures/line.png)" in text
     page = html.read_text()

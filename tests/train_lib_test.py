@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import aftt_tf  # noqa: F401  (registers serializable objects)
-from aftt_tf import io_utils, train_lib, trainers
-from aftt_tf.config import TrainConfig
+import aftt_tf.faults.layers  # noqa: F401  (registers serializable objects)
+from aftt_tf import io_utils
+from aftt_tf.training import phases, train_lib, trainers
+from aftt_tf.training.config import TrainConfig
 from tests.conftest import requires_fashion_mnist
 
 TINY = dict(
@@ -71,17 +72,17 @@ def test_resume_after_interruption_continues_and_matches(tmp_path, monkeypatch):
     reference = train_lib.train_and_evaluate(config, tmp_path / "reference")
 
     # Interrupt right after the first fine-tuning epoch's checkpoint was written.
-    original = train_lib._EpochCallback.on_epoch_end
+    original = phases._EpochCallback.on_epoch_end
 
     def interrupting(self, epoch, logs=None):
         original(self, epoch, logs)
         if self.phase_state.directory.name == "finetune" and epoch == 0:
             raise _Interrupt()
 
-    monkeypatch.setattr(train_lib._EpochCallback, "on_epoch_end", interrupting)
+    monkeypatch.setattr(phases._EpochCallback, "on_epoch_end", interrupting)
     with pytest.raises(_Interrupt):
         train_lib.train_and_evaluate(config, tmp_path / "resumed")
-    monkeypatch.setattr(train_lib._EpochCallback, "on_epoch_end", original)
+    monkeypatch.setattr(phases._EpochCallback, "on_epoch_end", original)
     state = io_utils.read_json(tmp_path / "resumed" / "checkpoints" / "finetune" / "state.json")
     assert state["epochs_completed"] == 1
     assert not (tmp_path / "resumed" / "metrics.json").exists()
@@ -142,7 +143,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     trainer = trainers.ClassifierTrainer(classifier)
     optimizer = keras.optimizers.SGD(0.1)
     trainer.compile(optimizer=optimizer)
-    variables = classifier.variables + train_lib._optimizer_variables(
+    variables = classifier.variables + phases.optimizer_variables(
         {"o": optimizer}, {"o": trainer.trainable_variables_list()}
     )
 
@@ -157,7 +158,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(
         train_lib.TrainingDivergedError, match="NaN or infinite in epoch 2.*epoch 1"
     ):
-        train_lib._run_phase("finetune", trainer, variables, make_dataset, 3, tmp_path)
+        phases.run_phase("finetune", trainer, variables, make_dataset, 3, tmp_path)
     state = io_utils.read_json(tmp_path / "checkpoints" / "finetune" / "state.json")
     assert state["epochs_completed"] == 1
     with np.load(tmp_path / "checkpoints" / "finetune" / "variables.npz") as arrays:

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data, networks, trainers
+from aftt_tf import data
+from aftt_tf.training import networks, trainers
 
 
 def _snapshot(model: keras.Model) -> list[np.ndarray]:

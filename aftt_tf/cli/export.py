@@ -11,7 +11,7 @@ import logging
 
 from absl import app, flags
 
-FORMATS = ("saved_model", "tflite_float32", "tflite_int8", "tflite_int8_qat")
+from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
 
 flags.DEFINE_string("model", None, "classifier.keras of an aftt-train run.")
 flags.DEFINE_string("out", None, "Export directory, e.g. export/NAME (default root: export/).")
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
             f"Unknown export formats {unknown}; expected any of {', '.join(FORMATS)}."
         )
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf import export_lib
+    from aftt_tf.deploy import export_lib
 
     config = export_lib.ExportConfig(
         model=FLAGS.model,

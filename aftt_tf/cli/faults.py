@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from absl import app, flags
 
-from aftt_tf.faults import kinds, sampling
+from aftt_tf import vocabulary
 
 flags.DEFINE_multi_string(
     "model",
@@ -20,7 +19,7 @@ flags.DEFINE_multi_string(
     "Classifier .keras file; repeat for a paired comparison. "
     "LABEL=PATH names the model in reports (default: its run directory).",
 )
-flags.DEFINE_enum("fault", "weight", kinds.FAULT_KINDS, "Fault kind.")
+flags.DEFINE_enum("fault", "weight", vocabulary.FAULT_KINDS, "Fault kind.")
 flags.DEFINE_list(
     "rates",
     ["0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"],
@@ -28,12 +27,12 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("trials", 30, "Trials per rate (maximum when --target_margin is set).")
 flags.DEFINE_integer("seed", 0, "Campaign seed: same seed, same fault positions on every model.")
-flags.DEFINE_enum("scope", "all", kinds.SCOPES, "Which part of the classifier to fault.")
+flags.DEFINE_enum("scope", "all", vocabulary.SCOPES, "Which part of the classifier to fault.")
 flags.DEFINE_list("layers", [], "Fault only these layers (names as in the model).")
 flags.DEFINE_enum(
     "sampling",
     "exact",
-    sampling.SAMPLINGS,
+    vocabulary.SAMPLINGS,
     "exact: round(rate*n) distinct elements; bernoulli: each element with prob. rate.",
 )
 flags.DEFINE_bool("include_bias", False, "Fault biases too.")
@@ -42,7 +41,7 @@ flags.DEFINE_float(
     "stuck_value", None, "Value of stuck_value faults (default: the layer's max |w|)."
 )
 flags.DEFINE_integer("bit_position", -1, "float32 bit for bit faults (0..31); -1: random.")
-flags.DEFINE_enum("bit_mode", "flip", sampling.BIT_MODES, "Bit fault type.")
+flags.DEFINE_enum("bit_mode", "flip", vocabulary.BIT_MODES, "Bit fault type.")
 flags.DEFINE_float(
     "target_margin", 0.0, "Size trials until the 95% CI half-width <= this (0: off)."
 )
@@ -59,47 +58,16 @@ flags.DEFINE_string("out", None, "Output directory (resumed if it holds the same
 FLAGS = flags.FLAGS
 
 
-def _parse_models(values: list[str]) -> dict[str, Path]:
-    models = {}
-    for value in values:
-        label, _, path = value.rpartition("=") if "=" in value else ("", "", value)
-        path = Path(path)
-        label = label or (path.parent.name if path.name == "classifier.keras" else path.stem)
-        if label in models:
-            raise app.UsageError(f"Two models are labelled {label!r}; name them with LABEL=PATH.")
-        models[label] = path
-    return models
+def _spec_from_flags():
+    from aftt_tf.faults.spec import FaultSpec
 
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.out:
-        raise app.UsageError("--out is required: the campaign directory.")
-    logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf.faults import campaign
-
-    if FLAGS.merge:
-        try:
-            results = campaign.merge_shards(FLAGS.merge, FLAGS.out)
-        except (ValueError, FileNotFoundError) as error:
-            raise app.UsageError(str(error)) from None
-        _print_summary(results)
-        return
-    if not FLAGS.model:
-        raise app.UsageError("--model is required (a classifier.keras from aftt-train).")
-    if FLAGS.test_examples < 0 or FLAGS.batch_size < 1:
-        raise app.UsageError(
-            f"--test_examples must be >= 0 and --batch_size >= 1; received "
-            f"{FLAGS.test_examples} and {FLAGS.batch_size}."
-        )
     try:
         rates = tuple(float(rate) for rate in FLAGS.rates)
     except ValueError:
         raise app.UsageError(
             f"--rates must be numbers in [0, 1], received {FLAGS.rates}."
         ) from None
-    spec = campaign.FaultSpec(
+    return FaultSpec(
         kind=FLAGS.fault,
         rates=rates,
         trials=FLAGS.trials,
@@ -114,50 +82,47 @@ def main(argv: list[str]) -> None:
         bit_mode=FLAGS.bit_mode,
         target_margin=FLAGS.target_margin,
     )
-    try:
-        spec.validate()
-        campaign.shard_cells([], FLAGS.num_shards, FLAGS.shard_index)
-        paths = _parse_models(FLAGS.model)
-        models = {label: campaign.load_campaign_model(path) for label, path in paths.items()}
-        for model in models.values():
-            model.select_layers(spec)
-        shapes = {model.input_shape for model in models.values()}
-        if len(shapes) != 1:
-            raise ValueError(
-                f"Models take different input shapes {sorted(shapes)}; compare like with like."
-            )
-    except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error)) from None
-    from aftt_tf import data
 
-    dataset = FLAGS.dataset or {(28, 28, 1): "fashion_mnist", (32, 32, 3): "cifar10"}.get(
-        shapes.pop(), ""
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.out:
+        raise app.UsageError("--out is required: the campaign directory.")
+    logging.getLogger().setLevel(logging.INFO)
+    from aftt_tf import data
+    from aftt_tf.faults import campaign, campaign_lib
+    from aftt_tf.faults.spec import FaultTargetError
+
+    if FLAGS.merge:
+        try:
+            results = campaign.merge_shards(FLAGS.merge, FLAGS.out)
+        except (ValueError, FileNotFoundError) as error:
+            raise app.UsageError(str(error)) from None
+        _print_summary(results)
+        return
+    config = campaign_lib.CampaignConfig(
+        models=tuple(FLAGS.model),
+        out=FLAGS.out,
+        spec=_spec_from_flags(),
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        test_examples=FLAGS.test_examples,
+        batch_size=FLAGS.batch_size,
+        num_shards=FLAGS.num_shards,
+        shard_index=FLAGS.shard_index,
+        per_layer=FLAGS.per_layer,
     )
-    if not dataset:
-        raise app.UsageError(
-            "Cannot infer the dataset from the model's input shape; pass --dataset."
-        )
     try:
-        arrays, source = data.load_arrays(dataset, data_dir=FLAGS.data_dir or None)
-    except data.DataUnavailableError as error:
+        config.validate()
+        models = campaign_lib.load_models(config)
+        input_shape = next(iter(models.values())).input_shape
+        test_data = campaign_lib.load_test_data(config, input_shape)
+    except (ValueError, FileNotFoundError, data.DataUnavailableError) as error:
         raise app.UsageError(str(error)) from None
-    images, labels = arrays["test"]
-    if FLAGS.test_examples:
-        images, labels = images[: FLAGS.test_examples], labels[: FLAGS.test_examples]
-    logging.info("Test data: %d %s images from %s", len(labels), dataset, source)
     try:
-        results = campaign.run_campaign(
-            models,
-            spec,
-            images,
-            labels,
-            FLAGS.out,
-            batch_size=FLAGS.batch_size,
-            num_shards=FLAGS.num_shards,
-            shard_index=FLAGS.shard_index,
-            per_layer=FLAGS.per_layer,
-        )
-    except kinds.FaultTargetError as error:
+        results = campaign_lib.run(config, models, test_data)
+    except FaultTargetError as error:
         raise app.UsageError(str(error)) from None
     if FLAGS.num_shards == 1:
         _print_summary(results)

@@ -13,12 +13,12 @@ import logging
 
 from absl import app, flags
 
-from aftt_tf import data
+from aftt_tf import data, vocabulary
 from aftt_tf.cli import train_flags
 
 flags.DEFINE_list(
     "methods",
-    ["none", "l1", "l2", "fat", "aftt", "aftt_fat"],
+    list(vocabulary.METHODS),
     "Methods to train and compare: none, l1, l2, fat (fault-aware training), aftt, aftt_fat.",
 )
 flags.DEFINE_list("l1_lambda_grid", ["1e-6", "1e-5", "1e-4"], "Lasso weights tried (grid search).")
@@ -65,9 +65,9 @@ def config_from_flags():
             "and --l2_lambda_grid. Remove --reg_lambda_grid."
         )
     train_config = train_flags.config_from_flags()
-    from aftt_tf import reproduce
+    from aftt_tf.reproduce.config import ReproduceConfig
 
-    config = reproduce.ReproduceConfig(
+    config = ReproduceConfig(
         train=train_config,
         out=FLAGS.out,
         methods=tuple(FLAGS.methods),
@@ -97,11 +97,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--out is required: the directory of the reproduction.")
     config = config_from_flags()
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf import reproduce
+    from aftt_tf.reproduce import pipeline
 
     try:
-        results = reproduce.reproduce(config)
-    except (reproduce.ReproduceError, data.DataUnavailableError) as error:
+        results = pipeline.reproduce(config)
+    except (pipeline.ReproduceError, data.DataUnavailableError) as error:
         raise app.UsageError(str(error)) from None
     print(f"Report: {FLAGS.out}/report.md and {FLAGS.out}/report.html")
     for line in results["verdicts"]:

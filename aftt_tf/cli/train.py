@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--out is required: the run directory to create or resume.")
     config = train_flags.config_from_flags()
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf import train_lib  # TensorFlow is imported only after flags are valid.
+    from aftt_tf.training import train_lib  # TensorFlow is imported only after flags are valid.
 
     try:
         metrics = train_lib.train_and_evaluate(config, FLAGS.out, overwrite=FLAGS.overwrite)

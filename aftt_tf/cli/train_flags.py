@@ -6,17 +6,21 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from aftt_tf import config as config_lib
-from aftt_tf import data, networks, trainers
+from aftt_tf import vocabulary
+from aftt_tf.training import config as config_lib
 
 _DEFAULTS = config_lib.TrainConfig()
 
-flags.DEFINE_enum("method", _DEFAULTS.method, config_lib.METHODS, "Training method.")
-flags.DEFINE_enum("architecture", _DEFAULTS.architecture, networks.ARCHITECTURES, "Network.")
-flags.DEFINE_string("dataset", "", f"One of {', '.join(data.DATASETS)}; empty: the architecture's.")
+flags.DEFINE_enum("method", _DEFAULTS.method, vocabulary.METHODS, "Training method.")
+flags.DEFINE_enum("architecture", _DEFAULTS.architecture, vocabulary.ARCHITECTURES, "Network.")
+flags.DEFINE_string(
+    "dataset", "", f"One of {', '.join(vocabulary.DATASETS)}; empty: the architecture's."
+)
 flags.DEFINE_string("data_dir", "", "Local raw data (IDX .gz files or CIFAR-10 image folder).")
 flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory.")
-flags.DEFINE_enum("data_source", _DEFAULTS.data_source, data.SOURCES, "Where to load data from.")
+flags.DEFINE_enum(
+    "data_source", _DEFAULTS.data_source, vocabulary.DATA_SOURCES, "Where to load data from."
+)
 flags.DEFINE_float(
     "validation_fraction",
     _DEFAULTS.validation_fraction,
@@ -65,7 +69,7 @@ flags.DEFINE_enum(
 flags.DEFINE_enum(
     "classification_loss",
     _DEFAULTS.classification_loss,
-    trainers.CLASSIFICATION_LOSSES,
+    vocabulary.CLASSIFICATION_LOSSES,
     "mse: paper Eq. 15; or crossentropy.",
 )
 flags.DEFINE_bool("freeze_extractor", False, "Fine-tune only the head (aftt).")

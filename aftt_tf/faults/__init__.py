@@ -1,6 +1,15 @@
-"""Fault injection, split into *where* (`targets`), *what* (`sampling`) and *how* (`layers`).
+"""Fault injection and campaigns: *where* faults go, *what* they are, *how* they act, and
+the engine that measures accuracy under them with paired statistics.
 
-`campaign` (the engine), `kinds`, `sampling`, `statistics` and `tflite_runner` import no
-TensorFlow; `layers`, `targets` and `keras_runner` are the Keras side. Import the
-submodule you need.
+- `spec`: `FaultSpec`, the cell record, the runtime interface (`CampaignModel`).
+- `selection` (where, every runtime) and `targets` (where + apply/strip, Keras);
+  `sampling` (what); `layers` (how: registered Keras layers holding the masks).
+- `keras_runner`, `tflite_runner`: the runtimes; `runtimes` picks one for a model or file.
+- `campaign` (engine: plan, resume, shards, outputs), `analysis` (summaries, paired
+  differences, AUC, verdict), `statistics`, `plots`; `campaign_lib` (what aftt-faults runs).
+
+`spec`, `selection`, `sampling`, `statistics`, `analysis`, `campaign`, `runtimes` and
+`tflite_runner` import no TensorFlow, so .tflite campaigns run on devices with numpy and
+ai-edge-litert only. Importing `layers` (or any Keras-side module) registers the fault
+layers, so `keras.saving.load_model` can read `.keras` files that hold them.
 """

@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf.faults import campaign, sampling, targets
-from aftt_tf.faults.campaign import FaultSpec
+from aftt_tf.faults import sampling, targets
+from aftt_tf.faults.spec import FaultSpec, cell_result
 
 
 def model_fingerprint(model: keras.Model) -> str:
@@ -54,7 +54,7 @@ def load_model(path: str | Path) -> keras.Model:
 
 
 class KerasModel:
-    """Campaign-engine adapter of a Keras classifier."""
+    """A Keras classifier as a campaign model (`spec.CampaignModel`)."""
 
     def __init__(self, model: keras.Model):
         self.model = model
@@ -231,7 +231,7 @@ class CampaignRunner:
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         counts = self.inject(rate, trial)
         accuracy = self.accuracy()
-        return campaign.cell_result(rate, trial, accuracy, counts)
+        return cell_result(rate, trial, accuracy, counts)
 
 
 def _as_float(images: np.ndarray) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""Campaign plots (matplotlib Agg): accuracy vs fault rate with 95% CI bands, layer sensitivity."""
+"""Campaign plots (matplotlib Agg): accuracy vs fault rate with 95% CI bands, layer sensitivity.
+
+`save_figure` and `accuracy_vs_rate_figure` also draw the reproduction report's figures.
+"""
 
 from __future__ import annotations
 
@@ -13,37 +16,46 @@ import matplotlib.pyplot as plt  # noqa: E402
 from aftt_tf import io_utils  # noqa: E402
 
 
-def _save(figure, stem: Path) -> None:
-    for suffix in (".png", ".svg"):
-        path = stem.with_suffix(suffix)
+def save_figure(figure, stem: Path, formats: tuple[str, ...] = ("png", "svg"), dpi=150) -> None:
+    """Writes `stem.<format>` for each format atomically and closes the figure."""
+    for suffix in formats:
+        path = stem.with_suffix(f".{suffix}")
         with io_utils.atomic_path(path) as temporary:
-            figure.savefig(temporary, format=suffix[1:], dpi=150, bbox_inches="tight")
+            figure.savefig(temporary, format=suffix, dpi=dpi, bbox_inches="tight")
     plt.close(figure)
+
+
+def accuracy_vs_rate_figure(panels: list[tuple[str, dict[str, Any]]], group: str = "all"):
+    """One panel per (title, summary); one line per model (like the paper's Fig. 3 and
+    Fig. 7), its 95% CI as a shaded band."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for axis, (title, summary) in zip(axes[0], panels, strict=True):
+        for model, groups in summary.items():
+            if group not in groups:
+                continue
+            rows = groups[group]["per_rate"]
+            rates = [100 * row["rate"] for row in rows]
+            means = [100 * row["mean"] for row in rows]
+            axis.plot(rates, means, marker="o", markersize=3, label=model)
+            axis.fill_between(
+                rates,
+                [100 * row["ci_low"] for row in rows],
+                [100 * row["ci_high"] for row in rows],
+                alpha=0.2,
+            )
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("fault rate (% of elements per layer)")
+        axis.set_ylabel("test accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return figure
 
 
 def accuracy_vs_rate(
     summary: dict[str, Any], stem: Path, title: str = "", group: str = "all"
 ) -> None:
-    """One line per model (like the paper's Fig. 3 and Fig. 7), CI as a shaded band."""
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for model, groups in summary.items():
-        if group not in groups:
-            continue
-        rows = groups[group]["per_rate"]
-        rates = [100 * row["rate"] for row in rows]
-        axis.plot(rates, [100 * row["mean"] for row in rows], marker="o", label=model)
-        axis.fill_between(
-            rates,
-            [100 * row["ci_low"] for row in rows],
-            [100 * row["ci_high"] for row in rows],
-            alpha=0.25,
-        )
-    axis.set_xlabel("fault rate (% of elements per layer)")
-    axis.set_ylabel("test accuracy (%)")
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    _save(figure, stem)
+    """A campaign's accuracy-vs-rate plot, as PNG and SVG."""
+    save_figure(accuracy_vs_rate_figure([(title, summary)], group), stem)
 
 
 def layer_sensitivity(summary: dict[str, Any], stem: Path, title: str = "") -> None:
@@ -64,4 +76,4 @@ def layer_sensitivity(summary: dict[str, Any], stem: Path, title: str = "") -> N
     axis.set_ylabel("mean accuracy over rates (%)")
     axis.set_title(f"per-layer sensitivity: {title}")
     axis.legend()
-    _save(figure, stem)
+    save_figure(figure, stem)

@@ -12,8 +12,7 @@ import zlib
 
 import numpy as np
 
-SAMPLINGS = ("exact", "bernoulli")
-BIT_MODES = ("flip", "stuck_at_1", "stuck_at_0")
+from aftt_tf.vocabulary import BIT_MODES, SAMPLINGS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,11 +7,44 @@ from __future__ import annotations
 import keras
 
 from aftt_tf.faults import layers as fault_layers
-from aftt_tf.faults.kinds import FAULT_KINDS, PARAMETER_KINDS, SCOPES, FaultTargetError, in_scope
+from aftt_tf.faults import selection
+from aftt_tf.faults.spec import FaultTargetError
+from aftt_tf.vocabulary import PARAMETER_KINDS
+
+# The Keras layer types whose kernels faults reach; FaultyDense/FaultyConv2D subclass them.
+WEIGHT_LAYER_TYPES = (keras.layers.Dense, keras.layers.Conv2D)
 
 
-def _is_parametric(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+def weight_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The model's layers that hold faultable kernels, in model order.
+
+    The one registry every path uses: fault campaigns, fault-aware training, export layer
+    maps and the reproduction's node-fault layers.
+    """
+    return [layer for layer in model.layers if isinstance(layer, WEIGHT_LAYER_TYPES)]
+
+
+def hidden_weight_layers(model: keras.Model, types: tuple[type, ...] = WEIGHT_LAYER_TYPES):
+    """Weight layers of `types` that do not produce the model's output (node-fault sites)."""
+    output_names = set(model.output_names)
+    return [
+        layer
+        for layer in weight_layers(model)
+        if isinstance(layer, types) and layer.name not in output_names
+    ]
+
+
+def candidates(model: keras.Model) -> list[selection.Candidate]:
+    """The model's weight layers as the shared selection rule sees them."""
+    output_names = set(model.output_names)
+    return [
+        selection.Candidate(
+            name=layer.name,
+            convolution=isinstance(layer, keras.layers.Conv2D),
+            output=layer.name in output_names,
+        )
+        for layer in weight_layers(model)
+    ]
 
 
 def select_layers(
@@ -21,57 +54,21 @@ def select_layers(
     layer_names: tuple[str, ...] = (),
     include_output_nodes: bool = False,
 ) -> list[str]:
-    """Names of the layers that `kind` faults, in model order.
+    """Names of the layers that `kind` faults, in model order (see `selection.select`).
 
     Parameter kinds target Dense and Conv2D layers ('filter': Conv2D only). 'node'
     targets the outputs of Dense/Conv2D layers; the output layer (logits) is left
-    out unless `include_output_nodes`. `layer_names`, when given, restricts the
-    selection and must name existing, faultable layers.
+    out unless `include_output_nodes`.
     """
-    if kind not in FAULT_KINDS:
-        raise FaultTargetError(
-            f"Unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}."
-        )
-    if scope not in SCOPES:
-        raise FaultTargetError(f"Unknown scope {scope!r}; expected one of {', '.join(SCOPES)}.")
-    parametric = [layer for layer in model.layers if _is_parametric(layer)]
-    if not parametric:
-        raise FaultTargetError(f"Model {model.name!r} has no Dense or Conv2D layer to fault.")
-    if kind == "filter":
-        candidates = [layer for layer in parametric if isinstance(layer, keras.layers.Conv2D)]
-        if not candidates:
-            raise FaultTargetError(
-                f"Filter faults need convolutions; model {model.name!r} has none. Use "
-                "--fault=weight or --fault=node."
-            )
-    elif kind == "node":
-        output_names = set(model.output_names)
-        candidates = [
-            layer for layer in parametric if include_output_nodes or layer.name not in output_names
-        ]
-    else:
-        candidates = parametric
-    names = [layer.name for layer in candidates]
-    if layer_names:
-        all_names = {layer.name for layer in model.layers}
-        missing = [name for name in layer_names if name not in all_names]
-        if missing:
-            raise FaultTargetError(
-                f"Layers {missing} do not exist in {model.name!r}; its layers are "
-                f"{sorted(all_names)}."
-            )
-        wrong = [name for name in layer_names if name not in names]
-        if wrong:
-            raise FaultTargetError(
-                f"Layers {wrong} cannot take {kind!r} faults; layers that can: {names}."
-            )
-        names = [name for name in names if name in layer_names]
-    names = [name for name in names if in_scope(name, scope)]
-    if not names:
-        raise FaultTargetError(
-            f"No layer of {model.name!r} takes {kind!r} faults in scope {scope!r}."
-        )
-    return names
+    return selection.select(
+        candidates(model),
+        kind,
+        scope,
+        layer_names,
+        include_output_nodes,
+        model_name=model.name,
+        all_layer_names=[layer.name for layer in model.layers],
+    )
 
 
 def apply_faults(model: keras.Model, kind: str, layer_names: list[str]) -> keras.Model:
@@ -145,7 +142,7 @@ def _copy_weights(source: keras.Model, destination: keras.Model) -> None:
         for attribute in ("kernel", "bias"):
             if getattr(layer, attribute, None) is not None:
                 getattr(layer, attribute).assign(getattr(original, attribute))
-        if not _is_parametric(layer):
+        if not isinstance(layer, WEIGHT_LAYER_TYPES):
             for target, value in zip(layer.weights, original.weights, strict=True):
                 target.assign(value)
 

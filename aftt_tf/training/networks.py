@@ -32,23 +32,17 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from aftt_tf.faults import kinds
+from aftt_tf.vocabulary import (
+    ARCHITECTURE_DATASETS,
+    ARCHITECTURES,
+    HEAD_LAYER_NAMES,
+    input_shape_for,
+)
 
 NUM_CLASSES = 10
 
-# The four paper architectures and the dataset each was designed for.
-ARCHITECTURE_DATASETS = {
-    "fmnist_mlp": "fashion_mnist",
-    "fmnist_cnn": "fashion_mnist",
-    "cifar10_conv7": "cifar10",
-    "cifar10_conv3": "cifar10",
-}
-ARCHITECTURES = tuple(ARCHITECTURE_DATASETS)
-
 EXTRACTOR_NAME = "extractor"
 HEAD_NAME = "head"
-# Layers of the classifier that belong to the head; every other layer is the extractor.
-HEAD_LAYER_NAMES = kinds.HEAD_LAYER_NAMES
 CLASSIFIER_NAME = "classifier"
 
 
@@ -61,17 +55,6 @@ class Networks:
     classifier: keras.Model
     decoder: keras.Model
     discriminator: keras.Model
-
-
-def input_shape_for(dataset: str) -> tuple[int, int, int]:
-    """Image shape (height, width, channels) of a dataset."""
-    if dataset in ("fashion_mnist", "mnist"):
-        return (28, 28, 1)
-    if dataset == "cifar10":
-        return (32, 32, 3)
-    raise ValueError(
-        f"Unknown dataset {dataset!r}; expected one of 'fashion_mnist', 'mnist', 'cifar10'."
-    )
 
 
 def _fmnist_mlp_extractor(inputs: keras.KerasTensor) -> keras.KerasTensor:
@@ -139,8 +122,9 @@ def build_head(architecture: str, latent_dim: int) -> keras.Model:
     """Classifier head: latent code -> class logits (softmax is applied by the loss)."""
     _check_architecture(architecture)
     inputs = keras.Input(shape=(latent_dim,), name="latent_code")
-    x = layers.Dense(_HEAD_WIDTH[architecture], activation="relu", name="head_dense")(inputs)
-    logits = layers.Dense(NUM_CLASSES, name="logits")(x)
+    hidden_name, logits_name = HEAD_LAYER_NAMES  # The names fault scopes know as the head.
+    x = layers.Dense(_HEAD_WIDTH[architecture], activation="relu", name=hidden_name)(inputs)
+    logits = layers.Dense(NUM_CLASSES, name=logits_name)(x)
     return keras.Model(inputs, logits, name=HEAD_NAME)
 
 

@@ -21,15 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf import data, io_utils
-from aftt_tf.faults import keras_runner, targets, tflite_runner
-
-FORMATS = ("saved_model", "tflite_float32", "tflite_int8", "tflite_int8_qat")
-TFLITE_FILES = {
-    "tflite_float32": "model_float32.tflite",
-    "tflite_int8": "model_int8.tflite",
-    "tflite_int8_qat": "model_int8_qat.tflite",
-}
+from aftt_tf import data, io_utils, tflite_file, vocabulary
+from aftt_tf.faults import keras_runner, targets
+from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
+from aftt_tf.vocabulary import TFLITE_FILES
 
 
 @dataclasses.dataclass
@@ -118,10 +113,10 @@ def _dataset_for(model: keras.Model, config: ExportConfig) -> str:
     if "dataset" in _run_config(config):
         return _run_config(config)["dataset"]
     shape = tuple(model.input_shape[1:])
-    datasets = {(28, 28, 1): "fashion_mnist", (32, 32, 3): "cifar10"}
-    if shape not in datasets:
+    dataset = vocabulary.dataset_for_input_shape(shape)
+    if dataset is None:
         raise ValueError(f"Cannot infer the dataset of input shape {shape}; pass --dataset.")
-    return datasets[shape]
+    return dataset
 
 
 def _representative_dataset(images: np.ndarray, steps: int, batch_size: int, seed: int):
@@ -153,17 +148,13 @@ def _convert(converter, mode: str, representative=None) -> bytes:
 
 
 def layer_map(
-    model: keras.Model, tflite: tflite_runner.TFLiteModel, check_values: bool = True
+    model: keras.Model, tflite: tflite_file.TFLiteFile, check_values: bool = True
 ) -> dict[str, dict[str, Any]]:
     """Keras Dense/Conv2D layer -> TFLite operator, matched in order, by shape and by value.
 
     QAT files hold fine-tuned weights, so only order and shapes are checked for them.
     """
-    keras_layers = [
-        layer
-        for layer in model.layers
-        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
-    ]
+    keras_layers = targets.weight_layers(model)
     operators = sorted(tflite.layers.values(), key=lambda layer: layer.operator_index)
     if len(keras_layers) != len(operators):
         raise RuntimeError(
@@ -177,16 +168,9 @@ def layer_map(
                 f"Layer {keras_layer.name} {kernel.shape} does not match operator "
                 f"{operator.operator_index} {operator.keras_kernel_shape}."
             )
-        runner_values = np.frombuffer(
-            tflite.content,
-            operator.weights.dtype,
-            int(np.prod(operator.weights.shape)),
-            operator.weights.offset,
-        ).astype(np.float64)
-        if operator.weights.dtype != np.float32:
-            runner_values = runner_values * tflite_runner.element_scales(operator.weights)
+        values = tflite_file.real_values(tflite.content, operator.weights)
         file_order = operator.keras_to_file_positions(np.arange(kernel.size))
-        stored = runner_values[file_order].reshape(kernel.shape)
+        stored = values[file_order].reshape(kernel.shape)
         tolerance = (
             1e-6 if operator.weights.dtype == np.float32 else float(np.max(operator.weights.scales))
         )
@@ -210,125 +194,35 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def export_classifier(config: ExportConfig) -> dict[str, Any]:
-    """Exports per `config`; returns the manifest (also written to OUT/manifest.json)."""
+    """Exports per `config`; returns the manifest (also written to OUT/manifest.json).
+
+    Everything is written into a staging directory beside OUT and renamed into place
+    at the end, so an interrupted export leaves nothing half-written.
+    """
     config.validate()
     source = keras_runner.load_model(config.model)
     model = deployable_classifier(source)
     dataset = _dataset_for(model, config)
     arrays, data_source = data.load_arrays(dataset, data_dir=config.data_dir or None)
-    train_images, train_labels = arrays["train"]
     test_images, test_labels = arrays["test"]
     if config.test_examples:
-        test_images, test_labels = (
-            test_images[: config.test_examples],
-            test_labels[: config.test_examples],
-        )
-    float_test = test_images.astype(np.float32) / 255.0
-    reference = np.asarray(model.predict(float_test, batch_size=1000, verbose=0))
-    original = np.asarray(source.predict(float_test[:256], verbose=0))
+        test_images = test_images[: config.test_examples]
+        test_labels = test_labels[: config.test_examples]
+    reference = np.asarray(
+        model.predict(test_images.astype(np.float32) / 255.0, batch_size=1000, verbose=0)
+    )
+    original = np.asarray(source.predict(test_images[:256].astype(np.float32) / 255.0, verbose=0))
     if not np.allclose(reference[:256], original, atol=1e-5):
         raise RuntimeError(
             "The stripped classifier does not reproduce the source model's predictions."
         )
-
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        artifacts: dict[str, dict[str, Any]] = {}
-        saved_model = staging / "saved_model"
-        model.export(str(saved_model), format="tf_saved_model", verbose=False)
-        if "saved_model" in config.formats:
-            loaded = tf.saved_model.load(str(saved_model))
-            outputs = np.concatenate(
-                [
-                    np.asarray(loaded.serve(tf.constant(float_test[i : i + 1000])))
-                    for i in range(0, len(float_test), 1000)
-                ]
-            )
-            artifacts["saved_model"] = {
-                "signature": "serving_default",
-                "endpoint": "serve",
-                "test_accuracy": _accuracy(outputs, test_labels),
-                "max_abs_logit_difference_vs_keras": float(np.max(np.abs(outputs - reference))),
-            }
-        representative = _representative_dataset(
-            train_images, config.calibration_steps, config.calibration_batch_size, config.seed
-        )
-        for name in ("tflite_float32", "tflite_int8"):
-            if name not in config.formats:
-                continue
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-            content = _convert(
-                converter, "float32" if name == "tflite_float32" else "int8", representative
-            )
-            (staging / TFLITE_FILES[name]).write_bytes(content)
-        if "tflite_int8_qat" in config.formats:
-            from aftt_tf import qat
-
-            content, qat_history = qat.quantization_aware_int8(
-                model,
-                train_images,
-                train_labels,
-                representative,
-                epochs=config.qat_epochs,
-                examples=config.qat_examples,
-                learning_rate=config.qat_learning_rate,
-                seed=config.seed,
-                loss=_run_config(config).get("classification_loss", "mse"),
-            )
-            (staging / TFLITE_FILES["tflite_int8_qat"]).write_bytes(content)
-        for name, file_name in TFLITE_FILES.items():
-            path = staging / file_name
-            if not path.exists():
-                continue
-            tflite = tflite_runner.TFLiteModel(path)
-            logits = tflite_runner.predict(tflite, test_images)
-            interpreter = tflite.interpreter(tflite.content)
-            artifacts[file_name] = {
-                "format": name,
-                "test_accuracy": _accuracy(logits, test_labels),
-                "max_abs_logit_difference_vs_keras": float(np.max(np.abs(logits - reference))),
-                "input": _io_detail(interpreter.get_input_details()[0]),
-                "output": _io_detail(interpreter.get_output_details()[0]),
-                "layers": layer_map(model, tflite, check_values=name != "tflite_int8_qat"),
-            }
-            if name == "tflite_int8_qat":
-                artifacts[file_name]["qat_history"] = qat_history
-        if "saved_model" not in config.formats:
-            shutil.rmtree(saved_model)
-        keras_accuracy = _accuracy(reference, test_labels)
-        float_accuracy = artifacts.get("model_float32.tflite", {}).get("test_accuracy")
-        for file_name in ("model_int8.tflite", "model_int8_qat.tflite"):
-            if file_name in artifacts and float_accuracy is not None:
-                artifacts[file_name]["accuracy_minus_float32"] = (
-                    artifacts[file_name]["test_accuracy"] - float_accuracy
-                )
-        io_utils.write_json(
-            staging / "config.json",
-            {**dataclasses.asdict(config), "dataset": dataset, "data_source": data_source},
-        )
-        hashes = {
-            str(path.relative_to(staging)): {
-                "sha256": io_utils.sha256_file(path),
-                "bytes": path.stat().st_size,
-            }
-            for path in sorted(staging.rglob("*"))
-            if path.is_file()
-        }
-        manifest = {
-            "versions": io_utils.versions(),
-            "source_model": {
-                "path": str(Path(config.model).resolve()),
-                "sha256": io_utils.sha256_file(config.model),
-            },
-            "dataset": dataset,
-            "test_examples": int(len(test_labels)),
-            "keras_test_accuracy": keras_accuracy,
-            "artifacts": {name: {**artifacts[name], **hashes.get(name, {})} for name in artifacts},
-            "files": hashes,
-        }
-        io_utils.write_json(staging / "manifest.json", manifest)
+        test = _TestSet(test_images, test_labels, reference)
+        artifacts = _write_artifacts(config, model, arrays["train"], test, staging)
+        manifest = _write_manifest(config, staging, artifacts, dataset, data_source, test)
         staging.chmod(0o755)  # mkdtemp creates it private; exports are meant to be shared.
         if out.exists():
             shutil.rmtree(out)
@@ -336,6 +230,134 @@ def export_classifier(config: ExportConfig) -> dict[str, Any]:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+    return manifest
+
+
+@dataclasses.dataclass
+class _TestSet:
+    """Test images (uint8), labels and the deployable Keras model's logits on them."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    keras_logits: np.ndarray
+
+
+def _write_artifacts(
+    config: ExportConfig,
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    test: _TestSet,
+    staging: Path,
+) -> dict[str, dict[str, Any]]:
+    """Writes the SavedModel and TFLite files into `staging`; returns their manifest entries."""
+    artifacts: dict[str, dict[str, Any]] = {}
+    saved_model = staging / "saved_model"
+    model.export(str(saved_model), format="tf_saved_model", verbose=False)
+    if "saved_model" in config.formats:
+        artifacts["saved_model"] = _saved_model_entry(saved_model, test)
+    representative = _representative_dataset(
+        train[0], config.calibration_steps, config.calibration_batch_size, config.seed
+    )
+    for name in ("tflite_float32", "tflite_int8"):
+        if name in config.formats:
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+            mode = "float32" if name == "tflite_float32" else "int8"
+            (staging / TFLITE_FILES[name]).write_bytes(_convert(converter, mode, representative))
+    qat_history = None
+    if "tflite_int8_qat" in config.formats:
+        from aftt_tf.deploy import qat
+
+        content, qat_history = qat.quantization_aware_int8(
+            model,
+            *train,
+            representative,
+            epochs=config.qat_epochs,
+            examples=config.qat_examples,
+            learning_rate=config.qat_learning_rate,
+            seed=config.seed,
+            loss=_run_config(config).get("classification_loss", "mse"),
+        )
+        (staging / TFLITE_FILES["tflite_int8_qat"]).write_bytes(content)
+    for name, file_name in TFLITE_FILES.items():
+        if (staging / file_name).exists():
+            artifacts[file_name] = _tflite_entry(staging / file_name, name, model, test)
+            if name == "tflite_int8_qat":
+                artifacts[file_name]["qat_history"] = qat_history
+    if "saved_model" not in config.formats:
+        shutil.rmtree(saved_model)
+    float_accuracy = artifacts.get("model_float32.tflite", {}).get("test_accuracy")
+    for file_name in ("model_int8.tflite", "model_int8_qat.tflite"):
+        if file_name in artifacts and float_accuracy is not None:
+            artifacts[file_name]["accuracy_minus_float32"] = (
+                artifacts[file_name]["test_accuracy"] - float_accuracy
+            )
+    return artifacts
+
+
+def _saved_model_entry(path: Path, test: _TestSet) -> dict[str, Any]:
+    loaded = tf.saved_model.load(str(path))
+    images = test.images.astype(np.float32) / 255.0
+    outputs = np.concatenate(
+        [
+            np.asarray(loaded.serve(tf.constant(images[i : i + 1000])))
+            for i in range(0, len(images), 1000)
+        ]
+    )
+    return {
+        "signature": "serving_default",
+        "endpoint": "serve",
+        "test_accuracy": _accuracy(outputs, test.labels),
+        "max_abs_logit_difference_vs_keras": float(np.max(np.abs(outputs - test.keras_logits))),
+    }
+
+
+def _tflite_entry(path: Path, name: str, model: keras.Model, test: _TestSet) -> dict[str, Any]:
+    tflite = tflite_file.TFLiteFile(path)
+    logits = tflite_file.predict(tflite, test.images)
+    interpreter = tflite.interpreter(tflite.content)
+    return {
+        "format": name,
+        "test_accuracy": _accuracy(logits, test.labels),
+        "max_abs_logit_difference_vs_keras": float(np.max(np.abs(logits - test.keras_logits))),
+        "input": _io_detail(interpreter.get_input_details()[0]),
+        "output": _io_detail(interpreter.get_output_details()[0]),
+        "layers": layer_map(model, tflite, check_values=name != "tflite_int8_qat"),
+    }
+
+
+def _write_manifest(
+    config: ExportConfig,
+    staging: Path,
+    artifacts: dict[str, dict[str, Any]],
+    dataset: str,
+    data_source: str,
+    test: _TestSet,
+) -> dict[str, Any]:
+    io_utils.write_json(
+        staging / "config.json",
+        {**dataclasses.asdict(config), "dataset": dataset, "data_source": data_source},
+    )
+    hashes = {
+        str(path.relative_to(staging)): {
+            "sha256": io_utils.sha256_file(path),
+            "bytes": path.stat().st_size,
+        }
+        for path in sorted(staging.rglob("*"))
+        if path.is_file()
+    }
+    manifest = {
+        "versions": io_utils.versions(),
+        "source_model": {
+            "path": str(Path(config.model).resolve()),
+            "sha256": io_utils.sha256_file(config.model),
+        },
+        "dataset": dataset,
+        "test_examples": int(len(test.labels)),
+        "keras_test_accuracy": _accuracy(test.keras_logits, test.labels),
+        "artifacts": {name: {**artifacts[name], **hashes.get(name, {})} for name in artifacts},
+        "files": hashes,
+    }
+    io_utils.write_json(staging / "manifest.json", manifest)
     return manifest
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 
 def _tf_keras_layer(layer: keras.layers.Layer, tf_keras):
-    """The tf_keras twin of a Keras 3 layer (the layer types of aftt_tf.networks)."""
+    """The tf_keras twin of a Keras 3 layer (the layer types of aftt_tf.training.networks)."""
     layers = tf_keras.layers
     if isinstance(layer, keras.layers.Dense):
         return layers.Dense(

@@ -1,7 +1,7 @@
 """Training configuration: one plain dataclass, validated before any work is done.
 
 Field names equal the `aftt-train` flag names, so a config can be written back as a
-flagfile that reproduces the run.
+flagfile that reproduces the run. Validation imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import json
 import math
 from typing import Any
 
-from aftt_tf import data, networks, trainers
+from aftt_tf import vocabulary
+from aftt_tf.vocabulary import FAULT_AWARE_METHODS, METHODS, PRETRAINING_METHODS
 
-METHODS = ("aftt", "none", "l1", "l2", "fat", "aftt_fat")
-PRETRAINING_METHODS = ("aftt", "aftt_fat")
-FAULT_AWARE_METHODS = ("fat", "aftt_fat")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -69,25 +67,29 @@ class TrainConfig:
     def __post_init__(self):
         self.reg_lambda_grid = tuple(float(value) for value in self.reg_lambda_grid)
         self.fault_aware_kinds = tuple(str(kind) for kind in self.fault_aware_kinds)
-        if not self.dataset and self.architecture in networks.ARCHITECTURE_DATASETS:
-            self.dataset = networks.ARCHITECTURE_DATASETS[self.architecture]
+        if not self.dataset and self.architecture in vocabulary.ARCHITECTURE_DATASETS:
+            self.dataset = vocabulary.ARCHITECTURE_DATASETS[self.architecture]
 
     def validate(self) -> None:
         """Raises ValueError naming the field, the value received and what is expected."""
         _choice("method", self.method, METHODS)
-        _choice("architecture", self.architecture, networks.ARCHITECTURES)
-        _choice("dataset", self.dataset, data.DATASETS)
-        _choice("data_source", self.data_source, data.SOURCES)
-        _choice("classification_loss", self.classification_loss, trainers.CLASSIFICATION_LOSSES)
+        _choice("architecture", self.architecture, vocabulary.ARCHITECTURES)
+        _choice("dataset", self.dataset, vocabulary.DATASETS)
+        _choice("data_source", self.data_source, vocabulary.DATA_SOURCES)
+        _choice("classification_loss", self.classification_loss, vocabulary.CLASSIFICATION_LOSSES)
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        expected = networks.input_shape_for(networks.ARCHITECTURE_DATASETS[self.architecture])
-        if networks.input_shape_for(self.dataset) != expected:
+        expected = vocabulary.input_shape_for(vocabulary.ARCHITECTURE_DATASETS[self.architecture])
+        if vocabulary.input_shape_for(self.dataset) != expected:
             raise ValueError(
                 f"architecture {self.architecture!r} expects {expected} images but dataset "
-                f"{self.dataset!r} has {networks.input_shape_for(self.dataset)}; pick a "
+                f"{self.dataset!r} has {vocabulary.input_shape_for(self.dataset)}; pick a "
                 "matching --dataset."
             )
+        self._validate_numbers()
+        self._validate_combinations()
+
+    def _validate_numbers(self) -> None:
         for name in ("batch_size", "eval_batch_size", "discriminator_steps"):
             _at_least(name, getattr(self, name), 1)
         for name in (
@@ -116,7 +118,13 @@ class TrainConfig:
         for value in (self.reg_lambda, *self.reg_lambda_grid):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"reg_lambda values must be finite and >= 0, received {value}.")
-        if self.reg_lambda_grid and self.method not in ("l1", "l2"):
+        if not (math.isfinite(self.fault_aware_max_rate) and 0 < self.fault_aware_max_rate < 1):
+            raise ValueError(
+                f"fault_aware_max_rate must be in (0, 1), received {self.fault_aware_max_rate}."
+            )
+
+    def _validate_combinations(self) -> None:
+        if self.reg_lambda_grid and self.method not in vocabulary.PENALTY_METHODS:
             raise ValueError(
                 f"reg_lambda_grid selects the penalty weight of 'l1'/'l2'; method is "
                 f"{self.method!r}. Drop --reg_lambda_grid or use --method=l1/l2."
@@ -129,15 +137,12 @@ class TrainConfig:
             raise ValueError(
                 "early_stopping_patience needs a validation split; set validation_fraction > 0."
             )
-        unknown = [k for k in self.fault_aware_kinds if k not in trainers.FAULT_AWARE_KINDS]
+        kinds = vocabulary.FAULT_AWARE_KINDS
+        unknown = [kind for kind in self.fault_aware_kinds if kind not in kinds]
         if unknown or not self.fault_aware_kinds:
             raise ValueError(
-                f"fault_aware_kinds must be a non-empty subset of "
-                f"{', '.join(trainers.FAULT_AWARE_KINDS)}, received {list(self.fault_aware_kinds)}."
-            )
-        if not (math.isfinite(self.fault_aware_max_rate) and 0 < self.fault_aware_max_rate < 1):
-            raise ValueError(
-                f"fault_aware_max_rate must be in (0, 1), received {self.fault_aware_max_rate}."
+                f"fault_aware_kinds must be a non-empty subset of {', '.join(kinds)}, "
+                f"received {list(self.fault_aware_kinds)}."
             )
         if self.freeze_extractor and not self.pretrains:
             raise ValueError(
@@ -156,7 +161,7 @@ class TrainConfig:
 
     @property
     def regularization(self) -> str:
-        return self.method if self.method in ("l1", "l2") else "none"
+        return self.method if self.method in vocabulary.PENALTY_METHODS else "none"
 
     def as_dict(self) -> dict[str, Any]:
         result = dataclasses.asdict(self)

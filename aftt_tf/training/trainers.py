@@ -13,10 +13,8 @@ import tensorflow as tf
 from keras import ops
 
 from aftt_tf.faults import layers as fault_layers
-
-CLASSIFICATION_LOSSES = ("mse", "crossentropy")
-REGULARIZATIONS = ("none", "l1", "l2")
-FAULT_AWARE_KINDS = ("weight", "node")
+from aftt_tf.faults import targets
+from aftt_tf.vocabulary import CLASSIFICATION_LOSSES, FAULT_AWARE_KINDS, REGULARIZATIONS
 
 
 def _replica_scale(loss: tf.Tensor) -> tf.Tensor:
@@ -292,10 +290,9 @@ class ClassifierTrainer(keras.Model):
         self.node_view = None
         self.node_masks = []
         if "weight" in self.fault_aware_kinds:
+            trained = {layer.name for layer in self.trained_layers}
             self.fault_kernels = [
-                layer.kernel
-                for layer in self.trained_layers
-                if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+                layer.kernel for layer in targets.weight_layers(classifier) if layer.name in trained
             ]
         if "node" in self.fault_aware_kinds:
             self.node_view, self.node_masks = _with_node_masks(classifier)
@@ -403,18 +400,12 @@ class ClassifierTrainer(keras.Model):
 def _with_node_masks(classifier: keras.Model) -> tuple[keras.Model, list[keras.Variable]]:
     """A view of `classifier` that shares its layers (and weights) and multiplies the
     output of every hidden Dense/Conv2D layer by a node mask, for fault-aware training."""
-    output_names = set(classifier.output_names)
-    targets = {
-        layer.name
-        for layer in classifier.layers
-        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
-        and layer.name not in output_names
-    }
+    hidden = {layer.name for layer in targets.hidden_weight_layers(classifier)}
     masks = []
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
-        if layer.name in targets:
+        if layer.name in hidden:
             node_fault = fault_layers.NodeFault(
                 target=layer.name, name=f"{layer.name}_training_fault"
             )

@@ -1,0 +1,162 @@
+"""Statistics of a campaign's cells: per-rate summaries with 95% CIs, paired differences
+between models, normalised areas under the accuracy-vs-rate curve, and the verdict.
+
+Trials of every model in a campaign share fault positions, so differences are paired
+per trial. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aftt_tf.faults.statistics import confidence_interval
+
+
+def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model and group: per-rate statistics, drop from clean accuracy, area under the curve."""
+    summary: dict[str, Any] = {}
+    keys = sorted({(c["model"], c["group"]) for c in cells})
+    for model, group in keys:
+        own = [c for c in cells if c["model"] == model and c["group"] == group]
+        rows = []
+        for rate in sorted({c["rate"] for c in own}):
+            accuracies = [c["accuracy"] for c in own if c["rate"] == rate]
+            mean, std, half_width = confidence_interval(accuracies)
+            rows.append(
+                {
+                    "rate": rate,
+                    "trials": len(accuracies),
+                    "mean": mean,
+                    "std": std,
+                    "ci_low": mean - half_width,
+                    "ci_high": mean + half_width,
+                    "realized_fraction": float(
+                        np.mean([c["realized_fraction"] for c in own if c["rate"] == rate])
+                    ),
+                }
+            )
+        clean = next((row["mean"] for row in rows if row["rate"] == 0.0), None)
+        for row in rows:
+            row["drop_from_clean"] = None if clean is None else clean - row["mean"]
+        rates = np.array([row["rate"] for row in rows])
+        means = np.array([row["mean"] for row in rows])
+        span = rates.max() - rates.min() if len(rates) > 1 else 0.0
+        auc = float(np.trapezoid(means, rates) / span) if span > 0 else float(means[0])
+        summary.setdefault(model, {})[group] = {
+            "per_rate": rows,
+            "clean_accuracy": clean,
+            "normalized_auc": auc,
+        }
+    return summary
+
+
+def paired_differences(
+    cells: list[dict[str, Any]], model_a: str, model_b: str, group: str = "all"
+) -> list[dict]:
+    """Per rate: mean of accuracy(a) - accuracy(b) over trials with identical faults, with 95% CI."""
+    by_key = {(c["model"], c["group"], c["rate"], c["trial"]): c["accuracy"] for c in cells}
+    rows = []
+    for rate in sorted({c["rate"] for c in cells if c["model"] == model_a and c["group"] == group}):
+        trials = sorted(
+            t
+            for (m, g, r, t) in by_key
+            if m == model_a and g == group and r == rate and (model_b, group, rate, t) in by_key
+        )
+        diffs = [
+            by_key[(model_a, group, rate, t)] - by_key[(model_b, group, rate, t)] for t in trials
+        ]
+        if not diffs:
+            continue
+        mean, std, half_width = confidence_interval(diffs)
+        rows.append(
+            {
+                "rate": rate,
+                "pairs": len(diffs),
+                "mean_difference": mean,
+                "std": std,
+                "ci_low": mean - half_width,
+                "ci_high": mean + half_width,
+            }
+        )
+    return rows
+
+
+def per_trial_auc(cells: list[dict[str, Any]], model: str, group: str) -> dict[int, float]:
+    """Normalised area under each trial's accuracy-vs-rate curve (trials present at every rate)."""
+    own = [c for c in cells if c["model"] == model and c["group"] == group]
+    rates = sorted({c["rate"] for c in own})
+    by_key = {(c["rate"], c["trial"]): c["accuracy"] for c in own}
+    trials = sorted({c["trial"] for c in own if all((r, c["trial"]) in by_key for r in rates)})
+    span = rates[-1] - rates[0] if len(rates) > 1 else 0.0
+    result = {}
+    for trial in trials:
+        curve = np.array([by_key[(rate, trial)] for rate in rates])
+        result[trial] = float(np.trapezoid(curve, rates) / span) if span else float(curve[0])
+    return result
+
+
+def paired_auc_difference(
+    cells: list[dict[str, Any]], model_a: str, model_b: str, group: str = "all"
+) -> dict[str, Any]:
+    """Mean of AUC(a) - AUC(b) over trials with identical faults, with its 95% CI."""
+    auc_a = per_trial_auc(cells, model_a, group)
+    auc_b = per_trial_auc(cells, model_b, group)
+    shared = sorted(set(auc_a) & set(auc_b))
+    mean, _, half_width = confidence_interval([auc_a[t] - auc_b[t] for t in shared])
+    return {
+        "model_a": model_a,
+        "model_b": model_b,
+        "pairs": len(shared),
+        "mean_difference": mean,
+        "ci_low": mean - half_width,
+        "ci_high": mean + half_width,
+    }
+
+
+def verdict(cells: list[dict[str, Any]], group: str = "all") -> dict[str, Any]:
+    """The most fault-tolerant model by normalised AUC, with the paired difference to the
+    runner-up and its 95% CI; a tie when that interval contains 0.
+
+    Trials of every model share fault positions, so the per-trial AUCs are paired.
+    """
+    models = sorted({c["model"] for c in cells if c["group"] == group})
+    aucs = {model: per_trial_auc(cells, model, group) for model in models}
+    means = {
+        model: float(np.mean(list(values.values()))) for model, values in aucs.items() if values
+    }
+    if len(means) < 2:
+        return {
+            "group": group,
+            "best": next(iter(means), None),
+            "text": "only one model: no comparison",
+        }
+    ranked = sorted(means, key=means.get, reverse=True)
+    best, runner_up = ranked[0], ranked[1]
+    shared = sorted(set(aucs[best]) & set(aucs[runner_up]))
+    mean, _, half_width = confidence_interval([aucs[best][t] - aucs[runner_up][t] for t in shared])
+    low, high = mean - half_width, mean + half_width
+    tie = low <= 0.0
+    interval = f"{100 * mean:+.2f} points [{100 * low:+.2f}, {100 * high:+.2f}]"
+    if tie:
+        text = (
+            f"no clear winner: {best} and {runner_up} tie within the 95% CI of the paired "
+            f"difference in normalized AUC ({interval}, {len(shared)} trials)"
+        )
+    else:
+        text = (
+            f"most tolerant: {best}, ahead of {runner_up} by {interval} normalized AUC "
+            f"(paired, 95% CI, {len(shared)} trials)"
+        )
+    return {
+        "group": group,
+        "best": None if tie else best,
+        "tie": tie,
+        "runner_up": runner_up,
+        "mean_difference": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "ranking": ranked,
+        "text": text,
+    }

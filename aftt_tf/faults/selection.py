@@ -1,0 +1,136 @@
+"""*Where* faults go, as one rule for every runtime: which layers a fault kind may touch.
+
+Each runtime describes its model's weight-bearing layers as `Candidate`s (Keras: Dense and
+Conv2D layers; TFLite: FULLY_CONNECTED and CONV_2D operators) and `select` applies the
+same rule to both: kind, output layer, `--layers`, scope. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aftt_tf import vocabulary
+from aftt_tf.faults.spec import FaultTargetError
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A weight-bearing layer as the selection rule sees it.
+
+    Attributes:
+        name: layer name (Keras) or mapped operator name (TFLite).
+        convolution: has filters (output channels) that 'filter' faults can zero.
+        output: produces the model's output (no node faults there by default).
+        node_faults: False when this runtime cannot place node faults on the layer at all
+            (it is then no node candidate); naming it in `--layers` raises `node_refusal`.
+        node_refusal: why node faults cannot be placed on this layer.
+        zero_preserving: act(0) = 0 after the layer; node faults written as zeroed weights
+            (TFLite) equal outputs held at 0 only then, so others are refused.
+    """
+
+    name: str
+    convolution: bool
+    output: bool
+    node_faults: bool = True
+    node_refusal: str | None = None
+    zero_preserving: bool = True
+
+
+def select(
+    candidates: list[Candidate],
+    kind: str,
+    scope: str = "all",
+    layer_names: tuple[str, ...] = (),
+    include_output_nodes: bool = False,
+    model_name: str = "the model",
+    all_layer_names: list[str] | None = None,
+    names_from: str = "",
+) -> list[str]:
+    """Names of the layers that `kind` faults, in model order.
+
+    Parameter kinds target every candidate ('filter': convolutions only); 'node' the
+    non-output candidates unless `include_output_nodes`. `layer_names`, when given,
+    restricts the selection and must name existing, faultable layers; `all_layer_names`
+    lists every layer of the model for the error message (default: the candidates), and
+    `names_from` says where the names come from when they are not the model's own.
+    """
+    _check_vocabulary(kind, scope)
+    if not candidates:
+        raise FaultTargetError(f"Model {model_name!r} has no Dense or Conv2D layer to fault.")
+    chosen = _by_kind(candidates, kind, layer_names, include_output_nodes, model_name)
+    names = [candidate.name for candidate in chosen]
+    if layer_names:
+        existing = set(all_layer_names or [candidate.name for candidate in candidates])
+        missing = [name for name in layer_names if name not in existing]
+        if missing and names_from:
+            raise FaultTargetError(
+                f"Layers {missing} are not in the layer map of {model_name}; its layers are "
+                f"{sorted(existing)} (names come from {names_from})."
+            )
+        if missing:
+            raise FaultTargetError(
+                f"Layers {missing} do not exist in {model_name!r}; its layers are "
+                f"{sorted(existing)}."
+            )
+        wrong = [name for name in layer_names if name not in names]
+        if wrong:
+            raise FaultTargetError(
+                f"Layers {wrong} cannot take {kind!r} faults; layers that can: {names}."
+            )
+        names = [name for name in names if name in layer_names]
+    names = [name for name in names if vocabulary.in_scope(name, scope)]
+    if not names:
+        raise FaultTargetError(
+            f"No layer of {model_name!r} takes {kind!r} faults in scope {scope!r}."
+        )
+    return names
+
+
+def _check_vocabulary(kind: str, scope: str) -> None:
+    if kind not in vocabulary.FAULT_KINDS:
+        raise FaultTargetError(
+            f"Unknown fault kind {kind!r}; expected one of {', '.join(vocabulary.FAULT_KINDS)}."
+        )
+    if scope not in vocabulary.SCOPES:
+        raise FaultTargetError(
+            f"Unknown scope {scope!r}; expected one of {', '.join(vocabulary.SCOPES)}."
+        )
+
+
+def _by_kind(
+    candidates: list[Candidate],
+    kind: str,
+    layer_names: tuple[str, ...],
+    include_output_nodes: bool,
+    model_name: str,
+) -> list[Candidate]:
+    if kind == "filter":
+        chosen = [candidate for candidate in candidates if candidate.convolution]
+        if not chosen:
+            raise FaultTargetError(
+                f"Filter faults need convolutions; {model_name!r} has none. Use "
+                "--fault=weight or --fault=node."
+            )
+        return chosen
+    if kind != "node":
+        return list(candidates)
+    for candidate in candidates:
+        if not candidate.node_faults and candidate.name in layer_names:
+            raise FaultTargetError(candidate.node_refusal or f"No node faults in {candidate.name}.")
+    chosen = [
+        candidate
+        for candidate in candidates
+        if candidate.node_faults and (include_output_nodes or not candidate.output)
+    ]
+    refused = [
+        candidate
+        for candidate in chosen
+        if not candidate.zero_preserving and (not layer_names or candidate.name in layer_names)
+    ]
+    if refused:
+        raise FaultTargetError(
+            f"Node faults via zeroed weights need act(0) = 0, but layers "
+            f"{[candidate.name for candidate in refused]} use another activation; restrict "
+            "--layers to ReLU/linear/LeakyReLU layers."
+        )
+    return chosen

@@ -1,0 +1,151 @@
+"""What a campaign is and what a runtime must offer: `FaultSpec`, the cell record, and the
+runtime interface (`CampaignModel`, `CellRunner`). No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Protocol
+
+import numpy as np
+
+from aftt_tf import vocabulary
+from aftt_tf.faults import sampling
+
+
+class FaultTargetError(ValueError):
+    """The requested fault cannot be placed on this model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultSpec:
+    """One seeded fault campaign; the same spec gives the same fault positions on any
+    model with the same layer names and shapes.
+
+    Attributes:
+        kind: 'weight', 'filter', 'node', 'stuck_value' or 'bit'.
+        rates: fractions of each targeted layer's elements (filters, nodes) faulted.
+        trials: trials per rate (the maximum when target_margin > 0).
+        seed: campaign seed.
+        scope: 'all', 'extractor' or 'head'.
+        layers: restrict to these layer names (empty: every layer the kind can take).
+        sampling: 'exact' (round(rate*n) distinct elements) or 'bernoulli'.
+        include_bias: fault biases too (parameter kinds).
+        include_output_nodes: allow node faults in the output layer.
+        stuck_value: value of 'stuck_value' faults; None: the layer's max |w|.
+        bit_position: float32 bit for 'bit' faults (0..31), -1: random per element.
+        bit_mode: 'flip', 'stuck_at_1' or 'stuck_at_0'.
+        target_margin: > 0 sizes trials per rate sequentially until the 95% CI
+            half-width of the accuracy is at most this (statistical fault injection,
+            Leveugle et al., DATE 2009), between `min_trials` and `trials`.
+        min_trials: first trials before the margin is checked.
+    """
+
+    kind: str = "weight"
+    rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    trials: int = 30
+    seed: int = 0
+    scope: str = "all"
+    layers: tuple[str, ...] = ()
+    sampling: str = "exact"
+    include_bias: bool = False
+    include_output_nodes: bool = False
+    stuck_value: float | None = None
+    bit_position: int = -1
+    bit_mode: str = "flip"
+    target_margin: float = 0.0
+    min_trials: int = 5
+
+    def validate(self) -> None:
+        """Raises ValueError naming the field, the value received and what is expected."""
+        _choice("fault kind", self.kind, vocabulary.FAULT_KINDS)
+        if not self.rates:
+            raise ValueError("rates is empty; give at least one fault rate in [0, 1].")
+        for rate in self.rates:
+            if not (isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0):
+                raise ValueError(
+                    f"Fault rate {rate!r} is outside [0, 1]; rates are fractions (0.7 = 70%)."
+                )
+        if len(set(self.rates)) != len(self.rates):
+            raise ValueError(f"rates contain duplicates: {list(self.rates)}.")
+        if not isinstance(self.trials, int) or self.trials < 1:
+            raise ValueError(f"trials must be an integer >= 1, received {self.trials!r}.")
+        _choice("scope", self.scope, vocabulary.SCOPES)
+        _choice("sampling", self.sampling, vocabulary.SAMPLINGS)
+        _choice("bit_mode", self.bit_mode, vocabulary.BIT_MODES)
+        if not -1 <= self.bit_position <= 31:
+            raise ValueError(
+                f"bit_position must be in 0..31 (float32) or -1 (random), received {self.bit_position}."
+            )
+        if self.target_margin < 0 or (self.target_margin and self.min_trials < 2):
+            raise ValueError("target_margin must be >= 0 and min_trials >= 2 when it is used.")
+
+    @property
+    def value_fault(self) -> sampling.ValueFault:
+        if self.kind == "stuck_value":
+            return sampling.ValueFault("value", value=self.stuck_value)
+        if self.kind == "bit":
+            return sampling.ValueFault(
+                "bit", bit_position=self.bit_position, bit_mode=self.bit_mode
+            )
+        return sampling.ValueFault("zero")
+
+    def as_dict(self) -> dict[str, Any]:
+        result = dataclasses.asdict(self)
+        result["rates"] = [float(r) for r in self.rates]
+        result["layers"] = list(self.layers)
+        return result
+
+    def key(self) -> str:
+        """Hash of everything that determines the cells' values (not how many trials run)."""
+        values = self.as_dict()
+        for name in ("trials", "rates", "target_margin", "min_trials"):
+            values.pop(name)
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(valid)}.")
+
+
+def cell_result(rate: float, trial: int, accuracy: float, counts: dict[str, Any]) -> dict[str, Any]:
+    """One cell's record, the same for every runtime."""
+    return {
+        "rate": float(rate),
+        "trial": int(trial),
+        "accuracy": float(accuracy),
+        "realized_fraction": counts["faulted"] / counts["elements"] if counts["elements"] else 0.0,
+        "faulted": counts["faulted"],
+        "per_layer": {name: value["faulted"] for name, value in counts["per_layer"].items()},
+    }
+
+
+class CellRunner(Protocol):
+    """Evaluates the (rate, trial) cells of one spec on one model and test set."""
+
+    def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
+        """Places the cell's faults and returns its `cell_result` record."""
+        ...
+
+
+class CampaignModel(Protocol):
+    """What the campaign engine needs of a model, whatever runs it (Keras, TFLite)."""
+
+    input_shape: tuple[int, ...]
+
+    def fingerprint(self) -> str:
+        """A hash of everything that determines the model's outputs (architecture, weights)."""
+        ...
+
+    def select_layers(self, spec: FaultSpec) -> list[str]:
+        """Names of the layers `spec` faults; FaultTargetError when there are none."""
+        ...
+
+    def runner(
+        self, spec: FaultSpec, images: np.ndarray, labels: np.ndarray, batch_size: int
+    ) -> CellRunner:
+        """A runner that evaluates `spec`'s cells on these test data."""
+        ...

@@ -1,0 +1,210 @@
+"""`ReproduceConfig`: what `aftt-reproduce` trains, exports, faults and reports; validated
+without TensorFlow, and the training units it implies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+from aftt_tf import vocabulary
+from aftt_tf.training.config import TrainConfig
+
+ALL_METHODS = vocabulary.METHODS
+REPRODUCE_FAULTS = ("weight", "node", "filter")
+RUNTIMES = ("keras", "int8")
+RUNTIME_NAMES = {"keras": "Keras float32", "int8": "TFLite int8"}
+# Paper section VI.D quotes 60% weight, 68% node and 40% filter faults.
+DEFAULT_RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7)
+# Fields of TrainConfig that only the supervised phase reads: two pre-training methods
+# whose configs agree on every other field pre-train identically.
+SUPERVISED_FIELDS = (
+    "method",
+    "finetune_epochs",
+    "learning_rate",
+    "lr_schedule",
+    "classification_loss",
+    "freeze_extractor",
+    "reg_lambda",
+    "reg_lambda_grid",
+    "fault_aware_kinds",
+    "fault_aware_max_rate",
+    "early_stopping_patience",
+    "eval_batch_size",
+    "test_examples",
+)
+
+
+@dataclasses.dataclass
+class ReproduceConfig:
+    """What `aftt-reproduce` trains, exports, faults and reports.
+
+    Attributes:
+        train: the shared training configuration (its `method`, `reg_lambda` and
+            `reg_lambda_grid` are set per method).
+        out: output directory.
+        methods: subset of ALL_METHODS.
+        l1_lambda_grid, l2_lambda_grid: penalty weights tried; the best by validation
+            accuracy is the method's model (the paper tuned its baselines by grid search).
+        faults: fault kinds (weight, node, filter); empty: weight and node, plus
+            filter for convolutional networks.
+        scopes: 'all' (every layer of the deployed classifier) and/or 'extractor'.
+        runtimes: 'keras' (float32) and/or 'int8' (full-int8 TFLite export).
+        rates, trials, campaign_seed: the paired campaigns.
+        campaign_test_examples: test images per campaign cell (0: the whole test set).
+        campaign_batch_size: evaluation chunk size.
+        calibration_steps: batches of 32 training images for int8 calibration.
+    """
+
+    train: TrainConfig
+    out: str
+    methods: tuple[str, ...] = ALL_METHODS
+    l1_lambda_grid: tuple[float, ...] = (1e-6, 1e-5, 1e-4)
+    l2_lambda_grid: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3)
+    faults: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ("all", "extractor")
+    runtimes: tuple[str, ...] = RUNTIMES
+    rates: tuple[float, ...] = DEFAULT_RATES
+    trials: int = 20
+    campaign_seed: int = 0
+    campaign_test_examples: int = 0
+    campaign_batch_size: int = 2000
+    calibration_steps: int = 100
+
+    def __post_init__(self):
+        for name in ("methods", "faults", "scopes", "runtimes"):
+            setattr(self, name, tuple(str(value) for value in getattr(self, name)))
+        for name in ("l1_lambda_grid", "l2_lambda_grid", "rates"):
+            setattr(self, name, tuple(float(value) for value in getattr(self, name)))
+        if not self.faults:
+            self.faults = ("weight", "node") + (
+                ("filter",) if _has_convolutions(self.train.architecture) else ()
+            )
+
+    def validate(self) -> None:
+        """Raises ValueError naming the bad field, the value and what is expected."""
+        self.train.validate()
+        _subset("methods", self.methods, ALL_METHODS)
+        _subset("faults", self.faults, REPRODUCE_FAULTS)
+        _subset("scopes", self.scopes, ("all", "extractor"))
+        _subset("runtimes", self.runtimes, RUNTIMES)
+        if self.train.reg_lambda_grid:
+            raise ValueError(
+                "reg_lambda_grid is an aftt-train flag; aftt-reproduce takes "
+                "--l1_lambda_grid and --l2_lambda_grid. Remove --reg_lambda_grid."
+            )
+        for method in ("l1", "l2"):
+            grid = getattr(self, f"{method}_lambda_grid")
+            if method in self.methods:
+                if not grid:
+                    raise ValueError(f"{method}_lambda_grid is empty; give at least one lambda.")
+                bad = [value for value in grid if not (math.isfinite(value) and value > 0)]
+                if bad or len(set(grid)) != len(grid):
+                    raise ValueError(
+                        f"{method}_lambda_grid must hold distinct finite values > 0, "
+                        f"received {list(grid)}."
+                    )
+                if len(grid) > 1 and self.train.validation_fraction == 0:
+                    raise ValueError(
+                        f"{method}_lambda_grid selects by validation accuracy; set "
+                        "validation_fraction > 0 or give one lambda."
+                    )
+        if "filter" in self.faults and not _has_convolutions(self.train.architecture):
+            raise ValueError(
+                f"Filter faults need convolutions; {self.train.architecture} has none. "
+                "Drop 'filter' from --faults."
+            )
+        if not self.rates or any(not 0.0 <= rate <= 1.0 for rate in self.rates):
+            raise ValueError(f"rates must be fractions in [0, 1], received {list(self.rates)}.")
+        if len(set(self.rates)) != len(self.rates):
+            raise ValueError(f"rates contain duplicates: {list(self.rates)}.")
+        if not isinstance(self.trials, int) or self.trials < 2:
+            raise ValueError(
+                f"trials must be an integer >= 2 (a confidence interval needs two), "
+                f"received {self.trials!r}."
+            )
+        for name in ("campaign_seed", "campaign_test_examples"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(
+                    f"{name} must be an integer >= 0, received {getattr(self, name)!r}."
+                )
+        for name in ("campaign_batch_size", "calibration_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name} must be an integer >= 1, received {getattr(self, name)!r}."
+                )
+
+    def fixed(self) -> dict[str, Any]:
+        """What a resumed run must share with the first one (everything else may change)."""
+        return {
+            "train": self.train.as_dict(),
+            "campaign_test_examples": self.campaign_test_examples,
+            "calibration_steps": self.calibration_steps,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["train"] = self.train.as_dict()
+        return values
+
+
+def _has_convolutions(architecture: str) -> bool:
+    return architecture in vocabulary.ARCHITECTURES_WITH_CONVOLUTIONS
+
+
+def _subset(name: str, values: tuple[str, ...], valid: tuple[str, ...]) -> None:
+    unknown = [value for value in values if value not in valid]
+    if unknown or not values:
+        raise ValueError(
+            f"{name} {list(values)} must be a non-empty subset of {', '.join(valid)}"
+            + (f"; unknown: {unknown}" if unknown else "")
+            + "."
+        )
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} contains duplicates: {list(values)}.")
+
+
+def method_config(base: TrainConfig, method: str, reg_lambda: float = 0.0) -> TrainConfig:
+    """The training config of one method (and lambda), as `aftt-train --method=...` builds it."""
+    if method not in vocabulary.METHODS:
+        raise ValueError(
+            f"Unknown method {method!r}; expected one of {', '.join(vocabulary.METHODS)}."
+        )
+    config = dataclasses.replace(
+        base, method=method, reg_lambda=reg_lambda, reg_lambda_grid=(), freeze_extractor=False
+    )
+    if config.pretrains:
+        config.freeze_extractor = base.freeze_extractor
+    return config
+
+
+@dataclasses.dataclass
+class TrainingUnit:
+    method: str
+    config: TrainConfig
+    directory: Path
+
+
+def training_units(config: ReproduceConfig) -> list[TrainingUnit]:
+    """Every training run, in order: methods in ALL_METHODS order, lambdas as given."""
+    out = Path(config.out) / "train"
+    units = []
+    for method in config.methods:
+        if method in vocabulary.PENALTY_METHODS:
+            for reg_lambda in getattr(config, f"{method}_lambda_grid"):
+                units.append(
+                    TrainingUnit(
+                        method,
+                        method_config(config.train, method, reg_lambda),
+                        out / method / f"lambda_{reg_lambda:g}",
+                    )
+                )
+        else:
+            units.append(TrainingUnit(method, method_config(config.train, method), out / method))
+    return units
+
+
+def campaign_name(kind: str, scope: str, runtime: str) -> str:
+    return f"{kind}_{scope}_{runtime}"

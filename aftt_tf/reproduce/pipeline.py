@@ -1,0 +1,469 @@
+"""`reproduce(config)`: the paper's whole comparison as one resumable pipeline.
+
+Stages, each resumable (a re-run reuses what is finished):
+
+1. train     OUT/train/<method>/ (l1, l2: OUT/train/<method>/lambda_<v>/ per grid value,
+             the best by validation accuracy selected in selection.json); methods that
+             pre-train share one finished pre-training when their configs agree on it.
+2. export    OUT/export/<method>/model_int8.tflite (full-int8 PTQ, aftt-export layout).
+3. campaigns OUT/campaigns/<kind>_<scope>_<runtime>/ (aftt-faults layout): every
+             method in one paired campaign, identical fault positions for all.
+4. report    OUT/report.md, OUT/report.html (self-contained), OUT/figures/,
+             OUT/results.json (every number the report shows).
+
+OUT/reproduce.json holds the resolved configuration; OUT/work_log.json says what
+the last invocation ran and what it reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aftt_tf import io_utils, vocabulary
+from aftt_tf.progress import Progress
+from aftt_tf.reproduce.config import (
+    RUNTIME_NAMES,
+    SUPERVISED_FIELDS,
+    ReproduceConfig,
+    TrainingUnit,
+    campaign_name,
+    training_units,
+)
+from aftt_tf.training.config import TrainConfig
+
+Log = Callable[[dict[str, Any]], None]
+
+
+class ReproduceError(RuntimeError):
+    """The output directory holds a reproduction with another fixed configuration."""
+
+
+def check_output_directory(config: ReproduceConfig) -> bool:
+    """Refuses an OUT that holds another reproduction (or anything else); writes nothing.
+
+    Returns True when resuming.
+    """
+    out = Path(config.out)
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    record = out / "reproduce.json"
+    if not record.exists():
+        # Finished aftt-train runs placed in OUT/train/<method>[/lambda_<v>] are adopted
+        # (each is checked against its method's config below); anything else is refused.
+        others = sorted(path.name for path in out.iterdir() if path.name != "train")
+        if others:
+            raise ReproduceError(
+                f"{out} exists, holds {others} and no reproduce.json: it is not an "
+                "aftt-reproduce directory. Choose another --out."
+            )
+        previous = config.fixed()
+    else:
+        previous = io_utils.read_json(record)["fixed"]
+    previous["train"] = {**TrainConfig().as_dict(), **previous["train"]}
+    current = config.fixed()
+    differences = [
+        f"{key}: {previous['train'].get(key)!r} -> {value!r}"
+        for key, value in current["train"].items()
+        if previous["train"].get(key) != value
+    ] + [
+        f"{key}: {previous.get(key)!r} -> {current[key]!r}"
+        for key in current
+        if key != "train" and previous.get(key) != current[key]
+    ]
+    if differences:
+        raise ReproduceError(
+            f"{out} holds a reproduction with another configuration ({'; '.join(differences)}). "
+            "Methods, faults, scopes, runtimes, rates, trials and lambda grids may change "
+            "between runs; these may not. Use another --out."
+        )
+    # Each training directory must hold its own config (or nothing) before any work.
+    from aftt_tf.training import train_lib
+
+    for unit in training_units(config):
+        try:
+            train_lib.check_run_directory(unit.directory, unit.config)
+        except train_lib.RunDirectoryError as error:
+            raise ReproduceError(str(error)) from None
+    return True
+
+
+def _pretrain_signature(config: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.as_dict().items() if k not in SUPERVISED_FIELDS}
+
+
+def _pretrain_complete(directory: Path, config: TrainConfig) -> bool:
+    state = directory / "checkpoints" / "pretrain" / "state.json"
+    return (
+        state.exists() and io_utils.read_json(state)["epochs_completed"] >= config.pretrain_epochs
+    )
+
+
+def _share_pretraining(unit: TrainingUnit, units: list[TrainingUnit]) -> str | None:
+    """Copies a finished, identical pre-training from another method's run into `unit`'s.
+
+    Returns the donor's method name, or None when there is nothing to share.
+    """
+    if not unit.config.pretrains or unit.config.pretrain_epochs == 0:
+        return None
+    checkpoints = unit.directory / "checkpoints"
+    if (checkpoints / "finetune" / "state.json").exists() or _pretrain_complete(
+        unit.directory, unit.config
+    ):
+        return None
+    for donor in units:
+        if donor is unit or not donor.config.pretrains:
+            continue
+        if _pretrain_signature(donor.config) != _pretrain_signature(unit.config):
+            continue
+        if not _pretrain_complete(donor.directory, donor.config):
+            continue
+        for sub in ("checkpoints", "tensorboard"):
+            source = donor.directory / sub / "pretrain"
+            if not source.exists():
+                continue
+            target = unit.directory / sub / "pretrain"
+            staging = target.with_name(".pretrain.copy")
+            if staging.exists():
+                shutil.rmtree(staging)
+            shutil.copytree(source, staging)
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        return donor.method
+    return None
+
+
+def _training_cost(config: TrainConfig, train_examples: int, pretrain_done: bool) -> float:
+    """FLOPs of a training run (paper section VI.E model), for progress estimates."""
+    from aftt_tf.training import complexity, networks
+
+    nets = networks.build_networks(config.architecture, config.dataset)
+    costs = {
+        name: complexity.model_complexity(getattr(nets, name))
+        for name in ("classifier", "extractor", "decoder", "discriminator")
+    }
+    total = config.finetune_epochs * complexity.supervised_step_flops(costs["classifier"])
+    if config.pretrains and not pretrain_done:
+        total += config.pretrain_epochs * complexity.aae_step_flops(
+            costs["extractor"], costs["decoder"], costs["discriminator"], config.discriminator_steps
+        )
+    return float(total * train_examples)
+
+
+def _training_costs(units: list[TrainingUnit], train_examples: int) -> list[float]:
+    """FLOPs still to spend per unit (0 for finished ones; a shared pre-training once)."""
+    costs = []
+    for index, unit in enumerate(units):
+        finished = (unit.directory / "metrics.json").exists()
+        shared = any(
+            other.config.pretrains
+            and _pretrain_signature(other.config) == _pretrain_signature(unit.config)
+            for other in units[:index]
+        )
+        pretrain_done = _pretrain_complete(unit.directory, unit.config) or shared
+        costs.append(
+            0.0 if finished else _training_cost(unit.config, train_examples, pretrain_done)
+        )
+    return costs
+
+
+def _unit_label(unit: TrainingUnit) -> str:
+    if unit.method in vocabulary.PENALTY_METHODS:
+        return f"{unit.method} lambda={unit.config.reg_lambda:g}"
+    return unit.method
+
+
+def _train_unit(
+    unit: TrainingUnit, units: list[TrainingUnit], splits, progress: Progress, cost: float, log: Log
+) -> dict[str, Any]:
+    """Trains one unit (reusing a finished run or a shared pre-training); returns its metrics."""
+    import keras
+
+    from aftt_tf.training import train_lib
+
+    label = _unit_label(unit)
+    if (unit.directory / "metrics.json").exists():
+        log({"stage": "train", "unit": label, "action": "reused"})
+        progress.print(f"{label}: reused {unit.directory}")
+        return io_utils.read_json(unit.directory / "metrics.json")
+    train_lib.prepare_run_directory(unit.directory, unit.config)
+    donor = _share_pretraining(unit, units)
+    if donor:
+        progress.print(f"{label}: pre-training reused from {donor} (identical config)")
+    progress.print(f"{label}: training in {unit.directory}")
+    metrics = train_lib.train_once(unit.config, unit.directory, splits)
+    keras.backend.clear_session()
+    log({"stage": "train", "unit": label, "action": "ran", "seconds": metrics["seconds"]})
+    progress.advance(
+        cost,
+        f"{label}: test {100 * metrics['test_accuracy']:.2f}%, "
+        f"gen. error {100 * metrics['generalization_error']:.2f}%",
+        force=True,
+    )
+    return metrics
+
+
+def train_stage(config: ReproduceConfig, splits, log: Log) -> dict[str, Any]:
+    """Trains (or reuses) every unit; returns {method: {"model": path, "metrics": ...}}."""
+    import keras
+
+    units = training_units(config)
+    costs = _training_costs(units, len(splits.train_labels))
+    keras.backend.clear_session()
+    progress = Progress("train", sum(costs) or 1.0)
+    progress.print(
+        f"{len(units)} training runs ({sum(1 for c in costs if c == 0)} already finished), "
+        f"{sum(costs) / 1e12:.1f} TFLOP to go"
+    )
+    by_method: dict[str, list[tuple[TrainingUnit, dict]]] = {}
+    for unit, cost in zip(units, costs, strict=True):
+        metrics = _train_unit(unit, units, splits, progress, cost, log)
+        by_method.setdefault(unit.method, []).append((unit, metrics))
+    return {method: _method_result(config, method, runs) for method, runs in by_method.items()}
+
+
+def _method_result(
+    config: ReproduceConfig, method: str, runs: list[tuple[TrainingUnit, dict]]
+) -> dict[str, Any]:
+    """A method's model; for l1/l2 the grid point with the best validation accuracy."""
+    from aftt_tf.training import train_lib
+
+    if method not in vocabulary.PENALTY_METHODS:
+        unit, metrics = runs[0]
+        return {"model": str(unit.directory / "classifier.keras"), "metrics": metrics}
+    sweep = [train_lib.sweep_row(metrics) for _, metrics in runs]
+    selected_unit, selected = runs[train_lib.best_by_validation(sweep)]
+    io_utils.write_json(
+        Path(config.out) / "train" / method / "selection.json",
+        {
+            "selected_lambda": selected["reg_lambda"],
+            "selected_by": "validation_accuracy",
+            "sweep": sweep,
+        },
+    )
+    return {
+        "model": str(selected_unit.directory / "classifier.keras"),
+        "metrics": selected,
+        "sweep": sweep,
+    }
+
+
+def export_stage(
+    config: ReproduceConfig, trained: dict[str, Any], log: Log
+) -> dict[str, dict[str, Any]]:
+    """Full-int8 TFLite export of every method's model (reused while its source is unchanged)."""
+    from aftt_tf.deploy import export_lib
+
+    progress = Progress("export", len(trained))
+    exports = {}
+    for method, entry in trained.items():
+        out = Path(config.out) / "export" / method
+        manifest_path = out / "manifest.json"
+        source_hash = io_utils.sha256_file(entry["model"])
+        if (
+            manifest_path.exists()
+            and io_utils.read_json(manifest_path)["source_model"]["sha256"] == source_hash
+        ):
+            manifest = io_utils.read_json(manifest_path)
+            log({"stage": "export", "unit": method, "action": "reused"})
+            progress.skip(1)
+            progress.print(f"{method}: reused {out}")
+        else:
+            manifest = export_lib.export_classifier(
+                export_lib.ExportConfig(
+                    model=entry["model"],
+                    out=str(out),
+                    formats=("tflite_int8",),
+                    calibration_steps=config.calibration_steps,
+                    data_dir=config.train.data_dir,
+                    test_examples=config.train.test_examples,
+                    overwrite=True,
+                    seed=config.train.seed,
+                )
+            )
+            log({"stage": "export", "unit": method, "action": "ran"})
+            accuracy = manifest["artifacts"]["model_int8.tflite"]["test_accuracy"]
+            progress.advance(1, f"{method}: int8 test accuracy {100 * accuracy:.2f}%", force=True)
+        exports[method] = {
+            "model": str(out / "model_int8.tflite"),
+            "test_accuracy": manifest["artifacts"]["model_int8.tflite"]["test_accuracy"],
+            "keras_test_accuracy": manifest["keras_test_accuracy"],
+        }
+    return exports
+
+
+def _node_layers(model, scope: str) -> tuple[str, ...]:
+    """Hidden fully connected layers in `scope`: where the paper puts node faults, and
+    the node faults both runtimes can place identically."""
+    import keras
+
+    from aftt_tf.faults import targets
+
+    return tuple(
+        layer.name
+        for layer in targets.hidden_weight_layers(model, (keras.layers.Dense,))
+        if vocabulary.in_scope(layer.name, scope)
+    )
+
+
+def _campaign_plans(config: ReproduceConfig, reference) -> list[tuple[str, Any, str | None]]:
+    """(name, (runtime, spec) or None, reason not run) per kind x scope x runtime."""
+    from aftt_tf.faults.spec import FaultSpec
+
+    plans = []
+    for kind in config.faults:
+        for scope in config.scopes:
+            layers = _node_layers(reference, scope) if kind == "node" else ()
+            for runtime in config.runtimes:
+                name = campaign_name(kind, scope, runtime)
+                if kind == "node" and not layers:
+                    reason = f"no hidden fully connected layer in scope {scope!r}"
+                    plans.append((name, None, reason))
+                    continue
+                spec = FaultSpec(
+                    kind=kind,
+                    rates=config.rates,
+                    trials=config.trials,
+                    seed=config.campaign_seed,
+                    scope=scope,
+                    layers=layers,
+                )
+                plans.append((name, (runtime, spec), None))
+    return plans
+
+
+def campaign_stage(
+    config: ReproduceConfig,
+    trained: dict[str, Any],
+    exports: dict[str, Any],
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    log: Log,
+) -> dict[str, dict[str, Any]]:
+    """Runs every (kind, scope, runtime) campaign over all methods, paired; returns
+    {name: results.json content, or {"skipped": reason}}."""
+    from aftt_tf.faults import keras_runner
+
+    keras_models = {m: keras_runner.load_model(e["model"]) for m, e in trained.items()}
+    plans = _campaign_plans(config, next(iter(keras_models.values())))
+    cells_per_campaign = len(config.rates) * config.trials * len(trained)
+    progress = Progress("campaigns", cells_per_campaign * len(plans))
+    results = {}
+    for name, plan, reason in plans:
+        if plan is None:
+            results[name] = {"skipped": reason}
+            progress.skip(cells_per_campaign)
+            progress.print(f"{name}: not run ({reason})")
+            continue
+        runtime, spec = plan
+        models = _runtime_models(runtime, keras_models, exports)
+        results[name] = _run_one_campaign(
+            config, name, runtime, spec, models, (test_images, test_labels), progress, log
+        )
+    return results
+
+
+def _runtime_models(runtime: str, keras_models: dict[str, Any], exports: dict[str, Any]):
+    from aftt_tf.faults import keras_runner, tflite_runner
+
+    if runtime == "keras":
+        return {m: keras_runner.KerasModel(model) for m, model in keras_models.items()}
+    return {m: tflite_runner.TFLiteModel.load(e["model"]) for m, e in exports.items()}
+
+
+def _run_one_campaign(
+    config: ReproduceConfig,
+    name: str,
+    runtime: str,
+    spec,
+    models: dict[str, Any],
+    test_data: tuple[np.ndarray, np.ndarray],
+    progress: Progress,
+    log: Log,
+) -> dict[str, Any]:
+    """Runs (or resumes) one paired campaign; a model that cannot take it skips it."""
+    from aftt_tf.faults import campaign
+    from aftt_tf.faults.spec import FaultTargetError
+
+    cells_per_campaign = len(config.rates) * config.trials * len(models)
+    try:
+        for model in models.values():
+            model.select_layers(spec)
+    except FaultTargetError as error:
+        progress.skip(cells_per_campaign)
+        progress.print(f"{name}: not run ({error})")
+        return {"skipped": str(error)}
+    progress.print(f"{name}: {spec.kind} faults, scope {spec.scope}, {RUNTIME_NAMES[runtime]}")
+    ran = 0
+
+    def on_cell(cell):
+        nonlocal ran
+        ran += 1
+        progress.advance(1, name)
+
+    result = campaign.run_campaign(
+        models,
+        spec,
+        *test_data,
+        Path(config.out) / "campaigns" / name,
+        batch_size=config.campaign_batch_size,
+        progress=False,
+        on_cell=on_cell,
+    )
+    progress.skip(cells_per_campaign - ran)
+    log(
+        {
+            "stage": "campaigns",
+            "unit": name,
+            "action": "ran" if ran else "reused",
+            "cells_run": ran,
+            "cells_skipped": result["skipped_cells"],
+        }
+    )
+    if ran:
+        progress.advance(0, f"{name} finished: {result['verdict']['text']}", force=True)
+    else:
+        progress.print(f"{name}: reused all {result['skipped_cells']} cells")
+    return result
+
+
+def reproduce(config: ReproduceConfig) -> dict[str, Any]:
+    """Runs (or resumes) every stage; returns the report's results (also OUT/results.json)."""
+    config.validate()
+    check_output_directory(config)
+    from aftt_tf.training import train_lib
+
+    splits = train_lib.load_config_splits(config.train)  # Missing data fails before writing.
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    io_utils.write_json(
+        out / "reproduce.json", {"config": config.as_dict(), "fixed": config.fixed()}
+    )
+    work_log: list[dict[str, Any]] = []
+    started = time.time()
+
+    def log(entry: dict[str, Any]) -> None:
+        work_log.append(entry)
+        io_utils.write_json(out / "work_log.json", work_log)
+
+    log({"stage": "start", "unit": "reproduce", "action": "ran"})
+    logging.info("Data: %s from %s", splits.sizes(), splits.source)
+    trained = train_stage(config, splits, log)
+    exports = export_stage(config, trained, log) if "int8" in config.runtimes else {}
+    test_images, test_labels = splits.test_images, splits.test_labels
+    if config.campaign_test_examples:
+        test_images = test_images[: config.campaign_test_examples]
+        test_labels = test_labels[: config.campaign_test_examples]
+    campaigns = campaign_stage(config, trained, exports, test_images, test_labels, log)
+    from aftt_tf.reproduce import report
+
+    results = report.write(config, trained, exports, campaigns, len(test_labels))
+    log({"stage": "report", "unit": "report", "action": "ran", "seconds": time.time() - started})
+    return results

@@ -1,0 +1,331 @@
+""".tflite files read with numpy and ai-edge-litert only (no TensorFlow): weights, I/O, predictions.
+
+The file is read once into memory and parsed with LiteRT's flatbuffer schema. Every
+FULLY_CONNECTED or CONV_2D operator with constant weights is a `TFLiteLayer`: where
+its weight and bias bytes sit in the file, their shape, type and quantization. Export
+(layer maps, clean accuracies) and the TFLite fault runtime both read files this way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+_BUILTIN = schema.BuiltinOperator
+_ZERO_PRESERVING_FUSED = {
+    schema.ActivationFunctionType.NONE,
+    schema.ActivationFunctionType.RELU,
+    schema.ActivationFunctionType.RELU6,
+    schema.ActivationFunctionType.RELU_N1_TO_1,
+    schema.ActivationFunctionType.TANH,
+}
+# Separate activation operators with act(0) != 0 (a Keras Dense(activation="sigmoid")
+# becomes FULLY_CONNECTED + LOGISTIC).
+_NON_ZERO_PRESERVING_FOLLOWERS = {
+    _BUILTIN.LOGISTIC,
+    _BUILTIN.EXP,
+    _BUILTIN.SOFTMAX,
+    _BUILTIN.LOG_SOFTMAX,
+}
+_NUMPY_TYPES = {
+    schema.TensorType.FLOAT32: np.float32,
+    schema.TensorType.INT8: np.int8,
+    schema.TensorType.INT32: np.int32,
+    schema.TensorType.UINT8: np.uint8,
+}
+_WEIGHT_OPERATORS = {
+    _BUILTIN.FULLY_CONNECTED: ("fully_connected", schema.FullyConnectedOptions),
+    _BUILTIN.CONV_2D: ("conv_2d", schema.Conv2DOptions),
+}
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # Fallback for machines with TensorFlow but no ai-edge-litert.
+        from tensorflow.lite import Interpreter  # type: ignore[no-redef]
+    return Interpreter
+
+
+@dataclasses.dataclass
+class ConstantTensor:
+    """A constant tensor stored in the flatbuffer: where its bytes are and what they mean."""
+
+    index: int
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scales: np.ndarray  # Per channel (or one value); empty for float tensors.
+    quantized_dimension: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
+@dataclasses.dataclass
+class TFLiteLayer:
+    """One FULLY_CONNECTED or CONV_2D operator, seen as a Keras layer."""
+
+    name: str
+    operator_index: int
+    operator: str  # 'fully_connected' | 'conv_2d'
+    weights: ConstantTensor
+    bias: ConstantTensor | None
+    zero_preserving: bool  # act(0) = 0, so node faults can be written into weights.
+
+    @property
+    def keras_kernel_shape(self) -> tuple[int, ...]:
+        if self.operator == "fully_connected":
+            out_units, in_units = self.weights.shape
+            return (in_units, out_units)
+        out_channels, height, width, in_channels = self.weights.shape
+        return (height, width, in_channels, out_channels)
+
+    @functools.cached_property
+    def _file_position_of_keras_index(self) -> np.ndarray:
+        permutation = (1, 0) if self.operator == "fully_connected" else (3, 0, 1, 2)
+        keras_index = np.arange(int(np.prod(self.weights.shape))).reshape(self.keras_kernel_shape)
+        file_order = keras_index.transpose(permutation).reshape(-1)
+        inverse = np.empty_like(file_order)
+        inverse[file_order] = np.arange(file_order.size)
+        return inverse
+
+    def keras_to_file_positions(self, keras_positions: np.ndarray) -> np.ndarray:
+        """Flat indices in the file's layout of flat indices in the Keras kernel layout."""
+        return self._file_position_of_keras_index[keras_positions]
+
+
+def element_scales(tensor: ConstantTensor) -> np.ndarray:
+    """Quantization scale of every element of a tensor, flat (1.0 for float tensors)."""
+    size = int(np.prod(tensor.shape))
+    if tensor.scales.size <= 1:
+        return np.full(size, float(tensor.scales[0]) if tensor.scales.size else 1.0)
+    shape = [1] * len(tensor.shape)
+    shape[tensor.quantized_dimension] = -1
+    return np.broadcast_to(tensor.scales.reshape(shape), tensor.shape).reshape(-1)
+
+
+def read_values(content: bytes, tensor: ConstantTensor) -> np.ndarray:
+    """A constant tensor's stored values (flat, in the file's layout and type)."""
+    return np.frombuffer(content, tensor.dtype, int(np.prod(tensor.shape)), tensor.offset).copy()
+
+
+def real_values(content: bytes, tensor: ConstantTensor) -> np.ndarray:
+    """A constant tensor's real values (dequantized with each element's scale), flat."""
+    values = read_values(content, tensor).astype(np.float64)
+    return values if tensor.dtype == np.float32 else values * element_scales(tensor)
+
+
+class TFLiteFile:
+    """A parsed .tflite classifier: its weight layers, I/O quantization and interpreter.
+
+    Args:
+        path: the .tflite file.
+        layer_names: Keras layer name per operator index (from the export manifest);
+            without it layers are named by type and order ('fully_connected_0', ...).
+        num_threads: interpreter threads.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        layer_names: dict[int, str] | None = None,
+        num_threads: int | None = None,
+    ):
+        self.path = Path(path)
+        self.num_threads = num_threads
+        self.content = _read_checked(self.path)
+        self.layers = _parse_layers(self.content, layer_names or {})
+        self._interpreter_type = _interpreter_class()
+        self._check_runs()
+
+    @classmethod
+    def load(cls, path: str | Path, num_threads: int | None = None):
+        """Loads a .tflite; layer names come from a manifest.json beside it, if any."""
+        path = Path(path)
+        manifest_path = path.parent / "manifest.json"
+        layer_names = None
+        if manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text())
+            entry = manifest.get("artifacts", {}).get(path.name, {})
+            if "layers" in entry:
+                layer_names = {int(v["operator_index"]): k for k, v in entry["layers"].items()}
+        return cls(path, layer_names, num_threads)
+
+    def _check_runs(self) -> None:
+        try:
+            interpreter = self.interpreter(self.content)
+        except Exception as error:  # LiteRT raises plain RuntimeError/ValueError.
+            raise ValueError(f"{self.path} could not be loaded by LiteRT ({error}).") from None
+        detail = interpreter.get_input_details()[0]
+        self.input_shape = tuple(int(d) for d in detail["shape"][1:])
+        self.input_dtype = np.dtype(detail["dtype"])
+        self.input_quantization = detail["quantization"]
+        self.output_quantization = interpreter.get_output_details()[0]["quantization"]
+
+    def interpreter(self, content: bytes):
+        return self._interpreter_type(model_content=bytes(content), num_threads=self.num_threads)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+    def quantize_inputs(self, images: np.ndarray) -> np.ndarray:
+        """Float images in [0, 1] (or uint8) as the model's input type."""
+        images = np.asarray(images)
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 255.0
+        if self.input_dtype == np.int8:
+            scale, zero_point = self.input_quantization
+            return np.clip(np.round(images / scale) + zero_point, -128, 127).astype(np.int8)
+        return images.astype(self.input_dtype)
+
+    def dequantize_outputs(self, outputs: np.ndarray) -> np.ndarray:
+        scale, zero_point = self.output_quantization
+        if outputs.dtype != np.float32 and scale:
+            return (outputs.astype(np.float32) - zero_point) * scale
+        return outputs.astype(np.float32)
+
+
+class BatchedInterpreter:
+    """An interpreter resized to a fixed batch; the last batch is zero-padded."""
+
+    def __init__(self, model: TFLiteFile, content: bytes, batch_size: int):
+        self.interpreter = model.interpreter(content)
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        self.output_index = self.interpreter.get_output_details()[0]["index"]
+        self.interpreter.resize_tensor_input(self.input_index, [batch_size, *model.input_shape])
+        self.interpreter.allocate_tensors()
+        self.batch_size = batch_size
+
+    def outputs(self, inputs: np.ndarray) -> np.ndarray:
+        results = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
+            count = len(chunk)
+            if count < self.batch_size:
+                chunk = np.concatenate(
+                    [chunk, np.zeros((self.batch_size - count, *chunk.shape[1:]), chunk.dtype)]
+                )
+            self.interpreter.set_tensor(self.input_index, chunk)
+            self.interpreter.invoke()
+            results.append(self.interpreter.get_tensor(self.output_index)[:count].copy())
+        return np.concatenate(results)
+
+
+def predict(
+    model: TFLiteFile, images: np.ndarray, batch_size: int = 1000, content: bytes | None = None
+) -> np.ndarray:
+    """Float logits of a TFLite model on images (float in [0, 1] or uint8)."""
+    inputs = model.quantize_inputs(images)
+    interpreter = BatchedInterpreter(model, content or model.content, min(batch_size, len(inputs)))
+    return model.dequantize_outputs(interpreter.outputs(inputs))
+
+
+def _read_checked(path: Path) -> bytes:
+    if not path.exists():
+        raise FileNotFoundError(f"Model file {path} does not exist.")
+    content = path.read_bytes()
+    if len(content) < 8 or not schema.Model.ModelBufferHasIdentifier(content, 0):
+        raise ValueError(
+            f"{path} is not a TFLite model (no 'TFL3' identifier); pass a .tflite written by aftt-export."
+        )
+    return content
+
+
+class _Graph:
+    """The first subgraph of a parsed model, with operator codes and tensor consumers."""
+
+    def __init__(self, content: bytes):
+        self.model = schema.Model.GetRootAs(content, 0)
+        self.graph = self.model.Subgraphs(0)
+        self.base_address = np.frombuffer(content, np.uint8).__array_interface__["data"][0]
+        self.codes = []
+        for index in range(self.model.OperatorCodesLength()):
+            code = self.model.OperatorCodes(index)
+            self.codes.append(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+        self.consumers: dict[int, list[int]] = {}
+        for op_index in range(self.graph.OperatorsLength()):
+            for tensor in self.graph.Operators(op_index).InputsAsNumpy():
+                self.consumers.setdefault(int(tensor), []).append(op_index)
+
+    def code(self, op_index: int) -> int:
+        return self.codes[self.graph.Operators(op_index).OpcodeIndex()]
+
+    def constant(self, tensor_index: int) -> ConstantTensor | None:
+        """The tensor's stored bytes, or None when it is not a constant."""
+        if tensor_index < 0:
+            return None
+        tensor = self.graph.Tensors(tensor_index)
+        buffer = self.model.Buffers(tensor.Buffer())
+        if buffer.Offset() > 1:  # Large models keep buffers outside the flatbuffer.
+            offset = int(buffer.Offset())
+        else:
+            data = buffer.DataAsNumpy()
+            if isinstance(data, int) or data.size == 0:
+                return None
+            offset = int(data.__array_interface__["data"][0] - self.base_address)
+        quantization = tensor.Quantization()
+        scales = (
+            np.asarray(quantization.ScaleAsNumpy(), np.float64)
+            if quantization and quantization.ScaleLength()
+            else np.empty(0)
+        )
+        return ConstantTensor(
+            index=tensor_index,
+            offset=offset,
+            shape=tuple(int(d) for d in tensor.ShapeAsNumpy()),
+            dtype=np.dtype(_NUMPY_TYPES[tensor.Type()]),
+            scales=scales,
+            quantized_dimension=quantization.QuantizedDimension() if quantization else 0,
+        )
+
+    def zero_preserving(self, op_index: int, options_class) -> bool:
+        """act(0) = 0 for the fused activation and for any activation operator after it."""
+        operator = self.graph.Operators(op_index)
+        options = options_class()
+        table = operator.BuiltinOptions()
+        options.Init(table.Bytes, table.Pos)
+        output = int(operator.OutputsAsNumpy()[0])
+        followers = [self.code(i) for i in self.consumers.get(output, [])]
+        return options.FusedActivationFunction() in _ZERO_PRESERVING_FUSED and not any(
+            code in _NON_ZERO_PRESERVING_FOLLOWERS for code in followers
+        )
+
+
+def _parse_layers(content: bytes, layer_names: dict[int, str]) -> dict[str, TFLiteLayer]:
+    """FULLY_CONNECTED / CONV_2D operators with constant weights, in execution order."""
+    try:
+        graph = _Graph(content)
+        layers: dict[str, TFLiteLayer] = {}
+        counters = {"fully_connected": 0, "conv_2d": 0}
+        for op_index in range(graph.graph.OperatorsLength()):
+            code = graph.code(op_index)
+            if code not in _WEIGHT_OPERATORS:
+                continue
+            kind, options_class = _WEIGHT_OPERATORS[code]
+            inputs = [int(t) for t in graph.graph.Operators(op_index).InputsAsNumpy()]
+            weights = graph.constant(inputs[1])
+            if weights is None:
+                continue
+            bias = graph.constant(inputs[2]) if len(inputs) > 2 else None
+            zero_preserving = graph.zero_preserving(op_index, options_class)
+            name = layer_names.get(op_index, f"{kind}_{counters[kind]}")
+            counters[kind] += 1
+            layers[name] = TFLiteLayer(name, op_index, kind, weights, bias, zero_preserving)
+    except (IndexError, KeyError, AttributeError, ValueError, TypeError, struct.error) as error:
+        raise ValueError(
+            f"The TFLite flatbuffer is corrupt or truncated ({type(error).__name__}: {error})."
+        ) from None
+    if not layers:
+        raise ValueError(
+            "The TFLite model has no FULLY_CONNECTED or CONV_2D layer with constant weights."
+        )
+    return layers

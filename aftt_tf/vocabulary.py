@@ -1,0 +1,81 @@
+"""Names every wing of the package shares, defined once and importable without TensorFlow.
+
+Flag definitions and config validation read these tuples, so parsing a command line
+never imports TensorFlow; the modules that do the work import them from here too.
+"""
+
+from __future__ import annotations
+
+# Training methods, in the order the comparison trains and reports them.
+METHODS = ("none", "l1", "l2", "fat", "aftt", "aftt_fat")
+METHOD_NAMES = {
+    "none": "no regularisation",
+    "l1": "Lasso (L1)",
+    "l2": "Tikhonov (L2)",
+    "fat": "fault-aware training",
+    "aftt": "AFTT (proposed)",
+    "aftt_fat": "AFTT + fault-aware fine-tuning",
+}
+PRETRAINING_METHODS = ("aftt", "aftt_fat")
+FAULT_AWARE_METHODS = ("fat", "aftt_fat")
+PENALTY_METHODS = ("l1", "l2")
+CLASSIFICATION_LOSSES = ("mse", "crossentropy")
+REGULARIZATIONS = ("none", "l1", "l2")
+FAULT_AWARE_KINDS = ("weight", "node")
+
+# The four paper architectures and the dataset each was designed for.
+ARCHITECTURE_DATASETS = {
+    "fmnist_mlp": "fashion_mnist",
+    "fmnist_cnn": "fashion_mnist",
+    "cifar10_conv7": "cifar10",
+    "cifar10_conv3": "cifar10",
+}
+ARCHITECTURES = tuple(ARCHITECTURE_DATASETS)
+ARCHITECTURES_WITH_CONVOLUTIONS = ("fmnist_cnn", "cifar10_conv7", "cifar10_conv3")
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10")
+DATA_SOURCES = ("auto", "tfds", "local", "download")
+_DATASET_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+# A model's input shape -> the built-in dataset used when none is named.
+_DEFAULT_DATASET_OF_SHAPE = {(28, 28, 1): "fashion_mnist", (32, 32, 3): "cifar10"}
+
+# The classifier's layers that form the head (see aftt_tf.training.networks); every other
+# layer is the feature extractor. Fault scopes 'head'/'extractor' follow this split.
+HEAD_LAYER_NAMES = ("head_dense", "logits")
+
+# Fault vocabulary.
+FAULT_KINDS = ("weight", "filter", "node", "stuck_value", "bit")
+PARAMETER_KINDS = ("weight", "filter", "stuck_value", "bit")
+SCOPES = ("all", "extractor", "head")
+SAMPLINGS = ("exact", "bernoulli")
+BIT_MODES = ("flip", "stuck_at_1", "stuck_at_0")
+
+# Export formats and the file each TFLite format is written to.
+EXPORT_FORMATS = ("saved_model", "tflite_float32", "tflite_int8", "tflite_int8_qat")
+TFLITE_FILES = {
+    "tflite_float32": "model_float32.tflite",
+    "tflite_int8": "model_int8.tflite",
+    "tflite_int8_qat": "model_int8_qat.tflite",
+}
+
+
+def input_shape_for(dataset: str) -> tuple[int, int, int]:
+    """Image shape (height, width, channels) of a built-in dataset."""
+    if dataset not in _DATASET_SHAPES:
+        raise ValueError(
+            f"Unknown dataset {dataset!r}; expected one of 'fashion_mnist', 'mnist', 'cifar10'."
+        )
+    return _DATASET_SHAPES[dataset]
+
+
+def dataset_for_input_shape(shape: tuple[int, ...]) -> str | None:
+    """The built-in dataset a model of this input shape is evaluated on by default."""
+    return _DEFAULT_DATASET_OF_SHAPE.get(tuple(shape))
+
+
+def in_scope(name: str, scope: str) -> bool:
+    """Whether a classifier layer named `name` is in 'all', 'extractor' or 'head'."""
+    if scope == "all":
+        return True
+    in_head = name in HEAD_LAYER_NAMES
+    return in_head if scope == "head" else not in_head

@@ -1,0 +1,165 @@
+"""The package's architecture as tests: layers that only import downward, no import circles,
+TensorFlow-free flag parsing, and short functions."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "aftt_tf"
+# Lowest first; a module may import modules of its own layer or of layers below it.
+LAYERS = (
+    ("aftt_tf", "aftt_tf.vocabulary", "aftt_tf.io_utils", "aftt_tf.progress"),
+    ("aftt_tf.data", "aftt_tf.tflite_file"),
+    ("aftt_tf.faults",),
+    ("aftt_tf.training",),
+    ("aftt_tf.deploy",),
+    ("aftt_tf.reproduce",),
+    ("aftt_tf.cli",),
+)
+MAX_FUNCTION_LINES = 60
+# Functions allowed to be longer, each with the reason.
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {_module_name(path): ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")}
+
+
+def _imports(name: str, tree: ast.Module, modules: set[str]) -> set[str]:
+    """Package modules `name` imports, at top level or inside functions (lazy imports count)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target.startswith("aftt_tf") and target != name:
+                found.add(target)
+    return found
+
+
+def _layer(name: str) -> int:
+    best, rank = -1, None
+    for index, members in enumerate(LAYERS):
+        for member in members:
+            matches = name == member or name.startswith(member + ".")
+            if matches and len(member) > best:
+                best, rank = len(member), index
+    assert rank is not None, f"{name} is in no layer of tests/architecture_test.py"
+    return rank
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    names = set(modules)
+    # A package's __init__ is imported with any of its modules; it counts as its own node.
+    return {name: _imports(name, tree, names) - {"aftt_tf"} for name, tree in modules.items()}
+
+
+def test_imports_point_down():
+    upward = [
+        f"{name} -> {target}"
+        for name, targets in _graph().items()
+        for target in targets
+        if _layer(target) > _layer(name)
+    ]
+    assert not upward, "imports that run up the layers:\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_circles():
+    graph = _graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join(path[path.index(target) :] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "import circles:\n" + "\n".join(cycles)
+
+
+def test_the_check_sees_a_circle_and_an_upward_import():
+    """The two checks above can fail: a made-up graph with both defects trips them."""
+    assert _layer("aftt_tf.cli.faults") > _layer("aftt_tf.faults.campaign")
+    tree = ast.parse("from aftt_tf.cli import faults\nimport aftt_tf.faults.campaign as c\n")
+    names = {"aftt_tf.cli.faults", "aftt_tf.cli", "aftt_tf.faults.campaign"}
+    assert _imports("aftt_tf.faults.x", tree, names) == {
+        "aftt_tf.cli.faults",
+        "aftt_tf.cli",
+        "aftt_tf.faults.campaign",
+    }
+
+
+def test_functions_are_short():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                key = f"{_module_name(path)}.{node.name}"
+                if length > MAX_FUNCTION_LINES and key not in LONG_FUNCTIONS:
+                    long.append(f"{key}: {length} lines")
+    assert not long, "functions over 60 lines:\n" + "\n".join(sorted(long))
+
+
+def test_every_package_says_what_it_owns():
+    for init in PACKAGE.rglob("__init__.py"):
+        if init.parent.name == "cli":
+            continue
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{init} has no docstring"
+
+
+@pytest.mark.parametrize("binary", ["train", "faults", "export", "reproduce"])
+def test_flags_parse_and_validate_without_tensorflow(binary):
+    """Defining, parsing and validating a binary's flags imports no TensorFlow or Keras."""
+    validate = {
+        "train": "module.train_flags.config_from_flags().validate()",
+        "reproduce": "module.config_from_flags().validate()",
+        "faults": "module._spec_from_flags().validate()",
+        "export": "assert module.FLAGS.formats",
+    }[binary]
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from absl import flags
+        from aftt_tf.cli import {binary} as module
+        flags.FLAGS(["prog", "--out=/tmp/unused"])
+        {validate}
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+        assert not loaded, loaded[:5]
+        print("NO_TF_OK")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=PACKAGE.parent,
+        timeout=120,
+    )
+    assert "NO_TF_OK" in result.stdout, result.stderr[-3000:]
