@@ -80,8 +80,14 @@ class Splits:
 def _read_idx(path: Path) -> np.ndarray:
     """Reads an IDX file (optionally gzip-compressed) into a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, gzip.BadGzipFile, OSError) as error:
+        raise ValueError(
+            f"{path} cannot be read: it is truncated or not gzip data ({error}). Reinstall it "
+            "(apt-get install --reinstall dataset-fashion-mnist) or point --data_dir elsewhere."
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
     num_dims = data[3]

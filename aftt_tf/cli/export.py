@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 
-from absl import app, flags
+from absl import flags
 
+from aftt_tf.cli import common
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
 
 flags.DEFINE_string("model", None, "classifier.keras of an aftt-train run.")
@@ -34,15 +35,16 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise common.usage_error(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.model or not FLAGS.out:
-        raise app.UsageError("--model and --out are required.")
+        raise common.usage_error("--model and --out are required.")
     unknown = [name for name in FLAGS.formats if name not in FORMATS]
     if unknown:
-        raise app.UsageError(
+        raise common.usage_error(
             f"Unknown export formats {unknown}; expected any of {', '.join(FORMATS)}."
         )
     logging.getLogger().setLevel(logging.INFO)
+    from aftt_tf import data, io_utils
     from aftt_tf.deploy import export_lib
 
     config = export_lib.ExportConfig(
@@ -60,11 +62,10 @@ def main(argv: list[str]) -> None:
         overwrite=FLAGS.overwrite,
         seed=FLAGS.seed,
     )
-    try:
-        config.validate()
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        raise app.UsageError(str(error)) from None
-    manifest = export_lib.export_classifier(config)
+    with common.usage_errors(data.DataUnavailableError):
+        prepared = export_lib.prepare(config)
+    with common.refusals(io_utils.OutputError):
+        manifest = export_lib.export_classifier(config, prepared)
     summary = {
         name: artifact.get("test_accuracy") for name, artifact in manifest["artifacts"].items()
     }
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    common.run(main, "aftt-export")
 
 
 if __name__ == "__main__":

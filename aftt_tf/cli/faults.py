@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 
-from absl import app, flags
+from absl import flags
 
 from aftt_tf import vocabulary
+from aftt_tf.cli import common
 
 flags.DEFINE_multi_string(
     "model",
@@ -64,7 +65,7 @@ def _spec_from_flags():
     try:
         rates = tuple(float(rate) for rate in FLAGS.rates)
     except ValueError:
-        raise app.UsageError(
+        raise common.usage_error(
             f"--rates must be numbers in [0, 1], received {FLAGS.rates}."
         ) from None
     return FaultSpec(
@@ -86,19 +87,18 @@ def _spec_from_flags():
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise common.usage_error(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.out:
-        raise app.UsageError("--out is required: the campaign directory.")
+        raise common.usage_error("--out is required: the campaign directory.")
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf import data
     from aftt_tf.faults import campaign, campaign_lib
     from aftt_tf.faults.spec import FaultTargetError
+    from aftt_tf.io_utils import OutputError
 
     if FLAGS.merge:
-        try:
+        with common.usage_errors():
             results = campaign.merge_shards(FLAGS.merge, FLAGS.out)
-        except (ValueError, FileNotFoundError) as error:
-            raise app.UsageError(str(error)) from None
         _print_summary(results)
         return
     config = campaign_lib.CampaignConfig(
@@ -113,17 +113,13 @@ def main(argv: list[str]) -> None:
         shard_index=FLAGS.shard_index,
         per_layer=FLAGS.per_layer,
     )
-    try:
+    with common.usage_errors(data.DataUnavailableError):
         config.validate()
         models = campaign_lib.load_models(config)
         input_shape = next(iter(models.values())).input_shape
         test_data = campaign_lib.load_test_data(config, input_shape)
-    except (ValueError, FileNotFoundError, data.DataUnavailableError) as error:
-        raise app.UsageError(str(error)) from None
-    try:
+    with common.refusals(FaultTargetError, OutputError):
         results = campaign_lib.run(config, models, test_data)
-    except FaultTargetError as error:
-        raise app.UsageError(str(error)) from None
     if FLAGS.num_shards == 1:
         _print_summary(results)
     print(f"Campaign directory: {FLAGS.out}")
@@ -154,7 +150,7 @@ def _print_summary(results: dict) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    common.run(main, "aftt-faults")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 
-from absl import app, flags
+from absl import flags
 
 from aftt_tf import data, vocabulary
-from aftt_tf.cli import train_flags
+from aftt_tf.cli import common, train_flags
+from aftt_tf.io_utils import OutputError
 
 flags.DEFINE_list(
     "methods",
@@ -52,7 +53,7 @@ def _floats(name: str) -> tuple[float, ...]:
     try:
         return tuple(float(value) for value in FLAGS[name].value)
     except ValueError:
-        raise app.UsageError(
+        raise common.usage_error(
             f"--{name} must be comma-separated numbers, received {FLAGS[name].value}."
         ) from None
 
@@ -60,7 +61,7 @@ def _floats(name: str) -> tuple[float, ...]:
 def config_from_flags():
     """The ReproduceConfig of the parsed flags; bad values become app.UsageError."""
     if FLAGS.reg_lambda_grid:
-        raise app.UsageError(
+        raise common.usage_error(
             "--reg_lambda_grid is an aftt-train flag; aftt-reproduce takes --l1_lambda_grid "
             "and --l2_lambda_grid. Remove --reg_lambda_grid."
         )
@@ -86,30 +87,30 @@ def config_from_flags():
     try:
         config.validate()
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise common.usage_error(str(error)) from None
     return config
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise common.usage_error(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.out:
-        raise app.UsageError("--out is required: the directory of the reproduction.")
+        raise common.usage_error("--out is required: the directory of the reproduction.")
     config = config_from_flags()
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf.reproduce import pipeline
 
     try:
         results = pipeline.reproduce(config)
-    except (pipeline.ReproduceError, data.DataUnavailableError) as error:
-        raise app.UsageError(str(error)) from None
+    except (pipeline.ReproduceError, data.DataUnavailableError, OutputError) as error:
+        raise common.usage_error(str(error)) from None
     print(f"Report: {FLAGS.out}/report.md and {FLAGS.out}/report.html")
     for line in results["verdicts"]:
         print("verdict: " + line.replace("**", ""))
 
 
 def run() -> None:
-    app.run(main)
+    common.run(main, "aftt-reproduce")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import logging
 
-from absl import app, flags
+from absl import flags
 
 from aftt_tf import data
-from aftt_tf.cli import train_flags
+from aftt_tf.cli import common, train_flags
+from aftt_tf.io_utils import OutputError
 
 flags.DEFINE_bool("overwrite", False, "Delete an existing run directory with another config first.")
 
@@ -20,17 +21,17 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise common.usage_error(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.out:
-        raise app.UsageError("--out is required: the run directory to create or resume.")
+        raise common.usage_error("--out is required: the run directory to create or resume.")
     config = train_flags.config_from_flags()
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf.training import train_lib  # TensorFlow is imported only after flags are valid.
 
     try:
         metrics = train_lib.train_and_evaluate(config, FLAGS.out, overwrite=FLAGS.overwrite)
-    except (train_lib.RunDirectoryError, data.DataUnavailableError) as error:
-        raise app.UsageError(str(error)) from None
+    except (train_lib.RunDirectoryError, data.DataUnavailableError, OutputError) as error:
+        raise common.usage_error(str(error)) from None
     summary = {
         key: metrics[key]
         for key in (
@@ -46,7 +47,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    common.run(main, "aftt-train")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ aftt-reproduce): one definition per TrainConfig field, and the parsed config.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from aftt_tf import vocabulary
+from aftt_tf.cli import common
 from aftt_tf.training import config as config_lib
 
 _DEFAULTS = config_lib.TrainConfig()
@@ -108,7 +109,7 @@ def config_from_flags() -> config_lib.TrainConfig:
     try:
         values["reg_lambda_grid"] = tuple(float(v) for v in values["reg_lambda_grid"])
     except ValueError as error:
-        raise app.UsageError(
+        raise common.usage_error(
             f"--reg_lambda_grid must be comma-separated numbers: {error}"
         ) from None
     values["fault_aware_kinds"] = tuple(values["fault_aware_kinds"])
@@ -116,5 +117,5 @@ def config_from_flags() -> config_lib.TrainConfig:
     try:
         config.validate()
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise common.usage_error(str(error)) from None
     return config

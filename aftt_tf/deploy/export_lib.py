@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -72,12 +74,77 @@ class ExportConfig:
         for name in ("qat_epochs", "qat_examples", "test_examples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, received {getattr(self, name)}.")
-        if not Path(self.model).exists():
+        if not (math.isfinite(self.qat_learning_rate) and self.qat_learning_rate > 0):
+            raise ValueError(
+                f"qat_learning_rate must be a finite number > 0, received {self.qat_learning_rate}."
+            )
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, received {self.seed}.")
+        model = Path(self.model)
+        if not model.exists():
             raise FileNotFoundError(f"Model file {self.model} does not exist.")
-        if Path(self.out).exists() and not self.overwrite:
+        if model.suffix == ".tflite":
+            raise ValueError(
+                f"{model} is already a TFLite file; aftt-export converts a Keras classifier "
+                "(.keras). Run fault campaigns on the .tflite with aftt-faults --model."
+            )
+        if model.suffix != ".keras":
+            raise ValueError(
+                f"{model} is not a .keras file; aftt-export takes a .keras classifier."
+            )
+        self._check_out()
+
+    def _check_out(self) -> None:
+        out = Path(self.out)
+        io_utils.check_output_path(out)
+        if not out.exists() or not io_utils.entries(out):
+            return
+        if not self.overwrite:
             raise FileExistsError(
                 f"{self.out} already exists; pass --overwrite to replace it, or another --out."
             )
+        if not is_export_directory(out):
+            raise io_utils.OutputError(
+                f"{out} is not an aftt-export directory (no manifest.json of an export); "
+                "--overwrite replaces only exports. Choose another --out."
+            )
+
+
+def is_export_directory(path: Path) -> bool:
+    """Whether `path` holds an export written by `export_classifier` (its manifest)."""
+    manifest = path / "manifest.json"
+    try:
+        record = io_utils.read_json(manifest) if manifest.exists() else None
+    except ValueError:
+        return False
+    return isinstance(record, dict) and {"source_model", "artifacts"} <= set(record)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What an export reads before it writes anything: the models and the data."""
+
+    source: keras.Model
+    model: keras.Model
+    dataset: str
+    data_source: str
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def prepare(config: ExportConfig) -> Prepared:
+    """Validates `config`, loads the model and its data; raises before anything is written."""
+    config.validate()
+    source = keras_runner.load_model(config.model)
+    model = deployable_classifier(source)
+    dataset = _dataset_for(model, config)
+    expected = tuple(model.input_shape[1:])
+    if dataset in vocabulary.DATASETS and vocabulary.input_shape_for(dataset) != expected:
+        raise ValueError(
+            f"{config.model} takes inputs of shape {expected} but {dataset} images have shape "
+            f"{vocabulary.input_shape_for(dataset)}; pass the --dataset it was trained on."
+        )
+    arrays, data_source = data.load_arrays(dataset, data_dir=config.data_dir or None)
+    return Prepared(source, model, dataset, data_source, arrays)
 
 
 def deployable_classifier(model: keras.Model) -> keras.Model:
@@ -193,17 +260,33 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
 
-def export_classifier(config: ExportConfig) -> dict[str, Any]:
+def export_classifier(config: ExportConfig, prepared: Prepared | None = None) -> dict[str, Any]:
     """Exports per `config`; returns the manifest (also written to OUT/manifest.json).
 
     Everything is written into a staging directory beside OUT and renamed into place
-    at the end, so an interrupted export leaves nothing half-written.
+    at the end, so an interrupted export leaves nothing half-written; a lock beside OUT
+    keeps a second export to it out, and staging directories left by killed exports are
+    removed when the next one starts.
     """
-    config.validate()
-    source = keras_runner.load_model(config.model)
-    model = deployable_classifier(source)
-    dataset = _dataset_for(model, config)
-    arrays, data_source = data.load_arrays(dataset, data_dir=config.data_dir or None)
+    prepared = prepared or prepare(config)
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with io_utils.DirectoryLock(out.parent / f".{out.name}.lock", str(out)):
+        config.validate()  # Again, now that no other export can write there.
+        _remove_stale_staging(out)
+        return _export(config, prepared, out)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    for path in out.parent.glob(f".{out.name}.*"):
+        if path.is_dir() and not path.is_symlink():
+            logging.warning("Removing %s, left by an interrupted export.", path)
+            shutil.rmtree(path)
+
+
+def _export(config: ExportConfig, prepared: Prepared, out: Path) -> dict[str, Any]:
+    source, model, arrays = prepared.source, prepared.model, prepared.arrays
+    dataset, data_source = prepared.dataset, prepared.data_source
     test_images, test_labels = arrays["test"]
     if config.test_examples:
         test_images = test_images[: config.test_examples]
@@ -216,8 +299,6 @@ def export_classifier(config: ExportConfig) -> dict[str, Any]:
         raise RuntimeError(
             "The stripped classifier does not reproduce the source model's predictions."
         )
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         test = _TestSet(test_images, test_labels, reference)
@@ -225,7 +306,7 @@ def export_classifier(config: ExportConfig) -> dict[str, Any]:
         manifest = _write_manifest(config, staging, artifacts, dataset, data_source, test)
         staging.chmod(0o755)  # mkdtemp creates it private; exports are meant to be shared.
         if out.exists():
-            shutil.rmtree(out)
+            shutil.rmtree(out)  # validate() checked that it is an export (or empty).
         staging.rename(out)
     finally:
         if staging.exists():

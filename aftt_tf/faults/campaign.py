@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from aftt_tf.faults.statistics import confidence_interval
 from aftt_tf.progress import Progress
 
 CELLS_FILE = "cells.jsonl"
+CAMPAIGN_FILE = "campaign.json"
 _TRIAL_COLUMNS = (
     "model",
     "group",
@@ -58,22 +60,107 @@ def shard_cells(
 
 
 def read_cells(path: Path) -> list[dict[str, Any]]:
-    """Completed cells of a cells.jsonl; an incomplete last line (crash mid-write) is ignored."""
+    """Completed cells of a cells.jsonl. A torn last line (a crash or a full disk mid-write)
+    is not a cell and is left out; `repair_cells` removes it before anything is appended.
+    A bad line elsewhere means the file was damaged: ValueError names the line."""
     if not path.exists():
         return []
+    lines = path.read_bytes().split(b"\n")
     cells = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines[:-1], start=1):
         try:
             cells.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(
+                f"{path} line {number} is not a cell record; the file was damaged. Move it "
+                "away to start the campaign afresh."
+            ) from None
     return cells
 
 
+def repair_cells(path: Path) -> int:
+    """Truncates a torn last record (no closing newline) away; returns the bytes removed."""
+    if not path.exists():
+        return 0
+    content = path.read_bytes()
+    end = content.rfind(b"\n") + 1
+    if end == len(content):
+        return 0
+    logging.warning(
+        "%s: removed a torn last record (%d bytes, from an interrupted write); its cell will "
+        "run again.",
+        path,
+        len(content) - end,
+    )
+    with open(path, "r+b") as handle:
+        handle.truncate(end)
+    return len(content) - end
+
+
 def _append_cell(path: Path, cell: dict[str, Any]) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(cell, sort_keys=True) + "\n")
-        handle.flush()
+    """Appends one record with its newline in one write, flushed to disk; a failed write
+    (a full disk) is truncated away, so the file never keeps half a record."""
+    line = (io_utils.strict_json(cell, sort_keys=True) + "\n").encode()
+    with open(path, "ab") as handle:
+        start = handle.tell()
+        try:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError:
+            handle.truncate(start)
+            raise
+
+
+def _identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec fields that fix the cells' values (trials and rates may grow)."""
+    return {
+        k: v for k, v in spec.items() if k not in ("trials", "rates", "target_margin", "min_trials")
+    }
+
+
+def check_campaign_directory(out_dir: str | Path, spec: FaultSpec) -> None:
+    """Raises io_utils.OutputError unless `out_dir` is absent, empty, or holds this campaign
+    (the same spec up to trials and rates). Writes nothing."""
+    out_dir = Path(out_dir)
+    io_utils.check_output_path(out_dir)
+    if not out_dir.exists() or not io_utils.entries(out_dir):
+        return
+    recorded = _recorded_spec(out_dir)
+    if recorded is None:
+        raise io_utils.OutputError(
+            f"{out_dir} is not empty and is not an aftt-faults campaign directory (it holds "
+            f"{io_utils.entries(out_dir)[:5]}); choose another --out or empty it yourself."
+        )
+    current = _identity(spec.as_dict())
+    differences = [
+        f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(set(recorded) | set(current))
+        if recorded.get(key) != current.get(key)
+    ]
+    if differences:
+        raise io_utils.OutputError(
+            f"{out_dir} holds a campaign with another fault spec ({'; '.join(differences)}). "
+            "Use another --out to keep both (trials and rates may change between runs)."
+        )
+
+
+def _recorded_spec(out_dir: Path) -> dict[str, Any] | None:
+    """The identity of the campaign in `out_dir`: campaign.json, or (directories written
+    before it existed) results.json / shard.json; None when it is no campaign directory."""
+    for name in (CAMPAIGN_FILE, "results.json", "shard.json"):
+        if (out_dir / name).exists():
+            record = io_utils.read_json(out_dir / name)
+            if isinstance(record, dict) and isinstance(record.get("spec"), dict):
+                return _identity({**FaultSpec().as_dict(), **record["spec"]})
+    return None
+
+
+def _claim(out_dir: Path, spec: FaultSpec) -> None:
+    """Writes campaign.json, which marks `out_dir` as this campaign's (under the lock)."""
+    io_utils.write_json(
+        out_dir / CAMPAIGN_FILE, {"kind": "aftt-faults campaign", "spec": spec.as_dict()}
+    )
 
 
 def run_campaign(
@@ -91,48 +178,57 @@ def run_campaign(
 ) -> dict[str, Any]:
     """Runs (or resumes) a campaign over several models; writes outputs into `out_dir`.
 
-    Cells already in `out_dir/cells.jsonl` for the same model fingerprint and spec
-    key are skipped. With `per_layer`, each target layer is faulted alone (group =
-    layer name) for a sensitivity table.
+    `out_dir` must be absent, empty or hold this campaign (same spec up to trials and
+    rates); one process at a time writes it (a lock file). Cells already in its
+    cells.jsonl for the same model fingerprint and spec key are skipped. With
+    `per_layer`, each target layer is faulted alone (group = layer name) for a
+    sensitivity table.
 
     Returns:
         The results dictionary also written to results.json (when not sharded).
     """
+    _check_plan(spec, num_shards)
+    out_dir = Path(out_dir)
+    check_campaign_directory(out_dir, spec)
+    plan = shard_cells(cell_plan(spec), num_shards, shard_index)
+    adapters = {label: as_campaign_model(model) for label, model in models.items()}
+    fingerprints = {label: adapter.fingerprint() for label, adapter in adapters.items()}
+    with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
+        check_campaign_directory(out_dir, spec)  # Again, now that no one else can write.
+        _claim(out_dir, spec)
+        repair_cells(out_dir / CELLS_FILE)
+        cells = _CellLog(out_dir / CELLS_FILE, spec.key())
+        skipped = 0
+        for label, adapter in adapters.items():
+            for group, group_spec in _groups(adapter, spec, per_layer):
+                context = {"model": label, "model_hash": fingerprints[label], "group": group}
+                done = cells.done(context["model_hash"], group)
+                todo = [cell for cell in plan if cell not in done]
+                skipped += len(plan) - len(todo)
+                if todo:
+                    runner = adapter.runner(group_spec, images, labels, batch_size)
+                    bar = Progress(f"{label}:{group}", len(todo)) if progress else None
+                    _run_cells(runner, todo, spec, cells, context, bar, on_cell)
+        meta = {
+            "spec": spec.as_dict(),
+            "spec_key": cells.spec_key,
+            "models": fingerprints,
+            "skipped_cells": skipped,
+            "num_shards": num_shards,
+            "shard_index": shard_index,
+        }
+        if num_shards > 1:
+            io_utils.write_json(out_dir / "shard.json", meta)
+            return meta
+        return write_outputs(out_dir, cells.records, meta)
+
+
+def _check_plan(spec: FaultSpec, num_shards: int) -> None:
     spec.validate()
     if spec.target_margin and num_shards > 1:
         raise ValueError(
             "target_margin sizes trials sequentially; it cannot be combined with shards."
         )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cells = _CellLog(out_dir / CELLS_FILE, spec.key())
-    plan = shard_cells(cell_plan(spec), num_shards, shard_index)
-    adapters = {label: as_campaign_model(model) for label, model in models.items()}
-    fingerprints = {label: adapter.fingerprint() for label, adapter in adapters.items()}
-    skipped = 0
-    for label, adapter in adapters.items():
-        for group, group_spec in _groups(adapter, spec, per_layer):
-            done = cells.done(fingerprints[label], group)
-            todo = [cell for cell in plan if cell not in done]
-            skipped += len(plan) - len(todo)
-            if not todo:
-                continue
-            runner = adapter.runner(group_spec, images, labels, batch_size)
-            context = {"model": label, "model_hash": fingerprints[label], "group": group}
-            bar = Progress(f"{label}:{group}", len(todo)) if progress else None
-            _run_cells(runner, todo, spec, cells, context, bar, on_cell)
-    meta = {
-        "spec": spec.as_dict(),
-        "spec_key": cells.spec_key,
-        "models": fingerprints,
-        "skipped_cells": skipped,
-        "num_shards": num_shards,
-        "shard_index": shard_index,
-    }
-    if num_shards > 1:
-        io_utils.write_json(out_dir / "shard.json", meta)
-        return meta
-    return write_outputs(out_dir, cells.records, meta)
 
 
 class _CellLog:
@@ -302,14 +398,27 @@ def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str,
                 (cell["model_hash"], cell["group"], cell["rate"], cell["trial"], cell["spec_key"])
             ] = cell
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    spec_values = metas[0]["spec"]
+    spec = FaultSpec(
+        **{
+            **spec_values,
+            "rates": tuple(spec_values["rates"]),
+            "layers": tuple(spec_values["layers"]),
+        }
+    )
+    check_campaign_directory(out_dir, spec)
     merged = sorted(cells.values(), key=lambda c: (c["model"], c["group"], c["rate"], c["trial"]))
-    with io_utils.atomic_path(out_dir / CELLS_FILE) as temporary:
-        temporary.write_text("".join(json.dumps(c, sort_keys=True) + "\n" for c in merged))
     meta = {
         **metas[0],
         "num_shards": 1,
         "shard_index": 0,
         "merged_from": [str(d) for d in shard_dirs],
     }
-    return write_outputs(out_dir, merged, meta)
+    with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
+        check_campaign_directory(out_dir, spec)
+        _claim(out_dir, spec)
+        with io_utils.atomic_path(out_dir / CELLS_FILE) as temporary:
+            temporary.write_text(
+                "".join(io_utils.strict_json(c, sort_keys=True) + "\n" for c in merged)
+            )
+        return write_outputs(out_dir, merged, meta)

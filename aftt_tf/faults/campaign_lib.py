@@ -58,6 +58,7 @@ class CampaignConfig:
             )
         self.spec.validate()
         campaign.shard_cells([], self.num_shards, self.shard_index)
+        campaign.check_campaign_directory(self.out, self.spec)
 
 
 def parse_models(values: tuple[str, ...] | list[str]) -> dict[str, Path]:
@@ -95,12 +96,23 @@ def load_test_data(
     dataset = config.dataset or vocabulary.dataset_for_input_shape(input_shape)
     if not dataset:
         raise ValueError("Cannot infer the dataset from the model's input shape; pass --dataset.")
+    if dataset in vocabulary.DATASETS:  # Known shape: refuse before reading any data.
+        _check_shape(vocabulary.input_shape_for(dataset), input_shape, dataset)
     arrays, source = data.load_arrays(dataset, data_dir=config.data_dir or None)
     images, labels = arrays["test"]
+    _check_shape(images.shape[1:], input_shape, dataset)
     if config.test_examples:
         images, labels = images[: config.test_examples], labels[: config.test_examples]
     logging.info("Test data: %d %s images from %s", len(labels), dataset, source)
     return images, labels
+
+
+def _check_shape(data_shape: tuple[int, ...], input_shape: tuple[int, ...], dataset: str) -> None:
+    if tuple(data_shape) != tuple(input_shape):
+        raise ValueError(
+            f"The models take inputs of shape {tuple(input_shape)} but {dataset} images have "
+            f"shape {tuple(data_shape)}; pass the --dataset the models were trained on."
+        )
 
 
 def run(

@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from typing import Any, Protocol
 
 import numpy as np
 
 from aftt_tf import vocabulary
 from aftt_tf.faults import sampling
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class FaultTargetError(ValueError):
@@ -64,7 +67,7 @@ class FaultSpec:
         if not self.rates:
             raise ValueError("rates is empty; give at least one fault rate in [0, 1].")
         for rate in self.rates:
-            if not (isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0):
+            if not (isinstance(rate, (int, float)) and math.isfinite(rate) and 0.0 <= rate <= 1.0):
                 raise ValueError(
                     f"Fault rate {rate!r} is outside [0, 1]; rates are fractions (0.7 = 70%)."
                 )
@@ -79,8 +82,22 @@ class FaultSpec:
             raise ValueError(
                 f"bit_position must be in 0..31 (float32) or -1 (random), received {self.bit_position}."
             )
-        if self.target_margin < 0 or (self.target_margin and self.min_trials < 2):
-            raise ValueError("target_margin must be >= 0 and min_trials >= 2 when it is used.")
+        if not math.isfinite(self.target_margin) or self.target_margin < 0:
+            raise ValueError(
+                f"target_margin must be a finite number >= 0 (0: off), received {self.target_margin}."
+            )
+        if self.target_margin and (not isinstance(self.min_trials, int) or self.min_trials < 2):
+            raise ValueError("min_trials must be an integer >= 2 when target_margin is used.")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, received {self.seed!r}.")
+        if self.stuck_value is not None and not (
+            math.isfinite(self.stuck_value) and abs(self.stuck_value) <= FLOAT32_MAX
+        ):
+            raise ValueError(
+                f"stuck_value must be a finite float32 value (|v| <= {FLOAT32_MAX:.4g}), "
+                f"received {self.stuck_value}; a NaN or infinite weight is not a stuck-at "
+                "fault. Use --fault=bit to corrupt the exponent bits instead."
+            )
 
     @property
     def value_fault(self) -> sampling.ValueFault:

@@ -51,13 +51,14 @@ def check_output_directory(config: ReproduceConfig) -> bool:
     Returns True when resuming.
     """
     out = Path(config.out)
-    if not out.exists() or not any(out.iterdir()):
+    io_utils.check_output_path(out)
+    if not out.exists() or not io_utils.entries(out):
         return False
     record = out / "reproduce.json"
     if not record.exists():
         # Finished aftt-train runs placed in OUT/train/<method>[/lambda_<v>] are adopted
         # (each is checked against its method's config below); anything else is refused.
-        others = sorted(path.name for path in out.iterdir() if path.name != "train")
+        others = [name for name in io_utils.entries(out) if name != "train"]
         if others:
             raise ReproduceError(
                 f"{out} exists, holds {others} and no reproduce.json: it is not an "
@@ -435,7 +436,10 @@ def _run_one_campaign(
 
 
 def reproduce(config: ReproduceConfig) -> dict[str, Any]:
-    """Runs (or resumes) every stage; returns the report's results (also OUT/results.json)."""
+    """Runs (or resumes) every stage; returns the report's results (also OUT/results.json).
+
+    OUT is checked before any data is read and locked for the whole run.
+    """
     config.validate()
     check_output_directory(config)
     from aftt_tf.training import train_lib
@@ -443,6 +447,12 @@ def reproduce(config: ReproduceConfig) -> dict[str, Any]:
     splits = train_lib.load_config_splits(config.train)  # Missing data fails before writing.
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    with io_utils.DirectoryLock(out / io_utils.LOCK_FILE, str(out)):
+        check_output_directory(config)  # Again, now that no one else can write.
+        return _run_stages(config, splits, out)
+
+
+def _run_stages(config: ReproduceConfig, splits, out: Path) -> dict[str, Any]:
     io_utils.write_json(
         out / "reproduce.json", {"config": config.as_dict(), "fixed": config.fixed()}
     )

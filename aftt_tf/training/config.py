@@ -92,6 +92,11 @@ class TrainConfig:
     def _validate_numbers(self) -> None:
         for name in ("batch_size", "eval_batch_size", "discriminator_steps"):
             _at_least(name, getattr(self, name), 1)
+        if self.finetune_epochs == 0:
+            raise ValueError(
+                "finetune_epochs is 0: the classifier head would never be trained and the run "
+                "would save a chance-level classifier. Give finetune_epochs >= 1."
+            )
         for name in (
             "pretrain_epochs",
             "finetune_epochs",

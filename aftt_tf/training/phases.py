@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,22 @@ class TrainingDivergedError(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def _divergence_message(name: str, callback, state: dict[str, Any], phase_state) -> str:
+    completed = state["epochs_completed"]
+    if phase_state.exists() and completed > 0:
+        kept = (
+            f"The last good checkpoint (epoch {completed}) is kept in {phase_state.directory}. "
+            "Lower the learning rates and re-run with a new --out, or delete that checkpoint "
+            "directory."
+        )
+    else:
+        kept = (
+            "No epoch of this phase finished, so there is no checkpoint of it. Lower the "
+            "learning rates and re-run (delete the run directory or use a new --out)."
+        )
+    return f"{name}: a loss became NaN or infinite in epoch {callback.diverged_epoch}. {kept}"
+
+
 class PhaseState:
     """Per-epoch checkpoint of one training phase: variables.npz + state.json."""
 
@@ -41,6 +58,18 @@ class PhaseState:
         return self.state_path.exists() and self.variables_path.exists()
 
     def load(self) -> dict[str, Any]:
+        """Restores the variables; a damaged checkpoint raises RunDirectoryError naming the
+        file and how to restart the phase."""
+        try:
+            return self._load()
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise RunDirectoryError(
+                f"The checkpoint in {self.directory} cannot be read ({type(error).__name__}: "
+                f"{error}); it was cut short or edited. Delete {self.directory} to restart "
+                "this phase from its first epoch (the rest of the run is kept)."
+            ) from None
+
+    def _load(self) -> dict[str, Any]:
         state = io_utils.read_json(self.state_path)
         with np.load(self.variables_path) as arrays:
             if int(arrays["epoch"]) != state["epochs_completed"]:
@@ -166,10 +195,5 @@ def run_phase(
             verbose=2,
         )
         if callback.diverged_epoch is not None:
-            raise TrainingDivergedError(
-                f"{name}: a loss became NaN or infinite in epoch {callback.diverged_epoch}. The "
-                f"last good checkpoint (epoch {state['epochs_completed']}) is kept in "
-                f"{phase_state.directory}. Lower the learning rates and re-run with a new --out, "
-                "or delete that checkpoint directory."
-            )
+            raise TrainingDivergedError(_divergence_message(name, callback, state, phase_state))
     return state

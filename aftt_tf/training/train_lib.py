@@ -67,14 +67,18 @@ def check_run_directory(workdir: Path, config: TrainConfig, overwrite: bool = Fa
 
     Returns True when the run will resume (or reuse) what is there.
     """
+    io_utils.check_output_path(workdir)
     config_path = workdir / "config.json"
-    if overwrite or not workdir.exists() or not any(workdir.iterdir()):
+    if not workdir.exists() or not io_utils.entries(workdir):
         return False
     if not config_path.exists():
         raise RunDirectoryError(
             f"{workdir} exists, is not empty and is not an aftt-train run directory (no "
-            "config.json). Choose another --out, or empty it yourself."
+            "config.json). Choose another --out, or empty it yourself"
+            + (" (--overwrite replaces only run directories)." if overwrite else ".")
         )
+    if overwrite:
+        return False
     # Fields added to TrainConfig after a run was written take their defaults there.
     previous = {**TrainConfig().as_dict(), **io_utils.read_json(config_path)}
     current = config.as_dict()
@@ -98,7 +102,7 @@ def prepare_run_directory(workdir: Path, config: TrainConfig, overwrite: bool = 
     if check_run_directory(workdir, config, overwrite):
         return True
     if workdir.exists() and overwrite:
-        shutil.rmtree(workdir)
+        io_utils.empty_directory(workdir)  # Only a run directory: checked above.
     workdir.mkdir(parents=True, exist_ok=True)
     io_utils.write_text(workdir / "config.json", config.to_json() + "\n")
     io_utils.write_text(workdir / "flags.txt", config.to_flagfile())
@@ -337,11 +341,17 @@ def train_and_evaluate(
     # Bad directories and missing data are reported before anything is written.
     check_run_directory(workdir, config, overwrite)
     splits = load_config_splits(config)
-    prepare_run_directory(workdir, config, overwrite)
-    logging.info("Data: %s from %s", splits.sizes(), splits.source)
-    if not config.reg_lambda_grid:
-        return train_once(config, workdir, splits)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with io_utils.DirectoryLock(workdir / io_utils.LOCK_FILE, str(workdir)):
+        prepare_run_directory(workdir, config, overwrite)
+        logging.info("Data: %s from %s", splits.sizes(), splits.source)
+        if not config.reg_lambda_grid:
+            return train_once(config, workdir, splits)
+        return _grid_search(config, workdir, splits)
 
+
+def _grid_search(config: TrainConfig, workdir: Path, splits: data.Splits) -> dict[str, Any]:
+    """One run per lambda in `workdir/lambda_<value>`; the best by validation accuracy wins."""
     sweep = []
     for reg_lambda in config.reg_lambda_grid:
         child_config = dataclasses.replace(config, reg_lambda=reg_lambda, reg_lambda_grid=())

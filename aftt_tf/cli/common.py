@@ -1,0 +1,92 @@
+"""What every binary does with errors: a bad input is a one-line usage error (exit 2)
+before any work; a failure while working (a full disk, a diverged run) is a one-line
+error (exit 1). Neither prints a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import sys
+from collections.abc import Callable, Iterator
+
+from absl import app, flags
+
+from aftt_tf.io_utils import OutputError
+
+USAGE_EXIT = 2
+FAILURE_EXIT = 1
+_REMEDIES = {
+    errno.ENOSPC: "free space there or choose another --out; finished work is kept and resumes",
+    errno.EROFS: "the file system is read-only; choose another --out",
+    errno.EACCES: "no permission; choose another --out or fix the permissions",
+    errno.EPERM: "no permission; choose another --out or fix the permissions",
+    errno.ENOTDIR: "a path component is a file, not a directory; choose another --out",
+    errno.EISDIR: "a directory stands where a file was expected",
+}
+
+
+def usage_error(message: str) -> app.UsageError:
+    """An absl usage error that exits with status 2."""
+    return app.UsageError(message, exitcode=USAGE_EXIT)
+
+
+@contextlib.contextmanager
+def usage_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Turns bad inputs found while checking (values, files, outputs) into usage errors."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FileExistsError, OutputError, *extra) as error:
+        raise usage_error(str(error)) from None
+    except OSError as error:
+        raise usage_error(describe_os_error(error)) from None
+
+
+@contextlib.contextmanager
+def refusals(*types: type[BaseException]) -> Iterator[None]:
+    """While working, turns only these refusals (a busy output, a fault that cannot be
+    placed) into usage errors; every other failure is a runtime failure (exit 1)."""
+    try:
+        yield
+    except types as error:
+        raise usage_error(str(error)) from None
+
+
+def describe_os_error(error: OSError) -> str:
+    """'PATH: reason (remedy)' for a file-system error."""
+    where = error.filename or "a file"
+    remedy = _REMEDIES.get(error.errno, "")
+    return f"{where}: {error.strerror or error}" + (f" ({remedy})." if remedy else ".")
+
+
+def run(main: Callable[[list[str]], None], program: str) -> None:
+    """`app.run(main)`, with failures while working reported on one line, exit status 1."""
+
+    def guarded(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except app.UsageError:
+            raise
+        except OSError as error:
+            _fail(program, describe_os_error(error))
+        except (RuntimeError, ValueError) as error:
+            _fail(program, str(error))
+
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag a usage error (exit 2) like every other."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.stderr.write(
+            f"FATAL Flags parsing error: {error}\n"
+            "Pass --helpshort or --helpfull to see help on flags.\n"
+        )
+        sys.exit(USAGE_EXIT)
+
+
+def _fail(program: str, message: str) -> None:
+    sys.stderr.write(f"{program}: error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(FAILURE_EXIT)
