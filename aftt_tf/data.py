@@ -21,6 +21,7 @@ import logging
 import os
 import pickle
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -122,29 +123,12 @@ def _cache_path(kind: str, key: str) -> Path:
 def _load_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Decodes root/{train,test}/<class>/*.jpg once and caches the arrays as .npz.
 
-    Classes are numbered in CIFAR-10's official order when the folder names are
-    CIFAR-10's, else alphabetically. Each split is stored in a fixed pseudo-random
+    Classes are numbered in CIFAR-10's official order; folders with other class names
+    are refused (their labels would not be CIFAR-10's). Each split is stored in a fixed pseudo-random
     order (seed 0), as the official releases are: listed class by class, any prefix
     (--test_examples, a campaign subset) would hold only the first classes.
     """
-    listing = {}
-    for split in ("train", "test"):
-        split_dir = root / split
-        if not split_dir.is_dir():
-            raise FileNotFoundError(f"no {split}/ folder in {root}")
-        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-        if set(classes) == set(CIFAR10_CLASSES):
-            classes = list(CIFAR10_CLASSES)
-        files = [
-            (str(path), label)
-            for label, name in enumerate(classes)
-            for path in sorted((split_dir / name).iterdir())
-            if path.suffix.lower() in _IMAGE_SUFFIXES
-        ]
-        if not files:
-            raise FileNotFoundError(f"no images in {split_dir}/<class>/")
-        order = np.random.default_rng(0).permutation(len(files))
-        listing[split] = [files[index] for index in order]
+    listing = {split: _list_cifar_split(root, split) for split in ("train", "test")}
     key = f"mixed-order|{root.resolve()}|{len(listing['train'])}|{len(listing['test'])}"
     cache = _cache_path("imagefolder", key)
     if cache.exists():
@@ -178,6 +162,30 @@ def _load_image_folder(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
     return result
+
+
+def _list_cifar_split(root: Path, split: str) -> list[tuple[str, int]]:
+    """(path, label) of root/split/<CIFAR-10 class>/*, in a fixed mixed order (seed 0)."""
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"no {split}/ folder in {root}")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if set(classes) != set(CIFAR10_CLASSES):
+        raise ValueError(
+            f"the class folders of {split_dir} ({classes[:5]}...) are not CIFAR-10's, so "
+            "their labels would not mean CIFAR-10's classes; evaluate other image folders "
+            "with aftt-faults --data=folder:PATH"
+        )
+    files = [
+        (str(path), label)
+        for label, name in enumerate(CIFAR10_CLASSES)
+        for path in sorted((split_dir / name).iterdir())
+        if path.suffix.lower() in _IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise FileNotFoundError(f"no images in {split_dir}/<class>/")
+    order = np.random.default_rng(0).permutation(len(files))
+    return [files[index] for index in order]
 
 
 def _load_cifar_python(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -395,3 +403,115 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int = 1000)
         .map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+@dataclasses.dataclass
+class EvaluationData:
+    """A test set from any source, with what it is (recorded with every campaign)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    description: dict
+    class_names: tuple[str, ...] = ()
+
+
+def load_evaluation_data(
+    source: str,
+    data_dir: str | None = None,
+    tfds_data_dir: str | None = None,
+    npz_keys: tuple[str, str] = ("x", "y"),
+) -> EvaluationData:
+    """Test examples from a built-in dataset name, `tfds:NAME:SPLIT`, `npz:PATH` (arrays
+    under `npz_keys`; labels as integers or one-hot) or `folder:PATH` (PATH/<class>/*.jpg
+    or *.png, classes in alphabetical order)."""
+    kind, _, rest = source.partition(":")
+    if not rest:
+        arrays, description = load_arrays(source, data_dir=data_dir, tfds_data_dir=tfds_data_dir)
+        images, labels = arrays["test"]
+        return EvaluationData(
+            images, labels, {"source": f"{source} ({description})", "split": "test"}
+        )
+    if kind == "tfds":
+        name, _, split = rest.partition(":")
+        return _tfds_split(name, split or "test", tfds_data_dir)
+    if kind == "npz":
+        return _npz_data(Path(rest), npz_keys)
+    if kind == "folder":
+        images, labels, classes = _decode_class_folder(Path(rest))
+        return EvaluationData(images, labels, {"source": source, "classes": list(classes)}, classes)
+    raise ValueError(
+        f"Unknown --data {source!r}; expected a built-in name ({', '.join(DATASETS)}), "
+        "tfds:NAME:SPLIT, npz:PATH or folder:PATH."
+    )
+
+
+def _tfds_split(name: str, split: str, tfds_data_dir: str | None) -> EvaluationData:
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=tfds_data_dir)
+        builder.download_and_prepare()
+        images, labels = tfds.as_numpy(
+            builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
+        )
+    except Exception as error:  # TFDS raises many types; one message names the dataset.
+        raise DataUnavailableError(
+            f"tfds:{name}:{split} could not be loaded ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); prepare it online or pass "
+            "--tfds_data_dir where it is prepared."
+        ) from None
+    description = {"source": f"tfds:{name}", "split": split}
+    return EvaluationData(np.asarray(images), np.asarray(labels, np.int32), description)
+
+
+def _npz_data(path: Path, keys: tuple[str, str]) -> EvaluationData:
+    if not path.exists():
+        raise FileNotFoundError(f"--data npz file {path} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [key for key in keys if key not in arrays.files]
+            if missing:
+                raise ValueError(
+                    f"{path} has no array {missing}; it holds {arrays.files}. Name the "
+                    "arrays with --npz_keys=IMAGES,LABELS."
+                )
+            images, labels = arrays[keys[0]], arrays[keys[1]]
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} cannot be read as .npz ({error}).") from None
+    if labels.ndim == 2:  # One-hot.
+        labels = np.argmax(labels, axis=-1)
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(
+            f"{path}: labels of shape {labels.shape} do not match {len(images)} examples; "
+            "give integer labels (N,) or one-hot labels (N, classes)."
+        )
+    description = {"source": f"npz:{path.resolve()}", "keys": list(keys)}
+    return EvaluationData(images, labels.astype(np.int32), description)
+
+
+def _decode_class_folder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """root/<class>/*.jpg|png decoded with TensorFlow; classes alphabetical."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data folder {root} does not exist.")
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    files = [
+        (str(path), label)
+        for label, name in enumerate(classes)
+        for path in sorted((root / name).iterdir())
+        if path.suffix.lower() in _IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise ValueError(f"{root} holds no <class>/*.jpg or *.png images.")
+    import tensorflow as tf
+
+    decoded = [
+        tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy()
+        for path, _ in files
+    ]
+    shapes = {image.shape for image in decoded}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"Images in {root} have different shapes {sorted(shapes)[:3]}; resize them."
+        )
+    labels = np.array([label for _, label in files], np.int32)
+    return np.stack(decoded), labels, classes

@@ -36,6 +36,9 @@ _NON_ZERO_PRESERVING_FOLLOWERS = {
 }
 _NUMPY_TYPES = {
     schema.TensorType.FLOAT32: np.float32,
+    schema.TensorType.FLOAT16: np.float16,
+    schema.TensorType.INT16: np.int16,
+    schema.TensorType.INT64: np.int64,
     schema.TensorType.INT8: np.int8,
     schema.TensorType.INT32: np.int32,
     schema.TensorType.UINT8: np.uint8,
@@ -169,7 +172,9 @@ class TFLiteFile:
         self.input_shape = tuple(int(d) for d in detail["shape"][1:])
         self.input_dtype = np.dtype(detail["dtype"])
         self.input_quantization = detail["quantization"]
-        self.output_quantization = interpreter.get_output_details()[0]["quantization"]
+        output = interpreter.get_output_details()[0]
+        self.output_quantization = output["quantization"]
+        self.num_outputs = int(output["shape"][-1]) if len(output["shape"]) else None
 
     def interpreter(self, content: bytes):
         return self._interpreter_type(model_content=bytes(content), num_threads=self.num_threads)
@@ -298,6 +303,35 @@ class _Graph:
         return options.FusedActivationFunction() in _ZERO_PRESERVING_FUSED and not any(
             code in _NON_ZERO_PRESERVING_FOLLOWERS for code in followers
         )
+
+
+_OPERATOR_NAMES = {
+    value: name for name, value in vars(_BUILTIN).items() if not name.startswith("_")
+}
+# Operators whose constant inputs are shapes, indices or lookup tables, not weights.
+_NOT_WEIGHTS = {"RESHAPE", "PAD", "PADV2", "MEAN", "SUM", "TRANSPOSE", "STRIDED_SLICE", "SLICE"}
+
+
+def constant_operators(content: bytes) -> list[dict]:
+    """Every operator with constant weight inputs (more than one element, float or
+    integer), with how many weight elements it holds: what a fault campaign could reach."""
+    graph = _Graph(content)
+    result = []
+    for op_index in range(graph.graph.OperatorsLength()):
+        name = _OPERATOR_NAMES.get(graph.code(op_index), str(graph.code(op_index)))
+        if name in _NOT_WEIGHTS:
+            continue
+        elements = 0
+        for tensor in graph.graph.Operators(op_index).InputsAsNumpy():
+            try:
+                constant = graph.constant(int(tensor))
+            except KeyError:  # A tensor type without weights (bool, string).
+                continue
+            if constant is not None and int(np.prod(constant.shape)) > 1:
+                elements += int(np.prod(constant.shape))
+        if elements:
+            result.append({"operator_index": op_index, "operator": name, "weights": elements})
+    return result
 
 
 def _parse_layers(content: bytes, layer_names: dict[int, str]) -> dict[str, TFLiteLayer]:

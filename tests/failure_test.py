@@ -64,8 +64,10 @@ def model_path(tmp_path):
 def _tiny_model():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6,))
-    hidden = keras.layers.Dense(8, activation="relu", name="hidden")(inputs)
-    return keras.Model(inputs, keras.layers.Dense(3, name="out")(hidden))
+    wide = keras.initializers.RandomNormal(stddev=1.0, seed=0)
+    hidden = keras.layers.Dense(8, activation="relu", kernel_initializer=wide, name="hidden")
+    centered = keras.layers.Dense(3, kernel_initializer=wide, name="out")
+    return keras.Model(inputs, centered(hidden(inputs - 0.5)))
 
 
 def _tiny_data(model, count=64):
@@ -366,7 +368,7 @@ def test_model_and_data_of_other_shapes_are_refused_before_loading(model_path, t
     out = tmp_path / "campaign"
     result = _run("faults", [f"--model={model_path}", "--dataset=cifar10", f"--out={out}"])
     assert result.returncode == 2
-    assert "shape (28, 28, 1) but cifar10 images have shape (32, 32, 3)" in result.stderr
+    assert "shape (28, 28, 1) but cifar10 examples have shape (32, 32, 3)" in result.stderr
     assert not out.exists()
 
 

@@ -226,7 +226,15 @@ def _campaign(tmp_path, name, **kwargs):
     labels = np.random.default_rng(1).integers(0, 10, 96)
     spec = FaultSpec(kind="weight", rates=(0.0, 0.3, 0.6), trials=3, seed=5)
     return campaign.run_campaign(
-        models, spec, images, labels, tmp_path / name, batch_size=40, progress=False, **kwargs
+        models,
+        spec,
+        images,
+        labels,
+        tmp_path / name,
+        batch_size=40,
+        progress=False,
+        allow_chance_accuracy=True,
+        **kwargs,
     )
 
 

@@ -58,8 +58,11 @@ def describe_os_error(error: OSError) -> str:
     return f"{where}: {error.strerror or error}" + (f" ({remedy})." if remedy else ".")
 
 
-def run(main: Callable[[list[str]], None], program: str) -> None:
-    """`app.run(main)`, with failures while working reported on one line, exit status 1."""
+def run(main: Callable[[list[str]], None], program: str, modules: tuple[str, ...] = ()) -> None:
+    """`app.run(main)`, with failures while working reported on one line, exit status 1,
+    and `--help` listing the flags the binary's own `modules` define."""
+    if any(arg in ("--help", "-h", "--helpshort", "-?") for arg in sys.argv[1:]):
+        _print_help(program, modules)
 
     def guarded(argv: list[str]) -> None:
         try:
@@ -72,6 +75,15 @@ def run(main: Callable[[list[str]], None], program: str) -> None:
             _fail(program, str(error))
 
     app.run(guarded, flags_parser=_parse_flags)
+
+
+def _print_help(program: str, modules: tuple[str, ...]) -> None:
+    main = sys.modules.get(modules[0]) if modules else None
+    sys.stdout.write(f"{((main and main.__doc__) or program).strip()}\n\nFlags:\n")
+    for module in modules:
+        sys.stdout.write(flags.FLAGS.module_help(module) + "\n")
+    sys.stdout.write("\nEvery absl flag: --helpfull.\n")
+    sys.exit(0)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    common.run(main, "aftt-export")
+    common.run(main, "aftt-export", (__name__,))
 
 
 if __name__ == "__main__":

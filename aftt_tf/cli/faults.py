@@ -29,7 +29,10 @@ flags.DEFINE_list(
 flags.DEFINE_integer("trials", 30, "Trials per rate (maximum when --target_margin is set).")
 flags.DEFINE_integer("seed", 0, "Campaign seed: same seed, same fault positions on every model.")
 flags.DEFINE_enum("scope", "all", vocabulary.SCOPES, "Which part of the classifier to fault.")
-flags.DEFINE_list("layers", [], "Fault only these layers (names as in the model).")
+flags.DEFINE_list(
+    "layers", [], "Fault only these layers: names or glob patterns (block_*_depthwise)."
+)
+flags.DEFINE_list("exclude_layers", [], "Leave out these layers: names or glob patterns.")
 flags.DEFINE_enum(
     "sampling",
     "exact",
@@ -50,8 +53,32 @@ flags.DEFINE_bool("per_layer", False, "Sensitivity mode: fault one layer at a ti
 flags.DEFINE_integer("num_shards", 1, "Split cells across this many processes.")
 flags.DEFINE_integer("shard_index", 0, "This process's shard.")
 flags.DEFINE_list("merge", [], "Merge these shard directories into --out instead of running.")
-flags.DEFINE_string("dataset", "", "Test data (default: from the model's input shape).")
+flags.DEFINE_string(
+    "dataset", "", "Built-in test data (default: from the model's input shape); see --data."
+)
+flags.DEFINE_string(
+    "data",
+    "",
+    "Any test data: a built-in name, tfds:NAME:SPLIT, npz:PATH (arrays named by --npz_keys; "
+    "labels integer or one-hot) or folder:PATH (PATH/<class>/*.jpg|png, classes alphabetical).",
+)
 flags.DEFINE_string("data_dir", "", "Local raw data directory (see aftt-train).")
+flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
+flags.DEFINE_list("npz_keys", ["x", "y"], "Names of the images and labels arrays of npz: data.")
+flags.DEFINE_string(
+    "input_transform",
+    "auto",
+    "Stored data -> model input: auto (unit for uint8 data, else raw), unit (x/255), raw, "
+    "symmetric (x/127.5-1), or MODULE:FUNCTION. Recorded in results.json.",
+)
+flags.DEFINE_float("input_scale", None, "Affine input transform x * scale + offset instead.")
+flags.DEFINE_float("input_offset", None, "Offset of the affine input transform.")
+flags.DEFINE_bool(
+    "allow_chance_accuracy", False, "Run even when a model is at chance level before faults."
+)
+flags.DEFINE_multi_string(
+    "import", [], "Module to import before loading models (registers custom classes)."
+)
 flags.DEFINE_integer("test_examples", 0, "Use only this many test examples (0: all).")
 flags.DEFINE_integer("batch_size", 2000, "Evaluation chunk size.")
 flags.DEFINE_string("out", None, "Output directory (resumed if it holds the same campaign).")
@@ -75,6 +102,7 @@ def _spec_from_flags():
         seed=FLAGS.seed,
         scope=FLAGS.scope,
         layers=tuple(FLAGS.layers),
+        exclude_layers=tuple(FLAGS.exclude_layers),
         sampling=FLAGS.sampling,
         include_bias=FLAGS.include_bias,
         include_output_nodes=FLAGS.include_output_nodes,
@@ -106,8 +134,16 @@ def main(argv: list[str]) -> None:
         out=FLAGS.out,
         spec=_spec_from_flags(),
         dataset=FLAGS.dataset,
+        data=FLAGS.data,
         data_dir=FLAGS.data_dir,
+        tfds_data_dir=FLAGS.tfds_data_dir,
+        npz_keys=tuple(FLAGS.npz_keys),
         test_examples=FLAGS.test_examples,
+        input_transform=FLAGS.input_transform,
+        input_scale=FLAGS.input_scale,
+        input_offset=FLAGS.input_offset,
+        allow_chance_accuracy=FLAGS.allow_chance_accuracy,
+        imports=tuple(FLAGS["import"].value),
         batch_size=FLAGS.batch_size,
         num_shards=FLAGS.num_shards,
         shard_index=FLAGS.shard_index,
@@ -116,16 +152,35 @@ def main(argv: list[str]) -> None:
     with common.usage_errors(data.DataUnavailableError):
         config.validate()
         models = campaign_lib.load_models(config)
-        input_shape = next(iter(models.values())).input_shape
-        test_data = campaign_lib.load_test_data(config, input_shape)
-    with common.refusals(FaultTargetError, OutputError):
+        first = next(iter(models.values()))
+        test_data = campaign_lib.load_test_data(config, first.input_shape)
+        campaign_lib.check_labels(
+            test_data[1], test_data[2]["class_names"], getattr(first, "num_outputs", None)
+        )
+    with common.refusals(FaultTargetError, OutputError, campaign.ChanceAccuracyError):
         results = campaign_lib.run(config, models, test_data)
     if FLAGS.num_shards == 1:
         _print_summary(results)
     print(f"Campaign directory: {FLAGS.out}")
 
 
+def _print_coverage(results: dict) -> None:
+    for model, coverage in (results.get("coverage") or {}).items():
+        if not coverage:
+            continue
+        print(
+            f"{model}: the {len(coverage['targeted_layers'])} targeted layers hold "
+            f"{100 * coverage['targeted_layers_weight_share']:.1f}% of the model's "
+            f"{coverage['model_weight_elements']} weights"
+        )
+        for entry in coverage["left_out"]:
+            print(
+                f"  left out: {entry.get('layer', entry.get('operator'))} ({entry['weights']} weights): {entry['reason']}"
+            )
+
+
 def _print_summary(results: dict) -> None:
+    _print_coverage(results)
     for model, groups in results["summary"].items():
         for group, summary in groups.items():
             print(f"{model} [{group}] normalized AUC {100 * summary['normalized_auc']:.2f}%")
@@ -150,7 +205,7 @@ def _print_summary(results: dict) -> None:
 
 
 def run() -> None:
-    common.run(main, "aftt-faults")
+    common.run(main, "aftt-faults", (__name__,))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    common.run(main, "aftt-reproduce")
+    common.run(main, "aftt-reproduce", (__name__, "aftt_tf.cli.train_flags"))
 
 
 if __name__ == "__main__":

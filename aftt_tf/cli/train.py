@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    common.run(main, "aftt-train")
+    common.run(main, "aftt-train", (__name__, "aftt_tf.cli.train_flags"))
 
 
 if __name__ == "__main__":

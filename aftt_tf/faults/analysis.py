@@ -13,6 +13,13 @@ import numpy as np
 
 from aftt_tf.faults.statistics import confidence_interval
 
+# How the intervals of a campaign are computed; written into results.json.
+INTERVAL_METHOD = (
+    "95% Student-t interval of the mean over trials; accuracy intervals clipped to [0, 1] "
+    "and paired-difference intervals to [-1, 1] (with few trials the t interval can pass "
+    "those bounds)"
+)
+
 
 def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Per model and group: per-rate statistics, drop from clean accuracy, area under the curve."""
@@ -30,8 +37,8 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
                     "trials": len(accuracies),
                     "mean": mean,
                     "std": std,
-                    "ci_low": mean - half_width,
-                    "ci_high": mean + half_width,
+                    "ci_low": max(0.0, mean - half_width),
+                    "ci_high": min(1.0, mean + half_width),
                     "realized_fraction": float(
                         np.mean([c["realized_fraction"] for c in own if c["rate"] == rate])
                     ),
@@ -76,8 +83,8 @@ def paired_differences(
                 "pairs": len(diffs),
                 "mean_difference": mean,
                 "std": std,
-                "ci_low": mean - half_width,
-                "ci_high": mean + half_width,
+                "ci_low": max(-1.0, mean - half_width),
+                "ci_high": min(1.0, mean + half_width),
             }
         )
     return rows

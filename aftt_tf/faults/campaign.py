@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import io_utils
-from aftt_tf.faults import analysis
+from aftt_tf.faults import analysis, inputs
 from aftt_tf.faults.runtimes import as_campaign_model
 from aftt_tf.faults.spec import CampaignModel, CellRunner, FaultSpec
 from aftt_tf.faults.statistics import confidence_interval
@@ -119,9 +120,12 @@ def _identity(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_campaign_directory(out_dir: str | Path, spec: FaultSpec) -> None:
+def check_campaign_directory(
+    out_dir: str | Path, spec: FaultSpec, data: dict[str, Any] | None = None
+) -> None:
     """Raises io_utils.OutputError unless `out_dir` is absent, empty, or holds this campaign
-    (the same spec up to trials and rates). Writes nothing."""
+    (the same spec up to trials and rates and, when `data` is given, the same test data
+    and input transform). Writes nothing."""
     out_dir = Path(out_dir)
     io_utils.check_output_path(out_dir)
     if not out_dir.exists() or not io_utils.entries(out_dir):
@@ -143,6 +147,25 @@ def check_campaign_directory(out_dir: str | Path, spec: FaultSpec) -> None:
             f"{out_dir} holds a campaign with another fault spec ({'; '.join(differences)}). "
             "Use another --out to keep both (trials and rates may change between runs)."
         )
+    recorded_data = _recorded_data(out_dir)
+    if data is not None and recorded_data is not None:
+        changed = [
+            f"{key}: {recorded_data.get(key)!r} -> {data.get(key)!r}"
+            for key in ("source", "split", "examples", "sha256", "input_transform")
+            if recorded_data.get(key) != data.get(key)
+        ]
+        if changed:
+            raise io_utils.OutputError(
+                f"{out_dir} holds a campaign measured on other test data or inputs "
+                f"({'; '.join(changed)}); its cells cannot be reused. Use another --out."
+            )
+
+
+def _recorded_data(out_dir: Path) -> dict[str, Any] | None:
+    """The data identity recorded in campaign.json (directories from before it: None)."""
+    if not (out_dir / CAMPAIGN_FILE).exists():
+        return None
+    return io_utils.read_json(out_dir / CAMPAIGN_FILE).get("data")
 
 
 def _recorded_spec(out_dir: Path) -> dict[str, Any] | None:
@@ -156,11 +179,15 @@ def _recorded_spec(out_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def _claim(out_dir: Path, spec: FaultSpec) -> None:
-    """Writes campaign.json, which marks `out_dir` as this campaign's (under the lock)."""
-    io_utils.write_json(
-        out_dir / CAMPAIGN_FILE, {"kind": "aftt-faults campaign", "spec": spec.as_dict()}
-    )
+def _claim(out_dir: Path, spec: FaultSpec, data: dict[str, Any] | None = None) -> None:
+    """Writes campaign.json, which marks `out_dir` as this campaign's (under the lock).
+    Data recorded earlier is kept (a merge knows only the spec)."""
+    record = {"kind": "aftt-faults campaign", "spec": spec.as_dict()}
+    if data is None and (out_dir / CAMPAIGN_FILE).exists():
+        data = _recorded_data(out_dir)
+    if data is not None:
+        record["data"] = data
+    io_utils.write_json(out_dir / CAMPAIGN_FILE, record)
 
 
 def run_campaign(
@@ -175,52 +202,148 @@ def run_campaign(
     per_layer: bool = False,
     progress: bool = True,
     on_cell: Callable[[dict[str, Any]], None] | None = None,
+    transform: inputs.InputTransform | str = "auto",
+    data_description: dict[str, Any] | None = None,
+    allow_chance_accuracy: bool = False,
 ) -> dict[str, Any]:
     """Runs (or resumes) a campaign over several models; writes outputs into `out_dir`.
 
     `out_dir` must be absent, empty or hold this campaign (same spec up to trials and
-    rates); one process at a time writes it (a lock file). Cells already in its
-    cells.jsonl for the same model fingerprint and spec key are skipped. With
-    `per_layer`, each target layer is faulted alone (group = layer name) for a
-    sensitivity table.
+    rates, same test data and input transform); one process at a time writes it (a lock
+    file). Cells already in its cells.jsonl for the same model fingerprint and spec key
+    are skipped. With `per_layer`, each target layer is faulted alone (group = layer
+    name) for a sensitivity table. `transform` turns stored test data into model input
+    ('auto': x / 255 for uint8 data); `data_description` (source, split, ...) is recorded
+    with the data's hash. A model whose clean accuracy is at chance level stops the
+    campaign with the likely causes, unless `allow_chance_accuracy`.
 
     Returns:
         The results dictionary also written to results.json (when not sharded).
     """
     _check_plan(spec, num_shards)
+    images, labels = np.asarray(images), np.asarray(labels)
+    transform = _transform(transform, images)
+    data = data_identity(images, labels, transform, data_description)
     out_dir = Path(out_dir)
-    check_campaign_directory(out_dir, spec)
-    plan = shard_cells(cell_plan(spec), num_shards, shard_index)
+    check_campaign_directory(out_dir, spec, data)
     adapters = {label: as_campaign_model(model) for label, model in models.items()}
-    fingerprints = {label: adapter.fingerprint() for label, adapter in adapters.items()}
+    meta = _meta(spec, adapters, data, num_shards, shard_index)
+    run = _Run(spec, images, labels, batch_size, transform, progress, on_cell)
+    run.allow_chance_accuracy = allow_chance_accuracy
+    plan = shard_cells(cell_plan(spec), num_shards, shard_index)
     with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
-        check_campaign_directory(out_dir, spec)  # Again, now that no one else can write.
-        _claim(out_dir, spec)
+        check_campaign_directory(out_dir, spec, data)  # Again, now that no one else can write.
+        _claim(out_dir, spec, data)
         repair_cells(out_dir / CELLS_FILE)
         cells = _CellLog(out_dir / CELLS_FILE, spec.key())
-        skipped = 0
-        for label, adapter in adapters.items():
-            for group, group_spec in _groups(adapter, spec, per_layer):
-                context = {"model": label, "model_hash": fingerprints[label], "group": group}
-                done = cells.done(context["model_hash"], group)
-                todo = [cell for cell in plan if cell not in done]
-                skipped += len(plan) - len(todo)
-                if todo:
-                    runner = adapter.runner(group_spec, images, labels, batch_size)
-                    bar = Progress(f"{label}:{group}", len(todo)) if progress else None
-                    _run_cells(runner, todo, spec, cells, context, bar, on_cell)
-        meta = {
-            "spec": spec.as_dict(),
-            "spec_key": cells.spec_key,
-            "models": fingerprints,
-            "skipped_cells": skipped,
-            "num_shards": num_shards,
-            "shard_index": shard_index,
-        }
+        meta["skipped_cells"] = sum(
+            run.model(adapter, label, meta["models"][label], plan, cells, per_layer)
+            for label, adapter in adapters.items()
+        )
         if num_shards > 1:
             io_utils.write_json(out_dir / "shard.json", meta)
             return meta
         return write_outputs(out_dir, cells.records, meta)
+
+
+def _meta(spec, adapters, data, num_shards: int, shard_index: int) -> dict[str, Any]:
+    return {
+        "spec": spec.as_dict(),
+        "spec_key": spec.key(),
+        "models": {label: adapter.fingerprint() for label, adapter in adapters.items()},
+        "data": data,
+        "coverage": {label: _coverage(adapter, spec) for label, adapter in adapters.items()},
+        "num_shards": num_shards,
+        "shard_index": shard_index,
+    }
+
+
+def _transform(transform: inputs.InputTransform | str, images: np.ndarray):
+    return (
+        inputs.resolve(transform, dtype=images.dtype) if isinstance(transform, str) else transform
+    )
+
+
+def data_identity(
+    images: np.ndarray,
+    labels: np.ndarray,
+    transform: inputs.InputTransform,
+    description: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What the campaign was measured on: a hash of the test arrays, their shape and the
+    input transform (part of the campaign's identity: other data never reuses cells)."""
+    digest = hashlib.sha256()
+    for array in (images, labels):
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return {
+        **(description or {}),
+        "examples": int(len(labels)),
+        "shape": [int(d) for d in images.shape[1:]],
+        "dtype": str(images.dtype),
+        "sha256": digest.hexdigest(),
+        "input_transform": transform.record(),
+    }
+
+
+def _coverage(adapter: CampaignModel, spec: FaultSpec) -> dict[str, Any] | None:
+    coverage = getattr(adapter, "coverage", None)
+    return coverage(spec) if coverage else None
+
+
+class _Run:
+    """One campaign's evaluation settings, shared by its models and groups."""
+
+    allow_chance_accuracy = False
+
+    def __init__(self, spec, images, labels, batch_size, transform, progress, on_cell):
+        self.spec, self.images, self.labels = spec, images, labels
+        self.batch_size, self.transform = batch_size, transform
+        self.progress, self.on_cell = progress, on_cell
+
+    def model(self, adapter, label, model_hash, plan, cells, per_layer) -> int:
+        """Runs the missing cells of one model (every group); returns the cells skipped."""
+        skipped = 0
+        for group, group_spec in _groups(adapter, self.spec, per_layer):
+            context = {"model": label, "model_hash": model_hash, "group": group}
+            done = cells.done(model_hash, group)
+            todo = [cell for cell in plan if cell not in done]
+            skipped += len(plan) - len(todo)
+            if not todo:
+                continue
+            runner = adapter.runner(
+                group_spec, self.images, self.labels, self.batch_size, transform=self.transform
+            )
+            try:
+                if not self.allow_chance_accuracy:
+                    check_not_chance(runner, self.labels, label)
+                bar = Progress(f"{label}:{group}", len(todo)) if self.progress else None
+                _run_cells(runner, todo, self.spec, cells, context, bar, self.on_cell)
+            finally:
+                getattr(runner, "close", lambda: None)()
+        return skipped
+
+
+class ChanceAccuracyError(ValueError):
+    """A model is at chance level before any fault: its inputs, labels or data are wrong."""
+
+
+def check_not_chance(runner: CellRunner, labels: np.ndarray, label: str) -> float:
+    """The clean accuracy; ChanceAccuracyError when it is within the 99.9% binomial bound
+    of guessing (the most frequent class), which no trained classifier should be."""
+    clean = runner.evaluate_cell(0.0, 0)["accuracy"]
+    count = len(labels)
+    guess = float(np.max(np.bincount(np.asarray(labels, np.int64)))) / count if count else 0.0
+    bound = guess + 3.29 * (guess * (1 - guess) / max(count, 1)) ** 0.5
+    if clean <= bound:
+        raise ChanceAccuracyError(
+            f"{label}: clean accuracy {100 * clean:.2f}% is at chance level (guessing the most "
+            f"frequent class gives {100 * guess:.2f}%) before any fault. Likely causes: inputs "
+            "scaled differently from training (a model with its own Rescaling layer wants "
+            "--input_transform=raw), labels in another order or encoding, or the wrong "
+            "dataset. Pass --allow_chance_accuracy to run anyway."
+        )
+    return clean
 
 
 def _check_plan(spec: FaultSpec, num_shards: int) -> None:
@@ -338,6 +461,7 @@ def write_outputs(
         "versions": io_utils.versions(),
         "summary": summary,
         "paired_differences": comparisons,
+        "interval_method": analysis.INTERVAL_METHOD,
     }
     io_utils.write_json(out_dir / "results.json", results)
     _write_trials(out_dir / "trials.csv", cells)

@@ -1,12 +1,14 @@
 """`run(config)`: the library behind `aftt-faults`: models from files, test data, one campaign.
 
-Everything is checked in the order a user fixes it (spec, shards, model files, layers,
-input shapes, data) before the first cell runs, so a bad input costs no campaign time.
+Everything is checked in the order a user fixes it (spec, shards, output, model files,
+layers, input shapes, data, labels) before the first cell runs, so a bad input costs no
+campaign time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import data, vocabulary
-from aftt_tf.faults import campaign
+from aftt_tf.faults import campaign, inputs
 from aftt_tf.faults.runtimes import load_campaign_model
 from aftt_tf.faults.spec import CampaignModel, FaultSpec
 
@@ -28,9 +30,16 @@ class CampaignConfig:
             for a classifier.keras, else the file's stem).
         out: campaign directory (resumed if it holds the same campaign).
         spec: the faults.
-        dataset: test data (empty: inferred from the models' input shape).
-        data_dir: local raw data directory.
+        dataset: built-in test data (empty: inferred from the models' input shape);
+            `data` overrides it.
+        data: any test data: a built-in name, `tfds:NAME:SPLIT`, `npz:PATH` or `folder:PATH`.
+        data_dir, tfds_data_dir: local raw data and prepared TFDS data directories.
+        npz_keys: names of the images and labels arrays of an .npz.
         test_examples: evaluate only this many test examples (0: all).
+        input_transform: 'auto', 'unit', 'raw', 'symmetric' or 'MODULE:FUNCTION'.
+        input_scale, input_offset: an affine transform x * scale + offset instead.
+        allow_chance_accuracy: run even when a model is at chance level before faults.
+        imports: modules to import first (they register a model's custom classes).
         batch_size: evaluation chunk size.
         num_shards, shard_index: this process's share of the cells.
         per_layer: fault one layer at a time (sensitivity).
@@ -40,15 +49,23 @@ class CampaignConfig:
     out: str
     spec: FaultSpec
     dataset: str = ""
+    data: str = ""
     data_dir: str = ""
+    tfds_data_dir: str = ""
+    npz_keys: tuple[str, str] = ("x", "y")
     test_examples: int = 0
+    input_transform: str = "auto"
+    input_scale: float | None = None
+    input_offset: float | None = None
+    allow_chance_accuracy: bool = False
+    imports: tuple[str, ...] = ()
     batch_size: int = 2000
     num_shards: int = 1
     shard_index: int = 0
     per_layer: bool = False
 
     def validate(self) -> None:
-        """Raises ValueError for bad values, before any file is read."""
+        """Raises ValueError for bad values, before any model or data file is read."""
         if not self.models:
             raise ValueError("--model is required (a classifier.keras from aftt-train).")
         if self.test_examples < 0 or self.batch_size < 1:
@@ -56,8 +73,11 @@ class CampaignConfig:
                 f"--test_examples must be >= 0 and --batch_size >= 1; received "
                 f"{self.test_examples} and {self.batch_size}."
             )
+        if len(self.npz_keys) != 2:
+            raise ValueError(f"--npz_keys takes two names (images, labels), got {self.npz_keys}.")
         self.spec.validate()
         campaign.shard_cells([], self.num_shards, self.shard_index)
+        inputs.resolve(self.input_transform, self.input_scale, self.input_offset)
         campaign.check_campaign_directory(self.out, self.spec)
 
 
@@ -74,8 +94,21 @@ def parse_models(values: tuple[str, ...] | list[str]) -> dict[str, Path]:
     return models
 
 
+def import_modules(names: tuple[str, ...]) -> None:
+    """Imports the user's modules (they register custom layers and models with Keras)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ValueError(
+                f"--import={name} failed ({error}); give a module importable from the "
+                "current directory or PYTHONPATH."
+            ) from None
+
+
 def load_models(config: CampaignConfig) -> dict[str, CampaignModel]:
     """The campaign models, each checked to take the spec's faults and one input shape."""
+    import_modules(config.imports)
     models = {
         label: load_campaign_model(path) for label, path in parse_models(config.models).items()
     }
@@ -91,40 +124,69 @@ def load_models(config: CampaignConfig) -> dict[str, CampaignModel]:
 
 def load_test_data(
     config: CampaignConfig, input_shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Test images and labels (raises data.DataUnavailableError when none can be read)."""
-    dataset = config.dataset or vocabulary.dataset_for_input_shape(input_shape)
-    if not dataset:
-        raise ValueError("Cannot infer the dataset from the model's input shape; pass --dataset.")
-    if dataset in vocabulary.DATASETS:  # Known shape: refuse before reading any data.
-        _check_shape(vocabulary.input_shape_for(dataset), input_shape, dataset)
-    arrays, source = data.load_arrays(dataset, data_dir=config.data_dir or None)
-    images, labels = arrays["test"]
-    _check_shape(images.shape[1:], input_shape, dataset)
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Test inputs, labels and their description (raises data.DataUnavailableError when
+    none can be read, ValueError when they do not fit the models)."""
+    source = config.data or config.dataset or vocabulary.dataset_for_input_shape(input_shape)
+    if not source:
+        raise ValueError(
+            f"Cannot infer the test data of input shape {tuple(input_shape)}; pass --data "
+            "(a built-in name, tfds:NAME:SPLIT, npz:PATH or folder:PATH)."
+        )
+    if source in vocabulary.DATASETS:  # Known shape: refuse before reading any data.
+        _check_shape(vocabulary.input_shape_for(source), input_shape, source)
+    loaded = data.load_evaluation_data(
+        source,
+        data_dir=config.data_dir or None,
+        tfds_data_dir=config.tfds_data_dir or None,
+        npz_keys=tuple(config.npz_keys),
+    )
+    images, labels = loaded.images, loaded.labels
+    _check_shape(images.shape[1:], input_shape, source)
     if config.test_examples:
         images, labels = images[: config.test_examples], labels[: config.test_examples]
-    logging.info("Test data: %d %s images from %s", len(labels), dataset, source)
-    return images, labels
+    logging.info("Test data: %d examples from %s", len(labels), loaded.description["source"])
+    return images, labels, {**loaded.description, "class_names": list(loaded.class_names)}
+
+
+def check_labels(labels: np.ndarray, class_names: list[str], outputs: int | None) -> None:
+    """Labels must index the models' outputs; a class folder must have one folder per output."""
+    if outputs is None:
+        return
+    if class_names and len(class_names) != outputs:
+        raise ValueError(
+            f"The image folder has {len(class_names)} classes {class_names[:5]}... but the "
+            f"models have {outputs} outputs; pass a folder with one subfolder per class."
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= outputs):
+        raise ValueError(
+            f"Labels range over [{labels.min()}, {labels.max()}] but the models have {outputs} "
+            "outputs; check the labels' encoding."
+        )
 
 
 def _check_shape(data_shape: tuple[int, ...], input_shape: tuple[int, ...], dataset: str) -> None:
     if tuple(data_shape) != tuple(input_shape):
         raise ValueError(
-            f"The models take inputs of shape {tuple(input_shape)} but {dataset} images have "
-            f"shape {tuple(data_shape)}; pass the --dataset the models were trained on."
+            f"The models take inputs of shape {tuple(input_shape)} but {dataset} examples have "
+            f"shape {tuple(data_shape)}; pass the --data the models were trained on."
         )
 
 
 def run(
     config: CampaignConfig,
     models: dict[str, CampaignModel] | None = None,
-    test_data: tuple[np.ndarray, np.ndarray] | None = None,
+    test_data: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Runs or resumes the campaign; loads the models and test data unless given."""
     config.validate()
     models = models or load_models(config)
-    input_shape = next(iter(models.values())).input_shape
-    images, labels = test_data or load_test_data(config, input_shape)
+    first = next(iter(models.values()))
+    images, labels, description = test_data or load_test_data(config, first.input_shape)
+    check_labels(labels, description.get("class_names", []), getattr(first, "num_outputs", None))
+    transform = inputs.resolve(
+        config.input_transform, config.input_scale, config.input_offset, dtype=images.dtype
+    )
     return campaign.run_campaign(
         models,
         config.spec,
@@ -135,4 +197,7 @@ def run(
         num_shards=config.num_shards,
         shard_index=config.shard_index,
         per_layer=config.per_layer,
+        transform=transform,
+        data_description=description,
+        allow_chance_accuracy=config.allow_chance_accuracy,
     )

@@ -1,9 +1,12 @@
 """Keras runtime of fault campaigns: one faulty model, masks changed with `assign`.
 
-`CampaignRunner` builds one faulty copy of the model, compiles one evaluation
-function and, per trial, only assigns new masks: one trace per campaign. When the
-first faulted layer is not the first layer, the activations entering it are
-computed once and reused by every trial.
+`CampaignRunner` builds one faulty copy of a Sequential or Functional model (fault layers
+from `targets.apply_faults`), compiles one evaluation function and, per trial, only
+assigns new masks: one trace per campaign. When the first faulted layer is not the first
+layer, the activations entering it are computed once and reused by every trial. A
+subclassed model cannot be rewritten: its parameter faults are written into its own
+variables per trial (the same values a mask would give) and the clean values are put
+back when the campaign ends.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf.faults import sampling, targets
+from aftt_tf.faults import inputs, registry, sampling, targets
+from aftt_tf.faults import layers as fault_layers
 from aftt_tf.faults.spec import FaultSpec, cell_result
 
 
@@ -46,7 +50,8 @@ def load_model(path: str | Path) -> keras.Model:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:
         raise ValueError(
-            f"{path} could not be read as a Keras model ({type(error).__name__}: {error})."
+            f"{path} could not be read as a Keras model ({type(error).__name__}: {error}). "
+            "A model with custom classes needs their module imported first (--import=MODULE)."
         ) from None
     if not isinstance(model, keras.Model):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a Keras model.")
@@ -54,7 +59,7 @@ def load_model(path: str | Path) -> keras.Model:
 
 
 class KerasModel:
-    """A Keras classifier as a campaign model (`spec.CampaignModel`)."""
+    """A Keras classifier (Sequential, Functional or subclassed) as a campaign model."""
 
     def __init__(self, model: keras.Model):
         self.model = model
@@ -63,27 +68,70 @@ class KerasModel:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.model.input_shape[1:])
 
+    @property
+    def num_outputs(self) -> int | None:
+        shape = self.model.output_shape
+        return int(shape[-1]) if isinstance(shape, tuple) and shape[-1] else None
+
     def fingerprint(self) -> str:
         return model_fingerprint(self.model)
 
     def select_layers(self, spec: FaultSpec) -> list[str]:
         return targets.select_layers(
-            self.model, spec.kind, spec.scope, spec.layers, spec.include_output_nodes
+            self.model,
+            spec.kind,
+            spec.scope,
+            spec.layers,
+            spec.include_output_nodes,
+            exclude=spec.exclude_layers,
         )
 
-    def runner(self, spec: FaultSpec, images, labels, batch_size: int) -> CampaignRunner:
-        return CampaignRunner(self.model, spec, images, labels, batch_size)
+    def coverage(self, spec: FaultSpec) -> dict[str, Any]:
+        """What the spec faults of this model's weights, and what it leaves out and why."""
+        targeted = self.select_layers(spec)
+        reasons = {}
+        for layer in targets.weight_layers(self.model):
+            if layer.name not in targeted:
+                reasons[layer.name] = _reason_not_targeted(self.model, layer.name, spec)
+        return registry.coverage(self.model, targeted, spec.include_bias, reasons, spec.kind)
+
+    def runner(
+        self, spec: FaultSpec, images, labels, batch_size: int, transform=None
+    ) -> CampaignRunner:
+        return CampaignRunner(self.model, spec, images, labels, batch_size, transform)
+
+
+def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
+    import dataclasses
+
+    try:
+        targets.select_layers(model, spec.kind, "all", (name,), spec.include_output_nodes)
+    except ValueError:
+        if spec.kind == "filter":
+            return "not a convolution: filter faults remove convolution filters"
+        return "the output layer: node faults leave it out (--include_output_nodes)"
+    if spec.layers and name not in targets.select_layers(
+        model, spec.kind, "all", spec.layers, spec.include_output_nodes
+    ):
+        return "not named by --layers"
+    if spec.exclude_layers:
+        plain = dataclasses.replace(spec, exclude_layers=())
+        if name in KerasModel(model).select_layers(plain):
+            return "excluded by --exclude_layers"
+    return f"outside --scope={spec.scope}"
 
 
 class CampaignRunner:
     """Evaluates one model under one FaultSpec; `evaluate_cell(rate, trial)` per trial.
 
     Args:
-        model: clean Functional classifier (image -> logits).
+        model: clean classifier (input -> logits): Sequential, Functional or subclassed.
         spec: the campaign.
-        images: test images, float32 in [0, 1] or uint8 (scaled here).
+        images: test inputs as stored (uint8 images, floats, token ids).
         labels: integer labels.
         batch_size: evaluation chunk size.
+        transform: `inputs.InputTransform` from stored data to model input (default:
+            'auto', i.e. x / 255 for uint8 data).
     """
 
     def __init__(
@@ -93,33 +141,44 @@ class CampaignRunner:
         images: np.ndarray,
         labels: np.ndarray,
         batch_size: int = 2000,
+        transform: inputs.InputTransform | None = None,
     ):
         spec.validate()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, received {batch_size}.")
-        self.spec = spec
-        self.target_names = targets.select_layers(
-            model, spec.kind, spec.scope, spec.layers, spec.include_output_nodes
-        )
-        self.faulty = targets.apply_faults(model, spec.kind, self.target_names)
-        self.fault_layers = {
-            name: targets.fault_layer(self.faulty, name, spec.kind) for name in self.target_names
-        }
-        self.trace_count = 0
-        self._parameters: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         images = np.asarray(images)
-        # uint8 test images stay uint8 in memory (4x smaller) and are scaled per chunk.
-        self._scale_uint8 = images.dtype == np.uint8
+        self.spec = spec
+        self.transform = transform or inputs.resolve("auto", dtype=images.dtype)
+        self.target_names = KerasModel(model).select_layers(spec)
+        self.in_place = not targets.rewritable(model)
+        if self.in_place:  # Subclassed: faults go into the model's own variables.
+            self.faulty = model
+            self.fault_layers = {name: _find_layer(model, name) for name in self.target_names}
+        else:
+            self.faulty = targets.apply_faults(model, spec.kind, self.target_names)
+            self.fault_layers = {
+                name: targets.fault_layer(self.faulty, name, spec.kind)
+                for name in self.target_names
+            }
+        self.trace_count = 0
+        self._clean: dict[str, list[np.ndarray]] = {}
         self.num_examples = len(labels)
-        probe = _as_float(images[: min(64, len(images))])
-        self._suffix, self.prefix_layer = self._split_at_first_fault(probe)
-        if self.prefix_layer is not None:
-            self._scale_uint8 = False
+        # Stored inputs stay as they are in memory (uint8: 4x smaller) and are transformed
+        # per chunk inside the compiled function; a prefix cache holds floats.
+        self._graph_transform = self.transform.function is None
+        self._suffix, self.prefix_layer = self._split_at_first_fault(
+            self._model_input(images[: min(64, len(images))])
+        )
         prefix_outputs = self._prefix_features(images, batch_size)
         self._chunks, self._chunk_labels, self._valid = _pad_chunks(
             prefix_outputs, labels, batch_size
         )
         self._count_correct = tf.function(self._count_correct_impl)
+
+    def _model_input(self, batch: np.ndarray) -> np.ndarray:
+        values = self.transform.apply(batch)
+        dtype = self.faulty.inputs[0].dtype if hasattr(self.faulty, "inputs") else None
+        return values.astype(dtype or values.dtype)
 
     def _split_at_first_fault(self, probe: np.ndarray):
         """Suffix model starting at the first faulted layer, if the network is a chain.
@@ -129,35 +188,38 @@ class CampaignRunner:
         split is checked numerically on a probe batch; a non-chain graph falls back to
         the whole faulty model.
         """
+        self._prefix = None
+        if self.in_place:
+            return self.faulty, None
         layers = [
             layer for layer in self.faulty.layers if not isinstance(layer, keras.layers.InputLayer)
         ]
-        first_name = self.target_names[0]
-        index = next(i for i, layer in enumerate(layers) if layer.name == first_name)
+        index = next(i for i, layer in enumerate(layers) if layer.name == self.target_names[0])
         if not any(layer.weights for layer in layers[:index]):
-            self._prefix = None
             return self.faulty, None
         prefix_output = layers[index - 1].output
         prefix = keras.Model(self.faulty.inputs[0], prefix_output)
-        suffix_input = keras.Input(shape=prefix_output.shape[1:])
-        x = suffix_input
-        for layer in layers[index:]:
-            x = layer(x)
+        x = suffix_input = keras.Input(shape=prefix_output.shape[1:], dtype=prefix_output.dtype)
+        try:
+            for layer in layers[index:]:
+                x = layer(x)
+        except (ValueError, TypeError):  # A layer with several inputs: not a chain.
+            return self.faulty, None
         suffix = keras.Model(suffix_input, x)
         reference = np.asarray(self.faulty(probe, training=False))
         split = np.asarray(suffix(prefix(probe, training=False), training=False))
         if not np.allclose(reference, split, rtol=1e-5, atol=1e-5):
-            self._prefix = None
             return self.faulty, None
         self._prefix = prefix
+        self._graph_transform = False
         return suffix, layers[index - 1].name
 
     def _prefix_features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         if self._prefix is None:
-            return images if self._scale_uint8 else images.astype(np.float32)
+            return images if self._graph_transform else self._model_input(images)
         features = np.empty((len(images), *self._prefix.output.shape[1:]), np.float32)
         for start in range(0, len(images), batch_size):
-            chunk = _as_float(images[start : start + batch_size])
+            chunk = self._model_input(images[start : start + batch_size])
             features[start : start + len(chunk)] = np.asarray(self._prefix(chunk, training=False))
         return features
 
@@ -165,10 +227,12 @@ class CampaignRunner:
         self.trace_count += 1  # Python side effect: runs once per trace.
         correct = tf.constant(0, tf.int32)
         for index in tf.range(tf.shape(chunks)[0]):
-            inputs = chunks[index]
-            if self._scale_uint8:
-                inputs = tf.cast(inputs, tf.float32) / 255.0
-            logits = self._suffix(inputs, training=False)
+            inputs_ = chunks[index]
+            if self._graph_transform and not self.transform.identity:
+                inputs_ = tf.cast(inputs_, tf.float32) / self.transform.divisor
+                if self.transform.offset:
+                    inputs_ = inputs_ + self.transform.offset
+            logits = self._suffix(inputs_, training=False)
             hits = tf.logical_and(
                 tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), chunk_labels[index]),
                 valid[index],
@@ -177,12 +241,12 @@ class CampaignRunner:
         return correct
 
     def accuracy(self) -> float:
-        """Accuracy of the faulty model with the masks as currently assigned."""
+        """Accuracy of the faulty model with the faults as currently assigned."""
         correct = self._count_correct(self._chunks, self._chunk_labels, self._valid)
         return float(correct.numpy()) / self.num_examples
 
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
-        """Assigns the masks of cell (rate, trial); returns per-layer fault counts."""
+        """Assigns the faults of cell (rate, trial); returns per-layer fault counts."""
         spec = self.spec
         per_layer, faulted, total = {}, 0, 0
         for name, layer in self.fault_layers.items():
@@ -195,37 +259,46 @@ class CampaignRunner:
                 layer.node_keep.assign(keep.reshape(layer.node_keep.shape))
                 count, elements = len(positions), size
             else:
-                count, elements = self._inject_parameters(layer, rate, rng)
+                count, elements = self._inject_parameters(name, layer, rate, trial, rng)
             per_layer[name] = {"faulted": count, "elements": elements}
             faulted += count
             total += elements
         return {"faulted": faulted, "elements": total, "per_layer": per_layer}
 
-    def _clean_parameters(self, layer) -> tuple[np.ndarray, np.ndarray]:
-        """Host copies of a layer's kernel and bias, read once per campaign (they never change)."""
-        if layer.name not in self._parameters:
-            kernel = np.asarray(layer.kernel.numpy())
-            bias = np.asarray(layer.bias.numpy()) if layer.use_bias else np.empty(0, np.float32)
-            self._parameters[layer.name] = (kernel, bias)
-        return self._parameters[layer.name]
-
-    def _inject_parameters(self, layer, rate, rng) -> tuple[int, int]:
+    def _inject_parameters(self, name, layer, rate, trial, rng) -> tuple[int, int]:
         spec = self.spec
-        kernel, bias = self._clean_parameters(layer)
-        plan = sampling.plan_parameter_fault(
-            kernel.shape, bias.size, spec.kind, rate, rng, spec.sampling, spec.include_bias
+        tensors = _fault_tensors(layer, self.in_place)
+        if name not in self._clean:  # Host copies, read once per campaign.
+            self._clean[name] = [np.asarray(t.variable.numpy()) for t in tensors]
+        clean = self._clean[name]
+        kernels = [i for i, t in enumerate(tensors) if not t.bias]
+        bias = next((i for i, t in enumerate(tensors) if t.bias), None)
+
+        def rng_for(index: int):
+            if index == 0:
+                return rng
+            label = f"{name}/{tensors[kernels[index]].attribute}"
+            return sampling.trial_rng(spec.seed, spec.kind, label, rate, trial)
+
+        plan = sampling.plan_layer_fault(
+            [clean[i].shape for i in kernels],
+            [tensors[i].filter_axis for i in kernels],
+            0 if bias is None else clean[bias].size,
+            spec.kind,
+            rate,
+            rng_for,
+            spec.sampling,
+            spec.include_bias,
         )
-        keep, replacement = sampling.parameter_fault(
-            kernel, plan.kernel_positions, spec.value_fault, rng
-        )
-        layer.kernel_keep.assign(keep)
-        layer.kernel_replacement.assign(replacement)
-        if layer.use_bias:
+        positions = dict(zip(kernels, plan.kernel_positions, strict=True))
+        if bias is not None:
+            positions[bias] = plan.bias_positions
+        for index, tensor in enumerate(tensors):
+            source = rng_for(kernels.index(index)) if index in kernels[1:] else rng
             keep, replacement = sampling.parameter_fault(
-                bias, plan.bias_positions, spec.value_fault, rng
+                clean[index], positions[index], spec.value_fault, source
             )
-            layer.bias_keep.assign(keep)
-            layer.bias_replacement.assign(replacement)
+            tensor.assign(keep, replacement, clean[index])
         return plan.faulted, plan.elements
 
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
@@ -233,11 +306,72 @@ class CampaignRunner:
         accuracy = self.accuracy()
         return cell_result(rate, trial, accuracy, counts)
 
+    def close(self) -> None:
+        """Puts the clean values back into a subclassed model's variables."""
+        if not self.in_place:
+            return
+        for name, layer in self.fault_layers.items():
+            for tensor, values in zip(
+                _fault_tensors(layer, True), self._clean.get(name, []), strict=False
+            ):
+                tensor.variable.assign(values)
 
-def _as_float(images: np.ndarray) -> np.ndarray:
-    return (
-        images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
-    )
+
+class _FaultTensor:
+    """One faultable tensor of a target layer and where its fault goes: into mask variables
+    (rewritten models) or into the variable itself (subclassed models)."""
+
+    def __init__(self, variable, attribute, filter_axis, bias, keep=None, replacement=None):
+        self.variable, self.attribute = variable, attribute
+        self.filter_axis, self.bias = filter_axis, bias
+        self.keep, self.replacement = keep, replacement
+
+    def assign(self, keep: np.ndarray, replacement: np.ndarray, clean: np.ndarray) -> None:
+        if self.keep is None:
+            self.variable.assign((clean * keep + replacement).astype(clean.dtype))
+        else:
+            self.keep.assign(keep)
+            self.replacement.assign(replacement)
+
+
+def _fault_tensors(layer, in_place: bool) -> list[_FaultTensor]:
+    """The faultable kernels (registry order) and bias of a target layer."""
+    if isinstance(layer, (fault_layers.FaultyDense, fault_layers.FaultyConv2D)):
+        axis = -1 if isinstance(layer, keras.layers.Conv2D) else None
+        result = [
+            _FaultTensor(
+                layer.kernel, "kernel", axis, False, layer.kernel_keep, layer.kernel_replacement
+            )
+        ]
+        if layer.use_bias:
+            result.append(
+                _FaultTensor(
+                    layer.bias, "bias", None, True, layer.bias_keep, layer.bias_replacement
+                )
+            )
+        return result
+    inner = layer.layer if isinstance(layer, fault_layers.WeightFaults) else layer
+    entry = registry.layer_type(inner)
+    paths = [(k.attribute, k.filter_axis, False) for k in entry.kernels]
+    if registry.bias(inner) is not None:
+        paths.append((entry.bias, None, True))
+    result = []
+    for path, axis, is_bias in paths:
+        keep = replacement = None
+        if not in_place:
+            index = layer.weight_paths.index(path)
+            keep, replacement = layer.keeps[index], layer.replacements[index]
+        result.append(
+            _FaultTensor(registry.variable(inner, path), path, axis, is_bias, keep, replacement)
+        )
+    return result
+
+
+def _find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
+    for layer in registry.flat_layers(model):
+        if layer.name == name:
+            return layer
+    raise ValueError(f"No layer {name!r} in {model.name!r}.")
 
 
 def _pad_chunks(features: np.ndarray, labels: np.ndarray, batch_size: int):

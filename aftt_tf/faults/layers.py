@@ -147,4 +147,73 @@ class NodeFault(keras.layers.Layer):
         return {**super().get_config(), "target": self.target}
 
 
+@keras.saving.register_keras_serializable(package="aftt_tf")
+class WeightFaults(keras.layers.Wrapper):
+    """Any layer whose weight tensors can be stuck at values: the masking layer for every
+    registered layer type without a dedicated faulty class (depthwise, separable and
+    transposed convolutions, EinsumDense, Embedding, recurrent layers, ...).
+
+    For each named weight it holds a keep mask and a replacement; `call` runs the wrapped
+    layer with effective = weight * keep + replacement substituted for the weight
+    (`keras.StatelessScope`), so the wrapped layer's own computation is unchanged and
+    a compiled evaluation function is traced once. The wrapper takes the wrapped layer's
+    name, so fault positions and reports refer to the layer as the user named it.
+
+    Args:
+        layer: the layer to wrap (built or not).
+        weights: attribute paths of the weights to fault ("kernel", "cell.kernel").
+    """
+
+    def __init__(self, layer: keras.layers.Layer, weights=("kernel",), **kwargs):
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        self.weight_paths = tuple(weights)
+
+    def weight(self, path: str):
+        value = self.layer
+        for part in path.split("."):
+            value = getattr(value, part)
+        return value
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.keeps, self.replacements = [], []
+        for path in self.weight_paths:
+            shape = self.weight(path).shape
+            stem = path.replace(".", "_")
+            self.keeps.append(
+                self.add_weight(
+                    name=f"{stem}_keep", shape=shape, initializer="ones", trainable=False
+                )
+            )
+            self.replacements.append(
+                self.add_weight(
+                    name=f"{stem}_replacement", shape=shape, initializer="zeros", trainable=False
+                )
+            )
+        self.built = True
+
+    def call(self, inputs, *args, **kwargs):
+        mapping = [
+            (self.weight(path), self.weight(path) * keep + replacement)
+            for path, keep, replacement in zip(
+                self.weight_paths, self.keeps, self.replacements, strict=True
+            )
+        ]
+        with keras.StatelessScope(state_mapping=mapping):
+            return self.layer(inputs, *args, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def clear_faults(self) -> None:
+        for keep, replacement in zip(self.keeps, self.replacements, strict=True):
+            keep.assign(ops.ones(keep.shape))
+            replacement.assign(ops.zeros(replacement.shape))
+
+    def get_config(self):
+        return {**super().get_config(), "weights": list(self.weight_paths)}
+
+
 FAULTY_CLASSES = {keras.layers.Dense: FaultyDense, keras.layers.Conv2D: FaultyConv2D}

@@ -137,6 +137,65 @@ class ParameterPlan:
     elements: int
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """Which elements of each of a layer's kernels (Keras layout, flat) and its bias fail."""
+
+    kernel_positions: tuple[np.ndarray, ...]
+    bias_positions: np.ndarray
+    faulted: int  # Elements, or filters for 'filter' faults.
+    elements: int
+
+
+def plan_layer_fault(
+    kernel_shapes: list[tuple[int, ...]],
+    filter_axes: list[int | None],
+    bias_size: int,
+    kind: str,
+    rate: float,
+    rng_for,
+    sampling: str,
+    include_bias: bool,
+) -> LayerPlan:
+    """Fault positions of one layer with one or more kernels, in the Keras layout.
+
+    `rng_for(i)` is the generator of kernel i: the first kernel (and the bias, drawn after
+    it) uses the layer's generator, so a single-kernel layer draws exactly what
+    `plan_parameter_fault` draws. 'filter' faults remove whole filters along each kernel's
+    filter axis (the same filter indices in every kernel that has one).
+    """
+    if kind == "filter":
+        return _plan_filters(
+            kernel_shapes, filter_axes, bias_size, rate, rng_for(0), sampling, include_bias
+        )
+    positions, faulted, elements = [], 0, 0
+    bias = np.empty(0, np.int64)
+    for index, shape in enumerate(kernel_shapes):
+        size = int(np.prod(shape))
+        rng = rng_for(index)
+        positions.append(sample_positions(size, rate, rng, sampling))
+        faulted, elements = faulted + len(positions[-1]), elements + size
+        if index == 0 and include_bias and bias_size:
+            bias = sample_positions(bias_size, rate, rng, sampling)
+            faulted, elements = faulted + len(bias), elements + bias_size
+    return LayerPlan(tuple(positions), bias, faulted, elements)
+
+
+def _plan_filters(kernel_shapes, filter_axes, bias_size, rate, rng, sampling, include_bias):
+    axis = next(a for a in filter_axes if a is not None)
+    count = kernel_shapes[filter_axes.index(axis)][axis]
+    filters = sample_positions(count, rate, rng, sampling)
+    positions = tuple(
+        np.empty(0, np.int64) if a is None else filter_positions(shape, filters, a)
+        for shape, a in zip(kernel_shapes, filter_axes, strict=True)
+    )
+    bias = np.empty(0, np.int64)
+    if include_bias and bias_size:
+        group = bias_size // count  # Depthwise: one bias per (channel, multiplier).
+        bias = (filters[:, None] * group + np.arange(group)[None, :]).reshape(-1)
+    return LayerPlan(positions, bias, len(filters), count)
+
+
 def plan_parameter_fault(
     kernel_shape: tuple[int, ...],
     bias_size: int,
@@ -146,29 +205,30 @@ def plan_parameter_fault(
     sampling: str,
     include_bias: bool,
 ) -> ParameterPlan:
-    """Fault positions of one layer in the Keras layout, shared by every runtime.
+    """Fault positions of a layer with one kernel (filters on its last axis) in the Keras
+    layout, shared by every runtime.
 
     Keras, SavedModel and TFLite runtimes all draw positions through this function
     with the same generator, so one seed gives the same faulted elements everywhere;
     each runtime then writes the faulty values in its own representation.
     """
-    kernel_size = int(np.prod(kernel_shape))
-    if kind == "filter":
-        filters = sample_positions(kernel_shape[-1], rate, rng, sampling)
-        bias = filters if include_bias and bias_size else np.empty(0, np.int64)
-        return ParameterPlan(
-            filter_positions(kernel_shape, filters), bias, len(filters), kernel_shape[-1]
-        )
-    positions = sample_positions(kernel_size, rate, rng, sampling)
-    bias = np.empty(0, np.int64)
-    faulted, elements = len(positions), kernel_size
-    if include_bias and bias_size:
-        bias = sample_positions(bias_size, rate, rng, sampling)
-        faulted, elements = faulted + len(bias), elements + bias_size
-    return ParameterPlan(positions, bias, faulted, elements)
+    plan = plan_layer_fault(
+        [tuple(kernel_shape)],
+        [-1],
+        bias_size,
+        kind,
+        rate,
+        lambda index: rng,
+        sampling,
+        include_bias,
+    )
+    return ParameterPlan(plan.kernel_positions[0], plan.bias_positions, plan.faulted, plan.elements)
 
 
-def filter_positions(kernel_shape: tuple[int, ...], filters: np.ndarray) -> np.ndarray:
-    """Flat kernel indices of whole output-channel slices (Conv2D kernel is H, W, in, out)."""
+def filter_positions(
+    kernel_shape: tuple[int, ...], filters: np.ndarray, axis: int = -1
+) -> np.ndarray:
+    """Flat kernel indices of whole filters: the slices at `filters` along `axis`
+    (Conv2D kernels are H, W, in, out: axis -1)."""
     grid = np.arange(int(np.prod(kernel_shape))).reshape(kernel_shape)
-    return np.sort(grid[..., filters].reshape(-1))
+    return np.sort(np.take(grid, filters, axis=axis).reshape(-1))

@@ -8,6 +8,7 @@ same rule to both: kind, output layer, `--layers`, scope. No TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 
 from aftt_tf import vocabulary
 from aftt_tf.faults.spec import FaultTargetError
@@ -45,6 +46,7 @@ def select(
     model_name: str = "the model",
     all_layer_names: list[str] | None = None,
     names_from: str = "",
+    exclude: tuple[str, ...] = (),
 ) -> list[str]:
     """Names of the layers that `kind` faults, in model order.
 
@@ -53,10 +55,14 @@ def select(
     restricts the selection and must name existing, faultable layers; `all_layer_names`
     lists every layer of the model for the error message (default: the candidates), and
     `names_from` says where the names come from when they are not the model's own.
+    `layer_names` and `exclude` may be glob patterns ("block_*_depthwise").
     """
     _check_vocabulary(kind, scope)
     if not candidates:
         raise FaultTargetError(f"Model {model_name!r} has no Dense or Conv2D layer to fault.")
+    every_name = all_layer_names or [candidate.name for candidate in candidates]
+    _check_scope_applies(scope, every_name, model_name)
+    layer_names = expand(every_name, layer_names)
     chosen = _by_kind(candidates, kind, layer_names, include_output_nodes, model_name)
     names = [candidate.name for candidate in chosen]
     if layer_names:
@@ -79,11 +85,35 @@ def select(
             )
         names = [name for name in names if name in layer_names]
     names = [name for name in names if vocabulary.in_scope(name, scope)]
+    names = [name for name in names if not any(fnmatch.fnmatchcase(name, x) for x in exclude)]
     if not names:
         raise FaultTargetError(
-            f"No layer of {model_name!r} takes {kind!r} faults in scope {scope!r}."
+            f"No layer of {model_name!r} takes {kind!r} faults in scope {scope!r}"
+            + (f" after --exclude_layers={','.join(exclude)}." if exclude else ".")
         )
     return names
+
+
+def expand(names: list[str], patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """The names matching each glob pattern, in pattern order; a pattern that matches
+    nothing stays as it is, so the selection reports it as missing."""
+    chosen: list[str] = []
+    for pattern in patterns:
+        for name in fnmatch.filter(names, pattern) or [pattern]:
+            if name not in chosen:
+                chosen.append(name)
+    return tuple(chosen)
+
+
+def _check_scope_applies(scope: str, names: list[str], model_name: str) -> None:
+    """Scopes 'extractor'/'head' are the paper classifiers' split; on any other model they
+    would silently mean 'all' (or nothing), so they are refused there."""
+    if scope != "all" and not set(vocabulary.HEAD_LAYER_NAMES) <= set(names):
+        raise FaultTargetError(
+            f"--scope={scope} splits the paper's classifiers at their head layers "
+            f"{list(vocabulary.HEAD_LAYER_NAMES)}; {model_name!r} does not have them. Choose "
+            "layers with --layers (glob patterns allowed) and --exclude_layers instead."
+        )
 
 
 def _check_vocabulary(kind: str, scope: str) -> None:

@@ -33,7 +33,9 @@ class FaultSpec:
         trials: trials per rate (the maximum when target_margin > 0).
         seed: campaign seed.
         scope: 'all', 'extractor' or 'head'.
-        layers: restrict to these layer names (empty: every layer the kind can take).
+        layers: restrict to these layer names or glob patterns (empty: every layer the
+            kind can take).
+        exclude_layers: leave out layers matching these names or glob patterns.
         sampling: 'exact' (round(rate*n) distinct elements) or 'bernoulli'.
         include_bias: fault biases too (parameter kinds).
         include_output_nodes: allow node faults in the output layer.
@@ -52,6 +54,7 @@ class FaultSpec:
     seed: int = 0
     scope: str = "all"
     layers: tuple[str, ...] = ()
+    exclude_layers: tuple[str, ...] = ()
     sampling: str = "exact"
     include_bias: bool = False
     include_output_nodes: bool = False
@@ -113,6 +116,7 @@ class FaultSpec:
         result = dataclasses.asdict(self)
         result["rates"] = [float(r) for r in self.rates]
         result["layers"] = list(self.layers)
+        result["exclude_layers"] = list(self.exclude_layers)
         return result
 
     def key(self) -> str:
@@ -120,7 +124,15 @@ class FaultSpec:
         values = self.as_dict()
         for name in ("trials", "rates", "target_margin", "min_trials"):
             values.pop(name)
+        for name, default in _FIELDS_ADDED_LATER.items():
+            if values[name] == default:  # Keys of campaigns written before them stay valid.
+                values.pop(name)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Fields added after campaigns were written, with their defaults; they enter the key
+# only when set, so earlier campaign directories resume.
+_FIELDS_ADDED_LATER = {"exclude_layers": []}
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -1,5 +1,6 @@
-"""*Where* faults go: which layers of a classifier a fault kind may touch, and the
-apply/strip pair that rewrites a Functional model with fault layers.
+"""*Where* faults go in a Keras model: which layers a fault kind may touch (the registry's
+layer types, through the shared selection rule), and the apply/strip pair that rewrites a
+Sequential or Functional model with fault layers.
 """
 
 from __future__ import annotations
@@ -7,41 +8,77 @@ from __future__ import annotations
 import keras
 
 from aftt_tf.faults import layers as fault_layers
-from aftt_tf.faults import selection
+from aftt_tf.faults import registry, selection
 from aftt_tf.faults.spec import FaultTargetError
 from aftt_tf.vocabulary import PARAMETER_KINDS
 
-# The Keras layer types whose kernels faults reach; FaultyDense/FaultyConv2D subclass them.
-WEIGHT_LAYER_TYPES = (keras.layers.Dense, keras.layers.Conv2D)
+# Kept for callers that filter by type; the registry is the source of truth.
+WEIGHT_LAYER_TYPES = tuple(t for entry in registry.REGISTRY for t in entry.types)
+
+
+def rewritable(model: keras.Model) -> bool:
+    """Whether fault layers can be inserted by cloning (Sequential and Functional models);
+    subclassed models take parameter faults through their variables instead."""
+    return isinstance(model, keras.Sequential) or _is_functional(model)
+
+
+def _is_functional(model: keras.Model) -> bool:
+    from keras.src.models.functional import Functional  # No public name for the class.
+
+    return isinstance(model, Functional) and not isinstance(model, keras.Sequential)
+
+
+def as_functional(model: keras.Model) -> keras.Model:
+    """A Sequential model as a Functional one sharing its layers (and weights); other
+    models unchanged. Node faults and layer rewiring need a graph to call through."""
+    if not isinstance(model, keras.Sequential):
+        return model
+    inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype)
+    outputs = inputs
+    for layer in model.layers:
+        outputs = layer(outputs)
+    return keras.Model(inputs, outputs, name=model.name)
 
 
 def weight_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The model's layers that hold faultable kernels, in model order.
+    """The model's top-level layers of registered types, in model order. (Layers inside a
+    nested model are not faulted; campaigns list them as left out.)"""
+    return [layer for layer in model.layers if registry.layer_type(layer)]
 
-    The one registry every path uses: fault campaigns, fault-aware training, export layer
-    maps and the reproduction's node-fault layers.
-    """
-    return [layer for layer in model.layers if isinstance(layer, WEIGHT_LAYER_TYPES)]
+
+def _output_names(model: keras.Model) -> set[str]:
+    try:
+        return set(as_functional(model).output_names)
+    except (AttributeError, ValueError):  # Subclassed: the last weight layer.
+        layers = weight_layers(model)
+        return {layers[-1].name} if layers else set()
 
 
 def hidden_weight_layers(model: keras.Model, types: tuple[type, ...] = WEIGHT_LAYER_TYPES):
     """Weight layers of `types` that do not produce the model's output (node-fault sites)."""
-    output_names = set(model.output_names)
+    outputs = _output_names(model)
     return [
         layer
         for layer in weight_layers(model)
-        if isinstance(layer, types) and layer.name not in output_names
+        if isinstance(layer, types) and layer.name not in outputs
     ]
 
 
 def candidates(model: keras.Model) -> list[selection.Candidate]:
     """The model's weight layers as the shared selection rule sees them."""
-    output_names = set(model.output_names)
+    outputs = _output_names(model)
     return [
         selection.Candidate(
             name=layer.name,
-            convolution=isinstance(layer, keras.layers.Conv2D),
-            output=layer.name in output_names,
+            convolution=registry.layer_type(layer).convolution,
+            output=layer.name in outputs,
+            node_faults=rewritable(model),
+            node_refusal=(
+                f"Node faults hold layer outputs at 0 through a layer inserted after "
+                f"{layer.name!r}, which needs a Sequential or Functional model; "
+                f"{type(model).__name__} is subclassed. Use parameter faults (weight, "
+                "filter, stuck_value, bit), or rebuild the model as a Functional one."
+            ),
         )
         for layer in weight_layers(model)
     ]
@@ -53,13 +90,16 @@ def select_layers(
     scope: str = "all",
     layer_names: tuple[str, ...] = (),
     include_output_nodes: bool = False,
+    exclude: tuple[str, ...] = (),
 ) -> list[str]:
     """Names of the layers that `kind` faults, in model order (see `selection.select`).
 
-    Parameter kinds target Dense and Conv2D layers ('filter': Conv2D only). 'node'
-    targets the outputs of Dense/Conv2D layers; the output layer (logits) is left
-    out unless `include_output_nodes`.
+    Parameter kinds target every registered layer ('filter': convolutions only). 'node'
+    targets the outputs of registered layers; the output layer is left out unless
+    `include_output_nodes`. `layer_names` and `exclude` may be glob patterns.
     """
+    if kind == "node" and not rewritable(model) and weight_layers(model):
+        raise FaultTargetError(candidates(model)[0].node_refusal)
     return selection.select(
         candidates(model),
         kind,
@@ -68,31 +108,42 @@ def select_layers(
         include_output_nodes,
         model_name=model.name,
         all_layer_names=[layer.name for layer in model.layers],
+        exclude=exclude,
     )
 
 
 def apply_faults(model: keras.Model, kind: str, layer_names: list[str]) -> keras.Model:
     """A copy of `model` with fault layers at `layer_names`, sharing no state with it.
 
-    Parameter kinds replace Dense/Conv2D by FaultyDense/FaultyConv2D; 'node' inserts
-    a NodeFault after each named layer. Weights are copied; with no fault assigned
-    the copy computes exactly what `model` computes.
+    Parameter kinds replace Dense/Conv2D by FaultyDense/FaultyConv2D and wrap every other
+    registered layer type in WeightFaults; 'node' inserts a NodeFault after each named
+    layer. Weights are copied; with no fault assigned the copy computes exactly what
+    `model` computes. Sequential models are rewritten as Functional ones.
     """
+    if not rewritable(model):
+        raise FaultTargetError(
+            f"{type(model).__name__} is a subclassed model: fault layers cannot be inserted "
+            "into it. Its parameter faults are applied to its variables (see "
+            "keras_runner.VariableFaultRunner); node faults need a Functional model."
+        )
+    model = as_functional(model)
     targets = set(layer_names)
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D) and layer.name in targets:
-            if layer.data_format != "channels_last":
-                raise FaultTargetError(
-                    f"{layer.name}: only channels_last convolutions are supported."
-                )
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            if layer.name in targets:
+                raise FaultTargetError(f"{layer.name}: only channels_last layers are supported.")
 
     def clone_function(layer):
-        config = layer.get_config()
-        if kind in PARAMETER_KINDS and layer.name in targets:
-            for base, faulty in fault_layers.FAULTY_CLASSES.items():
-                if type(layer) is base:
-                    return faulty.from_config(config)
-        return layer.__class__.from_config(config)
+        clone = layer.__class__.from_config(layer.get_config())
+        if kind not in PARAMETER_KINDS or layer.name not in targets:
+            return clone
+        for base, faulty in fault_layers.FAULTY_CLASSES.items():
+            if type(layer) is base:
+                return faulty.from_config(layer.get_config())
+        paths = [kernel.attribute for kernel in registry.layer_type(layer).kernels]
+        if registry.bias(layer) is not None:
+            paths.append(registry.layer_type(layer).bias)
+        return fault_layers.WeightFaults(clone, paths, name=layer.name)
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
@@ -111,6 +162,7 @@ def apply_faults(model: keras.Model, kind: str, layer_names: list[str]) -> keras
 
 def strip_faults(model: keras.Model) -> keras.Model:
     """The fault-free model: fault layers replaced by their plain Keras layers, weights kept."""
+    model = as_functional(model)
 
     def clone_function(layer):
         config = layer.get_config()
@@ -118,6 +170,8 @@ def strip_faults(model: keras.Model) -> keras.Model:
             return keras.layers.Dense.from_config(config)
         if isinstance(layer, fault_layers.FaultyConv2D):
             return keras.layers.Conv2D.from_config(config)
+        if isinstance(layer, fault_layers.WeightFaults):
+            return layer.layer.__class__.from_config(layer.layer.get_config())
         return layer.__class__.from_config(config)
 
     def call_function(layer, *args, **kwargs):
@@ -132,19 +186,23 @@ def strip_faults(model: keras.Model) -> keras.Model:
     return clean
 
 
+def _own_weights(layer: keras.layers.Layer) -> list:
+    """A layer's model weights without fault state (the wrapped layer's, for WeightFaults)."""
+    if isinstance(layer, fault_layers.WeightFaults):
+        return list(layer.layer.weights)
+    if isinstance(layer, (fault_layers.FaultyDense, fault_layers.FaultyConv2D)):
+        return [w for w in (layer.kernel, layer.bias) if w is not None]
+    return list(layer.weights)
+
+
 def _copy_weights(source: keras.Model, destination: keras.Model) -> None:
-    """Copies kernels and biases (by layer name); fault state stays at its defaults."""
+    """Copies every layer's model weights (by layer name); fault state stays at defaults."""
     for layer in destination.layers:
-        try:
-            original = source.get_layer(layer.name)
-        except ValueError:
-            continue  # An inserted NodeFault layer.
-        for attribute in ("kernel", "bias"):
-            if getattr(layer, attribute, None) is not None:
-                getattr(layer, attribute).assign(getattr(original, attribute))
-        if not isinstance(layer, WEIGHT_LAYER_TYPES):
-            for target, value in zip(layer.weights, original.weights, strict=True):
-                target.assign(value)
+        if isinstance(layer, (keras.layers.InputLayer, fault_layers.NodeFault)):
+            continue
+        original = source.get_layer(layer.name)
+        for target, value in zip(_own_weights(layer), _own_weights(original), strict=True):
+            target.assign(value)
 
 
 def fault_layer(model: keras.Model, target: str, kind: str) -> keras.layers.Layer:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import tflite_file
-from aftt_tf.faults import sampling, selection
+from aftt_tf.faults import inputs, sampling, selection
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result
 from aftt_tf.tflite_file import BatchedInterpreter, ConstantTensor, element_scales
 
@@ -70,6 +70,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
             spec.include_output_nodes,
             model_name=self.path.name,
             names_from="the export's manifest.json",
+            exclude=spec.exclude_layers,
         )
         if spec.kind == "bit":
             for name in names:
@@ -81,19 +82,69 @@ class TFLiteModel(tflite_file.TFLiteFile):
                     )
         return names
 
-    def runner(self, spec: FaultSpec, images, labels, batch_size: int) -> TFLiteRunner:
-        return TFLiteRunner(self, spec, images, labels, batch_size)
+    def coverage(self, spec: FaultSpec) -> dict[str, Any]:
+        """What the spec faults of the file's constant weights, and what it leaves out."""
+        targeted = self.select_layers(spec)
+        total = sum(op["weights"] for op in self.weight_operators)
+        held = sum(
+            op["weights"] for op in self.weight_operators if op.get("layer") in set(targeted)
+        )
+        left_out = []
+        for op in self.weight_operators:
+            if op.get("layer") in targeted:
+                continue
+            reason = (
+                f"{op['operator']} weights are not faulted by the TFLite runtime (it faults "
+                "FULLY_CONNECTED and CONV_2D)"
+                if "layer" not in op
+                else "not selected by the fault kind, --layers, --exclude_layers or --scope"
+            )
+            left_out.append({**op, "reason": reason})
+        return {
+            "targeted_layers": targeted,
+            "targeted_layers_weight_share": held / total if total else 0.0,
+            "model_weight_elements": total,
+            "left_out": left_out,
+        }
+
+    @property
+    def weight_operators(self) -> list[dict[str, Any]]:
+        by_index = {layer.operator_index: name for name, layer in self.layers.items()}
+        result = []
+        for op in tflite_file.constant_operators(self.content):
+            if op["operator_index"] in by_index:
+                op = {**op, "layer": by_index[op["operator_index"]]}
+            result.append(op)
+        return result
+
+    def runner(
+        self, spec: FaultSpec, images, labels, batch_size: int, transform=None
+    ) -> TFLiteRunner:
+        return TFLiteRunner(self, spec, images, labels, batch_size, transform)
 
 
 class TFLiteRunner:
     """Evaluates (rate, trial) cells of one spec on one TFLite model."""
 
-    def __init__(self, model: TFLiteModel, spec: FaultSpec, images, labels, batch_size: int = 1000):
+    def __init__(
+        self,
+        model: TFLiteModel,
+        spec: FaultSpec,
+        images,
+        labels,
+        batch_size: int = 1000,
+        transform: inputs.InputTransform | None = None,
+    ):
         spec.validate()
         self.model = model
         self.spec = spec
         self.target_names = model.select_layers(spec)
-        self.inputs = model.quantize_inputs(images)
+        images = np.asarray(images)
+        transform = transform or inputs.resolve("auto", dtype=images.dtype)
+        values = transform.apply(images)  # Model input values: never rescaled again.
+        self.inputs = model.quantize_inputs(
+            values.astype(np.float32) if values.dtype == np.uint8 else values
+        )
         self.labels = np.asarray(labels)
         self.batch_size = min(batch_size, len(self.labels))
         self.buffer = bytearray(model.content)
