@@ -142,13 +142,19 @@ class TFLiteFile:
         path: str | Path,
         layer_names: dict[int, str] | None = None,
         num_threads: int | None = None,
+        content: bytes | None = None,
     ):
         self.path = Path(path)
         self.num_threads = num_threads
-        self.content = _read_checked(self.path)
+        self.content = _read_checked(self.path) if content is None else _checked(content, path)
         self.layers = _parse_layers(self.content, layer_names or {})
         self._interpreter_type = _interpreter_class()
         self._check_runs()
+
+    @classmethod
+    def from_bytes(cls, content: bytes, name: str = "model.tflite"):
+        """A model from .tflite bytes in memory (layers named by type and order)."""
+        return cls(name, content=bytes(content))
 
     @classmethod
     def load(cls, path: str | Path, num_threads: int | None = None):
@@ -237,7 +243,10 @@ def predict(
 def _read_checked(path: Path) -> bytes:
     if not path.exists():
         raise FileNotFoundError(f"Model file {path} does not exist.")
-    content = path.read_bytes()
+    return _checked(path.read_bytes(), path)
+
+
+def _checked(content: bytes, path) -> bytes:
     if len(content) < 8 or not schema.Model.ModelBufferHasIdentifier(content, 0):
         raise ValueError(
             f"{path} is not a TFLite model (no 'TFL3' identifier); pass a .tflite written by aftt-export."

@@ -39,3 +39,34 @@ def _clear_keras_session():
 
     keras.backend.clear_session()
     yield
+
+
+@pytest.fixture(scope="session")
+def tfds_fashion_mnist(tmp_path_factory):
+    """A TFDS data directory where fashion_mnist was downloaded (from the local IDX files,
+    served on 127.0.0.1 in place of the internet) and prepared by TFDS itself."""
+    import functools
+    import http.server
+    import threading
+
+    if not fashion_mnist_available():
+        pytest.skip(f"Fashion-MNIST not installed in {FASHION_MNIST_DIR}")
+    from tensorflow_datasets.image_classification import mnist
+
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(FASHION_MNIST_DIR)
+    )
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    original = mnist.FashionMNIST.URL
+    root = tmp_path_factory.mktemp("tfds")
+    try:
+        mnist.FashionMNIST.URL = f"http://127.0.0.1:{server.server_address[1]}/"
+        arrays, source = data.load_arrays(
+            "fashion_mnist", tfds_data_dir=str(root), source="download"
+        )
+    finally:
+        mnist.FashionMNIST.URL = original
+        server.shutdown()
+    return root, arrays, source

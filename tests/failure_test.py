@@ -8,15 +8,12 @@ and one line that names the cause, before any work and with nothing written.
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
-import http.server
 import json
 import math
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import keras
@@ -460,27 +457,10 @@ def _image_digests(images: np.ndarray) -> list[str]:
     return sorted(hashlib.sha1(image.tobytes()).hexdigest() for image in images)
 
 
-@requires_fashion_mnist
-def test_tfds_download_and_prepare_from_a_local_server(tmp_path, monkeypatch):
+def test_tfds_download_and_prepare_from_a_local_server(tfds_fashion_mnist):
     """TFDS downloads Fashion-MNIST's four files (served from 127.0.0.1 instead of the
-    internet), prepares them and `data.load_arrays` reads the result."""
-    from tensorflow_datasets.image_classification import mnist
-
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(FASHION_MNIST_DIR)
-    )
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setattr(
-            mnist.FashionMNIST, "URL", f"http://127.0.0.1:{server.server_address[1]}/"
-        )
-        arrays, source = data.load_arrays(
-            "fashion_mnist", tfds_data_dir=str(tmp_path), source="download"
-        )
-    finally:
-        server.shutdown()
+    internet), prepares them and `data.load_arrays` reads the result (conftest)."""
+    tmp_path, arrays, source = tfds_fashion_mnist
     assert source == "TFDS download"
     local, _ = data.load_arrays("fashion_mnist", source="local")
     for split in ("train", "test"):

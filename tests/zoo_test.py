@@ -343,3 +343,50 @@ def test_cli_on_npz_and_image_folder_data(trained, tmp_path):
     assert bad.returncode == 2 and "Unknown input transform 'percent'" in bad.stderr
     help_text = _cli(["--help"])
     assert help_text.returncode == 0 and "--input_transform" in help_text.stdout
+
+
+def test_cli_on_tfds_prepared_data(trained, tfds_fashion_mnist, tmp_path):
+    model, _, _, _ = trained("functional")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    tfds_dir = tfds_fashion_mnist[0]
+    argv = [f"--model={path}", "--rates=0,0.3", "--trials=2", "--test_examples=500"]
+    argv += ["--data=tfds:fashion_mnist:test", f"--tfds_data_dir={tfds_dir}"]
+    result = _cli([*argv, f"--out={tmp_path / 'c'}"])
+    assert result.returncode == 0, _error_lines(result.stderr)
+    recorded = json.loads((tmp_path / "c" / "results.json").read_text())["data"]
+    assert recorded["source"] == "tfds:fashion_mnist" and recorded["split"] == "test"
+    assert recorded["examples"] == 500
+
+
+def _readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("<!-- evaluate-your-own-model -->")
+    block = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    return block
+
+
+def test_readme_python_example_runs():
+    """The README's 'evaluate your own model' example, run as it is written."""
+    namespace: dict = {}
+    exec(compile(_readme_example(), "README.md", "exec"), namespace)  # noqa: S102
+    result = namespace["result"]
+    mean, low, high = result.accuracy("mine", 0.0)
+    assert 0.5 < mean <= 1.0 and low == high == mean  # Rate 0: the same clean model.
+    mean, low, high = result.accuracy("mine", 0.3)
+    assert 0.0 <= low <= mean <= high <= 1.0
+    assert result.coverage["mine"]["left_out"] == []
+    assert result.data["input_transform"]["name"] == "unit"
+
+
+def test_cli_loads_a_subclassed_model_with_import(trained, tmp_path):
+    model = trained("subclassed")[0]
+    path = tmp_path / "subclassed.keras"
+    model.save(path)
+    argv = [f"--model={path}", "--rates=0,0.2", "--trials=2", "--test_examples=400"]
+    missing = _cli([*argv, f"--out={tmp_path / 'a'}"])
+    assert missing.returncode == 2 and "--import=MODULE" in missing.stderr
+    result = _cli([*argv, "--import=tests.zoo_test", f"--out={tmp_path / 'b'}"])
+    assert result.returncode == 0, _error_lines(result.stderr)
+    recorded = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert recorded["coverage"]["subclassed"]["targeted_layers"] == ["hidden", "out"]

@@ -12,4 +12,11 @@ the engine that measures accuracy under them with paired statistics.
 `tflite_runner` import no TensorFlow, so .tflite campaigns run on devices with numpy and
 ai-edge-litert only. Importing `layers` (or any Keras-side module) registers the fault
 layers, so `keras.saving.load_model` can read `.keras` files that hold them.
+
+From Python: `evaluate(models, FaultSpec(...), (inputs, labels))` (see `api`).
 """
+
+from aftt_tf.faults.api import CampaignResult, evaluate
+from aftt_tf.faults.spec import FaultSpec
+
+__all__ = ["CampaignResult", "FaultSpec", "evaluate"]

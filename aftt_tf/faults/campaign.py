@@ -195,7 +195,7 @@ def run_campaign(
     spec: FaultSpec,
     images: np.ndarray,
     labels: np.ndarray,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     batch_size: int = 2000,
     num_shards: int = 1,
     shard_index: int = 0,
@@ -206,7 +206,8 @@ def run_campaign(
     data_description: dict[str, Any] | None = None,
     allow_chance_accuracy: bool = False,
 ) -> dict[str, Any]:
-    """Runs (or resumes) a campaign over several models; writes outputs into `out_dir`.
+    """Runs (or resumes) a campaign over several models; writes outputs into `out_dir`
+    (None: runs in memory and returns the results with their cells, writing nothing).
 
     `out_dir` must be absent, empty or hold this campaign (same spec up to trials and
     rates, same test data and input transform); one process at a time writes it (a lock
@@ -224,22 +225,24 @@ def run_campaign(
     images, labels = np.asarray(images), np.asarray(labels)
     transform = _transform(transform, images)
     data = data_identity(images, labels, transform, data_description)
-    out_dir = Path(out_dir)
-    check_campaign_directory(out_dir, spec, data)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        check_campaign_directory(out_dir, spec, data)
     adapters = {label: as_campaign_model(model) for label, model in models.items()}
     meta = _meta(spec, adapters, data, num_shards, shard_index)
     run = _Run(spec, images, labels, batch_size, transform, progress, on_cell)
     run.allow_chance_accuracy = allow_chance_accuracy
     plan = shard_cells(cell_plan(spec), num_shards, shard_index)
+    if out_dir is None:  # In memory: nothing is written, nothing resumes.
+        cells = _CellLog(None, spec.key())
+        meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
+        return {**results_of(cells.records, meta), "cells": cells.records}
     with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
         check_campaign_directory(out_dir, spec, data)  # Again, now that no one else can write.
         _claim(out_dir, spec, data)
         repair_cells(out_dir / CELLS_FILE)
         cells = _CellLog(out_dir / CELLS_FILE, spec.key())
-        meta["skipped_cells"] = sum(
-            run.model(adapter, label, meta["models"][label], plan, cells, per_layer)
-            for label, adapter in adapters.items()
-        )
+        meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
         if num_shards > 1:
             io_utils.write_json(out_dir / "shard.json", meta)
             return meta
@@ -301,6 +304,13 @@ class _Run:
         self.batch_size, self.transform = batch_size, transform
         self.progress, self.on_cell = progress, on_cell
 
+    def models(self, adapters, fingerprints, plan, cells, per_layer) -> int:
+        """Runs the missing cells of every model; returns the cells skipped."""
+        return sum(
+            self.model(adapter, label, fingerprints[label], plan, cells, per_layer)
+            for label, adapter in adapters.items()
+        )
+
     def model(self, adapter, label, model_hash, plan, cells, per_layer) -> int:
         """Runs the missing cells of one model (every group); returns the cells skipped."""
         skipped = 0
@@ -357,10 +367,10 @@ def _check_plan(spec: FaultSpec, num_shards: int) -> None:
 class _CellLog:
     """The cells of one campaign directory: read once, appended one record at a time."""
 
-    def __init__(self, path: Path, spec_key: str):
-        self.path = path
+    def __init__(self, path: Path | None, spec_key: str):
+        self.path = path  # None: in memory only (the Python API without a directory).
         self.spec_key = spec_key
-        self.records = read_cells(path)
+        self.records = read_cells(path) if path is not None else []
         self._finished_before = list(self.records)
 
     def _own(self, model_hash: str, group: str, records=None) -> list[dict[str, Any]]:
@@ -382,7 +392,8 @@ class _CellLog:
         return result
 
     def append(self, record: dict[str, Any]) -> None:
-        _append_cell(self.path, record)
+        if self.path is not None:
+            _append_cell(self.path, record)
         self.records.append(record)
 
 
@@ -445,6 +456,21 @@ def write_outputs(
     out_dir: Path, cells: list[dict[str, Any]], meta: dict[str, Any]
 ) -> dict[str, Any]:
     """results.json, trials.csv and plots, each written atomically."""
+    results = results_of(cells, meta)
+    io_utils.write_json(out_dir / "results.json", results)
+    _write_trials(out_dir / "trials.csv", results_cells(cells, meta))
+    _write_plots(out_dir, results["summary"], meta["spec"])
+    return results
+
+
+def results_cells(cells: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cells of this campaign's spec and models."""
+    hashes = set(meta["models"].values())
+    return [c for c in cells if c["spec_key"] == meta["spec_key"] and c["model_hash"] in hashes]
+
+
+def results_of(cells: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """Summaries, paired differences and verdict of a campaign's cells, with its metadata."""
     spec_key = meta["spec_key"]
     hashes = set(meta["models"].values())
     cells = [c for c in cells if c["spec_key"] == spec_key and c["model_hash"] in hashes]
@@ -463,9 +489,6 @@ def write_outputs(
         "paired_differences": comparisons,
         "interval_method": analysis.INTERVAL_METHOD,
     }
-    io_utils.write_json(out_dir / "results.json", results)
-    _write_trials(out_dir / "trials.csv", cells)
-    _write_plots(out_dir, summary, meta["spec"])
     return results
 
 

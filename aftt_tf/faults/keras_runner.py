@@ -66,11 +66,23 @@ class KerasModel:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.model.input_shape[1:])
+        try:
+            return tuple(self.model.input_shape[1:])
+        except AttributeError:  # A subclassed model loaded from a file, never called.
+            config = self.model.get_build_config() or {}
+            if "input_shape" not in config:
+                raise ValueError(
+                    f"{self.model.name!r} has no known input shape; build or call it once."
+                ) from None
+            return tuple(config["input_shape"][1:])
 
     @property
     def num_outputs(self) -> int | None:
-        shape = self.model.output_shape
+        try:
+            shape = self.model.output_shape
+        except AttributeError:
+            probe = np.zeros((1, *self.input_shape), self.model.input_dtype or "float32")
+            shape = tuple(np.asarray(self.model(probe, training=False)).shape)
         return int(shape[-1]) if isinstance(shape, tuple) and shape[-1] else None
 
     def fingerprint(self) -> str:
