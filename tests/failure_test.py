@@ -485,3 +485,18 @@ def test_bad_flags_exit_with_usage_status(binary, argv, message):
     result = _run(binary, argv)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "binary, flag",
+    [
+        ("train", "--method"),
+        ("faults", "--fault"),
+        ("export", "--formats"),
+        ("reproduce", "--methods"),
+    ],
+)
+def test_help_lists_the_binarys_own_flags(binary, flag):
+    result = _run(binary, ["--help"])
+    assert result.returncode == 0
+    assert f"  {flag}:" in result.stdout

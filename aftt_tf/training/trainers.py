@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from aftt_tf.faults import layers as fault_layers
-from aftt_tf.faults import targets
+from aftt_tf.faults import registry, targets
 from aftt_tf.vocabulary import CLASSIFICATION_LOSSES, FAULT_AWARE_KINDS, REGULARIZATIONS
 
 
@@ -292,7 +292,10 @@ class ClassifierTrainer(keras.Model):
         if "weight" in self.fault_aware_kinds:
             trained = {layer.name for layer in self.trained_layers}
             self.fault_kernels = [
-                layer.kernel for layer in targets.weight_layers(classifier) if layer.name in trained
+                variable
+                for layer in targets.weight_layers(classifier)
+                if layer.name in trained
+                for _, variable in registry.kernels(layer)
             ]
         if "node" in self.fault_aware_kinds:
             self.node_view, self.node_masks = _with_node_masks(classifier)
