@@ -176,16 +176,21 @@ def _list_cifar_split(root: Path, split: str) -> list[tuple[str, int]]:
             "their labels would not mean CIFAR-10's classes; evaluate other image folders "
             "with aftt-faults --data=folder:PATH"
         )
-    files = [
-        (str(path), label)
-        for label, name in enumerate(CIFAR10_CLASSES)
-        for path in sorted((split_dir / name).iterdir())
-        if path.suffix.lower() in _IMAGE_SUFFIXES
-    ]
+    files = _class_files(split_dir, CIFAR10_CLASSES)
     if not files:
         raise FileNotFoundError(f"no images in {split_dir}/<class>/")
     order = np.random.default_rng(0).permutation(len(files))
     return [files[index] for index in order]
+
+
+def _class_files(root: Path, classes) -> list[tuple[str, int]]:
+    """(path, label) of every image in root/<class>/, labels in the order of `classes`."""
+    return [
+        (str(path), label)
+        for label, name in enumerate(classes)
+        for path in sorted((root / name).iterdir())
+        if path.suffix.lower() in _IMAGE_SUFFIXES
+    ]
 
 
 def _load_cifar_python(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -494,12 +499,7 @@ def _decode_class_folder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str,
     if not root.is_dir():
         raise FileNotFoundError(f"--data folder {root} does not exist.")
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
-    files = [
-        (str(path), label)
-        for label, name in enumerate(classes)
-        for path in sorted((root / name).iterdir())
-        if path.suffix.lower() in _IMAGE_SUFFIXES
-    ]
+    files = _class_files(root, classes)
     if not files:
         raise ValueError(f"{root} holds no <class>/*.jpg or *.png images.")
     import tensorflow as tf

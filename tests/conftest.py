@@ -70,3 +70,17 @@ def tfds_fashion_mnist(tmp_path_factory):
         mnist.FashionMNIST.URL = original
         server.shutdown()
     return root, arrays, source
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    """An untrained fmnist_mlp classifier saved as aftt-train saves it."""
+    import keras
+
+    from aftt_tf.training import networks
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "run" / "classifier.keras"
+    path.parent.mkdir()
+    networks.build_networks("fmnist_mlp").classifier.save(path)
+    return path

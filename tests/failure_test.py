@@ -19,15 +19,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from aftt_tf import data, io_utils
 from aftt_tf.deploy import export_lib
 from aftt_tf.faults import campaign
 from aftt_tf.faults.spec import FaultSpec
-from aftt_tf.training import networks, phases, train_lib, trainers
+from aftt_tf.training import train_lib
 from aftt_tf.training.config import TrainConfig
 from tests.conftest import FASHION_MNIST_DIR, requires_fashion_mnist
+from tests.train_lib_test import diverging_phase
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,15 +47,6 @@ def _strict_load(path: Path):
         raise ValueError(f"{path} holds {name}, which is not JSON")
 
     return json.loads(path.read_text(), parse_constant=reject)
-
-
-@pytest.fixture
-def model_path(tmp_path):
-    keras.utils.set_random_seed(0)
-    path = tmp_path / "run" / "classifier.keras"
-    path.parent.mkdir()
-    networks.build_networks("fmnist_mlp").classifier.save(path)
-    return path
 
 
 def _tiny_model():
@@ -414,40 +405,19 @@ def test_export_removes_staging_left_by_a_killed_export(model_path, tmp_path):
 # 7. Divergence and damaged checkpoints.
 
 
-def _diverging_phase(tmp_path, finite_epochs: int):
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((4,))
-    classifier = keras.Model(inputs, keras.layers.Dense(10, name="logits")(inputs))
-    trainer = trainers.ClassifierTrainer(classifier)
-    optimizer = keras.optimizers.SGD(0.1)
-    trainer.compile(optimizer=optimizer)
-    variables = classifier.variables + phases.optimizer_variables(
-        {"o": optimizer}, {"o": trainer.trainable_variables_list()}
-    )
-
-    def make_dataset(first, last):
-        def epoch(index):
-            images = tf.where(index >= finite_epochs, np.nan, 1.0) * tf.ones((8, 4))
-            return tf.data.Dataset.from_tensors((images, tf.zeros((8,), tf.int32)))
-
-        return tf.data.Dataset.range(first, last).flat_map(epoch), 1
-
-    return lambda: phases.run_phase("finetune", trainer, variables, make_dataset, 3, tmp_path)
-
-
 def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(tmp_path):
     with pytest.raises(train_lib.TrainingDivergedError, match="epoch 1. No epoch of this phase"):
-        _diverging_phase(tmp_path, finite_epochs=0)()
+        diverging_phase(tmp_path, finite_epochs=0)()
     assert not (tmp_path / "checkpoints" / "finetune" / "state.json").exists()
 
 
 def test_damaged_checkpoint_names_the_file_and_the_restart(tmp_path):
     with pytest.raises(train_lib.TrainingDivergedError):
-        _diverging_phase(tmp_path, finite_epochs=1)()
+        diverging_phase(tmp_path, finite_epochs=1)()
     variables = tmp_path / "checkpoints" / "finetune" / "variables.npz"
     variables.write_bytes(variables.read_bytes()[:100])
     with pytest.raises(train_lib.RunDirectoryError, match="cannot be read.*Delete .*finetune"):
-        _diverging_phase(tmp_path, finite_epochs=1)()
+        diverging_phase(tmp_path, finite_epochs=1)()
 
 
 # 8. The TFDS download path, up to the network boundary.

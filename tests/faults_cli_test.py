@@ -4,20 +4,9 @@ import json
 import subprocess
 import sys
 
-import keras
 import pytest
 
-from aftt_tf.training import networks
 from tests.conftest import requires_fashion_mnist
-
-
-@pytest.fixture
-def model_path(tmp_path):
-    keras.utils.set_random_seed(0)
-    path = tmp_path / "run" / "classifier.keras"
-    path.parent.mkdir()
-    networks.build_networks("fmnist_mlp").classifier.save(path)
-    return path
 
 
 def _run(binary, argv):

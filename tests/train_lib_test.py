@@ -136,7 +136,8 @@ def test_lambda_grid_selects_best_validation_accuracy(tmp_path):
     )
 
 
-def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+def diverging_phase(workdir, finite_epochs: int = 1):
+    """A 3-epoch fine-tuning phase whose losses turn NaN after `finite_epochs` epochs."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4,))
     classifier = keras.Model(inputs, keras.layers.Dense(10, name="logits")(inputs))
@@ -148,17 +149,21 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     )
 
     def make_dataset(first, last):
-        # Epoch 0 is finite, epoch 1 holds a NaN.
         def epoch(index):
-            images = tf.where(index > 0, np.nan, 1.0) * tf.ones((8, 4))
+            images = tf.where(index >= finite_epochs, np.nan, 1.0) * tf.ones((8, 4))
             return tf.data.Dataset.from_tensors((images, tf.zeros((8,), tf.int32)))
 
         return tf.data.Dataset.range(first, last).flat_map(epoch), 1
 
+    return lambda: phases.run_phase("finetune", trainer, variables, make_dataset, 3, workdir)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # Epoch 0 is finite, epoch 1 holds a NaN.
     with pytest.raises(
         train_lib.TrainingDivergedError, match="NaN or infinite in epoch 2.*epoch 1"
     ):
-        phases.run_phase("finetune", trainer, variables, make_dataset, 3, tmp_path)
+        diverging_phase(tmp_path, finite_epochs=1)()
     state = io_utils.read_json(tmp_path / "checkpoints" / "finetune" / "state.json")
     assert state["epochs_completed"] == 1
     with np.load(tmp_path / "checkpoints" / "finetune" / "variables.npz") as arrays:

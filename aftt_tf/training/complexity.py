@@ -15,6 +15,8 @@ import dataclasses
 
 import keras
 
+from aftt_tf.faults import registry
+
 
 @dataclasses.dataclass(frozen=True)
 class Complexity:
@@ -26,16 +28,6 @@ class Complexity:
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
-
-
-def _flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    result = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            result.extend(_flat_layers(layer))
-        else:
-            result.append(layer)
-    return result
 
 
 def layer_forward_flops(layer: keras.layers.Layer) -> int:
@@ -60,7 +52,7 @@ def layer_forward_flops(layer: keras.layers.Layer) -> int:
 
 def model_complexity(model: keras.Model, bits_per_parameter: int = 32) -> Complexity:
     """Complexity of a built Functional model (nested models are walked)."""
-    layers = _flat_layers(model)
+    layers = registry.flat_layers(model)
     return Complexity(
         parameters=int(model.count_params()),
         weight_bytes=int(model.count_params()) * bits_per_parameter // 8,
