@@ -244,6 +244,7 @@ def _tfds_arrays(
 
     builder = tfds.builder(name, data_dir=data_dir)
     if download:
+        _check_reachable(builder)
         builder.download_and_prepare()
     elif not Path(builder.data_dir).exists():
         raise FileNotFoundError(f"no prepared TFDS data in {builder.data_dir}")
@@ -252,6 +253,23 @@ def _tfds_arrays(
         arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
         result[split] = (np.asarray(arrays[0], np.uint8), np.asarray(arrays[1], np.int32))
     return result
+
+
+def _check_reachable(builder, timeout: float = 5.0) -> None:
+    """Fails at once when the dataset's download host cannot be reached: offline, TFDS
+    would retry with growing pauses for minutes before giving up."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = getattr(type(builder), "URL", None)
+    if not isinstance(url, str) or "://" not in url:
+        return  # No single source URL to probe; TFDS reports its own errors.
+    parts = urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"{parts.hostname} cannot be reached ({error}); no network") from None
 
 
 def _remedy(name: str) -> str:
@@ -455,6 +473,8 @@ def _tfds_split(name: str, split: str, tfds_data_dir: str | None) -> EvaluationD
 
     try:
         builder = tfds.builder(name, data_dir=tfds_data_dir)
+        if not Path(builder.data_dir, "dataset_info.json").exists():
+            _check_reachable(builder)
         builder.download_and_prepare()
         images, labels = tfds.as_numpy(
             builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
