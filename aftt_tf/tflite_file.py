@@ -46,6 +46,7 @@ _NUMPY_TYPES = {
 _WEIGHT_OPERATORS = {
     _BUILTIN.FULLY_CONNECTED: ("fully_connected", schema.FullyConnectedOptions),
     _BUILTIN.CONV_2D: ("conv_2d", schema.Conv2DOptions),
+    _BUILTIN.DEPTHWISE_CONV_2D: ("depthwise_conv_2d", schema.DepthwiseConv2DOptions),
 }
 
 
@@ -79,21 +80,33 @@ class TFLiteLayer:
 
     name: str
     operator_index: int
-    operator: str  # 'fully_connected' | 'conv_2d'
+    operator: str  # 'fully_connected' | 'conv_2d' | 'depthwise_conv_2d'
     weights: ConstantTensor
     bias: ConstantTensor | None
     zero_preserving: bool  # act(0) = 0, so node faults can be written into weights.
+    input_channels: int = 0  # Of the operator's input (depthwise: C of C * multiplier).
 
     @property
     def keras_kernel_shape(self) -> tuple[int, ...]:
         if self.operator == "fully_connected":
             out_units, in_units = self.weights.shape
             return (in_units, out_units)
+        if self.operator == "depthwise_conv_2d":  # File (1, H, W, C*M), Keras (H, W, C, M).
+            _, height, width, channels = self.weights.shape
+            inputs = self.input_channels or channels
+            return (height, width, inputs, channels // inputs)
         out_channels, height, width, in_channels = self.weights.shape
         return (height, width, in_channels, out_channels)
 
+    @property
+    def filter_axis(self) -> int | None:
+        """Axis of the Keras kernel that indexes filters (None: no filters)."""
+        return {"conv_2d": -1, "depthwise_conv_2d": -2}.get(self.operator)
+
     @functools.cached_property
     def _file_position_of_keras_index(self) -> np.ndarray:
+        if self.operator == "depthwise_conv_2d":  # The same flat order in both layouts.
+            return np.arange(int(np.prod(self.weights.shape)))
         permutation = (1, 0) if self.operator == "fully_connected" else (3, 0, 1, 2)
         keras_index = np.arange(int(np.prod(self.weights.shape))).reshape(self.keras_kernel_shape)
         file_order = keras_index.transpose(permutation).reshape(-1)
@@ -344,11 +357,12 @@ def constant_operators(content: bytes) -> list[dict]:
 
 
 def _parse_layers(content: bytes, layer_names: dict[int, str]) -> dict[str, TFLiteLayer]:
-    """FULLY_CONNECTED / CONV_2D operators with constant weights, in execution order."""
+    """FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D operators with constant weights, in
+    execution order."""
     try:
         graph = _Graph(content)
         layers: dict[str, TFLiteLayer] = {}
-        counters = {"fully_connected": 0, "conv_2d": 0}
+        counters = {kind: 0 for kind, _ in _WEIGHT_OPERATORS.values()}
         for op_index in range(graph.graph.OperatorsLength()):
             code = graph.code(op_index)
             if code not in _WEIGHT_OPERATORS:
@@ -362,13 +376,18 @@ def _parse_layers(content: bytes, layer_names: dict[int, str]) -> dict[str, TFLi
             zero_preserving = graph.zero_preserving(op_index, options_class)
             name = layer_names.get(op_index, f"{kind}_{counters[kind]}")
             counters[kind] += 1
-            layers[name] = TFLiteLayer(name, op_index, kind, weights, bias, zero_preserving)
+            channels = int(graph.graph.Tensors(inputs[0]).ShapeAsNumpy()[-1])
+            layers[name] = TFLiteLayer(
+                name, op_index, kind, weights, bias, zero_preserving, channels
+            )
     except (IndexError, KeyError, AttributeError, ValueError, TypeError, struct.error) as error:
         raise ValueError(
             f"The TFLite flatbuffer is corrupt or truncated ({type(error).__name__}: {error})."
         ) from None
     if not layers:
         raise ValueError(
-            "The TFLite model has no FULLY_CONNECTED or CONV_2D layer with constant weights."
+            "The TFLite model has no FULLY_CONNECTED, CONV_2D or DEPTHWISE_CONV_2D operator "
+            "with constant weights (weights behind DEQUANTIZE, e.g. float16 files, are not "
+            "supported yet)."
         )
     return layers

@@ -128,16 +128,6 @@ def parameter_fault(
 
 
 @dataclasses.dataclass(frozen=True)
-class ParameterPlan:
-    """Which elements of one layer's kernel (Keras layout, flat) and bias are faulted."""
-
-    kernel_positions: np.ndarray
-    bias_positions: np.ndarray
-    faulted: int  # Elements, or filters for 'filter' faults.
-    elements: int
-
-
-@dataclasses.dataclass(frozen=True)
 class LayerPlan:
     """Which elements of each of a layer's kernels (Keras layout, flat) and its bias fail."""
 
@@ -159,10 +149,12 @@ def plan_layer_fault(
 ) -> LayerPlan:
     """Fault positions of one layer with one or more kernels, in the Keras layout.
 
-    `rng_for(i)` is the generator of kernel i: the first kernel (and the bias, drawn after
-    it) uses the layer's generator, so a single-kernel layer draws exactly what
-    `plan_parameter_fault` draws. 'filter' faults remove whole filters along each kernel's
-    filter axis (the same filter indices in every kernel that has one).
+    Keras and TFLite runtimes both draw positions here with the same generators, so one
+    seed gives the same faulted elements everywhere; each runtime then writes the faulty
+    values in its own representation. `rng_for(i)` is the generator of kernel i: the
+    first kernel (and the bias, drawn after it) uses the layer's generator. 'filter'
+    faults remove whole filters along each kernel's filter axis (the same filter indices
+    in every kernel that has one).
     """
     if kind == "filter":
         return _plan_filters(
@@ -194,35 +186,6 @@ def _plan_filters(kernel_shapes, filter_axes, bias_size, rate, rng, sampling, in
         group = bias_size // count  # Depthwise: one bias per (channel, multiplier).
         bias = (filters[:, None] * group + np.arange(group)[None, :]).reshape(-1)
     return LayerPlan(positions, bias, len(filters), count)
-
-
-def plan_parameter_fault(
-    kernel_shape: tuple[int, ...],
-    bias_size: int,
-    kind: str,
-    rate: float,
-    rng: np.random.Generator,
-    sampling: str,
-    include_bias: bool,
-) -> ParameterPlan:
-    """Fault positions of a layer with one kernel (filters on its last axis) in the Keras
-    layout, shared by every runtime.
-
-    Keras, SavedModel and TFLite runtimes all draw positions through this function
-    with the same generator, so one seed gives the same faulted elements everywhere;
-    each runtime then writes the faulty values in its own representation.
-    """
-    plan = plan_layer_fault(
-        [tuple(kernel_shape)],
-        [-1],
-        bias_size,
-        kind,
-        rate,
-        lambda index: rng,
-        sampling,
-        include_bias,
-    )
-    return ParameterPlan(plan.kernel_positions[0], plan.bias_positions, plan.faulted, plan.elements)
 
 
 def filter_positions(

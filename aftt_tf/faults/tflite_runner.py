@@ -50,10 +50,10 @@ class TFLiteModel(tflite_file.TFLiteFile):
         return [
             selection.Candidate(
                 name=layer.name,
-                convolution=layer.operator == "conv_2d",
+                convolution=layer.filter_axis is not None,
                 output=layer.operator_index == output_index,
                 # Per-position node faults in conv layers cannot be written into weights.
-                node_faults=layer.operator == "fully_connected",
+                node_faults=layer.operator == "fully_connected",  # Conv outputs: positions.
                 node_refusal=_CONV_NODE_REFUSAL.format(name=layer.name),
                 zero_preserving=layer.zero_preserving,
             )
@@ -95,7 +95,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
                 continue
             reason = (
                 f"{op['operator']} weights are not faulted by the TFLite runtime (it faults "
-                "FULLY_CONNECTED and CONV_2D)"
+                "FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D)"
                 if "layer" not in op
                 else "not selected by the fault kind, --layers, --exclude_layers or --scope"
             )
@@ -201,16 +201,17 @@ class TFLiteRunner:
                 count, elements = len(positions), units
             else:
                 bias_size = int(np.prod(layer.bias.shape)) if layer.bias is not None else 0
-                plan = sampling.plan_parameter_fault(
-                    layer.keras_kernel_shape,
+                plan = sampling.plan_layer_fault(
+                    [layer.keras_kernel_shape],
+                    [layer.filter_axis],
                     bias_size,
                     spec.kind,
                     rate,
-                    rng,
+                    lambda index, rng=rng: rng,
                     spec.sampling,
                     spec.include_bias,
                 )
-                file_positions = layer.keras_to_file_positions(plan.kernel_positions)
+                file_positions = layer.keras_to_file_positions(plan.kernel_positions[0])
                 self._write(layer.weights, self._faulty_values(layer.weights, file_positions, rng))
                 if layer.bias is not None and len(plan.bias_positions):
                     self._write(

@@ -1,0 +1,94 @@
+"""A user's .tflite file with a depthwise convolution, converted here with the standard
+TFLiteConverter (no aftt-export manifest): every weight operator is faulted, the same
+faults as in Keras give the same logits, and int8 tracks float32 under faults."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from aftt_tf import data
+from aftt_tf.faults import keras_runner, tflite_runner
+from aftt_tf.faults.spec import FaultSpec
+from tests.conftest import requires_fashion_mnist
+from tests.export_test import _assert_not_significantly_beyond
+
+pytestmark = requires_fashion_mnist
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    """A trained Conv2D -> DepthwiseConv2D (multiplier 2) -> Dense model and its float32
+    and full-int8 .tflite files, converted as a user would."""
+    root = tmp_path_factory.mktemp("user_tflite")
+    arrays, _ = data.load_arrays("fashion_mnist", source="local")
+    train_x = arrays["train"][0][:3000].astype(np.float32) / 255.0
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    x = L.Conv2D(8, 3, strides=2, activation="relu", name="conv")(inputs)
+    x = L.DepthwiseConv2D(3, depth_multiplier=2, activation="relu", name="depthwise")(x)
+    model = keras.Model(inputs, L.Dense(10, name="logits")(L.Flatten()(x)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(train_x, arrays["train"][1][:3000], epochs=2, batch_size=64, verbose=0)
+    model.export(str(root / "saved"), format="tf_saved_model", verbose=False)
+    paths = {}
+    for mode in ("float32", "int8"):
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(root / "saved"))
+        if mode == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([train_x[i : i + 1]] for i in range(100))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        paths[mode] = root / f"model_{mode}.tflite"
+        paths[mode].write_bytes(converter.convert())
+    test = arrays["test"][0][:1000], arrays["test"][1][:1000]
+    return model, paths, test
+
+
+def _named(path, model) -> tflite_runner.TFLiteModel:
+    """The file with its operators named after the Keras layers, in execution order."""
+    plain = tflite_runner.TFLiteModel(path)
+    operators = sorted(plain.layers.values(), key=lambda layer: layer.operator_index)
+    names = ["conv", "depthwise", "logits"]
+    assert [op.operator for op in operators] == ["conv_2d", "depthwise_conv_2d", "fully_connected"]
+    return tflite_runner.TFLiteModel(
+        path, {op.operator_index: name for op, name in zip(operators, names, strict=True)}
+    )
+
+
+def test_every_weight_operator_is_faulted(user_files):
+    model, paths, _ = user_files
+    for path in paths.values():
+        tflite = tflite_runner.TFLiteModel(path)
+        assert "depthwise_conv_2d_0" in tflite.select_layers(FaultSpec(kind="weight"))
+        coverage = tflite.coverage(FaultSpec(kind="weight"))
+        assert coverage["left_out"] == [] and coverage["targeted_layers_weight_share"] == 1.0
+
+
+@pytest.mark.parametrize("kind", ["weight", "filter"])
+def test_keras_and_float32_tflite_agree_under_the_same_faults(kind, user_files):
+    model, paths, (images, labels) = user_files
+    spec = FaultSpec(kind=kind, rates=(0.3,), trials=2, seed=2)
+    keras_run = keras_runner.KerasModel(model).runner(spec, images, labels, 500)
+    tflite_run = _named(paths["float32"], model).runner(spec, images, labels, 500)
+    assert tflite_run.target_names == keras_run.target_names
+    for trial in range(2):
+        keras_counts = keras_run.inject(0.3, trial)
+        tflite_counts = tflite_run.inject(0.3, trial)
+        assert keras_counts == tflite_counts
+        keras_logits = np.asarray(keras_run.faulty(images.astype(np.float32) / 255.0))
+        assert np.max(np.abs(keras_logits - tflite_run.logits())) <= 1e-3
+
+
+def test_int8_tracks_float32_under_depthwise_faults(user_files):
+    model, paths, (images, labels) = user_files
+    spec = FaultSpec(kind="weight", rates=(0.2,), trials=12, seed=1)
+    accuracies = {}
+    for mode, path in paths.items():
+        runner = _named(path, model).runner(spec, images, labels, 500)
+        accuracies[mode] = np.array([runner.evaluate_cell(0.2, t)["accuracy"] for t in range(12)])
+    _assert_not_significantly_beyond(accuracies["int8"] - accuracies["float32"], 0.02)
