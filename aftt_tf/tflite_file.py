@@ -68,6 +68,7 @@ class ConstantTensor:
     dtype: np.dtype
     scales: np.ndarray  # Per channel (or one value); empty for float tensors.
     quantized_dimension: int
+    zero_points: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def nbytes(self) -> int:
@@ -119,14 +120,24 @@ class TFLiteLayer:
         return self._file_position_of_keras_index[keras_positions]
 
 
-def element_scales(tensor: ConstantTensor) -> np.ndarray:
-    """Quantization scale of every element of a tensor, flat (1.0 for float tensors)."""
+def _per_element(tensor: ConstantTensor, values: np.ndarray, default: float) -> np.ndarray:
     size = int(np.prod(tensor.shape))
-    if tensor.scales.size <= 1:
-        return np.full(size, float(tensor.scales[0]) if tensor.scales.size else 1.0)
+    if values.size <= 1:
+        return np.full(size, values.reshape(-1)[0] if values.size else default)
     shape = [1] * len(tensor.shape)
     shape[tensor.quantized_dimension] = -1
-    return np.broadcast_to(tensor.scales.reshape(shape), tensor.shape).reshape(-1)
+    return np.broadcast_to(values.reshape(shape), tensor.shape).reshape(-1)
+
+
+def element_scales(tensor: ConstantTensor) -> np.ndarray:
+    """Quantization scale of every element of a tensor, flat (1.0 for float tensors)."""
+    return _per_element(tensor, tensor.scales.astype(np.float64), 1.0).astype(np.float64)
+
+
+def element_zero_points(tensor: ConstantTensor) -> np.ndarray:
+    """Quantization zero point of every element, flat (0 for float or symmetric tensors):
+    the stored value that means real 0."""
+    return _per_element(tensor, tensor.zero_points.astype(np.int64), 0).astype(np.int64)
 
 
 def read_values(content: bytes, tensor: ConstantTensor) -> np.ndarray:
@@ -135,9 +146,12 @@ def read_values(content: bytes, tensor: ConstantTensor) -> np.ndarray:
 
 
 def real_values(content: bytes, tensor: ConstantTensor) -> np.ndarray:
-    """A constant tensor's real values (dequantized with each element's scale), flat."""
+    """A constant tensor's real values (dequantized with each element's scale and zero
+    point), flat."""
     values = read_values(content, tensor).astype(np.float64)
-    return values if tensor.dtype == np.float32 else values * element_scales(tensor)
+    if np.issubdtype(tensor.dtype, np.floating):
+        return values
+    return (values - element_zero_points(tensor)) * element_scales(tensor)
 
 
 class TFLiteFile:
@@ -209,6 +223,11 @@ class TFLiteFile:
         if self.input_dtype == np.int8:
             scale, zero_point = self.input_quantization
             return np.clip(np.round(images / scale) + zero_point, -128, 127).astype(np.int8)
+        if np.issubdtype(self.input_dtype, np.integer) and self.input_quantization[0]:
+            scale, zero_point = self.input_quantization  # uint8, int16 (16x8) inputs.
+            limits = np.iinfo(self.input_dtype)
+            quantized = np.round(images / scale) + zero_point
+            return np.clip(quantized, limits.min, limits.max).astype(self.input_dtype)
         return images.astype(self.input_dtype)
 
     def dequantize_outputs(self, outputs: np.ndarray) -> np.ndarray:
@@ -308,10 +327,15 @@ class _Graph:
         return ConstantTensor(
             index=tensor_index,
             offset=offset,
-            shape=tuple(int(d) for d in tensor.ShapeAsNumpy()),
+            shape=_shape(tensor),
             dtype=np.dtype(_NUMPY_TYPES[tensor.Type()]),
             scales=scales,
             quantized_dimension=quantization.QuantizedDimension() if quantization else 0,
+            zero_points=(
+                np.asarray(quantization.ZeroPointAsNumpy(), np.int64)
+                if quantization and quantization.ZeroPointLength()
+                else np.zeros(0, np.int64)
+            ),
         )
 
     def zero_preserving(self, op_index: int, options_class) -> bool:
@@ -354,6 +378,11 @@ def constant_operators(content: bytes) -> list[dict]:
         if elements:
             result.append({"operator_index": op_index, "operator": name, "weights": elements})
     return result
+
+
+def _shape(tensor) -> tuple[int, ...]:
+    shape = tensor.ShapeAsNumpy()
+    return () if isinstance(shape, int) else tuple(int(d) for d in shape)  # 0: a scalar.
 
 
 def _parse_layers(content: bytes, layer_names: dict[int, str]) -> dict[str, TFLiteLayer]:

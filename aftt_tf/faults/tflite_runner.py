@@ -33,7 +33,12 @@ import numpy as np
 from aftt_tf import tflite_file
 from aftt_tf.faults import inputs, sampling, selection
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result
-from aftt_tf.tflite_file import BatchedInterpreter, ConstantTensor, element_scales
+from aftt_tf.tflite_file import (
+    BatchedInterpreter,
+    ConstantTensor,
+    element_scales,
+    element_zero_points,
+)
 
 _CONV_NODE_REFUSAL = (
     "Node faults in conv layer {name!r} hold single activation positions at 0; rewriting "
@@ -160,25 +165,7 @@ class TFLiteRunner:
         return tflite_file.read_values(self.model.content, tensor)
 
     def _faulty_values(self, tensor: ConstantTensor, file_positions: np.ndarray, rng):
-        values = self._read(tensor)
-        fault = self.spec.value_fault
-        if fault.kind == "zero":
-            values[file_positions] = 0
-        elif fault.kind == "value":
-            value = fault.value
-            if value is None:  # Stuck at the tensor's max |real value|.
-                value = float(np.max(np.abs(tflite_file.real_values(self.model.content, tensor))))
-            if tensor.dtype == np.float32:
-                values[file_positions] = value
-            else:
-                scales = element_scales(tensor)[file_positions]
-                limit = np.iinfo(tensor.dtype).max
-                values[file_positions] = np.clip(np.round(value / scales), -limit, limit)
-        else:
-            values[file_positions] = sampling.corrupt_bits(
-                values[file_positions], rng, fault.bit_position, fault.bit_mode
-            )
-        return values
+        return faulty_values(self.model.content, tensor, file_positions, self.spec.value_fault, rng)
 
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         """Writes the faulty bytes of cell (rate, trial) into the in-memory model."""
@@ -192,11 +179,12 @@ class TFLiteRunner:
                 units = layer.weights.shape[0]
                 positions = sampling.sample_positions(units, rate, rng, spec.sampling)
                 weights = self._read(layer.weights).reshape(layer.weights.shape)
-                weights[positions, :] = 0
+                zero = element_zero_points(layer.weights).reshape(layer.weights.shape)
+                weights[positions, :] = zero[positions, :]  # Real 0 in the file's encoding.
                 self._write(layer.weights, weights)
                 if layer.bias is not None:
                     bias = self._read(layer.bias)
-                    bias[positions] = 0
+                    bias[positions] = element_zero_points(layer.bias)[positions]
                     self._write(layer.bias, bias)
                 count, elements = len(positions), units
             else:
@@ -236,3 +224,36 @@ class TFLiteRunner:
         self.patch_seconds += time.perf_counter() - start
         accuracy = float(np.mean(np.argmax(self.logits(), axis=-1) == self.labels))
         return cell_result(rate, trial, accuracy, counts)
+
+
+def faulty_values(
+    content: bytes,
+    tensor: ConstantTensor,
+    file_positions: np.ndarray,
+    fault: sampling.ValueFault,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """A constant tensor's stored values with `fault` at `file_positions`, in the file's
+    own encoding: stuck-at-0 writes each element's zero point (real 0), a stuck value is
+    quantised with the element's scale and zero point, bit faults flip stored bits."""
+    values = tflite_file.read_values(content, tensor)
+    floating = np.issubdtype(tensor.dtype, np.floating)
+    if fault.kind == "zero":
+        values[file_positions] = 0 if floating else element_zero_points(tensor)[file_positions]
+    elif fault.kind == "value":
+        value = fault.value
+        if value is None:  # Stuck at the tensor's max |real value|.
+            value = float(np.max(np.abs(tflite_file.real_values(content, tensor))))
+        if floating:
+            values[file_positions] = value
+        else:
+            scales = element_scales(tensor)[file_positions]
+            zero_points = element_zero_points(tensor)[file_positions]
+            info = np.iinfo(tensor.dtype)
+            low = max(info.min, -info.max) if not zero_points.any() else info.min
+            values[file_positions] = np.clip(np.round(value / scales) + zero_points, low, info.max)
+    else:
+        values[file_positions] = sampling.corrupt_bits(
+            values[file_positions], rng, fault.bit_position, fault.bit_mode
+        )
+    return values
