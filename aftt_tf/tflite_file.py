@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -174,7 +175,7 @@ class TFLiteFile:
         self.path = Path(path)
         self.num_threads = num_threads
         self.content = _read_checked(self.path) if content is None else _checked(content, path)
-        self.layers = _parse_layers(self.content, layer_names or {})
+        self.layers, self.names_from = _parse_layers(self.content, layer_names or {})
         self._interpreter_type = _interpreter_class()
         self._check_runs()
 
@@ -385,9 +386,41 @@ def _shape(tensor) -> tuple[int, ...]:
     return () if isinstance(shape, int) else tuple(int(d) for d in shape)  # 0: a scalar.
 
 
-def _parse_layers(content: bytes, layer_names: dict[int, str]) -> dict[str, TFLiteLayer]:
+def _layer_name_of_tensor(name: str) -> str | None:
+    """The Keras layer a converter's weight tensor belongs to: 'functional_1/conv_1/
+    convolution' -> 'conv' (tracing appends one '_<n>' to each scope)."""
+    parts = name.split(";")[0].split("/")
+    if len(parts) < 3:
+        return None
+    return re.sub(r"_\d+$", "", parts[1]) or None
+
+
+def _names_from_tensors(graph: _Graph, layers: dict[str, TFLiteLayer]) -> dict[int, str]:
+    """Operator index -> Keras layer name from the weight tensors' names, when every
+    operator maps to a distinct name; else {} (operators keep type-and-order names)."""
+    names = {}
+    for layer in layers.values():
+        tensor_name = graph.graph.Tensors(layer.weights.index).Name().decode(errors="replace")
+        names[layer.operator_index] = _layer_name_of_tensor(tensor_name)
+    if None in names.values() or len(set(names.values())) != len(names):
+        return {}
+    return names
+
+
+def _rename(layers: dict[str, TFLiteLayer], names: dict[int, str]) -> dict[str, TFLiteLayer]:
+    result = {}
+    for layer in layers.values():
+        layer.name = names.get(layer.operator_index, layer.name)
+        result[layer.name] = layer
+    return result
+
+
+def _parse_layers(
+    content: bytes, layer_names: dict[int, str]
+) -> tuple[dict[str, TFLiteLayer], str]:
     """FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D operators with constant weights, in
-    execution order."""
+    execution order, named by `layer_names` (an export manifest), else by the Keras layer
+    names in the converter's tensor names, else by type and order ('conv_2d_0')."""
     try:
         graph = _Graph(content)
         layers: dict[str, TFLiteLayer] = {}
@@ -403,12 +436,15 @@ def _parse_layers(content: bytes, layer_names: dict[int, str]) -> dict[str, TFLi
                 continue
             bias = graph.constant(inputs[2]) if len(inputs) > 2 else None
             zero_preserving = graph.zero_preserving(op_index, options_class)
-            name = layer_names.get(op_index, f"{kind}_{counters[kind]}")
+            name = f"{kind}_{counters[kind]}"
             counters[kind] += 1
             channels = int(graph.graph.Tensors(inputs[0]).ShapeAsNumpy()[-1])
             layers[name] = TFLiteLayer(
                 name, op_index, kind, weights, bias, zero_preserving, channels
             )
+        from_tensors = {} if layer_names else _names_from_tensors(graph, layers)
+        source = "manifest" if layer_names else "tensor names" if from_tensors else "type and order"
+        layers = _rename(layers, layer_names or from_tensors)
     except (IndexError, KeyError, AttributeError, ValueError, TypeError, struct.error) as error:
         raise ValueError(
             f"The TFLite flatbuffer is corrupt or truncated ({type(error).__name__}: {error})."
@@ -419,4 +455,4 @@ def _parse_layers(content: bytes, layer_names: dict[int, str]) -> dict[str, TFLi
             "with constant weights (weights behind DEQUANTIZE, e.g. float16 files, are not "
             "supported yet)."
         )
-    return layers
+    return layers, source

@@ -55,21 +55,24 @@ def user_files(tmp_path_factory):
 
 
 def _named(path, model) -> tflite_runner.TFLiteModel:
-    """The file with its operators named after the Keras layers, in execution order."""
-    plain = tflite_runner.TFLiteModel(path)
-    operators = sorted(plain.layers.values(), key=lambda layer: layer.operator_index)
-    names = ["conv", "depthwise", "logits"]
-    assert [op.operator for op in operators] == ["conv_2d", "depthwise_conv_2d", "fully_connected"]
-    return tflite_runner.TFLiteModel(
-        path, {op.operator_index: name for op, name in zip(operators, names, strict=True)}
-    )
+    """The file as a user gets it: operators named after the Keras layers, read from the
+    converter's tensor names (no manifest)."""
+    tflite = tflite_runner.TFLiteModel(path)
+    assert tflite.names_from == "tensor names"
+    operators = sorted(tflite.layers.values(), key=lambda layer: layer.operator_index)
+    assert [(op.name, op.operator) for op in operators] == [
+        ("conv", "conv_2d"),
+        ("depthwise", "depthwise_conv_2d"),
+        ("logits", "fully_connected"),
+    ]
+    return tflite
 
 
 def test_every_weight_operator_is_faulted(user_files):
     model, paths, _ = user_files
     for path in paths.values():
         tflite = tflite_runner.TFLiteModel(path)
-        assert "depthwise_conv_2d_0" in tflite.select_layers(FaultSpec(kind="weight"))
+        assert "depthwise" in tflite.select_layers(FaultSpec(kind="weight"))
         coverage = tflite.coverage(FaultSpec(kind="weight"))
         assert coverage["left_out"] == [] and coverage["targeted_layers_weight_share"] == 1.0
 

@@ -173,6 +173,11 @@ def _print_coverage(results: dict) -> None:
             f"{100 * coverage['targeted_layers_weight_share']:.1f}% of the model's "
             f"{coverage['model_weight_elements']} weights"
         )
+        if coverage.get("layer_names_from") == "type and order":
+            print(
+                f"  layer names: no Keras names could be read from {model}'s tensors; its "
+                "operators are named by type and order (conv_2d_0, ...)"
+            )
         for entry in coverage["left_out"]:
             print(
                 f"  left out: {entry.get('layer', entry.get('operator'))} ({entry['weights']} weights): {entry['reason']}"

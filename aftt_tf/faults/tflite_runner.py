@@ -110,6 +110,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
             "targeted_layers_weight_share": held / total if total else 0.0,
             "model_weight_elements": total,
             "left_out": left_out,
+            "layer_names_from": self.names_from,
         }
 
     @property
