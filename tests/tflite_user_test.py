@@ -145,3 +145,47 @@ def test_int16_activation_file_reads_its_inputs_right(user_files):
     }
     _assert_not_significantly_beyond(correct["int16x8"].astype(float) - correct["float32"], 0.01)
     assert np.mean(correct["int16x8"]) > 0.5
+
+
+def test_export_of_a_sequential_model_with_folded_batch_normalization(tmp_path):
+    """aftt-export on a Sequential Conv2D+BN+DepthwiseConv2D+BN model: the converter folds
+    each BatchNormalization into the layer before it; the layer map accounts for that and
+    lists every weight operator, and campaigns on the export use the Keras names."""
+    from aftt_tf.deploy import export_lib
+
+    arrays, _ = data.load_arrays("fashion_mnist", source="local")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            L.Conv2D(8, 3, strides=2, name="conv"),
+            L.BatchNormalization(momentum=0.9, name="bn_1"),
+            L.ReLU(),
+            L.DepthwiseConv2D(3, name="depthwise"),
+            L.BatchNormalization(momentum=0.9, name="bn_2"),
+            L.ReLU(),
+            L.Flatten(),
+            L.Dense(10, name="logits"),
+        ]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(arrays["train"][0][:2000] / 255.0, arrays["train"][1][:2000], epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    manifest = export_lib.export_classifier(
+        export_lib.ExportConfig(
+            model=str(tmp_path / "model.keras"),
+            out=str(tmp_path / "export"),
+            formats=("tflite_float32", "tflite_int8"),
+            calibration_steps=10,
+            test_examples=500,
+        )
+    )
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        layers = manifest["artifacts"][name]["layers"]
+        assert set(layers) == {"conv", "depthwise", "logits"}
+        assert layers["conv"]["folded_batch_normalization"] == "bn_1"
+        assert layers["depthwise"]["folded_batch_normalization"] == "bn_2"
+        tflite = tflite_runner.TFLiteModel.load(tmp_path / "export" / name)
+        assert tflite.coverage(FaultSpec())["left_out"] == []
+    float32 = manifest["artifacts"]["model_float32.tflite"]
+    assert float32["max_abs_logit_difference_vs_keras"] < 1e-3

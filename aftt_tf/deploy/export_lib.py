@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from aftt_tf import data, io_utils, tflite_file, vocabulary
-from aftt_tf.faults import keras_runner, targets
+from aftt_tf.faults import keras_runner, registry, targets
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
 from aftt_tf.vocabulary import TFLITE_FILES
 
@@ -217,43 +217,80 @@ def _convert(converter, mode: str, representative=None) -> bytes:
 def layer_map(
     model: keras.Model, tflite: tflite_file.TFLiteFile, check_values: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """Keras Dense/Conv2D layer -> TFLite operator, matched in order, by shape and by value.
+    """Keras weight layer -> TFLite operator, checked by shape and by value.
 
-    QAT files hold fine-tuned weights, so only order and shapes are checked for them.
+    Operators are matched to layers by the Keras names in the converter's tensor names,
+    else in order. A BatchNormalization that the converter folded into the layer before
+    it is accounted for: the stored kernel must equal the unfolded or the folded one
+    (folding scales whole output channels, so a stuck-at-0 element stays 0 in both).
+    QAT files hold fine-tuned weights, so only shapes are checked for them.
     """
-    keras_layers = targets.weight_layers(model)
     operators = sorted(tflite.layers.values(), key=lambda layer: layer.operator_index)
-    if len(keras_layers) != len(operators):
-        raise RuntimeError(
-            f"{len(keras_layers)} Dense/Conv2D layers but {len(operators)} TFLite operators with weights."
-        )
-    result = {}
-    for keras_layer, operator in zip(keras_layers, operators, strict=True):
-        kernel = np.asarray(keras_layer.kernel.numpy())
-        if kernel.shape != operator.keras_kernel_shape:
+    by_name = {layer.name: layer for layer in targets.weight_layers(model)}
+    if tflite.names_from == "tensor names" and all(op.name in by_name for op in operators):
+        pairs = [(by_name[op.name], op) for op in operators]
+    else:
+        keras_layers = [
+            layer
+            for layer in by_name.values()
+            if registry.layer_type(layer).kernels[0].attribute == "kernel"
+        ]
+        if len(keras_layers) != len(operators):
             raise RuntimeError(
-                f"Layer {keras_layer.name} {kernel.shape} does not match operator "
-                f"{operator.operator_index} {operator.keras_kernel_shape}."
+                f"{len(keras_layers)} Keras weight layers but {len(operators)} TFLite "
+                "operators with weights, and the operators' tensor names name no Keras layer."
             )
-        values = tflite_file.real_values(tflite.content, operator.weights)
-        file_order = operator.keras_to_file_positions(np.arange(kernel.size))
-        stored = values[file_order].reshape(kernel.shape)
-        tolerance = (
-            1e-6 if operator.weights.dtype == np.float32 else float(np.max(operator.weights.scales))
+        pairs = list(zip(keras_layers, operators, strict=True))
+    return {
+        layer.name: _map_entry(model, layer, operator, tflite, check_values)
+        for layer, operator in pairs
+    }
+
+
+def _map_entry(model, keras_layer, operator, tflite, check_values: bool) -> dict[str, Any]:
+    kernel = np.asarray(registry.kernels(keras_layer)[0][1].numpy())
+    if kernel.shape != operator.keras_kernel_shape:
+        raise RuntimeError(
+            f"Layer {keras_layer.name} {kernel.shape} does not match operator "
+            f"{operator.operator_index} {operator.keras_kernel_shape}."
         )
-        if check_values and not np.allclose(stored, kernel, atol=tolerance):
+    values = tflite_file.real_values(tflite.content, operator.weights)
+    stored = values[operator.keras_to_file_positions(np.arange(kernel.size))].reshape(kernel.shape)
+    tolerance = (
+        1e-5 if operator.weights.dtype == np.float32 else float(np.max(operator.weights.scales))
+    )
+    folded_by = None
+    if check_values and not np.allclose(stored, kernel, atol=tolerance):
+        folded_by, folded = _folded_kernel(model, keras_layer, kernel)
+        if folded is None or not np.allclose(stored, folded, atol=tolerance, rtol=1e-4):
             raise RuntimeError(
                 f"Values of layer {keras_layer.name} differ from operator {operator.operator_index}."
             )
-        result[keras_layer.name] = {
-            "operator_index": operator.operator_index,
-            "operator": operator.operator,
-            "weights_tensor": operator.weights.index,
-            "weights_dtype": operator.weights.dtype.name,
-            "bias_tensor": None if operator.bias is None else operator.bias.index,
-            "bias_dtype": None if operator.bias is None else operator.bias.dtype.name,
-        }
-    return result
+    return {
+        "operator_index": operator.operator_index,
+        "operator": operator.operator,
+        "weights_tensor": operator.weights.index,
+        "weights_dtype": operator.weights.dtype.name,
+        "bias_tensor": None if operator.bias is None else operator.bias.index,
+        "bias_dtype": None if operator.bias is None else operator.bias.dtype.name,
+        **({"folded_batch_normalization": folded_by} if folded_by else {}),
+    }
+
+
+def _folded_kernel(model, layer, kernel: np.ndarray):
+    """(BN name, kernel * gamma / sqrt(var + eps)) when a BatchNormalization reads the
+    layer's output directly; (None, None) otherwise."""
+    for candidate in model.layers:
+        if not isinstance(candidate, keras.layers.BatchNormalization):
+            continue
+        if candidate.input is not layer.output:
+            continue
+        gamma = np.asarray(candidate.gamma.numpy()) if candidate.scale else 1.0
+        scale = gamma / np.sqrt(np.asarray(candidate.moving_variance.numpy()) + candidate.epsilon)
+        if isinstance(layer, keras.layers.DepthwiseConv2D):  # Channels C * M over (C, M).
+            scale = np.reshape(scale, kernel.shape[-2:])
+        return candidate.name, kernel * scale
+    return None, None
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
