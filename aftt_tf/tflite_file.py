@@ -299,9 +299,13 @@ class _Graph:
             code = self.model.OperatorCodes(index)
             self.codes.append(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
         self.consumers: dict[int, list[int]] = {}
+        self.producers: dict[int, int] = {}
         for op_index in range(self.graph.OperatorsLength()):
-            for tensor in self.graph.Operators(op_index).InputsAsNumpy():
+            operator = self.graph.Operators(op_index)
+            for tensor in operator.InputsAsNumpy():
                 self.consumers.setdefault(int(tensor), []).append(op_index)
+            for tensor in operator.OutputsAsNumpy():
+                self.producers[int(tensor)] = op_index
 
     def code(self, op_index: int) -> int:
         return self.codes[self.graph.Operators(op_index).OpcodeIndex()]
@@ -339,6 +343,15 @@ class _Graph:
             ),
         )
 
+    def weights(self, tensor_index: int) -> ConstantTensor | None:
+        """A constant input, or the stored constant behind a DEQUANTIZE that produces it
+        (float16 files keep their weights as float16 and dequantize them at run time)."""
+        constant = self.constant(tensor_index)
+        producer = self.producers.get(tensor_index)
+        if constant is None and producer is not None and self.code(producer) == _BUILTIN.DEQUANTIZE:
+            return self.constant(int(self.graph.Operators(producer).InputsAsNumpy()[0]))
+        return constant
+
     def zero_preserving(self, op_index: int, options_class) -> bool:
         """act(0) = 0 for the fused activation and for any activation operator after it."""
         operator = self.graph.Operators(op_index)
@@ -366,12 +379,12 @@ def constant_operators(content: bytes) -> list[dict]:
     result = []
     for op_index in range(graph.graph.OperatorsLength()):
         name = _OPERATOR_NAMES.get(graph.code(op_index), str(graph.code(op_index)))
-        if name in _NOT_WEIGHTS:
+        if name in _NOT_WEIGHTS or name == "DEQUANTIZE":  # Counted with their consumers.
             continue
         elements = 0
         for tensor in graph.graph.Operators(op_index).InputsAsNumpy():
             try:
-                constant = graph.constant(int(tensor))
+                constant = graph.weights(int(tensor))
             except KeyError:  # A tensor type without weights (bool, string).
                 continue
             if constant is not None and int(np.prod(constant.shape)) > 1:
@@ -431,10 +444,10 @@ def _parse_layers(
                 continue
             kind, options_class = _WEIGHT_OPERATORS[code]
             inputs = [int(t) for t in graph.graph.Operators(op_index).InputsAsNumpy()]
-            weights = graph.constant(inputs[1])
+            weights = graph.weights(inputs[1])
             if weights is None:
                 continue
-            bias = graph.constant(inputs[2]) if len(inputs) > 2 else None
+            bias = graph.weights(inputs[2]) if len(inputs) > 2 else None
             zero_preserving = graph.zero_preserving(op_index, options_class)
             name = f"{kind}_{counters[kind]}"
             counters[kind] += 1
@@ -452,7 +465,6 @@ def _parse_layers(
     if not layers:
         raise ValueError(
             "The TFLite model has no FULLY_CONNECTED, CONV_2D or DEPTHWISE_CONV_2D operator "
-            "with constant weights (weights behind DEQUANTIZE, e.g. float16 files, are not "
-            "supported yet)."
+            "with constant weights (stored, or float16 behind DEQUANTIZE)."
         )
     return layers, source

@@ -35,9 +35,14 @@ def user_files(tmp_path_factory):
     model.fit(train_x, arrays["train"][1][:3000], epochs=2, batch_size=64, verbose=0)
     model.export(str(root / "saved"), format="tf_saved_model", verbose=False)
     paths = {}
-    for mode in ("float32", "int8", "int16x8"):
+    for mode in ("float32", "int8", "int16x8", "float16", "dynamic"):
         converter = tf.lite.TFLiteConverter.from_saved_model(str(root / "saved"))
-        if mode != "float32":
+        if mode == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif mode == "dynamic":  # Dynamic-range: int8 weights, float activations.
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif mode != "float32":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: ([train_x[i : i + 1]] for i in range(100))
             converter.target_spec.supported_ops = [
@@ -70,6 +75,16 @@ def _named(path, model) -> tflite_runner.TFLiteModel:
 
 def test_every_weight_operator_is_faulted(user_files):
     model, paths, _ = user_files
+    # Dynamic-range conversion leaves small kernels (<= 1024 elements) in float32.
+    stored = {
+        "float16": {"float16"},
+        "dynamic": {"int8", "float32"},
+        "int8": {"int8"},
+        "float32": {"float32"},
+    }
+    for mode, dtypes in stored.items():
+        tflite = tflite_runner.TFLiteModel(paths[mode])
+        assert {layer.weights.dtype.name for layer in tflite.layers.values()} == dtypes
     for path in paths.values():
         tflite = tflite_runner.TFLiteModel(path)
         assert "depthwise" in tflite.select_layers(FaultSpec(kind="weight"))
@@ -92,14 +107,17 @@ def test_keras_and_float32_tflite_agree_under_the_same_faults(kind, user_files):
         assert np.max(np.abs(keras_logits - tflite_run.logits())) <= 1e-3
 
 
-def test_int8_tracks_float32_under_depthwise_faults(user_files):
+@pytest.mark.parametrize("mode", ["int8", "float16", "dynamic"])
+def test_other_storages_track_float32_under_the_same_faults(mode, user_files):
     model, paths, (images, labels) = user_files
     spec = FaultSpec(kind="weight", rates=(0.2,), trials=12, seed=1)
     accuracies = {}
-    for mode in ("float32", "int8"):
-        runner = _named(paths[mode], model).runner(spec, images, labels, 500)
-        accuracies[mode] = np.array([runner.evaluate_cell(0.2, t)["accuracy"] for t in range(12)])
-    _assert_not_significantly_beyond(accuracies["int8"] - accuracies["float32"], 0.02)
+    for storage in ("float32", mode):
+        runner = _named(paths[storage], model).runner(spec, images, labels, 500)
+        accuracies[storage] = np.array(
+            [runner.evaluate_cell(0.2, t)["accuracy"] for t in range(12)]
+        )
+    _assert_not_significantly_beyond(accuracies[mode] - accuracies["float32"], 0.02)
 
 
 def test_stuck_at_zero_writes_the_zero_point_of_asymmetric_weights():
@@ -189,3 +207,13 @@ def test_export_of_a_sequential_model_with_folded_batch_normalization(tmp_path):
         assert tflite.coverage(FaultSpec())["left_out"] == []
     float32 = manifest["artifacts"]["model_float32.tflite"]
     assert float32["max_abs_logit_difference_vs_keras"] < 1e-3
+
+
+def test_bit_faults_act_on_float16_storage():
+    from aftt_tf.faults import sampling
+
+    values = np.array([1.5, -2.0, 0.25], np.float16)
+    flipped = sampling.corrupt_bits(values, np.random.default_rng(0), 15, "flip")
+    assert flipped.dtype == np.float16 and flipped.tolist() == [-1.5, 2.0, -0.25]
+    with pytest.raises(ValueError, match="0..15 for float16"):
+        sampling.corrupt_bits(values, np.random.default_rng(0), 20, "flip")

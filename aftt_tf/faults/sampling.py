@@ -60,23 +60,28 @@ def sample_positions(
 
 _UNSIGNED = {
     np.dtype(np.float32): np.uint32,
+    np.dtype(np.float16): np.uint16,
     np.dtype(np.int8): np.uint8,
+    np.dtype(np.uint8): np.uint8,
+    np.dtype(np.int16): np.uint16,
     np.dtype(np.int32): np.uint32,
+    np.dtype(np.int64): np.uint64,
 }
 
 
 def corrupt_bits(
     values: np.ndarray, rng: np.random.Generator, bit_position: int, bit_mode: str
 ) -> np.ndarray:
-    """Values (float32, int8 or int32) with one bit, chosen or random per element, flipped
-    or stuck. float32: bit 31 is the sign, 30..23 the exponent, 22..0 the mantissa.
+    """Values (float32/16, int8/16/32/64, uint8) with one bit, chosen or random per
+    element, flipped or stuck: the bits as stored. float32: bit 31 is the sign, 30..23 the
+    exponent, 22..0 the mantissa; float16: 15, 14..10, 9..0.
     """
     if bit_mode not in BIT_MODES:
         raise ValueError(f"Unknown bit_mode {bit_mode!r}; expected one of {', '.join(BIT_MODES)}.")
     values = np.asarray(values)
     if values.dtype not in _UNSIGNED:
         raise ValueError(
-            f"Bit faults support float32, int8 and int32 values, received {values.dtype}."
+            f"Bit faults support float32/16 and integer values, received {values.dtype}."
         )
     unsigned = _UNSIGNED[values.dtype]
     num_bits = values.dtype.itemsize * 8
