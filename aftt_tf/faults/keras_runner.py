@@ -11,6 +11,7 @@ back when the campaign ends.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -114,8 +115,7 @@ class KerasModel:
 
 
 def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
-    import dataclasses
-
+    """Why a registered layer is not among a campaign's targets."""
     try:
         targets.select_layers(model, spec.kind, "all", (name,), spec.include_output_nodes)
     except ValueError:
