@@ -217,3 +217,15 @@ def test_bit_faults_act_on_float16_storage():
     assert flipped.dtype == np.float16 and flipped.tolist() == [-1.5, 2.0, -0.25]
     with pytest.raises(ValueError, match="0..15 for float16"):
         sampling.corrupt_bits(values, np.random.default_rng(0), 20, "flip")
+
+
+def test_node_campaign_on_a_tflite_says_why_conv_outputs_are_left_out(user_files):
+    _, paths, _ = user_files
+    spec = FaultSpec(kind="node", include_output_nodes=True)
+    coverage = tflite_runner.TFLiteModel(paths["float32"]).coverage(spec)
+    assert coverage["targeted_layers"] == ["logits"]
+    reasons = {entry["layer"]: entry["reason"] for entry in coverage["left_out"]}
+    assert set(reasons) == {"conv", "depthwise"}
+    assert (
+        "convolution outputs" in reasons["conv"] and "convolution outputs" in reasons["depthwise"]
+    )

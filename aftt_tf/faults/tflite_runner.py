@@ -98,12 +98,19 @@ class TFLiteModel(tflite_file.TFLiteFile):
         for op in self.weight_operators:
             if op.get("layer") in targeted:
                 continue
-            reason = (
-                f"{op['operator']} weights are not faulted by the TFLite runtime (it faults "
-                "FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D)"
-                if "layer" not in op
-                else "not selected by the fault kind, --layers, --exclude_layers or --scope"
-            )
+            layer = self.layers.get(op.get("layer"))
+            if layer is None:
+                reason = (
+                    f"{op['operator']} weights are not faulted by the TFLite runtime (it "
+                    "faults FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D)"
+                )
+            elif spec.kind == "node" and layer.operator != "fully_connected":
+                reason = (
+                    "node faults on convolution outputs hold single positions at 0, which "
+                    "rewriting a .tflite's weights cannot express (the Keras runtime can)"
+                )
+            else:
+                reason = "not selected by the fault kind, --layers, --exclude_layers or --scope"
             left_out.append({**op, "reason": reason})
         return {
             "targeted_layers": targeted,
