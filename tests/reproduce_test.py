@@ -326,6 +326,9 @@ def test_report_renders_the_same_blocks_to_markdown_and_html(tmp_path):
 
 
 def _fault_aware_trainer(kinds, max_rate=0.5, architecture="fmnist_mlp"):
+    # A fixed initialisation: the losses compared below must not depend on the tests that
+    # ran before in the process (they moved the global random state).
+    keras.utils.set_random_seed(0)
     nets = networks.build_networks(architecture, "fashion_mnist")
     trainer = trainers.ClassifierTrainer(
         nets.classifier, fault_aware_kinds=kinds, fault_aware_max_rate=max_rate, seed=7
