@@ -325,10 +325,11 @@ class _Run:
                 group_spec, self.images, self.labels, self.batch_size, transform=self.transform
             )
             try:
+                clean = None  # The check's clean cell is reused by rate-0 cells.
                 if not self.allow_chance_accuracy:
-                    check_not_chance(runner, self.labels, label)
+                    clean = check_not_chance(runner, self.labels, label)
                 bar = Progress(f"{label}:{group}", len(todo)) if self.progress else None
-                _run_cells(runner, todo, self.spec, cells, context, bar, self.on_cell)
+                _run_cells(runner, todo, self.spec, cells, context, bar, self.on_cell, clean)
             finally:
                 getattr(runner, "close", lambda: None)()
         return skipped
@@ -338,10 +339,11 @@ class ChanceAccuracyError(ValueError):
     """A model is at chance level before any fault: its inputs, labels or data are wrong."""
 
 
-def check_not_chance(runner: CellRunner, labels: np.ndarray, label: str) -> float:
-    """The clean accuracy; ChanceAccuracyError when it is within the 99.9% binomial bound
+def check_not_chance(runner: CellRunner, labels: np.ndarray, label: str) -> dict[str, Any]:
+    """The clean (rate 0) cell; ChanceAccuracyError when it is within the 99.9% binomial bound
     of guessing (the most frequent class), which no trained classifier should be."""
-    clean = runner.evaluate_cell(0.0, 0)["accuracy"]
+    result = runner.evaluate_cell(0.0, 0)
+    clean = result["accuracy"]
     count = len(labels)
     guess = float(np.max(np.bincount(np.asarray(labels, np.int64)))) / count if count else 0.0
     bound = guess + 3.29 * (guess * (1 - guess) / max(count, 1)) ** 0.5
@@ -353,7 +355,7 @@ def check_not_chance(runner: CellRunner, labels: np.ndarray, label: str) -> floa
             "--input_transform=raw), labels in another order or encoding, or the wrong "
             "dataset. Pass --allow_chance_accuracy to run anyway."
         )
-    return clean
+    return result
 
 
 def _check_plan(spec: FaultSpec, num_shards: int) -> None:
@@ -413,10 +415,11 @@ def _run_cells(
     context: dict[str, str],
     bar: Progress | None,
     on_cell: Callable[[dict[str, Any]], None] | None,
+    clean_result: dict[str, Any] | None = None,
 ) -> None:
-    """Evaluates and records each missing cell of one model and group."""
+    """Evaluates and records each missing cell of one model and group; `clean_result`, when
+    given, is the rate-0 cell already evaluated."""
     completed = cells.accuracies_by_rate(context["model_hash"], context["group"])
-    clean_result = None
     for rate, trial in todo:
         if spec.target_margin and _margin_reached(completed.get(rate, []), spec):
             continue
