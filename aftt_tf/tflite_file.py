@@ -1,9 +1,12 @@
 """.tflite files read with numpy and ai-edge-litert only (no TensorFlow): weights, I/O, predictions.
 
 The file is read once into memory and parsed with LiteRT's flatbuffer schema. Every
-FULLY_CONNECTED or CONV_2D operator with constant weights is a `TFLiteLayer`: where
-its weight and bias bytes sit in the file, their shape, type and quantization. Export
-(layer maps, clean accuracies) and the TFLite fault runtime both read files this way.
+weight-bearing operator with constant weights (FULLY_CONNECTED, CONV_2D,
+DEPTHWISE_CONV_2D, TRANSPOSE_CONV, CONV_3D, GATHER, EMBEDDING_LOOKUP;
+stored, or float16 behind DEQUANTIZE) belongs to a `TFLiteLayer`: where its weight and
+bias bytes sit in the file, their shape, type and quantization, the Keras layout of
+its kernel, and where the layer's output is. Export (layer maps, clean accuracies) and
+the TFLite fault runtime both read files this way.
 """
 
 from __future__ import annotations
@@ -20,21 +23,6 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 _BUILTIN = schema.BuiltinOperator
-_ZERO_PRESERVING_FUSED = {
-    schema.ActivationFunctionType.NONE,
-    schema.ActivationFunctionType.RELU,
-    schema.ActivationFunctionType.RELU6,
-    schema.ActivationFunctionType.RELU_N1_TO_1,
-    schema.ActivationFunctionType.TANH,
-}
-# Separate activation operators with act(0) != 0 (a Keras Dense(activation="sigmoid")
-# becomes FULLY_CONNECTED + LOGISTIC).
-_NON_ZERO_PRESERVING_FOLLOWERS = {
-    _BUILTIN.LOGISTIC,
-    _BUILTIN.EXP,
-    _BUILTIN.SOFTMAX,
-    _BUILTIN.LOG_SOFTMAX,
-}
 _NUMPY_TYPES = {
     schema.TensorType.FLOAT32: np.float32,
     schema.TensorType.FLOAT16: np.float16,
@@ -44,10 +32,56 @@ _NUMPY_TYPES = {
     schema.TensorType.INT32: np.int32,
     schema.TensorType.UINT8: np.uint8,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class _OperatorSpec:
+    """Where a weight-bearing operator keeps its weights, data input and bias."""
+
+    kind: str
+    weights_input: int
+    data_input: int
+    bias_input: int | None
+
+
 _WEIGHT_OPERATORS = {
-    _BUILTIN.FULLY_CONNECTED: ("fully_connected", schema.FullyConnectedOptions),
-    _BUILTIN.CONV_2D: ("conv_2d", schema.Conv2DOptions),
-    _BUILTIN.DEPTHWISE_CONV_2D: ("depthwise_conv_2d", schema.DepthwiseConv2DOptions),
+    _BUILTIN.FULLY_CONNECTED: _OperatorSpec("fully_connected", 1, 0, 2),
+    _BUILTIN.CONV_2D: _OperatorSpec("conv_2d", 1, 0, 2),
+    _BUILTIN.DEPTHWISE_CONV_2D: _OperatorSpec("depthwise_conv_2d", 1, 0, 2),
+    _BUILTIN.TRANSPOSE_CONV: _OperatorSpec("transpose_conv", 1, 2, 3),
+    _BUILTIN.CONV_3D: _OperatorSpec("conv_3d", 1, 0, 2),
+    _BUILTIN.GATHER: _OperatorSpec("gather", 0, 1, None),
+    _BUILTIN.EMBEDDING_LOOKUP: _OperatorSpec("embedding_lookup", 1, 0, None),
+}
+SUPPORTED_OPERATORS = tuple(spec.kind.upper() for spec in _WEIGHT_OPERATORS.values())
+# Elementwise activation operators: a layer's output passes through them when they carry
+# the layer's own name (a Keras Dense(activation="sigmoid") is FULLY_CONNECTED + LOGISTIC).
+_ACTIVATIONS = {
+    _BUILTIN.LOGISTIC,
+    _BUILTIN.TANH,
+    _BUILTIN.RELU,
+    _BUILTIN.RELU6,
+    _BUILTIN.RELU_N1_TO_1,
+    _BUILTIN.RELU_0_TO_1,
+    _BUILTIN.ELU,
+    _BUILTIN.HARD_SWISH,
+    _BUILTIN.LEAKY_RELU,
+    _BUILTIN.GELU,
+    _BUILTIN.EXP,
+    _BUILTIN.SOFTMAX,
+    _BUILTIN.LOG_SOFTMAX,
+}
+_REQUANTIZE = {_BUILTIN.QUANTIZE, _BUILTIN.DEQUANTIZE}
+_ZERO_PRESERVING_OPERATORS = {
+    _BUILTIN.RELU,
+    _BUILTIN.RELU6,
+    _BUILTIN.RELU_N1_TO_1,
+    _BUILTIN.RELU_0_TO_1,
+    _BUILTIN.TANH,
+    _BUILTIN.LEAKY_RELU,
+    _BUILTIN.ELU,
+    _BUILTIN.HARD_SWISH,
+    _BUILTIN.GELU,
 }
 
 
@@ -76,41 +110,49 @@ class ConstantTensor:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
 
-@dataclasses.dataclass
-class TFLiteLayer:
-    """One FULLY_CONNECTED or CONV_2D operator, seen as a Keras layer."""
+# Keras kernel layout of each operator's stored weights: (keras shape from the file shape,
+# the permutation that turns the Keras kernel into the file's layout; None: same flat order).
+_LAYOUTS = {
+    "fully_connected": (lambda s: (s[1], s[0]), (1, 0)),  # File (O, I), Keras (I, O).
+    "conv_2d": (lambda s: (s[1], s[2], s[3], s[0]), (3, 0, 1, 2)),  # OHWI vs HWIO.
+    "transpose_conv": (lambda s: (s[1], s[2], s[0], s[3]), (2, 0, 1, 3)),  # OHWI vs HWOI.
+    "conv_3d": (lambda s: tuple(s), None),  # DHWIO in both.
+    "gather": (lambda s: tuple(s), None),  # (vocabulary, dimension) in both.
+    "embedding_lookup": (lambda s: tuple(s), None),
+}
+# Axis of the Keras kernel that indexes filters (output channels; depthwise: input channels).
+_FILTER_AXES = {"conv_2d": -1, "conv_3d": -1, "transpose_conv": -2, "depthwise_conv_2d": -2}
 
-    name: str
+
+@dataclasses.dataclass
+class OperatorKernel:
+    """The constant weights of one weight-bearing operator, in the file and as Keras sees them."""
+
     operator_index: int
-    operator: str  # 'fully_connected' | 'conv_2d' | 'depthwise_conv_2d'
+    operator: str  # 'fully_connected', 'conv_2d', 'depthwise_conv_2d', 'transpose_conv', ...
     weights: ConstantTensor
-    bias: ConstantTensor | None
-    zero_preserving: bool  # act(0) = 0, so node faults can be written into weights.
     input_channels: int = 0  # Of the operator's input (depthwise: C of C * multiplier).
 
     @property
     def keras_kernel_shape(self) -> tuple[int, ...]:
-        if self.operator == "fully_connected":
-            out_units, in_units = self.weights.shape
-            return (in_units, out_units)
+        shape = self.weights.shape
         if self.operator == "depthwise_conv_2d":  # File (1, H, W, C*M), Keras (H, W, C, M).
-            _, height, width, channels = self.weights.shape
+            _, height, width, channels = shape
             inputs = self.input_channels or channels
             return (height, width, inputs, channels // inputs)
-        out_channels, height, width, in_channels = self.weights.shape
-        return (height, width, in_channels, out_channels)
+        return _LAYOUTS[self.operator][0](shape)
 
     @property
     def filter_axis(self) -> int | None:
-        """Axis of the Keras kernel that indexes filters (None: no filters)."""
-        return {"conv_2d": -1, "depthwise_conv_2d": -2}.get(self.operator)
+        return _FILTER_AXES.get(self.operator)
 
     @functools.cached_property
     def _file_position_of_keras_index(self) -> np.ndarray:
-        if self.operator == "depthwise_conv_2d":  # The same flat order in both layouts.
-            return np.arange(int(np.prod(self.weights.shape)))
-        permutation = (1, 0) if self.operator == "fully_connected" else (3, 0, 1, 2)
-        keras_index = np.arange(int(np.prod(self.weights.shape))).reshape(self.keras_kernel_shape)
+        permutation = _LAYOUTS.get(self.operator, (None, None))[1]
+        size = int(np.prod(self.weights.shape))
+        if permutation is None:  # The same flat order in both layouts.
+            return np.arange(size)
+        keras_index = np.arange(size).reshape(self.keras_kernel_shape)
         file_order = keras_index.transpose(permutation).reshape(-1)
         inverse = np.empty_like(file_order)
         inverse[file_order] = np.arange(file_order.size)
@@ -119,6 +161,83 @@ class TFLiteLayer:
     def keras_to_file_positions(self, keras_positions: np.ndarray) -> np.ndarray:
         """Flat indices in the file's layout of flat indices in the Keras kernel layout."""
         return self._file_position_of_keras_index[keras_positions]
+
+
+# Keras attribute names of the kernels of multi-operator layers (fault positions of kernel
+# i > 0 are drawn from a generator labelled with it, as in the Keras runtime).
+_MULTI_OPERATOR_LAYERS = {
+    ("depthwise_conv_2d", "conv_2d"): (
+        "separable_conv_2d",
+        ("depthwise_kernel", "pointwise_kernel"),
+    ),
+}
+
+
+@dataclasses.dataclass
+class TFLiteLayer:
+    """One Keras layer in the file: one weight-bearing operator, or the operators that
+    carry one Keras layer's name (SeparableConv2D: DEPTHWISE_CONV_2D then a 1x1 CONV_2D)."""
+
+    name: str
+    kernels: list[OperatorKernel]
+    bias: ConstantTensor | None  # The last operator's (the layer's own bias).
+    output_tensor: int = -1  # The last operator's output.
+    scope: str | None = None  # The Keras name in the converter's tensor names, if any.
+    bias_operator: int | None = None  # The separate ADD holding the bias, if any.
+    node_tensor: int | None = None  # Where node faults hold the output at 0 (None: unknown).
+    node_refusal: str | None = None  # Why node faults cannot be placed, when they cannot.
+
+    @property
+    def operator_index(self) -> int:
+        return self.kernels[0].operator_index
+
+    @property
+    def operator_indices(self) -> list[int]:
+        return [kernel.operator_index for kernel in self.kernels]
+
+    @property
+    def all_operator_indices(self) -> list[int]:
+        """The weight operators and the separate bias ADD: every operator holding its weights."""
+        extra = [] if self.bias_operator is None else [self.bias_operator]
+        return self.operator_indices + extra
+
+    @property
+    def operator(self) -> str:
+        kinds = tuple(kernel.operator for kernel in self.kernels)
+        if len(kinds) == 1:
+            return kinds[0]
+        return _MULTI_OPERATOR_LAYERS.get(kinds, ("+".join(kinds), ()))[0]
+
+    @property
+    def weights(self) -> ConstantTensor:
+        return self.kernels[0].weights
+
+    @property
+    def keras_attributes(self) -> tuple[str, ...]:
+        kinds = tuple(kernel.operator for kernel in self.kernels)
+        default = tuple(f"kernel_{index}" for index in range(len(kinds)))
+        return (
+            _MULTI_OPERATOR_LAYERS.get(kinds, ("", default))[1] if len(kinds) > 1 else ("kernel",)
+        )
+
+    @property
+    def filter_axes(self) -> list[int | None]:
+        """Filter axis per kernel: a multi-operator layer's filters are its last operator's
+        output channels (SeparableConv2D's depthwise kernel has none, as in Keras)."""
+        if len(self.kernels) == 1:
+            return [self.kernels[0].filter_axis]
+        return [None] * (len(self.kernels) - 1) + [self.kernels[-1].filter_axis]
+
+    @property
+    def filter_axis(self) -> int | None:
+        return next((axis for axis in self.filter_axes if axis is not None), None)
+
+    @property
+    def keras_kernel_shape(self) -> tuple[int, ...]:
+        return self.kernels[0].keras_kernel_shape
+
+    def keras_to_file_positions(self, keras_positions: np.ndarray) -> np.ndarray:
+        return self.kernels[0].keras_to_file_positions(keras_positions)
 
 
 def _per_element(tensor: ConstantTensor, values: np.ndarray, default: float) -> np.ndarray:
@@ -194,7 +313,11 @@ class TFLiteFile:
             manifest = json.loads(manifest_path.read_text())
             entry = manifest.get("artifacts", {}).get(path.name, {})
             if "layers" in entry:
-                layer_names = {int(v["operator_index"]): k for k, v in entry["layers"].items()}
+                layer_names = {
+                    int(index): name
+                    for name, value in entry["layers"].items()
+                    for index in value.get("operator_indices", [value["operator_index"]])
+                }
         return cls(path, layer_names, num_threads)
 
     def _check_runs(self) -> None:
@@ -352,17 +475,71 @@ class _Graph:
             return self.constant(int(self.graph.Operators(producer).InputsAsNumpy()[0]))
         return constant
 
-    def zero_preserving(self, op_index: int, options_class) -> bool:
-        """act(0) = 0 for the fused activation and for any activation operator after it."""
-        operator = self.graph.Operators(op_index)
-        options = options_class()
-        table = operator.BuiltinOptions()
-        options.Init(table.Bytes, table.Pos)
-        output = int(operator.OutputsAsNumpy()[0])
-        followers = [self.code(i) for i in self.consumers.get(output, [])]
-        return options.FusedActivationFunction() in _ZERO_PRESERVING_FUSED and not any(
-            code in _NON_ZERO_PRESERVING_FOLLOWERS for code in followers
+    def tensor_name(self, tensor_index: int) -> str:
+        return self.graph.Tensors(tensor_index).Name().decode(errors="replace")
+
+    def output(self, op_index: int) -> int:
+        return int(self.graph.Operators(op_index).OutputsAsNumpy()[0])
+
+    def bias_add(self, op_index: int) -> tuple[int, ConstantTensor] | None:
+        """A separate ADD of a constant per-channel vector that alone reads the operator's
+        output: the layer's bias (Conv3D's, for instance, is not fused)."""
+        output = self.output(op_index)
+        readers = self.consumers.get(output, [])
+        if len(readers) == 1 and self.code(readers[0]) in _REQUANTIZE:  # Float op in int8.
+            output = self.output(readers[0])
+            readers = self.consumers.get(output, [])
+        if len(readers) != 1 or self.code(readers[0]) != _BUILTIN.ADD:
+            return None
+        channels = _shape(self.graph.Tensors(output))[-1:]
+        for tensor in self.graph.Operators(readers[0]).InputsAsNumpy():
+            constant = self.weights(int(tensor)) if int(tensor) != output else None
+            if constant is not None and constant.shape[-1:] == channels:
+                if int(np.prod(constant.shape)) == channels[0]:
+                    return readers[0], constant
+        return None
+
+    def _has_constant_input(self, op_index: int) -> bool:
+        return any(
+            self.constant(int(tensor)) is not None
+            for tensor in self.graph.Operators(op_index).InputsAsNumpy()
         )
+
+    def node_point(self, op_index: int, scope: str | None) -> tuple[int | None, str | None]:
+        """The tensor that holds a layer's output as the Keras runtime faults it, or
+        (None, why) when the file does not tell.
+
+        The Keras node fault holds the layer's output at 0: after the layer's activation,
+        and after a BatchNormalization that reads the layer's output (converters fold it
+        into the operator). From the operator's output, the point moves past a single
+        consumer that carries the layer's own name (an activation operator, a bias ADD) or
+        an unfolded BatchNormalization ('.../batchnorm/...').
+        """
+        tensor = self.output(op_index)
+        while len(self.consumers.get(tensor, [])) == 1:
+            follower = self.consumers[tensor][0]
+            code = self.code(follower)
+            if code in _REQUANTIZE:  # A float operator in an int8 file: 0 stays real 0.
+                tensor = self.output(follower)
+                continue
+            name = self.tensor_name(self.output(follower))
+            elementwise = code in _ACTIVATIONS or (
+                code in (_BUILTIN.ADD, _BUILTIN.MUL, _BUILTIN.SUB)
+                and self._has_constant_input(follower)
+            )
+            if not elementwise:
+                break
+            if scope is None:
+                if code in _ZERO_PRESERVING_OPERATORS:
+                    break  # Holding its input or its output at 0 is the same.
+                return None, (
+                    f"the operator is followed by {_OPERATOR_NAMES.get(code, code)} and the "
+                    "file's tensor names do not tell whether it belongs to the layer"
+                )
+            if _layer_name_of_tensor(name) != scope and "batchnorm" not in name.split("/"):
+                break
+            tensor = self.output(follower)
+        return tensor, None
 
 
 _OPERATOR_NAMES = {
@@ -399,72 +576,164 @@ def _shape(tensor) -> tuple[int, ...]:
     return () if isinstance(shape, int) else tuple(int(d) for d in shape)  # 0: a scalar.
 
 
+# Op names that mark the weight-bearing part of a converter's tensor name.
+_WEIGHT_OP_WORDS = {
+    "MatMul",
+    "BiasAdd",
+    "convolution",
+    "Conv2D",
+    "Conv3D",
+    "depthwise",
+    "separable_conv2d",
+    "conv_transpose",
+    "GatherV2",
+    "embedding_lookup",
+    "Einsum",
+    "einsum",
+}
+
+
 def _layer_name_of_tensor(name: str) -> str | None:
-    """The Keras layer a converter's weight tensor belongs to: 'functional_1/conv_1/
-    convolution' -> 'conv' (tracing appends one '_<n>' to each scope)."""
-    parts = name.split(";")[0].split("/")
-    if len(parts) < 3:
-        return None
-    return re.sub(r"_\d+$", "", parts[1]) or None
+    """The Keras layer a converter's tensor belongs to: 'functional_1/conv_1/convolution'
+    -> 'conv' (tracing appends one '_<n>' to each scope). Fused names join several with
+    ';' ('model/bn_1/batchnorm/mul_1;model/dw_1/depthwise'): the part with a weight op
+    names the layer, else the first part."""
+    scopes = []
+    for part in name.split(";"):
+        components = part.split("/")
+        if len(components) < 3:
+            continue
+        scope = re.sub(r"_\d+$", "", components[1]) or None
+        if any(re.sub(r"_?\d+$", "", word) in _WEIGHT_OP_WORDS for word in components[2:]):
+            return scope
+        scopes.append(scope)
+    return scopes[0] if scopes else None
 
 
-def _names_from_tensors(graph: _Graph, layers: dict[str, TFLiteLayer]) -> dict[int, str]:
-    """Operator index -> Keras layer name from the weight tensors' names, when every
-    operator maps to a distinct name; else {} (operators keep type-and-order names)."""
-    names = {}
-    for layer in layers.values():
-        tensor_name = graph.graph.Tensors(layer.weights.index).Name().decode(errors="replace")
-        names[layer.operator_index] = _layer_name_of_tensor(tensor_name)
-    if None in names.values() or len(set(names.values())) != len(names):
-        return {}
-    return names
+def _weight_op_scope(name: str) -> str | None:
+    """The layer of a name only where a part of it has a weight op ('dense_1/MatMul')."""
+    for part in name.split(";"):
+        components = part.split("/")
+        if len(components) >= 3 and any(
+            re.sub(r"_?\d+$", "", word) in _WEIGHT_OP_WORDS for word in components[2:]
+        ):
+            return re.sub(r"_\d+$", "", components[1]) or None
+    return None
 
 
-def _rename(layers: dict[str, TFLiteLayer], names: dict[int, str]) -> dict[str, TFLiteLayer]:
-    result = {}
-    for layer in layers.values():
-        layer.name = names.get(layer.operator_index, layer.name)
-        result[layer.name] = layer
+def _operator_scope(graph: _Graph, op_index: int, weights: ConstantTensor) -> str | None:
+    """The Keras layer of a weight operator from its weight tensor's or output's name."""
+    weights_name = graph.tensor_name(weights.index)
+    output_name = graph.tensor_name(graph.output(op_index))
+    return (
+        _weight_op_scope(weights_name)
+        or _weight_op_scope(output_name)
+        or _layer_name_of_tensor(weights_name)
+    )
+
+
+@dataclasses.dataclass
+class _Operator:
+    kernel: OperatorKernel
+    bias: ConstantTensor | None
+    scope: str | None
+    bias_operator: int | None = None  # A separate ADD that holds the bias.
+
+
+def _weight_operators(graph: _Graph) -> list[_Operator]:
+    """Every operator of the supported kinds whose weights are constants, in order."""
+    result = []
+    for op_index in range(graph.graph.OperatorsLength()):
+        spec = _WEIGHT_OPERATORS.get(graph.code(op_index))
+        if spec is None:
+            continue
+        inputs = [int(t) for t in graph.graph.Operators(op_index).InputsAsNumpy()]
+        weights = graph.weights(inputs[spec.weights_input])
+        if weights is None or int(np.prod(weights.shape)) <= 1:
+            continue
+        bias_index = spec.bias_input
+        bias = (
+            graph.weights(inputs[bias_index]) if bias_index and len(inputs) > bias_index else None
+        )
+        data_shape = graph.graph.Tensors(inputs[spec.data_input]).ShapeAsNumpy()
+        channels = int(data_shape[-1]) if not isinstance(data_shape, int) else 0
+        kernel = OperatorKernel(op_index, spec.kind, weights, channels)
+        bias_operator = None
+        if bias is None and graph.bias_add(op_index) is not None:
+            bias_operator, bias = graph.bias_add(op_index)
+        scope = _operator_scope(graph, op_index, weights)
+        result.append(_Operator(kernel, bias, scope, bias_operator))
     return result
+
+
+def _names(operators: list[_Operator], layer_names: dict[int, str]) -> tuple[list[str], str]:
+    """A layer name per operator: from the export manifest, else from the converter's
+    tensor names when they name every operator and operators that share a name form a
+    known multi-operator layer, else by type and order ('conv_2d_0')."""
+    indices = [op.kernel.operator_index for op in operators]
+    if layer_names and all(index in layer_names for index in indices):
+        return [layer_names[index] for index in indices], "manifest"
+    scopes = [op.scope for op in operators]
+    if None not in scopes and _groups_valid(operators, scopes):
+        return scopes, "tensor names"
+    counters: dict[str, int] = {}
+    names = []
+    for op in operators:
+        kind = op.kernel.operator
+        names.append(f"{kind}_{counters.get(kind, 0)}")
+        counters[kind] = counters.get(kind, 0) + 1
+    return names, "type and order"
+
+
+def _groups_valid(operators: list[_Operator], names: list[str]) -> bool:
+    """Operators sharing a name are consecutive and form a known multi-operator layer."""
+    for name in set(names):
+        positions = [i for i, n in enumerate(names) if n == name]
+        kinds = tuple(operators[i].kernel.operator for i in positions)
+        if len(kinds) > 1 and (
+            kinds not in _MULTI_OPERATOR_LAYERS
+            or positions != list(range(positions[0], positions[-1] + 1))
+        ):
+            return False
+    return True
 
 
 def _parse_layers(
     content: bytes, layer_names: dict[int, str]
 ) -> tuple[dict[str, TFLiteLayer], str]:
-    """FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D operators with constant weights, in
-    execution order, named by `layer_names` (an export manifest), else by the Keras layer
-    names in the converter's tensor names, else by type and order ('conv_2d_0')."""
+    """Weight-bearing operators with constant weights as Keras layers, in execution order,
+    named by `layer_names` (an export manifest), else by the Keras layer names in the
+    converter's tensor names, else by type and order ('conv_2d_0')."""
     try:
         graph = _Graph(content)
+        operators = _weight_operators(graph)
+        names, source = _names(operators, layer_names)
         layers: dict[str, TFLiteLayer] = {}
-        counters = {kind: 0 for kind, _ in _WEIGHT_OPERATORS.values()}
-        for op_index in range(graph.graph.OperatorsLength()):
-            code = graph.code(op_index)
-            if code not in _WEIGHT_OPERATORS:
-                continue
-            kind, options_class = _WEIGHT_OPERATORS[code]
-            inputs = [int(t) for t in graph.graph.Operators(op_index).InputsAsNumpy()]
-            weights = graph.weights(inputs[1])
-            if weights is None:
-                continue
-            bias = graph.weights(inputs[2]) if len(inputs) > 2 else None
-            zero_preserving = graph.zero_preserving(op_index, options_class)
-            name = f"{kind}_{counters[kind]}"
-            counters[kind] += 1
-            channels = int(graph.graph.Tensors(inputs[0]).ShapeAsNumpy()[-1])
-            layers[name] = TFLiteLayer(
-                name, op_index, kind, weights, bias, zero_preserving, channels
-            )
-        from_tensors = {} if layer_names else _names_from_tensors(graph, layers)
-        source = "manifest" if layer_names else "tensor names" if from_tensors else "type and order"
-        layers = _rename(layers, layer_names or from_tensors)
+        for op, name in zip(operators, names, strict=True):
+            layer = layers.get(name)
+            if layer is None:
+                layers[name] = TFLiteLayer(name, [op.kernel], op.bias, scope=op.scope)
+            else:  # The next operator of a multi-operator layer: its bias is the layer's.
+                layer.kernels.append(op.kernel)
+                layer.bias = op.bias
+            layer = layers[name]
+            layer.bias_operator = op.bias_operator
+        for layer in layers.values():
+            layer.output_tensor = graph.output(layer.kernels[-1].operator_index)
+            layer.node_tensor, why = graph.node_point(layer.kernels[-1].operator_index, layer.scope)
+            if why:
+                layer.node_refusal = (
+                    f"Node faults on {layer.name!r}: {why}. Convert the file from the Keras "
+                    "model (tensor names carry layer names), or use parameter faults or "
+                    "--exclude_layers."
+                )
     except (IndexError, KeyError, AttributeError, ValueError, TypeError, struct.error) as error:
         raise ValueError(
             f"The TFLite flatbuffer is corrupt or truncated ({type(error).__name__}: {error})."
         ) from None
     if not layers:
         raise ValueError(
-            "The TFLite model has no FULLY_CONNECTED, CONV_2D or DEPTHWISE_CONV_2D operator "
-            "with constant weights (stored, or float16 behind DEQUANTIZE)."
+            f"The TFLite model has no weight-bearing operator with constant weights (stored, "
+            f"or float16 behind DEQUANTIZE) of the supported kinds: {', '.join(SUPPORTED_OPERATORS)}."
         )
     return layers, source

@@ -334,16 +334,46 @@ def test_bad_tflite_inputs(mlp_export, tmp_path):
         float32.select_layers(FaultSpec(kind="weight", layers=("conv_3",)))
 
 
-def test_node_faults_refused_behind_non_zero_preserving_activation(tmp_path):
+def test_node_faults_after_an_activation_operator(tmp_path):
+    """Dense(activation="sigmoid") is FULLY_CONNECTED + LOGISTIC: the node fault holds the
+    layer's output (after the sigmoid) at 0 in both runtimes. A file whose tensor names
+    do not tell whether the LOGISTIC belongs to the layer is refused, with the reason."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
     inputs = keras.Input((8,))
-    hidden = keras.layers.Dense(4, activation="sigmoid", name="hidden")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(hidden))
+    hidden = keras.layers.Dense(16, activation="sigmoid", name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     (tmp_path / "sigmoid.tflite").write_bytes(converter.convert())
-    tflite = tflite_runner.TFLiteModel.load(tmp_path / "sigmoid.tflite")
-    with pytest.raises(FaultTargetError, match="need act\\(0\\) = 0"):
-        tflite.select_layers(FaultSpec(kind="node"))
-    tflite.select_layers(FaultSpec(kind="weight"))  # weights are fine
+    images = np.random.default_rng(0).uniform(0, 1, (50, 8)).astype(np.float32)
+    labels = np.argmax(np.asarray(model(images)), axis=-1)
+    spec = FaultSpec(kind="node", rates=(0.5,), trials=1)
+    keras_run = keras_runner.KerasModel(model).runner(spec, images, labels, 50)
+    tflite_run = tflite_runner.TFLiteModel.load(tmp_path / "sigmoid.tflite").runner(
+        spec, images, labels, 50
+    )
+    assert tflite_run.target_names == keras_run.target_names == ["hidden"]
+    assert keras_run.inject(0.5, 0) == tflite_run.inject(0.5, 0)
+    faulty = np.asarray(keras_run.faulty(images))
+    assert np.max(np.abs(faulty - np.asarray(model(images)))) > 0.01  # The faults act.
+    np.testing.assert_allclose(tflite_run.logits(), faulty, atol=1e-5)
+
+    unnamed = flatbuffer_utils.read_model_from_bytearray(
+        bytearray((tmp_path / "sigmoid.tflite").read_bytes())
+    )
+    for index, tensor in enumerate(unnamed.subgraphs[0].tensors):
+        tensor.name = f"t{index}"
+    (tmp_path / "unnamed.tflite").write_bytes(
+        bytes(flatbuffer_utils.convert_object_to_bytearray(unnamed))
+    )
+    tflite = tflite_runner.TFLiteModel.load(tmp_path / "unnamed.tflite")
+    assert tflite.names_from == "type and order"
+    with pytest.raises(FaultTargetError, match="do not tell whether it belongs to the layer"):
+        tflite.select_layers(FaultSpec(kind="node", layers=("fully_connected_0",)))
+    coverage = tflite.coverage(FaultSpec(kind="node", include_output_nodes=True))
+    assert coverage["targeted_layers"] == ["fully_connected_1"]
+    assert "LOGISTIC" in coverage["left_out"][0]["reason"]
+    tflite.select_layers(FaultSpec(kind="weight"))  # Weights are fine.
 
 
 def test_export_refuses_existing_output_and_leaves_nothing_on_failure(

@@ -219,13 +219,22 @@ def test_bit_faults_act_on_float16_storage():
         sampling.corrupt_bits(values, np.random.default_rng(0), 20, "flip")
 
 
-def test_node_campaign_on_a_tflite_says_why_conv_outputs_are_left_out(user_files):
-    _, paths, _ = user_files
-    spec = FaultSpec(kind="node", include_output_nodes=True)
-    coverage = tflite_runner.TFLiteModel(paths["float32"]).coverage(spec)
-    assert coverage["targeted_layers"] == ["logits"]
-    reasons = {entry["layer"]: entry["reason"] for entry in coverage["left_out"]}
-    assert set(reasons) == {"conv", "depthwise"}
-    assert (
-        "convolution outputs" in reasons["conv"] and "convolution outputs" in reasons["depthwise"]
-    )
+def test_node_faults_on_convolution_outputs_match_keras(user_files):
+    """Node faults hold single output positions of Conv2D and DepthwiseConv2D at 0 in the
+    .tflite (a mask multiplication inserted after each output) exactly as in Keras, in the
+    float32 file; the int8 file tracks it (paired interval)."""
+    model, paths, (images, labels) = user_files
+    spec = FaultSpec(kind="node", rates=(0.3,), trials=6, seed=4)
+    keras_run = keras_runner.KerasModel(model).runner(spec, images, labels, 500)
+    float32 = _named(paths["float32"], model).runner(spec, images, labels, 500)
+    assert float32.target_names == keras_run.target_names == ["conv", "depthwise"]
+    assert keras_run.inject(0.3, 0) == float32.inject(0.3, 0)
+    keras_logits = np.asarray(keras_run.faulty(images.astype(np.float32) / 255.0))
+    assert np.max(np.abs(keras_logits - float32.logits())) <= 1e-3
+    int8 = _named(paths["int8"], model).runner(spec, images, labels, 500)
+    accuracies = {
+        name: np.array([runner.evaluate_cell(0.3, t)["accuracy"] for t in range(6)])
+        for name, runner in (("float32", float32), ("int8", int8))
+    }
+    assert np.mean(accuracies["float32"]) < 0.9 * float32.evaluate_cell(0.0, 0)["accuracy"]
+    _assert_not_significantly_beyond(accuracies["int8"] - accuracies["float32"], 0.03)

@@ -217,11 +217,12 @@ def _convert(converter, mode: str, representative=None) -> bytes:
 def layer_map(
     model: keras.Model, tflite: tflite_file.TFLiteFile, check_values: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """Keras weight layer -> TFLite operator, checked by shape and by value.
+    """Keras weight layer -> TFLite operator(s), checked by shape and by value.
 
     Operators are matched to layers by the Keras names in the converter's tensor names,
-    else in order. A BatchNormalization that the converter folded into the layer before
-    it is accounted for: the stored kernel must equal the unfolded or the folded one
+    else in order. A layer may be several operators (SeparableConv2D: depthwise, then
+    pointwise). A BatchNormalization that the converter folded into the layer before it
+    is accounted for: the stored kernel must equal the unfolded or the folded one
     (folding scales whole output channels, so a stuck-at-0 element stays 0 in both).
     QAT files hold fine-tuned weights, so only shapes are checked for them.
     """
@@ -230,15 +231,11 @@ def layer_map(
     if tflite.names_from == "tensor names" and all(op.name in by_name for op in operators):
         pairs = [(by_name[op.name], op) for op in operators]
     else:
-        keras_layers = [
-            layer
-            for layer in by_name.values()
-            if registry.layer_type(layer).kernels[0].attribute == "kernel"
-        ]
+        keras_layers = list(by_name.values())
         if len(keras_layers) != len(operators):
             raise RuntimeError(
                 f"{len(keras_layers)} Keras weight layers but {len(operators)} TFLite "
-                "operators with weights, and the operators' tensor names name no Keras layer."
+                "weight layers, and the operators' tensor names name no Keras layer."
             )
         pairs = list(zip(keras_layers, operators, strict=True))
     return {
@@ -247,34 +244,49 @@ def layer_map(
     }
 
 
-def _map_entry(model, keras_layer, operator, tflite, check_values: bool) -> dict[str, Any]:
-    kernel = np.asarray(registry.kernels(keras_layer)[0][1].numpy())
-    if kernel.shape != operator.keras_kernel_shape:
+def _map_entry(model, keras_layer, layer, tflite, check_values: bool) -> dict[str, Any]:
+    kernels = [np.asarray(variable.numpy()) for _, variable in registry.kernels(keras_layer)]
+    shapes = [kernel.keras_kernel_shape for kernel in layer.kernels]
+    if [kernel.shape for kernel in kernels] != shapes:
         raise RuntimeError(
-            f"Layer {keras_layer.name} {kernel.shape} does not match operator "
-            f"{operator.operator_index} {operator.keras_kernel_shape}."
+            f"Layer {keras_layer.name} {[k.shape for k in kernels]} does not match operators "
+            f"{layer.operator_indices} {shapes}."
         )
-    values = tflite_file.real_values(tflite.content, operator.weights)
-    stored = values[operator.keras_to_file_positions(np.arange(kernel.size))].reshape(kernel.shape)
-    tolerance = (
-        1e-5 if operator.weights.dtype == np.float32 else float(np.max(operator.weights.scales))
-    )
     folded_by = None
-    if check_values and not np.allclose(stored, kernel, atol=tolerance):
-        folded_by, folded = _folded_kernel(model, keras_layer, kernel)
+    for index, (kernel, operator) in enumerate(zip(kernels, layer.kernels, strict=True)):
+        values = tflite_file.real_values(tflite.content, operator.weights)
+        stored = values[operator.keras_to_file_positions(np.arange(kernel.size))]
+        stored = stored.reshape(kernel.shape)
+        tolerance = _storage_tolerance(operator.weights, kernel)
+        if not check_values or np.allclose(stored, kernel, atol=tolerance):
+            continue
+        last = index == len(kernels) - 1  # Folding scales the layer's output channels.
+        folded_by, folded = _folded_kernel(model, keras_layer, kernel) if last else (None, None)
         if folded is None or not np.allclose(stored, folded, atol=tolerance, rtol=1e-4):
             raise RuntimeError(
                 f"Values of layer {keras_layer.name} differ from operator {operator.operator_index}."
             )
     return {
-        "operator_index": operator.operator_index,
-        "operator": operator.operator,
-        "weights_tensor": operator.weights.index,
-        "weights_dtype": operator.weights.dtype.name,
-        "bias_tensor": None if operator.bias is None else operator.bias.index,
-        "bias_dtype": None if operator.bias is None else operator.bias.dtype.name,
+        "operator_index": layer.operator_index,
+        "operator_indices": layer.operator_indices,
+        "operator": layer.operator,
+        "weights_tensor": layer.weights.index,
+        "weights_tensors": [kernel.weights.index for kernel in layer.kernels],
+        "weights_dtype": layer.weights.dtype.name,
+        "bias_tensor": None if layer.bias is None else layer.bias.index,
+        "bias_dtype": None if layer.bias is None else layer.bias.dtype.name,
         **({"folded_batch_normalization": folded_by} if folded_by else {}),
     }
+
+
+def _storage_tolerance(weights: tflite_file.ConstantTensor, kernel: np.ndarray) -> float:
+    """How far stored values may be from the Keras kernel: float32 rounding, float16's
+    half-precision step, or an integer storage's quantization step."""
+    if weights.dtype == np.float32:
+        return 1e-5
+    if weights.dtype == np.float16:
+        return 1e-3 * max(1.0, float(np.max(np.abs(kernel))))
+    return float(np.max(weights.scales))
 
 
 def _folded_kernel(model, layer, kernel: np.ndarray):
@@ -289,6 +301,8 @@ def _folded_kernel(model, layer, kernel: np.ndarray):
         scale = gamma / np.sqrt(np.asarray(candidate.moving_variance.numpy()) + candidate.epsilon)
         if isinstance(layer, keras.layers.DepthwiseConv2D):  # Channels C * M over (C, M).
             scale = np.reshape(scale, kernel.shape[-2:])
+        elif isinstance(layer, keras.layers.Conv2DTranspose):  # Kernel (H, W, out, in).
+            scale = np.reshape(scale, (-1, 1))
         return candidate.name, kernel * scale
     return None, None
 

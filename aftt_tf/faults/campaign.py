@@ -316,6 +316,7 @@ class _Run:
         skipped = 0
         for group, group_spec in _groups(adapter, self.spec, per_layer):
             context = {"model": label, "model_hash": model_hash, "group": group}
+            cells.check_targets(model_hash, group, adapter.select_layers(group_spec), label)
             done = cells.done(model_hash, group)
             todo = [cell for cell in plan if cell not in done]
             skipped += len(plan) - len(todo)
@@ -386,6 +387,19 @@ class _CellLog:
         """Cells finished before this run started (two labels of one model both run)."""
         own = self._own(model_hash, group, self._finished_before)
         return {(c["rate"], c["trial"]) for c in own}
+
+    def check_targets(self, model_hash: str, group: str, targets: list[str], label: str) -> None:
+        """Refuses to resume cells that faulted other layers than this code targets (the
+        layer rule changed between versions, e.g. a new layer type became faultable):
+        mixing them would average two different campaigns under one name."""
+        for cell in self._own(model_hash, group, self._finished_before):
+            if "per_layer" in cell and set(cell["per_layer"]) != set(targets):
+                raise ValueError(
+                    f"{self.path} holds cells of {label!r} that faulted layers "
+                    f"{sorted(cell['per_layer'])}, but this version of aftt-tf targets "
+                    f"{sorted(targets)} for the same spec (its layer rules changed). Its cells "
+                    "cannot be resumed: write to a new --out (or remove the directory)."
+                )
 
     def accuracies_by_rate(self, model_hash: str, group: str) -> dict[float, list[float]]:
         result: dict[float, list[float]] = {}

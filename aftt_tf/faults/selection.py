@@ -25,8 +25,6 @@ class Candidate:
         node_faults: False when this runtime cannot place node faults on the layer at all
             (it is then no node candidate); naming it in `--layers` raises `node_refusal`.
         node_refusal: why node faults cannot be placed on this layer.
-        zero_preserving: act(0) = 0 after the layer; node faults written as zeroed weights
-            (TFLite) equal outputs held at 0 only then, so others are refused.
     """
 
     name: str
@@ -34,7 +32,6 @@ class Candidate:
     output: bool
     node_faults: bool = True
     node_refusal: str | None = None
-    zero_preserving: bool = True
 
 
 def select(
@@ -152,15 +149,4 @@ def _by_kind(
         for candidate in candidates
         if candidate.node_faults and (include_output_nodes or not candidate.output)
     ]
-    refused = [
-        candidate
-        for candidate in chosen
-        if not candidate.zero_preserving and (not layer_names or candidate.name in layer_names)
-    ]
-    if refused:
-        raise FaultTargetError(
-            f"Node faults via zeroed weights need act(0) = 0, but layers "
-            f"{[candidate.name for candidate in refused]} use another activation; restrict "
-            "--layers to ReLU/linear/LeakyReLU layers."
-        )
     return chosen

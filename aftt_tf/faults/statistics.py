@@ -76,9 +76,9 @@ def confidence_interval(
     values = np.asarray(list(values), np.float64)
     if len(values) == 0:
         return float("nan"), float("nan"), float("nan")
+    if np.all(values == values[0]):  # Exact (a rate-0 column): no rounding in the mean.
+        return float(values[0]), 0.0, 0.0
     mean = float(values.mean())
-    if len(values) == 1:
-        return mean, 0.0, 0.0
     std = float(values.std(ddof=1))
     quantile = student_t_ppf(0.5 + confidence / 2, len(values) - 1)
     return mean, std, quantile * std / math.sqrt(len(values))

@@ -145,12 +145,16 @@ def apply_faults(model: keras.Model, kind: str, layer_names: list[str]) -> keras
             paths.append(registry.layer_type(layer).bias)
         return fault_layers.WeightFaults(clone, paths, name=layer.name)
 
+    # A node fault holds the layer's output at 0 after a BatchNormalization that reads it
+    # alone (converters fold it into the layer, so the .tflite's output is the normalised
+    # one): both runtimes then fault the same values.
+    node_sites = {normalization_after(model, name) or name: name for name in targets}
+
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
-        if kind == "node" and layer.name in targets:
-            outputs = fault_layers.NodeFault(target=layer.name, name=f"{layer.name}_node_fault")(
-                outputs
-            )
+        if kind == "node" and layer.name in node_sites:
+            target = node_sites[layer.name]
+            outputs = fault_layers.NodeFault(target=target, name=f"{target}_node_fault")(outputs)
         return outputs
 
     faulty = keras.models.clone_model(
@@ -158,6 +162,25 @@ def apply_faults(model: keras.Model, kind: str, layer_names: list[str]) -> keras
     )
     _copy_weights(model, faulty)
     return faulty
+
+
+def _consumers(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
+    """Layer name -> the layers that read its output, in a Functional model's graph."""
+    result: dict[str, list[keras.layers.Layer]] = {}
+    for nodes in model._nodes_by_depth.values():  # No public graph walk in Keras 3.
+        for node in nodes:
+            for tensor in node.input_tensors:
+                producer = tensor._keras_history.operation
+                result.setdefault(producer.name, []).append(node.operation)
+    return result
+
+
+def normalization_after(model: keras.Model, name: str) -> str | None:
+    """The BatchNormalization that alone reads layer `name`'s output, if any."""
+    readers = _consumers(model).get(name, [])
+    if len(readers) == 1 and isinstance(readers[0], keras.layers.BatchNormalization):
+        return readers[0].name
+    return None
 
 
 def strip_faults(model: keras.Model) -> keras.Model:

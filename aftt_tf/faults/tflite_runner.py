@@ -1,26 +1,22 @@
 """Fault campaigns on .tflite files, with numpy and ai-edge-litert only (no TensorFlow).
 
-The file is read once into memory and parsed by `aftt_tf.tflite_file`. Each
-Dense/Conv2D layer of the Keras classifier is a FULLY_CONNECTED or CONV_2D operator
-whose weights and bias live in constant buffers; a trial restores the original
-bytes of the touched buffers, writes the faulty values in the file's own
-representation and builds an interpreter from the patched bytes (no re-read or
-re-parse of the file). Fault positions come from the same sampler as the Keras
-runtime, in the Keras layout, so one seed faults the same elements in both.
+The file is read once into memory and parsed by `aftt_tf.tflite_file`: each Keras layer
+is one weight-bearing operator (or two: SeparableConv2D) whose weights and bias live in
+constant buffers. A parameter-fault trial restores the original bytes of the touched
+buffers, writes the faulty values in the file's own representation and builds an
+interpreter from the patched bytes (no re-read or re-parse of the file). Fault
+positions come from the same sampler as the Keras runtime, in the Keras layout, and are
+mapped to each operator's layout (FC transposed, conv OHWI, depthwise 1HW(C*M),
+transpose-conv OHWI, conv-3D DHWIO), so one seed faults the same elements in both.
 
-Representations:
-* float32 weights: faulty value written as float32 (stuck-at-0 is 0.0);
-* int8 weights are symmetric (zero-point 0), so stuck-at-0 is int8 0 = real 0; a
-  stuck value is quantised with the element's channel scale; bit faults act on the
-  int8 bits 0..7;
-* int32 biases (int8 models): 0 is real 0; bit faults on bits 0..31.
-* `node` faults (Dense only): unit j stuck at 0 is written as weight row j = 0 and
-  bias j = 0, so its pre-activation is 0 and its output is act(0). This equals the
-  Keras NodeFault (output held at 0) when act(0) = 0: fused NONE, RELU, RELU6,
-  RELU_N1_TO_1 and TANH qualify, unless a LOGISTIC/EXP/SOFTMAX operator follows; other
-  activations are refused. In int8
-  models the accumulator is then 0, so the output is the zero-point, i.e. real 0.
-  Per-position node faults in conv layers cannot be written into weights: refused.
+Representations: float32 and float16 weights take the faulty value as stored floats;
+integer weights (int8 per-channel or per-tensor, uint8, int16, int32 biases) take
+stuck-at-0 as each element's zero point (real 0), a stuck value quantised with the
+element's scale and zero point, and bit faults on the stored bits of their type.
+
+Node faults hold a layer's output units at 0 exactly as the Keras NodeFault does: the
+file is rewritten once with a mask multiplication after each targeted layer's output
+(`tflite_nodes`), and a trial writes the mask.
 """
 
 from __future__ import annotations
@@ -31,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import tflite_file
-from aftt_tf.faults import inputs, sampling, selection
+from aftt_tf.faults import inputs, sampling, selection, tflite_nodes
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result
 from aftt_tf.tflite_file import (
     BatchedInterpreter,
@@ -40,27 +36,20 @@ from aftt_tf.tflite_file import (
     element_zero_points,
 )
 
-_CONV_NODE_REFUSAL = (
-    "Node faults in conv layer {name!r} hold single activation positions at 0; rewriting "
-    "weights cannot express that. Use filter faults, or Dense layers."
-)
-
 
 class TFLiteModel(tflite_file.TFLiteFile):
     """A parsed .tflite classifier as a campaign model (`spec.CampaignModel`)."""
 
     def candidates(self) -> list[selection.Candidate]:
         """The file's weight operators as the shared selection rule sees them."""
-        output_index = max(layer.operator_index for layer in self.layers.values())
+        output_index = max(max(layer.all_operator_indices) for layer in self.layers.values())
         return [
             selection.Candidate(
                 name=layer.name,
                 convolution=layer.filter_axis is not None,
-                output=layer.operator_index == output_index,
-                # Per-position node faults in conv layers cannot be written into weights.
-                node_faults=layer.operator == "fully_connected",  # Conv outputs: positions.
-                node_refusal=_CONV_NODE_REFUSAL.format(name=layer.name),
-                zero_preserving=layer.zero_preserving,
+                output=max(layer.all_operator_indices) == output_index,
+                node_faults=layer.node_tensor is not None,
+                node_refusal=layer.node_refusal,
             )
             for layer in self.layers.values()
         ]
@@ -79,7 +68,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
         )
         if spec.kind == "bit":
             for name in names:
-                bits = self.layers[name].weights.dtype.itemsize * 8
+                bits = min(k.weights.dtype.itemsize for k in self.layers[name].kernels) * 8
                 if spec.bit_position >= bits:
                     raise FaultTargetError(
                         f"bit_position {spec.bit_position} does not exist in the {bits}-bit "
@@ -100,14 +89,12 @@ class TFLiteModel(tflite_file.TFLiteFile):
                 continue
             layer = self.layers.get(op.get("layer"))
             if layer is None:
+                reason = _unsupported_reason(op["operator"])
+            elif spec.kind == "node" and layer.node_tensor is None:
+                reason = layer.node_refusal
+            elif spec.kind == "filter" and layer.filter_axis is None:
                 reason = (
-                    f"{op['operator']} weights are not faulted by the TFLite runtime (it "
-                    "faults FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D)"
-                )
-            elif spec.kind == "node" and layer.operator != "fully_connected":
-                reason = (
-                    "node faults on convolution outputs hold single positions at 0, which "
-                    "rewriting a .tflite's weights cannot express (the Keras runtime can)"
+                    f"{layer.operator.upper()} has no filters (filter faults reach convolutions)"
                 )
             else:
                 reason = "not selected by the fault kind, --layers, --exclude_layers or --scope"
@@ -122,7 +109,11 @@ class TFLiteModel(tflite_file.TFLiteFile):
 
     @property
     def weight_operators(self) -> list[dict[str, Any]]:
-        by_index = {layer.operator_index: name for name, layer in self.layers.items()}
+        by_index = {
+            index: name
+            for name, layer in self.layers.items()
+            for index in layer.all_operator_indices
+        }
         result = []
         for op in tflite_file.constant_operators(self.content):
             if op["operator_index"] in by_index:
@@ -160,7 +151,12 @@ class TFLiteRunner:
         )
         self.labels = np.asarray(labels)
         self.batch_size = min(batch_size, len(self.labels))
-        self.buffer = bytearray(model.content)
+        self.content = model.content
+        self.masks: dict[str, ConstantTensor] = {}
+        if spec.kind == "node":  # One rewrite per campaign: a mask after each output.
+            points = {name: model.layers[name].node_tensor for name in self.target_names}
+            self.content, self.masks = tflite_nodes.with_masks(model.content, points)
+        self.buffer = bytearray(self.content)
         self.patch_seconds = 0.0  # Time spent writing faulty bytes (inject).
         self.build_seconds = 0.0  # Time spent building interpreters from patched bytes.
 
@@ -169,55 +165,57 @@ class TFLiteRunner:
             values, tensor.dtype
         ).tobytes()
 
-    def _read(self, tensor: ConstantTensor) -> np.ndarray:
-        return tflite_file.read_values(self.model.content, tensor)
-
     def _faulty_values(self, tensor: ConstantTensor, file_positions: np.ndarray, rng):
-        return faulty_values(self.model.content, tensor, file_positions, self.spec.value_fault, rng)
+        return faulty_values(self.content, tensor, file_positions, self.spec.value_fault, rng)
 
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         """Writes the faulty bytes of cell (rate, trial) into the in-memory model."""
         spec = self.spec
-        self.buffer[:] = self.model.content
+        self.buffer[:] = self.content
         per_layer, faulted, total = {}, 0, 0
         for name in self.target_names:
-            layer = self.model.layers[name]
             rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
             if spec.kind == "node":
-                units = layer.weights.shape[0]
+                mask = self.masks[name]
+                units = int(np.prod(mask.shape))
                 positions = sampling.sample_positions(units, rate, rng, spec.sampling)
-                weights = self._read(layer.weights).reshape(layer.weights.shape)
-                zero = element_zero_points(layer.weights).reshape(layer.weights.shape)
-                weights[positions, :] = zero[positions, :]  # Real 0 in the file's encoding.
-                self._write(layer.weights, weights)
-                if layer.bias is not None:
-                    bias = self._read(layer.bias)
-                    bias[positions] = element_zero_points(layer.bias)[positions]
-                    self._write(layer.bias, bias)
+                self._write(mask, tflite_nodes.mask_values(mask, positions))
                 count, elements = len(positions), units
             else:
-                bias_size = int(np.prod(layer.bias.shape)) if layer.bias is not None else 0
-                plan = sampling.plan_layer_fault(
-                    [layer.keras_kernel_shape],
-                    [layer.filter_axis],
-                    bias_size,
-                    spec.kind,
-                    rate,
-                    lambda index, rng=rng: rng,
-                    spec.sampling,
-                    spec.include_bias,
-                )
-                file_positions = layer.keras_to_file_positions(plan.kernel_positions[0])
-                self._write(layer.weights, self._faulty_values(layer.weights, file_positions, rng))
-                if layer.bias is not None and len(plan.bias_positions):
-                    self._write(
-                        layer.bias, self._faulty_values(layer.bias, plan.bias_positions, rng)
-                    )
-                count, elements = plan.faulted, plan.elements
+                count, elements = self._inject_parameters(name, rate, trial, rng)
             per_layer[name] = {"faulted": count, "elements": elements}
             faulted += count
             total += elements
         return {"faulted": faulted, "elements": total, "per_layer": per_layer}
+
+    def _inject_parameters(self, name: str, rate: float, trial: int, rng) -> tuple[int, int]:
+        """Parameter faults of one layer; kernel i > 0 draws from its own generator, as
+        in the Keras runtime, so multi-operator layers fault the same elements."""
+        spec, layer = self.spec, self.model.layers[name]
+
+        def rng_for(index: int):
+            if index == 0:
+                return rng
+            label = f"{name}/{layer.keras_attributes[index]}"
+            return sampling.trial_rng(spec.seed, spec.kind, label, rate, trial)
+
+        plan = sampling.plan_layer_fault(
+            [kernel.keras_kernel_shape for kernel in layer.kernels],
+            layer.filter_axes,
+            int(np.prod(layer.bias.shape)) if layer.bias is not None else 0,
+            spec.kind,
+            rate,
+            rng_for,
+            spec.sampling,
+            spec.include_bias,
+        )
+        for index, kernel in enumerate(layer.kernels):
+            positions = kernel.keras_to_file_positions(plan.kernel_positions[index])
+            source = rng if index == 0 else rng_for(index)
+            self._write(kernel.weights, self._faulty_values(kernel.weights, positions, source))
+        if layer.bias is not None and len(plan.bias_positions):
+            self._write(layer.bias, self._faulty_values(layer.bias, plan.bias_positions, rng))
+        return plan.faulted, plan.elements
 
     def logits(self) -> np.ndarray:
         """Float logits of the model as currently patched."""
@@ -232,6 +230,21 @@ class TFLiteRunner:
         self.patch_seconds += time.perf_counter() - start
         accuracy = float(np.mean(np.argmax(self.logits(), axis=-1) == self.labels))
         return cell_result(rate, trial, accuracy, counts)
+
+
+def _unsupported_reason(operator: str) -> str:
+    if operator == "BATCH_MATMUL":
+        return (
+            "BATCH_MATMUL weights are not faulted: the converter turns Keras Dense/EinsumDense "
+            "and constant matmuls into FULLY_CONNECTED, so no Keras layer maps to it"
+        )
+    reason = (
+        f"{operator} weights are not faulted by the TFLite runtime (it faults "
+        f"{', '.join(tflite_file.SUPPORTED_OPERATORS)})"
+    )
+    if operator == "UNIDIRECTIONAL_SEQUENCE_LSTM":
+        reason += "; the LSTM's gate tensors are not mapped to the Keras kernels yet"
+    return reason
 
 
 def faulty_values(
