@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -84,3 +87,39 @@ def model_path(tmp_path):
     path.parent.mkdir()
     networks.build_networks("fmnist_mlp").classifier.save(path)
     return path
+
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_FLAGS = [
+    f"--flagfile={REPO / 'flags/smoke.flags'}",
+    "--l1_lambda_grid=1e-5",
+    "--l2_lambda_grid=1e-5,1e-4",
+    "--faults=weight,node",
+    "--rates=0,0.5",
+    "--trials=2",
+    "--campaign_test_examples=128",
+    "--calibration_steps=2",
+]
+
+
+def reproduce_smoke(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """aftt-reproduce on flags/smoke.flags (small grids, two rates) into `out`."""
+    return subprocess.run(
+        [sys.executable, "-m", "aftt_tf.cli.reproduce", *SMOKE_FLAGS, f"--out={out}", *extra],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke_reproduction(tmp_path_factory):
+    """The reproduction of flags/smoke.flags (six methods, two fault kinds, int8), run
+    once per session through the CLI: shared by the reproduce and Ray tests."""
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST is not installed; run `make deps`.")
+    out = tmp_path_factory.mktemp("reproduce") / "smoke"
+    result = reproduce_smoke(out)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, result

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -19,41 +17,9 @@ from aftt_tf.reproduce import config as reproduce_config
 from aftt_tf.reproduce import document, pipeline, sections
 from aftt_tf.training import config as config_lib
 from aftt_tf.training import networks, trainers
-from tests.conftest import requires_fashion_mnist
+from tests.conftest import reproduce_smoke, requires_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE_FLAGS = [
-    f"--flagfile={REPO / 'flags/smoke.flags'}",
-    "--l1_lambda_grid=1e-5",
-    "--l2_lambda_grid=1e-5,1e-4",
-    "--faults=weight,node",
-    "--rates=0,0.5",
-    "--trials=2",
-    "--campaign_test_examples=128",
-    "--calibration_steps=2",
-]
-
-
-def _reproduce(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "aftt_tf.cli.reproduce", *SMOKE_FLAGS, f"--out={out}", *extra],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO,
-    )
-
-
-@pytest.fixture(scope="module")
-def smoke_reproduction(tmp_path_factory):
-    from tests.conftest import fashion_mnist_available
-
-    if not fashion_mnist_available():
-        pytest.skip("Fashion-MNIST is not installed; run `make deps`.")
-    out = tmp_path_factory.mktemp("reproduce") / "smoke"
-    result = _reproduce(out)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return out, result
 
 
 @requires_fashion_mnist
@@ -139,7 +105,7 @@ def test_resumed_reproduction_repeats_no_work(smoke_reproduction):
     models = sorted(out.glob("train/**/classifier.keras")) + sorted(out.glob("export/*/*.tflite"))
     stamps = {path: path.stat().st_mtime_ns for path in models}
     cells = {path: path.read_text() for path in out.glob("campaigns/*/cells.jsonl")}
-    result = _reproduce(out)
+    result = reproduce_smoke(out)
     assert result.returncode == 0, result.stderr[-3000:]
     log = json.loads((out / "work_log.json").read_text())
     work = [entry for entry in log if entry["stage"] in ("train", "export", "campaigns")]
@@ -149,7 +115,7 @@ def test_resumed_reproduction_repeats_no_work(smoke_reproduction):
     assert {path: path.stat().st_mtime_ns for path in models} == stamps
     assert {path: path.read_text() for path in out.glob("campaigns/*/cells.jsonl")} == cells
     # Restricting the work with --methods/--faults reuses the same cells too.
-    result = _reproduce(out, "--methods=none,aftt", "--faults=weight", "--runtimes=keras")
+    result = reproduce_smoke(out, "--methods=none,aftt", "--faults=weight", "--runtimes=keras")
     assert result.returncode == 0, result.stderr[-3000:]
     log = json.loads((out / "work_log.json").read_text())
     assert [e["action"] for e in log if e["stage"] == "campaigns"] == ["reused", "reused"]
@@ -165,7 +131,7 @@ def test_resumed_reproduction_repeats_no_work(smoke_reproduction):
 def test_another_training_config_is_refused_before_any_work(smoke_reproduction, tmp_path):
     out, _ = smoke_reproduction
     before = sorted(str(p) for p in out.rglob("*"))
-    result = _reproduce(out, "--finetune_epochs=3")
+    result = reproduce_smoke(out, "--finetune_epochs=3")
     assert result.returncode != 0
     assert "finetune_epochs: 2 -> 3" in result.stderr and "Use another --out" in result.stderr
     assert sorted(str(p) for p in out.rglob("*")) == before
@@ -186,7 +152,7 @@ def test_another_training_config_is_refused_before_any_work(smoke_reproduction, 
 )
 def test_bad_flags_fail_before_anything_is_written(tmp_path, flag, message):
     out = tmp_path / "never"
-    result = _reproduce(out, flag)
+    result = reproduce_smoke(out, flag)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert not out.exists()

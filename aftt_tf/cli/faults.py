@@ -12,7 +12,7 @@ import logging
 from absl import flags
 
 from aftt_tf import vocabulary
-from aftt_tf.cli import common
+from aftt_tf.cli import common, executor_flags
 
 flags.DEFINE_multi_string(
     "model",
@@ -148,6 +148,7 @@ def main(argv: list[str]) -> None:
         num_shards=FLAGS.num_shards,
         shard_index=FLAGS.shard_index,
         per_layer=FLAGS.per_layer,
+        **executor_flags.values(),
     )
     with common.usage_errors(data.DataUnavailableError):
         config.validate()
@@ -157,7 +158,11 @@ def main(argv: list[str]) -> None:
         campaign_lib.check_labels(
             test_data[1], test_data[2]["class_names"], getattr(first, "num_outputs", None)
         )
-    with common.refusals(FaultTargetError, OutputError, campaign.ChanceAccuracyError):
+    from aftt_tf.faults.ray_executor import RayUnavailableError
+
+    with common.refusals(
+        FaultTargetError, OutputError, campaign.ChanceAccuracyError, RayUnavailableError
+    ):
         results = campaign_lib.run(config, models, test_data)
     if FLAGS.num_shards == 1:
         _print_summary(results)
@@ -210,7 +215,7 @@ def _print_summary(results: dict) -> None:
 
 
 def run() -> None:
-    common.run(main, "aftt-faults", (__name__,))
+    common.run(main, "aftt-faults", (__name__, executor_flags.__name__))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import logging
 from absl import flags
 
 from aftt_tf import data, vocabulary
-from aftt_tf.cli import common, train_flags
+from aftt_tf.cli import common, executor_flags, train_flags
 from aftt_tf.io_utils import OutputError
 
 flags.DEFINE_list(
@@ -83,6 +83,7 @@ def config_from_flags():
         campaign_test_examples=FLAGS.campaign_test_examples,
         campaign_batch_size=FLAGS.campaign_batch_size,
         calibration_steps=FLAGS.calibration_steps,
+        **executor_flags.values(),
     )
     try:
         config.validate()
@@ -110,7 +111,9 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    common.run(main, "aftt-reproduce", (__name__, "aftt_tf.cli.train_flags"))
+    common.run(
+        main, "aftt-reproduce", (__name__, "aftt_tf.cli.train_flags", executor_flags.__name__)
+    )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ the engine that measures accuracy under them with paired statistics.
 - `spec`: `FaultSpec`, the cell record, the runtime interface (`CampaignModel`).
 - `selection` (where, every runtime) and `targets` (where + apply/strip, Keras);
   `sampling` (what); `layers` (how: registered Keras layers holding the masks).
-- `keras_runner`, `tflite_runner`: the runtimes; `runtimes` picks one for a model or file.
+- `keras_runner`, `tflite_runner` (+ `tflite_nodes`, node-fault masks written into the
+  flatbuffer): the runtimes; `runtimes` picks one for a model or file.
 - `campaign` (engine: plan, resume, shards, outputs), `analysis` (summaries, paired
-  differences, AUC, verdict), `statistics`, `plots`; `campaign_lib` (what aftt-faults runs).
+  differences, AUC, verdict), `statistics`, `plots`; `campaign_lib` (what aftt-faults runs);
+  `ray_executor` (cells on Ray actors, `--executor=ray`; Ray is imported only there).
 
 `spec`, `selection`, `sampling`, `statistics`, `analysis`, `campaign`, `runtimes` and
 `tflite_runner` import no TensorFlow, so .tflite campaigns run on devices with numpy and

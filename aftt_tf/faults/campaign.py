@@ -205,6 +205,7 @@ def run_campaign(
     transform: inputs.InputTransform | str = "auto",
     data_description: dict[str, Any] | None = None,
     allow_chance_accuracy: bool = False,
+    executor: Any = None,
 ) -> dict[str, Any]:
     """Runs (or resumes) a campaign over several models; writes outputs into `out_dir`
     (None: runs in memory and returns the results with their cells, writing nothing).
@@ -221,7 +222,7 @@ def run_campaign(
     Returns:
         The results dictionary also written to results.json (when not sharded).
     """
-    _check_plan(spec, num_shards)
+    _check_plan(spec, num_shards, executor)
     images, labels = np.asarray(images), np.asarray(labels)
     transform = _transform(transform, images)
     data = data_identity(images, labels, transform, data_description)
@@ -232,6 +233,7 @@ def run_campaign(
     meta = _meta(spec, adapters, data, num_shards, shard_index)
     run = _Run(spec, images, labels, batch_size, transform, progress, on_cell)
     run.allow_chance_accuracy = allow_chance_accuracy
+    run.executor = executor
     plan = shard_cells(cell_plan(spec), num_shards, shard_index)
     if out_dir is None:  # In memory: nothing is written, nothing resumes.
         cells = _CellLog(None, spec.key())
@@ -298,6 +300,7 @@ class _Run:
     """One campaign's evaluation settings, shared by its models and groups."""
 
     allow_chance_accuracy = False
+    executor: Any = None  # Evaluates cells elsewhere (Ray); None: in this process.
 
     def __init__(self, spec, images, labels, batch_size, transform, progress, on_cell):
         self.spec, self.images, self.labels = spec, images, labels
@@ -322,18 +325,28 @@ class _Run:
             skipped += len(plan) - len(todo)
             if not todo:
                 continue
-            runner = adapter.runner(
-                group_spec, self.images, self.labels, self.batch_size, transform=self.transform
-            )
+            runner = self._runner(adapter, label, group, group_spec)
             try:
                 clean = None  # The check's clean cell is reused by rate-0 cells.
                 if not self.allow_chance_accuracy:
                     clean = check_not_chance(runner, self.labels, label)
                 bar = Progress(f"{label}:{group}", len(todo)) if self.progress else None
-                _run_cells(runner, todo, self.spec, cells, context, bar, self.on_cell, clean)
+                record = _Recorder(cells, context, bar, self.on_cell)
+                if self.executor is None:
+                    _run_cells(runner, todo, self.spec, record, clean)
+                else:
+                    _run_cells_elsewhere(runner, todo, record, clean)
             finally:
                 getattr(runner, "close", lambda: None)()
         return skipped
+
+    def _runner(self, adapter, label: str, group: str, group_spec: FaultSpec):
+        if self.executor is not None:
+            data = (self.images, self.labels, self.batch_size, self.transform)
+            return self.executor.group(label, group, adapter, group_spec, data)
+        return adapter.runner(
+            group_spec, self.images, self.labels, self.batch_size, transform=self.transform
+        )
 
 
 class ChanceAccuracyError(ValueError):
@@ -359,11 +372,12 @@ def check_not_chance(runner: CellRunner, labels: np.ndarray, label: str) -> dict
     return result
 
 
-def _check_plan(spec: FaultSpec, num_shards: int) -> None:
+def _check_plan(spec: FaultSpec, num_shards: int, executor: Any = None) -> None:
     spec.validate()
-    if spec.target_margin and num_shards > 1:
+    if spec.target_margin and (num_shards > 1 or executor is not None):
         raise ValueError(
-            "target_margin sizes trials sequentially; it cannot be combined with shards."
+            "target_margin sizes trials sequentially; it cannot be combined with shards or "
+            "a parallel executor."
         )
 
 
@@ -421,21 +435,38 @@ def _groups(adapter: CampaignModel, spec: FaultSpec, per_layer: bool):
     return [(name, dataclasses.replace(spec, layers=(name,))) for name in names]
 
 
+class _Recorder:
+    """Appends one finished cell to the log and reports it (the single writer)."""
+
+    def __init__(self, cells: _CellLog, context: dict[str, str], bar, on_cell):
+        self.cells, self.context, self.bar, self.on_cell = cells, context, bar, on_cell
+        self.completed = cells.accuracies_by_rate(context["model_hash"], context["group"])
+
+    def __call__(self, result: dict[str, Any]) -> None:
+        record = {**self.context, "spec_key": self.cells.spec_key, **result}
+        self.cells.append(record)
+        self.completed.setdefault(result["rate"], []).append(result["accuracy"])
+        if self.on_cell:
+            self.on_cell(record)
+        if self.bar:
+            self.bar.advance(
+                1,
+                f"rate={result['rate']:.3f} trial={result['trial']} "
+                f"accuracy={result['accuracy']:.4f}",
+            )
+
+
 def _run_cells(
     runner: CellRunner,
     todo: list[tuple[float, int]],
     spec: FaultSpec,
-    cells: _CellLog,
-    context: dict[str, str],
-    bar: Progress | None,
-    on_cell: Callable[[dict[str, Any]], None] | None,
+    record: _Recorder,
     clean_result: dict[str, Any] | None = None,
 ) -> None:
     """Evaluates and records each missing cell of one model and group; `clean_result`, when
     given, is the rate-0 cell already evaluated."""
-    completed = cells.accuracies_by_rate(context["model_hash"], context["group"])
     for rate, trial in todo:
-        if spec.target_margin and _margin_reached(completed.get(rate, []), spec):
+        if spec.target_margin and _margin_reached(record.completed.get(rate, []), spec):
             continue
         if rate == 0.0 and clean_result is not None:
             # Rate 0 faults nothing: every trial is the clean model.
@@ -444,13 +475,22 @@ def _run_cells(
             result = runner.evaluate_cell(rate, trial)
             if rate == 0.0:
                 clean_result = result
-        record = {**context, "spec_key": cells.spec_key, **result}
-        cells.append(record)
-        completed.setdefault(rate, []).append(result["accuracy"])
-        if on_cell:
-            on_cell(record)
-        if bar:
-            bar.advance(1, f"rate={rate:.3f} trial={trial} accuracy={result['accuracy']:.4f}")
+        record(result)
+
+
+def _run_cells_elsewhere(
+    runner, todo: list[tuple[float, int]], record: _Recorder, clean_result=None
+) -> None:
+    """The same cells through a parallel executor's group handle: rate-0 cells reuse one
+    clean evaluation, the others are recorded as they complete (in any order)."""
+    if any(rate == 0.0 for rate, _ in todo) and clean_result is None:
+        clean_result = runner.evaluate_cell(0.0, 0)
+    for rate, trial in todo:
+        if rate == 0.0:
+            record({**clean_result, "trial": trial})
+    faulty = [(rate, trial) for rate, trial in todo if rate != 0.0]
+    for rate, trial, result in runner.evaluate_cells(faulty):
+        record({**result, "rate": rate, "trial": trial})
 
 
 def _margin_reached(accuracies: list[float], spec: FaultSpec) -> bool:

@@ -43,6 +43,10 @@ class CampaignConfig:
         batch_size: evaluation chunk size.
         num_shards, shard_index: this process's share of the cells.
         per_layer: fault one layer at a time (sensitivity).
+        executor: 'local' (this process) or 'ray' (actors on a Ray cluster).
+        ray_address: the cluster ('' starts a local Ray instance).
+        ray_workers: actors to start (0: as many as the cluster's CPUs allow).
+        resources_per_worker: 'cpu=N,gpu=M' each Ray actor reserves.
     """
 
     models: tuple[str, ...]
@@ -63,6 +67,10 @@ class CampaignConfig:
     num_shards: int = 1
     shard_index: int = 0
     per_layer: bool = False
+    executor: str = "local"
+    ray_address: str = ""
+    ray_workers: int = 0
+    resources_per_worker: str = "cpu=1"
 
     def validate(self) -> None:
         """Raises ValueError for bad values, before any model or data file is read."""
@@ -76,9 +84,26 @@ class CampaignConfig:
         if len(self.npz_keys) != 2:
             raise ValueError(f"--npz_keys takes two names (images, labels), got {self.npz_keys}.")
         self.spec.validate()
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"--executor must be local or ray, received {self.executor!r}.")
+        if self.executor == "ray" and self.num_shards > 1:
+            raise ValueError(
+                "--executor=ray spreads the cells itself; --num_shards is for batch schedulers "
+                "that start one process per shard. Use one of them."
+            )
+        if self.executor == "ray":
+            self.ray_config()
         campaign.shard_cells([], self.num_shards, self.shard_index)
         inputs.resolve(self.input_transform, self.input_scale, self.input_offset)
         campaign.check_campaign_directory(self.out, self.spec)
+
+    def ray_config(self):
+        """The `ray_executor.RayConfig` of --executor=ray (Ray itself is not imported)."""
+        from aftt_tf.faults import ray_executor
+
+        return ray_executor.config_from_flags(
+            self.ray_address, self.ray_workers, self.resources_per_worker, self.imports
+        )
 
 
 def parse_models(values: tuple[str, ...] | list[str]) -> dict[str, Path]:
@@ -187,17 +212,20 @@ def run(
     transform = inputs.resolve(
         config.input_transform, config.input_scale, config.input_offset, dtype=images.dtype
     )
-    return campaign.run_campaign(
-        models,
-        config.spec,
-        images,
-        labels,
-        config.out,
-        batch_size=config.batch_size,
-        num_shards=config.num_shards,
-        shard_index=config.shard_index,
-        per_layer=config.per_layer,
-        transform=transform,
-        data_description=description,
-        allow_chance_accuracy=config.allow_chance_accuracy,
-    )
+    options = {
+        "batch_size": config.batch_size,
+        "num_shards": config.num_shards,
+        "shard_index": config.shard_index,
+        "per_layer": config.per_layer,
+        "transform": transform,
+        "data_description": description,
+        "allow_chance_accuracy": config.allow_chance_accuracy,
+    }
+    if config.executor == "local":
+        return campaign.run_campaign(models, config.spec, images, labels, config.out, **options)
+    from aftt_tf.faults import ray_executor
+
+    with ray_executor.RayExecutor(config.ray_config()) as executor:
+        return campaign.run_campaign(
+            models, config.spec, images, labels, config.out, executor=executor, **options
+        )

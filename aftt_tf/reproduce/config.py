@@ -56,6 +56,10 @@ class ReproduceConfig:
         campaign_test_examples: test images per campaign cell (0: the whole test set).
         campaign_batch_size: evaluation chunk size.
         calibration_steps: batches of 32 training images for int8 calibration.
+        executor: 'local', or 'ray' (training units as Ray tasks in their own processes,
+            campaign cells on Ray actors); ray_address, ray_workers and
+            resources_per_worker as in aftt-faults. Not part of the reproduction's
+            identity: a run may resume under another executor.
     """
 
     train: TrainConfig
@@ -72,6 +76,10 @@ class ReproduceConfig:
     campaign_test_examples: int = 0
     campaign_batch_size: int = 2000
     calibration_steps: int = 100
+    executor: str = "local"
+    ray_address: str = ""
+    ray_workers: int = 0
+    resources_per_worker: str = "cpu=1"
 
     def __post_init__(self):
         for name in ("methods", "faults", "scopes", "runtimes"):
@@ -130,11 +138,23 @@ class ReproduceConfig:
                 raise ValueError(
                     f"{name} must be an integer >= 0, received {getattr(self, name)!r}."
                 )
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor must be local or ray, received {self.executor!r}.")
+        if self.executor == "ray":
+            self.ray_config()
         for name in ("campaign_batch_size", "calibration_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(
                     f"{name} must be an integer >= 1, received {getattr(self, name)!r}."
                 )
+
+    def ray_config(self):
+        """The `ray_executor.RayConfig` of executor='ray' (Ray itself is not imported)."""
+        from aftt_tf.faults import ray_executor
+
+        return ray_executor.config_from_flags(
+            self.ray_address, self.ray_workers, self.resources_per_worker
+        )
 
     def fixed(self) -> dict[str, Any]:
         """What a resumed run must share with the first one (everything else may change)."""

@@ -17,6 +17,8 @@ the last invocation ran and what it reused.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import shutil
 import time
@@ -223,11 +225,83 @@ def train_stage(config: ReproduceConfig, splits, log: Log) -> dict[str, Any]:
         f"{len(units)} training runs ({sum(1 for c in costs if c == 0)} already finished), "
         f"{sum(costs) / 1e12:.1f} TFLOP to go"
     )
+    if config.executor == "ray":
+        all_metrics = _train_units_on_ray(config, units, costs, splits, progress, log)
+    else:
+        all_metrics = [
+            _train_unit(unit, units, splits, progress, cost, log)
+            for unit, cost in zip(units, costs, strict=True)
+        ]
     by_method: dict[str, list[tuple[TrainingUnit, dict]]] = {}
-    for unit, cost in zip(units, costs, strict=True):
-        metrics = _train_unit(unit, units, splits, progress, cost, log)
+    for unit, metrics in zip(units, all_metrics, strict=True):
         by_method.setdefault(unit.method, []).append((unit, metrics))
     return {method: _method_result(config, method, runs) for method, runs in by_method.items()}
+
+
+def _train_remotely(config: TrainConfig, directory: Path, splits) -> dict[str, Any]:
+    """One training unit in a Ray worker process of its own (the task's only call)."""
+    from aftt_tf.training import train_lib
+
+    return train_lib.train_once(config, directory, splits)
+
+
+def _train_units_on_ray(config, units, costs, splits, progress: Progress, log: Log) -> list[dict]:
+    """Every unit as a Ray task in a fresh worker process (TensorFlow trainings do not
+    share a process well), each an ordinary resumable aftt-train run directory under
+    OUT/train, so a killed cluster resumes where it stopped. Units whose pre-training an
+    earlier unit shares wait for it and copy it, as in a local run. (Ray is connected by
+    `_run_stages`.)"""
+    from aftt_tf.faults import ray_executor
+    from aftt_tf.training import train_lib
+
+    ray = ray_executor.import_ray()
+    ray_config = config.ray_config()
+    remote = ray.remote(max_calls=1, max_retries=2)(_train_remotely).options(
+        num_cpus=ray_config.cpus_per_worker, num_gpus=ray_config.gpus_per_worker
+    )
+    splits_ref = ray.put(splits)
+    metrics: dict[int, dict] = {}
+    for wave in _pretraining_waves(units):
+        futures = {}
+        for index in wave:
+            unit, label = units[index], _unit_label(units[index])
+            if (unit.directory / "metrics.json").exists():
+                log({"stage": "train", "unit": label, "action": "reused"})
+                progress.print(f"{label}: reused {unit.directory}")
+                metrics[index] = io_utils.read_json(unit.directory / "metrics.json")
+                continue
+            train_lib.prepare_run_directory(unit.directory, unit.config)
+            donor = _share_pretraining(unit, units)
+            if donor:
+                progress.print(f"{label}: pre-training reused from {donor} (identical config)")
+            progress.print(f"{label}: training on Ray in {unit.directory}")
+            futures[remote.remote(unit.config, unit.directory, splits_ref)] = index
+        while futures:
+            done, _ = ray.wait(list(futures), num_returns=1)
+            index = futures.pop(done[0])
+            label, metrics[index] = _unit_label(units[index]), ray.get(done[0])
+            log({"stage": "train", "unit": label, "action": "ran", "executor": "ray"})
+            progress.advance(
+                costs[index],
+                f"{label}: test {100 * metrics[index]['test_accuracy']:.2f}%, "
+                f"gen. error {100 * metrics[index]['generalization_error']:.2f}%",
+                force=True,
+            )
+    return [metrics[index] for index in range(len(units))]
+
+
+def _pretraining_waves(units: list[TrainingUnit]) -> list[list[int]]:
+    """Unit indices in two waves: the first unit of each identical pre-training (and units
+    without one), then the units that copy a finished pre-training from it."""
+    first, second, seen = [], [], set()
+    for index, unit in enumerate(units):
+        signature = json.dumps(_pretrain_signature(unit.config), sort_keys=True)
+        if unit.config.pretrains and unit.config.pretrain_epochs and signature in seen:
+            second.append(index)
+        else:
+            seen.add(signature)
+            first.append(index)
+    return [wave for wave in (first, second) if wave]
 
 
 def _method_result(
@@ -347,9 +421,10 @@ def campaign_stage(
     test_images: np.ndarray,
     test_labels: np.ndarray,
     log: Log,
+    executor: Any = None,
 ) -> dict[str, dict[str, Any]]:
-    """Runs every (kind, scope, runtime) campaign over all methods, paired; returns
-    {name: results.json content, or {"skipped": reason}}."""
+    """Runs every (kind, scope, runtime) campaign over all methods, paired (on `executor`'s
+    workers when given); returns {name: results.json content, or {"skipped": reason}}."""
     from aftt_tf.faults import keras_runner
 
     keras_models = {m: keras_runner.load_model(e["model"]) for m, e in trained.items()}
@@ -366,7 +441,14 @@ def campaign_stage(
         runtime, spec = plan
         models = _runtime_models(runtime, keras_models, exports)
         results[name] = _run_one_campaign(
-            config, name, runtime, spec, models, (test_images, test_labels), progress, log
+            config,
+            name,
+            (runtime, spec),
+            models,
+            (test_images, test_labels),
+            progress,
+            log,
+            executor,
         )
     return results
 
@@ -382,14 +464,15 @@ def _runtime_models(runtime: str, keras_models: dict[str, Any], exports: dict[st
 def _run_one_campaign(
     config: ReproduceConfig,
     name: str,
-    runtime: str,
-    spec,
+    plan: tuple[str, Any],
     models: dict[str, Any],
     test_data: tuple[np.ndarray, np.ndarray],
     progress: Progress,
     log: Log,
+    executor: Any = None,
 ) -> dict[str, Any]:
     """Runs (or resumes) one paired campaign; a model that cannot take it skips it."""
+    runtime, spec = plan
     from aftt_tf.faults import campaign
     from aftt_tf.faults.spec import FaultTargetError
 
@@ -417,6 +500,7 @@ def _run_one_campaign(
         batch_size=config.campaign_batch_size,
         progress=False,
         on_cell=on_cell,
+        executor=executor,
     )
     progress.skip(cells_per_campaign - ran)
     log(
@@ -452,6 +536,35 @@ def reproduce(config: ReproduceConfig) -> dict[str, Any]:
         return _run_stages(config, splits, out)
 
 
+@contextlib.contextmanager
+def _ray_session(config: ReproduceConfig):
+    """For executor='ray', a connection to the cluster (or a local instance started here)
+    for the whole reproduction; nothing for a local run."""
+    if config.executor != "ray":
+        yield
+        return
+    from aftt_tf.faults import ray_executor
+
+    started = ray_executor.connect(config.ray_config())
+    try:
+        yield
+    finally:
+        if started:
+            ray_executor.import_ray().shutdown()
+
+
+@contextlib.contextmanager
+def _campaign_executor(config: ReproduceConfig):
+    """The campaign actors of executor='ray' (started after training: they hold CPUs)."""
+    if config.executor != "ray":
+        yield None
+        return
+    from aftt_tf.faults import ray_executor
+
+    with ray_executor.RayExecutor(config.ray_config()) as executor:
+        yield executor
+
+
 def _run_stages(config: ReproduceConfig, splits, out: Path) -> dict[str, Any]:
     io_utils.write_json(
         out / "reproduce.json", {"config": config.as_dict(), "fixed": config.fixed()}
@@ -465,13 +578,17 @@ def _run_stages(config: ReproduceConfig, splits, out: Path) -> dict[str, Any]:
 
     log({"stage": "start", "unit": "reproduce", "action": "ran"})
     logging.info("Data: %s from %s", splits.sizes(), splits.source)
-    trained = train_stage(config, splits, log)
-    exports = export_stage(config, trained, log) if "int8" in config.runtimes else {}
-    test_images, test_labels = splits.test_images, splits.test_labels
-    if config.campaign_test_examples:
-        test_images = test_images[: config.campaign_test_examples]
-        test_labels = test_labels[: config.campaign_test_examples]
-    campaigns = campaign_stage(config, trained, exports, test_images, test_labels, log)
+    with _ray_session(config):
+        trained = train_stage(config, splits, log)
+        exports = export_stage(config, trained, log) if "int8" in config.runtimes else {}
+        test_images, test_labels = splits.test_images, splits.test_labels
+        if config.campaign_test_examples:
+            test_images = test_images[: config.campaign_test_examples]
+            test_labels = test_labels[: config.campaign_test_examples]
+        with _campaign_executor(config) as executor:
+            campaigns = campaign_stage(
+                config, trained, exports, test_images, test_labels, log, executor
+            )
     from aftt_tf.reproduce import report
 
     results = report.write(config, trained, exports, campaigns, len(test_labels))

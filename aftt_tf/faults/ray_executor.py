@@ -1,0 +1,335 @@
+"""Campaign cells on a Ray cluster: long-lived actors evaluate cells, the driver writes them.
+
+Each actor (`CellWorker`) gets the models and the test data from the driver through
+Ray's object store (never from paths on the worker's machine), builds one runner per
+(model, group) and reuses its compiled evaluation function for every cell it is given,
+as the local runner does. The driver submits cells, collects results as they complete
+and hands each to the campaign engine, which appends it to cells.jsonl: the driver is
+the only writer, so resume, locking and the spec key are those of a local run, and a
+Ray run gives the cells a local run gives (same seeds, same positions, same data).
+
+A worker that dies (node lost, process killed) loses only the cells in flight on it:
+they are submitted again to a replacement actor, and a cell is recorded once, when its
+first result arrives. Ray is imported only here, and only with `--executor=ray`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aftt_tf.faults import inputs
+from aftt_tf.faults.spec import CampaignModel, FaultSpec
+
+ACTOR_PREFIX = "aftt-cell-worker-"
+_IN_FLIGHT_PER_WORKER = 2  # One running, one queued: no idle gap between cells.
+_MAX_ATTEMPTS = 4  # Per cell: the first try and three after worker failures.
+
+
+class RayUnavailableError(RuntimeError):
+    """`--executor=ray` without the extra installed, or a cluster that cannot be reached."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailableError(
+            "--executor=ray needs Ray: pip install 'aftt-tf[ray]' (or use --executor=local)."
+        ) from None
+    return ray
+
+
+@dataclasses.dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide a Ray campaign runs.
+
+    Attributes:
+        address: an existing cluster ('ray://host:10001' or 'host:6379'; 'auto' for the
+            local node's running cluster); empty: start a local Ray instance.
+        workers: actors to start (0: as many as the cluster's CPUs allow).
+        cpus_per_worker, gpus_per_worker: resources each actor reserves.
+        imports: modules each worker imports first (custom layers of a model).
+    """
+
+    address: str = ""
+    workers: int = 0
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    imports: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if self.workers < 0 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise ValueError(
+                f"Ray workers must be >= 0, CPUs per worker > 0 and GPUs per worker >= 0; "
+                f"received {self.workers}, {self.cpus_per_worker} and {self.gpus_per_worker}."
+            )
+
+
+def parse_resources(text: str) -> tuple[float, float]:
+    """(CPUs, GPUs) from 'cpu=2,gpu=0.5' (either may be left out: CPUs 1, GPUs 0)."""
+    values = {"cpu": 1.0, "gpu": 0.0}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            if name not in values:
+                raise ValueError
+            values[name] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"--resources_per_worker takes cpu=N,gpu=M; {item!r} is not one of them."
+            ) from None
+    return values["cpu"], values["gpu"]
+
+
+def config_from_flags(
+    address: str, workers: int, resources: str, imports: tuple[str, ...] = ()
+) -> RayConfig:
+    """The RayConfig of the binaries' --ray_address, --ray_workers, --resources_per_worker."""
+    cpus, gpus = parse_resources(resources)
+    config = RayConfig(address, workers, cpus, gpus, tuple(imports))
+    config.validate()
+    return config
+
+
+def connect(config: RayConfig) -> bool:
+    """Connects to `config.address`, or starts a local Ray instance when it is empty;
+    nothing when this process is already connected. Returns True when it started Ray (the
+    caller then shuts it down)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    try:
+        if config.address:
+            ray.init(address=config.address, log_to_driver=False)
+            return False
+        ray.init(num_cpus=os.cpu_count(), log_to_driver=False, include_dashboard=False)
+        return True
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise RayUnavailableError(
+            f"Could not connect to Ray at {config.address or 'a new local instance'} "
+            f"({error}). Start one with `ray start --head` or check --ray_address."
+        ) from None
+
+
+def model_payload(model: CampaignModel) -> dict[str, Any]:
+    """What a worker needs to rebuild `model`: a .tflite's bytes and layer names, or a
+    .keras file's bytes."""
+    from aftt_tf import tflite_file
+
+    if isinstance(model, tflite_file.TFLiteFile):
+        names = None
+        if model.names_from == "manifest":
+            names = {
+                index: name
+                for name, layer in model.layers.items()
+                for index in layer.operator_indices
+            }
+        return {"kind": "tflite", "name": model.path.name, "content": model.content, "names": names}
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.keras"
+        model.model.save(path)
+        return {"kind": "keras", "content": path.read_bytes()}
+
+
+def restore_model(payload: dict[str, Any]) -> CampaignModel:
+    if payload["kind"] == "tflite":
+        from aftt_tf.faults import tflite_runner
+
+        return tflite_runner.TFLiteModel(
+            payload["name"], payload["names"], content=payload["content"]
+        )
+    from aftt_tf.faults import keras_runner
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.keras"
+        path.write_bytes(payload["content"])
+        return keras_runner.KerasModel(keras_runner.load_model(path))
+
+
+class CellWorker:
+    """A Ray actor: holds the models it was sent (by fingerprint) and the runner of the
+    (model, group, spec, data) it evaluates now."""
+
+    def __init__(self, imports: tuple[str, ...] = ()):
+        for name in imports:
+            importlib.import_module(name)
+        self.models: dict[str, CampaignModel] = {}
+        self.runners: dict[str, Any] = {}
+
+    def prepare(
+        self,
+        key: str,
+        payload: dict[str, Any],
+        fingerprint: str,
+        spec: dict[str, Any],
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        transform: inputs.InputTransform,
+    ) -> int:
+        """Builds the runner `key` names (a hash of everything it depends on) and drops
+        the others; returns this process's id."""
+        if fingerprint not in self.models:
+            model = restore_model(payload)
+            if model.fingerprint() != fingerprint:
+                raise RuntimeError(
+                    f"A model rebuilt on a Ray worker has fingerprint {model.fingerprint()}, "
+                    f"not the driver's {fingerprint}."
+                )
+            self.models[fingerprint] = model
+        for other in [other for other in self.runners if other != key]:
+            getattr(self.runners.pop(other), "close", lambda: None)()
+        if key not in self.runners:
+            runner_spec = FaultSpec(**{**spec, "rates": tuple(spec["rates"])})
+            self.runners[key] = self.models[fingerprint].runner(
+                runner_spec, images, labels, batch_size, transform=transform
+            )
+        return os.getpid()
+
+    def evaluate(self, key: str, rate: float, trial: int) -> dict[str, Any]:
+        return self.runners[key].evaluate_cell(rate, trial)
+
+
+class RayExecutor:
+    """Evaluates campaign cells on Ray actors (see the module docstring).
+
+    Use as a context manager: it connects to (or starts) Ray on entry, and on exit kills
+    its actors and shuts down a Ray instance it started itself.
+    """
+
+    def __init__(self, config: RayConfig):
+        config.validate()
+        self.config = config
+        self.actors: list[Any] = []
+        self.retried_cells = 0
+        self._started_ray = False
+        self._next_name = 0
+        self._objects: dict[tuple, Any] = {}  # Object store references, put once.
+
+    def __enter__(self) -> RayExecutor:
+        ray = import_ray()
+        self._started_ray = connect(self.config)
+        self.start_seconds = 0.0
+        start = time.perf_counter()
+        count = self.config.workers or max(
+            1, int(ray.cluster_resources().get("CPU", 1) // self.config.cpus_per_worker)
+        )
+        self._worker_class = ray.remote(CellWorker)
+        self.actors = [self._new_actor() for _ in range(count)]
+        ray.get([actor.__ray_ready__.remote() for actor in self.actors])
+        self.start_seconds = time.perf_counter() - start
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        ray = import_ray()
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self._started_ray:
+            ray.shutdown()
+
+    def _new_actor(self):
+        name = f"{ACTOR_PREFIX}{os.getpid()}-{self._next_name}"
+        self._next_name += 1
+        return self._worker_class.options(
+            name=name,
+            num_cpus=self.config.cpus_per_worker,
+            num_gpus=self.config.gpus_per_worker,
+            max_restarts=0,
+        ).remote(self.config.imports)
+
+    def put(self, key: tuple, make) -> Any:
+        """An object store reference for `key`, put once per campaign (models, data)."""
+        if key not in self._objects:
+            self._objects[key] = import_ray().put(make())
+        return self._objects[key]
+
+    def group(self, label: str, group: str, model: CampaignModel, spec: FaultSpec, data) -> _Group:
+        """A handle that evaluates the cells of one (model, group) on every actor."""
+        return _Group(self, label, group, model, spec, data)
+
+
+class _Group:
+    def __init__(self, executor: RayExecutor, label, group, model, spec, data):
+        self.executor, self.label, self.name = executor, label, group
+        images, labels, batch_size, transform = data
+        fingerprint = model.fingerprint()
+        images, labels = np.ascontiguousarray(images), np.ascontiguousarray(labels)
+        data = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+        identity = [fingerprint, group, spec.as_dict(), data, batch_size, transform.record()]
+        self.key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        self.arguments = (
+            executor.put(("model", fingerprint), lambda: model_payload(model)),
+            fingerprint,
+            spec.as_dict(),
+            executor.put(("images", data), lambda: images),
+            executor.put(("labels", data), lambda: labels),
+            batch_size,
+            transform,
+        )
+        self._prepare_all()
+
+    def _prepare(self, actor):
+        return actor.prepare.remote(self.key, *self.arguments)
+
+    def _prepare_all(self) -> None:
+        ray = import_ray()
+        ray.get([self._prepare(actor) for actor in self.executor.actors])
+
+    def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
+        """One cell, on the first actor (the engine's clean-accuracy check)."""
+        return next(self.evaluate_cells([(rate, trial)]))[2]
+
+    def evaluate_cells(self, cells: list[tuple[float, int]]) -> Iterator[tuple[float, int, dict]]:
+        """Yields (rate, trial, result) as cells complete; cells of a dead worker go to a
+        replacement actor and are yielded once."""
+        ray = import_ray()
+        lost = _worker_failures(ray)
+        actors = self.executor.actors
+        queue = collections.deque((cell, 1) for cell in cells)
+        pending: dict[Any, tuple[tuple[float, int], int, int, Any]] = {}
+        load = collections.Counter()
+        while queue or pending:
+            for slot, actor in enumerate(actors):
+                while queue and load[actor] < _IN_FLIGHT_PER_WORKER:
+                    (rate, trial), attempt = queue.popleft()
+                    future = actor.evaluate.remote(self.key, rate, trial)
+                    pending[future] = ((rate, trial), attempt, slot, actor)
+                    load[actor] += 1
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for future in done:
+                cell, attempt, slot, actor = pending.pop(future)
+                load[actor] -= 1
+                try:
+                    result = ray.get(future)
+                except lost:
+                    if attempt >= _MAX_ATTEMPTS:
+                        raise RuntimeError(
+                            f"Cell rate={cell[0]} trial={cell[1]} of {self.label!r} was lost "
+                            f"with {attempt} Ray workers in a row; giving up."
+                        ) from None
+                    if actors[slot] is actor:  # The first of its lost cells: replace it.
+                        actors[slot] = self.executor._new_actor()
+                        ray.get(self._prepare(actors[slot]))
+                    queue.appendleft((cell, attempt + 1))
+                    self.executor.retried_cells += 1
+                    continue
+                yield cell[0], cell[1], result
+
+
+def _worker_failures(ray) -> tuple[type, ...]:
+    """The errors that mean a worker (not the cell's computation) failed."""
+    names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError")
+    return tuple(getattr(ray.exceptions, name) for name in names if hasattr(ray.exceptions, name))
