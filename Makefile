@@ -50,6 +50,7 @@ format: venv
 bench: deps
 	$(BIN)/python -m benchmarks.train_throughput
 	$(BIN)/python -m benchmarks.fault_campaign
+	$(BIN)/python -m benchmarks.ray_campaign
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
