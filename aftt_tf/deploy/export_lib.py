@@ -454,7 +454,19 @@ def _tflite_entry(path: Path, name: str, model: keras.Model, test: _TestSet) -> 
         "input": _io_detail(interpreter.get_input_details()[0]),
         "output": _io_detail(interpreter.get_output_details()[0]),
         "layers": layer_map(model, tflite, check_values=name != "tflite_int8_qat"),
+        "weight_operators_left_out": _left_out_operators(path),
     }
+
+
+def _left_out_operators(path: Path) -> list[dict[str, Any]]:
+    """Weight-bearing operators of the file that fault campaigns do not reach, with the
+    reason (empty for files of the supported layer types): the manifest lists every
+    weight-bearing operator, mapped to a layer above or here."""
+    from aftt_tf.faults import tflite_runner
+    from aftt_tf.faults.spec import FaultSpec
+
+    coverage = tflite_runner.TFLiteModel(path).coverage(FaultSpec(kind="weight"))
+    return coverage["left_out"]
 
 
 def _write_manifest(

@@ -531,6 +531,9 @@ def results_of(cells: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, A
     spec_key = meta["spec_key"]
     hashes = set(meta["models"].values())
     cells = [c for c in cells if c["spec_key"] == spec_key and c["model_hash"] in hashes]
+    # One order whatever order the cells finished in (shards, Ray): sums, hence the last
+    # bits of every statistic, do not depend on it.
+    cells = sorted(cells, key=lambda c: (c["model"], c["group"], c["rate"], c["trial"]))
     summary = analysis.summarize(cells)
     labels = list(meta["models"])
     comparisons = {
