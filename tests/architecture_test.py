@@ -141,7 +141,7 @@ def test_every_package_says_what_it_owns():
         assert ast.get_docstring(ast.parse(init.read_text())), f"{init} has no docstring"
 
 
-@pytest.mark.parametrize("binary", ["train", "faults", "export", "reproduce"])
+@pytest.mark.parametrize("binary", ["train", "faults", "export", "reproduce", "repair"])
 def test_flags_parse_and_validate_without_tensorflow(binary):
     """Defining, parsing and validating a binary's flags imports no TensorFlow or Keras."""
     validate = {
@@ -149,6 +149,7 @@ def test_flags_parse_and_validate_without_tensorflow(binary):
         "reproduce": "module.config_from_flags().validate()",
         "faults": "module._spec_from_flags().validate()",
         "export": "assert module.FLAGS.formats",
+        "repair": "module.config_from_flags().validate()",
     }[binary]
     script = textwrap.dedent(
         f"""

@@ -415,7 +415,7 @@ def test_faults_cli_runs_without_tensorflow(mlp_export, tmp_path):
             runpy.run_module("aftt_tf.cli.faults", run_name="__main__")
         except SystemExit as exit:
             assert not exit.code, exit.code
-        assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+        assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "ray")]
         print("CLI_EDGE_OK")
         """
     )

@@ -148,8 +148,10 @@ def prepare(config: ExportConfig) -> Prepared:
 
 
 def deployable_classifier(model: keras.Model) -> keras.Model:
-    """The model without fault layers and training-only layers (Dropout, noise)."""
-    model = targets.strip_faults(model)
+    """The model without fault layers and training-only layers (Dropout, noise). Faults
+    that a model holds (a repaired chip's map) are baked in: weights at their effective
+    values, node masks as constant multiplications; fault layers with no fault go away."""
+    model = targets.bake_faults(model)
     training_only = (keras.layers.Dropout, keras.layers.GaussianNoise, keras.layers.GaussianDropout)
 
     def call_function(layer, *args, **kwargs):
@@ -177,7 +179,7 @@ def _run_config(config: ExportConfig) -> dict[str, Any]:
 def _dataset_for(model: keras.Model, config: ExportConfig) -> str:
     if config.dataset:
         return config.dataset
-    if "dataset" in _run_config(config):
+    if _run_config(config).get("dataset"):  # A run's (an aftt-repair run may leave it empty).
         return _run_config(config)["dataset"]
     shape = tuple(model.input_shape[1:])
     dataset = vocabulary.dataset_for_input_shape(shape)
@@ -252,7 +254,7 @@ def _map_entry(model, keras_layer, layer, tflite, check_values: bool) -> dict[st
             f"Layer {keras_layer.name} {[k.shape for k in kernels]} does not match operators "
             f"{layer.operator_indices} {shapes}."
         )
-    folded_by = None
+    folded_by, folded_key = None, "folded_batch_normalization"
     for index, (kernel, operator) in enumerate(zip(kernels, layer.kernels, strict=True)):
         values = tflite_file.real_values(tflite.content, operator.weights)
         stored = values[operator.keras_to_file_positions(np.arange(kernel.size))]
@@ -262,6 +264,9 @@ def _map_entry(model, keras_layer, layer, tflite, check_values: bool) -> dict[st
             continue
         last = index == len(kernels) - 1  # Folding scales the layer's output channels.
         folded_by, folded = _folded_kernel(model, keras_layer, kernel) if last else (None, None)
+        if folded is None:  # A node mask on the layer's input, folded into its rows.
+            folded_key = "folded_node_mask"
+            folded_by, folded = _input_masked_kernel(model, keras_layer, kernel)
         if folded is None or not np.allclose(stored, folded, atol=tolerance, rtol=1e-4):
             raise RuntimeError(
                 f"Values of layer {keras_layer.name} differ from operator {operator.operator_index}."
@@ -275,7 +280,7 @@ def _map_entry(model, keras_layer, layer, tflite, check_values: bool) -> dict[st
         "weights_dtype": layer.weights.dtype.name,
         "bias_tensor": None if layer.bias is None else layer.bias.index,
         "bias_dtype": None if layer.bias is None else layer.bias.dtype.name,
-        **({"folded_batch_normalization": folded_by} if folded_by else {}),
+        **({folded_key: folded_by} if folded_by else {}),
     }
 
 
@@ -287,6 +292,21 @@ def _storage_tolerance(weights: tflite_file.ConstantTensor, kernel: np.ndarray) 
     if weights.dtype == np.float16:
         return 1e-3 * max(1.0, float(np.max(np.abs(kernel))))
     return float(np.max(weights.scales))
+
+
+def _input_masked_kernel(model, layer, kernel: np.ndarray):
+    """(mask layer, kernel with the rows of held-at-0 inputs zeroed) when a Dense layer
+    reads a NodeFault's output: converters fold the constant mask into its weights."""
+    from aftt_tf.faults import layers as fault_layers
+
+    if not isinstance(layer, keras.layers.Dense) or kernel.ndim != 2:
+        return None, None
+    for candidate in model.layers:
+        if isinstance(candidate, fault_layers.NodeFault) and candidate.output is layer.input:
+            mask = np.asarray(candidate.node_keep.numpy()).reshape(-1)
+            if mask.size == kernel.shape[0]:
+                return candidate.name, kernel * mask[:, None]
+    return None, None
 
 
 def _folded_kernel(model, layer, kernel: np.ndarray):

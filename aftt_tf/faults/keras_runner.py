@@ -165,15 +165,11 @@ class CampaignRunner:
         self.in_place = not targets.rewritable(model)
         if self.in_place:  # Subclassed: faults go into the model's own variables.
             self.faulty = model
-            self.fault_layers = {name: _find_layer(model, name) for name in self.target_names}
         else:
             self.faulty = targets.apply_faults(model, spec.kind, self.target_names)
-            self.fault_layers = {
-                name: targets.fault_layer(self.faulty, name, spec.kind)
-                for name in self.target_names
-            }
+        self.injector = FaultInjector(self.faulty, spec, self.target_names, self.in_place)
+        self.fault_layers = self.injector.fault_layers
         self.trace_count = 0
-        self._clean: dict[str, list[np.ndarray]] = {}
         self.num_examples = len(labels)
         # Stored inputs stay as they are in memory (uint8: 4x smaller) and are transformed
         # per chunk inside the compiled function; a prefix cache holds floats.
@@ -259,6 +255,36 @@ class CampaignRunner:
 
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         """Assigns the faults of cell (rate, trial); returns per-layer fault counts."""
+        return self.injector.inject(rate, trial)
+
+    def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
+        counts = self.inject(rate, trial)
+        accuracy = self.accuracy()
+        return cell_result(rate, trial, accuracy, counts)
+
+    def close(self) -> None:
+        """Puts the clean values back into a subclassed model's variables."""
+        self.injector.close()
+
+
+class FaultInjector:
+    """Places the faults of (rate, trial) cells: into the fault layers of a faulty model
+    (`targets.apply_faults`), or into a subclassed model's own variables (`in_place`).
+    Positions come from `sampling` with the cell's generators, so every user of a cell
+    (campaigns, repair) faults the same elements."""
+
+    def __init__(self, faulty: keras.Model, spec: FaultSpec, target_names, in_place: bool):
+        self.spec, self.in_place = spec, in_place
+        if in_place:
+            self.fault_layers = {name: _find_layer(faulty, name) for name in target_names}
+        else:
+            self.fault_layers = {
+                name: targets.fault_layer(faulty, name, spec.kind) for name in target_names
+            }
+        self._clean: dict[str, list[np.ndarray]] = {}
+
+    def inject(self, rate: float, trial: int) -> dict[str, Any]:
+        """Assigns the faults of cell (rate, trial); returns per-layer fault counts."""
         spec = self.spec
         per_layer, faulted, total = {}, 0, 0
         for name, layer in self.fault_layers.items():
@@ -313,11 +339,6 @@ class CampaignRunner:
             tensor.assign(keep, replacement, clean[index])
         return plan.faulted, plan.elements
 
-    def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
-        counts = self.inject(rate, trial)
-        accuracy = self.accuracy()
-        return cell_result(rate, trial, accuracy, counts)
-
     def close(self) -> None:
         """Puts the clean values back into a subclassed model's variables."""
         if not self.in_place:
@@ -327,6 +348,16 @@ class CampaignRunner:
                 _fault_tensors(layer, True), self._clean.get(name, []), strict=False
             ):
                 tensor.variable.assign(values)
+
+
+def faulty_copy(
+    model: keras.Model, spec: FaultSpec, rate: float, trial: int
+) -> tuple[keras.Model, dict[str, Any]]:
+    """A copy of a Sequential/Functional `model` with fault layers holding the faults of
+    cell (rate, trial) of a `spec` campaign, and the fault counts."""
+    names = KerasModel(model).select_layers(spec)
+    faulty = targets.apply_faults(model, spec.kind, names)
+    return faulty, FaultInjector(faulty, spec, names, in_place=False).inject(rate, trial)
 
 
 class _FaultTensor:

@@ -1,11 +1,12 @@
 """*Where* faults go in a Keras model: which layers a fault kind may touch (the registry's
-layer types, through the shared selection rule), and the apply/strip pair that rewrites a
+layer types, through the shared selection rule), and the apply/strip/bake functions that rewrite a
 Sequential or Functional model with fault layers.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from aftt_tf.faults import layers as fault_layers
 from aftt_tf.faults import registry, selection
@@ -207,6 +208,89 @@ def strip_faults(model: keras.Model) -> keras.Model:
     )
     _copy_weights(model, clean)
     return clean
+
+
+def bake_faults(model: keras.Model) -> keras.Model:
+    """The model a faulty chip computes, without fault layers where weights can hold it:
+    each fault layer becomes its plain Keras layer with the effective weights (weight *
+    keep + replacement), NodeFault layers stay where their mask holds a unit at 0 (they
+    export as a constant multiplication) and are dropped where the mask is all ones. For
+    a model without faults this is `strip_faults`."""
+    model = as_functional(model)
+    effective = {layer.name: _effective_weights(layer) for layer in model.layers}
+    unfaulted_nodes = {
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, fault_layers.NodeFault) and _all_ones(layer)
+    }
+
+    def clone_function(layer):
+        if isinstance(layer, fault_layers.NodeFault):
+            return layer.__class__.from_config(layer.get_config())
+        return _plain(layer)
+
+    def call_function(layer, *args, **kwargs):
+        if layer.name in unfaulted_nodes:
+            return args[0]
+        return layer(*args, **kwargs)
+
+    baked = keras.models.clone_model(
+        model, clone_function=clone_function, call_function=call_function
+    )
+    for layer in baked.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        source = model.get_layer(layer.name)
+        if isinstance(layer, fault_layers.NodeFault):
+            layer.node_keep.assign(source.node_keep)
+            continue
+        for target, value in zip(layer.weights, effective[layer.name], strict=True):
+            target.assign(value)
+    return baked
+
+
+def _plain(layer: keras.layers.Layer) -> keras.layers.Layer:
+    config = layer.get_config()
+    if isinstance(layer, fault_layers.FaultyDense):
+        return keras.layers.Dense.from_config(config)
+    if isinstance(layer, fault_layers.FaultyConv2D):
+        return keras.layers.Conv2D.from_config(config)
+    if isinstance(layer, fault_layers.WeightFaults):
+        return layer.layer.__class__.from_config(layer.layer.get_config())
+    return layer.__class__.from_config(config)
+
+
+def _all_ones(layer) -> bool:
+    return bool(np.all(np.asarray(layer.node_keep.numpy()) == 1.0))
+
+
+def _effective_weights(layer: keras.layers.Layer) -> list:
+    """A layer's own weights (in its plain layer's order) with its faults applied."""
+    if isinstance(layer, (fault_layers.FaultyDense, fault_layers.FaultyConv2D)):
+        values = [
+            layer.kernel.numpy() * layer.kernel_keep.numpy() + layer.kernel_replacement.numpy()
+        ]
+        if layer.use_bias:
+            values.append(
+                layer.bias.numpy() * layer.bias_keep.numpy() + layer.bias_replacement.numpy()
+            )
+        return values
+    if isinstance(layer, fault_layers.WeightFaults):
+        faulted = {
+            id(registry.variable(layer.layer, path)): (keep, replacement)
+            for path, keep, replacement in zip(
+                layer.weight_paths, layer.keeps, layer.replacements, strict=True
+            )
+        }
+        values = []
+        for weight in layer.layer.weights:
+            value = weight.numpy()
+            if id(weight) in faulted:
+                keep, replacement = faulted[id(weight)]
+                value = value * keep.numpy() + replacement.numpy()
+            values.append(value)
+        return values
+    return [weight.numpy() for weight in layer.weights]
 
 
 def _own_weights(layer: keras.layers.Layer) -> list:

@@ -1,0 +1,87 @@
+"""aftt-repair: fine-tune a classifier around a fixed fault map (defect-aware retraining).
+
+    aftt-repair --model=runs/fmnist_mlp_aftt/classifier.keras --fault=weight --rate=0.6 \
+        --seed=0 --trial=0 --epochs=5 --out=runs/fmnist_mlp_aftt_repaired
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from absl import flags
+
+from aftt_tf.cli import common
+
+flags.DEFINE_string("model", None, "classifier.keras to repair (Sequential or Functional).")
+flags.DEFINE_string("out", None, "Run directory of the repair (resumed if it holds it).")
+flags.DEFINE_enum("fault", "weight", ["weight", "filter", "node"], "Fault kind of the map.")
+flags.DEFINE_float("rate", 0.5, "Fault rate of the map.")
+flags.DEFINE_integer("seed", 0, "Campaign seed of the map (aftt-faults --seed).")
+flags.DEFINE_integer("trial", 0, "Campaign trial of the map: the cell (rate, trial).")
+flags.DEFINE_list("layers", [], "Fault only these layers (names or glob patterns).")
+flags.DEFINE_integer("epochs", 5, "Repair epochs.")
+flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
+flags.DEFINE_float("weight_decay", 5e-4, "Decoupled weight decay (0: none).")
+flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "adam", "sgd"], "Optimizer.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_string("loss", "", "mse or crossentropy (default: the run's, from its config.json).")
+flags.DEFINE_integer("train_examples", 0, "Train on this many examples (0: all).")
+flags.DEFINE_string("dataset", "", "Training data (default: from the model's input shape).")
+flags.DEFINE_string("data_dir", "", "Local raw data directory.")
+flags.DEFINE_integer("data_seed", 0, "Seed of the batch order.")
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags():
+    """The RepairConfig of the parsed flags (imports no TensorFlow)."""
+    from aftt_tf.training.repair_config import RepairConfig
+
+    return RepairConfig(
+        model=FLAGS.model or "",
+        out=FLAGS.out or "",
+        fault=FLAGS.fault,
+        rate=FLAGS.rate,
+        seed=FLAGS.seed,
+        trial=FLAGS.trial,
+        layers=tuple(FLAGS.layers),
+        epochs=FLAGS.epochs,
+        learning_rate=FLAGS.learning_rate,
+        weight_decay=FLAGS.weight_decay,
+        optimizer=FLAGS.optimizer,
+        batch_size=FLAGS.batch_size,
+        loss=FLAGS.loss,
+        train_examples=FLAGS.train_examples,
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        data_seed=FLAGS.data_seed,
+    )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise common.usage_error(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS.model or not FLAGS.out:
+        raise common.usage_error("--model and --out are required.")
+    config = config_from_flags()
+    logging.getLogger().setLevel(logging.INFO)
+    from aftt_tf import data
+    from aftt_tf.faults.spec import FaultTargetError
+    from aftt_tf.training import repair
+
+    with common.usage_errors(data.DataUnavailableError, FaultTargetError):
+        config.validate()
+        repair.check_directory(config)
+    with common.refusals(FaultTargetError):
+        metrics = repair.repair(config)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+    print(f"Repaired classifier: {FLAGS.out}/classifier.keras")
+
+
+def run() -> None:
+    common.run(main, "aftt-repair", (__name__,))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,85 @@
+"""Repair configuration: a plain dataclass validated without TensorFlow (aftt-repair's flags).
+
+The repair itself is `aftt_tf.training.repair`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aftt_tf import vocabulary
+
+REPAIR_KINDS = ("weight", "filter", "node")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+
+@dataclasses.dataclass
+class RepairConfig:
+    """One repair.
+
+    Attributes:
+        model: the classifier.keras to repair (Sequential or Functional).
+        out: the repair's run directory (resumed if it holds this repair).
+        fault, rate, seed, trial, layers: the fault map: the cell (rate, trial) of an
+            `aftt-faults --fault=... --seed=... --layers=...` campaign.
+        epochs, learning_rate, weight_decay, optimizer, batch_size: the fine-tuning (the
+            defaults follow the pruning scripts the paper's fault code comes from:
+            RMSprop, lr 1e-3, weight decay 5e-4, 5 epochs).
+        loss: classification loss; '' takes the run's (config.json beside the model),
+            else 'crossentropy'.
+        train_examples: train on only this many examples (0: all).
+        dataset, data_dir: the training data (default: from the model's input shape).
+        data_seed: order of the training batches.
+    """
+
+    model: str
+    out: str
+    fault: str = "weight"
+    rate: float = 0.5
+    seed: int = 0
+    trial: int = 0
+    layers: tuple[str, ...] = ()
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    weight_decay: float = 5e-4
+    optimizer: str = "rmsprop"
+    batch_size: int = 128
+    loss: str = ""
+    train_examples: int = 0
+    dataset: str = ""
+    data_dir: str = ""
+    data_seed: int = 0
+
+    def validate(self) -> None:
+        """Raises ValueError for bad values (files are checked when the repair starts)."""
+        if self.fault not in REPAIR_KINDS:
+            raise ValueError(
+                f"--fault must be one of {', '.join(REPAIR_KINDS)}, got {self.fault!r}."
+            )
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"--rate must be in [0, 1], received {self.rate}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}.")
+        if self.loss and self.loss not in vocabulary.CLASSIFICATION_LOSSES:
+            raise ValueError(
+                f"--loss must be one of {', '.join(vocabulary.CLASSIFICATION_LOSSES)} or empty."
+            )
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, received {getattr(self, name)}.")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.train_examples < 0:
+            raise ValueError(
+                "--learning_rate must be > 0, --weight_decay and --train_examples >= 0."
+            )
+
+    def spec(self):
+        """The campaign spec whose cell (rate, trial) is the fault map."""
+        from aftt_tf.faults.spec import FaultSpec
+
+        return FaultSpec(
+            kind=self.fault,
+            rates=(self.rate,),
+            trials=self.trial + 1,
+            seed=self.seed,
+            layers=tuple(self.layers),
+        )

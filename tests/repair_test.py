@@ -1,0 +1,156 @@
+"""aftt-repair: fine-tuning around a fixed fault map (defect-aware retraining)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from aftt_tf import data, tflite_file
+from aftt_tf.faults import keras_runner
+from aftt_tf.faults import layers as fault_layers
+from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.training import networks, phases, repair
+from tests.conftest import requires_fashion_mnist
+
+pytestmark = requires_fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def trained_path(tmp_path_factory):
+    """The paper's MLP after one epoch on 3000 Fashion-MNIST images, as aftt-train saves it."""
+    arrays, _ = data.load_arrays("fashion_mnist", source="local")
+    keras.utils.set_random_seed(0)
+    model = networks.build_networks("fmnist_mlp").classifier
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(arrays["train"][0][:3000] / 255.0, arrays["train"][1][:3000], epochs=1, verbose=0)
+    path = tmp_path_factory.mktemp("repair") / "run" / "classifier.keras"
+    path.parent.mkdir()
+    model.save(path)
+    return path
+
+
+def _config(model, out, **overrides) -> repair.RepairConfig:
+    values = {"fault": "weight", "rate": 0.5, "epochs": 1, "train_examples": 2000}
+    return repair.RepairConfig(model=str(model), out=str(out), **{**values, **overrides})
+
+
+def _campaign_masks(model_path, spec: FaultSpec, rate: float, trial: int) -> dict:
+    """The masks an aftt-faults campaign places for cell (rate, trial)."""
+    faulty, _ = keras_runner.faulty_copy(keras_runner.load_model(model_path), spec, rate, trial)
+    return {w.path: np.asarray(w.numpy()) for w in faulty.non_trainable_weights}
+
+
+def test_faulted_weights_stay_stuck_and_the_rest_is_retrained(trained_path, tmp_path):
+    config = _config(trained_path, tmp_path / "weight")
+    metrics = repair.repair(config)
+    original = keras_runner.load_model(trained_path)
+    repaired = keras.saving.load_model(tmp_path / "weight" / "classifier.keras")
+    expected = _campaign_masks(trained_path, config.spec(), 0.5, 0)
+    faulted_layers = [
+        layer for layer in repaired.layers if isinstance(layer, fault_layers.FaultyDense)
+    ]
+    assert faulted_layers
+    for layer in faulted_layers:
+        keep = np.asarray(layer.kernel_keep.numpy())
+        assert np.array_equal(keep, expected[layer.kernel_keep.path])  # The campaign's map.
+        assert np.sum(keep == 0) == round(0.5 * keep.size)
+        effective = np.asarray(layer.faulty_kernel())
+        assert np.all(effective[keep == 0] == 0.0)  # Exactly at the stuck value.
+        before = np.asarray(original.get_layer(layer.name).kernel.numpy())
+        changed = np.mean(effective[keep == 1] != before[keep == 1])
+        assert changed > 0.9  # The healthy weights were retrained.
+    assert metrics["fault_map"]["faulted"] == sum(
+        round(0.5 * int(np.prod(layer.kernel.shape))) for layer in faulted_layers
+    )
+    assert (
+        metrics["faulty_test_accuracy_after_repair"] > metrics["faulty_test_accuracy_before_repair"]
+    )
+
+
+def test_node_masks_are_held_fixed(trained_path, tmp_path):
+    config = _config(trained_path, tmp_path / "node", fault="node", rate=0.3)
+    repair.repair(config)
+    repaired = keras.saving.load_model(tmp_path / "node" / "classifier.keras")
+    expected = _campaign_masks(trained_path, config.spec(), 0.3, 0)
+    masks = [layer for layer in repaired.layers if isinstance(layer, fault_layers.NodeFault)]
+    assert masks
+    for layer in masks:
+        keep = np.asarray(layer.node_keep.numpy())
+        assert np.array_equal(keep, expected[layer.node_keep.path])
+        assert 0 < np.sum(keep == 0) < keep.size
+
+
+def test_a_repaired_model_exports_with_its_faults(trained_path, tmp_path):
+    from aftt_tf.deploy import export_lib
+
+    for kind in ("weight", "node"):
+        run = tmp_path / kind
+        repair.repair(_config(trained_path, run, fault=kind, rate=0.4))
+        export_lib.export_classifier(
+            export_lib.ExportConfig(
+                model=str(run / "classifier.keras"),
+                out=str(tmp_path / f"export_{kind}"),
+                formats=("tflite_float32",),
+                test_examples=300,
+            )
+        )
+        faulty = keras.saving.load_model(run / "classifier.keras")
+        images = data.load_arrays("fashion_mnist", source="local")[0]["test"][0][:300]
+        tflite = tflite_file.TFLiteFile(tmp_path / f"export_{kind}" / "model_float32.tflite")
+        expected = np.asarray(faulty(images.astype(np.float32) / 255.0))
+        np.testing.assert_allclose(tflite_file.predict(tflite, images), expected, atol=1e-4)
+        clean = keras_runner.load_model(trained_path)
+        assert np.max(np.abs(expected - np.asarray(clean(images / 255.0)))) > 0.1
+
+
+def test_repair_resumes_after_a_kill(trained_path, tmp_path, monkeypatch):
+    """A repair stopped after its first epoch continues from the checkpoint and ends with
+    the weights of an uninterrupted repair."""
+    config = _config(trained_path, tmp_path / "killed", epochs=2)
+    original = phases._EpochCallback.on_epoch_end
+
+    def killed_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(phases._EpochCallback, "on_epoch_end", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        repair.repair(config)
+    monkeypatch.setattr(phases._EpochCallback, "on_epoch_end", original)
+    state = json.loads((tmp_path / "killed" / "checkpoints" / "repair" / "state.json").read_text())
+    assert state["epochs_completed"] == 1
+    resumed = repair.repair(config)
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2]
+    uninterrupted = repair.repair(_config(trained_path, tmp_path / "whole", epochs=2))
+    a = keras.saving.load_model(tmp_path / "killed" / "classifier.keras").get_weights()
+    b = keras.saving.load_model(tmp_path / "whole" / "classifier.keras").get_weights()
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert resumed["faulty_test_accuracy_after_repair"] == pytest.approx(
+        uninterrupted["faulty_test_accuracy_after_repair"], abs=2e-3
+    )
+
+
+def test_cli_repairs_and_refuses_another_repair_in_its_directory(trained_path, tmp_path):
+    argv = [
+        sys.executable,
+        "-m",
+        "aftt_tf.cli.repair",
+        f"--model={trained_path}",
+        "--rate=0.3",
+        "--epochs=1",
+        "--train_examples=1000",
+        f"--out={tmp_path / 'cli'}",
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "cli" / "classifier.keras").exists()
+    other = subprocess.run([*argv, "--rate=0.4"], capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "holds something other than this repair" in other.stderr
+    bad = subprocess.run([*argv, "--optimizer=lion"], capture_output=True, text=True)
+    assert bad.returncode == 2
