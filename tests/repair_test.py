@@ -154,3 +154,73 @@ def test_cli_repairs_and_refuses_another_repair_in_its_directory(trained_path, t
     assert other.returncode == 2 and "holds something other than this repair" in other.stderr
     bad = subprocess.run([*argv, "--optimizer=lion"], capture_output=True, text=True)
     assert bad.returncode == 2
+
+
+def test_repaired_campaign_at_rate_zero_is_plain_fine_tuning(trained_path, tmp_path):
+    """The repaired protocol: a rate-0 cell equals plain fine-tuning of the same length
+    (aftt-repair at rate 0), repaired cells beat the deployed protocol's same cells, and
+    one compiled training function serves every cell."""
+    from aftt_tf.faults import campaign
+    from aftt_tf.faults.spec import RepairProtocol
+
+    arrays, _ = data.load_arrays("fashion_mnist", source="local")
+    model = keras_runner.load_model(trained_path)
+    protocol = RepairProtocol(epochs=1, train_examples=2000)
+    spec = FaultSpec(kind="weight", rates=(0.0, 0.6), trials=2, seed=0, repair=protocol)
+    repairing = repair.RepairingModel(model, *arrays["train"])
+    test_images, test_labels = arrays["test"]
+    repaired = campaign.run_campaign(
+        {"m": repairing}, spec, test_images, test_labels, tmp_path / "repaired", progress=False
+    )
+    deployed = campaign.run_campaign(
+        {"m": model},
+        FaultSpec(kind="weight", rates=(0.0, 0.6), trials=2, seed=0),
+        test_images,
+        test_labels,
+        tmp_path / "deployed",
+        progress=False,
+    )
+    assert repaired["protocol"] == "repaired" and deployed["protocol"] == "deployed"
+    assert repaired["spec_key"] != deployed["spec_key"]
+    plain = repair.repair(_config(trained_path, tmp_path / "plain", rate=0.0))
+    rows = {row["rate"]: row for row in repaired["summary"]["m"]["all"]["per_rate"]}
+    assert rows[0.0]["mean"] == pytest.approx(plain["faulty_test_accuracy_after_repair"], abs=1e-9)
+    deployed_rows = {row["rate"]: row for row in deployed["summary"]["m"]["all"]["per_rate"]}
+    assert rows[0.6]["mean"] > deployed_rows[0.6]["mean"] + 0.1
+    runner = repairing.runner(spec, test_images[:500], test_labels[:500], 500)
+    runner.evaluate_cell(0.6, 0)
+    compiled = runner.trainer.train_function
+    runner.evaluate_cell(0.6, 1)
+    assert runner.trainer.train_function is compiled
+
+
+def test_cli_repaired_protocol_and_its_refusal_on_a_tflite(trained_path, tmp_path):
+    import tensorflow as tf
+
+    from aftt_tf.faults import tflite_runner
+    from aftt_tf.faults.spec import FaultTargetError, RepairProtocol
+
+    argv = [
+        sys.executable,
+        "-m",
+        "aftt_tf.cli.faults",
+        "--rates=0,0.5",
+        "--trials=2",
+        "--test_examples=500",
+        "--repair_epochs=1",
+        "--repair_train_examples=1000",
+    ]
+    result = subprocess.run(
+        [*argv, f"--model={trained_path}", f"--out={tmp_path / 'cli'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert results["protocol"] == "repaired" and results["spec"]["repair"]["epochs"] == 1
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_runner.load_model(trained_path))
+    tflite = tflite_runner.TFLiteModel.from_bytes(converter.convert())
+    spec = FaultSpec(repair=RepairProtocol())
+    with pytest.raises(FaultTargetError, match="cannot be trained"):
+        tflite.select_layers(spec)

@@ -50,6 +50,18 @@ flags.DEFINE_float(
     "target_margin", 0.0, "Size trials until the 95% CI half-width <= this (0: off)."
 )
 flags.DEFINE_bool("per_layer", False, "Sensitivity mode: fault one layer at a time.")
+flags.DEFINE_integer(
+    "repair_epochs",
+    0,
+    "The repaired protocol: each cell fine-tunes a copy of the .keras model around its faults "
+    "(held fixed) for this many epochs, then evaluates it. 0: the deployed protocol.",
+)
+flags.DEFINE_float("repair_learning_rate", 1e-3, "Learning rate of the repairs.")
+flags.DEFINE_float("repair_weight_decay", 5e-4, "Decoupled weight decay of the repairs.")
+flags.DEFINE_enum("repair_optimizer", "rmsprop", ["rmsprop", "adam", "sgd"], "Repair optimizer.")
+flags.DEFINE_integer("repair_batch_size", 128, "Batch size of the repairs.")
+flags.DEFINE_integer("repair_train_examples", 0, "Training examples of the repairs (0: all).")
+flags.DEFINE_enum("repair_loss", "crossentropy", ["crossentropy", "mse"], "Loss of the repairs.")
 flags.DEFINE_integer("num_shards", 1, "Split cells across this many processes.")
 flags.DEFINE_integer("shard_index", 0, "This process's shard.")
 flags.DEFINE_list("merge", [], "Merge these shard directories into --out instead of running.")
@@ -87,7 +99,7 @@ FLAGS = flags.FLAGS
 
 
 def _spec_from_flags():
-    from aftt_tf.faults.spec import FaultSpec
+    from aftt_tf.faults.spec import FaultSpec, RepairProtocol
 
     try:
         rates = tuple(float(rate) for rate in FLAGS.rates)
@@ -110,6 +122,17 @@ def _spec_from_flags():
         bit_position=FLAGS.bit_position,
         bit_mode=FLAGS.bit_mode,
         target_margin=FLAGS.target_margin,
+        repair=RepairProtocol(
+            epochs=FLAGS.repair_epochs,
+            learning_rate=FLAGS.repair_learning_rate,
+            weight_decay=FLAGS.repair_weight_decay,
+            optimizer=FLAGS.repair_optimizer,
+            batch_size=FLAGS.repair_batch_size,
+            train_examples=FLAGS.repair_train_examples,
+            loss=FLAGS.repair_loss,
+        )
+        if FLAGS.repair_epochs
+        else None,
     )
 
 
@@ -158,6 +181,8 @@ def main(argv: list[str]) -> None:
         campaign_lib.check_labels(
             test_data[1], test_data[2]["class_names"], getattr(first, "num_outputs", None)
         )
+        if config.spec.repair is not None:
+            models = _repairing(config, models)
     from aftt_tf.faults.ray_executor import RayUnavailableError
 
     with common.refusals(
@@ -167,6 +192,22 @@ def main(argv: list[str]) -> None:
     if FLAGS.num_shards == 1:
         _print_summary(results)
     print(f"Campaign directory: {FLAGS.out}")
+
+
+def _repairing(config, models: dict) -> dict:
+    """The .keras models wrapped for the repaired protocol, with the training data."""
+    if config.executor != "local":
+        raise ValueError("--repair_epochs runs locally; drop --executor=ray.")
+    from aftt_tf.faults import campaign_lib, keras_runner
+    from aftt_tf.training import repair
+
+    train = campaign_lib.load_train_data(config, next(iter(models.values())).input_shape)
+    return {
+        label: repair.RepairingModel(model.model, *train)
+        if isinstance(model, keras_runner.KerasModel)
+        else model  # A .tflite: its campaign refuses the protocol with the reason.
+        for label, model in models.items()
+    }
 
 
 def _print_coverage(results: dict) -> None:

@@ -65,15 +65,19 @@ def main(argv: list[str]) -> None:
     if not FLAGS.model or not FLAGS.out:
         raise common.usage_error("--model and --out are required.")
     config = config_from_flags()
+    from aftt_tf.training import repair_config
+
+    with common.usage_errors():  # Before TensorFlow is imported: bad input fails at once.
+        config.validate()
+        repair_config.check_directory(config)
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf import data
     from aftt_tf.faults.spec import FaultTargetError
     from aftt_tf.training import repair
 
-    with common.usage_errors(data.DataUnavailableError, FaultTargetError):
-        config.validate()
-        repair.check_directory(config)
-    with common.refusals(FaultTargetError):
+    with common.refusals(
+        FaultTargetError, data.DataUnavailableError, FileNotFoundError, ValueError
+    ):
         metrics = repair.repair(config)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     print(f"Repaired classifier: {FLAGS.out}/classifier.keras")

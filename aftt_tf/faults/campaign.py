@@ -255,6 +255,7 @@ def _meta(spec, adapters, data, num_shards: int, shard_index: int) -> dict[str, 
     return {
         "spec": spec.as_dict(),
         "spec_key": spec.key(),
+        "protocol": spec.protocol,
         "models": {label: adapter.fingerprint() for label, adapter in adapters.items()},
         "data": data,
         "coverage": {label: _coverage(adapter, spec) for label, adapter in adapters.items()},

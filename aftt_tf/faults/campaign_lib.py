@@ -174,6 +174,18 @@ def load_test_data(
     return images, labels, {**loaded.description, "class_names": list(loaded.class_names)}
 
 
+def load_train_data(config: CampaignConfig, input_shape: tuple[int, ...]):
+    """(images, labels) of the built-in training set the repaired protocol trains on."""
+    dataset = config.dataset or vocabulary.dataset_for_input_shape(tuple(input_shape))
+    if dataset is None:
+        raise ValueError(
+            f"--repair_epochs trains on a built-in dataset; none has input shape "
+            f"{tuple(input_shape)}. Pass --dataset."
+        )
+    arrays, _ = data.load_arrays(dataset, config.data_dir or None)
+    return arrays["train"]
+
+
 def check_labels(labels: np.ndarray, class_names: list[str], outputs: int | None) -> None:
     """Labels must index the models' outputs; a class folder must have one folder per output."""
     if outputs is None:

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from aftt_tf.faults import inputs, registry, sampling, targets
 from aftt_tf.faults import layers as fault_layers
-from aftt_tf.faults.spec import FaultSpec, cell_result
+from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result
 
 
 def model_fingerprint(model: keras.Model) -> str:
@@ -111,6 +111,11 @@ class KerasModel:
     def runner(
         self, spec: FaultSpec, images, labels, batch_size: int, transform=None
     ) -> CampaignRunner:
+        if spec.repair is not None:
+            raise FaultTargetError(
+                "The repaired protocol needs training data: wrap the model in "
+                "aftt_tf.training.repair.RepairingModel (aftt-faults --repair_epochs does)."
+            )
         return CampaignRunner(self.model, spec, images, labels, batch_size, transform)
 
 

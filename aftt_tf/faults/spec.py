@@ -23,6 +23,42 @@ class FaultTargetError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class RepairProtocol:
+    """The 'repaired' evaluation protocol: each cell fine-tunes a copy of the model around
+    its fault map (held fixed) before it is evaluated (aftt-faults --repair_epochs).
+
+    Attributes:
+        epochs, learning_rate, weight_decay, optimizer, batch_size: the fine-tuning.
+        train_examples: training examples used (0: all).
+        loss: the classification loss ('crossentropy' or 'mse').
+        data_seed: order of the training batches (the same in every cell, so a rate-0
+            cell is plain fine-tuning of the same length).
+    """
+
+    epochs: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 5e-4
+    optimizer: str = "rmsprop"
+    batch_size: int = 128
+    train_examples: int = 0
+    loss: str = "crossentropy"
+    data_seed: int = 0
+
+    def validate(self) -> None:
+        _choice("repair optimizer", self.optimizer, ("rmsprop", "adam", "sgd"))
+        _choice("repair loss", self.loss, vocabulary.CLASSIFICATION_LOSSES)
+        if not isinstance(self.epochs, int) or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"repair epochs and batch size must be >= 1, received {self.epochs} and "
+                f"{self.batch_size}."
+            )
+        if not self.learning_rate > 0 or self.weight_decay < 0 or self.train_examples < 0:
+            raise ValueError(
+                "repair learning_rate must be > 0, weight_decay and train_examples >= 0."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class FaultSpec:
     """One seeded fault campaign; the same spec gives the same fault positions on any
     model with the same layer names and shapes.
@@ -46,6 +82,8 @@ class FaultSpec:
             half-width of the accuracy is at most this (statistical fault injection,
             Leveugle et al., DATE 2009), between `min_trials` and `trials`.
         min_trials: first trials before the margin is checked.
+        repair: None: the 'deployed' protocol (faults evaluated as they are); a
+            `RepairProtocol`: each cell is evaluated after a repair around its faults.
     """
 
     kind: str = "weight"
@@ -63,6 +101,7 @@ class FaultSpec:
     bit_mode: str = "flip"
     target_margin: float = 0.0
     min_trials: int = 5
+    repair: RepairProtocol | None = None
 
     def validate(self) -> None:
         """Raises ValueError naming the field, the value received and what is expected."""
@@ -93,6 +132,8 @@ class FaultSpec:
             raise ValueError("min_trials must be an integer >= 2 when target_margin is used.")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, received {self.seed!r}.")
+        if self.repair is not None:
+            self.repair.validate()
         if self.stuck_value is not None and not (
             math.isfinite(self.stuck_value) and abs(self.stuck_value) <= FLOAT32_MAX
         ):
@@ -101,6 +142,11 @@ class FaultSpec:
                 f"received {self.stuck_value}; a NaN or infinite weight is not a stuck-at "
                 "fault. Use --fault=bit to corrupt the exponent bits instead."
             )
+
+    @property
+    def protocol(self) -> str:
+        """'deployed' (faults as they are) or 'repaired' (each cell repaired first)."""
+        return "deployed" if self.repair is None else "repaired"
 
     @property
     def value_fault(self) -> sampling.ValueFault:
@@ -132,7 +178,7 @@ class FaultSpec:
 
 # Fields added after campaigns were written, with their defaults; they enter the key
 # only when set, so earlier campaign directories resume.
-_FIELDS_ADDED_LATER = {"exclude_layers": []}
+_FIELDS_ADDED_LATER = {"exclude_layers": [], "repair": None}
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -56,6 +56,12 @@ class TFLiteModel(tflite_file.TFLiteFile):
 
     def select_layers(self, spec: FaultSpec) -> list[str]:
         """Layers that `spec.kind` can fault in this file, after scope and --layers."""
+        if spec.repair is not None:
+            raise FaultTargetError(
+                f"{self.path.name}: the repaired protocol retrains the model in every cell, "
+                "and a .tflite cannot be trained. Repair the .keras (aftt-repair, or "
+                "aftt-faults --repair_epochs on it), then export it."
+            )
         names = selection.select(
             self.candidates(),
             spec.kind,

@@ -13,7 +13,6 @@ chip (aftt-export bakes the faults into the exported weights and masks).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,9 @@ import numpy as np
 
 from aftt_tf import data, io_utils, vocabulary
 from aftt_tf.faults import keras_runner, targets
+from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result
 from aftt_tf.training import phases, trainers
-from aftt_tf.training.repair_config import RepairConfig
+from aftt_tf.training.repair_config import RepairConfig, check_directory, record
 
 __all__ = ["RepairConfig", "check_directory", "repair"]
 
@@ -40,35 +40,13 @@ def _run_loss(config: RepairConfig) -> str:
     return "crossentropy"
 
 
-def check_directory(config: RepairConfig) -> bool:
-    """Refuses an --out holding anything but this repair; True when resuming."""
-    out = Path(config.out)
-    io_utils.check_output_path(out)
-    if not out.exists() or not io_utils.entries(out):
-        return False
-    recorded = out / "config.json"
-    if not recorded.exists() or io_utils.read_json(recorded) != _record(config):
-        raise io_utils.OutputError(
-            f"{out} holds something other than this repair (another model, fault map or "
-            "training setting). Choose another --out."
-        )
-    return True
-
-
-def _record(config: RepairConfig) -> dict[str, Any]:
-    values = dataclasses.asdict(config)
-    values["layers"] = list(config.layers)
-    values["model_sha256"] = io_utils.sha256_file(Path(config.model))
-    return values
-
-
-def _optimizer(config: RepairConfig) -> keras.optimizers.Optimizer:
-    options = {"learning_rate": config.learning_rate, "weight_decay": config.weight_decay or None}
+def _optimizer(name: str, learning_rate: float, weight_decay: float) -> keras.optimizers.Optimizer:
+    options = {"learning_rate": learning_rate, "weight_decay": weight_decay or None}
     return {
         "rmsprop": keras.optimizers.RMSprop,
-        "adam": keras.optimizers.AdamW if config.weight_decay else keras.optimizers.Adam,
+        "adam": keras.optimizers.AdamW if weight_decay else keras.optimizers.Adam,
         "sgd": keras.optimizers.SGD,
-    }[config.optimizer](**options)
+    }[name](**options)
 
 
 def _accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
@@ -97,7 +75,7 @@ def repair(config: RepairConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     with io_utils.DirectoryLock(out / io_utils.LOCK_FILE, str(out)):
         check_directory(config)
-        io_utils.write_json(out / "config.json", _record(config))
+        io_utils.write_json(out / "config.json", record(config))
         return _repair_in(
             config, out, model, (train_images, train_labels), (test_images, test_labels)
         )
@@ -108,7 +86,7 @@ def _repair_in(config, out: Path, model, train, test) -> dict[str, Any]:
     faulty, counts = keras_runner.faulty_copy(model, spec, config.rate, config.trial)
     before = _accuracy(faulty, *test)
     trainer = trainers.ClassifierTrainer(faulty, loss=_run_loss(config))
-    optimizer = _optimizer(config)
+    optimizer = _optimizer(config.optimizer, config.learning_rate, config.weight_decay)
     trainer.compile(optimizer=optimizer)
     state_variables = faulty.variables + phases.optimizer_variables(
         {"optimizer": optimizer}, {"optimizer": trainer.trainable_variables_list()}
@@ -144,3 +122,91 @@ def _repair_in(config, out: Path, model, train, test) -> dict[str, Any]:
     }
     io_utils.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+class RepairingModel:
+    """A Keras classifier whose campaign cells are evaluated after a repair (the
+    'repaired' protocol of `FaultSpec.repair`): a `CampaignModel` holding training data."""
+
+    def __init__(self, model: keras.Model, train_images: np.ndarray, train_labels: np.ndarray):
+        self.keras_model = keras_runner.KerasModel(model)
+        self.model = model
+        self.train = (train_images, train_labels)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.keras_model.input_shape
+
+    @property
+    def num_outputs(self):
+        return self.keras_model.num_outputs
+
+    def fingerprint(self) -> str:
+        return self.keras_model.fingerprint()
+
+    def select_layers(self, spec: FaultSpec) -> list[str]:
+        return self.keras_model.select_layers(spec)
+
+    def coverage(self, spec: FaultSpec) -> dict[str, Any]:
+        return self.keras_model.coverage(spec)
+
+    def runner(self, spec, images, labels, batch_size: int, transform=None) -> RepairCellRunner:
+        return RepairCellRunner(
+            self.model, spec, (images, labels), self.train, batch_size, transform
+        )
+
+
+class RepairCellRunner:
+    """Evaluates cells of the repaired protocol: per cell, the clean weights and optimizer
+    state are put back, the cell's faults are placed (the campaign's positions), the
+    faulty model is fine-tuned with them held fixed, then evaluated. One faulty model,
+    one trainer and one compiled training function serve every cell (no retrace)."""
+
+    def __init__(self, model, spec: FaultSpec, test, train, batch_size: int, transform=None):
+        from aftt_tf.faults import inputs
+
+        if not targets.rewritable(model):
+            raise FaultTargetError(
+                "The repaired protocol holds faults in fault layers, which need a Sequential "
+                f"or Functional model; {type(model).__name__} is subclassed."
+            )
+        protocol = spec.repair
+        self.spec, self.protocol, self.batch_size = spec, protocol, batch_size
+        names = keras_runner.KerasModel(model).select_layers(spec)
+        self.faulty = targets.apply_faults(model, spec.kind, names)
+        self.injector = keras_runner.FaultInjector(self.faulty, spec, names, in_place=False)
+        self.trainer = trainers.ClassifierTrainer(self.faulty, loss=protocol.loss)
+        self.optimizer = _optimizer(
+            protocol.optimizer, protocol.learning_rate, protocol.weight_decay
+        )
+        self.trainer.compile(optimizer=self.optimizer)
+        self.optimizer.build(self.trainer.trainable_variables_list())
+        self.initial_weights = [np.asarray(v.numpy()) for v in self.faulty.weights]
+        self.initial_optimizer = [np.asarray(v.numpy()) for v in self.optimizer.variables]
+        train_images, train_labels = train
+        if protocol.train_examples:
+            train_images = train_images[: protocol.train_examples]
+            train_labels = train_labels[: protocol.train_examples]
+        self.dataset, self.steps = data.train_dataset(
+            train_images, train_labels, protocol.batch_size, protocol.data_seed, 0, protocol.epochs
+        )
+        images, self.labels = np.asarray(test[0]), np.asarray(test[1])
+        transform = transform or inputs.resolve("auto", dtype=images.dtype)
+        self.inputs = transform.apply(images).astype(np.float32)
+
+    def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
+        for variable, value in zip(self.faulty.weights, self.initial_weights, strict=True):
+            variable.assign(value)
+        for variable, value in zip(self.optimizer.variables, self.initial_optimizer, strict=True):
+            variable.assign(value)
+        counts = self.injector.inject(rate, trial)
+        self.trainer.fit(
+            self.dataset,
+            epochs=self.protocol.epochs,
+            steps_per_epoch=self.steps,
+            shuffle=False,
+            verbose=0,
+        )
+        logits = self.faulty.predict(self.inputs, batch_size=self.batch_size, verbose=0)
+        accuracy = float(np.mean(np.argmax(logits, axis=-1) == self.labels))
+        return cell_result(rate, trial, accuracy, counts)

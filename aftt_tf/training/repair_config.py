@@ -6,8 +6,10 @@ The repair itself is `aftt_tf.training.repair`.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
-from aftt_tf import vocabulary
+from aftt_tf import io_utils, vocabulary
 
 REPAIR_KINDS = ("weight", "filter", "node")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
@@ -83,3 +85,26 @@ class RepairConfig:
             seed=self.seed,
             layers=tuple(self.layers),
         )
+
+
+def check_directory(config: RepairConfig) -> bool:
+    """Refuses an --out holding anything but this repair; True when resuming."""
+    out = Path(config.out)
+    io_utils.check_output_path(out)
+    if not out.exists() or not io_utils.entries(out):
+        return False
+    recorded = out / "config.json"
+    if not recorded.exists() or io_utils.read_json(recorded) != record(config):
+        raise io_utils.OutputError(
+            f"{out} holds something other than this repair (another model, fault map or "
+            "training setting). Choose another --out."
+        )
+    return True
+
+
+def record(config: RepairConfig) -> dict[str, Any]:
+    """What config.json holds: the config and the repaired model's sha256."""
+    values = dataclasses.asdict(config)
+    values["layers"] = list(config.layers)
+    values["model_sha256"] = io_utils.sha256_file(Path(config.model))
+    return values
