@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -34,6 +35,17 @@ def trained_path(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def repaired(trained_path, tmp_path_factory):
+    """kind -> (config, metrics) of a weight (50%) and a node (30%) repair of the model."""
+    root = tmp_path_factory.mktemp("repaired")
+    result = {}
+    for kind, rate in (("weight", 0.5), ("node", 0.3)):
+        config = _config(trained_path, root / kind, fault=kind, rate=rate)
+        result[kind] = (config, repair.repair(config))
+    return result
+
+
 def _config(model, out, **overrides) -> repair.RepairConfig:
     values = {"fault": "weight", "rate": 0.5, "epochs": 1, "train_examples": 2000}
     return repair.RepairConfig(model=str(model), out=str(out), **{**values, **overrides})
@@ -45,11 +57,10 @@ def _campaign_masks(model_path, spec: FaultSpec, rate: float, trial: int) -> dic
     return {w.path: np.asarray(w.numpy()) for w in faulty.non_trainable_weights}
 
 
-def test_faulted_weights_stay_stuck_and_the_rest_is_retrained(trained_path, tmp_path):
-    config = _config(trained_path, tmp_path / "weight")
-    metrics = repair.repair(config)
+def test_faulted_weights_stay_stuck_and_the_rest_is_retrained(trained_path, repaired):
+    config, metrics = repaired["weight"]
     original = keras_runner.load_model(trained_path)
-    repaired = keras.saving.load_model(tmp_path / "weight" / "classifier.keras")
+    repaired = keras.saving.load_model(Path(config.out) / "classifier.keras")
     expected = _campaign_masks(trained_path, config.spec(), 0.5, 0)
     faulted_layers = [
         layer for layer in repaired.layers if isinstance(layer, fault_layers.FaultyDense)
@@ -72,10 +83,9 @@ def test_faulted_weights_stay_stuck_and_the_rest_is_retrained(trained_path, tmp_
     )
 
 
-def test_node_masks_are_held_fixed(trained_path, tmp_path):
-    config = _config(trained_path, tmp_path / "node", fault="node", rate=0.3)
-    repair.repair(config)
-    repaired = keras.saving.load_model(tmp_path / "node" / "classifier.keras")
+def test_node_masks_are_held_fixed(trained_path, repaired):
+    config, _ = repaired["node"]
+    repaired = keras.saving.load_model(Path(config.out) / "classifier.keras")
     expected = _campaign_masks(trained_path, config.spec(), 0.3, 0)
     masks = [layer for layer in repaired.layers if isinstance(layer, fault_layers.NodeFault)]
     assert masks
@@ -85,12 +95,11 @@ def test_node_masks_are_held_fixed(trained_path, tmp_path):
         assert 0 < np.sum(keep == 0) < keep.size
 
 
-def test_a_repaired_model_exports_with_its_faults(trained_path, tmp_path):
+def test_a_repaired_model_exports_with_its_faults(trained_path, repaired, tmp_path):
     from aftt_tf.deploy import export_lib
 
     for kind in ("weight", "node"):
-        run = tmp_path / kind
-        repair.repair(_config(trained_path, run, fault=kind, rate=0.4))
+        run = Path(repaired[kind][0].out)
         export_lib.export_classifier(
             export_lib.ExportConfig(
                 model=str(run / "classifier.keras"),
