@@ -180,13 +180,13 @@ def test_cli_runs_a_campaign_on_an_existing_cluster(cluster, models, tmp_path):
 def test_ray_reproduction_gives_the_numbers_of_the_local_one(cluster, smoke_reproduction, tmp_path):
     """flags/smoke.flags on Ray (training units as tasks in their own processes, campaign
     cells on actors) against the local reproduction: for the methods it trains, the same
-    training metrics and the same campaign summaries. (AFTT, with its pre-training, and
-    the Keras weight campaign keep the test short: a model's summary does not depend on
-    the other models of a campaign.)"""
+    training metrics and the same campaign summaries. (Two methods and the Keras weight
+    campaign keep the test short: a model's summary does not depend on the other models
+    of a campaign.)"""
     local_out, _ = smoke_reproduction
     result = reproduce_smoke(
         tmp_path / "ray",
-        "--methods=aftt",
+        "--methods=none,aftt",
         "--faults=weight",
         "--runtimes=keras",
         "--scopes=all",
@@ -196,17 +196,17 @@ def test_ray_reproduction_gives_the_numbers_of_the_local_one(cluster, smoke_repr
     assert result.returncode == 0, result.stderr[-4000:]
     local = json.loads((local_out / "results.json").read_text())
     remote = json.loads((tmp_path / "ray" / "results.json").read_text())
-    for method in ("aftt",):
+    for method in ("none", "aftt"):
         skipped = ("seconds", "int8_test_accuracy")  # Timing; no int8 export here.
         assert {k: v for k, v in remote["methods"][method].items() if k not in skipped} == {
             k: v for k, v in local["methods"][method].items() if k not in skipped
         }
     assert set(remote["campaigns"]) == {"weight_all_keras"}
     for name, campaign_result in remote["campaigns"].items():
-        for method in ("aftt",):
+        for method in ("none", "aftt"):
             assert campaign_result["summary"][method] == local["campaigns"][name]["summary"][method]
     log = json.loads((tmp_path / "ray" / "work_log.json").read_text())
-    assert {e["unit"] for e in log if e.get("executor") == "ray"} == {"aftt"}
+    assert {e["unit"] for e in log if e.get("executor") == "ray"} == {"none", "aftt"}
 
 
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch):

@@ -141,6 +141,7 @@ def test_another_training_config_is_refused_before_any_work(smoke_reproduction, 
     "flag, message",
     [
         ("--methods=none,dropout", "unknown: ['dropout']"),
+        ("--methods=aftt", "give at least two"),
         ("--faults=filter", "Filter faults need convolutions"),
         ("--trials=1", "trials must be an integer >= 2"),
         ("--reg_lambda_grid=1e-4", "takes --l1_lambda_grid and --l2_lambda_grid"),

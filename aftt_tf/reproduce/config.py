@@ -95,6 +95,12 @@ class ReproduceConfig:
         """Raises ValueError naming the bad field, the value and what is expected."""
         self.train.validate()
         _subset("methods", self.methods, ALL_METHODS)
+        if len(self.methods) < 2:
+            raise ValueError(
+                f"methods={list(self.methods)}: aftt-reproduce compares methods (paired "
+                "campaigns, verdicts); give at least two, e.g. --methods=none,aftt. One "
+                "method alone is an aftt-train run plus an aftt-faults campaign."
+            )
         _subset("faults", self.faults, REPRODUCE_FAULTS)
         _subset("scopes", self.scopes, ("all", "extractor"))
         _subset("runtimes", self.runtimes, RUNTIMES)

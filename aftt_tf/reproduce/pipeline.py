@@ -513,7 +513,8 @@ def _run_one_campaign(
         }
     )
     if ran:
-        progress.advance(0, f"{name} finished: {result['verdict']['text']}", force=True)
+        verdict = (result.get("verdict") or {}).get("text", "one model: no comparison")
+        progress.advance(0, f"{name} finished: {verdict}", force=True)
     else:
         progress.print(f"{name}: reused all {result['skipped_cells']} cells")
     return result
