@@ -95,12 +95,7 @@ class ReproduceConfig:
         """Raises ValueError naming the bad field, the value and what is expected."""
         self.train.validate()
         _subset("methods", self.methods, ALL_METHODS)
-        if len(self.methods) < 2:
-            raise ValueError(
-                f"methods={list(self.methods)}: aftt-reproduce compares methods (paired "
-                "campaigns, verdicts); give at least two, e.g. --methods=none,aftt. One "
-                "method alone is an aftt-train run plus an aftt-faults campaign."
-            )
+        self._check_comparison_and_executor()
         _subset("faults", self.faults, REPRODUCE_FAULTS)
         _subset("scopes", self.scopes, ("all", "extractor"))
         _subset("runtimes", self.runtimes, RUNTIMES)
@@ -144,15 +139,23 @@ class ReproduceConfig:
                 raise ValueError(
                     f"{name} must be an integer >= 0, received {getattr(self, name)!r}."
                 )
-        if self.executor not in ("local", "ray"):
-            raise ValueError(f"executor must be local or ray, received {self.executor!r}.")
-        if self.executor == "ray":
-            self.ray_config()
         for name in ("campaign_batch_size", "calibration_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(
                     f"{name} must be an integer >= 1, received {getattr(self, name)!r}."
                 )
+
+    def _check_comparison_and_executor(self) -> None:
+        if len(self.methods) < 2:
+            raise ValueError(
+                f"methods={list(self.methods)}: aftt-reproduce compares methods (paired "
+                "campaigns, verdicts); give at least two, e.g. --methods=none,aftt. One "
+                "method alone is an aftt-train run plus an aftt-faults campaign."
+            )
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor must be local or ray, received {self.executor!r}.")
+        if self.executor == "ray":
+            self.ray_config()
 
     def ray_config(self):
         """The `ray_executor.RayConfig` of executor='ray' (Ray itself is not imported)."""
