@@ -659,8 +659,9 @@ def _weight_operators(graph: _Graph) -> list[_Operator]:
         channels = int(data_shape[-1]) if not isinstance(data_shape, int) else 0
         kernel = OperatorKernel(op_index, spec.kind, weights, channels)
         bias_operator = None
-        if bias is None and graph.bias_add(op_index) is not None:
-            bias_operator, bias = graph.bias_add(op_index)
+        separate_bias = graph.bias_add(op_index) if bias is None else None
+        if separate_bias is not None:
+            bias_operator, bias = separate_bias
         scope = _operator_scope(graph, op_index, weights)
         result.append(_Operator(kernel, bias, scope, bias_operator))
     return result

@@ -188,24 +188,12 @@ def strip_faults(model: keras.Model) -> keras.Model:
     """The fault-free model: fault layers replaced by their plain Keras layers, weights kept."""
     model = as_functional(model)
 
-    def clone_function(layer):
-        config = layer.get_config()
-        if isinstance(layer, fault_layers.FaultyDense):
-            return keras.layers.Dense.from_config(config)
-        if isinstance(layer, fault_layers.FaultyConv2D):
-            return keras.layers.Conv2D.from_config(config)
-        if isinstance(layer, fault_layers.WeightFaults):
-            return layer.layer.__class__.from_config(layer.layer.get_config())
-        return layer.__class__.from_config(config)
-
     def call_function(layer, *args, **kwargs):
         if isinstance(layer, fault_layers.NodeFault):
             return args[0]
         return layer(*args, **kwargs)
 
-    clean = keras.models.clone_model(
-        model, clone_function=clone_function, call_function=call_function
-    )
+    clean = keras.models.clone_model(model, clone_function=_plain, call_function=call_function)
     _copy_weights(model, clean)
     return clean
 
