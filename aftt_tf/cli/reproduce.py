@@ -46,6 +46,38 @@ flags.DEFINE_integer(
     "calibration_steps", 100, "Batches of 32 training images for int8 calibration."
 )
 
+flags.DEFINE_enum(
+    "sampling",
+    "exact",
+    ["exact", "bernoulli"],
+    "exact: round(rate * n) faults per layer; bernoulli: each element independently "
+    "(the paper's Fig. 1 masks).",
+)
+flags.DEFINE_enum(
+    "weight_kernels",
+    "all",
+    ["all", "4d"],
+    "Weight faults on every kernel, or on 4-D (convolution) kernels only as the paper's "
+    "Fig. 1 code does.",
+)
+flags.DEFINE_list(
+    "protocols",
+    ["deployed"],
+    "deployed (faults evaluated as they are) and/or repaired (each cell fine-tuned around "
+    "its faults first; Keras float32).",
+)
+flags.DEFINE_list("repair_epochs", ["5"], "Repair epochs; one repaired campaign per value.")
+flags.DEFINE_list(
+    "repair_rates",
+    [],
+    "Rates of the repaired campaigns (empty: 0 and the paper's quoted rate per fault kind).",
+)
+flags.DEFINE_integer("repair_trials", 0, "Trials per rate of the repaired campaigns (0: --trials).")
+flags.DEFINE_integer("repair_train_examples", 0, "Training images per repair (0: all).")
+flags.DEFINE_float("repair_learning_rate", 1e-3, "Learning rate of the repairs (RMSprop).")
+flags.DEFINE_float("repair_weight_decay", 5e-4, "Decoupled weight decay of the repairs.")
+flags.DEFINE_integer("repair_batch_size", 128, "Batch size of the repairs.")
+
 FLAGS = flags.FLAGS
 
 
@@ -56,6 +88,30 @@ def _floats(name: str) -> tuple[float, ...]:
         raise common.usage_error(
             f"--{name} must be comma-separated numbers, received {FLAGS[name].value}."
         ) from None
+
+
+def _integers(name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(value) for value in FLAGS[name].value)
+    except ValueError:
+        raise common.usage_error(
+            f"--{name} must be comma-separated integers, received {FLAGS[name].value}."
+        ) from None
+
+
+def _protocol_values() -> dict:
+    return {
+        "sampling": FLAGS.sampling,
+        "weight_kernels": FLAGS.weight_kernels,
+        "protocols": tuple(FLAGS.protocols),
+        "repair_epochs": _integers("repair_epochs"),
+        "repair_rates": _floats("repair_rates"),
+        "repair_trials": FLAGS.repair_trials,
+        "repair_train_examples": FLAGS.repair_train_examples,
+        "repair_learning_rate": FLAGS.repair_learning_rate,
+        "repair_weight_decay": FLAGS.repair_weight_decay,
+        "repair_batch_size": FLAGS.repair_batch_size,
+    }
 
 
 def config_from_flags():
@@ -84,6 +140,7 @@ def config_from_flags():
         campaign_batch_size=FLAGS.campaign_batch_size,
         calibration_steps=FLAGS.calibration_steps,
         **executor_flags.values(),
+        **_protocol_values(),
     )
     try:
         config.validate()

@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from aftt_tf import vocabulary
+from aftt_tf.reproduce.paper import PAPER_FAULTS
 from aftt_tf.training.config import TrainConfig
 
 ALL_METHODS = vocabulary.METHODS
 REPRODUCE_FAULTS = ("weight", "node", "filter")
 RUNTIMES = ("keras", "int8")
 RUNTIME_NAMES = {"keras": "Keras float32", "int8": "TFLite int8"}
+# 'deployed': faults evaluated as they are; 'repaired': each cell's model fine-tuned
+# around its fault map first (FaultSpec.repair), as the pruning code the paper's Fig. 1
+# appears adapted from retrains with its masks held fixed.
+PROTOCOLS = ("deployed", "repaired")
+# Which kernels weight faults reach: every weight layer, or only 4-D (convolution)
+# kernels, as the paper's Fig. 1 code (`if len(p.data.size()) == 4`) does.
+WEIGHT_KERNELS = ("all", "4d")
 # Paper section VI.D quotes 60% weight, 68% node and 40% filter faults.
 DEFAULT_RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7)
 # Fields of TrainConfig that only the supervised phase reads: two pre-training methods
@@ -60,6 +68,17 @@ class ReproduceConfig:
             campaign cells on Ray actors); ray_address, ray_workers and
             resources_per_worker as in aftt-faults. Not part of the reproduction's
             identity: a run may resume under another executor.
+        sampling: 'exact' (round(rate * n) faults per layer) or 'bernoulli' (each element
+            independently, the paper's Fig. 1 masks).
+        weight_kernels: 'all' or '4d' (weight faults on convolution kernels only, as the
+            paper's Fig. 1 code).
+        protocols: 'deployed' and/or 'repaired' (Keras float32 campaigns whose cells are
+            fine-tuned around their faults first, once per entry of repair_epochs).
+        repair_rates: rates of the repaired campaigns; empty: 0 and the paper's quoted
+            rate of each kind on this architecture (kinds it quotes none for are left out).
+        repair_trials: trials per rate of the repaired campaigns (0: trials).
+        repair_train_examples, repair_learning_rate, repair_weight_decay,
+            repair_batch_size: the repairs (RMSprop, the run's loss).
     """
 
     train: TrainConfig
@@ -80,12 +99,23 @@ class ReproduceConfig:
     ray_address: str = ""
     ray_workers: int = 0
     resources_per_worker: str = "cpu=1"
+    sampling: str = "exact"
+    weight_kernels: str = "all"
+    protocols: tuple[str, ...] = ("deployed",)
+    repair_epochs: tuple[int, ...] = (5,)
+    repair_rates: tuple[float, ...] = ()
+    repair_trials: int = 0
+    repair_train_examples: int = 0
+    repair_learning_rate: float = 1e-3
+    repair_weight_decay: float = 5e-4
+    repair_batch_size: int = 128
 
     def __post_init__(self):
-        for name in ("methods", "faults", "scopes", "runtimes"):
+        for name in ("methods", "faults", "scopes", "runtimes", "protocols"):
             setattr(self, name, tuple(str(value) for value in getattr(self, name)))
-        for name in ("l1_lambda_grid", "l2_lambda_grid", "rates"):
+        for name in ("l1_lambda_grid", "l2_lambda_grid", "rates", "repair_rates"):
             setattr(self, name, tuple(float(value) for value in getattr(self, name)))
+        self.repair_epochs = tuple(self.repair_epochs)
         if not self.faults:
             self.faults = ("weight", "node") + (
                 ("filter",) if _has_convolutions(self.train.architecture) else ()
@@ -99,6 +129,7 @@ class ReproduceConfig:
         _subset("faults", self.faults, REPRODUCE_FAULTS)
         _subset("scopes", self.scopes, ("all", "extractor"))
         _subset("runtimes", self.runtimes, RUNTIMES)
+        self._check_protocols()
         if self.train.reg_lambda_grid:
             raise ValueError(
                 "reg_lambda_grid is an aftt-train flag; aftt-reproduce takes "
@@ -156,6 +187,74 @@ class ReproduceConfig:
             raise ValueError(f"executor must be local or ray, received {self.executor!r}.")
         if self.executor == "ray":
             self.ray_config()
+
+    def _check_protocols(self) -> None:
+        _subset("protocols", self.protocols, PROTOCOLS)
+        if self.sampling not in vocabulary.SAMPLINGS:
+            raise ValueError(
+                f"sampling must be one of {', '.join(vocabulary.SAMPLINGS)}, received "
+                f"{self.sampling!r}."
+            )
+        if self.weight_kernels not in WEIGHT_KERNELS:
+            raise ValueError(f"weight_kernels must be all or 4d, received {self.weight_kernels!r}.")
+        if "repaired" not in self.protocols:
+            return
+        if self.executor == "ray":
+            raise ValueError(
+                "The repaired protocol runs locally (each cell fine-tunes a model); drop "
+                "--executor=ray or 'repaired' from --protocols."
+            )
+        epochs = self.repair_epochs
+        if not epochs or any(not isinstance(e, int) or e < 1 for e in epochs):
+            raise ValueError(f"repair_epochs must be integers >= 1, received {list(epochs)}.")
+        if len(set(epochs)) != len(epochs):
+            raise ValueError(f"repair_epochs contains duplicates: {list(epochs)}.")
+        if any(not 0.0 <= rate <= 1.0 for rate in self.repair_rates) or len(
+            set(self.repair_rates)
+        ) != len(self.repair_rates):
+            raise ValueError(
+                f"repair_rates must be distinct fractions in [0, 1], received "
+                f"{list(self.repair_rates)}."
+            )
+        if (
+            not isinstance(self.repair_trials, int)
+            or self.repair_trials in (1,)
+            or (self.repair_trials < 0)
+        ):
+            raise ValueError(
+                f"repair_trials must be 0 (= trials) or an integer >= 2, received "
+                f"{self.repair_trials!r}."
+            )
+        for epoch_count in epochs:
+            self.repair_protocol(epoch_count).validate()
+
+    def repair_protocol(self, epochs: int):
+        """The `RepairProtocol` of the repaired campaigns with `epochs` repair epochs."""
+        from aftt_tf.faults.spec import RepairProtocol
+
+        return RepairProtocol(
+            epochs=epochs,
+            learning_rate=self.repair_learning_rate,
+            weight_decay=self.repair_weight_decay,
+            batch_size=self.repair_batch_size,
+            train_examples=self.repair_train_examples,
+            loss=self.train.classification_loss,
+            data_seed=self.train.seed,
+        )
+
+    def repair_rates_for(self, kind: str) -> tuple[float, ...]:
+        """Rates of `kind`'s repaired campaigns; () when there are none to run."""
+        if self.repair_rates:
+            return self.repair_rates
+        quoted = PAPER_FAULTS.get((self.train.architecture, kind))
+        return (0.0, quoted[0]) if quoted else ()
+
+    @property
+    def variant(self) -> str:
+        """Suffix of campaign names for non-default sampling (the default keeps the names
+        of campaigns written before these options existed)."""
+        suffix = "_bernoulli" if self.sampling == "bernoulli" else ""
+        return suffix + ("_4d" if self.weight_kernels == "4d" else "")
 
     def ray_config(self):
         """The `ray_executor.RayConfig` of executor='ray' (Ray itself is not imported)."""
@@ -235,5 +334,10 @@ def training_units(config: ReproduceConfig) -> list[TrainingUnit]:
     return units
 
 
-def campaign_name(kind: str, scope: str, runtime: str) -> str:
-    return f"{kind}_{scope}_{runtime}"
+def campaign_name(
+    kind: str, scope: str, runtime: str, variant: str = "", repair_epochs: int = 0
+) -> str:
+    """OUT/campaigns/<name>: deployed campaigns '<kind>_<scope>_<runtime><variant>', the
+    repaired ones (Keras) '<kind>_<scope>_keras<variant>_repaired<N>'."""
+    name = f"{kind}_{scope}_{runtime}{variant}"
+    return f"{name}_repaired{repair_epochs}" if repair_epochs else name

@@ -389,73 +389,126 @@ def _node_layers(model, scope: str) -> tuple[str, ...]:
 
 
 def _campaign_plans(config: ReproduceConfig, reference) -> list[tuple[str, Any, str | None]]:
-    """(name, (runtime, spec) or None, reason not run) per kind x scope x runtime."""
-    from aftt_tf.faults.spec import FaultSpec
-
+    """(name, (runtime, spec) or None, reason not run) per kind x scope x runtime, then the
+    repaired campaigns ('repaired' runtime: Keras float32 with a repair per cell)."""
     plans = []
     for kind in config.faults:
         for scope in config.scopes:
-            layers = _node_layers(reference, scope) if kind == "node" else ()
-            for runtime in config.runtimes:
-                name = campaign_name(kind, scope, runtime)
-                if kind == "node" and not layers:
-                    reason = f"no hidden fully connected layer in scope {scope!r}"
-                    plans.append((name, None, reason))
-                    continue
-                spec = FaultSpec(
-                    kind=kind,
-                    rates=config.rates,
-                    trials=config.trials,
-                    seed=config.campaign_seed,
-                    scope=scope,
-                    layers=layers,
+            layers, reason = _campaign_layers(config, reference, kind, scope)
+            runs = []
+            if "deployed" in config.protocols:
+                runs += [(runtime, 0) for runtime in config.runtimes]
+            if "repaired" in config.protocols:
+                runs += [("repaired", epochs) for epochs in config.repair_epochs]
+            for runtime, epochs in runs:
+                name = campaign_name(
+                    kind, scope, "keras" if epochs else runtime, config.variant, epochs
                 )
+                rates = config.repair_rates_for(kind) if epochs else config.rates
+                if reason or not rates:
+                    plans.append((name, None, reason or _no_repair_rates(config, kind)))
+                    continue
+                spec = _campaign_spec(config, kind, scope, layers, epochs)
                 plans.append((name, (runtime, spec), None))
     return plans
+
+
+def _no_repair_rates(config: ReproduceConfig, kind: str) -> str:
+    return (
+        f"the paper quotes no {kind} fault rate for {config.train.architecture}; give "
+        "--repair_rates to repair these faults"
+    )
+
+
+def _campaign_layers(config: ReproduceConfig, reference, kind: str, scope: str):
+    """(layer names or () for every layer the kind takes, reason the campaign cannot run)."""
+    from aftt_tf.faults import targets
+
+    if kind == "node":
+        layers = _node_layers(reference, scope)
+        return layers, None if layers else f"no hidden fully connected layer in scope {scope!r}"
+    if kind == "weight" and config.weight_kernels == "4d":
+        layers = tuple(
+            layer.name
+            for layer in targets.weight_layers(reference)
+            if vocabulary.in_scope(layer.name, scope)
+            and any(len(weight.shape) == 4 for weight in layer.weights[:1])
+        )
+        if not layers:
+            return (), (
+                f"--weight_kernels=4d: no 4-D (convolution) kernel in scope {scope!r}; the "
+                "paper's Fig. 1 code would fault no weight of this network"
+            )
+        return layers, None
+    return (), None
+
+
+def _campaign_spec(config: ReproduceConfig, kind: str, scope: str, layers, repair_epochs: int):
+    from aftt_tf.faults.spec import FaultSpec
+
+    repaired = bool(repair_epochs)
+    return FaultSpec(
+        kind=kind,
+        rates=config.repair_rates_for(kind) if repaired else config.rates,
+        trials=(config.repair_trials or config.trials) if repaired else config.trials,
+        seed=config.campaign_seed,
+        scope=scope,
+        layers=layers,
+        sampling=config.sampling,
+        repair=config.repair_protocol(repair_epochs) if repaired else None,
+    )
 
 
 def campaign_stage(
     config: ReproduceConfig,
     trained: dict[str, Any],
     exports: dict[str, Any],
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
+    test_data: tuple[np.ndarray, np.ndarray],
+    train_data: tuple[np.ndarray, np.ndarray],
     log: Log,
     executor: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Runs every (kind, scope, runtime) campaign over all methods, paired (on `executor`'s
-    workers when given); returns {name: results.json content, or {"skipped": reason}}."""
+    workers when given), then the repaired ones (on `train_data`); returns {name:
+    results.json content, or {"skipped": reason}}."""
     from aftt_tf.faults import keras_runner
 
     keras_models = {m: keras_runner.load_model(e["model"]) for m, e in trained.items()}
     plans = _campaign_plans(config, next(iter(keras_models.values())))
-    cells_per_campaign = len(config.rates) * config.trials * len(trained)
-    progress = Progress("campaigns", cells_per_campaign * len(plans))
+    sizes = [
+        len(trained) * (len(plan[1].rates) * plan[1].trials if plan else len(config.rates))
+        for _, plan, _ in plans
+    ]
+    progress = Progress("campaigns", sum(sizes) or 1)
     results = {}
-    for name, plan, reason in plans:
+    for (name, plan, reason), size in zip(plans, sizes, strict=True):
         if plan is None:
             results[name] = {"skipped": reason}
-            progress.skip(cells_per_campaign)
+            progress.skip(size)
             progress.print(f"{name}: not run ({reason})")
             continue
         runtime, spec = plan
-        models = _runtime_models(runtime, keras_models, exports)
+        models = _runtime_models(runtime, keras_models, exports, train_data)
         results[name] = _run_one_campaign(
             config,
             name,
             (runtime, spec),
             models,
-            (test_images, test_labels),
+            test_data,
             progress,
             log,
-            executor,
+            None if runtime == "repaired" else executor,
         )
     return results
 
 
-def _runtime_models(runtime: str, keras_models: dict[str, Any], exports: dict[str, Any]):
+def _runtime_models(runtime: str, keras_models: dict, exports: dict, train_data: tuple):
     from aftt_tf.faults import keras_runner, tflite_runner
 
+    if runtime == "repaired":
+        from aftt_tf.training import repair
+
+        return {m: repair.RepairingModel(model, *train_data) for m, model in keras_models.items()}
     if runtime == "keras":
         return {m: keras_runner.KerasModel(model) for m, model in keras_models.items()}
     return {m: tflite_runner.TFLiteModel.load(e["model"]) for m, e in exports.items()}
@@ -476,7 +529,7 @@ def _run_one_campaign(
     from aftt_tf.faults import campaign
     from aftt_tf.faults.spec import FaultTargetError
 
-    cells_per_campaign = len(config.rates) * config.trials * len(models)
+    cells_per_campaign = len(spec.rates) * spec.trials * len(models)
     try:
         for model in models.values():
             model.select_layers(spec)
@@ -484,7 +537,7 @@ def _run_one_campaign(
         progress.skip(cells_per_campaign)
         progress.print(f"{name}: not run ({error})")
         return {"skipped": str(error)}
-    progress.print(f"{name}: {spec.kind} faults, scope {spec.scope}, {RUNTIME_NAMES[runtime]}")
+    progress.print(f"{name}: {spec.kind} faults, scope {spec.scope}, {_where(runtime, spec)}")
     ran = 0
 
     def on_cell(cell):
@@ -518,6 +571,12 @@ def _run_one_campaign(
     else:
         progress.print(f"{name}: reused all {result['skipped_cells']} cells")
     return result
+
+
+def _where(runtime: str, spec) -> str:
+    if spec.repair:
+        return f"Keras float32, each cell repaired for {spec.repair.epochs} epoch(s)"
+    return RUNTIME_NAMES[runtime]
 
 
 def reproduce(config: ReproduceConfig) -> dict[str, Any]:
@@ -588,7 +647,13 @@ def _run_stages(config: ReproduceConfig, splits, out: Path) -> dict[str, Any]:
             test_labels = test_labels[: config.campaign_test_examples]
         with _campaign_executor(config) as executor:
             campaigns = campaign_stage(
-                config, trained, exports, test_images, test_labels, log, executor
+                config,
+                trained,
+                exports,
+                (test_images, test_labels),
+                (splits.train_images, splits.train_labels),
+                log,
+                executor,
             )
     from aftt_tf.reproduce import report
 

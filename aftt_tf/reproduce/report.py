@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aftt_tf import io_utils
-from aftt_tf.reproduce import document, sections
+from aftt_tf.reproduce import document, protocols, sections
 from aftt_tf.reproduce.config import ReproduceConfig
 
 
@@ -32,6 +32,11 @@ def write(
     games_blocks, pretraining = sections.pretraining_games(trained, out)
     fault_blocks, campaign_results, verdicts = sections.fault_campaigns(config, campaigns, methods)
     paper_blocks, paper_numbers = sections.paper_faults(config, campaign_results, methods)
+    protocol_blocks, protocol_numbers, protocol_lines = protocols.comparison(
+        config, campaigns, methods
+    )
+    campaign_results.update(_repaired_results(config, campaigns))
+    verdicts += protocol_lines
     blocks = [
         *_introduction(config, first, campaign_examples, verdicts),
         *sections.table_ii(config.train.architecture, numbers),
@@ -40,6 +45,7 @@ def write(
         *games_blocks,
         *fault_blocks,
         *paper_blocks,
+        *protocol_blocks,
         document.Heading("Reproduce"),
         document.Code("aftt-reproduce " + " ".join(_command_flags(config))),
     ]
@@ -58,11 +64,34 @@ def write(
         "versions": io_utils.versions(),
         "weight_statistics": weight_statistics,
         "paper_fault_comparison": paper_numbers,
+        "protocol_comparison": protocol_numbers,
     }
     if pretraining is not None:
         results["pretraining"] = pretraining
     io_utils.write_json(out / "results.json", results)
     document.write_report(blocks, out, f"AFTT reproduction: {config.train.architecture}")
+    return results
+
+
+def _repaired_results(config: ReproduceConfig, campaigns: dict[str, Any]) -> dict[str, Any]:
+    """results.json entries of the repaired campaigns (their verdicts are per rate, in
+    protocol_comparison)."""
+    results = {}
+    for name, result in campaigns.items():
+        if "_repaired" not in name:
+            continue
+        if "skipped" in result:
+            results[name] = {"skipped": result["skipped"]}
+            continue
+        spec = result["spec"]
+        results[name] = {
+            "kind": spec["kind"],
+            "scope": spec["scope"],
+            "runtime": "keras",
+            "protocol": "repaired",
+            "spec": spec,
+            "summary": result["summary"],
+        }
     return results
 
 

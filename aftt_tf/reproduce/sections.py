@@ -220,7 +220,7 @@ def fault_campaigns(
         for scope in config.scopes:
             panels = []
             for runtime in config.runtimes:
-                name = campaign_name(kind, scope, runtime)
+                name = campaign_name(kind, scope, runtime, config.variant)
                 result = campaigns.get(name)
                 if result is None:
                     continue
@@ -293,7 +293,7 @@ def paper_faults(
         if architecture != config.train.architecture:
             continue
         for scope in config.scopes:
-            entry = campaign_results.get(campaign_name(kind, scope, "keras"))
+            entry = campaign_results.get(campaign_name(kind, scope, "keras", config.variant))
             if not entry or "summary" not in entry:
                 continue
             for method in methods:

@@ -171,7 +171,7 @@ class RepairCellRunner:
                 f"or Functional model; {type(model).__name__} is subclassed."
             )
         protocol = spec.repair
-        self.spec, self.protocol, self.batch_size = spec, protocol, batch_size
+        self.model, self.spec, self.protocol, self.batch_size = model, spec, protocol, batch_size
         names = keras_runner.KerasModel(model).select_layers(spec)
         self.faulty = targets.apply_faults(model, spec.kind, names)
         self.injector = keras_runner.FaultInjector(self.faulty, spec, names, in_place=False)
@@ -193,6 +193,11 @@ class RepairCellRunner:
         images, self.labels = np.asarray(test[0]), np.asarray(test[1])
         transform = transform or inputs.resolve("auto", dtype=images.dtype)
         self.inputs = transform.apply(images).astype(np.float32)
+
+    def unrepaired_clean_accuracy(self) -> float:
+        """The model's accuracy before any fault or repair (the campaign's data check)."""
+        logits = self.model.predict(self.inputs, batch_size=self.batch_size, verbose=0)
+        return float(np.mean(np.argmax(logits, axis=-1) == self.labels))
 
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         for variable, value in zip(self.faulty.weights, self.initial_weights, strict=True):
