@@ -51,12 +51,18 @@ SAMPLINGS = ("exact", "bernoulli")
 BIT_MODES = ("flip", "stuck_at_1", "stuck_at_0")
 
 # Export formats and the file each TFLite format is written to.
-EXPORT_FORMATS = ("saved_model", "tflite_float32", "tflite_int8", "tflite_int8_qat")
+# What aftt-export writes by default; the fault-tolerant int8 variants are opt-in.
+DEFAULT_EXPORT_FORMATS = ("saved_model", "tflite_float32", "tflite_int8", "tflite_int8_qat")
+EXPORT_FORMATS = DEFAULT_EXPORT_FORMATS + ("tflite_int8_fault_calibrated", "tflite_int8_fault_qat")
 TFLITE_FILES = {
     "tflite_float32": "model_float32.tflite",
     "tflite_int8": "model_int8.tflite",
     "tflite_int8_qat": "model_int8_qat.tflite",
+    "tflite_int8_fault_calibrated": "model_int8_fault_calibrated.tflite",
+    "tflite_int8_fault_qat": "model_int8_fault_qat.tflite",
 }
+# Files whose weights QAT changed (their layer map is checked by shape, not by value).
+RETRAINED_TFLITE_FORMATS = ("tflite_int8_qat", "tflite_int8_fault_qat")
 
 
 def input_shape_for(dataset: str) -> tuple[int, int, int]:

@@ -21,12 +21,13 @@ from tests.conftest import requires_fashion_mnist
 pytestmark = requires_fashion_mnist
 
 
-def _trained_classifier(architecture: str, path: Path) -> Path:
-    """A quickly trained classifier (a few thousand images), saved like aftt-train does."""
+def _trained_classifier(architecture: str, path: Path, **fault_aware) -> Path:
+    """A quickly trained classifier (a few thousand images), saved like aftt-train does;
+    `fault_aware`: ClassifierTrainer's fault_aware_kinds and fault_aware_max_rate."""
     keras.utils.set_random_seed(0)
     nets = networks.build_networks(architecture)
     splits = data.load_splits("fashion_mnist", source="local", train_examples=4096, seed=0)
-    trainer = trainers.ClassifierTrainer(nets.classifier, loss="crossentropy")
+    trainer = trainers.ClassifierTrainer(nets.classifier, loss="crossentropy", **fault_aware)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     dataset, steps = data.train_dataset(splits.train_images, splits.train_labels, 64, 0, 0, 2)
     trainer.fit(dataset, epochs=2, steps_per_epoch=steps, verbose=0)

@@ -2,6 +2,11 @@
 
     aftt-export --model=runs/fmnist_mlp_aftt/classifier.keras --out=export/fmnist_mlp_aftt \
         --formats=saved_model,tflite_float32,tflite_int8,tflite_int8_qat
+
+Fault-tolerant int8 files (opt-in): tflite_int8_fault_calibrated (activation ranges
+calibrated on the network with sampled faults, --fault_calibration_*) and
+tflite_int8_fault_qat (quantization-aware training with stuck-at-0 weight faults in
+every step, --fault_qat_max_rate).
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import logging
 from absl import flags
 
 from aftt_tf.cli import common
+from aftt_tf.vocabulary import DEFAULT_EXPORT_FORMATS
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
 
 flags.DEFINE_string("model", None, "classifier.keras of an aftt-train run.")
 flags.DEFINE_string("out", None, "Export directory, e.g. export/NAME (default root: export/).")
-flags.DEFINE_list("formats", list(FORMATS), f"Any of {', '.join(FORMATS)}.")
+flags.DEFINE_list("formats", list(DEFAULT_EXPORT_FORMATS), f"Any of {', '.join(FORMATS)}.")
 flags.DEFINE_integer(
     "calibration_steps", 100, "Representative-dataset batches for int8 calibration."
 )
@@ -29,6 +35,18 @@ flags.DEFINE_string("data_dir", "", "Local raw data directory.")
 flags.DEFINE_integer("test_examples", 0, "Test images for the manifest's accuracies (0: all).")
 flags.DEFINE_integer("seed", 0, "Seed of calibration order and QAT.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing export directory.")
+flags.DEFINE_enum(
+    "fault_calibration_kind", "weight", ["weight", "filter", "node"], "Faults of the calibration."
+)
+flags.DEFINE_list(
+    "fault_calibration_rates",
+    ["0", "0.3", "0.6"],
+    "Fault rates of the calibration draws (0: fault-free); ranges are the mean over draws.",
+)
+flags.DEFINE_integer("fault_calibration_draws", 4, "Fault maps per calibration rate.")
+flags.DEFINE_float(
+    "fault_qat_max_rate", 0.6, "Fault-aware QAT: weight fault rates drawn below this per step."
+)
 
 FLAGS = flags.FLAGS
 
@@ -43,6 +61,12 @@ def main(argv: list[str]) -> None:
         raise common.usage_error(
             f"Unknown export formats {unknown}; expected any of {', '.join(FORMATS)}."
         )
+    try:
+        rates = tuple(float(rate) for rate in FLAGS.fault_calibration_rates)
+    except ValueError:
+        raise common.usage_error(
+            f"--fault_calibration_rates must be numbers, received {FLAGS.fault_calibration_rates}."
+        ) from None
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf import data, io_utils
     from aftt_tf.deploy import export_lib
@@ -61,6 +85,10 @@ def main(argv: list[str]) -> None:
         test_examples=FLAGS.test_examples,
         overwrite=FLAGS.overwrite,
         seed=FLAGS.seed,
+        fault_calibration_kind=FLAGS.fault_calibration_kind,
+        fault_calibration_rates=rates,
+        fault_calibration_draws=FLAGS.fault_calibration_draws,
+        fault_qat_max_rate=FLAGS.fault_qat_max_rate,
     )
     with common.usage_errors(data.DataUnavailableError):
         prepared = export_lib.prepare(config)

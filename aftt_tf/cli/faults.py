@@ -50,6 +50,13 @@ flags.DEFINE_float(
     "target_margin", 0.0, "Size trials until the 95% CI half-width <= this (0: off)."
 )
 flags.DEFINE_bool("per_layer", False, "Sensitivity mode: fault one layer at a time.")
+flags.DEFINE_bool(
+    "per_layer_stats",
+    False,
+    "After the campaign, record per layer and rate the int8 activation range and distinct "
+    "int8 levels of every full-int8 .tflite (and of the .keras it was exported from, with "
+    "the file's scales): OUT/per_layer_stats.json.",
+)
 flags.DEFINE_integer(
     "repair_epochs",
     0,
@@ -152,6 +159,11 @@ def main(argv: list[str]) -> None:
             results = campaign.merge_shards(FLAGS.merge, FLAGS.out)
         _print_summary(results)
         return
+    if FLAGS.per_layer_stats and (FLAGS.num_shards > 1 or FLAGS.per_layer):
+        raise common.usage_error(
+            "--per_layer_stats describes the whole campaign's models: run it without "
+            "--num_shards (or on the merged campaign) and without --per_layer."
+        )
     config = campaign_lib.CampaignConfig(
         models=tuple(FLAGS.model),
         out=FLAGS.out,
@@ -191,6 +203,8 @@ def main(argv: list[str]) -> None:
         results = campaign_lib.run(config, models, test_data)
     if FLAGS.num_shards == 1:
         _print_summary(results)
+        if FLAGS.per_layer_stats:
+            _print_statistics(campaign_lib.layer_statistics(config, models, test_data))
     print(f"Campaign directory: {FLAGS.out}")
 
 
@@ -208,6 +222,22 @@ def _repairing(config, models: dict) -> dict:
         else model  # A .tflite: its campaign refuses the protocol with the reason.
         for label, model in models.items()
     }
+
+
+def _print_statistics(statistics: dict) -> None:
+    """Distinct int8 levels per layer and rate (Keras twin in parentheses)."""
+    for label, result in statistics["models"].items():
+        print(f"{label}: distinct int8 levels per layer ({result['kind']} faults)")
+        for layer in result["layers"]:
+            cells = []
+            for rate, entry in result["rates"].items():
+                text = f"{100 * float(rate):g}%: {entry['tflite'][layer]['distinct_levels']:.0f}"
+                if "keras" in entry:
+                    text += f" ({entry['keras'][layer]['distinct_levels']:.0f})"
+                cells.append(text)
+            print(f"  {layer}: " + ", ".join(cells))
+    for label, reason in statistics["not_described"].items():
+        print(f"{label}: no per-layer int8 statistics ({reason})")
 
 
 def _print_coverage(results: dict) -> None:

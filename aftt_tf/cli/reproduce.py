@@ -78,6 +78,26 @@ flags.DEFINE_float("repair_learning_rate", 1e-3, "Learning rate of the repairs (
 flags.DEFINE_float("repair_weight_decay", 5e-4, "Decoupled weight decay of the repairs.")
 flags.DEFINE_integer("repair_batch_size", 128, "Batch size of the repairs.")
 
+flags.DEFINE_list(
+    "int8_modes",
+    ["ptq"],
+    "int8 exports faulted beside Keras float32: ptq, fault_calibrated (activation ranges "
+    "calibrated under weight faults), fault_qat (QAT with weight faults).",
+)
+flags.DEFINE_list(
+    "fault_calibration_rates",
+    ["0", "0.3", "0.6"],
+    "fault_calibrated: weight fault rates of the calibration draws (ranges averaged).",
+)
+flags.DEFINE_float("fault_qat_max_rate", 0.6, "fault_qat: weight fault rates drawn below this.")
+flags.DEFINE_integer("fault_qat_epochs", 2, "fault_qat: QAT epochs.")
+flags.DEFINE_bool(
+    "per_layer_stats",
+    False,
+    "Record per-layer int8 activation statistics (range, distinct levels) under weight "
+    "faults for every int8 file.",
+)
+
 FLAGS = flags.FLAGS
 
 
@@ -111,6 +131,11 @@ def _protocol_values() -> dict:
         "repair_learning_rate": FLAGS.repair_learning_rate,
         "repair_weight_decay": FLAGS.repair_weight_decay,
         "repair_batch_size": FLAGS.repair_batch_size,
+        "int8_modes": tuple(FLAGS.int8_modes),
+        "fault_calibration_rates": _floats("fault_calibration_rates"),
+        "fault_qat_max_rate": FLAGS.fault_qat_max_rate,
+        "fault_qat_epochs": FLAGS.fault_qat_epochs,
+        "per_layer_stats": FLAGS.per_layer_stats,
     }
 
 

@@ -25,8 +25,8 @@ import tensorflow as tf
 
 from aftt_tf import data, io_utils, tflite_file, vocabulary
 from aftt_tf.faults import keras_runner, registry, targets
+from aftt_tf.vocabulary import DEFAULT_EXPORT_FORMATS, TFLITE_FILES
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
-from aftt_tf.vocabulary import TFLITE_FILES
 
 
 @dataclasses.dataclass
@@ -46,11 +46,15 @@ class ExportConfig:
         test_examples: test images for the accuracy in the manifest (0: all).
         overwrite: replace an existing export.
         seed: seed of QAT.
+        fault_calibration_kind, fault_calibration_rates, fault_calibration_draws: the
+            faults of tflite_int8_fault_calibrated's calibration (`FaultCalibration`).
+        fault_qat_max_rate: tflite_int8_fault_qat's QAT draws stuck-at-0 weight faults
+            at rates below this in every step.
     """
 
     model: str
     out: str
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = DEFAULT_EXPORT_FORMATS
     calibration_steps: int = 100
     calibration_batch_size: int = 32
     qat_epochs: int = 2
@@ -61,6 +65,20 @@ class ExportConfig:
     test_examples: int = 0
     overwrite: bool = False
     seed: int = 0
+    fault_calibration_kind: str = "weight"
+    fault_calibration_rates: tuple[float, ...] = (0.0, 0.3, 0.6)
+    fault_calibration_draws: int = 4
+    fault_qat_max_rate: float = 0.6
+
+    def fault_calibration(self):
+        from aftt_tf.deploy.fault_calibration import FaultCalibration
+
+        return FaultCalibration(
+            kind=self.fault_calibration_kind,
+            rates=tuple(float(rate) for rate in self.fault_calibration_rates),
+            draws=self.fault_calibration_draws,
+            seed=1000 + self.seed,
+        )
 
     def validate(self) -> None:
         unknown = [name for name in self.formats if name not in FORMATS]
@@ -80,6 +98,7 @@ class ExportConfig:
             )
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, received {self.seed}.")
+        self._check_fault_options()
         model = Path(self.model)
         if not model.exists():
             raise FileNotFoundError(f"Model file {self.model} does not exist.")
@@ -93,6 +112,17 @@ class ExportConfig:
                 f"{model} is not a .keras file; aftt-export takes a .keras classifier."
             )
         self._check_out()
+
+    def _check_fault_options(self) -> None:
+        if "tflite_int8_fault_calibrated" in self.formats:
+            self.fault_calibration().validate()
+        if "tflite_int8_fault_qat" in self.formats:
+            if not 0.0 < self.fault_qat_max_rate < 1.0:
+                raise ValueError(
+                    f"fault_qat_max_rate must be in (0, 1), received {self.fault_qat_max_rate}."
+                )
+            if self.qat_epochs < 1:
+                raise ValueError("tflite_int8_fault_qat trains: qat_epochs must be >= 1.")
 
     def _check_out(self) -> None:
         out = Path(self.out)
@@ -415,35 +445,67 @@ def _write_artifacts(
             converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
             mode = "float32" if name == "tflite_float32" else "int8"
             (staging / TFLITE_FILES[name]).write_bytes(_convert(converter, mode, representative))
+    extras = _write_fault_tolerant_int8(config, model, train, representative, staging)
     qat_history = None
     if "tflite_int8_qat" in config.formats:
-        from aftt_tf.deploy import qat
-
-        content, qat_history = qat.quantization_aware_int8(
-            model,
-            *train,
-            representative,
-            epochs=config.qat_epochs,
-            examples=config.qat_examples,
-            learning_rate=config.qat_learning_rate,
-            seed=config.seed,
-            loss=_run_config(config).get("classification_loss", "mse"),
-        )
-        (staging / TFLITE_FILES["tflite_int8_qat"]).write_bytes(content)
+        qat_history = _write_qat(config, model, train, representative, staging, 0.0)
     for name, file_name in TFLITE_FILES.items():
         if (staging / file_name).exists():
             artifacts[file_name] = _tflite_entry(staging / file_name, name, model, test)
             if name == "tflite_int8_qat":
                 artifacts[file_name]["qat_history"] = qat_history
+            artifacts[file_name].update(extras.get(name, {}))
     if "saved_model" not in config.formats:
         shutil.rmtree(saved_model)
     float_accuracy = artifacts.get("model_float32.tflite", {}).get("test_accuracy")
-    for file_name in ("model_int8.tflite", "model_int8_qat.tflite"):
-        if file_name in artifacts and float_accuracy is not None:
+    for file_name in artifacts:
+        if "int8" in file_name and float_accuracy is not None:
             artifacts[file_name]["accuracy_minus_float32"] = (
                 artifacts[file_name]["test_accuracy"] - float_accuracy
             )
     return artifacts
+
+
+def _write_qat(config, model, train, representative, staging: Path, fault_max_rate: float):
+    """QAT (fault-aware when fault_max_rate > 0) and its file; returns the history."""
+    from aftt_tf.deploy import qat
+
+    content, history = qat.quantization_aware_int8(
+        model,
+        *train,
+        representative,
+        epochs=config.qat_epochs,
+        examples=config.qat_examples,
+        learning_rate=config.qat_learning_rate,
+        seed=config.seed,
+        loss=_run_config(config).get("classification_loss", "mse"),
+        fault_max_rate=fault_max_rate,
+    )
+    name = "tflite_int8_fault_qat" if fault_max_rate else "tflite_int8_qat"
+    (staging / TFLITE_FILES[name]).write_bytes(content)
+    return history
+
+
+def _write_fault_tolerant_int8(config, model, train, representative, staging: Path) -> dict:
+    """The opt-in int8 files meant to keep fault tolerance; their manifest additions."""
+    extras: dict[str, dict[str, Any]] = {}
+    if "tflite_int8_fault_calibrated" in config.formats:
+        from aftt_tf.deploy import fault_calibration
+
+        content, record = fault_calibration.fault_calibrated_int8(
+            str(staging / "saved_model"), representative, config.fault_calibration()
+        )
+        (staging / TFLITE_FILES["tflite_int8_fault_calibrated"]).write_bytes(content)
+        extras["tflite_int8_fault_calibrated"] = {"fault_calibration": record}
+    if "tflite_int8_fault_qat" in config.formats:
+        history = _write_qat(
+            config, model, train, representative, staging, config.fault_qat_max_rate
+        )
+        extras["tflite_int8_fault_qat"] = {
+            "qat_history": history,
+            "fault_qat": {"kind": "weight", "max_rate": config.fault_qat_max_rate},
+        }
+    return extras
 
 
 def _saved_model_entry(path: Path, test: _TestSet) -> dict[str, Any]:
@@ -473,7 +535,9 @@ def _tflite_entry(path: Path, name: str, model: keras.Model, test: _TestSet) -> 
         "max_abs_logit_difference_vs_keras": float(np.max(np.abs(logits - test.keras_logits))),
         "input": _io_detail(interpreter.get_input_details()[0]),
         "output": _io_detail(interpreter.get_output_details()[0]),
-        "layers": layer_map(model, tflite, check_values=name != "tflite_int8_qat"),
+        "layers": layer_map(
+            model, tflite, check_values=name not in vocabulary.RETRAINED_TFLITE_FORMATS
+        ),
         "weight_operators_left_out": _left_out_operators(path),
     }
 

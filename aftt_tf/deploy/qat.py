@@ -83,6 +83,61 @@ def rebuild_in_tf_keras(model: keras.Model):
     return twin
 
 
+def _fault_aware(quantized, max_rate: float, seed: int, tf, tf_keras, faulty_ranges: bool = False):
+    """`quantized` trained with stuck-at-0 weight faults in the forward pass: each step
+    draws a rate uniformly in [0, max_rate) and a fresh map (stateless in seed and step,
+    as fault-aware training does); faulted weights compute as 0 and get no gradient, and
+    are restored after the step, so the exported weights are the clean ones.
+
+    The activation ranges (fake-quantization moving averages) are learned on a clean
+    forward pass of the same batch unless `faulty_ranges`: ranges learned under faults
+    are narrower and clip fault-free activations (the clean int8 accuracy drops)."""
+    kernels = [v for v in quantized.trainable_variables if v.name.endswith("kernel:0")]
+    kernel_ids = {id(v): i for i, v in enumerate(kernels)}
+
+    class FaultAwareQAT(tf_keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.quantized = quantized
+
+        def call(self, inputs, training=False):
+            return self.quantized(inputs, training=training)
+
+        def train_step(self, batch):
+            images, labels = batch
+            step = tf.cast(self.optimizer.iterations, tf.int32)
+            rate = max_rate * tf.random.stateless_uniform([], seed=tf.stack([seed, step]))
+            masks = [
+                tf.cast(
+                    tf.random.stateless_uniform(k.shape, seed=tf.stack([seed + 1 + i, step]))
+                    >= rate,
+                    k.dtype,
+                )
+                for i, k in enumerate(kernels)
+            ]
+            clean = [tf.identity(k) for k in kernels]
+            if not faulty_ranges:
+                self.quantized(images, training=True)  # Updates the ranges only.
+            for kernel, mask in zip(kernels, masks, strict=True):
+                kernel.assign(kernel * mask)
+            with tf.GradientTape() as tape:
+                logits = self.quantized(images, training=faulty_ranges)
+                loss = self.compiled_loss(labels, logits)
+            variables = self.quantized.trainable_variables
+            gradients = tape.gradient(loss, variables)
+            for kernel, value in zip(kernels, clean, strict=True):
+                kernel.assign(value)
+            gradients = [
+                g * masks[kernel_ids[id(v)]] if id(v) in kernel_ids else g
+                for g, v in zip(gradients, variables, strict=True)
+            ]
+            self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            self.compiled_metrics.update_state(labels, logits)
+            return {metric.name: metric.result() for metric in self.metrics}
+
+    return FaultAwareQAT()
+
+
 def quantization_aware_int8(
     model: keras.Model,
     train_images: np.ndarray,
@@ -93,11 +148,14 @@ def quantization_aware_int8(
     learning_rate: float = 1e-4,
     seed: int = 0,
     loss: str = "mse",
+    fault_max_rate: float = 0.0,
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """QAT fine-tuning then full-int8 conversion; returns (tflite bytes, per-epoch history).
 
     `loss` is the loss the classifier was trained with ('mse': paper Eq. 15, or
     'crossentropy'), so QAT does not pull the model towards another objective.
+    `fault_max_rate` > 0: fault-aware QAT (stuck-at-0 weight faults at rates below it in
+    every training step; see `_fault_aware`).
     """
     import tensorflow as tf
     import tensorflow_model_optimization as tfmot
@@ -108,7 +166,10 @@ def quantization_aware_int8(
     if not np.allclose(twin(check).numpy(), np.asarray(model(check)), atol=1e-4):
         raise RuntimeError("The tf_keras rebuild does not reproduce the Keras 3 classifier.")
     quantized = tfmot.quantization.keras.quantize_model(twin)
-    quantized.compile(
+    trained = quantized
+    if fault_max_rate:
+        trained = _fault_aware(quantized, fault_max_rate, seed, tf, tf_keras)
+    trained.compile(
         optimizer=tf_keras.optimizers.Adam(learning_rate),
         loss=_loss(loss, tf),
         metrics=["accuracy"],
@@ -119,7 +180,7 @@ def quantization_aware_int8(
     history = []
     if epochs:
         tf_keras.utils.set_random_seed(seed)
-        result = quantized.fit(
+        result = trained.fit(
             train_images[order].astype(np.float32) / 255.0,
             train_labels[order],
             batch_size=128,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import data, vocabulary
+from aftt_tf import data, io_utils, vocabulary
 from aftt_tf.faults import campaign, inputs
 from aftt_tf.faults.runtimes import load_campaign_model
 from aftt_tf.faults.spec import CampaignModel, FaultSpec
@@ -241,3 +241,66 @@ def run(
         return campaign.run_campaign(
             models, config.spec, images, labels, config.out, executor=executor, **options
         )
+
+
+def layer_statistics(
+    config: CampaignConfig,
+    models: dict[str, CampaignModel],
+    test_data: tuple[np.ndarray, np.ndarray, dict[str, Any]],
+    trials: int = 3,
+    count: int = 500,
+) -> dict[str, Any]:
+    """Per-layer int8 activation statistics under the campaign's faults (`int8_stats`) of
+    every full-int8 .tflite, beside the campaign's .keras model it was exported from (by
+    the export manifest's source hash); OUT/per_layer_stats.json. Models it cannot
+    describe are listed with the reason."""
+    from aftt_tf.faults import int8_stats
+    from aftt_tf.faults.tflite_runner import TFLiteModel
+
+    images = test_data[0][:count]
+    transform = inputs.resolve(
+        config.input_transform, config.input_scale, config.input_offset, dtype=images.dtype
+    )
+    values = transform.apply(images).astype(np.float32)
+    paths = parse_models(config.models)
+    keras_by_hash = {
+        io_utils.sha256_file(paths[label]): model
+        for label, model in models.items()
+        if not isinstance(model, TFLiteModel)
+    }
+    result: dict[str, Any] = {"models": {}, "not_described": {}}
+    for label, model in models.items():
+        if not isinstance(model, TFLiteModel):
+            continue
+        try:
+            int8_stats.activation_quantization(model)
+        except ValueError as error:
+            result["not_described"][label] = str(error)
+            continue
+        twin = keras_by_hash.get(_export_source_hash(Path(paths[label])))
+        keras_model = getattr(twin, "model", None)
+        result["models"][label] = int8_stats.diagnose(
+            model, config.spec, values, trials, keras_model
+        )
+        result["models"][label]["keras_twin"] = None if twin is None else _label_of(models, twin)
+    for label, model in models.items():
+        if not isinstance(model, TFLiteModel) and label not in result["not_described"]:
+            described = any(r["keras_twin"] == label for r in result["models"].values())
+            if not described:
+                result["not_described"][label] = (
+                    "a Keras model is described beside a full-int8 .tflite exported from it "
+                    "(aftt-export manifest); none in this campaign"
+                )
+    io_utils.write_json(Path(config.out) / "per_layer_stats.json", result)
+    return result
+
+
+def _export_source_hash(path: Path) -> str | None:
+    manifest = path.parent / "manifest.json"
+    if not manifest.exists():
+        return None
+    return io_utils.read_json(manifest).get("source_model", {}).get("sha256")
+
+
+def _label_of(models: dict[str, CampaignModel], model: CampaignModel) -> str:
+    return next(label for label, candidate in models.items() if candidate is model)

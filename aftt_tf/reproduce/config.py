@@ -16,7 +16,27 @@ from aftt_tf.training.config import TrainConfig
 ALL_METHODS = vocabulary.METHODS
 REPRODUCE_FAULTS = ("weight", "node", "filter")
 RUNTIMES = ("keras", "int8")
-RUNTIME_NAMES = {"keras": "Keras float32", "int8": "TFLite int8"}
+# int8 exports compared under faults: post-training quantization as the converter does
+# it, fault-aware calibration, fault-aware QAT (aftt-export's fault-tolerant formats).
+INT8_MODES = ("ptq", "fault_calibrated", "fault_qat")
+INT8_MODE_FORMATS = {
+    "ptq": "tflite_int8",
+    "fault_calibrated": "tflite_int8_fault_calibrated",
+    "fault_qat": "tflite_int8_fault_qat",
+}
+RUNTIME_NAMES = {
+    "keras": "Keras float32",
+    "int8": "TFLite int8",
+    "int8_fault_calibrated": "TFLite int8, fault-calibrated",
+    "int8_fault_qat": "TFLite int8, fault-aware QAT",
+}
+
+
+def int8_runtime(mode: str) -> str:
+    """The runtime (and campaign name part) of an int8 mode: 'int8' is plain PTQ."""
+    return "int8" if mode == "ptq" else f"int8_{mode}"
+
+
 # 'deployed': faults evaluated as they are; 'repaired': each cell's model fine-tuned
 # around its fault map first (FaultSpec.repair), as the pruning code the paper's Fig. 1
 # appears adapted from retrains with its masks held fixed.
@@ -79,6 +99,12 @@ class ReproduceConfig:
         repair_trials: trials per rate of the repaired campaigns (0: trials).
         repair_train_examples, repair_learning_rate, repair_weight_decay,
             repair_batch_size: the repairs (RMSprop, the run's loss).
+        int8_modes: int8 exports faulted beside Keras float32 when runtimes holds 'int8':
+            ptq (the converter's calibration), fault_calibrated (ranges measured under
+            weight faults at fault_calibration_rates), fault_qat (QAT for
+            fault_qat_epochs with weight faults below fault_qat_max_rate).
+        per_layer_stats: record per-layer int8 activation statistics under weight faults
+            (int8_stats) for every int8 file, in results.json and the report.
     """
 
     train: TrainConfig
@@ -109,9 +135,15 @@ class ReproduceConfig:
     repair_learning_rate: float = 1e-3
     repair_weight_decay: float = 5e-4
     repair_batch_size: int = 128
+    int8_modes: tuple[str, ...] = ("ptq",)
+    fault_calibration_rates: tuple[float, ...] = (0.0, 0.3, 0.6)
+    fault_qat_max_rate: float = 0.6
+    fault_qat_epochs: int = 2
+    per_layer_stats: bool = False
 
     def __post_init__(self):
-        for name in ("methods", "faults", "scopes", "runtimes", "protocols"):
+        self.fault_calibration_rates = tuple(float(r) for r in self.fault_calibration_rates)
+        for name in ("methods", "faults", "scopes", "runtimes", "protocols", "int8_modes"):
             setattr(self, name, tuple(str(value) for value in getattr(self, name)))
         for name in ("l1_lambda_grid", "l2_lambda_grid", "rates", "repair_rates"):
             setattr(self, name, tuple(float(value) for value in getattr(self, name)))
@@ -188,7 +220,37 @@ class ReproduceConfig:
         if self.executor == "ray":
             self.ray_config()
 
+    def _check_int8_modes(self) -> None:
+        _subset("int8_modes", self.int8_modes, INT8_MODES)
+        if self.int8_modes != ("ptq",) and "int8" not in self.runtimes:
+            raise ValueError(
+                f"int8_modes {list(self.int8_modes)} need the int8 runtime; add int8 to --runtimes."
+            )
+        if "fault_calibrated" in self.int8_modes and (
+            not self.fault_calibration_rates
+            or any(not 0.0 <= rate < 1.0 for rate in self.fault_calibration_rates)
+        ):
+            raise ValueError(
+                "fault_calibration_rates must be fractions in [0, 1), received "
+                f"{list(self.fault_calibration_rates)}."
+            )
+        if "fault_qat" in self.int8_modes and not (
+            0.0 < self.fault_qat_max_rate < 1.0 and self.fault_qat_epochs >= 1
+        ):
+            raise ValueError(
+                "fault_qat needs fault_qat_max_rate in (0, 1) and fault_qat_epochs >= 1, "
+                f"received {self.fault_qat_max_rate} and {self.fault_qat_epochs}."
+            )
+
+    def int8_runtimes(self) -> tuple[str, ...]:
+        """The campaign runtimes: 'keras' and one per int8 mode."""
+        result = ("keras",) if "keras" in self.runtimes else ()
+        if "int8" in self.runtimes:
+            result += tuple(int8_runtime(mode) for mode in self.int8_modes)
+        return result
+
     def _check_protocols(self) -> None:
+        self._check_int8_modes()
         _subset("protocols", self.protocols, PROTOCOLS)
         if self.sampling not in vocabulary.SAMPLINGS:
             raise ValueError(

@@ -18,6 +18,7 @@ the last invocation ran and what it reused.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -31,14 +32,17 @@ import numpy as np
 from aftt_tf import io_utils, vocabulary
 from aftt_tf.progress import Progress
 from aftt_tf.reproduce.config import (
+    INT8_MODE_FORMATS,
     RUNTIME_NAMES,
     SUPERVISED_FIELDS,
     ReproduceConfig,
     TrainingUnit,
     campaign_name,
+    int8_runtime,
     training_units,
 )
 from aftt_tf.training.config import TrainConfig
+from aftt_tf.vocabulary import TFLITE_FILES
 
 Log = Callable[[dict[str, Any]], None]
 
@@ -330,47 +334,83 @@ def _method_result(
     }
 
 
+def _export_config(config: ReproduceConfig, method: str, model: str, mode: str):
+    """The aftt-export configuration of one method's int8 file in one mode."""
+    from aftt_tf.deploy import export_lib
+
+    directory = Path(config.out) / "export" / method
+    if mode != "ptq":
+        directory = Path(config.out) / f"export_{mode}" / method
+    return export_lib.ExportConfig(
+        model=model,
+        out=str(directory),
+        formats=(INT8_MODE_FORMATS[mode],),
+        calibration_steps=config.calibration_steps,
+        data_dir=config.train.data_dir,
+        test_examples=config.train.test_examples,
+        overwrite=True,
+        seed=config.train.seed,
+        qat_epochs=config.fault_qat_epochs,
+        qat_examples=0,
+        fault_calibration_rates=config.fault_calibration_rates,
+        fault_qat_max_rate=config.fault_qat_max_rate,
+    )
+
+
+def _export_reusable(export_config, manifest_path: Path) -> bool:
+    """A finished export of the same source model with the same options."""
+    if not manifest_path.exists():
+        return False
+    manifest = io_utils.read_json(manifest_path)
+    recorded = io_utils.read_json(manifest_path.parent / "config.json")
+    options = dataclasses.asdict(export_config)
+    keys = ["formats", "calibration_steps", "seed"]
+    if "tflite_int8_fault_calibrated" in export_config.formats:
+        keys += ["fault_calibration_kind", "fault_calibration_rates", "fault_calibration_draws"]
+    if "tflite_int8_fault_qat" in export_config.formats:
+        keys += ["qat_epochs", "qat_learning_rate", "fault_qat_max_rate"]
+    same_source = manifest["source_model"]["sha256"] == io_utils.sha256_file(export_config.model)
+    return same_source and all(
+        json.dumps(recorded.get(key)) == json.dumps(options[key]) for key in keys
+    )
+
+
 def export_stage(
     config: ReproduceConfig, trained: dict[str, Any], log: Log
 ) -> dict[str, dict[str, Any]]:
-    """Full-int8 TFLite export of every method's model (reused while its source is unchanged)."""
+    """Full-int8 TFLite exports of every method's model: PTQ, plus the other int8 modes
+    (reused while the source model and the options are unchanged). Returns {method:
+    PTQ entry with "modes": {runtime: entry}}."""
     from aftt_tf.deploy import export_lib
 
-    progress = Progress("export", len(trained))
+    modes = ["ptq"] + [mode for mode in config.int8_modes if mode != "ptq"]
+    progress = Progress("export", len(trained) * len(modes))
     exports = {}
     for method, entry in trained.items():
-        out = Path(config.out) / "export" / method
-        manifest_path = out / "manifest.json"
-        source_hash = io_utils.sha256_file(entry["model"])
-        if (
-            manifest_path.exists()
-            and io_utils.read_json(manifest_path)["source_model"]["sha256"] == source_hash
-        ):
-            manifest = io_utils.read_json(manifest_path)
-            log({"stage": "export", "unit": method, "action": "reused"})
-            progress.skip(1)
-            progress.print(f"{method}: reused {out}")
-        else:
-            manifest = export_lib.export_classifier(
-                export_lib.ExportConfig(
-                    model=entry["model"],
-                    out=str(out),
-                    formats=("tflite_int8",),
-                    calibration_steps=config.calibration_steps,
-                    data_dir=config.train.data_dir,
-                    test_examples=config.train.test_examples,
-                    overwrite=True,
-                    seed=config.train.seed,
+        by_runtime = {}
+        for mode in modes:
+            export_config = _export_config(config, method, entry["model"], mode)
+            out = Path(export_config.out)
+            file_name = TFLITE_FILES[INT8_MODE_FORMATS[mode]]
+            label = method if mode == "ptq" else f"{method} ({mode})"
+            if _export_reusable(export_config, out / "manifest.json"):
+                manifest = io_utils.read_json(out / "manifest.json")
+                log({"stage": "export", "unit": label, "action": "reused"})
+                progress.skip(1)
+                progress.print(f"{label}: reused {out}")
+            else:
+                manifest = export_lib.export_classifier(export_config)
+                log({"stage": "export", "unit": label, "action": "ran"})
+                accuracy = manifest["artifacts"][file_name]["test_accuracy"]
+                progress.advance(
+                    1, f"{label}: int8 test accuracy {100 * accuracy:.2f}%", force=True
                 )
-            )
-            log({"stage": "export", "unit": method, "action": "ran"})
-            accuracy = manifest["artifacts"]["model_int8.tflite"]["test_accuracy"]
-            progress.advance(1, f"{method}: int8 test accuracy {100 * accuracy:.2f}%", force=True)
-        exports[method] = {
-            "model": str(out / "model_int8.tflite"),
-            "test_accuracy": manifest["artifacts"]["model_int8.tflite"]["test_accuracy"],
-            "keras_test_accuracy": manifest["keras_test_accuracy"],
-        }
+            by_runtime[int8_runtime(mode)] = {
+                "model": str(out / file_name),
+                "test_accuracy": manifest["artifacts"][file_name]["test_accuracy"],
+                "keras_test_accuracy": manifest["keras_test_accuracy"],
+            }
+        exports[method] = {**by_runtime["int8"], "modes": by_runtime}
     return exports
 
 
@@ -397,7 +437,7 @@ def _campaign_plans(config: ReproduceConfig, reference) -> list[tuple[str, Any, 
             layers, reason = _campaign_layers(config, reference, kind, scope)
             runs = []
             if "deployed" in config.protocols:
-                runs += [(runtime, 0) for runtime in config.runtimes]
+                runs += [(runtime, 0) for runtime in config.int8_runtimes()]
             if "repaired" in config.protocols:
                 runs += [("repaired", epochs) for epochs in config.repair_epochs]
             for runtime, epochs in runs:
@@ -511,7 +551,9 @@ def _runtime_models(runtime: str, keras_models: dict, exports: dict, train_data:
         return {m: repair.RepairingModel(model, *train_data) for m, model in keras_models.items()}
     if runtime == "keras":
         return {m: keras_runner.KerasModel(model) for m, model in keras_models.items()}
-    return {m: tflite_runner.TFLiteModel.load(e["model"]) for m, e in exports.items()}
+    return {
+        m: tflite_runner.TFLiteModel.load(e["modes"][runtime]["model"]) for m, e in exports.items()
+    }
 
 
 def _run_one_campaign(
@@ -571,6 +613,38 @@ def _run_one_campaign(
     else:
         progress.print(f"{name}: reused all {result['skipped_cells']} cells")
     return result
+
+
+def statistics_stage(
+    config: ReproduceConfig, trained: dict, exports: dict, test_images: np.ndarray, log: Log
+) -> dict[str, Any]:
+    """Per-layer int8 statistics under weight faults (scope all, the campaign's rates and
+    seed, 3 fault maps, 500 test images) of every int8 file beside its Keras model;
+    OUT/int8_stats/<method>_<runtime>.json, reused while the file is unchanged."""
+    from aftt_tf.faults import int8_stats, keras_runner, tflite_runner
+    from aftt_tf.faults.spec import FaultSpec
+
+    spec = FaultSpec(kind="weight", rates=config.rates, trials=3, seed=config.campaign_seed)
+    images = test_images[:500].astype(np.float32) / 255.0
+    results = {}
+    for method, entry in exports.items():
+        keras_model = keras_runner.load_model(trained[method]["model"])
+        for runtime, export in entry["modes"].items():
+            if runtime not in config.int8_runtimes():
+                continue
+            key = f"{method}, {RUNTIME_NAMES[runtime]}"
+            path = Path(config.out) / "int8_stats" / f"{method}_{runtime}.json"
+            digest = io_utils.sha256_file(export["model"])
+            if path.exists() and io_utils.read_json(path).get("sha256") == digest:
+                results[key] = io_utils.read_json(path)
+                log({"stage": "int8_stats", "unit": key, "action": "reused"})
+                continue
+            model = tflite_runner.TFLiteModel.load(export["model"])
+            result = int8_stats.diagnose(model, spec, images, 3, keras_model)
+            results[key] = {**result, "sha256": digest, "file": export["model"]}
+            io_utils.write_json(path, results[key])
+            log({"stage": "int8_stats", "unit": key, "action": "ran"})
+    return results
 
 
 def _where(runtime: str, spec) -> str:
@@ -655,8 +729,13 @@ def _run_stages(config: ReproduceConfig, splits, out: Path) -> dict[str, Any]:
                 log,
                 executor,
             )
+        statistics = (
+            statistics_stage(config, trained, exports, test_images, log)
+            if config.per_layer_stats and exports
+            else {}
+        )
     from aftt_tf.reproduce import report
 
-    results = report.write(config, trained, exports, campaigns, len(test_labels))
+    results = report.write(config, trained, exports, campaigns, len(test_labels), statistics)
     log({"stage": "report", "unit": "report", "action": "ran", "seconds": time.time() - started})
     return results

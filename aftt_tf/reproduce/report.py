@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aftt_tf import io_utils
-from aftt_tf.reproduce import document, protocols, sections
+from aftt_tf.reproduce import document, int8_modes, protocols, sections
 from aftt_tf.reproduce.config import ReproduceConfig
 
 
@@ -21,6 +21,7 @@ def write(
     exports: dict[str, Any],
     campaigns: dict[str, dict[str, Any]],
     campaign_examples: int,
+    statistics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Writes report.md, report.html, figures/ and results.json into OUT; returns the results."""
     out = Path(config.out)
@@ -37,6 +38,9 @@ def write(
     )
     campaign_results.update(_repaired_results(config, campaigns))
     verdicts += protocol_lines
+    int8_blocks, int8_numbers, int8_lines = int8_modes.comparison(config, campaigns, methods)
+    verdicts += int8_lines
+    statistics_blocks = int8_modes.statistics_blocks(statistics or {})
     blocks = [
         *_introduction(config, first, campaign_examples, verdicts),
         *sections.table_ii(config.train.architecture, numbers),
@@ -46,6 +50,8 @@ def write(
         *fault_blocks,
         *paper_blocks,
         *protocol_blocks,
+        *int8_blocks,
+        *statistics_blocks,
         document.Heading("Reproduce"),
         document.Code("aftt-reproduce " + " ".join(_command_flags(config))),
     ]
@@ -65,6 +71,8 @@ def write(
         "weight_statistics": weight_statistics,
         "paper_fault_comparison": paper_numbers,
         "protocol_comparison": protocol_numbers,
+        "int8_comparison": int8_numbers,
+        "int8_layer_statistics": statistics or {},
     }
     if pretraining is not None:
         results["pretraining"] = pretraining

@@ -56,6 +56,11 @@ def method_numbers(trained: dict[str, Any], exports: dict[str, Any]) -> dict[str
     for method, entry in trained.items():
         result[method] = {key: entry["metrics"][key] for key in METHOD_COLUMNS}
         result[method]["int8_test_accuracy"] = exports.get(method, {}).get("test_accuracy")
+        modes = exports.get(method, {}).get("modes", {})
+        if len(modes) > 1:
+            result[method]["int8_modes_test_accuracy"] = {
+                runtime: values["test_accuracy"] for runtime, values in modes.items()
+            }
     return result
 
 
@@ -219,7 +224,7 @@ def fault_campaigns(
     for kind in config.faults:
         for scope in config.scopes:
             panels = []
-            for runtime in config.runtimes:
+            for runtime in config.int8_runtimes():
                 name = campaign_name(kind, scope, runtime, config.variant)
                 result = campaigns.get(name)
                 if result is None:

@@ -1,0 +1,202 @@
+"""Where an int8 model loses its fault tolerance: per-layer activation statistics under
+a campaign's faults (aftt-faults --per_layer_stats, aftt-reproduce's int8 diagnosis).
+
+For every weight layer of a full-int8 .tflite, at each rate, with the campaign's fault
+positions: the range of the layer's output and how many of the 256 int8 levels it uses
+(read from the interpreter's intermediate tensors), how much of it sits on the clamp
+levels -128/127, and how much of the calibrated range it spans. The Keras float32
+model under the same faults gives the same numbers for its float outputs quantized with
+the file's scales: what the activations would use if every earlier layer were exact.
+A layer whose levels collapse as the rate grows is where faulty activations fall below
+the resolution that calibration on the fault-free network chose.
+
+The .tflite side needs only numpy and ai-edge-litert; the Keras side imports Keras.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aftt_tf.faults.spec import FaultSpec
+
+INT8_MIN, INT8_MAX = -128, 127
+
+
+def level_statistics(levels: np.ndarray, scale: float, zero_point: int) -> dict[str, Any]:
+    """Statistics of int8 activation values (any shape) with their quantization."""
+    levels = np.asarray(levels).astype(np.int64).ravel()
+    values = (levels - zero_point) * scale
+    calibrated_low = (INT8_MIN - zero_point) * scale
+    calibrated_high = (INT8_MAX - zero_point) * scale
+    width = calibrated_high - calibrated_low
+    return {
+        "distinct_levels": int(np.unique(levels).size),
+        # Clamped values: on -128 or 127 unless that level is the zero point (a ReLU
+        # output's -128 is an exact 0, not a clipped value).
+        "saturated_fraction": float(
+            np.mean(((levels == INT8_MIN) | (levels == INT8_MAX)) & (levels != zero_point))
+        ),
+        "zero_fraction": float(np.mean(levels == zero_point)),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "range_used": float((values.max() - values.min()) / width) if width else 0.0,
+        "mean_abs": float(np.mean(np.abs(values))),
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+        "calibrated_range": [float(calibrated_low), float(calibrated_high)],
+    }
+
+
+def quantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Float values as the int8 levels a tensor with this quantization would hold
+    (rounding half away from zero, as TFLite's requantization does)."""
+    scaled = np.asarray(values, np.float64) / scale
+    levels = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5) + zero_point
+    return np.clip(levels, INT8_MIN, INT8_MAX).astype(np.int64)
+
+
+def _activation_tensor(layer) -> int:
+    """The tensor after the layer's activation (its node point), else its operator output."""
+    return layer.node_tensor if layer.node_tensor is not None else layer.output_tensor
+
+
+def activation_quantization(model) -> dict[str, tuple[float, int]]:
+    """{layer: (scale, zero_point)} of each weight layer's int8 activation tensor."""
+    interpreter = model.interpreter(model.content)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    result = {}
+    for name, layer in model.layers.items():
+        detail = details[_activation_tensor(layer)]
+        scale, zero_point = detail["quantization"]
+        if detail["dtype"] == np.int8 and scale:
+            result[name] = (float(scale), int(zero_point))
+    if not result:
+        raise ValueError(
+            f"{model.path} has no int8 activations (a float32, float16 or dynamic-range "
+            "file); per-layer int8 statistics need a full-int8 file."
+        )
+    return result
+
+
+def tflite_statistics(
+    model, spec: FaultSpec, rate: float, trial: int, images: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    """Per-layer statistics of a full-int8 .tflite under cell (rate, trial) of `spec`."""
+    from aftt_tf.faults.tflite_runner import TFLiteRunner
+
+    quantization = activation_quantization(model)
+    runner = TFLiteRunner(model, spec, images, np.zeros(len(images), np.int64), len(images))
+    runner.inject(rate, trial)
+    interpreter = model._interpreter_type(
+        model_content=bytes(runner.buffer),
+        num_threads=model.num_threads,
+        experimental_preserve_all_tensors=True,
+    )
+    input_index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(input_index, [len(images), *model.input_shape])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(input_index, runner.inputs)
+    interpreter.invoke()
+    return {
+        name: level_statistics(
+            interpreter.get_tensor(_activation_tensor(model.layers[name])), *quantization[name]
+        )
+        for name in model.layers
+        if name in quantization
+    }
+
+
+def keras_statistics(
+    model,
+    spec: FaultSpec,
+    rate: float,
+    trial: int,
+    images: np.ndarray,
+    quantization: dict[str, tuple[float, int]],
+) -> dict[str, dict[str, Any]]:
+    """Per-layer statistics of a Keras model's float outputs under cell (rate, trial),
+    quantized with the int8 file's `quantization` (from `activation_quantization`)."""
+    import keras
+
+    from aftt_tf.faults import keras_runner
+
+    faulty, _ = keras_runner.faulty_copy(model, spec, rate, trial)
+    names = [name for name in quantization if _has_layer(faulty, name)]
+    probe = keras.Model(faulty.inputs, [faulty.get_layer(name).output for name in names])
+    # One eager call: no predict function is traced per faulty copy.
+    outputs = probe(np.asarray(images, np.float32), training=False)
+    outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, list) else [outputs])]
+    result = {}
+    for name, values in zip(names, outputs, strict=True):
+        scale, zero_point = quantization[name]
+        stats = level_statistics(quantize(values, scale, zero_point), scale, zero_point)
+        stats["float_min"], stats["float_max"] = float(np.min(values)), float(np.max(values))
+        result[name] = stats
+    return result
+
+
+def _has_layer(model, name: str) -> bool:
+    try:
+        model.get_layer(name)
+    except ValueError:
+        return False
+    return True
+
+
+def summarize(per_trial: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Mean over trials of each layer's statistics (numbers only)."""
+    result = {}
+    for name in per_trial[0]:
+        rows = [trial[name] for trial in per_trial]
+        result[name] = {
+            key: float(np.mean([row[key] for row in rows]))
+            for key in ("distinct_levels", "saturated_fraction", "zero_fraction", "range_used")
+        }
+        result[name].update(
+            {
+                "min": min(row["min"] for row in rows),
+                "max": max(row["max"] for row in rows),
+                "scale": rows[0]["scale"],
+                "zero_point": rows[0]["zero_point"],
+                "trials": len(rows),
+            }
+        )
+    return result
+
+
+def diagnose(
+    tflite_model,
+    spec: FaultSpec,
+    images: np.ndarray,
+    trials: int = 3,
+    keras_model=None,
+) -> dict[str, Any]:
+    """Per rate, the per-layer statistics (mean over `trials` fault maps) of the .tflite
+    and, when given, of the Keras model with the file's scales. `images` are model inputs
+    (floats in [0, 1] for our classifiers); a few hundred are plenty."""
+    quantization = activation_quantization(tflite_model)
+    result: dict[str, Any] = {
+        "kind": spec.kind,
+        "trials": trials,
+        "images": len(images),
+        "layers": list(quantization),
+        "rates": {},
+    }
+    for rate in spec.rates:
+        count = 1 if rate == 0 else trials
+        entry = {
+            "tflite": summarize(
+                [tflite_statistics(tflite_model, spec, rate, t, images) for t in range(count)]
+            )
+        }
+        if keras_model is not None:
+            entry["keras"] = summarize(
+                [
+                    keras_statistics(keras_model, spec, rate, t, images, quantization)
+                    for t in range(count)
+                ]
+            )
+        result["rates"][f"{rate:g}"] = entry
+    return result
