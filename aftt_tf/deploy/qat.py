@@ -138,6 +138,28 @@ def _fault_aware(quantized, max_rate: float, seed: int, tf, tf_keras, faulty_ran
     return FaultAwareQAT()
 
 
+def _start_ranges_from_data(quantized, twin, images: np.ndarray, tf_keras) -> None:
+    """Starts each activation's fake-quantization range at its float range on `images`
+    (tfmot starts every range at [-6, 6] and moves it by a 0.999 moving average: a short
+    QAT otherwise spends its steps clipping activations larger than 6)."""
+    probe = tf_keras.Model(twin.inputs, [layer.output for layer in twin.layers])
+    outputs = probe(images, training=False)
+    ranges = {
+        layer.name: (min(0.0, float(np.min(out))), max(0.0, float(np.max(out))))
+        for layer, out in zip(twin.layers, outputs, strict=True)
+    }
+    ranges["quantize_layer"] = (min(0.0, float(images.min())), max(0.0, float(images.max())))
+    for wrapper in quantized.layers:
+        name = wrapper.name.removeprefix("quant_")
+        if name not in ranges:
+            continue
+        for weight in wrapper.non_trainable_weights:
+            if weight.name.endswith(("post_activation_min:0", "quantize_layer_min:0")):
+                weight.assign(ranges[name][0])
+            elif weight.name.endswith(("post_activation_max:0", "quantize_layer_max:0")):
+                weight.assign(ranges[name][1])
+
+
 def quantization_aware_int8(
     model: keras.Model,
     train_images: np.ndarray,
@@ -166,6 +188,9 @@ def quantization_aware_int8(
     if not np.allclose(twin(check).numpy(), np.asarray(model(check)), atol=1e-4):
         raise RuntimeError("The tf_keras rebuild does not reproduce the Keras 3 classifier.")
     quantized = tfmot.quantization.keras.quantize_model(twin)
+    _start_ranges_from_data(
+        quantized, twin, np.concatenate([batch[0] for batch in representative()]), tf_keras
+    )
     trained = quantized
     if fault_max_rate:
         trained = _fault_aware(quantized, fault_max_rate, seed, tf, tf_keras)
