@@ -45,6 +45,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         temporary.write_text(text)
 
 
+def write_bytes_atomic(path: str | os.PathLike, content: bytes) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(content)
+
+
 def strict_json(value: Any, **kwargs) -> str:
     """JSON text that every parser accepts: a non-finite float (an undefined statistic,
     e.g. the interval of one trial's difference) is written as null, never NaN/Infinity."""

@@ -231,3 +231,44 @@ def test_faults_cli_records_per_layer_statistics(int8_exports, tmp_path):
         for label, entry in statistics["models"].items()
     }
     assert levels["calibrated"] > levels["int8"], levels
+
+
+@requires_fashion_mnist
+def test_per_rate_deployment_runs_each_rate_on_its_own_file(int8_exports, tmp_path):
+    from aftt_tf.deploy import fault_calibration
+    from aftt_tf.faults import campaign
+    from aftt_tf.faults.spec import FaultTargetError
+
+    model_path, out, _ = int8_exports
+    deployable = export_lib.deployable_classifier(keras_runner.load_model(model_path))
+    deployable.export(str(tmp_path / "saved_model"), format="tf_saved_model", verbose=False)
+    arrays, _ = data.load_arrays("fashion_mnist", source="local")
+    representative = export_lib._representative_dataset(arrays["train"][0], 20, 32, 0)
+    content = fault_calibration.per_rate_int8(
+        str(tmp_path / "saved_model"), representative, "weight", (0.6,), 2, 1000
+    )[0.6]
+    (tmp_path / "chip_0.6.tflite").write_bytes(content)
+    ptq = tflite_runner.TFLiteModel.load(out / FILES["ptq"])
+    chip = tflite_runner.TFLiteModel.load(tmp_path / "chip_0.6.tflite")
+    per_rate = tflite_runner.PerRateTFLiteModel({0.0: ptq, 0.6: chip})
+    spec = FaultSpec(kind="weight", rates=(0.0, 0.6), trials=3)
+    images, labels = arrays["test"][0][:1000], arrays["test"][1][:1000]
+    results = campaign.run_campaign(
+        {"ptq": ptq, "chip": chip, "per_rate": per_rate},
+        spec,
+        images,
+        labels,
+        tmp_path / "campaign",
+        progress=False,
+    )
+    cells = {
+        (c["model"], c["rate"], c["trial"]): c["accuracy"]
+        for c in campaign.campaign_cells(tmp_path / "campaign", results)
+    }
+    for trial in range(3):
+        assert cells[("per_rate", 0.0, trial)] == cells[("ptq", 0.0, trial)]
+        assert cells[("per_rate", 0.6, trial)] == cells[("chip", 0.6, trial)]
+    mean = {m: np.mean([cells[(m, 0.6, t)] for t in range(3)]) for m in ("ptq", "per_rate")}
+    assert mean["per_rate"] > mean["ptq"], mean  # Calibrated for the chip's rate.
+    with pytest.raises(FaultTargetError, match=r"No file calibrated for rate\(s\) \[0.3\]"):
+        per_rate.select_layers(FaultSpec(kind="weight", rates=(0.0, 0.3)))

@@ -1,5 +1,6 @@
-"""aftt-reproduce --protocols=deployed,repaired: campaign plans, per-rate verdicts, and
-an end-to-end run on the smoke reproduction (Bernoulli sampling, two repair lengths)."""
+"""aftt-reproduce --protocols=deployed,repaired and --int8_modes: campaign plans, per-rate
+verdicts, and one end-to-end run on the smoke reproduction (Bernoulli sampling, two
+repair lengths, four int8 modes with per-layer statistics)."""
 
 from __future__ import annotations
 
@@ -148,7 +149,10 @@ def test_two_protocols_end_to_end_on_the_smoke_reproduction(smoke_reproduction, 
         "--methods=none,aftt",
         "--faults=weight,node",
         "--scopes=all",
-        "--runtimes=keras",
+        "--runtimes=keras,int8",
+        "--int8_modes=ptq,fault_calibrated,fault_qat,chip_calibrated",
+        "--fault_qat_epochs=1",
+        "--per_layer_stats",
         "--protocols=deployed,repaired",
         "--repair_epochs=1,2",
         "--repair_rates=0,0.5",
@@ -158,9 +162,17 @@ def test_two_protocols_end_to_end_on_the_smoke_reproduction(smoke_reproduction, 
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
     names = {
-        f"{k}_all_keras_bernoulli{s}"
+        f"{k}_all_{s}"
         for k in ("weight", "node")
-        for s in ("", "_repaired1", "_repaired2")
+        for s in (
+            "keras_bernoulli",
+            "keras_bernoulli_repaired1",
+            "keras_bernoulli_repaired2",
+            "int8_bernoulli",
+            "int8_fault_calibrated_bernoulli",
+            "int8_fault_qat_bernoulli",
+            "int8_chip_calibrated_bernoulli",
+        )
     }
     assert set(results["campaigns"]) == names
     log = json.loads((out / "work_log.json").read_text())
@@ -196,3 +208,50 @@ def test_two_protocols_end_to_end_on_the_smoke_reproduction(smoke_reproduction, 
     assert "weight faults at 50%, scope all, repaired (2 epochs)" in result.stdout
     report = (out / "report.md").read_text()
     assert "## Deployed vs repaired protocol" in report and "gain, 2 ep" in report
+
+    _check_int8_modes(out, results, cells)
+
+
+def _check_int8_modes(out, results, cells):
+    """The int8 part of the end-to-end run: exports, per-rate files, verdicts, statistics."""
+    for mode in ("fault_calibrated", "fault_qat"):
+        for method in ("none", "aftt"):
+            assert (out / f"export_{mode}" / method / f"model_int8_{mode}.tflite").exists()
+    chip = out / "export_chip_calibrated" / "aftt"
+    assert sorted(p.name for p in chip.glob("*.tflite")) == ["node_0.5.tflite", "weight_0.5.tflite"]
+    # A fault-free chip runs the PTQ file: identical rate-0 cells.
+    ptq = {
+        (c["model"], c["trial"]): c["accuracy"]
+        for c in cells["weight_all_int8_bernoulli"]
+        if c["rate"] == 0
+    }
+    chip_cells = cells["weight_all_int8_chip_calibrated_bernoulli"]
+    assert {(c["model"], c["trial"]): c["accuracy"] for c in chip_cells if c["rate"] == 0} == ptq
+    entries = {(e["kind"], e["scope"]): e for e in results["int8_comparison"]}
+    assert set(entries) == {("weight", "all"), ("node", "all")}
+    modes = entries[("weight", "all")]["modes"]
+    assert set(modes) == {"ptq", "fault_calibrated", "fault_qat", "chip_calibrated"}
+    gap = modes["ptq"]["per_method"]["aftt"]["0.5"]
+    float_cells = {
+        (c["trial"]): c["accuracy"]
+        for c in cells["weight_all_keras_bernoulli"]
+        if c["model"] == "aftt" and c["rate"] == 0.5
+    }
+    int8_cells = {
+        (c["trial"]): c["accuracy"]
+        for c in cells["weight_all_int8_bernoulli"]
+        if c["model"] == "aftt" and c["rate"] == 0.5
+    }
+    assert gap["mean"] == pytest.approx(
+        np.mean([int8_cells[t] - float_cells[t] for t in int8_cells])
+    )
+    statistics = results["int8_layer_statistics"]
+    assert set(statistics) == {
+        f"{m}, TFLite int8{suffix}"
+        for m in ("none", "aftt")
+        for suffix in ("", ", fault-calibrated", ", fault-aware QAT")
+    }
+    assert (out / "int8_stats" / "aftt_int8_fault_qat.json").exists()
+    report = (out / "report.md").read_text()
+    assert "## int8 vs float32 under the same faults, per int8 mode" in report
+    assert "## Where int8 loses its levels (per-layer statistics)" in report

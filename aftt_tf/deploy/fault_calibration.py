@@ -166,3 +166,20 @@ def fault_calibrated_int8(
         "ranges": "mean over draws of each tensor's min and max on the representative data",
     }
     return content, record
+
+
+def per_rate_int8(
+    saved_model: str, representative, kind: str, rates: tuple[float, ...], draws: int, seed: int
+) -> dict[float, bytes]:
+    """One full-int8 file per fault rate, each calibrated under faults at that rate only
+    (a chip whose fault rate was measured runs the file of its rate). The converter's
+    calibration runs once; each rate measures its ranges and quantizes."""
+    calibrated = calibrated_float_model(saved_model, representative)
+    images = np.concatenate([batch[0] for batch in representative()])
+    files = {}
+    for rate in rates:
+        calibration = FaultCalibration(kind=kind, rates=(rate,), draws=draws, seed=seed)
+        calibration.validate()
+        ranges = faulty_ranges(calibrated, images, calibration)
+        files[float(rate)] = quantize_calibrated(with_ranges(calibrated, ranges))
+    return files

@@ -21,6 +21,8 @@ file is rewritten once with a mask multiplication after each targeted layer's ou
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from typing import Any
 
@@ -131,6 +133,74 @@ class TFLiteModel(tflite_file.TFLiteFile):
         self, spec: FaultSpec, images, labels, batch_size: int, transform=None
     ) -> TFLiteRunner:
         return TFLiteRunner(self, spec, images, labels, batch_size, transform)
+
+
+class PerRateTFLiteModel:
+    """A deployment calibrated per chip: the chip whose fault rate was measured at r runs
+    the int8 file calibrated for rate r (aftt-export tflite_int8_fault_calibrated with
+    --fault_calibration_rates=r), a fault-free chip the plain file. A `CampaignModel`
+    whose cell (rate, trial) runs on the file of its rate; the files must share their
+    layers (the same network, quantized differently)."""
+
+    def __init__(self, files: dict[float, TFLiteModel]):
+        if not files:
+            raise ValueError("PerRateTFLiteModel needs at least one file.")
+        self.files = {float(rate): model for rate, model in sorted(files.items())}
+        first = next(iter(self.files.values()))
+        for rate, model in self.files.items():
+            if _kernel_shapes(model) != _kernel_shapes(first) or (
+                model.input_shape != first.input_shape
+            ):
+                raise ValueError(
+                    f"The file for rate {rate:g} ({model.path}) has other layers or inputs "
+                    f"than {first.path}; per-rate files must quantize one network."
+                )
+        self.path = first.path
+        self.input_shape = first.input_shape
+        self.num_outputs = first.num_outputs
+
+    def fingerprint(self) -> str:
+        combined = {f"{rate:g}": model.fingerprint() for rate, model in self.files.items()}
+        return hashlib.sha256(json.dumps(combined, sort_keys=True).encode()).hexdigest()
+
+    def select_layers(self, spec: FaultSpec) -> list[str]:
+        missing = [rate for rate in spec.rates if self._file_for(rate) is None]
+        if missing:
+            raise FaultTargetError(
+                f"No file calibrated for rate(s) {missing}; per-rate deployments have "
+                f"files for {list(self.files)}."
+            )
+        return next(iter(self.files.values())).select_layers(spec)
+
+    def coverage(self, spec: FaultSpec) -> dict[str, Any]:
+        return next(iter(self.files.values())).coverage(spec)
+
+    def _file_for(self, rate: float) -> TFLiteModel | None:
+        return next((m for r, m in self.files.items() if abs(r - rate) < 1e-9), None)
+
+    def runner(self, spec: FaultSpec, images, labels, batch_size: int, transform=None):
+        return _PerRateRunner(self, spec, images, labels, batch_size, transform)
+
+
+def _kernel_shapes(model: TFLiteModel) -> dict[str, list[tuple[int, ...]]]:
+    return {
+        name: [kernel.keras_kernel_shape for kernel in layer.kernels]
+        for name, layer in model.layers.items()
+    }
+
+
+class _PerRateRunner:
+    """Cells of a `PerRateTFLiteModel`: each rate's cells run on that rate's file."""
+
+    def __init__(self, model: PerRateTFLiteModel, spec, images, labels, batch_size, transform):
+        self.model, self.arguments = model, (spec, images, labels, batch_size, transform)
+        self.runners: dict[float, TFLiteRunner] = {}
+
+    def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
+        key = float(rate)
+        if key not in self.runners:  # Built on first use: one file's inputs at a time.
+            self.runners = {key: self.model._file_for(rate).runner(*self.arguments)}
+        return self.runners[key].evaluate_cell(rate, trial)
 
 
 class TFLiteRunner:

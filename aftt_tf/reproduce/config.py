@@ -18,7 +18,9 @@ REPRODUCE_FAULTS = ("weight", "node", "filter")
 RUNTIMES = ("keras", "int8")
 # int8 exports compared under faults: post-training quantization as the converter does
 # it, fault-aware calibration, fault-aware QAT (aftt-export's fault-tolerant formats).
-INT8_MODES = ("ptq", "fault_calibrated", "fault_qat")
+# chip_calibrated: one file per fault rate, calibrated under faults at that rate (a chip
+# tested after fabrication has a measured fault rate); a fault-free chip runs the PTQ file.
+INT8_MODES = ("ptq", "fault_calibrated", "fault_qat", "chip_calibrated")
 INT8_MODE_FORMATS = {
     "ptq": "tflite_int8",
     "fault_calibrated": "tflite_int8_fault_calibrated",
@@ -29,6 +31,7 @@ RUNTIME_NAMES = {
     "int8": "TFLite int8",
     "int8_fault_calibrated": "TFLite int8, fault-calibrated",
     "int8_fault_qat": "TFLite int8, fault-aware QAT",
+    "int8_chip_calibrated": "TFLite int8, calibrated per chip's fault rate",
 }
 
 
@@ -233,6 +236,11 @@ class ReproduceConfig:
             raise ValueError(
                 "fault_calibration_rates must be fractions in [0, 1), received "
                 f"{list(self.fault_calibration_rates)}."
+            )
+        if "chip_calibrated" in self.int8_modes and self.executor == "ray":
+            raise ValueError(
+                "int8 mode chip_calibrated (one file per rate) runs locally; drop it or "
+                "--executor=ray."
             )
         if "fault_qat" in self.int8_modes and not (
             0.0 < self.fault_qat_max_rate < 1.0 and self.fault_qat_epochs >= 1

@@ -383,7 +383,7 @@ def export_stage(
     PTQ entry with "modes": {runtime: entry}}."""
     from aftt_tf.deploy import export_lib
 
-    modes = ["ptq"] + [mode for mode in config.int8_modes if mode != "ptq"]
+    modes = ["ptq"] + [m for m in config.int8_modes if m not in ("ptq", "chip_calibrated")]
     progress = Progress("export", len(trained) * len(modes))
     exports = {}
     for method, entry in trained.items():
@@ -410,8 +410,74 @@ def export_stage(
                 "test_accuracy": manifest["artifacts"][file_name]["test_accuracy"],
                 "keras_test_accuracy": manifest["keras_test_accuracy"],
             }
+        if "chip_calibrated" in config.int8_modes:
+            by_runtime["int8_chip_calibrated"] = {
+                **by_runtime["int8"],
+                "files": _chip_exports(config, method, entry["model"], log),
+            }
         exports[method] = {**by_runtime["int8"], "modes": by_runtime}
     return exports
+
+
+CHIP_DRAWS = 2
+
+
+def _chip_exports(config: ReproduceConfig, method: str, model: str, log: Log) -> dict:
+    """{kind: {rate: path}}: per fault kind and nonzero rate, the int8 file calibrated
+    under that kind of faults at that rate (OUT/export_chip_calibrated/<method>/), reused
+    while the source model and the options are unchanged."""
+    out = Path(config.out) / "export_chip_calibrated" / method
+    kinds = list(config.faults)
+    rates = [rate for rate in config.rates if rate > 0]
+    record = {
+        "source_sha256": io_utils.sha256_file(model),
+        "calibration_steps": config.calibration_steps,
+        "seed": config.train.seed,
+        "draws": CHIP_DRAWS,
+    }
+    files = {kind: {rate: out / f"{kind}_{rate:g}.tflite" for rate in rates} for kind in kinds}
+    manifest_path = out / "chip_manifest.json"
+    manifest = io_utils.read_json(manifest_path) if manifest_path.exists() else {}
+    if manifest.get("record") == record and all(
+        f"{kind}_{rate:g}" in manifest.get("files", {}) for kind in kinds for rate in rates
+    ):
+        log({"stage": "export", "unit": f"{method} (chip_calibrated)", "action": "reused"})
+        return {kind: {f"{r:g}": str(path) for r, path in by.items()} for kind, by in files.items()}
+    written = _write_chip_files(config, model, files)
+    io_utils.write_json(manifest_path, {"record": record, "files": written})
+    log({"stage": "export", "unit": f"{method} (chip_calibrated)", "action": "ran"})
+    return {kind: {f"{r:g}": str(path) for r, path in by.items()} for kind, by in files.items()}
+
+
+def _write_chip_files(config: ReproduceConfig, model: str, files: dict) -> dict[str, str]:
+    """Writes the per-rate files (each complete before the manifest names it)."""
+    import tempfile
+
+    from aftt_tf import data
+    from aftt_tf.deploy import export_lib, fault_calibration
+    from aftt_tf.faults import keras_runner
+
+    deployable = export_lib.deployable_classifier(keras_runner.load_model(model))
+    arrays, _ = data.load_arrays(config.train.dataset, config.train.data_dir or None)
+    representative = export_lib._representative_dataset(
+        arrays["train"][0], config.calibration_steps, 32, config.train.seed
+    )
+    written = {}
+    with tempfile.TemporaryDirectory() as staging:
+        deployable.export(f"{staging}/saved_model", format="tf_saved_model", verbose=False)
+        for kind, by_rate in files.items():
+            contents = fault_calibration.per_rate_int8(
+                f"{staging}/saved_model",
+                representative,
+                kind,
+                tuple(by_rate),
+                CHIP_DRAWS,
+                1000 + config.train.seed,
+            )
+            for rate, path in by_rate.items():
+                io_utils.write_bytes_atomic(path, contents[rate])
+                written[f"{kind}_{rate:g}"] = io_utils.sha256_file(path)
+    return written
 
 
 def _node_layers(model, scope: str) -> tuple[str, ...]:
@@ -528,7 +594,7 @@ def campaign_stage(
             progress.print(f"{name}: not run ({reason})")
             continue
         runtime, spec = plan
-        models = _runtime_models(runtime, keras_models, exports, train_data)
+        models = _runtime_models(runtime, keras_models, exports, train_data, spec.kind)
         results[name] = _run_one_campaign(
             config,
             name,
@@ -542,7 +608,9 @@ def campaign_stage(
     return results
 
 
-def _runtime_models(runtime: str, keras_models: dict, exports: dict, train_data: tuple):
+def _runtime_models(
+    runtime: str, keras_models: dict, exports: dict, train_data: tuple, kind: str = "weight"
+):
     from aftt_tf.faults import keras_runner, tflite_runner
 
     if runtime == "repaired":
@@ -551,6 +619,19 @@ def _runtime_models(runtime: str, keras_models: dict, exports: dict, train_data:
         return {m: repair.RepairingModel(model, *train_data) for m, model in keras_models.items()}
     if runtime == "keras":
         return {m: keras_runner.KerasModel(model) for m, model in keras_models.items()}
+    if runtime == "int8_chip_calibrated":
+        return {
+            m: tflite_runner.PerRateTFLiteModel(
+                {
+                    0.0: tflite_runner.TFLiteModel.load(e["model"]),
+                    **{
+                        float(rate): tflite_runner.TFLiteModel.load(path)
+                        for rate, path in e["modes"][runtime]["files"][kind].items()
+                    },
+                }
+            )
+            for m, e in exports.items()
+        }
     return {
         m: tflite_runner.TFLiteModel.load(e["modes"][runtime]["model"]) for m, e in exports.items()
     }
@@ -630,8 +711,8 @@ def statistics_stage(
     for method, entry in exports.items():
         keras_model = keras_runner.load_model(trained[method]["model"])
         for runtime, export in entry["modes"].items():
-            if runtime not in config.int8_runtimes():
-                continue
+            if runtime not in config.int8_runtimes() or "files" in export:
+                continue  # Per-rate files (chip_calibrated) are described by their rate.
             key = f"{method}, {RUNTIME_NAMES[runtime]}"
             path = Path(config.out) / "int8_stats" / f"{method}_{runtime}.json"
             digest = io_utils.sha256_file(export["model"])
