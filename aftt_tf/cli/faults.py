@@ -159,11 +159,7 @@ def main(argv: list[str]) -> None:
             results = campaign.merge_shards(FLAGS.merge, FLAGS.out)
         _print_summary(results)
         return
-    if FLAGS.per_layer_stats and (FLAGS.num_shards > 1 or FLAGS.per_layer):
-        raise common.usage_error(
-            "--per_layer_stats describes the whole campaign's models: run it without "
-            "--num_shards (or on the merged campaign) and without --per_layer."
-        )
+    _check_statistics_flags()
     config = campaign_lib.CampaignConfig(
         models=tuple(FLAGS.model),
         out=FLAGS.out,
@@ -206,6 +202,14 @@ def main(argv: list[str]) -> None:
         if FLAGS.per_layer_stats:
             _print_statistics(campaign_lib.layer_statistics(config, models, test_data))
     print(f"Campaign directory: {FLAGS.out}")
+
+
+def _check_statistics_flags() -> None:
+    if FLAGS.per_layer_stats and (FLAGS.num_shards > 1 or FLAGS.per_layer):
+        raise common.usage_error(
+            "--per_layer_stats describes the whole campaign's models: run it without "
+            "--num_shards (or on the merged campaign) and without --per_layer."
+        )
 
 
 def _repairing(config, models: dict) -> dict:

@@ -160,6 +160,28 @@ def _start_ranges_from_data(quantized, twin, images: np.ndarray, tf_keras) -> No
                 weight.assign(ranges[name][1])
 
 
+def _fit(trained, train_images, train_labels, epochs: int, examples: int, seed: int, tf_keras):
+    """QAT fine-tuning on a seeded subset; returns the per-epoch history."""
+    order = np.random.default_rng(seed).permutation(len(train_labels))
+    if examples:
+        order = order[:examples]
+    history = []
+    if epochs:
+        tf_keras.utils.set_random_seed(seed)
+        result = trained.fit(
+            train_images[order].astype(np.float32) / 255.0,
+            train_labels[order],
+            batch_size=128,
+            epochs=epochs,
+            verbose=0,
+            shuffle=True,
+        )
+        history = [
+            {key: float(values[i]) for key, values in result.history.items()} for i in range(epochs)
+        ]
+    return history
+
+
 def quantization_aware_int8(
     model: keras.Model,
     train_images: np.ndarray,
@@ -199,23 +221,7 @@ def quantization_aware_int8(
         loss=_loss(loss, tf),
         metrics=["accuracy"],
     )
-    order = np.random.default_rng(seed).permutation(len(train_labels))
-    if examples:
-        order = order[:examples]
-    history = []
-    if epochs:
-        tf_keras.utils.set_random_seed(seed)
-        result = trained.fit(
-            train_images[order].astype(np.float32) / 255.0,
-            train_labels[order],
-            batch_size=128,
-            epochs=epochs,
-            verbose=0,
-            shuffle=True,
-        )
-        history = [
-            {key: float(values[i]) for key, values in result.history.items()} for i in range(epochs)
-        ]
+    history = _fit(trained, train_images, train_labels, epochs, examples, seed, tf_keras)
     converter = tf.lite.TFLiteConverter.from_keras_model(quantized)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative

@@ -33,14 +33,11 @@ def write(
     games_blocks, pretraining = sections.pretraining_games(trained, out)
     fault_blocks, campaign_results, verdicts = sections.fault_campaigns(config, campaigns, methods)
     paper_blocks, paper_numbers = sections.paper_faults(config, campaign_results, methods)
-    protocol_blocks, protocol_numbers, protocol_lines = protocols.comparison(
-        config, campaigns, methods
+    extra_blocks, extra_results, extra_lines = _protocol_and_int8_sections(
+        config, campaigns, methods, statistics or {}
     )
     campaign_results.update(_repaired_results(config, campaigns))
-    verdicts += protocol_lines
-    int8_blocks, int8_numbers, int8_lines = int8_modes.comparison(config, campaigns, methods)
-    verdicts += int8_lines
-    statistics_blocks = int8_modes.statistics_blocks(statistics or {})
+    verdicts += extra_lines
     blocks = [
         *_introduction(config, first, campaign_examples, verdicts),
         *sections.table_ii(config.train.architecture, numbers),
@@ -49,9 +46,7 @@ def write(
         *games_blocks,
         *fault_blocks,
         *paper_blocks,
-        *protocol_blocks,
-        *int8_blocks,
-        *statistics_blocks,
+        *extra_blocks,
         document.Heading("Reproduce"),
         document.Code("aftt-reproduce " + " ".join(_command_flags(config))),
     ]
@@ -70,15 +65,30 @@ def write(
         "versions": io_utils.versions(),
         "weight_statistics": weight_statistics,
         "paper_fault_comparison": paper_numbers,
-        "protocol_comparison": protocol_numbers,
-        "int8_comparison": int8_numbers,
-        "int8_layer_statistics": statistics or {},
+        **extra_results,
     }
     if pretraining is not None:
         results["pretraining"] = pretraining
     io_utils.write_json(out / "results.json", results)
     document.write_report(blocks, out, f"AFTT reproduction: {config.train.architecture}")
     return results
+
+
+def _protocol_and_int8_sections(
+    config: ReproduceConfig, campaigns: dict[str, Any], methods: list[str], statistics: dict
+) -> tuple[list[document.Block], dict[str, Any], list[str]]:
+    """The deployed-vs-repaired and int8-mode comparisons and the int8 statistics."""
+    protocol_blocks, protocol_numbers, protocol_lines = protocols.comparison(
+        config, campaigns, methods
+    )
+    int8_blocks, int8_numbers, int8_lines = int8_modes.comparison(config, campaigns, methods)
+    blocks = protocol_blocks + int8_blocks + int8_modes.statistics_blocks(statistics)
+    results = {
+        "protocol_comparison": protocol_numbers,
+        "int8_comparison": int8_numbers,
+        "int8_layer_statistics": statistics,
+    }
+    return blocks, results, protocol_lines + int8_lines
 
 
 def _repaired_results(config: ReproduceConfig, campaigns: dict[str, Any]) -> dict[str, Any]:
