@@ -36,6 +36,25 @@ def fashion_mnist_small() -> data.Splits:
     )
 
 
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup). Each test
+# file stays on one worker, so its module fixtures are built once; files that share an
+# expensive session fixture share a worker too (the smoke reproduction and the Ray
+# cluster; the TFDS download).
+_SHARED_WORKER = {
+    "reproduce_test.py": "smoke_reproduction",
+    "ray_test.py": "smoke_reproduction",
+    "protocols_test.py": "smoke_reproduction",
+    "failure_test.py": "tfds_fashion_mnist",
+    "zoo_test.py": "tfds_fashion_mnist",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = Path(str(item.fspath)).name
+        item.add_marker(pytest.mark.xdist_group(_SHARED_WORKER.get(name, name)))
+
+
 @pytest.fixture(autouse=True)
 def _clear_keras_session():
     import keras

@@ -60,7 +60,10 @@ def test_smoke_reproduction_trains_every_method_and_reports(smoke_reproduction):
     assert 'src="figures/' not in html
     # The verdicts are printed and are the report's.
     markdown = (out / "report.md").read_text()
-    assert len(results["verdicts"]) == len(expected)
+    # One per campaign, and one int8-vs-float32 line per fault kind and scope.
+    assert len(results["verdicts"]) == len(expected) + 4
+    int8_lines = [line for line in results["verdicts"] if "int8 vs float32" in line]
+    assert len(int8_lines) == 4 and all("ptq: mean |gap|" in line for line in int8_lines)
     for line in results["verdicts"]:
         assert line in markdown
         assert "verdict: " + line.replace("**", "") in result.stdout

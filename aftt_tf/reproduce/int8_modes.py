@@ -141,12 +141,15 @@ def _mode_text(mode: str, values: dict[str, Any]) -> str:
 def _line(entry: dict[str, Any]) -> str:
     head = f"**{entry['kind']} faults, scope {entry['scope']}, int8 vs float32**: "
     best = entry["best_mode"]
-    verdict = (
-        f"{best} keeps int8 closest to float32"
-        if best
-        else "every int8 mode loses more than "
-        f"{100 * CLEAN_TOLERANCE:g} points of clean accuracy against float32"
-    )
+    if len(entry["modes"]) == 1:
+        verdict = "one int8 mode"
+    elif best:
+        verdict = f"{best} keeps int8 closest to float32"
+    else:
+        verdict = (
+            f"every int8 mode loses more than {100 * CLEAN_TOLERANCE:g} points of clean "
+            "accuracy against float32"
+        )
     details = "; ".join(_mode_text(mode, values) for mode, values in entry["modes"].items())
     return f"{head}{verdict} (points, rates up to {100 * JUDGED_UP_TO:g}%: {details})."
 
