@@ -51,6 +51,7 @@ bench: deps
 	$(BIN)/python -m benchmarks.train_throughput
 	$(BIN)/python -m benchmarks.fault_campaign
 	$(BIN)/python -m benchmarks.ray_campaign
+	$(BIN)/python -m benchmarks.repair_epoch
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
