@@ -387,6 +387,24 @@ class BatchedInterpreter:
         return np.concatenate(results)
 
 
+def tensor_values(
+    model: TFLiteFile, content: bytes, inputs: np.ndarray, indices
+) -> dict[int, np.ndarray]:
+    """The values of tensors `indices` (intermediate ones included) when `content` runs on
+    `inputs` (already in the model's input type) as one batch."""
+    interpreter = model._interpreter_type(
+        model_content=bytes(content),
+        num_threads=model.num_threads,
+        experimental_preserve_all_tensors=True,
+    )
+    input_index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(input_index, [len(inputs), *model.input_shape])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(input_index, inputs)
+    interpreter.invoke()
+    return {index: interpreter.get_tensor(index) for index in indices}
+
+
 def predict(
     model: TFLiteFile, images: np.ndarray, batch_size: int = 1000, content: bytes | None = None
 ) -> np.ndarray:

@@ -50,13 +50,31 @@ def test_keras_statistics_by_hand():
     model.get_layer("scale_by_two").set_weights([np.array([[2.0]], np.float32)])
     images = np.array([[0.0], [0.125], [0.25], [0.375], [0.5]], np.float32)
     spec = FaultSpec(kind="weight", rates=(0.0, 1.0), trials=1)
+    cell, left_out = int8_stats.keras_cells(model, spec, images, {"scale_by_two": (0.5, 0)})
+    assert left_out == {}
     # Outputs 0, 0.25, 0.5, 0.75, 1.0 at scale 0.5: levels 0, 1, 1, 2, 2 (half away from 0).
-    stats = int8_stats.keras_statistics(model, spec, 0.0, 0, images, {"scale_by_two": (0.5, 0)})
+    stats = cell(0.0, 0)
     assert stats["scale_by_two"]["distinct_levels"] == 3
     assert stats["scale_by_two"]["float_max"] == pytest.approx(1.0)
-    # Every weight stuck at 0: one level.
-    stats = int8_stats.keras_statistics(model, spec, 1.0, 0, images, {"scale_by_two": (0.5, 0)})
-    assert stats["scale_by_two"]["distinct_levels"] == 1
+    # Every weight stuck at 0: one level; the same faulty copy serves the next cell.
+    assert cell(1.0, 0)["scale_by_two"]["distinct_levels"] == 1
+    assert cell(0.0, 0)["scale_by_two"]["distinct_levels"] == 3
+
+
+def test_keras_twin_reads_the_tensor_the_file_holds():
+    """A BatchNormalization alone after a layer is folded into it by converters: the
+    Keras side reads the normalised output. A separate activation layer leaves it unclear
+    which tensor the file holds: that layer's Keras numbers are left out, with the reason."""
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, name="folded")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Dense(3, name="plain_relu")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    outputs = keras.layers.Dense(2, name="logits")(x)
+    model = keras.Model(inputs, outputs)
+    points, left_out = int8_stats.keras_points(model, ["folded", "plain_relu", "logits", "gone"])
+    assert points == {"folded": "bn", "logits": "logits"}
+    assert set(left_out) == {"plain_relu", "gone"} and "ReLU" in left_out["plain_relu"]
 
 
 @pytest.fixture(scope="module")

@@ -236,10 +236,12 @@ def _print_statistics(statistics: dict) -> None:
             cells = []
             for rate, entry in result["rates"].items():
                 text = f"{100 * float(rate):g}%: {entry['tflite'][layer]['distinct_levels']:.0f}"
-                if "keras" in entry:
+                if layer in entry.get("keras", {}):
                     text += f" ({entry['keras'][layer]['distinct_levels']:.0f})"
                 cells.append(text)
             print(f"  {layer}: " + ", ".join(cells))
+        for layer, reason in result.get("keras_left_out", {}).items():
+            print(f"  {layer}: no Keras numbers ({reason})")
     for label, reason in statistics["not_described"].items():
         print(f"{label}: no per-layer int8 statistics ({reason})")
 

@@ -99,23 +99,11 @@ def faulty_ranges(
     for rate in calibration.rates:
         for draw in range(calibration.draws):
             runner.inject(rate, draw)
-            values = _tensor_values(model, runner, tensors)
+            values = tflite_file.tensor_values(model, runner.buffer, runner.inputs, tensors)
             lows.append([float(values[i].min()) for i in tensors])
             highs.append([float(values[i].max()) for i in tensors])
     low, high = np.mean(lows, axis=0), np.mean(highs, axis=0)
     return {index: (float(lo), float(hi)) for index, lo, hi in zip(tensors, low, high, strict=True)}
-
-
-def _tensor_values(model, runner, tensors: list[int]) -> dict[int, np.ndarray]:
-    interpreter = tflite_file._interpreter_class()(
-        model_content=bytes(runner.buffer), experimental_preserve_all_tensors=True
-    )
-    input_index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(input_index, [len(runner.inputs), *model.input_shape])
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(input_index, runner.inputs)
-    interpreter.invoke()
-    return {index: interpreter.get_tensor(index) for index in tensors}
 
 
 def with_ranges(content: bytes, ranges: dict[int, tuple[float, float]]) -> bytes:

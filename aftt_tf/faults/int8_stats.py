@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from aftt_tf import tflite_file
 from aftt_tf.faults.spec import FaultSpec
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -80,61 +81,86 @@ def activation_quantization(model) -> dict[str, tuple[float, int]]:
     return result
 
 
-def tflite_statistics(
-    model, spec: FaultSpec, rate: float, trial: int, images: np.ndarray
-) -> dict[str, dict[str, Any]]:
-    """Per-layer statistics of a full-int8 .tflite under cell (rate, trial) of `spec`."""
+def tflite_cells(model, spec: FaultSpec, images: np.ndarray):
+    """A function of (rate, trial) -> per-layer statistics of a full-int8 .tflite under
+    that cell of `spec`; the file is parsed (and rewritten for node masks) once."""
     from aftt_tf.faults.tflite_runner import TFLiteRunner
 
     quantization = activation_quantization(model)
     runner = TFLiteRunner(model, spec, images, np.zeros(len(images), np.int64), len(images))
-    runner.inject(rate, trial)
-    interpreter = model._interpreter_type(
-        model_content=bytes(runner.buffer),
-        num_threads=model.num_threads,
-        experimental_preserve_all_tensors=True,
-    )
-    input_index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(input_index, [len(images), *model.input_shape])
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(input_index, runner.inputs)
-    interpreter.invoke()
-    return {
-        name: level_statistics(
-            interpreter.get_tensor(_activation_tensor(model.layers[name])), *quantization[name]
-        )
-        for name in model.layers
-        if name in quantization
-    }
+    tensors = {name: _activation_tensor(model.layers[name]) for name in quantization}
+
+    def cell(rate: float, trial: int) -> dict[str, dict[str, Any]]:
+        runner.inject(rate, trial)
+        values = tflite_file.tensor_values(model, runner.buffer, runner.inputs, tensors.values())
+        return {
+            name: level_statistics(values[index], *quantization[name])
+            for name, index in tensors.items()
+        }
+
+    return cell
 
 
-def keras_statistics(
-    model,
-    spec: FaultSpec,
-    rate: float,
-    trial: int,
-    images: np.ndarray,
-    quantization: dict[str, tuple[float, int]],
-) -> dict[str, dict[str, Any]]:
-    """Per-layer statistics of a Keras model's float outputs under cell (rate, trial),
-    quantized with the int8 file's `quantization` (from `activation_quantization`)."""
+# Keras layers a converter fuses into (or places after) the operator before them; which
+# tensor the file's node point then holds cannot be told from the Keras side.
+_ACTIVATION_LAYERS = ("Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax")
+
+
+def keras_points(model, names) -> tuple[dict[str, str], dict[str, str]]:
+    """For each .tflite layer name, the Keras layer whose output the file's activation
+    tensor holds: the layer itself, or the BatchNormalization that alone reads it (the
+    converter folds it in). Returns (name -> Keras layer, name -> why left out)."""
+    from aftt_tf.faults import targets
+
+    points, left_out = {}, {}
+    for name in names:
+        if not _has_layer(model, name):
+            left_out[name] = "no Keras layer of this name"
+            continue
+        point = targets.normalization_after(model, name) or name
+        readers = targets.readers(model, point)
+        if len(readers) == 1 and type(readers[0]).__name__ in _ACTIVATION_LAYERS:
+            left_out[name] = (
+                f"a separate {type(readers[0]).__name__} layer follows; whether the file's "
+                "tensor holds its output or its input cannot be told"
+            )
+            continue
+        points[name] = point
+    return points, left_out
+
+
+def keras_cells(model, spec: FaultSpec, images: np.ndarray, quantization: dict):
+    """A function of (rate, trial) -> per-layer statistics of the Keras model's float
+    outputs under that cell, quantized with the int8 file's `quantization`; and the
+    layers left out with the reason. One faulty copy and one probe serve every cell."""
     import keras
 
-    from aftt_tf.faults import keras_runner
+    from aftt_tf.faults import keras_runner, targets
 
-    faulty, _ = keras_runner.faulty_copy(model, spec, rate, trial)
-    names = [name for name in quantization if _has_layer(faulty, name)]
-    probe = keras.Model(faulty.inputs, [faulty.get_layer(name).output for name in names])
-    # One eager call: no predict function is traced per faulty copy.
-    outputs = probe(np.asarray(images, np.float32), training=False)
-    outputs = [np.asarray(o) for o in (outputs if isinstance(outputs, list) else [outputs])]
-    result = {}
-    for name, values in zip(names, outputs, strict=True):
-        scale, zero_point = quantization[name]
-        stats = level_statistics(quantize(values, scale, zero_point), scale, zero_point)
-        stats["float_min"], stats["float_max"] = float(np.min(values)), float(np.max(values))
-        result[name] = stats
-    return result
+    if not targets.rewritable(model):
+        reason = "a subclassed Keras model: its layer outputs cannot be read"
+        return None, {name: reason for name in quantization}
+    points, left_out = keras_points(model, list(quantization))
+    names = keras_runner.KerasModel(model).select_layers(spec)
+    faulty = targets.apply_faults(model, spec.kind, names)
+    injector = keras_runner.FaultInjector(faulty, spec, names, in_place=False)
+    probe = keras.Model(faulty.inputs, [faulty.get_layer(p).output for p in points.values()])
+    inputs = np.asarray(images, np.float32)
+
+    def cell(rate: float, trial: int) -> dict[str, dict[str, Any]]:
+        injector.inject(rate, trial)
+        outputs = probe(inputs, training=False)  # Eager: nothing is traced per cell.
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        result = {}
+        for name, values in zip(points, outputs, strict=True):
+            values = np.asarray(values)
+            scale, zero_point = quantization[name]
+            stats = level_statistics(quantize(values, scale, zero_point), scale, zero_point)
+            stats["float_min"], stats["float_max"] = float(values.min()), float(values.max())
+            result[name] = stats
+        return result
+
+    return cell, left_out
 
 
 def _has_layer(model, name: str) -> bool:
@@ -174,29 +200,26 @@ def diagnose(
     keras_model=None,
 ) -> dict[str, Any]:
     """Per rate, the per-layer statistics (mean over `trials` fault maps) of the .tflite
-    and, when given, of the Keras model with the file's scales. `images` are model inputs
-    (floats in [0, 1] for our classifiers); a few hundred are plenty."""
+    and, when given, of the Keras model with the file's scales (layers it cannot match are
+    listed in keras_left_out). `images` are model inputs (floats in [0, 1] for our
+    classifiers); a few hundred are plenty."""
     quantization = activation_quantization(tflite_model)
+    tflite_cell = tflite_cells(tflite_model, spec, images)
+    keras_cell, left_out = (None, {})
+    if keras_model is not None:
+        keras_cell, left_out = keras_cells(keras_model, spec, images, quantization)
     result: dict[str, Any] = {
         "kind": spec.kind,
         "trials": trials,
         "images": len(images),
         "layers": list(quantization),
+        "keras_left_out": left_out,
         "rates": {},
     }
     for rate in spec.rates:
         count = 1 if rate == 0 else trials
-        entry = {
-            "tflite": summarize(
-                [tflite_statistics(tflite_model, spec, rate, t, images) for t in range(count)]
-            )
-        }
-        if keras_model is not None:
-            entry["keras"] = summarize(
-                [
-                    keras_statistics(keras_model, spec, rate, t, images, quantization)
-                    for t in range(count)
-                ]
-            )
+        entry = {"tflite": summarize([tflite_cell(rate, t) for t in range(count)])}
+        if keras_cell is not None:
+            entry["keras"] = summarize([keras_cell(rate, t) for t in range(count)])
         result["rates"][f"{rate:g}"] = entry
     return result

@@ -176,6 +176,11 @@ def _consumers(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
     return result
 
 
+def readers(model: keras.Model, name: str) -> list[keras.layers.Layer]:
+    """The layers that read layer `name`'s output."""
+    return _consumers(model).get(name, [])
+
+
 def normalization_after(model: keras.Model, name: str) -> str | None:
     """The BatchNormalization that alone reads layer `name`'s output, if any."""
     readers = _consumers(model).get(name, [])

@@ -197,7 +197,7 @@ def statistics_blocks(statistics: dict[str, Any]) -> list[document.Block]:
             for rate in rates:
                 entry = result["rates"][rate]
                 text = f"{entry['tflite'][layer]['distinct_levels']:.0f}"
-                if "keras" in entry:
+                if layer in entry.get("keras", {}):
                     text += f" ({entry['keras'][layer]['distinct_levels']:.0f})"
                 row.append(text)
             rows.append(row)
