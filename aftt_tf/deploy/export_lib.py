@@ -230,14 +230,20 @@ def _representative_dataset(images: np.ndarray, steps: int, batch_size: int, see
     return generator
 
 
+def full_int8(converter, representative) -> None:
+    """Sets `converter` to full-integer quantization with int8 input and output, calibrated
+    on `representative` (every int8 file of the project: PTQ, QAT, fault-calibrated)."""
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+
+
 def _convert(converter, mode: str, representative=None) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        full_int8(converter, representative)
     try:
         return converter.convert()
     except Exception as error:

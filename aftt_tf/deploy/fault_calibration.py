@@ -61,12 +61,10 @@ class FaultCalibration:
 
 def calibrated_float_model(saved_model: str, representative) -> bytes:
     """The converter's calibration result: the float model with a min/max per tensor."""
+    from aftt_tf.deploy import export_lib
+
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    export_lib.full_int8(converter, representative)
     converter._experimental_calibrate_only = True  # The converter's own calibration step.
     return converter.convert()
 

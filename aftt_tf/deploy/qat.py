@@ -222,10 +222,8 @@ def quantization_aware_int8(
         metrics=["accuracy"],
     )
     history = _fit(trained, train_images, train_labels, epochs, examples, seed, tf_keras)
+    from aftt_tf.deploy import export_lib
+
     converter = tf.lite.TFLiteConverter.from_keras_model(quantized)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    export_lib.full_int8(converter, representative)
     return converter.convert(), history

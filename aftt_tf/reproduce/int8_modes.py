@@ -22,7 +22,7 @@ from aftt_tf.reproduce.config import (
     campaign_name,
     int8_runtime,
 )
-from aftt_tf.reproduce.protocols import _accuracies, paired
+from aftt_tf.reproduce.protocols import accuracies_at, paired
 
 DASH = "–"
 # Rates over which a mode's gap to float32 is judged (the goal: up to 60%).
@@ -42,7 +42,7 @@ def mode_gaps(
     rates = sorted({c["rate"] for c in int8_cells} & {c["rate"] for c in keras_cells})
     per_method: dict[str, Any] = {}
     for rate in rates:
-        floats, ints = _accuracies(keras_cells, rate), _accuracies(int8_cells, rate)
+        floats, ints = accuracies_at(keras_cells, rate), accuracies_at(int8_cells, rate)
         for method in methods:
             if method in floats and method in ints:
                 per_method.setdefault(method, {})[f"{rate:g}"] = paired(

@@ -25,7 +25,7 @@ from aftt_tf.reproduce.paper import PAPER_FAULTS
 DASH = "–"
 
 
-def _accuracies(cells: list[dict[str, Any]], rate: float) -> dict[str, dict[int, float]]:
+def accuracies_at(cells: list[dict[str, Any]], rate: float) -> dict[str, dict[int, float]]:
     """{method: {trial: accuracy}} of the cells at `rate` (group 'all')."""
     by_method: dict[str, dict[int, float]] = {}
     for cell in cells:
@@ -53,8 +53,8 @@ def point_verdict(
 
     `paper` is PAPER_FAULTS' (rate, quantity, values) when the paper quotes this rate.
     """
-    at_rate = _accuracies(cells, rate)
-    clean = _accuracies(cells, 0.0)
+    at_rate = accuracies_at(cells, rate)
+    clean = accuracies_at(cells, 0.0)
     accuracy = {}
     for method in methods:
         if method not in at_rate:
@@ -143,7 +143,7 @@ _EXPLANATION = (
 
 def _rate_entry(kind, scope, rate, methods, paper, deployed_cells, repaired) -> dict[str, Any]:
     protocols = []
-    at_deployed = _accuracies(deployed_cells, rate)
+    at_deployed = accuracies_at(deployed_cells, rate)
     if at_deployed:
         protocols.append(
             {"protocol": "deployed", **point_verdict(deployed_cells, rate, methods, paper)}
@@ -151,7 +151,7 @@ def _rate_entry(kind, scope, rate, methods, paper, deployed_cells, repaired) -> 
     for epochs, cells in sorted(repaired.items()):
         entry = {"protocol": "repaired", "repair_epochs": epochs}
         entry.update(point_verdict(cells, rate, methods, paper))
-        at_repaired = _accuracies(cells, rate)
+        at_repaired = accuracies_at(cells, rate)
         if at_deployed:
             entry["repair_gain"] = {
                 method: paired(at_repaired[method], at_deployed[method])
