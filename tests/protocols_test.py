@@ -50,6 +50,8 @@ def test_repaired_campaigns_default_to_the_papers_quoted_rates():
         ({"protocols": ("repaired",), "executor": "ray"}, "The repaired protocol runs locally"),
         ({"sampling": "poisson"}, "sampling must be one of exact, bernoulli"),
         ({"weight_kernels": "3d"}, "weight_kernels must be all or 4d"),
+        ({"repair_rates": (0.0, 0.5)}, "add repaired to --protocols"),
+        ({"per_layer_stats": True, "runtimes": ("keras",)}, "add int8 to --runtimes"),
     ],
 )
 def test_bad_protocol_settings_are_refused(changes, message):

@@ -225,6 +225,11 @@ class ReproduceConfig:
 
     def _check_int8_modes(self) -> None:
         _subset("int8_modes", self.int8_modes, INT8_MODES)
+        if self.per_layer_stats and "int8" not in self.runtimes:
+            raise ValueError(
+                "per_layer_stats describes the int8 files; add int8 to --runtimes or drop "
+                "--per_layer_stats."
+            )
         if self.int8_modes != ("ptq",) and "int8" not in self.runtimes:
             raise ValueError(
                 f"int8_modes {list(self.int8_modes)} need the int8 runtime; add int8 to --runtimes."
@@ -268,6 +273,11 @@ class ReproduceConfig:
         if self.weight_kernels not in WEIGHT_KERNELS:
             raise ValueError(f"weight_kernels must be all or 4d, received {self.weight_kernels!r}.")
         if "repaired" not in self.protocols:
+            if self.repair_rates or self.repair_trials:
+                raise ValueError(
+                    "repair_rates and repair_trials set the repaired campaigns; add repaired "
+                    "to --protocols or drop them."
+                )
             return
         if self.executor == "ray":
             raise ValueError(
