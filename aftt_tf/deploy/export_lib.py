@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from aftt_tf import data, io_utils, tflite_file, vocabulary
+from aftt_tf.deploy import int8_converter
 from aftt_tf.faults import keras_runner, registry, targets
 from aftt_tf.vocabulary import DEFAULT_EXPORT_FORMATS, TFLITE_FILES
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
@@ -230,20 +231,10 @@ def _representative_dataset(images: np.ndarray, steps: int, batch_size: int, see
     return generator
 
 
-def full_int8(converter, representative) -> None:
-    """Sets `converter` to full-integer quantization with int8 input and output, calibrated
-    on `representative` (every int8 file of the project: PTQ, QAT, fault-calibrated)."""
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-
-
 def _convert(converter, mode: str, representative=None) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode == "int8":
-        full_int8(converter, representative)
+        int8_converter.full_int8(converter, representative)
     try:
         return converter.convert()
     except Exception as error:

@@ -22,6 +22,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from aftt_tf import tflite_file
+from aftt_tf.deploy import int8_converter
 from aftt_tf.faults import tflite_runner
 from aftt_tf.faults.spec import FaultSpec
 
@@ -61,10 +62,8 @@ class FaultCalibration:
 
 def calibrated_float_model(saved_model: str, representative) -> bytes:
     """The converter's calibration result: the float model with a min/max per tensor."""
-    from aftt_tf.deploy import export_lib
-
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-    export_lib.full_int8(converter, representative)
+    int8_converter.full_int8(converter, representative)
     converter._experimental_calibrate_only = True  # The converter's own calibration step.
     return converter.convert()
 

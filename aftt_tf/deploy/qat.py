@@ -222,8 +222,8 @@ def quantization_aware_int8(
         metrics=["accuracy"],
     )
     history = _fit(trained, train_images, train_labels, epochs, examples, seed, tf_keras)
-    from aftt_tf.deploy import export_lib
+    from aftt_tf.deploy import int8_converter
 
     converter = tf.lite.TFLiteConverter.from_keras_model(quantized)
-    export_lib.full_int8(converter, representative)
+    int8_converter.full_int8(converter, representative)
     return converter.convert(), history
