@@ -490,8 +490,15 @@ def _tfds_split(name: str, split: str, tfds_data_dir: str | None) -> EvaluationD
 
 
 def _npz_data(path: Path, keys: tuple[str, str]) -> EvaluationData:
+    from aftt_tf.faults import inputs
+
     if not path.exists():
         raise FileNotFoundError(f"--data npz file {path} does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not an .npz archive (numpy.savez writes a zip file; this is not one). "
+            "Save the arrays with numpy.savez(PATH, x=images, y=labels)."
+        )
     try:
         with np.load(path, allow_pickle=False) as arrays:
             missing = [key for key in keys if key not in arrays.files]
@@ -503,15 +510,58 @@ def _npz_data(path: Path, keys: tuple[str, str]) -> EvaluationData:
             images, labels = arrays[keys[0]], arrays[keys[1]]
     except (OSError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path} cannot be read as .npz ({error}).") from None
+    except ValueError as error:
+        if "pickle" not in str(error):
+            raise
+        raise ValueError(
+            f"{path} holds Python objects (pickled arrays), which are not read for safety; "
+            "save numeric arrays."
+        ) from None
+    if len(images) == 0:
+        raise ValueError(f"{path} holds no examples (array {keys[0]!r} is empty).")
     if labels.ndim == 2:  # One-hot.
-        labels = np.argmax(labels, axis=-1)
+        labels = _one_hot_labels(labels, path)
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(
             f"{path}: labels of shape {labels.shape} do not match {len(images)} examples; "
             "give integer labels (N,) or one-hot labels (N, classes)."
         )
+    try:
+        inputs.check_examples(images, labels)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     description = {"source": f"npz:{path.resolve()}", "keys": list(keys)}
     return EvaluationData(images, labels.astype(np.int32), description)
+
+
+def _one_hot_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    """Class indices of one-hot rows; a row without exactly one 1 is no label."""
+    if (
+        labels.dtype.kind not in "iufb"
+        or not np.all((labels == 0) | (labels == 1))
+        or np.any(np.sum(labels, axis=-1) != 1)
+    ):
+        bad = int(np.sum(np.sum(labels, axis=-1) != 1)) if labels.dtype.kind in "iufb" else "some"
+        raise ValueError(
+            f"{path}: labels of shape {labels.shape} are read as one-hot, but {bad} rows are "
+            "not one 1 among 0s (all-zero or soft rows); give integer labels (N,) or exact "
+            "one-hot rows."
+        )
+    return np.argmax(labels, axis=-1)
+
+
+def _decode_image_file(tf, path: Path) -> np.ndarray:
+    """One decoded image; ValueError naming the file that is not a readable image."""
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file (a link to a directory?); remove it.")
+    try:
+        return tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False).numpy()
+    except (tf.errors.OpError, OSError) as error:
+        reason = (getattr(error, "message", "") or str(error)).splitlines()[0]
+        raise ValueError(
+            f"{path} cannot be decoded as an image ({reason}); it is damaged or not a JPEG/PNG. "
+            "Remove or replace it."
+        ) from None
 
 
 def _decode_class_folder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -524,10 +574,7 @@ def _decode_class_folder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str,
         raise ValueError(f"{root} holds no <class>/*.jpg or *.png images.")
     import tensorflow as tf
 
-    decoded = [
-        tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy()
-        for path, _ in files
-    ]
+    decoded = [_decode_image_file(tf, Path(path)) for path, _ in files]
     shapes = {image.shape for image in decoded}
     if len(shapes) != 1:
         raise ValueError(

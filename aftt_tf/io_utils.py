@@ -4,6 +4,7 @@ run, campaign and export directories every binary writes."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -26,18 +27,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     half-written file behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".tmp"
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.stem}.", suffix="".join(path.suffixes) or ".tmp"
+        )
+    except OSError as error:
+        raise _named(error, path) from None
     os.close(handle)
     temporary = Path(temporary)
     try:
-        yield temporary
-        os.replace(temporary, path)
+        try:
+            yield temporary
+            # mkstemp makes the file private (0600); results are meant to be read by others
+            # as the umask allows, like any file the user writes.
+            os.chmod(temporary, 0o666 & ~_umask())
+            os.replace(temporary, path)
+        except OSError as error:
+            raise _named(error, path) from None
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def _named(error: OSError, path: Path) -> OSError:
+    """The same error with the path it was writing (a full disk names the file)."""
+    if error.filename and not Path(error.filename).name.startswith("."):
+        return error
+    return OSError(error.errno, error.strerror or str(error), str(path))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -187,6 +210,60 @@ def empty_directory(directory: Path) -> None:
             target.unlink()
 
 
+def _open_lock(path: Path):
+    """The lock file, created if absent; a symbolic link there is refused, never followed
+    (writing the PID through it would overwrite a file anywhere)."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OutputError(
+                f"{path} is a symbolic link; a lock file is never written through a link. "
+                "Remove it."
+            ) from None
+        raise
+    return os.fdopen(descriptor, "r+")
+
+
+def refuse_links(directory: str | os.PathLike, names: tuple[str, ...]) -> None:
+    """OutputError when any of `names` in `directory` is a symbolic link: files this
+    project writes are never written (or truncated) through a link."""
+    for name in names:
+        if (Path(directory) / name).is_symlink():
+            raise OutputError(
+                f"{Path(directory) / name} is a symbolic link; this command writes that file "
+                "itself and never through a link (it could lead outside the output "
+                "directory). Remove the link."
+            )
+
+
+def first_missing(path: str | os.PathLike) -> Path | None:
+    """The outermost directory of `path` that does not exist yet (None: it exists): what a
+    refused run must remove again so that it leaves nothing behind."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def remove_created(created: Path | None, leaf: str | os.PathLike) -> None:
+    """Removes the empty directories from `leaf` up to `created` (see `first_missing`);
+    anything with a file in it stays."""
+    if created is None:
+        return
+    path = Path(leaf).absolute()
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == created or path == path.parent:
+            return
+        path = path.parent
+
+
 class DirectoryLock:
     """An exclusive advisory lock (`fcntl.flock`) on a lock file, held for one run.
 
@@ -206,7 +283,7 @@ class DirectoryLock:
 
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            handle = open(self.lock_path, "a+")
+            handle = _open_lock(self.lock_path)
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

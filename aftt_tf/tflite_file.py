@@ -294,7 +294,13 @@ class TFLiteFile:
         self.path = Path(path)
         self.num_threads = num_threads
         self.content = _read_checked(self.path) if content is None else _checked(content, path)
-        self.layers, self.names_from = _parse_layers(self.content, layer_names or {})
+        try:
+            self.layers, self.names_from = _parse_layers(self.content, layer_names or {})
+        except Exception as error:  # A cut or edited flatbuffer fails anywhere in parsing.
+            raise ValueError(
+                f"{self.path} is a damaged .tflite file: it starts like one but cannot be "
+                f"parsed ({type(error).__name__}: {error}); export it again."
+            ) from None
         self._interpreter_type = _interpreter_class()
         self._check_runs()
 
@@ -330,6 +336,9 @@ class TFLiteFile:
         self.input_dtype = np.dtype(detail["dtype"])
         self.input_quantization = detail["quantization"]
         output = interpreter.get_output_details()[0]
+        self.output_shapes = [
+            tuple(int(d) for d in detail["shape"]) for detail in interpreter.get_output_details()
+        ]
         self.output_quantization = output["quantization"]
         self.num_outputs = int(output["shape"][-1]) if len(output["shape"]) else None
 

@@ -256,7 +256,16 @@ def test_torn_last_record_is_reported_and_removed(tmp_path, caplog):
 
 def test_damaged_record_inside_the_file_is_an_error(tmp_path):
     path = tmp_path / campaign.CELLS_FILE
-    path.write_text('{"rate": 0.0}\nnot json\n{"rate": 0.1}\n')
+    record = {
+        "model": "m",
+        "model_hash": "h",
+        "group": "all",
+        "spec_key": "k",
+        "rate": 0.0,
+        "trial": 0,
+        "accuracy": 0.5,
+    }
+    path.write_text(json.dumps(record) + '\nnot json\n{"rate": 0.1}\n')
     with pytest.raises(ValueError, match="line 2 is not a cell record"):
         campaign.read_cells(path)
 
@@ -265,7 +274,7 @@ def test_full_disk_leaves_no_half_record(tmp_path, monkeypatch):
     model = _tiny_model()
     images, labels = _tiny_data(model)
     spec = FaultSpec(kind="weight", rates=(0.0, 0.3), trials=2)
-    real_open = open
+    real_open = campaign._open_no_follow
     writes = {"count": 0}
 
     class FullDisk:
@@ -289,11 +298,10 @@ def test_full_disk_leaves_no_half_record(tmp_path, monkeypatch):
                 raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path))
             return self.handle.write(line)
 
-    def fake_open(path, mode="r", *args, **kwargs):
-        handle = real_open(path, mode, *args, **kwargs)
-        return FullDisk(handle) if str(path).endswith(campaign.CELLS_FILE) else handle
+    def fake_open(path, flags):
+        return FullDisk(real_open(path, flags))
 
-    monkeypatch.setattr("builtins.open", fake_open)
+    monkeypatch.setattr(campaign, "_open_no_follow", fake_open)
     with pytest.raises(OSError, match="No space left"):
         campaign.run_campaign({"m": model}, spec, images, labels, tmp_path, progress=False)
     monkeypatch.undo()
@@ -370,7 +378,7 @@ def test_export_names_the_right_tool_for_tflite_and_broken_keras_files(tmp_path)
     broken.write_bytes(b"PK\x03\x04 truncated")
     result = _run("export", [f"--model={broken}", f"--out={tmp_path / 'e'}"])
     assert result.returncode == 2
-    assert "could not be read as a Keras model" in result.stderr
+    assert "is not a readable .keras archive" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "e").exists()
 
@@ -391,14 +399,18 @@ def test_truncated_idx_file_is_named(tmp_path):
 @requires_fashion_mnist
 def test_export_removes_staging_left_by_a_killed_export(model_path, tmp_path):
     out = tmp_path / "export"
-    stale = tmp_path / ".export.abc123"  # What a SIGKILL mid-export leaves.
+    stale = tmp_path / ".export.aftt-staging-abc123"  # What a SIGKILL mid-export leaves.
     (stale / "saved_model").mkdir(parents=True)
+    (stale / ".aftt-export-staging").write_text("export")
+    backup = tmp_path / ".export.backup"  # The user's: never touched.
+    (backup / "saved_model").mkdir(parents=True)
     config = export_lib.ExportConfig(
         model=str(model_path), out=str(out), formats=("tflite_float32",), test_examples=200
     )
     export_lib.export_classifier(config)
     assert not stale.exists()
-    assert not [path for path in tmp_path.glob(".export.*") if path.is_dir()]
+    assert [path for path in tmp_path.glob(".export.*") if path.is_dir()] == [backup]
+    assert (backup / "saved_model").is_dir()
     assert export_lib.is_export_directory(out)
 
 

@@ -73,8 +73,28 @@ def run(main: Callable[[list[str]], None], program: str, modules: tuple[str, ...
             _fail(program, describe_os_error(error))
         except (RuntimeError, ValueError) as error:
             _fail(program, str(error))
+        except Exception as error:
+            message = _tensorflow_error(error)
+            if message is None:
+                raise
+            _fail(program, message)
 
     app.run(guarded, flags_parser=_parse_flags)
+
+
+def _tensorflow_error(error: Exception) -> str | None:
+    """One line for a TensorFlow runtime error (a full disk while writing a SavedModel
+    raises ResourceExhaustedError, not OSError); None for anything else."""
+    if not type(error).__module__.startswith("tensorflow"):
+        return None
+    text = (getattr(error, "message", None) or str(error)).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    if "No space left" in text or "ResourceExhausted" in type(error).__name__:
+        return (
+            f"{first} (out of disk space or memory while writing; free space or choose "
+            "another --out; nothing was written into --out)."
+        )
+    return f"{type(error).__name__}: {first}"
 
 
 def _print_help(program: str, modules: tuple[str, ...]) -> None:

@@ -266,6 +266,22 @@ def _print_coverage(results: dict) -> None:
             )
 
 
+def _rate(rate: float) -> str:
+    """A fault rate with the digits it needs (a bit-fault rate of 1e-5 is not 0.000)."""
+    return f"{rate:.3f}" if rate == 0 or rate >= 0.01 else f"{rate:.3g}"
+
+
+def _non_finite_text(non_finite: dict | None) -> str:
+    """', NaN/Inf outputs X% [low, high]' when any inference of the rate had one."""
+    if not non_finite or not non_finite["mean"]:
+        return ""
+    return (
+        f", NaN/Inf outputs {100 * non_finite['mean']:.2f}% "
+        f"[{100 * non_finite['ci_low']:.2f}, {100 * non_finite['ci_high']:.2f}] "
+        "(detected errors, not counted as correct)"
+    )
+
+
 def _print_summary(results: dict) -> None:
     _print_coverage(results)
     for model, groups in results["summary"].items():
@@ -273,14 +289,15 @@ def _print_summary(results: dict) -> None:
             print(f"{model} [{group}] normalized AUC {100 * summary['normalized_auc']:.2f}%")
             for row in summary["per_rate"]:
                 print(
-                    f"  rate {row['rate']:.3f}: {100 * row['mean']:.2f}% "
+                    f"  rate {_rate(row['rate'])}: {100 * row['mean']:.2f}% "
                     f"[{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}] (n={row['trials']})"
+                    + _non_finite_text(row.get("non_finite"))
                 )
     for pair, rows in results["paired_differences"].items():
         print(f"paired difference {pair}:")
         for row in rows:
             print(
-                f"  rate {row['rate']:.3f}: {100 * row['mean_difference']:+.2f} points "
+                f"  rate {_rate(row['rate'])}: {100 * row['mean_difference']:+.2f} points "
                 f"[{100 * row['ci_low']:+.2f}, {100 * row['ci_high']:+.2f}]"
             )
     if results.get("verdict"):

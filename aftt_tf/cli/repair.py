@@ -73,10 +73,11 @@ def main(argv: list[str]) -> None:
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf import data
     from aftt_tf.faults.spec import FaultTargetError
+    from aftt_tf.io_utils import OutputError
     from aftt_tf.training import repair
 
     with common.refusals(
-        FaultTargetError, data.DataUnavailableError, FileNotFoundError, ValueError
+        FaultTargetError, data.DataUnavailableError, FileNotFoundError, ValueError, OutputError
     ):
         metrics = repair.repair(config)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))

@@ -26,6 +26,7 @@ import tensorflow as tf
 from aftt_tf import data, io_utils, tflite_file, vocabulary
 from aftt_tf.deploy import int8_converter
 from aftt_tf.faults import keras_runner, registry, targets
+from aftt_tf.faults.spec import check_classifier_outputs, outcome_of
 from aftt_tf.vocabulary import DEFAULT_EXPORT_FORMATS, TFLITE_FILES
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
 
@@ -166,6 +167,8 @@ def prepare(config: ExportConfig) -> Prepared:
     """Validates `config`, loads the model and its data; raises before anything is written."""
     config.validate()
     source = keras_runner.load_model(config.model)
+    # The manifest reports top-1 accuracies: defined for one (batch, classes) output only.
+    check_classifier_outputs(keras_runner.KerasModel(source).output_shapes, config.model)
     model = deployable_classifier(source)
     dataset = _dataset_for(model, config)
     expected = tuple(model.input_shape[1:])
@@ -355,7 +358,8 @@ def _folded_kernel(model, layer, kernel: np.ndarray):
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+    """Correct, finite predictions only: a NaN/Inf output is not a class."""
+    return outcome_of(logits, labels).accuracy
 
 
 def export_classifier(config: ExportConfig, prepared: Prepared | None = None) -> dict[str, Any]:
@@ -375,11 +379,31 @@ def export_classifier(config: ExportConfig, prepared: Prepared | None = None) ->
         return _export(config, prepared, out)
 
 
+# Staging directories are named .NAME.aftt-staging-XXXX and hold this marker file with
+# the export's name: only such directories are removed as leftovers of a killed export, so
+# a user's .NAME.backup beside --out is never touched.
+_STAGING_INFIX = ".aftt-staging-"
+_STAGING_MARKER = ".aftt-export-staging"
+
+
 def _remove_stale_staging(out: Path) -> None:
-    for path in out.parent.glob(f".{out.name}.*"):
-        if path.is_dir() and not path.is_symlink():
+    for path in out.parent.glob(f".{out.name}{_STAGING_INFIX}*"):
+        marker = path / _STAGING_MARKER
+        if (
+            path.is_dir()
+            and not path.is_symlink()
+            and marker.is_file()
+            and not marker.is_symlink()
+            and marker.read_text() == out.name
+        ):
             logging.warning("Removing %s, left by an interrupted export.", path)
             shutil.rmtree(path)
+
+
+def _new_staging(out: Path) -> Path:
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{_STAGING_INFIX}", dir=out.parent))
+    (staging / _STAGING_MARKER).write_text(out.name)
+    return staging
 
 
 def _export(config: ExportConfig, prepared: Prepared, out: Path) -> dict[str, Any]:
@@ -397,11 +421,12 @@ def _export(config: ExportConfig, prepared: Prepared, out: Path) -> dict[str, An
         raise RuntimeError(
             "The stripped classifier does not reproduce the source model's predictions."
         )
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = _new_staging(out)
     try:
         test = _TestSet(test_images, test_labels, reference)
         artifacts = _write_artifacts(config, model, arrays["train"], test, staging)
         manifest = _write_manifest(config, staging, artifacts, dataset, data_source, test)
+        (staging / _STAGING_MARKER).unlink()
         staging.chmod(0o755)  # mkdtemp creates it private; exports are meant to be shared.
         if out.exists():
             shutil.rmtree(out)  # validate() checked that it is an export (or empty).
@@ -568,7 +593,7 @@ def _write_manifest(
             "bytes": path.stat().st_size,
         }
         for path in sorted(staging.rglob("*"))
-        if path.is_file()
+        if path.is_file() and path.name != _STAGING_MARKER
     }
     manifest = {
         "versions": io_utils.versions(),

@@ -42,6 +42,7 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
                     "realized_fraction": float(
                         np.mean([c["realized_fraction"] for c in own if c["rate"] == rate])
                     ),
+                    "non_finite": _non_finite([c for c in own if c["rate"] == rate]),
                 }
             )
         clean = next((row["mean"] for row in rows if row["rate"] == 0.0), None)
@@ -57,6 +58,19 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
             "normalized_auc": auc,
         }
     return summary
+
+
+def _non_finite(cells: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Share of inferences with a NaN/Inf output (a detected error, not a class): mean and
+    95% interval over trials; None for cells recorded before outcomes were counted."""
+    if any("non_finite" not in c for c in cells):
+        return None
+    mean, _, half_width = confidence_interval([c["non_finite"] for c in cells])
+    return {
+        "mean": mean,
+        "ci_low": max(0.0, mean - half_width),
+        "ci_high": min(1.0, mean + half_width),
+    }
 
 
 def paired_differences(

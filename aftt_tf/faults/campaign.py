@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -25,12 +26,31 @@ import numpy as np
 from aftt_tf import io_utils
 from aftt_tf.faults import analysis, inputs
 from aftt_tf.faults.runtimes import as_campaign_model
-from aftt_tf.faults.spec import CampaignModel, CellRunner, FaultSpec
+from aftt_tf.faults.spec import (
+    CampaignModel,
+    CellRunner,
+    FaultSpec,
+    RepairProtocol,
+    check_classifier_outputs,
+)
 from aftt_tf.faults.statistics import confidence_interval
 from aftt_tf.progress import Progress
 
 CELLS_FILE = "cells.jsonl"
 CAMPAIGN_FILE = "campaign.json"
+# Files a campaign writes: none of them may be a link (it could lead outside --out).
+_OWN_FILES = (
+    CELLS_FILE,
+    CAMPAIGN_FILE,
+    "results.json",
+    "shard.json",
+    "trials.csv",
+    "per_layer_stats.json",
+    "accuracy_vs_rate.png",
+    "accuracy_vs_rate.svg",
+    "layer_sensitivity.png",
+    "layer_sensitivity.svg",
+)
 _TRIAL_COLUMNS = (
     "model",
     "group",
@@ -60,30 +80,85 @@ def shard_cells(
     return [cell for index, cell in enumerate(cells) if index % num_shards == shard_index]
 
 
+# A record's fields and their types: anything else on a line is not a cell of ours.
+_RECORD_FIELDS = {
+    "model": str,
+    "model_hash": str,
+    "group": str,
+    "spec_key": str,
+    "rate": (int, float),
+    "trial": int,
+    "accuracy": (int, float),
+}
+
+
 def read_cells(path: Path) -> list[dict[str, Any]]:
     """Completed cells of a cells.jsonl. A torn last line (a crash or a full disk mid-write)
     is not a cell and is left out; `repair_cells` removes it before anything is appended.
-    A bad line elsewhere means the file was damaged: ValueError names the line."""
-    if not path.exists():
+    A bad line elsewhere, or a line that is not a cell record (`{}`, `5`), means the file
+    was damaged or edited: ValueError names the line."""
+    if not path.exists() and not path.is_symlink():
         return []
-    lines = path.read_bytes().split(b"\n")
+    lines = _read_no_follow(path).split(b"\n")
     cells = []
     for number, line in enumerate(lines[:-1], start=1):
         try:
-            cells.append(json.loads(line))
+            cell = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
+            cell = None
+        problem = _record_problem(cell)
+        if problem:
             raise ValueError(
-                f"{path} line {number} is not a cell record; the file was damaged. Move it "
-                "away to start the campaign afresh."
-            ) from None
+                f"{path} line {number} is not a cell record ({problem}); the file was damaged "
+                "or edited. Move it away to start the campaign afresh."
+            )
+        cells.append(cell)
     return cells
+
+
+def _record_problem(cell: Any) -> str:
+    """Why a parsed line is not a cell record ('' when it is one)."""
+    if not isinstance(cell, dict):
+        return "not a JSON object" if cell is not None else "not JSON"
+    for name, types in _RECORD_FIELDS.items():
+        if name not in cell:
+            return f"no {name!r}"
+        if not isinstance(cell[name], types) or isinstance(cell[name], bool):
+            return f"{name!r} is {cell[name]!r}"
+    return ""
+
+
+def _read_no_follow(path: Path) -> bytes:
+    """The bytes of `path`, refusing a symbolic link (it could lead outside --out)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as error:
+        raise _link_error(path, error) from None
+    with os.fdopen(descriptor, "rb") as handle:
+        return handle.read()
+
+
+def _link_error(path: Path, error: OSError) -> OSError:
+    if error.errno == errno.ELOOP:
+        return io_utils.OutputError(
+            f"{path} is a symbolic link; campaign files are never written or read through "
+            "links (they could lead outside --out). Remove the link."
+        )
+    return error
+
+
+def _open_no_follow(path: Path, flags: int):
+    try:
+        return os.fdopen(os.open(path, flags | os.O_NOFOLLOW, 0o666), "r+b")
+    except OSError as error:
+        raise _link_error(path, error) from None
 
 
 def repair_cells(path: Path) -> int:
     """Truncates a torn last record (no closing newline) away; returns the bytes removed."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return 0
-    content = path.read_bytes()
+    content = _read_no_follow(path)
     end = content.rfind(b"\n") + 1
     if end == len(content):
         return 0
@@ -93,7 +168,7 @@ def repair_cells(path: Path) -> int:
         path,
         len(content) - end,
     )
-    with open(path, "r+b") as handle:
+    with _open_no_follow(path, os.O_RDWR) as handle:
         handle.truncate(end)
     return len(content) - end
 
@@ -102,15 +177,48 @@ def _append_cell(path: Path, cell: dict[str, Any]) -> None:
     """Appends one record with its newline in one write, flushed to disk; a failed write
     (a full disk) is truncated away, so the file never keeps half a record."""
     line = (io_utils.strict_json(cell, sort_keys=True) + "\n").encode()
-    with open(path, "ab") as handle:
-        start = handle.tell()
+    with _open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND) as handle:
+        start = handle.seek(0, os.SEEK_END)
         try:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
-        except OSError:
+        except OSError as error:
             handle.truncate(start)
-            raise
+            raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+def cell_key(cell: dict[str, Any]) -> tuple:
+    """What makes a cell one measurement: model content and label, group, spec, rate, trial."""
+    return (
+        cell["model_hash"],
+        cell["model"],
+        cell["group"],
+        cell["spec_key"],
+        float(cell["rate"]),
+        int(cell["trial"]),
+    )
+
+
+def unique_cells(cells: list[dict[str, Any]], source: str = "") -> list[dict[str, Any]]:
+    """The cells with each measurement once (the first record of a duplicate); a duplicate
+    is reported, never counted twice."""
+    seen, result = set(), []
+    for cell in cells:
+        key = cell_key(cell)
+        if key in seen:
+            logging.warning(
+                "%sleft out a duplicate record of %s [%s] rate %g trial %d.",
+                f"{source}: " if source else "",
+                cell["model"],
+                cell["group"],
+                cell["rate"],
+                cell["trial"],
+            )
+            continue
+        seen.add(key)
+        result.append(cell)
+    return result
 
 
 def _identity(spec: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +238,7 @@ def check_campaign_directory(
     io_utils.check_output_path(out_dir)
     if not out_dir.exists() or not io_utils.entries(out_dir):
         return
+    io_utils.refuse_links(out_dir, _OWN_FILES)
     recorded = _recorded_spec(out_dir)
     if recorded is None:
         raise io_utils.OutputError(
@@ -224,12 +333,18 @@ def run_campaign(
     """
     _check_plan(spec, num_shards, executor)
     images, labels = np.asarray(images), np.asarray(labels)
+    inputs.check_examples(images, labels)
     transform = _transform(transform, images)
     data = data_identity(images, labels, transform, data_description)
     if out_dir is not None:
         out_dir = Path(out_dir)
         check_campaign_directory(out_dir, spec, data)
     adapters = {label: as_campaign_model(model) for label, model in models.items()}
+    for label, adapter in adapters.items():
+        shapes = getattr(adapter, "output_shapes", None)
+        if shapes is not None:
+            check_classifier_outputs(shapes, label)
+        inputs.check_transform(transform, images, tuple(adapter.input_shape))
     meta = _meta(spec, adapters, data, num_shards, shard_index)
     run = _Run(spec, images, labels, batch_size, transform, progress, on_cell)
     run.allow_chance_accuracy = allow_chance_accuracy
@@ -239,16 +354,41 @@ def run_campaign(
         cells = _CellLog(None, spec.key())
         meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
         return {**results_of(cells.records, meta), "cells": cells.records}
-    with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
-        check_campaign_directory(out_dir, spec, data)  # Again, now that no one else can write.
-        _claim(out_dir, spec, data)
-        repair_cells(out_dir / CELLS_FILE)
-        cells = _CellLog(out_dir / CELLS_FILE, spec.key())
-        meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
-        if num_shards > 1:
-            io_utils.write_json(out_dir / "shard.json", meta)
-            return meta
-        return write_outputs(out_dir, cells.records, meta)
+    created = io_utils.first_missing(out_dir)
+    was_empty = created is not None or not io_utils.entries(out_dir)
+    cells = None
+    try:
+        with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
+            check_campaign_directory(out_dir, spec, data)  # Again, now no one else can write.
+            repair_cells(out_dir / CELLS_FILE)
+            cells = _CellLog(out_dir / CELLS_FILE, spec.key())
+            cells.adopt(meta["models"])
+            # campaign.json is written with the first cell: a run refused before it (a
+            # model at chance level, a fault that cannot be placed) leaves nothing.
+            cells.before_first_append = lambda: _claim(out_dir, spec, data)
+            meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
+            _claim(out_dir, spec, data)
+            if num_shards > 1:
+                io_utils.write_json(out_dir / "shard.json", meta)
+                return meta
+            return write_outputs(out_dir, cells.records, meta)
+    except BaseException:
+        if was_empty and (cells is None or not cells.appended):
+            _remove_refused(out_dir, created)
+        raise
+
+
+def _remove_refused(out_dir: Path, created: Path | None) -> None:
+    """What a run refused before its first cell wrote into a directory that was empty."""
+    for name in (CAMPAIGN_FILE, CELLS_FILE):
+        path = out_dir / name
+        if (
+            path.is_file()
+            and not path.is_symlink()
+            and (name != CELLS_FILE or not path.stat().st_size)
+        ):
+            path.unlink()
+    io_utils.remove_created(created, out_dir)
 
 
 def _meta(spec, adapters, data, num_shards: int, shard_index: int) -> dict[str, Any]:
@@ -265,9 +405,9 @@ def _meta(spec, adapters, data, num_shards: int, shard_index: int) -> dict[str, 
 
 
 def _transform(transform: inputs.InputTransform | str, images: np.ndarray):
-    return (
-        inputs.resolve(transform, dtype=images.dtype) if isinstance(transform, str) else transform
-    )
+    if isinstance(transform, str):
+        return inputs.resolve(transform, dtype=images.dtype, sample=images)
+    return transform
 
 
 def data_identity(
@@ -309,37 +449,61 @@ class _Run:
         self.progress, self.on_cell = progress, on_cell
 
     def models(self, adapters, fingerprints, plan, cells, per_layer) -> int:
-        """Runs the missing cells of every model; returns the cells skipped."""
-        return sum(
-            self.model(adapter, label, fingerprints[label], plan, cells, per_layer)
-            for label, adapter in adapters.items()
-        )
-
-    def model(self, adapter, label, model_hash, plan, cells, per_layer) -> int:
-        """Runs the missing cells of one model (every group); returns the cells skipped."""
-        skipped = 0
-        for group, group_spec in _groups(adapter, self.spec, per_layer):
-            context = {"model": label, "model_hash": model_hash, "group": group}
-            cells.check_targets(model_hash, group, adapter.select_layers(group_spec), label)
-            done = cells.done(model_hash, group)
-            todo = [cell for cell in plan if cell not in done]
-            skipped += len(plan) - len(todo)
-            if not todo:
-                continue
-            runner = self._runner(adapter, label, group, group_spec)
-            try:
-                clean = None  # The check's clean cell is reused by rate-0 cells.
-                if not self.allow_chance_accuracy:
-                    clean = check_not_chance(runner, self.labels, label)
-                bar = Progress(f"{label}:{group}", len(todo)) if self.progress else None
-                record = _Recorder(cells, context, bar, self.on_cell)
-                if self.executor is None:
-                    _run_cells(runner, todo, self.spec, record, clean)
-                else:
-                    _run_cells_elsewhere(runner, todo, record, clean)
-            finally:
+        """Runs the missing cells of every model; returns the cells skipped. Every model
+        with cells to run is checked (clean accuracy above chance) before the first cell
+        is recorded, so a refused campaign records nothing."""
+        work, skipped = [], 0
+        for label, adapter in adapters.items():
+            for group, group_spec in _groups(adapter, self.spec, per_layer):
+                model_hash = fingerprints[label]
+                cells.check_targets(model_hash, group, adapter.select_layers(group_spec), label)
+                done = cells.done(model_hash, label, group)
+                todo = [cell for cell in plan if cell not in done]
+                skipped += len(plan) - len(todo)
+                if todo:
+                    work.append((label, model_hash, adapter, group, group_spec, todo))
+        opened: dict[tuple[str, str], tuple[Any, Any]] = {}
+        try:
+            checked = set()
+            for label, _, adapter, group, group_spec, _ in work:
+                if label not in checked:
+                    checked.add(label)
+                    opened[(label, group)] = self._checked_runner(adapter, label, group, group_spec)
+            for label, model_hash, adapter, group, group_spec, todo in work:
+                runner, clean = opened.pop((label, group), (None, None))
+                if runner is None:
+                    runner, clean = self._checked_runner(adapter, label, group, group_spec)
+                try:
+                    context = {"model": label, "model_hash": model_hash, "group": group}
+                    self._run_group(runner, todo, cells, context, clean)
+                finally:
+                    getattr(runner, "close", lambda: None)()
+        finally:
+            for runner, _ in opened.values():
                 getattr(runner, "close", lambda: None)()
         return skipped
+
+    def _checked_runner(self, adapter, label: str, group: str, group_spec: FaultSpec):
+        """(runner, clean rate-0 result or None) after the chance-level check."""
+        runner = self._runner(adapter, label, group, group_spec)
+        try:
+            clean = None  # The check's clean cell is reused by rate-0 cells.
+            if not self.allow_chance_accuracy:
+                clean = check_not_chance(runner, self.labels, label)
+        except BaseException:
+            getattr(runner, "close", lambda: None)()
+            raise
+        return runner, clean
+
+    def _run_group(self, runner, todo, cells, context, clean) -> None:
+        bar = (
+            Progress(f"{context['model']}:{context['group']}", len(todo)) if self.progress else None
+        )
+        record = _Recorder(cells, context, bar, self.on_cell)
+        if self.executor is None:
+            _run_cells(runner, todo, self.spec, record, clean)
+        else:
+            _run_cells_elsewhere(runner, todo, record, clean)
 
     def _runner(self, adapter, label: str, group: str, group_spec: FaultSpec):
         if self.executor is not None:
@@ -387,24 +551,75 @@ def _check_plan(spec: FaultSpec, num_shards: int, executor: Any = None) -> None:
 
 
 class _CellLog:
-    """The cells of one campaign directory: read once, appended one record at a time."""
+    """The cells of one campaign directory: read once, appended one record at a time.
+
+    Cells belong to a model's content (its hash) and label: a relabelled model's cells
+    are adopted under its new label (`adopt`), duplicates are left out with a message."""
 
     def __init__(self, path: Path | None, spec_key: str):
         self.path = path  # None: in memory only (the Python API without a directory).
         self.spec_key = spec_key
-        self.records = read_cells(path) if path is not None else []
+        records = read_cells(path) if path is not None else []
+        self.records = unique_cells(records, str(path))
         self._finished_before = list(self.records)
+        self.appended = 0
+        self.before_first_append: Callable[[], None] | None = None
+        if path is not None and len(self.records) != len(records):
+            self._rewrite()
 
-    def _own(self, model_hash: str, group: str, records=None) -> list[dict[str, Any]]:
+    def adopt(self, labels: dict[str, str]) -> None:
+        """Relabels the cells of a model recorded under a label this run does not use for
+        it (the same file passed as --model=new=PATH, or two labels swapped): they are
+        the same measurements, so they resume under the new label, with a message."""
+        pairs = {(label, model_hash) for label, model_hash in labels.items()}
+        recorded = {(c["model"], c["model_hash"]) for c in self.records}
+        renames = {}
+        for old_label, model_hash in sorted(recorded - pairs):
+            free = [
+                label
+                for label, current in labels.items()
+                if current == model_hash and (label, model_hash) not in recorded
+            ]
+            if len(free) == 1:
+                renames[(old_label, model_hash)] = free[0]
+        if not renames:
+            return
+        for (old_label, model_hash), new_label in renames.items():
+            logging.warning(
+                "%s: cells recorded for model %s... as %r belong to %r in this run (the same "
+                "file content); they resume under %r.",
+                self.path,
+                model_hash[:12],
+                old_label,
+                new_label,
+                new_label,
+            )
+        self.records = [
+            {**c, "model": renames.get((c["model"], c["model_hash"]), c["model"])}
+            for c in self.records
+        ]
+        self._finished_before = list(self.records)
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        if self.path is None:
+            return
+        with io_utils.atomic_path(self.path) as temporary:
+            temporary.write_text(
+                "".join(io_utils.strict_json(c, sort_keys=True) + "\n" for c in self.records)
+            )
+
+    def _own(self, model_hash: str, group: str, records=None, label=None) -> list[dict[str, Any]]:
         return [
             c
             for c in (self.records if records is None else records)
             if (c["model_hash"], c["spec_key"], c["group"]) == (model_hash, self.spec_key, group)
+            and (label is None or c["model"] == label)
         ]
 
-    def done(self, model_hash: str, group: str) -> set[tuple[float, int]]:
-        """Cells finished before this run started (two labels of one model both run)."""
-        own = self._own(model_hash, group, self._finished_before)
+    def done(self, model_hash: str, label: str, group: str) -> set[tuple[float, int]]:
+        """Cells of this model and label finished before this run started."""
+        own = self._own(model_hash, group, self._finished_before, label)
         return {(c["rate"], c["trial"]) for c in own}
 
     def check_targets(self, model_hash: str, group: str, targets: list[str], label: str) -> None:
@@ -420,15 +635,20 @@ class _CellLog:
                     "cannot be resumed: write to a new --out (or remove the directory)."
                 )
 
-    def accuracies_by_rate(self, model_hash: str, group: str) -> dict[float, list[float]]:
+    def accuracies_by_rate(
+        self, model_hash: str, label: str, group: str
+    ) -> dict[float, list[float]]:
         result: dict[float, list[float]] = {}
-        for cell in self._own(model_hash, group):
+        for cell in self._own(model_hash, group, label=label):
             result.setdefault(cell["rate"], []).append(cell["accuracy"])
         return result
 
     def append(self, record: dict[str, Any]) -> None:
         if self.path is not None:
+            if not self.appended and self.before_first_append is not None:
+                self.before_first_append()
             _append_cell(self.path, record)
+        self.appended += 1
         self.records.append(record)
 
 
@@ -445,7 +665,9 @@ class _Recorder:
 
     def __init__(self, cells: _CellLog, context: dict[str, str], bar, on_cell):
         self.cells, self.context, self.bar, self.on_cell = cells, context, bar, on_cell
-        self.completed = cells.accuracies_by_rate(context["model_hash"], context["group"])
+        self.completed = cells.accuracies_by_rate(
+            context["model_hash"], context["model"], context["group"]
+        )
 
     def __call__(self, result: dict[str, Any]) -> None:
         record = {**self.context, "spec_key": self.cells.spec_key, **result}
@@ -504,14 +726,18 @@ def _margin_reached(accuracies: list[float], spec: FaultSpec) -> bool:
     return confidence_interval(accuracies)[2] <= spec.target_margin
 
 
+def _belongs(cell: dict[str, Any], meta: dict[str, Any]) -> bool:
+    """A cell of this campaign: its spec, and a model under the label it has now."""
+    return (
+        cell["spec_key"] == meta["spec_key"]
+        and meta["models"].get(cell["model"]) == cell["model_hash"]
+    )
+
+
 def campaign_cells(out_dir: str | Path, results: dict[str, Any]) -> list[dict[str, Any]]:
     """The cells of `out_dir` that belong to `results` (its spec and models)."""
-    hashes = set(results["models"].values())
-    return [
-        cell
-        for cell in read_cells(Path(out_dir) / CELLS_FILE)
-        if cell["spec_key"] == results["spec_key"] and cell["model_hash"] in hashes
-    ]
+    cells = read_cells(Path(out_dir) / CELLS_FILE)
+    return unique_cells([cell for cell in cells if _belongs(cell, results)], str(out_dir))
 
 
 def write_outputs(
@@ -526,16 +752,13 @@ def write_outputs(
 
 
 def results_cells(cells: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The cells of this campaign's spec and models."""
-    hashes = set(meta["models"].values())
-    return [c for c in cells if c["spec_key"] == meta["spec_key"] and c["model_hash"] in hashes]
+    """The cells of this campaign's spec and models, each measurement once."""
+    return unique_cells([c for c in cells if _belongs(c, meta)])
 
 
 def results_of(cells: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """Summaries, paired differences and verdict of a campaign's cells, with its metadata."""
-    spec_key = meta["spec_key"]
-    hashes = set(meta["models"].values())
-    cells = [c for c in cells if c["spec_key"] == spec_key and c["model_hash"] in hashes]
+    cells = results_cells(cells, meta)
     # One order whatever order the cells finished in (shards, Ray): sums, hence the last
     # bits of every statistic, do not depend on it.
     cells = sorted(cells, key=lambda c: (c["model"], c["group"], c["rate"], c["trial"]))
@@ -550,7 +773,7 @@ def results_of(cells: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, A
         "verdict": analysis.verdict(cells) if len(labels) > 1 else None,
         **meta,
         "versions": io_utils.versions(),
-        "summary": summary,
+        "summary": {label: summary[label] for label in labels if label in summary},
         "paired_differences": comparisons,
         "interval_method": analysis.INTERVAL_METHOD,
     }
@@ -575,7 +798,8 @@ def _write_plots(out_dir: Path, summary: dict[str, Any], spec: dict[str, Any]) -
         logging.warning("matplotlib is not installed: no plots in %s", out_dir)
         return
     title = _title(spec)
-    plots.accuracy_vs_rate(summary, out_dir / "accuracy_vs_rate", title=title)
+    if any("all" in groups for groups in summary.values()):  # --per_layer has no 'all'.
+        plots.accuracy_vs_rate(summary, out_dir / "accuracy_vs_rate", title=title)
     if any(group != "all" for groups in summary.values() for group in groups):
         plots.layer_sensitivity(summary, out_dir / "layer_sensitivity", title=title)
 
@@ -603,23 +827,25 @@ def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str,
         raise ValueError(
             f"Expected shards 0..{metas[0]['num_shards'] - 1}, got {sorted(m['shard_index'] for m in metas)}."
         )
-    cells = {}
-    for directory in shard_dirs:
-        for cell in read_cells(Path(directory) / CELLS_FILE):
-            cells[
-                (cell["model_hash"], cell["group"], cell["rate"], cell["trial"], cell["spec_key"])
-            ] = cell
-    out_dir = Path(out_dir)
     spec_values = metas[0]["spec"]
     spec = FaultSpec(
         **{
             **spec_values,
             "rates": tuple(spec_values["rates"]),
             "layers": tuple(spec_values["layers"]),
+            "exclude_layers": tuple(spec_values.get("exclude_layers", ())),
+            "repair": RepairProtocol(**spec_values["repair"])
+            if spec_values.get("repair")
+            else None,
         }
     )
+    shard_records = [
+        record
+        for directory, meta in zip(shard_dirs, metas, strict=True)
+        for record in _complete_shard(Path(directory), meta, spec)
+    ]
+    out_dir = Path(out_dir)
     check_campaign_directory(out_dir, spec)
-    merged = sorted(cells.values(), key=lambda c: (c["model"], c["group"], c["rate"], c["trial"]))
     meta = {
         **metas[0],
         "num_shards": 1,
@@ -628,9 +854,56 @@ def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str,
     }
     with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
         check_campaign_directory(out_dir, spec)
+        # A merge only adds: cells already in --out (other rates, trials or models of the
+        # same campaign) are kept; a cell measured twice must agree.
+        existing = read_cells(out_dir / CELLS_FILE) if (out_dir / CELLS_FILE).exists() else []
+        merged = {cell_key(c): c for c in unique_cells(existing, str(out_dir))}
+        for cell in shard_records:
+            earlier = merged.setdefault(cell_key(cell), cell)
+            if earlier["accuracy"] != cell["accuracy"]:
+                raise ValueError(
+                    f"{out_dir} already holds {cell['model']} [{cell['group']}] rate "
+                    f"{cell['rate']:g} trial {cell['trial']} with accuracy {earlier['accuracy']}, "
+                    f"but a shard has {cell['accuracy']}: they are not the same campaign. "
+                    "Merge into another --out."
+                )
+        ordered = sorted(
+            merged.values(), key=lambda c: (c["model"], c["group"], c["rate"], c["trial"])
+        )
         _claim(out_dir, spec)
         with io_utils.atomic_path(out_dir / CELLS_FILE) as temporary:
             temporary.write_text(
-                "".join(io_utils.strict_json(c, sort_keys=True) + "\n" for c in merged)
+                "".join(io_utils.strict_json(c, sort_keys=True) + "\n" for c in ordered)
             )
-        return write_outputs(out_dir, merged, meta)
+        return write_outputs(out_dir, ordered, meta)
+
+
+def _complete_shard(directory: Path, meta: dict[str, Any], spec: FaultSpec) -> list[dict]:
+    """The cells of a finished shard; ValueError for a shard that was interrupted (a torn
+    last record, or fewer cells than its share of the plan): merging it would report
+    fewer trials without a word."""
+    path = directory / CELLS_FILE
+    content = _read_no_follow(path) if path.exists() else b""
+    if content and not content.endswith(b"\n"):
+        raise ValueError(
+            f"Shard {directory} ends in a torn record (it was interrupted); run the shard "
+            "again with the same flags to finish it, then merge."
+        )
+    cells = unique_cells([c for c in read_cells(path) if _belongs(c, meta)], str(directory))
+    planned = set(shard_cells(cell_plan(spec), meta["num_shards"], meta["shard_index"]))
+    by_group: dict[tuple[str, str], set] = {}
+    for cell in cells:
+        by_group.setdefault((cell["model"], cell["group"]), set()).add(
+            (cell["rate"], cell["trial"])
+        )
+    for label in meta["models"]:
+        groups = {group: done for (model, group), done in by_group.items() if model == label}
+        missing = {group: len(planned - done) for group, done in groups.items()}
+        if planned and (not groups or any(missing.values())):
+            count = sum(missing.values()) if groups else len(planned)
+            raise ValueError(
+                f"Shard {directory} is missing {count} of its cells of {label!r} (it was "
+                "interrupted or is still running); run the shard again with the same flags "
+                "to finish it, then merge."
+            )
+    return cells

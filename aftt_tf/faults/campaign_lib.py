@@ -120,15 +120,35 @@ def parse_models(values: tuple[str, ...] | list[str]) -> dict[str, Path]:
 
 
 def import_modules(names: tuple[str, ...]) -> None:
-    """Imports the user's modules (they register custom layers and models with Keras)."""
+    """Imports the user's modules (they register custom layers and models with Keras).
+
+    This runs the module's code, as `python -c 'import MODULE'` would; the current
+    directory is searched first. Whatever the module raises, or a `sys.exit` in it,
+    becomes one ValueError naming the module (never a traceback or a silent exit)."""
     for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as error:
-            raise ValueError(
-                f"--import={name} failed ({error}); give a module importable from the "
-                "current directory or PYTHONPATH."
-            ) from None
+        user_import(name, f"--import={name}")
+
+
+def user_import(name: str, what: str):
+    """The user's module `name`, imported with the current directory on the path; any
+    failure while importing it is a ValueError that says `what` failed and why."""
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(name)
+    except SystemExit as error:
+        raise ValueError(
+            f"{what}: importing {name} called sys.exit({error.code!r}); a module given to "
+            "--import must only define and register classes."
+        ) from None
+    except Exception as error:  # The user's code: ImportError, SyntaxError, KeyError, ...
+        raise ValueError(
+            f"{what} failed: {type(error).__name__}: {error}. Give a module importable from "
+            "the current directory or PYTHONPATH that imports without errors."
+        ) from None
 
 
 def load_models(config: CampaignConfig) -> dict[str, CampaignModel]:
@@ -222,7 +242,11 @@ def run(
     images, labels, description = test_data or load_test_data(config, first.input_shape)
     check_labels(labels, description.get("class_names", []), getattr(first, "num_outputs", None))
     transform = inputs.resolve(
-        config.input_transform, config.input_scale, config.input_offset, dtype=images.dtype
+        config.input_transform,
+        config.input_scale,
+        config.input_offset,
+        dtype=images.dtype,
+        sample=images,
     )
     options = {
         "batch_size": config.batch_size,

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import tensorflow as tf
 
 from aftt_tf.faults import inputs, registry, sampling, targets
 from aftt_tf.faults import layers as fault_layers
-from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result
+from aftt_tf.faults.spec import FaultSpec, FaultTargetError, Outcome, cell_result
 
 
 def model_fingerprint(model: keras.Model) -> str:
@@ -42,10 +43,20 @@ def load_model(path: str | Path) -> keras.Model:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Model file {path} does not exist.")
+    if path.suffix == ".tflite":
+        raise ValueError(
+            f"{path} is a .tflite file, and this step needs the Keras model: pass the .keras "
+            "it was exported from (only aftt-faults runs .tflite files)."
+        )
     if path.suffix != ".keras":
         raise ValueError(
             f"{path} is not a .keras or .tflite file; aftt-faults takes the classifier.keras of an "
             "aftt-train run or a .tflite file from aftt-export."
+        )
+    if path.is_dir() or not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not a readable .keras archive (a .keras file is a zip written by "
+            "model.save; this one is damaged, cut short or another format). Save it again."
         )
     try:
         model = keras.saving.load_model(path, compile=False)
@@ -85,6 +96,21 @@ class KerasModel:
             probe = np.zeros((1, *self.input_shape), self.model.input_dtype or "float32")
             shape = tuple(np.asarray(self.model(probe, training=False)).shape)
         return int(shape[-1]) if isinstance(shape, tuple) and shape[-1] else None
+
+    @property
+    def output_shapes(self) -> list[tuple[int | None, ...]]:
+        """The shape of each model output, batch dimension included."""
+        outputs = getattr(self.model, "outputs", None)
+        if outputs:
+            return [tuple(output.shape) for output in outputs]
+        probe = np.zeros((1, *self.input_shape), self.model.input_dtype or "float32")
+        result = self.model(probe, training=False)
+        results = (
+            result
+            if isinstance(result, (list, tuple))
+            else (list(result.values()) if isinstance(result, dict) else [result])
+        )
+        return [tuple(np.shape(value)) for value in results]
 
     def fingerprint(self) -> str:
         return model_fingerprint(self.model)
@@ -165,7 +191,7 @@ class CampaignRunner:
             raise ValueError(f"batch_size must be >= 1, received {batch_size}.")
         images = np.asarray(images)
         self.spec = spec
-        self.transform = transform or inputs.resolve("auto", dtype=images.dtype)
+        self.transform = transform or inputs.resolve("auto", dtype=images.dtype, sample=images)
         self.target_names = KerasModel(model).select_layers(spec)
         self.in_place = not targets.rewritable(model)
         if self.in_place:  # Subclassed: faults go into the model's own variables.
@@ -186,7 +212,7 @@ class CampaignRunner:
         self._chunks, self._chunk_labels, self._valid = _pad_chunks(
             prefix_outputs, labels, batch_size
         )
-        self._count_correct = tf.function(self._count_correct_impl)
+        self._count_outcomes = tf.function(self._count_outcomes_impl)
 
     def _model_input(self, batch: np.ndarray) -> np.ndarray:
         values = self.transform.apply(batch)
@@ -236,9 +262,11 @@ class CampaignRunner:
             features[start : start + len(chunk)] = np.asarray(self._prefix(chunk, training=False))
         return features
 
-    def _count_correct_impl(self, chunks, chunk_labels, valid):
+    def _count_outcomes_impl(self, chunks, chunk_labels, valid):
+        """(correct, non-finite) inferences: a row with a NaN/Inf output is never a class."""
         self.trace_count += 1  # Python side effect: runs once per trace.
         correct = tf.constant(0, tf.int32)
+        non_finite = tf.constant(0, tf.int32)
         for index in tf.range(tf.shape(chunks)[0]):
             inputs_ = chunks[index]
             if self._graph_transform and not self.transform.identity:
@@ -246,17 +274,27 @@ class CampaignRunner:
                 if self.transform.offset:
                     inputs_ = inputs_ + self.transform.offset
             logits = self._suffix(inputs_, training=False)
-            hits = tf.logical_and(
-                tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), chunk_labels[index]),
-                valid[index],
+            finite = tf.reduce_all(tf.math.is_finite(logits), axis=-1)
+            predicted = tf.argmax(
+                tf.where(tf.math.is_finite(logits), logits, tf.zeros_like(logits)),
+                axis=-1,
+                output_type=tf.int32,
             )
-            correct += tf.reduce_sum(tf.cast(hits, tf.int32))
-        return correct
+            hits = tf.logical_and(tf.equal(predicted, chunk_labels[index]), valid[index])
+            correct += tf.reduce_sum(tf.cast(tf.logical_and(hits, finite), tf.int32))
+            non_finite += tf.reduce_sum(
+                tf.cast(tf.logical_and(tf.logical_not(finite), valid[index]), tf.int32)
+            )
+        return correct, non_finite
+
+    def outcome(self) -> Outcome:
+        """Correct and non-finite inferences with the faults as currently assigned."""
+        correct, non_finite = self._count_outcomes(self._chunks, self._chunk_labels, self._valid)
+        return Outcome(int(correct.numpy()), int(non_finite.numpy()), self.num_examples)
 
     def accuracy(self) -> float:
         """Accuracy of the faulty model with the faults as currently assigned."""
-        correct = self._count_correct(self._chunks, self._chunk_labels, self._valid)
-        return float(correct.numpy()) / self.num_examples
+        return self.outcome().accuracy
 
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         """Assigns the faults of cell (rate, trial); returns per-layer fault counts."""
@@ -264,8 +302,7 @@ class CampaignRunner:
 
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         counts = self.inject(rate, trial)
-        accuracy = self.accuracy()
-        return cell_result(rate, trial, accuracy, counts)
+        return cell_result(rate, trial, self.outcome(), counts)
 
     def close(self) -> None:
         """Puts the clean values back into a subclassed model's variables."""

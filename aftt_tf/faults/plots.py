@@ -1,5 +1,7 @@
-"""Campaign plots (matplotlib Agg): accuracy vs fault rate with 95% CI bands, layer sensitivity.
+"""Campaign plots: accuracy vs fault rate with 95% CI bands, layer sensitivity.
 
+Figures are drawn on `matplotlib.figure.Figure` objects, never through pyplot's global
+state, so a notebook's backend and open figures are left as they are.
 `save_figure` and `accuracy_vs_rate_figure` also draw the reproduction report's figures.
 """
 
@@ -8,12 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from aftt_tf import io_utils
 
-from aftt_tf import io_utils  # noqa: E402
+
+def subplots(rows: int = 1, columns: int = 1, figsize=(7, 4), squeeze: bool = True):
+    """(figure, axes) like `pyplot.subplots`, without pyplot (no backend switch)."""
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, columns, squeeze=squeeze)
 
 
 def save_figure(figure, stem: Path, formats: tuple[str, ...] = ("png", "svg"), dpi=150) -> None:
@@ -22,13 +27,12 @@ def save_figure(figure, stem: Path, formats: tuple[str, ...] = ("png", "svg"), d
         path = stem.with_suffix(f".{suffix}")
         with io_utils.atomic_path(path) as temporary:
             figure.savefig(temporary, format=suffix, dpi=dpi, bbox_inches="tight")
-    plt.close(figure)
 
 
 def accuracy_vs_rate_figure(panels: list[tuple[str, dict[str, Any]]], group: str = "all"):
     """One panel per (title, summary); one line per model (like the paper's Fig. 3 and
     Fig. 7), its 95% CI as a shaded band."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    figure, axes = subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for axis, (title, summary) in zip(axes[0], panels, strict=True):
         for model, groups in summary.items():
             if group not in groups:
@@ -36,13 +40,21 @@ def accuracy_vs_rate_figure(panels: list[tuple[str, dict[str, Any]]], group: str
             rows = groups[group]["per_rate"]
             rates = [100 * row["rate"] for row in rows]
             means = [100 * row["mean"] for row in rows]
-            axis.plot(rates, means, marker="o", markersize=3, label=model)
+            (line,) = axis.plot(rates, means, marker="o", markersize=3, label=model)
             axis.fill_between(
                 rates,
                 [100 * row["ci_low"] for row in rows],
                 [100 * row["ci_high"] for row in rows],
                 alpha=0.2,
             )
+            if any((row.get("non_finite") or {}).get("mean", 0) > 0 for row in rows):
+                axis.plot(
+                    rates,
+                    [100 * (row.get("non_finite") or {}).get("mean", 0.0) for row in rows],
+                    linestyle="--",
+                    color=line.get_color(),
+                    label=f"{model}: NaN/Inf outputs (%)",
+                )
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("fault rate (% of elements per layer)")
         axis.set_ylabel("test accuracy (%)")
@@ -60,7 +72,7 @@ def accuracy_vs_rate(
 
 def layer_sensitivity(summary: dict[str, Any], stem: Path, title: str = "") -> None:
     """Normalised area under the accuracy-vs-rate curve when only one layer is faulted."""
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = subplots(figsize=(7, 4))
     models = list(summary)
     width = 0.8 / max(1, len(models))
     for index, model in enumerate(models):

@@ -103,6 +103,55 @@ def config_from_flags(
     return config
 
 
+ACTOR_START_TIMEOUT = 120.0  # Seconds for the workers to start before giving up.
+CONNECT_TIMEOUT = 10.0  # Seconds to reach a --ray_address before giving up.
+
+
+def _resources_text(config: RayConfig) -> str:
+    return f"cpu={config.cpus_per_worker:g},gpu={config.gpus_per_worker:g}"
+
+
+def _cluster_text(resources: dict[str, float]) -> str:
+    return f"cpu={resources.get('CPU', 0):g},gpu={resources.get('GPU', 0):g}"
+
+
+def check_resources(config: RayConfig, resources: dict[str, float]) -> None:
+    """RayUnavailableError when one worker asks for more than the whole cluster has (Ray
+    would wait for such a worker forever)."""
+    for name, wanted in (("CPU", config.cpus_per_worker), ("GPU", config.gpus_per_worker)):
+        if wanted > resources.get(name, 0.0):
+            raise RayUnavailableError(
+                f"--resources_per_worker asks for {name.lower()}={wanted:g} per worker, but the "
+                f"Ray cluster has {name.lower()}={resources.get(name, 0.0):g} in all "
+                f"({_cluster_text(resources)}); lower it (e.g. --resources_per_worker="
+                f"cpu=1{',gpu=0' if name == 'GPU' else ''})."
+            )
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """RayUnavailableError naming `address` when no TCP connection to it opens within
+    `timeout` (ray.init would retry for minutes); 'auto' and 'local' are not checked."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailableError(
+            f"--ray_address {address!r} is not HOST:PORT (or ray://HOST:PORT, auto)."
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise RayUnavailableError(
+            f"Could not reach Ray at --ray_address={address} within {timeout:g} s "
+            f"({error.strerror or error}); check the address and that `ray start --head` "
+            "runs there."
+        ) from None
+
+
 def connect(config: RayConfig) -> bool:
     """Connects to `config.address`, or starts a local Ray instance when it is empty;
     nothing when this process is already connected. Returns True when it started Ray (the
@@ -112,6 +161,7 @@ def connect(config: RayConfig) -> bool:
         return False
     try:
         if config.address:
+            check_reachable(config.address)
             ray.init(address=config.address, log_to_driver=False)
             return False
         ray.init(num_cpus=os.cpu_count(), log_to_driver=False, include_dashboard=False)
@@ -221,15 +271,30 @@ class RayExecutor:
     def __enter__(self) -> RayExecutor:
         ray = import_ray()
         self._started_ray = connect(self.config)
-        self.start_seconds = 0.0
-        start = time.perf_counter()
-        count = self.config.workers or max(
-            1, int(ray.cluster_resources().get("CPU", 1) // self.config.cpus_per_worker)
-        )
-        self._worker_class = ray.remote(CellWorker)
-        self.actors = [self._new_actor() for _ in range(count)]
-        ray.get([actor.__ray_ready__.remote() for actor in self.actors])
-        self.start_seconds = time.perf_counter() - start
+        try:
+            self.start_seconds = 0.0
+            start = time.perf_counter()
+            resources = ray.cluster_resources()
+            check_resources(self.config, resources)
+            count = self.config.workers or max(
+                1, int(resources.get("CPU", 1) // self.config.cpus_per_worker)
+            )
+            self._worker_class = ray.remote(CellWorker)
+            self.actors = [self._new_actor() for _ in range(count)]
+            ready = [actor.__ray_ready__.remote() for actor in self.actors]
+            try:
+                ray.get(ready, timeout=ACTOR_START_TIMEOUT)
+            except ray.exceptions.GetTimeoutError:
+                raise RayUnavailableError(
+                    f"{count} Ray workers with {_resources_text(self.config)} each did not "
+                    f"start within {ACTOR_START_TIMEOUT:.0f} s (the cluster has "
+                    f"{_cluster_text(resources)}); ask for fewer --ray_workers or smaller "
+                    "--resources_per_worker."
+                ) from None
+            self.start_seconds = time.perf_counter() - start
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc_info) -> None:

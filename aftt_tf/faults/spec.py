@@ -16,6 +16,9 @@ from aftt_tf import vocabulary
 from aftt_tf.faults import sampling
 
 FLOAT32_MAX = 3.4028234663852886e38
+# Bounds that keep a typo (--trials=1000000000) from planning billions of cells in memory.
+MAX_TRIALS = 100_000
+MAX_RATES = 1_000
 
 
 class FaultTargetError(ValueError):
@@ -115,8 +118,19 @@ class FaultSpec:
                 )
         if len(set(self.rates)) != len(self.rates):
             raise ValueError(f"rates contain duplicates: {list(self.rates)}.")
-        if not isinstance(self.trials, int) or self.trials < 1:
+        if len(self.rates) > MAX_RATES:
+            raise ValueError(
+                f"{len(self.rates)} rates is more than the {MAX_RATES} a campaign takes; "
+                "split the campaign into several directories."
+            )
+        if not isinstance(self.trials, int) or isinstance(self.trials, bool) or self.trials < 1:
             raise ValueError(f"trials must be an integer >= 1, received {self.trials!r}.")
+        if self.trials > MAX_TRIALS:
+            raise ValueError(
+                f"trials={self.trials} is more than {MAX_TRIALS} per rate (the 95% interval "
+                "of 10,000 trials is already about 1% of the spread); for a target precision "
+                "use --target_margin, or run shards."
+            )
         _choice("scope", self.scope, vocabulary.SCOPES)
         _choice("sampling", self.sampling, vocabulary.SAMPLINGS)
         _choice("bit_mode", self.bit_mode, vocabulary.BIT_MODES)
@@ -173,12 +187,18 @@ class FaultSpec:
         for name, default in _FIELDS_ADDED_LATER.items():
             if values[name] == default:  # Keys of campaigns written before them stay valid.
                 values.pop(name)
+        if self.kind in _NON_FINITE_KINDS:
+            # Cells of these kinds written before outcomes were counted called NaN outputs
+            # class 0: a new key, so they are never resumed or averaged with new ones.
+            values["outcomes"] = "correct/wrong/non_finite"
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Fields added after campaigns were written, with their defaults; they enter the key
 # only when set, so earlier campaign directories resume.
 _FIELDS_ADDED_LATER = {"exclude_layers": [], "repair": None}
+# Kinds whose faults can make outputs NaN or infinite (values and bits; stuck-at-0 cannot).
+_NON_FINITE_KINDS = ("stuck_value", "bit")
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -186,16 +206,72 @@ def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
         raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(valid)}.")
 
 
-def cell_result(rate: float, trial: int, accuracy: float, counts: dict[str, Any]) -> dict[str, Any]:
-    """One cell's record, the same for every runtime."""
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What the inferences of one cell came to: correct predictions, predictions of another
+    class, and non-finite outputs (a NaN or infinite logit is a detected error, never a
+    class: argmax would call it class 0)."""
+
+    correct: int
+    non_finite: int
+    examples: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.examples if self.examples else 0.0
+
+    @property
+    def non_finite_rate(self) -> float:
+        return self.non_finite / self.examples if self.examples else 0.0
+
+
+def outcome_of(outputs: np.ndarray, labels: np.ndarray) -> Outcome:
+    """The `Outcome` of a batch of (examples, classes) outputs against integer labels."""
+    outputs = np.asarray(outputs)
+    finite = np.all(np.isfinite(outputs), axis=-1)
+    hits = finite & (np.argmax(np.where(np.isfinite(outputs), outputs, 0), axis=-1) == labels)
+    return Outcome(int(np.sum(hits)), int(np.sum(~finite)), int(len(labels)))
+
+
+def cell_result(
+    rate: float, trial: int, outcome: Outcome, counts: dict[str, Any]
+) -> dict[str, Any]:
+    """One cell's record, the same for every runtime: accuracy counts only correct,
+    finite predictions; `non_finite` is the share of inferences with a NaN/Inf output."""
     return {
         "rate": float(rate),
         "trial": int(trial),
-        "accuracy": float(accuracy),
+        "accuracy": float(outcome.accuracy),
+        "non_finite": float(outcome.non_finite_rate),
         "realized_fraction": counts["faulted"] / counts["elements"] if counts["elements"] else 0.0,
         "faulted": counts["faulted"],
         "per_layer": {name: value["faulted"] for name, value in counts["per_layer"].items()},
     }
+
+
+def check_classifier_outputs(shapes: list[tuple[int | None, ...]], label: str) -> None:
+    """ValueError unless the model has one output of shape (batch, classes >= 2): top-1
+    accuracy is defined only there (two outputs' accuracies would be summed, a 4-D map's
+    argmax is per pixel, one unit has no argmax)."""
+    if len(shapes) != 1:
+        raise ValueError(
+            f"{label} has {len(shapes)} outputs {shapes}; a campaign scores one classifier "
+            "output of shape (batch, classes). Save a model that returns only the logits or "
+            "probabilities of the classes."
+        )
+    shape = tuple(shapes[0])
+    if len(shape) != 2:
+        raise ValueError(
+            f"{label}'s output has shape {shape}; a campaign scores (batch, classes) outputs "
+            "by top-1 accuracy. Add a classification head (e.g. pooling and Dense) or save "
+            "the classifier part."
+        )
+    if shape[-1] is not None and shape[-1] < 2:
+        raise ValueError(
+            f"{label}'s output has {shape[-1]} unit; top-1 accuracy needs (batch, classes) "
+            "with 2 or more classes (a regression or single-sigmoid model has no class to "
+            "pick). Give a binary classifier two output units."
+        )
 
 
 class CellRunner(Protocol):

@@ -30,7 +30,7 @@ import numpy as np
 
 from aftt_tf import tflite_file
 from aftt_tf.faults import inputs, sampling, selection, tflite_nodes
-from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result
+from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result, outcome_of
 from aftt_tf.tflite_file import (
     BatchedInterpreter,
     ConstantTensor,
@@ -82,7 +82,38 @@ class TFLiteModel(tflite_file.TFLiteFile):
                         f"bit_position {spec.bit_position} does not exist in the {bits}-bit "
                         f"weights of {name!r}; use 0..{bits - 1} or -1."
                     )
+        if spec.kind == "stuck_value" and spec.stuck_value is not None:
+            for name in names:
+                self._check_storable(name, spec)
         return names
+
+    def _check_storable(self, name: str, spec: FaultSpec) -> None:
+        """FaultTargetError when an integer tensor of the layer cannot hold the stuck value
+        (clamping it to the int8 range would measure another fault than the one asked)."""
+        layer = self.layers[name]
+        tensors = [kernel.weights for kernel in layer.kernels]
+        if spec.include_bias and layer.bias is not None:
+            tensors.append(layer.bias)
+        for tensor in tensors:
+            if np.issubdtype(tensor.dtype, np.floating):
+                continue
+            scales = tflite_file.element_scales(tensor)
+            zero_points = tflite_file.element_zero_points(tensor)
+            info = np.iinfo(tensor.dtype)
+            low = (max(info.min, -info.max) - zero_points) * scales
+            high = (info.max - zero_points) * scales
+            half_step = scales / 2
+            if np.any(spec.stuck_value < low - half_step) or np.any(
+                spec.stuck_value > high + half_step
+            ):
+                raise FaultTargetError(
+                    f"stuck_value {spec.stuck_value:g} cannot be stored in the "
+                    f"{tensor.dtype.name} weights of {name!r} in {self.path.name}: with their "
+                    f"scales they hold only [{float(np.max(low)):.6g}, {float(np.min(high)):.6g}] "
+                    "in every element (a larger value would be clamped, a different fault). "
+                    "Pick a value in that range, or leave --stuck_value unset (each layer's "
+                    "max |w|), or run the float .tflite."
+                )
 
     def coverage(self, spec: FaultSpec) -> dict[str, Any]:
         """What the spec faults of the file's constant weights, and what it leaves out."""
@@ -158,6 +189,7 @@ class PerRateTFLiteModel:
         self.path = first.path
         self.input_shape = first.input_shape
         self.num_outputs = first.num_outputs
+        self.output_shapes = first.output_shapes
 
     def fingerprint(self) -> str:
         combined = {f"{rate:g}": model.fingerprint() for rate, model in self.files.items()}
@@ -220,7 +252,7 @@ class TFLiteRunner:
         self.spec = spec
         self.target_names = model.select_layers(spec)
         images = np.asarray(images)
-        transform = transform or inputs.resolve("auto", dtype=images.dtype)
+        transform = transform or inputs.resolve("auto", dtype=images.dtype, sample=images)
         values = transform.apply(images)  # Model input values: never rescaled again.
         self.inputs = model.quantize_inputs(
             values.astype(np.float32) if values.dtype == np.uint8 else values
@@ -304,8 +336,7 @@ class TFLiteRunner:
         start = time.perf_counter()
         counts = self.inject(rate, trial)
         self.patch_seconds += time.perf_counter() - start
-        accuracy = float(np.mean(np.argmax(self.logits(), axis=-1) == self.labels))
-        return cell_result(rate, trial, accuracy, counts)
+        return cell_result(rate, trial, outcome_of(self.logits(), self.labels), counts)
 
 
 def _unsupported_reason(operator: str) -> str:

@@ -36,10 +36,10 @@ def weight_histograms(trained: dict[str, Any], path: Path) -> dict[str, Any]:
 
     Returns per method and part the std, max |w| and L2 norm of the kernels.
     """
-    import matplotlib.pyplot as plt
+    from aftt_tf.faults.plots import subplots
 
     statistics = {}
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = subplots(1, 2, figsize=(11, 4))
     for axis, part, title in (
         (axes[0], "extractor", "feature extractor"),
         (axes[1], "all", "whole classifier"),
@@ -66,10 +66,10 @@ def weight_histograms(trained: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def aae_losses(history: list[dict[str, Any]], path: Path, method: str) -> None:
     """Fig. 5 analog: Game 1 reconstruction loss and Game 2 discriminator/extractor losses."""
-    import matplotlib.pyplot as plt
+    from aftt_tf.faults.plots import subplots
 
     epochs = [row["epoch"] for row in history]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, axes = subplots(1, 3, figsize=(13, 3.6))
     panels = (
         ("reconstruction_loss", "Game 1: reconstruction loss L_R"),
         ("discriminator_gain", "Game 2: discriminator gain G_D"),

@@ -158,6 +158,16 @@ def optimizer_variables(
     return result
 
 
+def remove_stale_temporaries(directory: Path) -> None:
+    """Removes half-written checkpoint files (`.variables.XXXX.npz`, ...) of a run killed
+    mid-save; the caller holds the run's lock, so no live writer owns them."""
+    for pattern in (".variables.*.npz", ".state.*.json", ".best.*.npz"):
+        for path in directory.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                logging.info("Removing %s, left by an interrupted checkpoint.", path)
+                path.unlink()
+
+
 def run_phase(
     name: str,
     trainer: keras.Model,
@@ -173,6 +183,7 @@ def run_phase(
     """Runs (or resumes) one phase with `fit`; returns its state (history, best epoch)."""
     phase_state = PhaseState(workdir / "checkpoints" / name, state_variables)
     phase_state.directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(phase_state.directory)
     state = {"phase": name, "epochs_completed": 0, "history": []}
     if phase_state.exists():
         state = phase_state.load()

@@ -22,7 +22,7 @@ import numpy as np
 
 from aftt_tf import data, io_utils, vocabulary
 from aftt_tf.faults import keras_runner, targets
-from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result
+from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result, outcome_of
 from aftt_tf.training import phases, trainers
 from aftt_tf.training.repair_config import RepairConfig, check_directory, record
 
@@ -51,7 +51,7 @@ def _optimizer(name: str, learning_rate: float, weight_decay: float) -> keras.op
 
 def _accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
     logits = model.predict(images.astype(np.float32) / 255.0, batch_size=1000, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+    return outcome_of(logits, labels).accuracy
 
 
 def repair(config: RepairConfig) -> dict[str, Any]:
@@ -71,19 +71,31 @@ def repair(config: RepairConfig) -> dict[str, Any]:
         train_images = train_images[: config.train_examples]
         train_labels = train_labels[: config.train_examples]
     test_images, test_labels = arrays["test"]
+    # The fault map is placed before anything is written: a map that does not fit the
+    # model (no such layer) is refused with an empty --out.
+    faulty, counts = keras_runner.faulty_copy(model, config.spec(), config.rate, config.trial)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with io_utils.DirectoryLock(out / io_utils.LOCK_FILE, str(out)):
-        check_directory(config)
-        io_utils.write_json(out / "config.json", record(config))
-        return _repair_in(
-            config, out, model, (train_images, train_labels), (test_images, test_labels)
-        )
+    created = io_utils.first_missing(out)
+    try:
+        with io_utils.DirectoryLock(out / io_utils.LOCK_FILE, str(out)):
+            check_directory(config)
+            io_utils.write_json(out / "config.json", record(config))
+            return _repair_in(
+                config,
+                out,
+                model,
+                (faulty, counts),
+                (train_images, train_labels),
+                (test_images, test_labels),
+            )
+    except io_utils.OutputError:
+        io_utils.remove_created(created, out)  # Refused at the lock: nothing of ours there.
+        raise
 
 
-def _repair_in(config, out: Path, model, train, test) -> dict[str, Any]:
+def _repair_in(config, out: Path, model, fault, train, test) -> dict[str, Any]:
     spec = config.spec()
-    faulty, counts = keras_runner.faulty_copy(model, spec, config.rate, config.trial)
+    faulty, counts = fault
     before = _accuracy(faulty, *test)
     trainer = trainers.ClassifierTrainer(faulty, loss=_run_loss(config))
     optimizer = _optimizer(config.optimizer, config.learning_rate, config.weight_decay)
@@ -102,7 +114,8 @@ def _repair_in(config, out: Path, model, train, test) -> dict[str, Any]:
         config.epochs,
         out,
     )
-    faulty.save(out / "classifier.keras")
+    with io_utils.atomic_path(out / "classifier.keras") as temporary:
+        faulty.save(temporary)
     metrics = {
         "clean_test_accuracy": _accuracy(model, *test),
         "faulty_test_accuracy_before_repair": before,
@@ -140,6 +153,10 @@ class RepairingModel:
     @property
     def num_outputs(self):
         return self.keras_model.num_outputs
+
+    @property
+    def output_shapes(self):
+        return self.keras_model.output_shapes
 
     def fingerprint(self) -> str:
         return self.keras_model.fingerprint()
@@ -191,13 +208,13 @@ class RepairCellRunner:
             train_images, train_labels, protocol.batch_size, protocol.data_seed, 0, protocol.epochs
         )
         images, self.labels = np.asarray(test[0]), np.asarray(test[1])
-        transform = transform or inputs.resolve("auto", dtype=images.dtype)
+        transform = transform or inputs.resolve("auto", dtype=images.dtype, sample=images)
         self.inputs = transform.apply(images).astype(np.float32)
 
     def unrepaired_clean_accuracy(self) -> float:
         """The model's accuracy before any fault or repair (the campaign's data check)."""
         logits = self.model.predict(self.inputs, batch_size=self.batch_size, verbose=0)
-        return float(np.mean(np.argmax(logits, axis=-1) == self.labels))
+        return outcome_of(logits, self.labels).accuracy
 
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         for variable, value in zip(self.faulty.weights, self.initial_weights, strict=True):
@@ -213,5 +230,4 @@ class RepairCellRunner:
             verbose=0,
         )
         logits = self.faulty.predict(self.inputs, batch_size=self.batch_size, verbose=0)
-        accuracy = float(np.mean(np.argmax(logits, axis=-1) == self.labels))
-        return cell_result(rate, trial, accuracy, counts)
+        return cell_result(rate, trial, outcome_of(logits, self.labels), counts)

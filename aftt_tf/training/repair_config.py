@@ -6,6 +6,7 @@ The repair itself is `aftt_tf.training.repair`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ class RepairConfig:
             raise ValueError(
                 f"--fault must be one of {', '.join(REPAIR_KINDS)}, got {self.fault!r}."
             )
-        if not 0.0 <= self.rate <= 1.0:
+        if not (math.isfinite(self.rate) and 0.0 <= self.rate <= 1.0):
             raise ValueError(f"--rate must be in [0, 1], received {self.rate}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}.")
@@ -69,10 +70,17 @@ class RepairConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, received {getattr(self, name)}.")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or self.train_examples < 0:
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0) or not (
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0
+        ):
             raise ValueError(
-                "--learning_rate must be > 0, --weight_decay and --train_examples >= 0."
+                f"--learning_rate must be a finite number > 0 and --weight_decay a finite "
+                f"number >= 0; received {self.learning_rate} and {self.weight_decay}."
             )
+        if self.train_examples < 0 or self.seed < 0 or self.trial < 0:
+            raise ValueError("--train_examples, --seed and --trial must be >= 0.")
+        if not math.isfinite(self.rate):
+            raise ValueError(f"--rate must be in [0, 1], received {self.rate}.")
 
     def spec(self):
         """The campaign spec whose cell (rate, trial) is the fault map."""
