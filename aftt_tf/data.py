@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aftt_tf import io_utils
+from aftt_tf import checks, io_utils
 from aftt_tf.vocabulary import DATA_SOURCES as SOURCES
 from aftt_tf.vocabulary import DATASETS
 
@@ -490,8 +490,6 @@ def _tfds_split(name: str, split: str, tfds_data_dir: str | None) -> EvaluationD
 
 
 def _npz_data(path: Path, keys: tuple[str, str]) -> EvaluationData:
-    from aftt_tf.faults import inputs
-
     if not path.exists():
         raise FileNotFoundError(f"--data npz file {path} does not exist.")
     if not zipfile.is_zipfile(path):
@@ -527,7 +525,7 @@ def _npz_data(path: Path, keys: tuple[str, str]) -> EvaluationData:
             "give integer labels (N,) or one-hot labels (N, classes)."
         )
     try:
-        inputs.check_examples(images, labels)
+        checks.check_examples(images, labels)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     description = {"source": f"npz:{path.resolve()}", "keys": list(keys)}

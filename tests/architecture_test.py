@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "aftt_tf"
 # Lowest first; a module may import modules of its own layer or of layers below it.
 LAYERS = (
-    ("aftt_tf", "aftt_tf.vocabulary", "aftt_tf.io_utils", "aftt_tf.progress"),
+    ("aftt_tf", "aftt_tf.vocabulary", "aftt_tf.io_utils", "aftt_tf.progress", "aftt_tf.checks"),
     ("aftt_tf.data", "aftt_tf.tflite_file"),
     ("aftt_tf.faults",),
     ("aftt_tf.training",),

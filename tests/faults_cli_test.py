@@ -66,7 +66,7 @@ def test_bad_input_is_refused_before_any_work(model_path, tmp_path, argv, messag
 def test_bad_model_files(tmp_path):
     (tmp_path / "x.keras").write_text("not a zip")
     for path, message in (
-        (tmp_path / "x.keras", "could not be read"),
+        (tmp_path / "x.keras", "is not a readable .keras archive"),
         (tmp_path / "none.keras", "does not exist"),
     ):
         result = _run("faults", [f"--model={path}", f"--out={tmp_path / 'c'}"])

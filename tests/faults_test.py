@@ -351,7 +351,7 @@ def test_bad_model_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match="is not a .keras or .tflite file"):
         keras_runner.load_model(tmp_path / "notes.txt")
     (tmp_path / "corrupt.keras").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(ValueError, match="could not be read as a Keras model"):
+    with pytest.raises(ValueError, match="is not a readable .keras archive"):
         keras_runner.load_model(tmp_path / "corrupt.keras")
 
 

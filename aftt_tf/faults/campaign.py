@@ -340,11 +340,7 @@ def run_campaign(
         out_dir = Path(out_dir)
         check_campaign_directory(out_dir, spec, data)
     adapters = {label: as_campaign_model(model) for label, model in models.items()}
-    for label, adapter in adapters.items():
-        shapes = getattr(adapter, "output_shapes", None)
-        if shapes is not None:
-            check_classifier_outputs(shapes, label)
-        inputs.check_transform(transform, images, tuple(adapter.input_shape))
+    _check_models(adapters, transform, images)
     meta = _meta(spec, adapters, data, num_shards, shard_index)
     run = _Run(spec, images, labels, batch_size, transform, progress, on_cell)
     run.allow_chance_accuracy = allow_chance_accuracy
@@ -354,11 +350,28 @@ def run_campaign(
         cells = _CellLog(None, spec.key())
         meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
         return {**results_of(cells.records, meta), "cells": cells.records}
+    return _run_in_directory(run, adapters, meta, plan, out_dir, data, per_layer)
+
+
+def _check_models(adapters: dict, transform: inputs.InputTransform, images: np.ndarray) -> None:
+    """Every model has one (batch, classes) output and takes what the transform makes."""
+    for label, adapter in adapters.items():
+        shapes = getattr(adapter, "output_shapes", None)
+        if shapes is not None:
+            check_classifier_outputs(shapes, label)
+        inputs.check_transform(transform, images, tuple(adapter.input_shape))
+
+
+def _run_in_directory(run: _Run, adapters, meta, plan, out_dir: Path, data, per_layer: bool):
+    """The campaign's missing cells, recorded in `out_dir` under its lock; a run refused
+    before its first cell leaves a directory that was empty as it was."""
+    spec = run.spec
     created = io_utils.first_missing(out_dir)
     was_empty = created is not None or not io_utils.entries(out_dir)
-    cells = None
+    cells, locked = None, False
     try:
         with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
+            locked = True  # Only a run that holds the lock may remove what it wrote.
             check_campaign_directory(out_dir, spec, data)  # Again, now no one else can write.
             repair_cells(out_dir / CELLS_FILE)
             cells = _CellLog(out_dir / CELLS_FILE, spec.key())
@@ -368,18 +381,22 @@ def run_campaign(
             cells.before_first_append = lambda: _claim(out_dir, spec, data)
             meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
             _claim(out_dir, spec, data)
-            if num_shards > 1:
+            if meta["num_shards"] > 1:
                 io_utils.write_json(out_dir / "shard.json", meta)
                 return meta
             return write_outputs(out_dir, cells.records, meta)
     except BaseException:
-        if was_empty and (cells is None or not cells.appended):
-            _remove_refused(out_dir, created)
+        if was_empty and (not locked or cells is None or not cells.appended):
+            _remove_refused(out_dir, created, locked)
         raise
 
 
-def _remove_refused(out_dir: Path, created: Path | None) -> None:
-    """What a run refused before its first cell wrote into a directory that was empty."""
+def _remove_refused(out_dir: Path, created: Path | None, locked: bool) -> None:
+    """What a run refused before its first cell wrote into a directory that was empty (a
+    run refused at the lock wrote nothing: another process owns what is there)."""
+    if not locked:
+        io_utils.remove_created(created, out_dir)
+        return
     for name in (CAMPAIGN_FILE, CELLS_FILE):
         path = out_dir / name
         if (
@@ -810,35 +827,8 @@ def _title(spec: dict[str, Any]) -> str:
 
 def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Combines the cells of shard directories (same spec and models) into one result."""
-    metas = []
-    for directory in shard_dirs:
-        path = Path(directory) / "shard.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{directory} is not a shard output (no shard.json).")
-        metas.append(io_utils.read_json(path))
-    keys = {
-        (m["spec_key"], json.dumps(m["models"], sort_keys=True), m["num_shards"]) for m in metas
-    }
-    if len(keys) != 1:
-        raise ValueError(
-            "Shards come from different specs, models or shard counts; merge only one campaign."
-        )
-    if sorted(m["shard_index"] for m in metas) != list(range(metas[0]["num_shards"])):
-        raise ValueError(
-            f"Expected shards 0..{metas[0]['num_shards'] - 1}, got {sorted(m['shard_index'] for m in metas)}."
-        )
-    spec_values = metas[0]["spec"]
-    spec = FaultSpec(
-        **{
-            **spec_values,
-            "rates": tuple(spec_values["rates"]),
-            "layers": tuple(spec_values["layers"]),
-            "exclude_layers": tuple(spec_values.get("exclude_layers", ())),
-            "repair": RepairProtocol(**spec_values["repair"])
-            if spec_values.get("repair")
-            else None,
-        }
-    )
+    metas = _shard_metas(shard_dirs)
+    spec = _spec_of(metas[0]["spec"])
     shard_records = [
         record
         for directory, meta in zip(shard_dirs, metas, strict=True)
@@ -876,6 +866,42 @@ def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str,
                 "".join(io_utils.strict_json(c, sort_keys=True) + "\n" for c in ordered)
             )
         return write_outputs(out_dir, ordered, meta)
+
+
+def _shard_metas(shard_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """The shard.json of every shard; ValueError unless they are all the shards of one
+    campaign."""
+    metas = []
+    for directory in shard_dirs:
+        path = Path(directory) / "shard.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{directory} is not a shard output (no shard.json).")
+        metas.append(io_utils.read_json(path))
+    keys = {
+        (m["spec_key"], json.dumps(m["models"], sort_keys=True), m["num_shards"]) for m in metas
+    }
+    if len(keys) != 1:
+        raise ValueError(
+            "Shards come from different specs, models or shard counts; merge only one campaign."
+        )
+    if sorted(m["shard_index"] for m in metas) != list(range(metas[0]["num_shards"])):
+        raise ValueError(
+            f"Expected shards 0..{metas[0]['num_shards'] - 1}, got {sorted(m['shard_index'] for m in metas)}."
+        )
+    return metas
+
+
+def _spec_of(values: dict[str, Any]) -> FaultSpec:
+    """The FaultSpec recorded as `spec.as_dict()`."""
+    return FaultSpec(
+        **{
+            **values,
+            "rates": tuple(values["rates"]),
+            "layers": tuple(values["layers"]),
+            "exclude_layers": tuple(values.get("exclude_layers", ())),
+            "repair": RepairProtocol(**values["repair"]) if values.get("repair") else None,
+        }
+    )
 
 
 def _complete_shard(directory: Path, meta: dict[str, Any], spec: FaultSpec) -> list[dict]:

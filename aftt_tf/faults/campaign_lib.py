@@ -8,14 +8,13 @@ campaign time.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aftt_tf import data, io_utils, vocabulary
+from aftt_tf import checks, data, io_utils, vocabulary
 from aftt_tf.faults import campaign, inputs
 from aftt_tf.faults.runtimes import load_campaign_model
 from aftt_tf.faults.spec import CampaignModel, FaultSpec
@@ -126,29 +125,7 @@ def import_modules(names: tuple[str, ...]) -> None:
     directory is searched first. Whatever the module raises, or a `sys.exit` in it,
     becomes one ValueError naming the module (never a traceback or a silent exit)."""
     for name in names:
-        user_import(name, f"--import={name}")
-
-
-def user_import(name: str, what: str):
-    """The user's module `name`, imported with the current directory on the path; any
-    failure while importing it is a ValueError that says `what` failed and why."""
-    import os
-    import sys
-
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        return importlib.import_module(name)
-    except SystemExit as error:
-        raise ValueError(
-            f"{what}: importing {name} called sys.exit({error.code!r}); a module given to "
-            "--import must only define and register classes."
-        ) from None
-    except Exception as error:  # The user's code: ImportError, SyntaxError, KeyError, ...
-        raise ValueError(
-            f"{what} failed: {type(error).__name__}: {error}. Give a module importable from "
-            "the current directory or PYTHONPATH that imports without errors."
-        ) from None
+        checks.user_import(name, f"--import={name}")
 
 
 def load_models(config: CampaignConfig) -> dict[str, CampaignModel]:

@@ -344,7 +344,6 @@ class _Group:
             batch_size,
             transform,
         )
-        self._prepare_all()
 
     def _prepare(self, actor):
         return actor.prepare.remote(self.key, *self.arguments)
@@ -361,6 +360,9 @@ class _Group:
         """Yields (rate, trial, result) as cells complete; cells of a dead worker go to a
         replacement actor and are yielded once."""
         ray = import_ray()
+        # Each actor holds one runner: another group (the engine checks every model before
+        # running any) may have replaced ours since; preparing again is free when it did not.
+        self._prepare_all()
         lost = _worker_failures(ray)
         actors = self.executor.actors
         queue = collections.deque((cell, 1) for cell in cells)
