@@ -286,7 +286,30 @@ def _campaign_panel(
             "mean and 95% CI band per method.",
         ),
         document.Table(headers, rows, "Mean test accuracy % ± 95% CI half-width."),
+        document.Paragraph(_non_finite_note(panels)),
     ]
+
+
+def _non_finite_note(panels: list[tuple[str, dict]]) -> str:
+    """Which methods had NaN/Inf outputs (detected errors, never counted as a class)."""
+    seen = []
+    for runtime, summary in panels:
+        for method, groups in summary.items():
+            for row in groups["all"]["per_rate"]:
+                non_finite = row.get("non_finite")
+                if non_finite and non_finite["mean"] > 0:
+                    seen.append(
+                        f"{method} ({RUNTIME_NAMES[runtime]}) at {100 * row['rate']:g}%: "
+                        f"{percent(non_finite['mean'])}% "
+                        f"[{percent(non_finite['ci_low'])}, {percent(non_finite['ci_high'])}]"
+                    )
+    if not seen:
+        return "No inference had a NaN or infinite output (every wrong answer is a wrong class)."
+    return (
+        "Inferences with NaN/Inf outputs (detected errors, counted as not correct): "
+        + "; ".join(seen)
+        + "."
+    )
 
 
 def paper_faults(
