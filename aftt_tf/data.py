@@ -372,12 +372,15 @@ def train_dataset(
     seed: int,
     first_epoch: int,
     num_epochs: int,
+    transform=None,
 ):
     """Batches for epochs [first_epoch, num_epochs), reshuffled per epoch from (seed, epoch).
 
     The order of epoch e depends only on (seed, e), so a resumed training sees the
     same batches as an uninterrupted one. Incomplete final batches are dropped so
-    every step has one static shape (one trace).
+    every step has one static shape (one trace). `transform` (an
+    `faults.inputs.InputTransform`) makes model inputs of the stored examples; None
+    keeps this project's convention for its built-in datasets, x / 255.
 
     Returns:
         (dataset, steps_per_epoch). The dataset yields images, or (images, labels).
@@ -391,6 +394,7 @@ def train_dataset(
             f"batch_size={batch_size} is larger than the training set ({num_examples} examples); "
             "lower --batch_size."
         )
+    images, divisor, offset = _stored_and_affine(images, transform)
     image_tensor = tf.constant(images)
     label_tensor = None if labels is None else tf.constant(labels)
 
@@ -402,7 +406,11 @@ def train_dataset(
         return tf.data.Dataset.from_tensor_slices(order)
 
     def gather(index):
-        batch = tf.cast(tf.gather(image_tensor, index), tf.float32) / 255.0
+        batch = tf.cast(tf.gather(image_tensor, index), tf.float32)
+        if divisor != 1.0:
+            batch = batch / divisor
+        if offset:
+            batch = batch + offset
         if label_tensor is None:
             return batch
         return batch, tf.gather(label_tensor, index)
@@ -414,6 +422,16 @@ def train_dataset(
         .prefetch(tf.data.AUTOTUNE)
     )
     return dataset, steps_per_epoch
+
+
+def _stored_and_affine(images: np.ndarray, transform):
+    """(images to keep, divisor, offset): an affine transform is applied per batch in the
+    graph; a user's function once, here (None: x / 255)."""
+    if transform is None:
+        return images, 255.0, 0.0
+    if transform.function is not None:
+        return np.asarray(transform.apply(images), np.float32), 1.0, 0.0
+    return images, transform.divisor, transform.offset
 
 
 def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int = 1000):

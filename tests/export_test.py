@@ -80,6 +80,7 @@ def mlp_export(tmp_path_factory):
         qat_epochs=1,
         qat_examples=2048,
         test_examples=1000,
+        data="fashion_mnist",
     )
     manifest = export_lib.export_classifier(config)
     return model_path, root / "export", manifest
@@ -95,6 +96,7 @@ def cnn_export(tmp_path_factory):
         formats=("tflite_float32", "tflite_int8"),
         calibration_steps=20,
         test_examples=1000,
+        data="fashion_mnist",
     )
     export_lib.export_classifier(config)
     return model_path, root / "export"
@@ -399,6 +401,7 @@ def test_export_refuses_existing_output_and_leaves_nothing_on_failure(
                 out=str(tmp_path / "failed"),
                 formats=("tflite_float32",),
                 test_examples=100,
+                data="fashion_mnist",
             )
         )
     assert not (tmp_path / "failed").exists()

@@ -28,6 +28,7 @@ def test_campaign_through_the_cli(model_path, tmp_path):
         "--rates=0,0.5",
         "--trials=2",
         "--test_examples=300",
+        "--data=fashion_mnist",
         "--allow_chance_accuracy",  # An untrained model: the CLI path is the point.
         f"--out={out}",
     ]

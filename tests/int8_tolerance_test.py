@@ -96,6 +96,7 @@ def int8_exports(tmp_path_factory):
         qat_epochs=1,
         qat_examples=4096,
         test_examples=2000,
+        data="fashion_mnist",
     )
     manifest = export_lib.export_classifier(config)
     return model_path, root / "export", manifest
@@ -228,6 +229,7 @@ def test_faults_cli_records_per_layer_statistics(int8_exports, tmp_path):
             "--rates=0,0.6",
             "--trials=2",
             "--test_examples=300",
+            "--data=fashion_mnist",
             f"--out={tmp_path / 'campaign'}",
             "--per_layer_stats",
         ],

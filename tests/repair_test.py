@@ -47,7 +47,13 @@ def repaired(trained_path, tmp_path_factory):
 
 
 def _config(model, out, **overrides) -> repair.RepairConfig:
-    values = {"fault": "weight", "rate": 0.5, "epochs": 1, "train_examples": 2000}
+    values = {
+        "fault": "weight",
+        "rate": 0.5,
+        "epochs": 1,
+        "train_examples": 2000,
+        "data": "fashion_mnist",
+    }
     return repair.RepairConfig(model=str(model), out=str(out), **{**values, **overrides})
 
 
@@ -154,6 +160,7 @@ def test_cli_repairs_and_refuses_another_repair_in_its_directory(trained_path, t
         "--rate=0.3",
         "--epochs=1",
         "--train_examples=1000",
+        "--data=fashion_mnist",
         f"--out={tmp_path / 'cli'}",
     ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
@@ -218,6 +225,8 @@ def test_cli_repaired_protocol_and_its_refusal_on_a_tflite(trained_path, tmp_pat
         "--test_examples=500",
         "--repair_epochs=1",
         "--repair_train_examples=1000",
+        "--data=fashion_mnist",
+        "--repair_data=fashion_mnist",
     ]
     result = subprocess.run(
         [*argv, f"--model={trained_path}", f"--out={tmp_path / 'cli'}"],

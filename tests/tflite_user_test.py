@@ -196,6 +196,7 @@ def test_export_of_a_sequential_model_with_folded_batch_normalization(tmp_path):
             formats=("tflite_float32", "tflite_int8"),
             calibration_steps=10,
             test_examples=500,
+            data="fashion_mnist",
         )
     )
     for name in ("model_float32.tflite", "model_int8.tflite"):

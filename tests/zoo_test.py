@@ -386,7 +386,13 @@ def test_cli_loads_a_subclassed_model_with_import(trained, tmp_path):
     model = trained("subclassed")[0]
     path = tmp_path / "subclassed.keras"
     model.save(path)
-    argv = [f"--model={path}", "--rates=0,0.2", "--trials=2", "--test_examples=400"]
+    argv = [
+        f"--model={path}",
+        "--rates=0,0.2",
+        "--trials=2",
+        "--test_examples=400",
+        "--data=fashion_mnist",
+    ]
     missing = _cli([*argv, f"--out={tmp_path / 'a'}"])
     assert missing.returncode == 2 and "--import=MODULE" in missing.stderr
     result = _cli([*argv, "--import=tests.zoo_test", f"--out={tmp_path / 'b'}"])

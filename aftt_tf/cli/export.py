@@ -30,8 +30,35 @@ flags.DEFINE_integer("calibration_batch_size", 32, "Images per calibration batch
 flags.DEFINE_integer("qat_epochs", 2, "Quantization-aware fine-tuning epochs.")
 flags.DEFINE_integer("qat_examples", 0, "Training examples for QAT (0: all).")
 flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate of QAT.")
-flags.DEFINE_string("dataset", "", "Data for calibration/QAT/accuracy (default: the run's).")
+flags.DEFINE_string("dataset", "", "Built-in data (older spelling of --data=NAME).")
+flags.DEFINE_string(
+    "data",
+    "",
+    "Data the manifest's accuracies are measured on: a built-in name or tfds:NAME (their "
+    "test split), npz:PATH or folder:PATH. Required unless the model's aftt-train run "
+    "names its dataset.",
+)
+flags.DEFINE_string(
+    "calibration_data",
+    "",
+    "int8 calibration and QAT data (default: a built-in or TFDS training split; for a "
+    "file, the --data file itself, recorded in the manifest).",
+)
 flags.DEFINE_string("data_dir", "", "Local raw data directory.")
+flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
+flags.DEFINE_list("npz_keys", ["x", "y"], "Names of the inputs and labels arrays of npz: data.")
+flags.DEFINE_string(
+    "input_transform",
+    "auto",
+    "Stored data -> model input (as aftt-faults): auto, unit (x/255), raw, symmetric or "
+    "MODULE:FUNCTION. Calibration and accuracies use the model's own inputs.",
+)
+flags.DEFINE_float("input_scale", None, "Affine input transform x * scale + offset instead.")
+flags.DEFINE_float("input_offset", None, "Offset of the affine input transform.")
+flags.DEFINE_bool(
+    "allow_chance_accuracy", False, "Export even when the model is at chance level on --data."
+)
+flags.DEFINE_multi_string("import", [], "Module to import first (registers custom classes).")
 flags.DEFINE_integer("test_examples", 0, "Test images for the manifest's accuracies (0: all).")
 flags.DEFINE_integer("seed", 0, "Seed of calibration order and QAT.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing export directory.")
@@ -71,7 +98,32 @@ def main(argv: list[str]) -> None:
     from aftt_tf import data, io_utils
     from aftt_tf.deploy import export_lib
 
-    config = export_lib.ExportConfig(
+    config = _config_from_flags(export_lib, rates)
+    from aftt_tf.faults import campaign_lib
+
+    with common.usage_errors(data.DataUnavailableError):
+        campaign_lib.import_modules(tuple(FLAGS["import"].value))
+        prepared = export_lib.prepare(config)
+    with common.refusals(io_utils.OutputError):
+        manifest = export_lib.export_classifier(config, prepared)
+    summary = {
+        name: artifact.get("test_accuracy") for name, artifact in manifest["artifacts"].items()
+    }
+    print(json.dumps({"keras": manifest["keras_test_accuracy"], **summary}, indent=2))
+    for name, reason in manifest["not_exported"].items():
+        print(f"not exported: {name}: {reason}")
+    print(f"Export directory: {FLAGS.out}")
+    failed = [name for name in manifest["not_exported"] if name not in prepared.left_out]
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} of the requested formats failed ({', '.join(failed)}); the others "
+            f"are in {FLAGS.out}, and its manifest.json records why (not_exported)."
+        )
+
+
+def _config_from_flags(export_lib, rates: tuple[float, ...]):
+    """The ExportConfig of the parsed flags."""
+    return export_lib.ExportConfig(
         model=FLAGS.model,
         out=FLAGS.out,
         formats=tuple(FLAGS.formats),
@@ -89,16 +141,16 @@ def main(argv: list[str]) -> None:
         fault_calibration_rates=rates,
         fault_calibration_draws=FLAGS.fault_calibration_draws,
         fault_qat_max_rate=FLAGS.fault_qat_max_rate,
+        data=FLAGS.data,
+        calibration_data=FLAGS.calibration_data,
+        tfds_data_dir=FLAGS.tfds_data_dir,
+        npz_keys=tuple(FLAGS.npz_keys),
+        input_transform=FLAGS.input_transform,
+        input_scale=FLAGS.input_scale,
+        input_offset=FLAGS.input_offset,
+        allow_chance_accuracy=FLAGS.allow_chance_accuracy,
+        formats_given=FLAGS["formats"].present,
     )
-    with common.usage_errors(data.DataUnavailableError):
-        prepared = export_lib.prepare(config)
-    with common.refusals(io_utils.OutputError):
-        manifest = export_lib.export_classifier(config, prepared)
-    summary = {
-        name: artifact.get("test_accuracy") for name, artifact in manifest["artifacts"].items()
-    }
-    print(json.dumps({"keras": manifest["keras_test_accuracy"], **summary}, indent=2))
-    print(f"Export directory: {FLAGS.out}")
 
 
 def run() -> None:

@@ -69,11 +69,18 @@ flags.DEFINE_enum("repair_optimizer", "rmsprop", ["rmsprop", "adam", "sgd"], "Re
 flags.DEFINE_integer("repair_batch_size", 128, "Batch size of the repairs.")
 flags.DEFINE_integer("repair_train_examples", 0, "Training examples of the repairs (0: all).")
 flags.DEFINE_enum("repair_loss", "crossentropy", ["crossentropy", "mse"], "Loss of the repairs.")
+flags.DEFINE_string(
+    "repair_data",
+    "",
+    "Training data of the repairs (same forms as --data; a built-in name trains on its "
+    "training split); separate from the evaluation data. Default: the dataset the "
+    "models' aftt-train run names.",
+)
 flags.DEFINE_integer("num_shards", 1, "Split cells across this many processes.")
 flags.DEFINE_integer("shard_index", 0, "This process's shard.")
 flags.DEFINE_list("merge", [], "Merge these shard directories into --out instead of running.")
 flags.DEFINE_string(
-    "dataset", "", "Built-in test data (default: from the model's input shape); see --data."
+    "dataset", "", "Built-in test data (older spelling of --data=NAME); see --data."
 )
 flags.DEFINE_string(
     "data",
@@ -174,6 +181,7 @@ def main(argv: list[str]) -> None:
         input_scale=FLAGS.input_scale,
         input_offset=FLAGS.input_offset,
         allow_chance_accuracy=FLAGS.allow_chance_accuracy,
+        repair_data=FLAGS.repair_data,
         imports=tuple(FLAGS["import"].value),
         batch_size=FLAGS.batch_size,
         num_shards=FLAGS.num_shards,

@@ -27,9 +27,35 @@ flags.DEFINE_enum("optimizer", "rmsprop", ["rmsprop", "adam", "sgd"], "Optimizer
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_string("loss", "", "mse or crossentropy (default: the run's, from its config.json).")
 flags.DEFINE_integer("train_examples", 0, "Train on this many examples (0: all).")
-flags.DEFINE_string("dataset", "", "Training data (default: from the model's input shape).")
+flags.DEFINE_string("dataset", "", "Built-in training data (older spelling of --data=NAME).")
+flags.DEFINE_string(
+    "data",
+    "",
+    "Training data: a built-in name or tfds:NAME (their training split), npz:PATH or "
+    "folder:PATH. Required unless the model's aftt-train run names its dataset.",
+)
+flags.DEFINE_string(
+    "test_data",
+    "",
+    "Data the accuracies are measured on (default: the built-in or TFDS test split; for a "
+    "file, a seeded 20% of --data held out from the repair).",
+)
 flags.DEFINE_string("data_dir", "", "Local raw data directory.")
-flags.DEFINE_integer("data_seed", 0, "Seed of the batch order.")
+flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
+flags.DEFINE_list("npz_keys", ["x", "y"], "Names of the inputs and labels arrays of npz: data.")
+flags.DEFINE_string(
+    "input_transform",
+    "auto",
+    "Stored data -> model input: auto, unit (x/255), raw, symmetric or MODULE:FUNCTION "
+    "(as aftt-faults).",
+)
+flags.DEFINE_float("input_scale", None, "Affine input transform x * scale + offset instead.")
+flags.DEFINE_float("input_offset", None, "Offset of the affine input transform.")
+flags.DEFINE_bool(
+    "allow_chance_accuracy", False, "Repair even when the model is at chance level before faults."
+)
+flags.DEFINE_multi_string("import", [], "Module to import first (registers custom classes).")
+flags.DEFINE_integer("data_seed", 0, "Seed of the batch order and of the held-out part.")
 
 FLAGS = flags.FLAGS
 
@@ -56,6 +82,14 @@ def config_from_flags():
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
         data_seed=FLAGS.data_seed,
+        data=FLAGS.data,
+        test_data=FLAGS.test_data,
+        tfds_data_dir=FLAGS.tfds_data_dir,
+        npz_keys=tuple(FLAGS.npz_keys),
+        input_transform=FLAGS.input_transform,
+        input_scale=FLAGS.input_scale,
+        input_offset=FLAGS.input_offset,
+        allow_chance_accuracy=FLAGS.allow_chance_accuracy,
     )
 
 
@@ -72,6 +106,7 @@ def main(argv: list[str]) -> None:
         repair_config.check_directory(config)
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf import data
+    from aftt_tf.faults import campaign_lib
     from aftt_tf.faults.spec import FaultTargetError
     from aftt_tf.io_utils import OutputError
     from aftt_tf.training import repair
@@ -79,6 +114,7 @@ def main(argv: list[str]) -> None:
     with common.refusals(
         FaultTargetError, data.DataUnavailableError, FileNotFoundError, ValueError, OutputError
     ):
+        campaign_lib.import_modules(tuple(FLAGS["import"].value))
         metrics = repair.repair(config)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     print(f"Repaired classifier: {FLAGS.out}/classifier.keras")

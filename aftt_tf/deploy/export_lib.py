@@ -23,9 +23,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf import data, io_utils, tflite_file, vocabulary
+from aftt_tf import io_utils, tflite_file, vocabulary
 from aftt_tf.deploy import int8_converter
-from aftt_tf.faults import keras_runner, registry, targets
+from aftt_tf.faults import frontend, keras_runner, registry, targets
 from aftt_tf.faults.spec import check_classifier_outputs, outcome_of
 from aftt_tf.vocabulary import DEFAULT_EXPORT_FORMATS, TFLITE_FILES
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
@@ -43,8 +43,18 @@ class ExportConfig:
         calibration_batch_size: images per calibration batch.
         qat_epochs: quantization-aware fine-tuning epochs.
         qat_examples: training examples used for QAT (0: all).
-        dataset / data_dir: data for calibration, QAT and accuracy (default: from the
-            run's config.json, else from the input shape).
+        dataset / data_dir: a built-in dataset (older spelling of `data`) and the local
+            raw data directory.
+        data: the data the manifest's accuracies are measured on, in any form (a built-in
+            name or tfds:NAME: its test split; npz:PATH, folder:PATH); default: the
+            dataset the model's aftt-train run names. Without either: an error.
+        calibration_data: int8 calibration and QAT data (default: a built-in or TFDS
+            dataset's training split; for a file, the same file, as recorded).
+        tfds_data_dir, npz_keys, input_transform, input_scale, input_offset: as in
+            aftt-faults; every file is calibrated and measured on the model's inputs.
+        allow_chance_accuracy: export even when the model is at chance level on the data.
+        formats_given: False when `formats` are the defaults: a default format that
+            cannot be made for this model is left out with the reason instead of refused.
         test_examples: test images for the accuracy in the manifest (0: all).
         overwrite: replace an existing export.
         seed: seed of QAT.
@@ -71,6 +81,27 @@ class ExportConfig:
     fault_calibration_rates: tuple[float, ...] = (0.0, 0.3, 0.6)
     fault_calibration_draws: int = 4
     fault_qat_max_rate: float = 0.6
+    data: str = ""
+    calibration_data: str = ""
+    tfds_data_dir: str = ""
+    npz_keys: tuple[str, str] = ("x", "y")
+    input_transform: str = "auto"
+    input_scale: float | None = None
+    input_offset: float | None = None
+    allow_chance_accuracy: bool = False
+    formats_given: bool = True
+
+    def data_options(self):
+        """The shared data flags (`faults.frontend.DataOptions`)."""
+        return frontend.DataOptions(
+            data=self.data or self.dataset,
+            data_dir=self.data_dir,
+            tfds_data_dir=self.tfds_data_dir,
+            npz_keys=tuple(self.npz_keys),
+            input_transform=self.input_transform,
+            input_scale=self.input_scale,
+            input_offset=self.input_offset,
+        )
 
     def fault_calibration(self):
         from aftt_tf.deploy.fault_calibration import FaultCalibration
@@ -101,6 +132,9 @@ class ExportConfig:
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, received {self.seed}.")
         self._check_fault_options()
+        self.data_options().validate()
+        if self.calibration_data:
+            dataclasses.replace(self.data_options(), data=self.calibration_data).validate()
         model = Path(self.model)
         if not model.exists():
             raise FileNotFoundError(f"Model file {self.model} does not exist.")
@@ -154,13 +188,16 @@ def is_export_directory(path: Path) -> bool:
 
 @dataclasses.dataclass
 class Prepared:
-    """What an export reads before it writes anything: the models and the data."""
+    """What an export reads before it writes anything: the models and the data, the data
+    already made into model inputs (float32) by the recorded transform."""
 
     source: keras.Model
     model: keras.Model
     dataset: str
     data_source: str
     arrays: dict[str, tuple[np.ndarray, np.ndarray]]
+    data_record: dict[str, Any] = dataclasses.field(default_factory=dict)
+    left_out: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def prepare(config: ExportConfig) -> Prepared:
@@ -168,17 +205,73 @@ def prepare(config: ExportConfig) -> Prepared:
     config.validate()
     source = keras_runner.load_model(config.model)
     # The manifest reports top-1 accuracies: defined for one (batch, classes) output only.
-    check_classifier_outputs(keras_runner.KerasModel(source).output_shapes, config.model)
+    adapter = keras_runner.KerasModel(source)
+    check_classifier_outputs(adapter.output_shapes, config.model)
+    left_out = _formats_left_out(config, source)
     model = deployable_classifier(source)
-    dataset = _dataset_for(model, config)
-    expected = tuple(model.input_shape[1:])
-    if dataset in vocabulary.DATASETS and vocabulary.input_shape_for(dataset) != expected:
+    options = config.data_options()
+    named = config.data or config.dataset or _run_config(config).get("dataset", "")
+    origin = frontend.resolve_source(named, config.model)
+    test = frontend.load(origin, "test", options)
+    calibration_source = config.calibration_data or origin
+    calibration = frontend.load(calibration_source, "train", options)
+    for examples in (test, calibration):
+        frontend.check_fits(examples, adapter.input_shape, adapter.num_outputs)
+    transform = options.transform(test.images)
+    calibration_transform = options.transform(calibration.images)
+    if calibration_transform.record() != transform.record():
         raise ValueError(
-            f"{config.model} takes inputs of shape {expected} but {dataset} images have shape "
-            f"{vocabulary.input_shape_for(dataset)}; pass the --dataset it was trained on."
+            f"The calibration data ({calibration.images.dtype}) and the test data "
+            f"({test.images.dtype}) would get different input transforms "
+            f"({calibration_transform.name} vs {transform.name}); store them alike or pass "
+            "--input_transform explicitly."
         )
-    arrays, data_source = data.load_arrays(dataset, data_dir=config.data_dir or None)
-    return Prepared(source, model, dataset, data_source, arrays)
+    arrays = {
+        "train": (_model_inputs(transform, calibration.images), calibration.labels),
+        "test": (_model_inputs(transform, test.images), test.labels),
+    }
+    if not config.allow_chance_accuracy:
+        from aftt_tf.training.repair import check_clean_accuracy
+
+        logits = source.predict(arrays["test"][0][:2000], batch_size=1000, verbose=0)
+        clean = outcome_of(logits, arrays["test"][1][:2000]).accuracy
+        check_clean_accuracy(clean, arrays["test"][1][:2000], config.model)
+    record = {
+        "test": {**test.description, "examples": len(test.labels)},
+        "calibration": {**calibration.description, "examples": len(calibration.labels)},
+        "calibration_is_test_data": calibration_source == origin
+        and ":" in origin
+        and not origin.startswith("tfds:"),
+        "input_transform": transform.record(),
+        "output_kind": frontend.output_kind(source),
+    }
+    description = test.description.get("source", origin)
+    return Prepared(source, model, origin, description, arrays, record, left_out)
+
+
+def _model_inputs(transform, images: np.ndarray) -> np.ndarray:
+    """Stored examples as the model's float32 inputs (the transform applied once)."""
+    return np.asarray(transform.apply(images), np.float32)
+
+
+def _formats_left_out(config: ExportConfig, model: keras.Model) -> dict[str, str]:
+    """{format: reason} for requested QAT formats this model cannot take (tfmot needs a
+    tf_keras rebuild of the model); ValueError when such a format was asked for by name."""
+    from aftt_tf.deploy import qat
+
+    wanted = [
+        name for name in ("tflite_int8_qat", "tflite_int8_fault_qat") if name in config.formats
+    ]
+    reason = qat.unsupported_reason(model) if wanted else None
+    if reason is None:
+        return {}
+    remedy = (
+        f"{reason}. Remedy: leave {', '.join(wanted)} out of --formats (tflite_int8, the "
+        "post-training int8 file, works for this model)"
+    )
+    if config.formats_given:
+        raise ValueError(f"{', '.join(wanted)} cannot be exported: {remedy}.")
+    return {name: remedy for name in wanted}
 
 
 def deployable_classifier(model: keras.Model) -> keras.Model:
@@ -210,26 +303,17 @@ def _run_config(config: ExportConfig) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _dataset_for(model: keras.Model, config: ExportConfig) -> str:
-    if config.dataset:
-        return config.dataset
-    if _run_config(config).get("dataset"):  # A run's (an aftt-repair run may leave it empty).
-        return _run_config(config)["dataset"]
-    shape = tuple(model.input_shape[1:])
-    dataset = vocabulary.dataset_for_input_shape(shape)
-    if dataset is None:
-        raise ValueError(f"Cannot infer the dataset of input shape {shape}; pass --dataset.")
-    return dataset
-
-
 def _representative_dataset(images: np.ndarray, steps: int, batch_size: int, seed: int):
-    """Bounded generator over real training images (seeded order)."""
+    """Bounded generator over real training examples (seeded order): model inputs as
+    they are when float, uint8 images as x / 255 (this project's built-in convention)."""
     order = np.random.default_rng(seed).permutation(len(images))
+    scale = images.dtype == np.uint8
 
     def generator():
         for step in range(steps):
             index = order[(step * batch_size) % len(order) :][:batch_size]
-            yield [images[index].astype(np.float32) / 255.0]
+            batch = images[index].astype(np.float32)
+            yield [batch / 255.0 if scale else batch]
 
     return generator
 
@@ -284,7 +368,7 @@ def _map_entry(model, keras_layer, layer, tflite, check_values: bool) -> dict[st
             f"Layer {keras_layer.name} {[k.shape for k in kernels]} does not match operators "
             f"{layer.operator_indices} {shapes}."
         )
-    folded_by, folded_key = None, "folded_batch_normalization"
+    folds: dict[str, Any] = {}
     for index, (kernel, operator) in enumerate(zip(kernels, layer.kernels, strict=True)):
         values = tflite_file.real_values(tflite.content, operator.weights)
         stored = values[operator.keras_to_file_positions(np.arange(kernel.size))]
@@ -293,11 +377,12 @@ def _map_entry(model, keras_layer, layer, tflite, check_values: bool) -> dict[st
         if not check_values or np.allclose(stored, kernel, atol=tolerance):
             continue
         last = index == len(kernels) - 1  # Folding scales the layer's output channels.
-        folded_by, folded = _folded_kernel(model, keras_layer, kernel) if last else (None, None)
-        if folded is None:  # A node mask on the layer's input, folded into its rows.
-            folded_key = "folded_node_mask"
-            folded_by, folded = _input_masked_kernel(model, keras_layer, kernel)
-        if folded is None or not np.allclose(stored, folded, atol=tolerance, rtol=1e-4):
+        for key, by, folded in _fold_candidates(model, keras_layer, kernel, last):
+            bound = _storage_tolerance(operator.weights, folded)
+            if np.allclose(stored, folded, atol=bound, rtol=1e-4):
+                folds[key] = by
+                break
+        else:
             raise RuntimeError(
                 f"Values of layer {keras_layer.name} differ from operator {operator.operator_index}."
             )
@@ -310,8 +395,28 @@ def _map_entry(model, keras_layer, layer, tflite, check_values: bool) -> dict[st
         "weights_dtype": layer.weights.dtype.name,
         "bias_tensor": None if layer.bias is None else layer.bias.index,
         "bias_dtype": None if layer.bias is None else layer.bias.dtype.name,
-        **({folded_key: folded_by} if folded_by else {}),
+        **folds,
     }
+
+
+def _fold_candidates(model, layer, kernel: np.ndarray, last: bool):
+    """(manifest key, what was folded, kernel) the converter may have stored instead of the
+    Keras kernel: a following BatchNormalization (output channels, last kernel only), a
+    node mask on the input (rows), a preceding Rescaling (input axis), Rescaling and
+    BatchNormalization together. Each scales whole rows or channels, so an element that
+    is stuck at 0 in Keras is 0 in the file too."""
+    normalization, normalized = _folded_kernel(model, layer, kernel) if last else (None, None)
+    mask, masked = _input_masked_kernel(model, layer, kernel)
+    rescaling, rescaled = _rescaled_kernel(model, layer, kernel)
+    if normalized is not None:
+        yield "folded_batch_normalization", normalization, normalized
+    if masked is not None:
+        yield "folded_node_mask", mask, masked
+    if rescaled is not None:
+        yield "folded_rescaling", rescaling, rescaled
+    if normalized is not None and rescaled is not None:
+        _, both = _rescaled_kernel(model, layer, normalized)
+        yield "folded_rescaling_and_batch_normalization", [rescaling, normalization], both
 
 
 def _storage_tolerance(weights: tflite_file.ConstantTensor, kernel: np.ndarray) -> float:
@@ -337,6 +442,36 @@ def _input_masked_kernel(model, layer, kernel: np.ndarray):
             if mask.size == kernel.shape[0]:
                 return candidate.name, kernel * mask[:, None]
     return None, None
+
+
+def _rescaled_kernel(model, layer, kernel: np.ndarray):
+    """(Rescaling name, kernel * its scale along the input axis) when a Rescaling layer
+    feeds the layer directly (through an InputLayer-free chain); (None, None) otherwise.
+    Scaling an element keeps a stuck-at-0 element at 0 in both kernels."""
+    for candidate in _all_layers(model):
+        if not isinstance(candidate, keras.layers.Rescaling):
+            continue
+        try:
+            feeds = candidate.output is layer.input
+        except (AttributeError, ValueError):
+            continue
+        if not feeds:
+            continue
+        scale = np.asarray(candidate.scale, np.float64)
+        if scale.ndim and kernel.ndim >= 2:
+            axis = kernel.ndim - 2  # Input axis: rows of Dense, in-channels of a convolution.
+            shape = [1] * kernel.ndim
+            shape[axis] = -1
+            scale = scale.reshape(shape)
+        return candidate.name, kernel * scale
+    return None, None
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 def _folded_kernel(model, layer, kernel: np.ndarray):
@@ -408,15 +543,12 @@ def _new_staging(out: Path) -> Path:
 
 def _export(config: ExportConfig, prepared: Prepared, out: Path) -> dict[str, Any]:
     source, model, arrays = prepared.source, prepared.model, prepared.arrays
-    dataset, data_source = prepared.dataset, prepared.data_source
     test_images, test_labels = arrays["test"]
     if config.test_examples:
         test_images = test_images[: config.test_examples]
         test_labels = test_labels[: config.test_examples]
-    reference = np.asarray(
-        model.predict(test_images.astype(np.float32) / 255.0, batch_size=1000, verbose=0)
-    )
-    original = np.asarray(source.predict(test_images[:256].astype(np.float32) / 255.0, verbose=0))
+    reference = np.asarray(model.predict(test_images, batch_size=1000, verbose=0))
+    original = np.asarray(source.predict(test_images[:256], verbose=0))
     if not np.allclose(reference[:256], original, atol=1e-5):
         raise RuntimeError(
             "The stripped classifier does not reproduce the source model's predictions."
@@ -424,8 +556,15 @@ def _export(config: ExportConfig, prepared: Prepared, out: Path) -> dict[str, An
     staging = _new_staging(out)
     try:
         test = _TestSet(test_images, test_labels, reference)
-        artifacts = _write_artifacts(config, model, arrays["train"], test, staging)
-        manifest = _write_manifest(config, staging, artifacts, dataset, data_source, test)
+        artifacts, failed = _write_artifacts(config, prepared, arrays["train"], test, staging)
+        if not artifacts:
+            raise RuntimeError(
+                "No format could be exported, so nothing was written: "
+                + "; ".join(f"{name}: {reason}" for name, reason in failed.items())
+            )
+        manifest = _write_manifest(
+            config, staging, artifacts, prepared, test, {**prepared.left_out, **failed}
+        )
         (staging / _STAGING_MARKER).unlink()
         staging.chmod(0o755)  # mkdtemp creates it private; exports are meant to be shared.
         if out.exists():
@@ -439,7 +578,8 @@ def _export(config: ExportConfig, prepared: Prepared, out: Path) -> dict[str, An
 
 @dataclasses.dataclass
 class _TestSet:
-    """Test images (uint8), labels and the deployable Keras model's logits on them."""
+    """Test inputs (the model's float32 inputs), labels and the deployable Keras model's
+    outputs on them."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -448,13 +588,17 @@ class _TestSet:
 
 def _write_artifacts(
     config: ExportConfig,
-    model: keras.Model,
+    prepared: Prepared,
     train: tuple[np.ndarray, np.ndarray],
     test: _TestSet,
     staging: Path,
-) -> dict[str, dict[str, Any]]:
-    """Writes the SavedModel and TFLite files into `staging`; returns their manifest entries."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Writes the SavedModel and each TFLite format into `staging`, each converted and
+    checked on its own: (manifest entries of the files made, {format: why it failed}).
+    One format failing never discards the others."""
+    model = prepared.model
     artifacts: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
     saved_model = staging / "saved_model"
     model.export(str(saved_model), format="tf_saved_model", verbose=False)
     if "saved_model" in config.formats:
@@ -462,21 +606,19 @@ def _write_artifacts(
     representative = _representative_dataset(
         train[0], config.calibration_steps, config.calibration_batch_size, config.seed
     )
-    for name in ("tflite_float32", "tflite_int8"):
-        if name in config.formats:
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-            mode = "float32" if name == "tflite_float32" else "int8"
-            (staging / TFLITE_FILES[name]).write_bytes(_convert(converter, mode, representative))
-    extras = _write_fault_tolerant_int8(config, model, train, representative, staging)
-    qat_history = None
-    if "tflite_int8_qat" in config.formats:
-        qat_history = _write_qat(config, model, train, representative, staging, 0.0)
-    for name, file_name in TFLITE_FILES.items():
-        if (staging / file_name).exists():
-            artifacts[file_name] = _tflite_entry(staging / file_name, name, model, test)
-            if name == "tflite_int8_qat":
-                artifacts[file_name]["qat_history"] = qat_history
-            artifacts[file_name].update(extras.get(name, {}))
+    wanted = [
+        name for name in TFLITE_FILES if name in config.formats and name not in prepared.left_out
+    ]
+    for name in wanted:
+        path = staging / TFLITE_FILES[name]
+        try:
+            extra = _write_format(config, name, model, train, representative, staging)
+            artifacts[path.name] = {**_tflite_entry(path, name, model, test), **extra}
+        except Exception as error:  # A converter or check failure of this format alone.
+            if path.exists():
+                path.unlink()
+            failed[name] = _failure_reason(name, error)
+            logging.warning("%s was not exported: %s", name, failed[name])
     if "saved_model" not in config.formats:
         shutil.rmtree(saved_model)
     float_accuracy = artifacts.get("model_float32.tflite", {}).get("test_accuracy")
@@ -485,7 +627,47 @@ def _write_artifacts(
             artifacts[file_name]["accuracy_minus_float32"] = (
                 artifacts[file_name]["test_accuracy"] - float_accuracy
             )
-    return artifacts
+    return artifacts, failed
+
+
+def _write_format(config, name: str, model, train, representative, staging: Path) -> dict:
+    """Converts one TFLite format into staging; returns its manifest additions."""
+    if name in ("tflite_float32", "tflite_int8"):
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(staging / "saved_model"))
+        mode = "float32" if name == "tflite_float32" else "int8"
+        (staging / TFLITE_FILES[name]).write_bytes(_convert(converter, mode, representative))
+        return {}
+    if name == "tflite_int8_qat":
+        history = _write_qat(config, model, train, representative, staging, 0.0)
+        return {"qat_history": history}
+    if name == "tflite_int8_fault_qat":
+        history = _write_qat(
+            config, model, train, representative, staging, config.fault_qat_max_rate
+        )
+        return {
+            "qat_history": history,
+            "fault_qat": {"kind": "weight", "max_rate": config.fault_qat_max_rate},
+        }
+    from aftt_tf.deploy import fault_calibration
+
+    content, record = fault_calibration.fault_calibrated_int8(
+        str(staging / "saved_model"), representative, config.fault_calibration()
+    )
+    (staging / TFLITE_FILES[name]).write_bytes(content)
+    return {"fault_calibration": record}
+
+
+def _failure_reason(name: str, error: Exception) -> str:
+    """Why a format failed, on one line, with what to do about it."""
+    text = (getattr(error, "message", None) or str(error)).strip().splitlines()
+    reason = f"{type(error).__name__}: {text[0] if text else ''}"
+    if "Values of layer" in reason or "does not match operators" in reason:
+        remedy = "the converter changed the layer's weights in a way the layer map does not know"
+    elif name.endswith("qat"):
+        remedy = "leave it out of --formats; tflite_int8 (post-training) is the int8 file"
+    else:
+        remedy = "the converter could not express the model with builtin operators"
+    return f"{reason} ({remedy})"
 
 
 def _write_qat(config, model, train, representative, staging: Path, fault_max_rate: float):
@@ -500,39 +682,18 @@ def _write_qat(config, model, train, representative, staging: Path, fault_max_ra
         examples=config.qat_examples,
         learning_rate=config.qat_learning_rate,
         seed=config.seed,
-        loss=_run_config(config).get("classification_loss", "mse"),
+        loss=_run_config(config).get("classification_loss", "crossentropy"),
         fault_max_rate=fault_max_rate,
+        output_kind=frontend.training_output_kind(model, config.model),
     )
     name = "tflite_int8_fault_qat" if fault_max_rate else "tflite_int8_qat"
     (staging / TFLITE_FILES[name]).write_bytes(content)
     return history
 
 
-def _write_fault_tolerant_int8(config, model, train, representative, staging: Path) -> dict:
-    """The opt-in int8 files meant to keep fault tolerance; their manifest additions."""
-    extras: dict[str, dict[str, Any]] = {}
-    if "tflite_int8_fault_calibrated" in config.formats:
-        from aftt_tf.deploy import fault_calibration
-
-        content, record = fault_calibration.fault_calibrated_int8(
-            str(staging / "saved_model"), representative, config.fault_calibration()
-        )
-        (staging / TFLITE_FILES["tflite_int8_fault_calibrated"]).write_bytes(content)
-        extras["tflite_int8_fault_calibrated"] = {"fault_calibration": record}
-    if "tflite_int8_fault_qat" in config.formats:
-        history = _write_qat(
-            config, model, train, representative, staging, config.fault_qat_max_rate
-        )
-        extras["tflite_int8_fault_qat"] = {
-            "qat_history": history,
-            "fault_qat": {"kind": "weight", "max_rate": config.fault_qat_max_rate},
-        }
-    return extras
-
-
 def _saved_model_entry(path: Path, test: _TestSet) -> dict[str, Any]:
     loaded = tf.saved_model.load(str(path))
-    images = test.images.astype(np.float32) / 255.0
+    images = test.images
     outputs = np.concatenate(
         [
             np.asarray(loaded.serve(tf.constant(images[i : i + 1000])))
@@ -579,13 +740,17 @@ def _write_manifest(
     config: ExportConfig,
     staging: Path,
     artifacts: dict[str, dict[str, Any]],
-    dataset: str,
-    data_source: str,
+    prepared: Prepared,
     test: _TestSet,
+    not_exported: dict[str, str],
 ) -> dict[str, Any]:
     io_utils.write_json(
         staging / "config.json",
-        {**dataclasses.asdict(config), "dataset": dataset, "data_source": data_source},
+        {
+            **dataclasses.asdict(config),
+            "dataset": prepared.dataset if prepared.dataset in vocabulary.DATASETS else "",
+            "data_source": prepared.data_source,
+        },
     )
     hashes = {
         str(path.relative_to(staging)): {
@@ -601,10 +766,12 @@ def _write_manifest(
             "path": str(Path(config.model).resolve()),
             "sha256": io_utils.sha256_file(config.model),
         },
-        "dataset": dataset,
+        "dataset": prepared.dataset if prepared.dataset in vocabulary.DATASETS else None,
+        "data": prepared.data_record,
         "test_examples": int(len(test.labels)),
         "keras_test_accuracy": _accuracy(test.keras_logits, test.labels),
         "artifacts": {name: {**artifacts[name], **hashes.get(name, {})} for name in artifacts},
+        "not_exported": not_exported,
         "files": hashes,
     }
     io_utils.write_json(staging / "manifest.json", manifest)

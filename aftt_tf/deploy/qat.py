@@ -49,16 +49,41 @@ def _tf_keras_layer(layer: keras.layers.Layer, tf_keras):
     )
 
 
-def _loss(name: str, tf):
+# Keras 3 layer types the tf_keras rebuild knows (Dropout and noise are stripped before).
+_REBUILT = ("Dense", "Conv2D", "MaxPooling2D", "Flatten", "ReLU", "LeakyReLU", "InputLayer")
+
+
+def unsupported_reason(model: keras.Model) -> str | None:
+    """Why QAT cannot be done on `model` (None: it can): tfmot works on a tf_keras
+    rebuild of a chain of the layer types in _REBUILT, which has no BatchNormalization,
+    Rescaling or nested models. Checked before any work."""
+    if not isinstance(model, (keras.Sequential, keras.Model)) or not hasattr(model, "layers"):
+        return f"{type(model).__name__} is not a Sequential or Functional model"
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in ("Dropout", "GaussianNoise", "GaussianDropout"):
+            continue
+        if kind not in _REBUILT:
+            return (
+                f"QAT rebuilds the model in tf_keras for tensorflow-model-optimization, which "
+                f"here takes only {', '.join(_REBUILT[:-1])} layers; layer {layer.name!r} is a "
+                f"{kind}"
+            )
+    return None
+
+
+def _loss(name: str, tf, output_kind: str = "logits"):
+    probabilities = output_kind == "probabilities"
     if name == "crossentropy":
         import tf_keras
 
-        return tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return tf_keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
     if name == "mse":
 
         def squared_error_of_softmax(labels, logits):
             one_hot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), tf.shape(logits)[-1])
-            return tf.reduce_sum(tf.square(tf.nn.softmax(logits) - one_hot), axis=-1)
+            predicted = logits if probabilities else tf.nn.softmax(logits)
+            return tf.reduce_sum(tf.square(predicted - one_hot), axis=-1)
 
         return squared_error_of_softmax
     raise ValueError(f"Unknown QAT loss {name!r}; expected 'mse' or 'crossentropy'.")
@@ -168,8 +193,9 @@ def _fit(trained, train_images, train_labels, epochs: int, examples: int, seed: 
     history = []
     if epochs:
         tf_keras.utils.set_random_seed(seed)
+        inputs = train_images[order].astype(np.float32)
         result = trained.fit(
-            train_images[order].astype(np.float32) / 255.0,
+            inputs / 255.0 if train_images.dtype == np.uint8 else inputs,
             train_labels[order],
             batch_size=128,
             epochs=epochs,
@@ -193,6 +219,7 @@ def quantization_aware_int8(
     seed: int = 0,
     loss: str = "mse",
     fault_max_rate: float = 0.0,
+    output_kind: str = "logits",
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """QAT fine-tuning then full-int8 conversion; returns (tflite bytes, per-epoch history).
 
@@ -218,7 +245,7 @@ def quantization_aware_int8(
         trained = _fault_aware(quantized, fault_max_rate, seed, tf, tf_keras)
     trained.compile(
         optimizer=tf_keras.optimizers.Adam(learning_rate),
-        loss=_loss(loss, tf),
+        loss=_loss(loss, tf, output_kind),
         metrics=["accuracy"],
     )
     history = _fit(trained, train_images, train_labels, epochs, examples, seed, tf_keras)

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import checks, data, io_utils, vocabulary
-from aftt_tf.faults import campaign, inputs
+from aftt_tf import checks, io_utils, vocabulary
+from aftt_tf.faults import campaign, frontend, inputs
 from aftt_tf.faults.runtimes import load_campaign_model
 from aftt_tf.faults.spec import CampaignModel, FaultSpec
 
@@ -38,6 +38,8 @@ class CampaignConfig:
         input_transform: 'auto', 'unit', 'raw', 'symmetric' or 'MODULE:FUNCTION'.
         input_scale, input_offset: an affine transform x * scale + offset instead.
         allow_chance_accuracy: run even when a model is at chance level before faults.
+        repair_data: training data of the repaired protocol (same forms as `data`;
+            default: the built-in dataset the models' run names).
         imports: modules to import first (they register a model's custom classes).
         batch_size: evaluation chunk size.
         num_shards, shard_index: this process's share of the cells.
@@ -61,6 +63,7 @@ class CampaignConfig:
     input_scale: float | None = None
     input_offset: float | None = None
     allow_chance_accuracy: bool = False
+    repair_data: str = ""
     imports: tuple[str, ...] = ()
     batch_size: int = 2000
     num_shards: int = 1
@@ -148,39 +151,48 @@ def load_test_data(
     config: CampaignConfig, input_shape: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Test inputs, labels and their description (raises data.DataUnavailableError when
-    none can be read, ValueError when they do not fit the models)."""
-    source = config.data or config.dataset or vocabulary.dataset_for_input_shape(input_shape)
-    if not source:
-        raise ValueError(
-            f"Cannot infer the test data of input shape {tuple(input_shape)}; pass --data "
-            "(a built-in name, tfds:NAME:SPLIT, npz:PATH or folder:PATH)."
-        )
+    none can be read, ValueError when they do not fit the models or none is named)."""
+    first_path = next(iter(parse_models(config.models).values()), None)
+    source = frontend.resolve_source(config.data or config.dataset, first_path)
     if source in vocabulary.DATASETS:  # Known shape: refuse before reading any data.
         _check_shape(vocabulary.input_shape_for(source), input_shape, source)
-    loaded = data.load_evaluation_data(
-        source,
-        data_dir=config.data_dir or None,
-        tfds_data_dir=config.tfds_data_dir or None,
-        npz_keys=tuple(config.npz_keys),
+    examples = frontend.load(source, "test", _data_options(config))
+    _check_shape(examples.images.shape[1:], input_shape, source)
+    examples = examples.head(config.test_examples)
+    logging.info(
+        "Test data: %d examples from %s", len(examples.labels), examples.description["source"]
     )
-    images, labels = loaded.images, loaded.labels
-    _check_shape(images.shape[1:], input_shape, source)
-    if config.test_examples:
-        images, labels = images[: config.test_examples], labels[: config.test_examples]
-    logging.info("Test data: %d examples from %s", len(labels), loaded.description["source"])
-    return images, labels, {**loaded.description, "class_names": list(loaded.class_names)}
+    return (
+        examples.images,
+        examples.labels,
+        {**examples.description, "class_names": list(examples.class_names)},
+    )
+
+
+def _data_options(config: CampaignConfig) -> frontend.DataOptions:
+    return frontend.DataOptions(
+        data_dir=config.data_dir,
+        tfds_data_dir=config.tfds_data_dir,
+        npz_keys=tuple(config.npz_keys),
+        input_transform=config.input_transform,
+        input_scale=config.input_scale,
+        input_offset=config.input_offset,
+    )
 
 
 def load_train_data(config: CampaignConfig, input_shape: tuple[int, ...]):
-    """(images, labels) of the built-in training set the repaired protocol trains on."""
-    dataset = config.dataset or vocabulary.dataset_for_input_shape(tuple(input_shape))
-    if dataset is None:
-        raise ValueError(
-            f"--repair_epochs trains on a built-in dataset; none has input shape "
-            f"{tuple(input_shape)}. Pass --dataset."
-        )
-    arrays, _ = data.load_arrays(dataset, config.data_dir or None)
-    return arrays["train"]
+    """(images, labels) the repaired protocol trains on: --repair_data (a built-in
+    dataset's training split, or the whole file), separate from the evaluation data."""
+    first_path = next(iter(parse_models(config.models).values()), None)
+    source = frontend.resolve_source(
+        config.repair_data or config.dataset, first_path, "--repair_data"
+    )
+    examples = frontend.load(source, "train", _data_options(config))
+    _check_shape(examples.images.shape[1:], input_shape, source)
+    logging.info(
+        "Repair data: %d examples from %s", len(examples.labels), examples.description["source"]
+    )
+    return examples.images, examples.labels
 
 
 def check_labels(labels: np.ndarray, class_names: list[str], outputs: int | None) -> None:

@@ -20,9 +20,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from aftt_tf import data, io_utils, vocabulary
-from aftt_tf.faults import keras_runner, targets
-from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result, outcome_of
+from aftt_tf import data, io_utils
+from aftt_tf.faults import frontend, keras_runner, targets
+from aftt_tf.faults.spec import (
+    FaultSpec,
+    FaultTargetError,
+    cell_result,
+    check_classifier_outputs,
+    outcome_of,
+)
 from aftt_tf.training import phases, trainers
 from aftt_tf.training.repair_config import RepairConfig, check_directory, record
 
@@ -49,9 +55,48 @@ def _optimizer(name: str, learning_rate: float, weight_decay: float) -> keras.op
     }[name](**options)
 
 
-def _accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
-    logits = model.predict(images.astype(np.float32) / 255.0, batch_size=1000, verbose=0)
-    return outcome_of(logits, labels).accuracy
+def _accuracy(model: keras.Model, examples, transform) -> float:
+    """Top-1 accuracy on stored examples made into model inputs by `transform` (correct,
+    finite predictions only)."""
+    values = np.asarray(transform.apply(examples.images), np.float32)
+    logits = model.predict(values, batch_size=1000, verbose=0)
+    return outcome_of(logits, examples.labels).accuracy
+
+
+def repair_data(config: RepairConfig, input_shape, outputs):
+    """(train, test, transform, record): the repair's training examples, the examples its
+    accuracies are measured on, the input transform and what they were, in words.
+
+    --data names the training data (a built-in dataset or TFDS name: its training split);
+    --test_data the evaluation data (default: the built-in or TFDS test split; for a
+    file, a seeded 20% of it held out and never trained on)."""
+    options = config.data_options()
+    source = frontend.resolve_source(config.data or config.dataset, config.model)
+    train = frontend.load(source, "train", options)
+    if config.test_data:
+        test = frontend.load(config.test_data, "test", options)
+    elif ":" not in source or source.startswith("tfds:"):
+        test = frontend.load(source, "test", options)
+    else:
+        train, test = frontend.split_off(train, HELD_OUT_FRACTION, config.data_seed)
+    for examples in (train, test):
+        frontend.check_fits(examples, input_shape, outputs)
+    train = train.head(config.train_examples)
+    transform = options.transform(train.images)
+    if test.images.dtype != train.images.dtype:
+        raise ValueError(
+            f"The training data are stored as {train.images.dtype} and the test data as "
+            f"{test.images.dtype}; one input transform cannot serve both. Store them alike."
+        )
+    record_ = {
+        "train": {**train.description, "examples": len(train.labels)},
+        "test": {**test.description, "examples": len(test.labels)},
+        "input_transform": transform.record(),
+    }
+    return train, test, transform, record_
+
+
+HELD_OUT_FRACTION = 0.2
 
 
 def repair(config: RepairConfig) -> dict[str, Any]:
@@ -64,13 +109,15 @@ def repair(config: RepairConfig) -> dict[str, Any]:
             f"{config.model} is a subclassed model: repair holds faults in fault layers, "
             "which need a Sequential or Functional model."
         )
-    dataset = config.dataset or vocabulary.dataset_for_input_shape(tuple(model.input_shape[1:]))
-    arrays, _ = data.load_arrays(dataset, config.data_dir or None)
-    train_images, train_labels = arrays["train"]
-    if config.train_examples:
-        train_images = train_images[: config.train_examples]
-        train_labels = train_labels[: config.train_examples]
-    test_images, test_labels = arrays["test"]
+    adapter = keras_runner.KerasModel(model)
+    check_classifier_outputs(adapter.output_shapes, config.model)
+    output_kind = frontend.training_output_kind(model, config.model)
+    train, test, transform, data_record = repair_data(
+        config, adapter.input_shape, adapter.num_outputs
+    )
+    clean = _accuracy(model, test, transform)
+    if not config.allow_chance_accuracy:
+        check_clean_accuracy(clean, test.labels, config.model)
     # The fault map is placed before anything is written: a map that does not fit the
     # model (no such layer) is refused with an empty --out.
     faulty, counts = keras_runner.faulty_copy(model, config.spec(), config.rate, config.trial)
@@ -80,24 +127,45 @@ def repair(config: RepairConfig) -> dict[str, Any]:
         with io_utils.DirectoryLock(out / io_utils.LOCK_FILE, str(out)):
             check_directory(config)
             io_utils.write_json(out / "config.json", record(config))
-            return _repair_in(
-                config,
-                out,
-                model,
-                (faulty, counts),
-                (train_images, train_labels),
-                (test_images, test_labels),
-            )
+            setup = _Setup(model, faulty, counts, train, test, transform, output_kind)
+            return _repair_in(config, out, setup, {**data_record, "clean": clean})
     except io_utils.OutputError:
         io_utils.remove_created(created, out)  # Refused at the lock: nothing of ours there.
         raise
 
 
-def _repair_in(config, out: Path, model, fault, train, test) -> dict[str, Any]:
+class _Setup:
+    """What one repair trains and measures."""
+
+    def __init__(self, model, faulty, counts, train, test, transform, output_kind):
+        self.model, self.faulty, self.counts = model, faulty, counts
+        self.train, self.test, self.transform = train, test, transform
+        self.output_kind = output_kind
+
+
+def check_clean_accuracy(clean: float, labels: np.ndarray, where: str) -> None:
+    """ValueError when the model, before any fault, is within the 99.9% binomial bound of
+    guessing the most frequent class: its inputs, labels or data are wrong."""
+    count = len(labels)
+    guess = float(np.max(np.bincount(np.asarray(labels, np.int64)))) / count
+    bound = guess + 3.29 * (guess * (1 - guess) / max(count, 1)) ** 0.5
+    if clean <= bound:
+        raise ValueError(
+            f"{where}: clean accuracy {100 * clean:.2f}% is at chance level (guessing the most "
+            f"frequent class gives {100 * guess:.2f}%) before any fault, so a repair would "
+            "measure nothing. Likely causes: inputs scaled differently from training (a "
+            "model with its own Rescaling layer wants --input_transform=raw), labels in "
+            "another order, or the wrong --data. Pass --allow_chance_accuracy to run anyway."
+        )
+
+
+def _repair_in(config, out: Path, setup: _Setup, data_record: dict) -> dict[str, Any]:
     spec = config.spec()
-    faulty, counts = fault
-    before = _accuracy(faulty, *test)
-    trainer = trainers.ClassifierTrainer(faulty, loss=_run_loss(config))
+    faulty, counts = setup.faulty, setup.counts
+    before = _accuracy(faulty, setup.test, setup.transform)
+    trainer = trainers.ClassifierTrainer(
+        faulty, loss=_run_loss(config), output_kind=setup.output_kind
+    )
     optimizer = _optimizer(config.optimizer, config.learning_rate, config.weight_decay)
     trainer.compile(optimizer=optimizer)
     state_variables = faulty.variables + phases.optimizer_variables(
@@ -109,7 +177,13 @@ def _repair_in(config, out: Path, model, fault, train, test) -> dict[str, Any]:
         trainer,
         state_variables,
         lambda first, last: data.train_dataset(
-            *train, config.batch_size, config.data_seed, first, last
+            setup.train.images,
+            setup.train.labels,
+            config.batch_size,
+            config.data_seed,
+            first,
+            last,
+            transform=setup.transform,
         ),
         config.epochs,
         out,
@@ -117,9 +191,11 @@ def _repair_in(config, out: Path, model, fault, train, test) -> dict[str, Any]:
     with io_utils.atomic_path(out / "classifier.keras") as temporary:
         faulty.save(temporary)
     metrics = {
-        "clean_test_accuracy": _accuracy(model, *test),
+        "clean_test_accuracy": data_record.pop("clean"),
         "faulty_test_accuracy_before_repair": before,
-        "faulty_test_accuracy_after_repair": _accuracy(faulty, *test),
+        "faulty_test_accuracy_after_repair": _accuracy(faulty, setup.test, setup.transform),
+        "output_kind": setup.output_kind,
+        "data": data_record,
         "fault_map": {
             "kind": spec.kind,
             "rate": config.rate,
@@ -192,7 +268,11 @@ class RepairCellRunner:
         names = keras_runner.KerasModel(model).select_layers(spec)
         self.faulty = targets.apply_faults(model, spec.kind, names)
         self.injector = keras_runner.FaultInjector(self.faulty, spec, names, in_place=False)
-        self.trainer = trainers.ClassifierTrainer(self.faulty, loss=protocol.loss)
+        self.trainer = trainers.ClassifierTrainer(
+            self.faulty,
+            loss=protocol.loss,
+            output_kind=frontend.training_output_kind(model, f"{model.name!r}"),
+        )
         self.optimizer = _optimizer(
             protocol.optimizer, protocol.learning_rate, protocol.weight_decay
         )
@@ -204,11 +284,18 @@ class RepairCellRunner:
         if protocol.train_examples:
             train_images = train_images[: protocol.train_examples]
             train_labels = train_labels[: protocol.train_examples]
-        self.dataset, self.steps = data.train_dataset(
-            train_images, train_labels, protocol.batch_size, protocol.data_seed, 0, protocol.epochs
-        )
         images, self.labels = np.asarray(test[0]), np.asarray(test[1])
         transform = transform or inputs.resolve("auto", dtype=images.dtype, sample=images)
+        # The repairs train on inputs made the way the evaluation's are.
+        self.dataset, self.steps = data.train_dataset(
+            train_images,
+            train_labels,
+            protocol.batch_size,
+            protocol.data_seed,
+            0,
+            protocol.epochs,
+            transform=transform,
+        )
         self.inputs = transform.apply(images).astype(np.float32)
 
     def unrepaired_clean_accuracy(self) -> float:

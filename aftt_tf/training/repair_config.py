@@ -31,8 +31,16 @@ class RepairConfig:
         loss: classification loss; '' takes the run's (config.json beside the model),
             else 'crossentropy'.
         train_examples: train on only this many examples (0: all).
-        dataset, data_dir: the training data (default: from the model's input shape).
-        data_seed: order of the training batches.
+        dataset, data_dir: built-in training data (older spelling of `data`) and the
+            local raw data directory.
+        data_seed: order of the training batches (and of the held-out part of a file).
+        data: training data in any form (a built-in name, tfds:NAME, npz:PATH,
+            folder:PATH); default: the dataset the model's aftt-train run names.
+        test_data: the data the accuracies are measured on (default: the built-in or
+            TFDS test split; for a file, a seeded 20% of it, held out from training).
+        tfds_data_dir, npz_keys, input_transform, input_scale, input_offset: as in
+            aftt-faults.
+        allow_chance_accuracy: repair even when the model is at chance level before faults.
     """
 
     model: str
@@ -52,6 +60,28 @@ class RepairConfig:
     dataset: str = ""
     data_dir: str = ""
     data_seed: int = 0
+    data: str = ""
+    test_data: str = ""
+    tfds_data_dir: str = ""
+    npz_keys: tuple[str, str] = ("x", "y")
+    input_transform: str = "auto"
+    input_scale: float | None = None
+    input_offset: float | None = None
+    allow_chance_accuracy: bool = False
+
+    def data_options(self):
+        """The shared data flags (`faults.frontend.DataOptions`)."""
+        from aftt_tf.faults.frontend import DataOptions
+
+        return DataOptions(
+            data=self.data or self.dataset,
+            data_dir=self.data_dir,
+            tfds_data_dir=self.tfds_data_dir,
+            npz_keys=tuple(self.npz_keys),
+            input_transform=self.input_transform,
+            input_scale=self.input_scale,
+            input_offset=self.input_offset,
+        )
 
     def validate(self) -> None:
         """Raises ValueError for bad values (files are checked when the repair starts)."""
@@ -79,6 +109,10 @@ class RepairConfig:
             )
         if self.train_examples < 0 or self.seed < 0 or self.trial < 0:
             raise ValueError("--train_examples, --seed and --trial must be >= 0.")
+        self.data_options().validate()
+        if self.test_data:
+            replace = dataclasses.replace(self.data_options(), data=self.test_data)
+            replace.validate()
         if not math.isfinite(self.rate):
             raise ValueError(f"--rate must be in [0, 1], received {self.rate}.")
 
@@ -102,7 +136,18 @@ def check_directory(config: RepairConfig) -> bool:
     if not out.exists() or not io_utils.entries(out):
         return False
     recorded = out / "config.json"
-    if not recorded.exists() or io_utils.read_json(recorded) != record(config):
+    # Repairs written before the data flags existed recorded none: their defaults.
+    added = {
+        "data": "",
+        "test_data": "",
+        "tfds_data_dir": "",
+        "npz_keys": ["x", "y"],
+        "input_transform": "auto",
+        "input_scale": None,
+        "input_offset": None,
+        "allow_chance_accuracy": False,
+    }
+    if not recorded.exists() or {**added, **io_utils.read_json(recorded)} != record(config):
         raise io_utils.OutputError(
             f"{out} holds something other than this repair (another model, fault map or "
             "training setting). Choose another --out."
@@ -114,5 +159,6 @@ def record(config: RepairConfig) -> dict[str, Any]:
     """What config.json holds: the config and the repaired model's sha256."""
     values = dataclasses.asdict(config)
     values["layers"] = list(config.layers)
+    values["npz_keys"] = list(config.npz_keys)
     values["model_sha256"] = io_utils.sha256_file(Path(config.model))
     return values

@@ -199,18 +199,58 @@ def weight_penalty(kernels: list[keras.Variable], regularization: str) -> tf.Ten
     raise ValueError(f"regularization must be 'l1' or 'l2', received {regularization!r}.")
 
 
-def classification_loss(labels: tf.Tensor, logits: tf.Tensor, loss: str) -> tf.Tensor:
-    """Per-batch mean of L_C: ||softmax(logits) - onehot(y)||^2 (paper Eq. 15) or cross-entropy."""
+def classification_loss(
+    labels: tf.Tensor, outputs: tf.Tensor, loss: str, output_kind: str = "logits"
+) -> tf.Tensor:
+    """Per-batch mean of L_C: ||softmax(logits) - onehot(y)||^2 (paper Eq. 15) or cross-entropy.
+
+    `output_kind` says what the model returns: 'logits', or 'probabilities' (a final
+    softmax), which are compared as they are (never a softmax of a softmax)."""
+    probabilities = output_kind == "probabilities"
     if loss == "mse":
-        one_hot = ops.one_hot(ops.cast(labels, "int32"), ops.shape(logits)[-1])
-        return ops.mean(ops.sum(ops.square(ops.softmax(logits) - one_hot), axis=-1))
+        one_hot = ops.one_hot(ops.cast(labels, "int32"), ops.shape(outputs)[-1])
+        predicted = outputs if probabilities else ops.softmax(outputs)
+        return ops.mean(ops.sum(ops.square(predicted - one_hot), axis=-1))
     if loss == "crossentropy":
         return ops.mean(
-            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            keras.losses.sparse_categorical_crossentropy(
+                labels, outputs, from_logits=not probabilities
+            )
         )
     raise ValueError(
         f"classification loss must be one of {', '.join(CLASSIFICATION_LOSSES)}, received {loss!r}."
     )
+
+
+def _check_classifier_options(
+    loss, regularization, reg_lambda, fault_aware_kinds, fault_aware_max_rate, output_kind
+) -> None:
+    """ValueError naming the first bad ClassifierTrainer option."""
+    if output_kind not in ("logits", "probabilities"):
+        raise ValueError(
+            f"output_kind must be 'logits' or 'probabilities', received {output_kind!r}."
+        )
+    unknown = [kind for kind in fault_aware_kinds if kind not in FAULT_AWARE_KINDS]
+    if unknown:
+        raise ValueError(
+            f"fault_aware_kinds {unknown} are not supported; expected a subset of "
+            f"{', '.join(FAULT_AWARE_KINDS)}."
+        )
+    if fault_aware_kinds and not 0.0 < fault_aware_max_rate < 1.0:
+        raise ValueError(
+            f"fault_aware_max_rate must be in (0, 1), received {fault_aware_max_rate}."
+        )
+    if loss not in CLASSIFICATION_LOSSES:
+        raise ValueError(
+            f"loss must be one of {', '.join(CLASSIFICATION_LOSSES)}, received {loss!r}."
+        )
+    if regularization not in REGULARIZATIONS:
+        raise ValueError(
+            f"regularization must be one of {', '.join(REGULARIZATIONS)}, "
+            f"received {regularization!r}."
+        )
+    if reg_lambda < 0:
+        raise ValueError(f"reg_lambda must be >= 0, received {reg_lambda}.")
 
 
 class ClassifierTrainer(keras.Model):
@@ -239,6 +279,7 @@ class ClassifierTrainer(keras.Model):
             model sees the whole range a campaign evaluates.
         seed: seed of the fault maps; step i's map depends only on (seed, i), so a
             resumed run draws the same faults as an uninterrupted one.
+        output_kind: 'logits' or 'probabilities' (a final softmax): what the loss reads.
     """
 
     def __init__(
@@ -251,30 +292,14 @@ class ClassifierTrainer(keras.Model):
         fault_aware_kinds: tuple[str, ...] = (),
         fault_aware_max_rate: float = 0.0,
         seed: int = 0,
+        output_kind: str = "logits",
         **kwargs,
     ):
         super().__init__(**kwargs)
-        unknown = [kind for kind in fault_aware_kinds if kind not in FAULT_AWARE_KINDS]
-        if unknown:
-            raise ValueError(
-                f"fault_aware_kinds {unknown} are not supported; expected a subset of "
-                f"{', '.join(FAULT_AWARE_KINDS)}."
-            )
-        if fault_aware_kinds and not 0.0 < fault_aware_max_rate < 1.0:
-            raise ValueError(
-                f"fault_aware_max_rate must be in (0, 1), received {fault_aware_max_rate}."
-            )
-        if loss not in CLASSIFICATION_LOSSES:
-            raise ValueError(
-                f"loss must be one of {', '.join(CLASSIFICATION_LOSSES)}, received {loss!r}."
-            )
-        if regularization not in REGULARIZATIONS:
-            raise ValueError(
-                f"regularization must be one of {', '.join(REGULARIZATIONS)}, "
-                f"received {regularization!r}."
-            )
-        if reg_lambda < 0:
-            raise ValueError(f"reg_lambda must be >= 0, received {reg_lambda}.")
+        _check_classifier_options(
+            loss, regularization, reg_lambda, fault_aware_kinds, fault_aware_max_rate, output_kind
+        )
+        self.output_kind = output_kind
         self.classifier = classifier
         self.classification_loss_name = loss
         self.regularization = regularization
@@ -323,7 +348,9 @@ class ClassifierTrainer(keras.Model):
 
     def total_loss(self, labels, logits) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """(total, classification, penalty) for a batch; exposed for tests."""
-        data_loss = classification_loss(labels, logits, self.classification_loss_name)
+        data_loss = classification_loss(
+            labels, logits, self.classification_loss_name, self.output_kind
+        )
         penalty = self.penalty()
         return data_loss + penalty, data_loss, penalty
 
