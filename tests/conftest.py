@@ -105,6 +105,8 @@ def model_path(tmp_path):
     path = tmp_path / "run" / "classifier.keras"
     path.parent.mkdir()
     networks.build_networks("fmnist_mlp").classifier.save(path)
+    # aftt-train's config.json names the run's dataset (the binaries' default --data).
+    (path.parent / "config.json").write_text('{"dataset": "fashion_mnist"}\n')
     return path
 
 

@@ -580,3 +580,23 @@ def test_repair_lock_refusal_exits_with_usage_status(tmp_path, model_path):
 def test_readme_says_what_import_runs():
     readme = (REPO / "README.md").read_text()
     assert "--import" in readme and "runs the module's code" in readme
+
+
+def test_the_python_api_is_notebook_friendly():
+    import matplotlib
+
+    from aftt_tf.faults import evaluate
+
+    backend = matplotlib.get_backend()
+    model = _model()
+    images, labels = _data(model)
+    result = evaluate({"m": model}, SPEC, (images, labels))
+    assert [(row["rate"], row["trials"]) for row in result.to_rows()] == [(0.0, 2), (0.5, 2)]
+    assert "<table>" in result._repr_html_() and "m</td>" in result._repr_html_()
+    figure = result.plot()
+    assert type(figure).__name__ == "Figure" and matplotlib.get_backend() == backend
+    frame = result.to_dataframe()
+    assert list(frame["accuracy"]) == [row["accuracy"] for row in result.to_rows()]
+    with pytest.raises(ValueError, match=r"Pass allow_chance_accuracy=True") as error:
+        evaluate({"m": model}, SPEC, (images, np.zeros_like(labels)))
+    assert "--" not in str(error.value)

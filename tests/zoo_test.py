@@ -378,6 +378,12 @@ def test_readme_python_example_runs():
     assert 0.5 < mean <= 1.0 and low == high == mean  # Rate 0: the same clean model.
     mean, low, high = result.accuracy("mine", 0.3)
     assert 0.0 <= low <= mean <= high <= 1.0
+    assert len(namespace["rows"]) == 3 and {row["rate"] for row in namespace["rows"]} == {
+        0.0,
+        0.1,
+        0.3,
+    }
+    assert type(namespace["figure"]).__name__ == "Figure"
     assert result.coverage["mine"]["left_out"] == []
     assert result.data["input_transform"]["name"] == "unit"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import sys
 from collections.abc import Callable, Iterator
 
@@ -63,8 +64,10 @@ def run(main: Callable[[list[str]], None], program: str, modules: tuple[str, ...
     and `--help` listing the flags the binary's own `modules` define."""
     if any(arg in ("--help", "-h", "--helpshort", "-?") for arg in sys.argv[1:]):
         _print_help(program, modules)
+    quiet_tensorflow()
 
     def guarded(argv: list[str]) -> None:
+        _plain_log_lines()
         try:
             main(argv)
         except app.UsageError:
@@ -80,6 +83,22 @@ def run(main: Callable[[list[str]], None], program: str, modules: tuple[str, ...
             _fail(program, message)
 
     app.run(guarded, flags_parser=_parse_flags)
+
+
+def quiet_tensorflow() -> None:
+    """TensorFlow's own C++ log (oneDNN notices, 'failed call to cuInit' on every machine
+    without a GPU) off unless the user asked for it with TF_CPP_MIN_LOG_LEVEL; errors
+    still reach the user as exceptions, one line each."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _plain_log_lines() -> None:
+    """Log lines as 'LEVEL: message', without absl's thread and file prefix."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
 
 
 def _tensorflow_error(error: Exception) -> str | None:

@@ -300,6 +300,12 @@ def _print_summary(results: dict) -> None:
                     f"  rate {_rate(row['rate'])}: {100 * row['mean']:.2f}% "
                     f"[{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}] (n={row['trials']})"
                     + _non_finite_text(row.get("non_finite"))
+                    + (
+                        f"; --target_margin {100 * results['spec']['target_margin']:g} points "
+                        "NOT reached (more --trials needed)"
+                        if row.get("margin_reached") is False
+                        else ""
+                    )
                 )
     for pair, rows in results["paired_differences"].items():
         print(f"paired difference {pair}:")

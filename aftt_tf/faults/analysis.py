@@ -39,6 +39,7 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
                     "std": std,
                     "ci_low": max(0.0, mean - half_width),
                     "ci_high": min(1.0, mean + half_width),
+                    "ci_half_width": half_width,
                     "realized_fraction": float(
                         np.mean([c["realized_fraction"] for c in own if c["rate"] == rate])
                     ),

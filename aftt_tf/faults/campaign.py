@@ -340,7 +340,7 @@ def run_campaign(
         out_dir = Path(out_dir)
         check_campaign_directory(out_dir, spec, data)
     adapters = {label: as_campaign_model(model) for label, model in models.items()}
-    _check_models(adapters, transform, images)
+    _check_models(adapters, transform, images, spec)
     meta = _meta(spec, adapters, data, num_shards, shard_index)
     run = _Run(spec, images, labels, batch_size, transform, progress, on_cell)
     run.allow_chance_accuracy = allow_chance_accuracy
@@ -353,13 +353,38 @@ def run_campaign(
     return _run_in_directory(run, adapters, meta, plan, out_dir, data, per_layer)
 
 
-def _check_models(adapters: dict, transform: inputs.InputTransform, images: np.ndarray) -> None:
-    """Every model has one (batch, classes) output and takes what the transform makes."""
+def _check_models(
+    adapters: dict, transform: inputs.InputTransform, images: np.ndarray, spec: FaultSpec
+) -> None:
+    """Every model has one (batch, classes) output and takes what the transform makes;
+    a bit position means the same bit in every model."""
     for label, adapter in adapters.items():
         shapes = getattr(adapter, "output_shapes", None)
         if shapes is not None:
             check_classifier_outputs(shapes, label)
         inputs.check_transform(transform, images, tuple(adapter.input_shape))
+    if spec.kind == "bit":
+        _check_bit_meaning(adapters, spec)
+
+
+def _check_bit_meaning(adapters: dict, spec: FaultSpec) -> None:
+    """A bit position means one thing in every model of a paired bit campaign: float32
+    bit 7 is a low mantissa bit, int8 bit 7 the sign. Models whose faulted weights are
+    stored differently are refused (run one campaign per storage type)."""
+    storages = {
+        label: sorted(adapter.weight_storage(spec))
+        for label, adapter in adapters.items()
+        if hasattr(adapter, "weight_storage")
+    }
+    if len({tuple(types) for types in storages.values()}) > 1:
+        described = ", ".join(f"{label}: {'/'.join(types)}" for label, types in storages.items())
+        raise ValueError(
+            f"A bit campaign pairs models whose weights are stored differently ({described}): "
+            f"bit {spec.bit_position if spec.bit_position >= 0 else '(random)'} would be "
+            "another bit of another number format in each, and the comparison would mean "
+            "nothing. Run one bit campaign per storage type (e.g. the .keras and the float32 "
+            ".tflite together, the int8 files together)."
+        )
 
 
 def _run_in_directory(run: _Run, adapters, meta, plan, out_dir: Path, data, per_layer: bool):
@@ -780,6 +805,12 @@ def results_of(cells: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, A
     # bits of every statistic, do not depend on it.
     cells = sorted(cells, key=lambda c: (c["model"], c["group"], c["rate"], c["trial"]))
     summary = analysis.summarize(cells)
+    margin = meta["spec"].get("target_margin") or 0.0
+    if margin:
+        for groups in summary.values():
+            for entry in groups.values():
+                for row in entry["per_rate"]:
+                    row["margin_reached"] = bool(row["ci_half_width"] <= margin)
     labels = list(meta["models"])
     comparisons = {
         f"{a} - {b}": analysis.paired_differences(cells, a, b)

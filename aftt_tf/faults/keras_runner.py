@@ -112,6 +112,16 @@ class KerasModel:
         )
         return [tuple(np.shape(value)) for value in results]
 
+    def weight_storage(self, spec: FaultSpec) -> set[str]:
+        """The storage types of the weights `spec` faults (what a bit position means)."""
+        names = set(self.select_layers(spec))
+        return {
+            str(np.dtype(variable.dtype).name)
+            for layer in registry.flat_layers(self.model)
+            if layer.name in names
+            for _, variable in registry.kernels(layer)
+        }
+
     def fingerprint(self) -> str:
         return model_fingerprint(self.model)
 

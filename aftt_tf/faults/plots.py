@@ -31,7 +31,8 @@ def save_figure(figure, stem: Path, formats: tuple[str, ...] = ("png", "svg"), d
 
 def accuracy_vs_rate_figure(panels: list[tuple[str, dict[str, Any]]], group: str = "all"):
     """One panel per (title, summary); one line per model (like the paper's Fig. 3 and
-    Fig. 7), its 95% CI as a shaded band."""
+    Fig. 7), its 95% CI as a shaded band. Rates spanning decades (bit faults at 1e-5 ..
+    1e-2) get a logarithmic axis (linear around 0), so small rates are not piled at 0."""
     figure, axes = subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for axis, (title, summary) in zip(axes[0], panels, strict=True):
         for model, groups in summary.items():
@@ -55,12 +56,27 @@ def accuracy_vs_rate_figure(panels: list[tuple[str, dict[str, Any]]], group: str
                     color=line.get_color(),
                     label=f"{model}: NaN/Inf outputs (%)",
                 )
+        _rate_axis(axis, summary, group)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("fault rate (% of elements per layer)")
         axis.set_ylabel("test accuracy (%)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     return figure
+
+
+def _rate_axis(axis, summary: dict[str, Any], group: str) -> None:
+    rates = sorted(
+        {
+            100 * row["rate"]
+            for groups in summary.values()
+            if group in groups
+            for row in groups[group]["per_rate"]
+            if row["rate"] > 0
+        }
+    )
+    if len(rates) >= 2 and rates[-1] / rates[0] >= 100:
+        axis.set_xscale("symlog", linthresh=rates[0])
 
 
 def accuracy_vs_rate(

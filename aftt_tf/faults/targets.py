@@ -166,8 +166,14 @@ def apply_faults(model: keras.Model, kind: str, layer_names: list[str]) -> keras
 
 
 def _consumers(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
-    """Layer name -> the layers that read its output, in a Functional model's graph."""
+    """Layer name -> the layers that read its output, in a Functional model's graph (a
+    Sequential model's chain: each layer is read by the next)."""
     result: dict[str, list[keras.layers.Layer]] = {}
+    if isinstance(model, keras.Sequential):
+        layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        for layer, reader in zip(layers, layers[1:], strict=False):
+            result[layer.name] = [reader]
+        return result
     for nodes in model._nodes_by_depth.values():  # No public graph walk in Keras 3.
         for node in nodes:
             for tensor in node.input_tensors:

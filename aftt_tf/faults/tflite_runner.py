@@ -87,6 +87,14 @@ class TFLiteModel(tflite_file.TFLiteFile):
                 self._check_storable(name, spec)
         return names
 
+    def weight_storage(self, spec: FaultSpec) -> set[str]:
+        """The storage types of the weights `spec` faults (what a bit position means)."""
+        return {
+            kernel.weights.dtype.name
+            for name in self.select_layers(spec)
+            for kernel in self.layers[name].kernels
+        }
+
     def _check_storable(self, name: str, spec: FaultSpec) -> None:
         """FaultTargetError when an integer tensor of the layer cannot hold the stuck value
         (clamping it to the int8 range would measure another fault than the one asked)."""
