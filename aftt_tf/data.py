@@ -434,14 +434,23 @@ def _stored_and_affine(images: np.ndarray, transform):
     return images, transform.divisor, transform.offset
 
 
-def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int = 1000):
-    """In-order batches (images in [0, 1], labels) covering every example once."""
+def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int = 1000, transform=None):
+    """In-order batches (model inputs, labels) covering every example once: images in
+    [0, 1] (x / 255) by default, or made by `transform` (see `train_dataset`)."""
     import tensorflow as tf
+
+    images, divisor, offset = _stored_and_affine(images, transform)
+
+    def make_inputs(x, y):
+        x = tf.cast(x, tf.float32)
+        if divisor != 1.0:
+            x = x / divisor
+        return (x + offset if offset else x), y
 
     return (
         tf.data.Dataset.from_tensor_slices((images, labels))
         .batch(batch_size)
-        .map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(make_inputs, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 # Training methods, in the order the comparison trains and reports them.
 METHODS = ("none", "l1", "l2", "fat", "aftt", "aftt_fat")
+# Methods for the user's own model (aftt-train --model): the paper's and range restriction.
+USER_METHODS = (*METHODS, "range")
 METHOD_NAMES = {
     "none": "no regularisation",
     "l1": "Lasso (L1)",

@@ -153,6 +153,7 @@ def test_cli_runs_a_campaign_on_an_existing_cluster(cluster, models, tmp_path):
         "--rates=0,0.3",
         "--trials=3",
         "--test_examples=300",
+        "--data=fashion_mnist",
         "--executor=ray",
         f"--ray_address={cluster}",
         "--resources_per_worker=cpu=1",

@@ -197,6 +197,13 @@ def main(argv: list[str]) -> None:
         campaign_lib.check_labels(
             test_data[1], test_data[2]["class_names"], getattr(first, "num_outputs", None)
         )
+        campaign.check_inputs(
+            models,
+            config.spec,
+            test_data[0],
+            test_data[1],
+            campaign_lib.transform_of(config, test_data[0]),
+        )
         if config.spec.repair is not None:
             models = _repairing(config, models)
     from aftt_tf.faults.ray_executor import RayUnavailableError

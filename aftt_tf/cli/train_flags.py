@@ -12,7 +12,12 @@ from aftt_tf.training import config as config_lib
 
 _DEFAULTS = config_lib.TrainConfig()
 
-flags.DEFINE_enum("method", _DEFAULTS.method, vocabulary.METHODS, "Training method.")
+flags.DEFINE_enum(
+    "method",
+    _DEFAULTS.method,
+    vocabulary.USER_METHODS,
+    "Training method (range: activation range restriction, with --model only).",
+)
 flags.DEFINE_enum("architecture", _DEFAULTS.architecture, vocabulary.ARCHITECTURES, "Network.")
 flags.DEFINE_string(
     "dataset", "", f"One of {', '.join(vocabulary.DATASETS)}; empty: the architecture's."

@@ -231,11 +231,11 @@ def prepare(config: ExportConfig) -> Prepared:
         "test": (_model_inputs(transform, test.images), test.labels),
     }
     if not config.allow_chance_accuracy:
-        from aftt_tf.training.repair import check_clean_accuracy
+        from aftt_tf.faults.campaign import check_accuracy
 
         logits = source.predict(arrays["test"][0][:2000], batch_size=1000, verbose=0)
         clean = outcome_of(logits, arrays["test"][1][:2000]).accuracy
-        check_clean_accuracy(clean, arrays["test"][1][:2000], config.model)
+        check_accuracy(clean, arrays["test"][1][:2000], config.model)
     record = {
         "test": {**test.description, "examples": len(test.labels)},
         "calibration": {**calibration.description, "examples": len(calibration.labels)},

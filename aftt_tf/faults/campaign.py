@@ -353,6 +353,25 @@ def run_campaign(
     return _run_in_directory(run, adapters, meta, plan, out_dir, data, per_layer)
 
 
+def check_inputs(
+    models: dict[str, Any],
+    spec: FaultSpec,
+    images: np.ndarray,
+    labels: np.ndarray,
+    transform: inputs.InputTransform | str = "auto",
+) -> inputs.InputTransform:
+    """Every check `run_campaign` makes of its inputs before any work (examples, labels,
+    input transform, model outputs, bit meaning); a binary calls it where a failure is
+    a usage error. Returns the resolved transform."""
+    spec.validate()
+    images, labels = np.asarray(images), np.asarray(labels)
+    inputs.check_examples(images, labels)
+    resolved = _transform(transform, images)
+    adapters = {label: as_campaign_model(model) for label, model in models.items()}
+    _check_models(adapters, resolved, images, spec)
+    return resolved
+
+
 def _check_models(
     adapters: dict, transform: inputs.InputTransform, images: np.ndarray, spec: FaultSpec
 ) -> None:
@@ -568,7 +587,13 @@ def check_not_chance(runner: CellRunner, labels: np.ndarray, label: str) -> dict
     repair may itself cost accuracy: that is a result, not a data error)."""
     result = runner.evaluate_cell(0.0, 0)
     unrepaired = getattr(runner, "unrepaired_clean_accuracy", None)
-    clean = unrepaired() if unrepaired else result["accuracy"]
+    check_accuracy(unrepaired() if unrepaired else result["accuracy"], labels, label)
+    return result
+
+
+def check_accuracy(clean: float, labels: np.ndarray, label: str) -> None:
+    """ChanceAccuracyError when `clean` is within the 99.9% binomial bound of guessing the
+    most frequent class of `labels`, which no trained classifier should be."""
     count = len(labels)
     guess = float(np.max(np.bincount(np.asarray(labels, np.int64)))) / count if count else 0.0
     bound = guess + 3.29 * (guess * (1 - guess) / max(count, 1)) ** 0.5
@@ -580,7 +605,6 @@ def check_not_chance(runner: CellRunner, labels: np.ndarray, label: str) -> dict
             "--input_transform=raw), labels in another order or encoding, or the wrong "
             "dataset. Pass --allow_chance_accuracy to run anyway."
         )
-    return result
 
 
 def _check_plan(spec: FaultSpec, num_shards: int, executor: Any = None) -> None:

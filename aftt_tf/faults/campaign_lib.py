@@ -169,6 +169,11 @@ def load_test_data(
     )
 
 
+def transform_of(config: CampaignConfig, images: np.ndarray) -> inputs.InputTransform:
+    """The campaign's input transform for these stored test inputs."""
+    return _data_options(config).transform(images)
+
+
 def _data_options(config: CampaignConfig) -> frontend.DataOptions:
     return frontend.DataOptions(
         data_dir=config.data_dir,
@@ -230,13 +235,7 @@ def run(
     first = next(iter(models.values()))
     images, labels, description = test_data or load_test_data(config, first.input_shape)
     check_labels(labels, description.get("class_names", []), getattr(first, "num_outputs", None))
-    transform = inputs.resolve(
-        config.input_transform,
-        config.input_scale,
-        config.input_offset,
-        dtype=images.dtype,
-        sample=images,
-    )
+    transform = transform_of(config, images)
     options = {
         "batch_size": config.batch_size,
         "num_shards": config.num_shards,

@@ -72,6 +72,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises ValueError naming the field, the value received and what is expected."""
+        if self.method == "range":
+            raise ValueError(
+                "--method=range (activation range restriction) hardens a trained model: "
+                "pass it with --model=FILE.keras."
+            )
         _choice("method", self.method, METHODS)
         _choice("architecture", self.architecture, vocabulary.ARCHITECTURES)
         _choice("dataset", self.dataset, vocabulary.DATASETS)

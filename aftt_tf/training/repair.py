@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from aftt_tf import data, io_utils
-from aftt_tf.faults import frontend, keras_runner, targets
+from aftt_tf.faults import campaign, frontend, keras_runner, targets
 from aftt_tf.faults.spec import (
     FaultSpec,
     FaultTargetError,
@@ -117,7 +117,7 @@ def repair(config: RepairConfig) -> dict[str, Any]:
     )
     clean = _accuracy(model, test, transform)
     if not config.allow_chance_accuracy:
-        check_clean_accuracy(clean, test.labels, config.model)
+        campaign.check_accuracy(clean, test.labels, config.model)
     # The fault map is placed before anything is written: a map that does not fit the
     # model (no such layer) is refused with an empty --out.
     faulty, counts = keras_runner.faulty_copy(model, config.spec(), config.rate, config.trial)
@@ -141,22 +141,6 @@ class _Setup:
         self.model, self.faulty, self.counts = model, faulty, counts
         self.train, self.test, self.transform = train, test, transform
         self.output_kind = output_kind
-
-
-def check_clean_accuracy(clean: float, labels: np.ndarray, where: str) -> None:
-    """ValueError when the model, before any fault, is within the 99.9% binomial bound of
-    guessing the most frequent class: its inputs, labels or data are wrong."""
-    count = len(labels)
-    guess = float(np.max(np.bincount(np.asarray(labels, np.int64)))) / count
-    bound = guess + 3.29 * (guess * (1 - guess) / max(count, 1)) ** 0.5
-    if clean <= bound:
-        raise ValueError(
-            f"{where}: clean accuracy {100 * clean:.2f}% is at chance level (guessing the most "
-            f"frequent class gives {100 * guess:.2f}%) before any fault, so a repair would "
-            "measure nothing. Likely causes: inputs scaled differently from training (a "
-            "model with its own Rescaling layer wants --input_transform=raw), labels in "
-            "another order, or the wrong --data. Pass --allow_chance_accuracy to run anyway."
-        )
 
 
 def _repair_in(config, out: Path, setup: _Setup, data_record: dict) -> dict[str, Any]:

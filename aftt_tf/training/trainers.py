@@ -49,6 +49,8 @@ class AdversarialAutoencoder(keras.Model):
         prior_stddev: standard deviation sigma of the Gaussian prior.
         discriminator_steps: k, discriminator updates per batch.
         seed: seed of the prior sampler.
+        reconstruction_scale: the reconstruction error is multiplied by this before it
+            is squared (1 / the inputs' range for inputs outside [0, 1]; 1 for the paper's).
     """
 
     def __init__(
@@ -59,9 +61,11 @@ class AdversarialAutoencoder(keras.Model):
         prior_stddev: float = 1.0,
         discriminator_steps: int = 1,
         seed: int | None = None,
+        reconstruction_scale: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.reconstruction_scale = float(reconstruction_scale)
         if prior_stddev <= 0:
             raise ValueError(f"prior_stddev must be > 0, received {prior_stddev}.")
         if discriminator_steps < 1:
@@ -136,7 +140,10 @@ class AdversarialAutoencoder(keras.Model):
         autoencoder_variables = self.extractor.trainable_weights + self.decoder.trainable_weights
         with tf.GradientTape() as tape:
             reconstruction = self.decoder(self.extractor(images, training=True), training=True)
-            reconstruction_loss = ops.mean(ops.square(images - reconstruction))
+            error = images - reconstruction
+            if self.reconstruction_scale != 1.0:  # Inputs outside [0, 1]: the paper's scale.
+                error = error * self.reconstruction_scale
+            reconstruction_loss = ops.mean(ops.square(error))
             scaled_loss = _replica_scale(reconstruction_loss)
         gradients = tape.gradient(scaled_loss, autoencoder_variables)
         self.reconstruction_optimizer.apply(gradients, autoencoder_variables)
@@ -315,21 +322,31 @@ class ClassifierTrainer(keras.Model):
         self.node_view = None
         self.node_masks = []
         if "weight" in self.fault_aware_kinds:
-            trained = {layer.name for layer in self.trained_layers}
+            # Every trained layer of a registered type, inside nested models too, in
+            # model order (the paper's flat networks: their weight layers, as before).
             self.fault_kernels = [
                 variable
-                for layer in targets.weight_layers(classifier)
-                if layer.name in trained
-                for _, variable in registry.kernels(layer)
+                for layer in self.trained_layers
+                for inner in _flat(layer)
+                if registry.layer_type(inner)
+                for _, variable in registry.kernels(inner)
             ]
         if "node" in self.fault_aware_kinds:
             self.node_view, self.node_masks = _with_node_masks(classifier)
+        if self.fault_aware_kinds:
+            _check_frozen_normalization(classifier)
 
     def trainable_variables_list(self) -> list[keras.Variable]:
         return [weight for layer in self.trained_layers for weight in layer.trainable_weights]
 
     def kernels(self) -> list[keras.Variable]:
-        return [layer.kernel for layer in self.trained_layers if hasattr(layer, "kernel")]
+        """The kernels the penalty reads: every trained layer's, nested models included."""
+        return [
+            inner.kernel
+            for layer in self.trained_layers
+            for inner in _flat(layer)
+            if hasattr(inner, "kernel")
+        ]
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -427,23 +444,51 @@ class ClassifierTrainer(keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
 
+def _flat(layer) -> list:
+    """A layer, or every layer of a nested model."""
+    return registry.flat_layers(layer) if isinstance(layer, keras.Model) else [layer]
+
+
+def _check_frozen_normalization(classifier: keras.Model) -> None:
+    """Fault-aware steps run under a StatelessScope, where a BatchNormalization's moving
+    statistics would be computed from faulty passes and then silently dropped: refuse,
+    naming the remedy (freeze them; `harden` does)."""
+    trainable = [
+        layer.name
+        for layer in registry.flat_layers(classifier)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    if trainable:
+        raise ValueError(
+            f"Fault-aware training with trainable BatchNormalization layers {trainable}: their "
+            "statistics would come from faulty passes. Freeze them (layer.trainable = False) "
+            "or use aftt_tf.training.harden, which does."
+        )
+
+
 def _with_node_masks(classifier: keras.Model) -> tuple[keras.Model, list[keras.Variable]]:
     """A view of `classifier` that shares its layers (and weights) and multiplies the
-    output of every hidden Dense/Conv2D layer by a node mask, for fault-aware training."""
-    hidden = {layer.name for layer in targets.hidden_weight_layers(classifier)}
+    output of every hidden weight layer by a node mask, for fault-aware training.
+
+    The mask sits where campaigns put node faults: after the layer, or after the
+    BatchNormalization that alone reads it (converters fold it in, so a chip's dead
+    unit is 0 after normalisation). A Sequential model is viewed as a Functional one."""
+    graph = targets.as_functional(classifier)
+    hidden = {layer.name for layer in targets.hidden_weight_layers(graph)}
+    sites = {targets.normalization_after(graph, name) or name: name for name in hidden}
     masks = []
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
-        if layer.name in hidden:
+        if layer.name in sites:
             node_fault = fault_layers.NodeFault(
-                target=layer.name, name=f"{layer.name}_training_fault"
+                target=sites[layer.name], name=f"{sites[layer.name]}_training_fault"
             )
             outputs = node_fault(outputs)
             masks.append(node_fault.node_keep)
         return outputs
 
     view = keras.models.clone_model(
-        classifier, clone_function=lambda layer: layer, call_function=call_function
+        graph, clone_function=lambda layer: layer, call_function=call_function
     )
     return view, masks

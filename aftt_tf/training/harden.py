@@ -1,0 +1,645 @@
+"""`harden(model, config, train, validation)`: make the user's own classifier more fault
+tolerant with any of the project's training methods, keeping its architecture and
+layer names.
+
+Methods (one implementation each, shared with the paper's networks where they exist):
+  none, l1, l2   fine-tuning with `trainers.ClassifierTrainer` (l1/l2: penalty on every
+                 trained kernel).
+  fat            fault-aware fine-tuning: stuck-at-0 weight and node faults drawn per step
+                 on every faultable layer (`ClassifierTrainer(fault_aware_kinds=...)`).
+  aftt           the paper's two games on the user's network: extractor = inputs -> the
+                 `split_layer`'s output (flattened), a decoder and a discriminator made
+                 for its shapes, `trainers.AdversarialAutoencoder`, then fine-tuning.
+  aftt_fat       aftt, then fault-aware fine-tuning.
+  range          activation range restriction (Ranger, Chen et al., DSN 2021; FT-ClipAct,
+                 Hoang et al., DATE 2020): every activation is clipped to the bounds it
+                 takes on the training data, by `ActivationClip` layers (TFLite: MINIMUM and
+                 MAXIMUM builtins); optionally fine-tuned afterwards.
+
+BatchNormalization: fault-aware training runs with every BatchNormalization frozen (its
+moving statistics and scale/offset fixed, the layer in inference mode), the way a chip
+runs it: statistics learned from faulty forward passes would be wrong for the clean
+network (measured: 45.9% clean accuracy against 81.1% when they were learned that way),
+and batch statistics of faulty activations normalise differently at training and at
+deployment. From scratch (`from_scratch`), the first half of the epochs trains without
+faults (statistics learned on clean passes), the second half fault-aware with them
+frozen. Other methods train BatchNormalization as Keras does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from aftt_tf import data, vocabulary
+from aftt_tf.faults import frontend, registry, targets
+from aftt_tf.training import phases, trainers
+
+HARDEN_METHODS = ("none", "l1", "l2", "fat", "aftt", "aftt_fat", "range")
+RANGE_STATISTICS = ("max", "percentile")
+RANGE_MODES = ("clip", "zero")
+PRETRAIN, FINETUNE, WARMUP = "pretrain", "finetune", "warmup"
+
+
+@dataclasses.dataclass(frozen=True)
+class HardenConfig:
+    """How to harden a model.
+
+    Attributes:
+        method: one of HARDEN_METHODS.
+        epochs: supervised epochs (fine-tuning; from scratch: all of training).
+        from_scratch: re-initialise every weight first (default: start from the user's).
+        learning_rate, batch_size, loss: the supervised phase (Adam; 'crossentropy' or
+            'mse'); the loss reads logits or probabilities, as the model outputs.
+        reg_lambda: penalty weight of l1/l2.
+        fault_kinds, fault_max_rate: fault-aware training's kinds and maximum rate (each
+            step draws one kind and a rate uniform in [0, fault_max_rate]).
+        split_layer: aftt: the last layer of the feature extractor (default: the input
+            of the final Dense block, see `default_split_layer`).
+        pretrain_epochs: aftt: epochs of the two games.
+        decoder_width: aftt: width of the generated decoder.
+        prior_stddev, discriminator_steps: aftt: Game 2's prior and D updates per batch.
+        range_statistic: range: 'max' or 'percentile' of each activation on the data.
+        range_mode: range: 'clip' (saturate at the bound, Ranger) or 'zero' (values
+            outside the bounds become 0, FT-ClipAct).
+        range_percentile: range: the percentile (e.g. 99.99) when statistic='percentile'.
+        range_examples: range: training examples the bounds are read from (0: all).
+        seed: initialisation, batch order and fault maps.
+    """
+
+    method: str = "fat"
+    epochs: int = 3
+    from_scratch: bool = False
+    learning_rate: float = 1e-4
+    batch_size: int = 64
+    loss: str = "crossentropy"
+    reg_lambda: float = 1e-4
+    fault_kinds: tuple[str, ...] = ("weight", "node")
+    fault_max_rate: float = 0.5
+    split_layer: str = ""
+    pretrain_epochs: int = 3
+    decoder_width: int = 256
+    prior_stddev: float = 1.0
+    discriminator_steps: int = 1
+    range_statistic: str = "max"
+    range_mode: str = "clip"
+    range_percentile: float = 99.99
+    range_examples: int = 10000
+    seed: int = 0
+
+    def validate(self) -> None:
+        """ValueError naming the first bad value (nothing is loaded yet)."""
+        if self.method not in HARDEN_METHODS:
+            raise ValueError(
+                f"Unknown method {self.method!r}; expected one of {', '.join(HARDEN_METHODS)}."
+            )
+        if self.loss not in vocabulary.CLASSIFICATION_LOSSES:
+            raise ValueError(f"loss must be one of {vocabulary.CLASSIFICATION_LOSSES}.")
+        if self.epochs < 0 or self.pretrain_epochs < 0 or self.batch_size < 1:
+            raise ValueError("epochs and pretrain_epochs must be >= 0, batch_size >= 1.")
+        if self.epochs == 0 and self.method not in ("range",):
+            raise ValueError(f"--method={self.method} trains: --epochs must be >= 1.")
+        if self.method in ("aftt", "aftt_fat") and self.pretrain_epochs < 1:
+            raise ValueError(f"--method={self.method} needs --pretrain_epochs >= 1.")
+        for name in ("learning_rate", "reg_lambda", "prior_stddev"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name != "reg_lambda" and not value):
+                raise ValueError(f"{name} must be a finite number > 0, received {value}.")
+        if self.method in ("fat", "aftt_fat"):
+            unknown = [k for k in self.fault_kinds if k not in vocabulary.FAULT_AWARE_KINDS]
+            if unknown or not self.fault_kinds:
+                raise ValueError(
+                    f"fault_kinds must be a non-empty subset of {vocabulary.FAULT_AWARE_KINDS}."
+                )
+            if not 0.0 < self.fault_max_rate < 1.0:
+                raise ValueError(f"fault_max_rate must be in (0, 1), got {self.fault_max_rate}.")
+        if self.range_mode not in RANGE_MODES:
+            raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {self.range_mode!r}.")
+        if self.range_statistic not in RANGE_STATISTICS:
+            raise ValueError(f"range_statistic must be one of {RANGE_STATISTICS}.")
+        if not 50.0 < self.range_percentile <= 100.0:
+            raise ValueError(f"range_percentile must be in (50, 100], got {self.range_percentile}.")
+        if self.decoder_width < 1 or self.discriminator_steps < 1 or self.range_examples < 0:
+            raise ValueError("decoder_width and discriminator_steps >= 1, range_examples >= 0.")
+
+    def as_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["fault_kinds"] = list(self.fault_kinds)
+        return values
+
+
+@keras.saving.register_keras_serializable(package="aftt_tf")
+class ActivationClip(keras.layers.Layer):
+    """Activation range restriction of one tensor to [lower, upper]: 'clip' saturates
+    values outside at the bound (Ranger, Chen et al., DSN 2021); 'zero' sets them to 0
+    (FT-ClipAct, Hoang et al., DATE 2020: a channel corrupted by a faulty weight drops
+    out instead of staying at its maximum). Two floats and a mode in the config: the
+    layer round-trips through .keras and converts to TFLite builtins (MINIMUM/MAXIMUM,
+    or comparisons and SELECT), float and int8."""
+
+    def __init__(self, lower: float = 0.0, upper: float = 6.0, mode: str = "clip", **kwargs):
+        super().__init__(**kwargs)
+        if not (math.isfinite(lower) and math.isfinite(upper) and lower <= upper):
+            raise ValueError(f"ActivationClip needs finite lower <= upper, got {lower}, {upper}.")
+        if mode not in RANGE_MODES:
+            raise ValueError(f"ActivationClip mode must be one of {RANGE_MODES}, got {mode!r}.")
+        self.lower, self.upper, self.mode = float(lower), float(upper), mode
+
+    def call(self, inputs):
+        if self.mode == "clip":
+            return ops.clip(inputs, self.lower, self.upper)
+        inside = ops.logical_and(
+            ops.greater_equal(inputs, self.lower), ops.less_equal(inputs, self.upper)
+        )
+        return ops.where(inside, inputs, ops.zeros_like(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "lower": self.lower,
+            "upper": self.upper,
+            "mode": self.mode,
+        }
+
+
+def copy_model(model: keras.Model) -> keras.Model:
+    """An independent copy with the same architecture, layer names and weights (the
+    caller's model is never trained). Subclassed models go through a .keras round trip."""
+    if targets.rewritable(model):
+        copy = _clone(model)
+        copy.set_weights(model.get_weights())
+        return copy
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        model.save(path)
+        return keras.saving.load_model(path, compile=False)
+
+
+def _clone(model: keras.Model, **kwargs) -> keras.Model:
+    """`keras.models.clone_model` keeping the input layers' names (a Functional model's
+    clone would otherwise get new ones)."""
+    if isinstance(model, keras.Sequential):
+        return keras.models.clone_model(model, **kwargs)
+    inputs = [
+        keras.Input(
+            shape=tensor.shape[1:],
+            dtype=tensor.dtype,
+            name=tensor._keras_history[0].name,
+        )
+        for tensor in model.inputs
+    ]
+    return keras.models.clone_model(
+        model, input_tensors=inputs if len(inputs) > 1 else inputs[0], **kwargs
+    )
+
+
+def check_model(model: keras.Model, config: HardenConfig) -> str:
+    """ValueError for a model the method cannot take; returns its output kind."""
+    from aftt_tf.faults import keras_runner
+    from aftt_tf.faults.spec import check_classifier_outputs
+
+    adapter = keras_runner.KerasModel(model)
+    check_classifier_outputs(adapter.output_shapes, model.name)
+    kind = frontend.training_output_kind(model, model.name)
+    if not targets.rewritable(model):
+        if config.method not in ("none", "l1", "l2", "fat"):
+            raise ValueError(
+                f"{model.name} is a subclassed model: --method={config.method} rewires the "
+                "network (clip layers, an extractor split), which needs a Sequential or "
+                "Functional model. Subclassed models take none, l1, l2 and fat (weight "
+                "faults, through the model's own variables)."
+            )
+        if config.method == "fat" and "node" in config.fault_kinds:
+            raise ValueError(
+                f"{model.name} is a subclassed model: node faults need its layer graph; "
+                "pass --fault_kinds=weight."
+            )
+    if config.method in ("fat", "aftt_fat"):
+        hidden = targets.hidden_weight_layers(targets.as_functional(model))
+        if "node" in config.fault_kinds and targets.rewritable(model) and not hidden:
+            raise ValueError(f"{model.name} has no hidden weight layer to hold node faults.")
+    if config.method in ("aftt", "aftt_fat"):
+        split_models(model, config.split_layer or default_split_layer(model))
+    return kind
+
+
+def default_split_layer(model: keras.Model) -> str:
+    """The layer whose output feeds the final Dense block: the last layer before the
+    trailing run of Dense (and Dropout/activation) layers that ends the network."""
+    layers = [
+        layer
+        for layer in targets.as_functional(model).layers
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    tail = (keras.layers.Dense, keras.layers.Dropout, keras.layers.Activation, keras.layers.Softmax)
+    index = len(layers) - 1
+    while index > 0 and isinstance(layers[index], tail):
+        index -= 1
+    if index == len(layers) - 1 or index < 0:
+        raise ValueError(
+            f"{model.name} does not end in Dense layers, so there is no default extractor/"
+            "head split; name the extractor's last layer with --split_layer."
+        )
+    return layers[index].name
+
+
+def split_models(model: keras.Model, name: str) -> tuple[keras.Model, keras.Model]:
+    """(extractor, head) sharing the model's layers: extractor = inputs -> `name`'s
+    output; head = that output -> the model's output. ValueError when `name` does not
+    exist or does not separate the graph (a branch around it)."""
+    graph = model  # Sequential models built on an Input have the same graph API.
+    try:
+        layer = graph.get_layer(name)
+    except ValueError:
+        names = [layer.name for layer in graph.layers]
+        raise ValueError(
+            f"--split_layer {name!r} is no layer of {model.name}; its layers: {names}."
+        ) from None
+    extractor = keras.Model(graph.inputs, layer.output, name="extractor")
+    latent = keras.Input(shape=layer.output.shape[1:], name="latent")
+    x, after = latent, False
+    for candidate in graph.layers:
+        if candidate is layer:
+            after = True
+            continue
+        if after and not isinstance(candidate, keras.layers.InputLayer):
+            try:
+                x = candidate(x)
+            except Exception:  # A layer with several inputs (Add, Concatenate): not a chain.
+                after = None
+                break
+    head = keras.Model(latent, x, name="head") if after else None
+    probe = np.random.default_rng(0).uniform(size=(4, *graph.input_shape[1:])).astype("float32")
+    if head is None or not np.allclose(
+        np.asarray(head(extractor(probe))), np.asarray(graph(probe)), atol=1e-5, rtol=1e-4
+    ):
+        raise ValueError(
+            f"--split_layer {name!r} does not separate {model.name}: the layers after it "
+            "also read tensors from before it (a skip connection or a branch). Name a "
+            "layer that every path from the input to the output goes through."
+        )
+    return extractor, head
+
+
+def game_networks(
+    extractor: keras.Model, input_shape: tuple[int, ...], width: int, image_range: float
+) -> tuple[keras.Model, keras.Model, keras.Model]:
+    """(flat extractor, decoder, discriminator) for the two games: the extractor's output
+    flattened into the latent code; a decoder made for the latent and input shapes (Dense
+    for vectors, Dense + upsampling convolutions for images) ending in the input's range;
+    the discriminator of the paper's networks on the latent code."""
+    from aftt_tf.training import networks
+
+    flat = keras.layers.Flatten(name="latent_code")(extractor.output)
+    flat_extractor = keras.Model(extractor.inputs, flat, name="flat_extractor")
+    latent_dim = int(flat.shape[-1])
+    code = keras.Input(shape=(latent_dim,), name="latent_code")
+    x = keras.layers.Dense(width, activation="relu", name="decoder_dense")(code)
+    if len(input_shape) == 3 and input_shape[0] % 4 == 0 and input_shape[1] % 4 == 0:
+        height, breadth, channels = input_shape
+        x = keras.layers.Dense(
+            (height // 4) * (breadth // 4) * 32, activation="relu", name="decoder_grid"
+        )(x)
+        x = keras.layers.Reshape((height // 4, breadth // 4, 32), name="decoder_reshape")(x)
+        for index in (1, 2):
+            x = keras.layers.Conv2DTranspose(
+                32, 3, strides=2, padding="same", activation="relu", name=f"decoder_up_{index}"
+            )(x)
+        x = keras.layers.Conv2D(channels, 3, padding="same", name="decoder_pixels")(x)
+    else:
+        x = keras.layers.Dense(int(np.prod(input_shape)), name="decoder_values")(x)
+        x = keras.layers.Reshape(tuple(input_shape), name="decoder_reshape")(x)
+    # Unit-range inputs end in a sigmoid like the paper's decoders; others are linear,
+    # scaled to the inputs' range so the reconstruction loss keeps the paper's scale.
+    if image_range == 1.0:
+        x = keras.layers.Activation("sigmoid", name="reconstruction")(x)
+    else:
+        x = keras.layers.Rescaling(image_range, name="reconstruction")(x)
+    decoder = keras.Model(code, x, name="decoder")
+    return flat_extractor, decoder, networks.build_discriminator(latent_dim)
+
+
+def _is_activation(layer) -> bool:
+    activation = getattr(getattr(layer, "activation", None), "__name__", "")
+    return (
+        isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU))
+        or activation in ("relu", "relu6", "elu", "gelu", "silu", "swish", "leaky_relu")
+        or (isinstance(layer, keras.layers.Activation) and activation not in ("linear", ""))
+    )
+
+
+def _node_tensors(graph: keras.Model, layer, side: str):
+    """The tensors `layer` reads ('input') or makes ('output') in `graph` itself (a
+    layer called in several graphs has a node in each)."""
+    for nodes in graph._nodes_by_depth.values():  # No public graph walk in Keras 3.
+        for node in nodes:
+            if node.operation is layer:
+                return node.input_tensors if side == "input" else node.output_tensors
+    raise ValueError(f"Layer {layer.name!r} is not called in {graph.name!r}.")
+
+
+def _nested(model: keras.Model) -> list[keras.Model]:
+    return [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.Model) and targets.rewritable(layer)
+    ]
+
+
+def activation_points(model: keras.Model, top: bool = True) -> list[str]:
+    """Layers whose outputs are activations to clip: ReLU-family layers and layers with
+    a relu/relu6/elu/gelu/swish activation, inside nested models too (not the output)."""
+    graph = targets.as_functional(model)
+    outputs = {tensor._keras_history[0].name for tensor in graph.outputs}
+    names = [
+        layer.name
+        for layer in graph.layers
+        if _is_activation(layer) and not (top and layer.name in outputs)
+    ]
+    for sub in _nested(graph):
+        names += activation_points(sub, top=False)
+    if top and not names:
+        raise ValueError(
+            f"{model.name} has no activation layer to restrict (ReLU-family layers or "
+            "layers with activation='relu', ...)."
+        )
+    if top and len(set(names)) != len(names):
+        raise ValueError(
+            f"{model.name} has activation layers of the same name in different nested "
+            "models; rename them to restrict their ranges."
+        )
+    return names
+
+
+def _activation_values(model: keras.Model, batch, names: set[str]) -> dict[str, np.ndarray]:
+    """Values of the named activations (nested models included) on a batch of inputs."""
+    graph = targets.as_functional(model)
+    own = [layer for layer in graph.layers if layer.name in names]
+    nested = _nested(graph)
+    tensors = [_node_tensors(graph, layer, "output")[0] for layer in own]
+    tensors += [_node_tensors(graph, sub, "input")[0] for sub in nested]
+    values = keras.Model(graph.inputs, tensors)(batch, training=False) if tensors else []
+    values = values if isinstance(values, (list, tuple)) else [values]
+    result = {layer.name: np.asarray(value) for layer, value in zip(own, values, strict=False)}
+    for sub, value in zip(nested, values[len(own) :], strict=True):
+        result.update(_activation_values(sub, value, names))
+    return result
+
+
+def activation_bounds(
+    model: keras.Model, inputs: np.ndarray, config: HardenConfig, batch_size: int = 500
+) -> dict[str, tuple[float, float]]:
+    """{layer: (lower, upper)} of each activation on `inputs` in one inference pass:
+    the min and the max, or the percentile and its mirror (`range_statistic`)."""
+    names = activation_points(model)
+    count = config.range_examples or len(inputs)
+    sample = inputs[np.random.default_rng(config.seed).permutation(len(inputs))[:count]]
+    values: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for start in range(0, len(sample), batch_size):
+        batch = _activation_values(model, sample[start : start + batch_size], set(names))
+        for name in names:
+            values[name].append(batch[name].astype(np.float32).reshape(-1))
+    bounds = {}
+    for name in names:
+        flat = np.concatenate(values[name])
+        if config.range_statistic == "max":
+            low, high = float(flat.min()), float(flat.max())
+        else:
+            high = float(np.percentile(flat, config.range_percentile))
+            low = float(np.percentile(flat, 100.0 - config.range_percentile))
+        bounds[name] = (min(low, 0.0) if flat.min() >= 0 else low, high)
+    return bounds
+
+
+def with_range_clips(
+    model: keras.Model, bounds: dict[str, tuple[float, float]], mode: str = "clip"
+) -> keras.Model:
+    """The model with an ActivationClip after each bounded layer (named LAYER_range_clip),
+    nested models rebuilt the same way, weights shared; a Sequential model stays
+    Sequential."""
+
+    def clip(name: str) -> ActivationClip:
+        low, high = bounds[name]
+        return ActivationClip(low, high, mode, name=f"{name}_range_clip")
+
+    def clone_function(layer):
+        if isinstance(layer, keras.Model) and targets.rewritable(layer):
+            return with_range_clips(layer, bounds, mode)
+        return layer
+
+    if isinstance(model, keras.Sequential):
+        layers: list[Any] = [keras.Input(model.input_shape[1:], dtype=model.inputs[0].dtype)]
+        for layer in model.layers:
+            layers.append(clone_function(layer))
+            if layer.name in bounds:
+                layers.append(clip(layer.name))
+        return keras.Sequential(layers, name=model.name)
+
+    def call_function(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        return clip(layer.name)(outputs) if layer.name in bounds else outputs
+
+    return _clone(model, clone_function=clone_function, call_function=call_function)
+
+
+def _batch_norms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    return [
+        layer
+        for layer in registry.flat_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+def _reinitialise(model: keras.Model, seed: int) -> None:
+    """Every weight drawn again by its layer's own initializer (`from_scratch`)."""
+    keras.utils.set_random_seed(seed)
+    fresh = _clone(model) if targets.rewritable(model) else None
+    if fresh is None:
+        raise ValueError("--from_scratch needs a Sequential or Functional model.")
+    model.set_weights(fresh.get_weights())
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """Model inputs (already transformed, float32) and labels."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+
+
+def harden(
+    model: keras.Model,
+    config: HardenConfig,
+    train: TrainingData,
+    validation: TrainingData | None = None,
+    workdir: str | Path | None = None,
+) -> tuple[keras.Model, dict[str, Any]]:
+    """A hardened copy of `model` (the caller's model is untouched) and a record of what
+    was done (phases, histories, bounds). With `workdir`, every phase checkpoints per
+    epoch there and a re-run resumes; the same seed gives the same numbers."""
+    config.validate()
+    output_kind = check_model(model, config)
+    keras.utils.set_random_seed(config.seed)
+    hardened = copy_model(model)
+    if config.from_scratch:
+        _reinitialise(hardened, config.seed)
+    workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="harden-"))
+    record: dict[str, Any] = {"method": config.method, "output_kind": output_kind, "phases": {}}
+    if config.method in ("aftt", "aftt_fat"):
+        record["phases"][PRETRAIN] = _games(hardened, config, train, workdir)
+    if config.method == "range":
+        bounds = activation_bounds(hardened, train.inputs, config)
+        hardened = with_range_clips(hardened, bounds, config.range_mode)
+        record["bounds"] = {name: list(value) for name, value in bounds.items()}
+    fault_aware = config.method in ("fat", "aftt_fat")
+    epochs = config.epochs
+    if fault_aware and config.from_scratch and _batch_norms(hardened):
+        warmup = max(1, epochs // 2)
+        record["phases"][WARMUP] = _supervised(
+            hardened, config, train, validation, workdir, output_kind, WARMUP, warmup, False
+        )
+        epochs -= warmup
+    if epochs:
+        record["phases"][FINETUNE] = _supervised(
+            hardened, config, train, validation, workdir, output_kind, FINETUNE, epochs, fault_aware
+        )
+    record["batch_normalization"] = (
+        "frozen during fault-aware training"
+        if fault_aware and _batch_norms(hardened)
+        else "trained"
+    )
+    return hardened, record
+
+
+def _supervised(model, config, train, validation, workdir, output_kind, phase, epochs, faults):
+    """One supervised phase (resumable per epoch in workdir/checkpoints/<phase>)."""
+    frozen = [layer for layer in _batch_norms(model) if layer.trainable] if faults else []
+    for layer in frozen:  # Inference mode, fixed statistics: as the chip runs it.
+        layer.trainable = False
+    try:
+        graph = targets.as_functional(model) if targets.rewritable(model) else model
+        trainer = trainers.ClassifierTrainer(
+            graph,
+            loss=config.loss,
+            regularization=config.method if config.method in ("l1", "l2") else "none",
+            reg_lambda=config.reg_lambda if config.method in ("l1", "l2") else 0.0,
+            fault_aware_kinds=tuple(config.fault_kinds) if faults else (),
+            fault_aware_max_rate=config.fault_max_rate if faults else 0.0,
+            seed=config.seed,
+            output_kind=output_kind,
+        )
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+        trainer.compile(optimizer=optimizer)
+        state_variables = model.variables + phases.optimizer_variables(
+            {"optimizer": optimizer}, {"optimizer": trainer.trainable_variables_list()}
+        )
+        state = phases.run_phase(
+            phase,
+            trainer,
+            state_variables,
+            lambda first, last: data.train_dataset(
+                train.inputs,
+                train.labels,
+                config.batch_size,
+                config.seed,
+                first,
+                last,
+                transform=_IDENTITY,
+            ),
+            epochs,
+            workdir,
+            validation=data.eval_dataset(
+                validation.inputs, validation.labels, 1000, transform=_IDENTITY
+            )
+            if validation is not None and len(validation.labels)
+            else None,
+        )
+    finally:
+        for layer in frozen:
+            layer.trainable = True
+    return {"epochs": state["epochs_completed"], "history": state["history"]}
+
+
+class _Identity:
+    """The input transform of data that are already model inputs."""
+
+    function = None
+    divisor = 1.0
+    offset = 0.0
+
+
+_IDENTITY = _Identity()
+
+
+def _games(model, config, train, workdir) -> dict[str, Any]:
+    """Game 1 and Game 2 (`trainers.AdversarialAutoencoder`) on the model's extractor."""
+    split = config.split_layer or default_split_layer(model)
+    extractor, _ = split_models(model, split)
+    image_range = float(np.max(np.abs(train.inputs))) or 1.0
+    image_range = 1.0 if image_range <= 1.0 and float(np.min(train.inputs)) >= 0 else image_range
+    flat, decoder, discriminator = game_networks(
+        extractor, tuple(model.input_shape[1:]), config.decoder_width, image_range
+    )
+    autoencoder = trainers.AdversarialAutoencoder(
+        flat,
+        decoder,
+        discriminator,
+        prior_stddev=config.prior_stddev,
+        discriminator_steps=config.discriminator_steps,
+        seed=config.seed,
+        reconstruction_scale=1.0 / image_range,
+    )
+    autoencoder.compile(
+        reconstruction_optimizer=keras.optimizers.Adam(1e-3),
+        discriminator_optimizer=keras.optimizers.Adam(5e-5),
+        adversarial_optimizer=keras.optimizers.Adam(1e-4),
+    )
+    state_variables = autoencoder.variables + phases.optimizer_variables(
+        autoencoder.optimizers, autoencoder.player_variables()
+    )
+    before = latent_moments(flat, train.inputs, config.prior_stddev)
+    state = phases.run_phase(
+        PRETRAIN,
+        autoencoder,
+        state_variables,
+        lambda first, last: data.train_dataset(
+            train.inputs, None, config.batch_size, config.seed, first, last, transform=_IDENTITY
+        ),
+        config.pretrain_epochs,
+        workdir,
+    )
+    return {
+        "split_layer": split,
+        "latent_dim": int(flat.output.shape[-1]),
+        "epochs": state["epochs_completed"],
+        "history": state["history"],
+        "latent_moments_before": before,
+        "latent_moments_after": latent_moments(flat, train.inputs, config.prior_stddev),
+        "prior_stddev": config.prior_stddev,
+    }
+
+
+def latent_moments(
+    extractor: keras.Model, inputs: np.ndarray, prior_stddev: float = 1.0, count: int = 1000
+) -> dict:
+    """Moments of the latent code over `count` inputs and their distance to the prior
+    N(0, prior_stddev^2 I): per dimension d with mean m_d and deviation s_d, the squared
+    2-Wasserstein distance of N(m_d, s_d^2) to the prior, averaged over dimensions."""
+    codes = np.asarray(extractor.predict(inputs[:count], batch_size=500, verbose=0))
+    codes = codes.reshape(len(codes), -1).astype(np.float64)
+    means, deviations = codes.mean(axis=0), codes.std(axis=0)
+    return {
+        "mean": float(codes.mean()),
+        "std": float(codes.std()),
+        "wasserstein2_to_prior": float(np.mean(means**2 + (deviations - prior_stddev) ** 2)),
+    }

@@ -1,0 +1,295 @@
+"""Hardening the user's own model (aftt_tf.training.harden, aftt-train --model): every
+method on models we did not design (a Sequential CNN with Rescaling, BatchNormalization
+and DepthwiseConv2D; a Functional model around a nested backbone; a Dense model with a
+softmax output), BatchNormalization frozen under fault-aware training, activation range
+restriction in the .keras and the int8 .tflite, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from aftt_tf import data
+from aftt_tf.faults import FaultSpec, evaluate
+from aftt_tf.training import harden
+from tests.conftest import requires_fashion_mnist
+
+pytestmark = requires_fashion_mnist
+REPO = Path(__file__).resolve().parents[1]
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    arrays, _ = data.load_arrays("fashion_mnist", source="local")
+    (train_x, train_y), (test_x, test_y) = arrays["train"], arrays["test"]
+    return (train_x[:4000], train_y[:4000]), (test_x[:1000], test_y[:1000])
+
+
+def _cnn() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            L.Rescaling(1 / 255.0, name="rescale"),
+            L.Conv2D(16, 3, strides=2, use_bias=False, name="conv1"),
+            L.BatchNormalization(momentum=0.9, name="bn1"),
+            L.ReLU(name="relu1"),
+            L.DepthwiseConv2D(3, name="depthwise"),
+            L.BatchNormalization(momentum=0.9, name="bn2"),
+            L.ReLU(name="relu2"),
+            L.Flatten(name="flatten"),
+            L.Dense(32, activation="relu", name="fc"),
+            L.Dense(10, name="logits"),
+        ],
+        name="user_cnn",
+    )
+
+
+def _nested() -> keras.Model:
+    backbone = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            L.Conv2D(8, 3, strides=2, activation="relu", name="backbone_conv1"),
+            L.Conv2D(16, 3, strides=2, activation="relu", name="backbone_conv2"),
+        ],
+        name="backbone",
+    )
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = L.GlobalAveragePooling2D(name="pool")(backbone(inputs))
+    x = L.Dense(32, activation="relu", name="head_fc")(x)
+    return keras.Model(inputs, L.Dense(10, name="head_logits")(x), name="transfer")
+
+
+def _dense() -> keras.Model:
+    inputs = keras.Input((784,))
+    x = L.Dense(64, activation="relu", name="hidden")(inputs)
+    return keras.Model(inputs, L.Dense(10, activation="softmax", name="probabilities")(x))
+
+
+_INPUTS = {
+    "cnn": lambda x: x.astype(np.float32),  # Raw pixels: the model rescales.
+    "nested": lambda x: x.astype(np.float32) / 255,
+    "dense": lambda x: (x.astype(np.float32) / 255).reshape(-1, 784),
+}
+_BUILD = {"cnn": _cnn, "nested": _nested, "dense": _dense}
+
+
+@pytest.fixture(scope="module")
+def trained(fashion):
+    """{name: (model, train TrainingData, test TrainingData)}, each trained 3 epochs."""
+    (train_x, train_y), (test_x, test_y) = fashion
+    result = {}
+    for name, build in _BUILD.items():
+        keras.utils.set_random_seed(0)
+        model = build()
+        model.compile(
+            "adam",
+            keras.losses.SparseCategoricalCrossentropy(from_logits=name != "dense"),
+        )
+        model.fit(_INPUTS[name](train_x), train_y, epochs=3, batch_size=64, verbose=0)
+        result[name] = (
+            model,
+            harden.TrainingData(_INPUTS[name](train_x), train_y),
+            harden.TrainingData(_INPUTS[name](test_x), test_y),
+        )
+    return result
+
+
+def _accuracy(model, split: harden.TrainingData) -> float:
+    outputs = model.predict(split.inputs, batch_size=1000, verbose=0)
+    return float(np.mean(np.argmax(outputs, -1) == split.labels))
+
+
+@pytest.mark.parametrize("name", ["cnn", "nested", "dense"])
+@pytest.mark.parametrize("method", harden.HARDEN_METHODS)
+def test_every_method_keeps_the_users_architecture(name, method, trained):
+    model, train, test = trained[name]
+    before = [w.copy() for w in model.get_weights()]
+    config = harden.HardenConfig(method=method, epochs=1, pretrain_epochs=1, range_examples=1000)
+    hardened, record = harden.harden(model, config, train)
+    for old, new in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)  # The caller's model is untouched.
+    names = [layer.name for layer in model.layers]
+    kept = [layer.name for layer in hardened.layers if not layer.name.endswith("_range_clip")]
+    assert kept == names
+    assert type(hardened) is type(model)
+    assert _accuracy(hardened, test) > max(0.3, _accuracy(model, test) - 0.15)
+    if method == "range":
+        clips = [n for n in (layer.name for layer in hardened.layers) if n.endswith("_range_clip")]
+        assert clips or name == "nested"  # The nested model's clips are inside the backbone.
+        assert all(low <= high for low, high in record["bounds"].values())
+    if method in ("aftt", "aftt_fat"):
+        games = record["phases"]["pretrain"]
+        assert {"reconstruction_loss", "discriminator_gain"} <= set(games["history"][0])
+
+
+def test_fat_freezes_batch_normalization_and_beats_the_start_under_faults(trained, tmp_path):
+    """Fault-aware fine-tuning of the BatchNormalization CNN: clean accuracy within 1.5
+    points of plain fine-tuning of the same length, and higher accuracy than the starting
+    model at 50% weight faults (paired campaign, 95% interval above 0)."""
+    model, train, test = trained["cnn"]
+    common = {"epochs": 6, "learning_rate": 1e-3, "seed": 0}
+    plain, _ = harden.harden(model, harden.HardenConfig(method="none", **common), train)
+    config = harden.HardenConfig(
+        method="fat", fault_kinds=("weight",), fault_max_rate=0.3, **common
+    )
+    fat, record = harden.harden(model, config, train)
+    assert record["batch_normalization"] == "frozen during fault-aware training"
+    moving = {w.path: np.asarray(w) for w in model.weights if "moving" in w.path}
+    for weight in fat.weights:  # Statistics never learned from faulty passes.
+        if weight.path in moving:
+            np.testing.assert_array_equal(np.asarray(weight), moving[weight.path])
+    assert all(layer.trainable for layer in fat.layers)  # Restored for the user.
+    assert _accuracy(fat, test) > _accuracy(plain, test) - 0.015
+    spec = FaultSpec(kind="weight", rates=(0.0, 0.5), trials=8, seed=0)
+    result = evaluate(
+        {"fat": fat, "start": model}, spec, (test.inputs, test.labels), transform="raw"
+    )
+    row = next(r for r in result.paired_differences["fat - start"] if r["rate"] == 0.5)
+    assert row["ci_low"] > 0, row
+
+
+def test_range_restriction_beats_no_clipping_under_large_stuck_values(trained, tmp_path):
+    """Under weights stuck at a huge value (1e30: an exponent fault's size) the model with
+    its activations restricted (mode 'zero', FT-ClipAct) holds more accuracy than the same
+    model without (paired interval above 0), with clean accuracy within 0.3 points; the
+    int8 .tflite holds the restriction (its comparison and select operators) and runs."""
+    model, train, test = trained["cnn"]
+    config = harden.HardenConfig(method="range", range_mode="zero", epochs=0, range_examples=2000)
+    clipped, _ = harden.harden(model, config, train)
+    assert abs(_accuracy(clipped, test) - _accuracy(model, test)) <= 0.003
+    spec = FaultSpec(kind="stuck_value", stuck_value=1e30, rates=(0.0, 0.002), trials=8, seed=0)
+    result = evaluate(
+        {"range": clipped, "plain": model}, spec, (test.inputs, test.labels), transform="raw"
+    )
+    row = next(r for r in result.paired_differences["range - plain"] if r["rate"] == 0.002)
+    assert row["ci_low"] > 0, row
+    path = tmp_path / "clipped.keras"
+    clipped.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert [layer.mode for layer in loaded.layers if isinstance(layer, harden.ActivationClip)]
+    np.testing.assert_allclose(loaded.predict(test.inputs[:50]), clipped.predict(test.inputs[:50]))
+    from aftt_tf.deploy import export_lib
+    from aftt_tf.tflite_file import TFLiteFile
+
+    np.savez(tmp_path / "test.npz", x=test.inputs[:500], y=test.labels[:500])
+    manifest = export_lib.export_classifier(
+        export_lib.ExportConfig(
+            model=str(path),
+            out=str(tmp_path / "export"),
+            formats=("tflite_float32", "tflite_int8"),
+            data=f"npz:{tmp_path / 'test.npz'}",
+            input_transform="raw",
+            calibration_steps=20,
+        )
+    )
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        operators = _operators(TFLiteFile(tmp_path / "export" / name))
+        assert "SELECT_V2" in operators or "SELECT" in operators, operators
+        assert manifest["artifacts"][name]["test_accuracy"] > _accuracy(model, test) - 0.03
+
+
+def _operators(tflite) -> set[str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(tflite.content, 0)
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items() if key.isupper()}
+    graph = model.Subgraphs(0)
+    codes = [
+        max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+        for i in range(model.OperatorCodesLength())
+    ]
+    return {names[codes[graph.Operators(i).OpcodeIndex()]] for i in range(graph.OperatorsLength())}
+
+
+def test_aftt_moves_the_latent_toward_the_prior(trained):
+    model, train, _ = trained["dense"]
+    config = harden.HardenConfig(method="aftt", epochs=1, pretrain_epochs=3)
+    _, record = harden.harden(model, config, train)
+    games = record["phases"]["pretrain"]
+
+    after, before = games["latent_moments_after"], games["latent_moments_before"]
+    assert after["wasserstein2_to_prior"] < before["wasserstein2_to_prior"], (before, after)
+    assert games["split_layer"] == "hidden"
+
+
+def test_bad_models_and_layers_are_refused(trained):
+    model, train, _ = trained["cnn"]
+    with pytest.raises(ValueError, match="is no layer of"):
+        harden.harden(model, harden.HardenConfig(method="aftt", split_layer="nope"), train)
+    inputs = keras.Input((8,))
+    skip = L.Dense(8, name="a")(inputs)
+    merged = L.Add(name="add")([L.Dense(8, name="b")(skip), skip])
+    branchy = keras.Model(inputs, L.Dense(3, name="out")(merged))
+    branch_data = harden.TrainingData(np.zeros((64, 8), np.float32), np.zeros(64, np.int64))
+    with pytest.raises(ValueError, match="does not separate"):
+        harden.harden(branchy, harden.HardenConfig(method="aftt", split_layer="b"), branch_data)
+    sigmoid = keras.Sequential([keras.Input((8,)), L.Dense(3, activation="sigmoid")])
+    with pytest.raises(ValueError, match="ends in a sigmoid"):
+        harden.harden(sigmoid, harden.HardenConfig(method="none"), branch_data)
+    two = keras.Model(inputs, [L.Dense(3)(inputs), L.Dense(3)(inputs)])
+    with pytest.raises(ValueError, match="has 2 outputs"):
+        harden.harden(two, harden.HardenConfig(method="none"), branch_data)
+
+
+def test_trainer_refuses_fault_aware_training_with_live_batch_statistics(trained):
+    from aftt_tf.training import trainers
+
+    model, _, _ = trained["cnn"]
+    with pytest.raises(ValueError, match="statistics would come from faulty passes"):
+        trainers.ClassifierTrainer(model, fault_aware_kinds=("weight",), fault_aware_max_rate=0.5)
+
+
+@pytest.mark.slow
+def test_cli_hardens_and_resumes(trained, tmp_path):
+    model, train, test = trained["cnn"]
+    model.save(tmp_path / "mine.keras")
+    np.savez(tmp_path / "train.npz", x=train.inputs[:2000].astype(np.uint8), y=train.labels[:2000])
+    np.savez(tmp_path / "test.npz", x=test.inputs.astype(np.uint8), y=test.labels)
+    argv = [
+        sys.executable,
+        "-m",
+        "aftt_tf.cli.train",
+        f"--model={tmp_path / 'mine.keras'}",
+        f"--data=npz:{tmp_path / 'train.npz'}",
+        f"--test_data=npz:{tmp_path / 'test.npz'}",
+        "--input_transform=raw",
+        "--method=fat",
+        "--epochs=1",
+        f"--out={tmp_path / 'run'}",
+    ]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    hardened = keras.saving.load_model(tmp_path / "run" / "classifier.keras", compile=False)
+    assert [layer.name for layer in hardened.layers] == [layer.name for layer in model.layers]
+    assert metrics["test_accuracy"] == pytest.approx(_accuracy(hardened, test), abs=1e-9)
+    assert metrics["data"]["validation"]["examples"] == 200  # A seeded 10% held out.
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert (
+        again.returncode == 0
+        and json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+    )
+    other = subprocess.run(
+        [*argv[:-1], "--method=range", f"--out={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert other.returncode == 2 and "holds something other than this run" in other.stderr
+    bad = subprocess.run(
+        [*argv[:-1], "--split_layer=nope", "--method=aftt", f"--out={tmp_path / 'bad'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert bad.returncode == 2 and "is no layer of" in bad.stderr
+    assert not (tmp_path / "bad").exists()
