@@ -293,3 +293,51 @@ def test_cli_hardens_and_resumes(trained, tmp_path):
     )
     assert bad.returncode == 2 and "is no layer of" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_reproduce_compares_methods_on_the_users_model(trained, tmp_path):
+    """aftt-reproduce --model: methods harden the user's model, int8 exports, paired
+    campaigns of the kinds that apply (range compared: stuck_value and bit too), one report."""
+    model, train, test = trained["dense"]
+    model.save(tmp_path / "mine.keras")
+    np.savez(tmp_path / "train.npz", x=train.inputs[:2000], y=train.labels[:2000])
+    np.savez(tmp_path / "test.npz", x=test.inputs[:500], y=test.labels[:500])
+    argv = [
+        sys.executable,
+        "-m",
+        "aftt_tf.cli.reproduce",
+        f"--model={tmp_path / 'mine.keras'}",
+        f"--data=npz:{tmp_path / 'train.npz'}",
+        f"--test_data=npz:{tmp_path / 'test.npz'}",
+        "--methods=none,fat,range",
+        "--epochs=1",
+        "--rates=0,0.3",
+        "--trials=2",
+        f"--out={tmp_path / 'compare'}",
+    ]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "verdict: keras, weight faults:" in run.stdout
+    campaigns = sorted(p.name for p in (tmp_path / "compare" / "campaigns").iterdir())
+    assert campaigns == [
+        f"{runtime}_{kind}"
+        for runtime in ("int8", "keras")
+        for kind in ("bit", "node", "stuck_value", "weight")
+    ]
+    results = json.loads((tmp_path / "compare/campaigns/keras_weight/results.json").read_text())
+    for method in ("none", "fat", "range"):
+        hardened = keras.saving.load_model(
+            tmp_path / "compare" / "runs" / method / "classifier.keras", compile=False
+        )
+        expected = _accuracy(hardened, harden.TrainingData(test.inputs[:500], test.labels[:500]))
+        assert results["summary"][method]["all"]["clean_accuracy"] == pytest.approx(expected)
+    assert "By mean drop from clean accuracy" in (tmp_path / "compare" / "report.md").read_text()
+    missing = subprocess.run(
+        [*argv[:5], "--methods=none,fat", f"--out={tmp_path / 'x'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert missing.returncode == 2 and "--test_data is required" in missing.stderr

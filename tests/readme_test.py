@@ -61,5 +61,7 @@ def test_the_walkthrough_runs_as_written(tmp_path):
         manifest["artifacts"]["model_int8.tflite"]["test_accuracy"], abs=1e-9
     )
     assert "tflite_int8_qat" in manifest["not_exported"]
+    assert set(keras_results["summary"]) == {"mine", "fat"}
+    assert (tmp_path / "runs/mine_fat/classifier.keras").is_file()
     assert (tmp_path / "repairs/mine/classifier.keras").is_file()
     assert (tmp_path / "reports/mine/report.html").is_file()

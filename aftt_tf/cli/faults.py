@@ -190,22 +190,7 @@ def main(argv: list[str]) -> None:
         **executor_flags.values(),
     )
     with common.usage_errors(data.DataUnavailableError):
-        config.validate()
-        models = campaign_lib.load_models(config)
-        first = next(iter(models.values()))
-        test_data = campaign_lib.load_test_data(config, first.input_shape)
-        campaign_lib.check_labels(
-            test_data[1], test_data[2]["class_names"], getattr(first, "num_outputs", None)
-        )
-        campaign.check_inputs(
-            models,
-            config.spec,
-            test_data[0],
-            test_data[1],
-            campaign_lib.transform_of(config, test_data[0]),
-        )
-        if config.spec.repair is not None:
-            models = _repairing(config, models)
+        models, test_data = _checked_models_and_data(config)
     from aftt_tf.faults.ray_executor import RayUnavailableError
 
     with common.refusals(
@@ -217,6 +202,25 @@ def main(argv: list[str]) -> None:
         if FLAGS.per_layer_stats:
             _print_statistics(campaign_lib.layer_statistics(config, models, test_data))
     print(f"Campaign directory: {FLAGS.out}")
+
+
+def _checked_models_and_data(config):
+    """The models and test data, every input check made (usage errors, before any work);
+    the models wrapped for the repaired protocol when it is asked for."""
+    from aftt_tf.faults import campaign, campaign_lib
+
+    config.validate()
+    models = campaign_lib.load_models(config)
+    first = next(iter(models.values()))
+    test_data = campaign_lib.load_test_data(config, first.input_shape)
+    campaign_lib.check_labels(
+        test_data[1], test_data[2]["class_names"], getattr(first, "num_outputs", None)
+    )
+    transform = campaign_lib.transform_of(config, test_data[0])
+    campaign.check_inputs(models, config.spec, test_data[0], test_data[1], transform)
+    if config.spec.repair is not None:
+        models = _repairing(config, models)
+    return models, test_data
 
 
 def _check_statistics_flags() -> None:

@@ -2,6 +2,11 @@
 
     aftt-reproduce --flagfile=flags/fmnist_mlp.flags --out=results/fmnist_mlp
 
+On your own model and data (the methods harden it, as aftt-train --model does):
+
+    aftt-reproduce --model=mine.keras --data=npz:train.npz --test_data=npz:test.npz \
+        --methods=none,fat,range --epochs=3 --trials=10 --out=results/mine
+
 Takes every aftt-train flag (the flagfiles in flags/ work as they are; --method is
 ignored, each method sets its own) plus the flags below. Re-running resumes: finished
 trainings, exports and campaign cells are reused.
@@ -14,7 +19,7 @@ import logging
 from absl import flags
 
 from aftt_tf import data, vocabulary
-from aftt_tf.cli import common, executor_flags, train_flags
+from aftt_tf.cli import common, executor_flags, harden_flags, train_flags
 from aftt_tf.io_utils import OutputError
 
 flags.DEFINE_list(
@@ -179,6 +184,9 @@ def main(argv: list[str]) -> None:
         raise common.usage_error(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.out:
         raise common.usage_error("--out is required: the directory of the reproduction.")
+    if FLAGS.model:
+        _compare_main()
+        return
     config = config_from_flags()
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf.reproduce import pipeline
@@ -192,9 +200,52 @@ def main(argv: list[str]) -> None:
         print("verdict: " + line.replace("**", ""))
 
 
+def _compare_config():
+    from aftt_tf.reproduce import user_comparison
+
+    methods = tuple(FLAGS.methods) if FLAGS["methods"].present else ("none", "fat", "range")
+    return user_comparison.ComparisonConfig(
+        model=FLAGS.model,
+        out=FLAGS.out,
+        methods=methods,
+        harden=harden_flags.harden_config(methods[0]),
+        data_options=harden_flags.data_options(),
+        test_data=FLAGS.test_data,
+        faults=tuple(FLAGS.faults),
+        rates=_floats("rates") if FLAGS["rates"].present else (0.0, 0.1, 0.3, 0.5),
+        trials=FLAGS.trials,
+        seed=FLAGS.campaign_seed,
+        test_examples=FLAGS.campaign_test_examples,
+        runtimes=tuple(FLAGS.runtimes),
+    )
+
+
+def _compare_main() -> None:
+    """aftt-reproduce --model: the comparison on the user's model (user_comparison)."""
+    from aftt_tf.faults import campaign_lib
+
+    with common.usage_errors():
+        config = _compare_config()
+        config.validate()
+    logging.getLogger().setLevel(logging.INFO)
+    from aftt_tf.faults.campaign import ChanceAccuracyError
+    from aftt_tf.faults.spec import FaultTargetError
+    from aftt_tf.reproduce import user_comparison
+
+    with common.usage_errors(data.DataUnavailableError):
+        campaign_lib.import_modules(tuple(FLAGS["import"].value))
+    with common.refusals(OutputError, ChanceAccuracyError, FaultTargetError):
+        results = user_comparison.compare(config)
+    print(f"Report: {results['report']} (fault kinds: {', '.join(results['kinds'])})")
+    for line in results["verdicts"]:
+        print("verdict: " + line)
+
+
 def run() -> None:
     common.run(
-        main, "aftt-reproduce", (__name__, "aftt_tf.cli.train_flags", executor_flags.__name__)
+        main,
+        "aftt-reproduce",
+        (__name__, train_flags.__name__, harden_flags.__name__, executor_flags.__name__),
     )
 
 

@@ -14,55 +14,10 @@ import logging
 from absl import flags
 
 from aftt_tf import data
-from aftt_tf.cli import common, train_flags
+from aftt_tf.cli import common, harden_flags, train_flags
 from aftt_tf.io_utils import OutputError
 
 flags.DEFINE_bool("overwrite", False, "Delete an existing run directory with another config first.")
-flags.DEFINE_string(
-    "model",
-    None,
-    "Your own trained .keras classifier: hardened with --method (none, l1, l2, fat, aftt, "
-    "aftt_fat, range) instead of training a paper --architecture.",
-)
-flags.DEFINE_string(
-    "data",
-    "",
-    "--model: training data (a built-in name or tfds:NAME: its training split; npz:PATH, "
-    "folder:PATH). A seeded 10% is held out for validation unless --validation_data.",
-)
-flags.DEFINE_string("validation_data", "", "--model: validation data (same forms as --data).")
-flags.DEFINE_string(
-    "test_data", "", "--model: test data (default: a built-in or TFDS name's test split)."
-)
-flags.DEFINE_list("npz_keys", ["x", "y"], "Names of the inputs and labels arrays of npz: data.")
-flags.DEFINE_string(
-    "input_transform",
-    "auto",
-    "--model: stored data -> model input (auto, unit, raw, symmetric, MODULE:FUNCTION).",
-)
-flags.DEFINE_float("input_scale", None, "Affine input transform x * scale + offset instead.")
-flags.DEFINE_float("input_offset", None, "Offset of the affine input transform.")
-flags.DEFINE_integer("epochs", 3, "--model: supervised epochs (fine-tuning, or all from scratch).")
-flags.DEFINE_bool("from_scratch", False, "--model: re-initialise every weight first.")
-flags.DEFINE_string(
-    "split_layer",
-    "",
-    "--model, aftt/aftt_fat: the feature extractor's last layer (default: the input of the "
-    "final Dense block).",
-)
-flags.DEFINE_integer("decoder_width", 256, "--model, aftt: width of the generated decoder.")
-flags.DEFINE_enum(
-    "range_statistic", "max", ["max", "percentile"], "--model, range: bound statistic."
-)
-flags.DEFINE_float("range_percentile", 99.99, "--model, range: percentile of the bounds.")
-flags.DEFINE_integer(
-    "range_examples", 10000, "--model, range: training examples the bounds are read from."
-)
-flags.DEFINE_bool(
-    "allow_chance_accuracy", False, "--model: train even when the model is at chance level."
-)
-flags.DEFINE_multi_string("import", [], "Module to import first (custom layers of --model).")
-
 FLAGS = flags.FLAGS
 
 
@@ -96,52 +51,6 @@ def main(argv: list[str]) -> None:
     print(f"Run directory: {FLAGS.out}")
 
 
-def _harden_config():
-    from aftt_tf.faults.frontend import DataOptions
-    from aftt_tf.training import harden, harden_run
-
-    learning_rate = FLAGS.learning_rate if FLAGS["learning_rate"].present else 1e-4
-    return harden_run.HardenRunConfig(
-        model=FLAGS.model,
-        out=FLAGS.out,
-        harden=harden.HardenConfig(
-            method=FLAGS.method,
-            epochs=FLAGS.epochs,
-            from_scratch=FLAGS.from_scratch,
-            learning_rate=learning_rate,
-            batch_size=FLAGS.batch_size,
-            loss=FLAGS.classification_loss
-            if FLAGS["classification_loss"].present
-            else "crossentropy",
-            reg_lambda=FLAGS.reg_lambda,
-            fault_kinds=tuple(FLAGS.fault_aware_kinds),
-            fault_max_rate=FLAGS.fault_aware_max_rate,
-            split_layer=FLAGS.split_layer,
-            pretrain_epochs=FLAGS.pretrain_epochs,
-            decoder_width=FLAGS.decoder_width,
-            prior_stddev=FLAGS.prior_stddev,
-            discriminator_steps=FLAGS.discriminator_steps,
-            range_statistic=FLAGS.range_statistic,
-            range_percentile=FLAGS.range_percentile,
-            range_examples=FLAGS.range_examples,
-            seed=FLAGS.seed,
-        ),
-        data_options=DataOptions(
-            data=FLAGS.data or FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            tfds_data_dir=FLAGS.tfds_data_dir,
-            npz_keys=tuple(FLAGS.npz_keys),
-            input_transform=FLAGS.input_transform,
-            input_scale=FLAGS.input_scale,
-            input_offset=FLAGS.input_offset,
-        ),
-        validation_data=FLAGS.validation_data,
-        test_data=FLAGS.test_data,
-        train_examples=FLAGS.train_examples,
-        allow_chance_accuracy=FLAGS.allow_chance_accuracy,
-    )
-
-
 def _harden_main() -> None:
     """aftt-train --model: the user's model through `harden` (harden_run)."""
     ignored = [name for name in ("architecture", "reg_lambda_grid") if FLAGS[name].present]
@@ -150,7 +59,7 @@ def _harden_main() -> None:
             f"--{ignored[0]} is for the paper's networks; with --model the network is yours."
         )
     with common.usage_errors():
-        config = _harden_config()
+        config = harden_flags.run_config()
         config.validate()  # Before TensorFlow loads: bad values cost nothing.
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf.faults import campaign_lib
@@ -175,7 +84,7 @@ def _harden_main() -> None:
 
 
 def run() -> None:
-    common.run(main, "aftt-train", (__name__, "aftt_tf.cli.train_flags"))
+    common.run(main, "aftt-train", (__name__, train_flags.__name__, harden_flags.__name__))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from aftt_tf import tflite_file
 from aftt_tf.deploy import int8_converter
-from aftt_tf.faults import tflite_runner
+from aftt_tf.faults import inputs, tflite_runner
 from aftt_tf.faults.spec import FaultSpec
 
 
@@ -91,7 +91,9 @@ def faulty_ranges(
         trials=calibration.draws,
         seed=calibration.seed,
     )
-    runner = tflite_runner.TFLiteRunner(model, spec, images, np.zeros(len(images)), len(images))
+    runner = tflite_runner.TFLiteRunner(  # `images` are model inputs already.
+        model, spec, images, np.zeros(len(images)), len(images), inputs.resolve("raw")
+    )
     lows, highs = [], []
     for rate in calibration.rates:
         for draw in range(calibration.draws):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import tflite_file
+from aftt_tf.faults import inputs
 from aftt_tf.faults.spec import FaultSpec
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -87,7 +88,9 @@ def tflite_cells(model, spec: FaultSpec, images: np.ndarray):
     from aftt_tf.faults.tflite_runner import TFLiteRunner
 
     quantization = activation_quantization(model)
-    runner = TFLiteRunner(model, spec, images, np.zeros(len(images), np.int64), len(images))
+    runner = TFLiteRunner(  # `images` are model inputs already: passed as they are.
+        model, spec, images, np.zeros(len(images), np.int64), len(images), inputs.resolve("raw")
+    )
     tensors = {name: _activation_tensor(model.layers[name]) for name in quantization}
 
     def cell(rate: float, trial: int) -> dict[str, dict[str, Any]]:

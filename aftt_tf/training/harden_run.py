@@ -147,7 +147,7 @@ def run(config: HardenRunConfig) -> dict[str, Any]:
         if name != "transform" and examples is not None
     }
     before = accuracy(model, arrays["validation"].inputs, arrays["validation"].labels)
-    if not config.allow_chance_accuracy:
+    if not (config.allow_chance_accuracy or config.harden.from_scratch):
         campaign.check_accuracy(before, arrays["validation"].labels, config.model)
     created = io_utils.first_missing(out)
     try:

@@ -132,11 +132,8 @@ class AdversarialAutoencoder(keras.Model):
         # Sub-networks are Functional models and already built.
         self.built = True
 
-    def train_step(self, data):
-        images = data[0] if isinstance(data, tuple) else data
-        batch_size = ops.shape(images)[0]
-
-        # Game 1: extractor + decoder minimise the reconstruction error.
+    def _game_one(self, images):
+        """Game 1: one step of extractor + decoder on the reconstruction error."""
         autoencoder_variables = self.extractor.trainable_weights + self.decoder.trainable_weights
         with tf.GradientTape() as tape:
             reconstruction = self.decoder(self.extractor(images, training=True), training=True)
@@ -147,6 +144,13 @@ class AdversarialAutoencoder(keras.Model):
             scaled_loss = _replica_scale(reconstruction_loss)
         gradients = tape.gradient(scaled_loss, autoencoder_variables)
         self.reconstruction_optimizer.apply(gradients, autoencoder_variables)
+        return reconstruction_loss
+
+    def train_step(self, data):
+        images = data[0] if isinstance(data, tuple) else data
+        batch_size = ops.shape(images)[0]
+
+        reconstruction_loss = self._game_one(images)
 
         # Game 2. One forward pass of the updated extractor serves both players.
         with tf.GradientTape() as extractor_tape:

@@ -1,0 +1,199 @@
+"""`compare(config)`: the paper's comparison on the user's own model and data
+(`aftt-reproduce --model=FILE.keras --data=...`): every chosen method hardens the user's
+model (`training.harden_run`), each result is exported to int8 (`deploy.export_lib`),
+and paired campaigns measure every method on the same fault positions, in float32
+(Keras) and int8 (.tflite), for the fault kinds that apply: weight and node always,
+filter only with convolutions, stuck_value and bit when `range` is compared. One report
+(`campaign_report`) puts them side by side. Resumable: finished runs, exports and
+campaign cells are reused.
+
+    OUT/runs/<method>/        aftt-train --model run directories
+    OUT/export_<method>/      their int8 exports
+    OUT/campaigns/<runtime>_<kind>/   paired campaigns of every method
+    OUT/report.md, report.html
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from aftt_tf import io_utils
+from aftt_tf.faults import frontend
+
+RUNTIMES = ("keras", "int8")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonConfig:
+    """A comparison of methods on the user's model.
+
+    Attributes:
+        model: the user's trained .keras classifier.
+        out: the comparison's directory.
+        methods: harden methods compared (at least two).
+        harden: the shared `harden.HardenConfig` (its method is replaced per run).
+        data_options: training data and input transform (`frontend.DataOptions`).
+        test_data: the campaigns' and exports' data (default: a built-in or TFDS test
+            split; required for a file, so that nothing is measured on training data).
+        faults: fault kinds ('' picks: weight, node, filter with convolutions, and
+            stuck_value and bit when range is compared).
+        rates, trials, seed: the campaigns (per kind, bit faults use `bit_rates`).
+        bit_rates: rates of bit campaigns (bits are far more harmful per fault).
+        test_examples: campaign test examples (0: all).
+        runtimes: 'keras' and/or 'int8'.
+    """
+
+    model: str
+    out: str
+    methods: tuple[str, ...]
+    harden: Any
+    data_options: frontend.DataOptions
+    test_data: str = ""
+    faults: tuple[str, ...] = ()
+    rates: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5)
+    bit_rates: tuple[float, ...] = (0.0, 0.0001, 0.001)
+    trials: int = 10
+    seed: int = 0
+    test_examples: int = 2000
+    runtimes: tuple[str, ...] = RUNTIMES
+
+    def validate(self) -> None:
+        from aftt_tf.training.harden import HARDEN_METHODS
+
+        unknown = [m for m in self.methods if m not in HARDEN_METHODS]
+        if unknown or len(set(self.methods)) < 2:
+            raise ValueError(
+                f"--methods must name two or more of {', '.join(HARDEN_METHODS)} (a comparison); "
+                f"received {list(self.methods)}."
+            )
+        bad = [r for r in self.runtimes if r not in RUNTIMES]
+        if bad or not self.runtimes:
+            raise ValueError(f"--runtimes must be a subset of {RUNTIMES}, received {bad}.")
+        source = frontend.resolve_source(self.data_options.data, self.model)
+        if not self.test_data and ":" in source and not source.startswith("tfds:"):
+            raise ValueError(
+                "--test_data is required with a training file: the campaigns and exports "
+                "measure on data the methods were not trained on."
+            )
+        self.data_options.validate()
+        for method in self.methods:
+            dataclasses.replace(self.harden, method=method).validate()
+
+    def test_source(self) -> str:
+        return self.test_data or frontend.resolve_source(self.data_options.data, self.model)
+
+
+def fault_kinds(config: ComparisonConfig, model) -> list[str]:
+    """The kinds that apply to this model and comparison (see ComparisonConfig.faults)."""
+    if config.faults:
+        return list(config.faults)
+    import keras
+
+    from aftt_tf.faults import registry
+
+    kinds = ["weight", "node"]
+    if any(
+        isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D))
+        for layer in registry.flat_layers(model)
+    ):
+        kinds.append("filter")
+    if "range" in config.methods:
+        kinds += ["stuck_value", "bit"]
+    return kinds
+
+
+def compare(config: ComparisonConfig) -> dict[str, Any]:
+    """Runs (or resumes) the comparison; returns {'report': path, 'verdicts': lines}."""
+    from aftt_tf.faults import keras_runner
+    from aftt_tf.reproduce import campaign_report
+
+    config.validate()
+    out = Path(config.out)
+    io_utils.check_output_path(out)
+    runs = {method: _harden(config, method) for method in config.methods}
+    exports = {}
+    if "int8" in config.runtimes:
+        exports = {method: _export(config, method, run) for method, run in runs.items()}
+    kinds = fault_kinds(config, keras_runner.load_model(config.model))
+    directories, verdicts = [], []
+    for runtime in config.runtimes:
+        files = runs if runtime == "keras" else exports
+        for kind in kinds:
+            directory = out / "campaigns" / f"{runtime}_{kind}"
+            results = _campaign(config, files, kind, directory)
+            directories.append(directory)
+            if results.get("verdict"):
+                verdicts.append(f"{runtime}, {kind} faults: {results['verdict']['text']}")
+    markdown, _ = campaign_report.write(directories, out)
+    return {"report": str(markdown), "verdicts": verdicts, "kinds": kinds}
+
+
+def _harden(config: ComparisonConfig, method: str) -> Path:
+    from aftt_tf.training import harden_run
+
+    run = harden_run.HardenRunConfig(
+        model=config.model,
+        out=str(Path(config.out) / "runs" / method),
+        harden=dataclasses.replace(config.harden, method=method),
+        data_options=config.data_options,
+        test_data=config.test_data,
+    )
+    logging.info("Hardening with %s into %s", method, run.out)
+    harden_run.run(run)
+    return Path(run.out) / "classifier.keras"
+
+
+def _export(config: ComparisonConfig, method: str, model: Path) -> Path:
+    from aftt_tf.deploy import export_lib
+
+    out = Path(config.out) / f"export_{method}"
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        recorded = io_utils.read_json(manifest).get("source_model", {}).get("sha256")
+        if recorded == io_utils.sha256_file(model):
+            return out / "model_int8.tflite"
+    options = config.data_options
+    export_lib.export_classifier(
+        export_lib.ExportConfig(
+            model=str(model),
+            out=str(out),
+            formats=("tflite_int8",),
+            data=config.test_source(),
+            calibration_data=options.data or "",
+            data_dir=options.data_dir,
+            tfds_data_dir=options.tfds_data_dir,
+            npz_keys=tuple(options.npz_keys),
+            input_transform=options.input_transform,
+            input_scale=options.input_scale,
+            input_offset=options.input_offset,
+            test_examples=config.test_examples,
+            overwrite=True,
+        )
+    )
+    return out / "model_int8.tflite"
+
+
+def _campaign(config: ComparisonConfig, files: dict[str, Path], kind: str, directory: Path):
+    from aftt_tf.faults import campaign_lib
+    from aftt_tf.faults.spec import FaultSpec
+
+    rates = config.bit_rates if kind == "bit" else config.rates
+    options = config.data_options
+    campaign = campaign_lib.CampaignConfig(
+        models=tuple(f"{method}={path}" for method, path in files.items()),
+        out=str(directory),
+        spec=FaultSpec(kind=kind, rates=tuple(rates), trials=config.trials, seed=config.seed),
+        data=config.test_source(),
+        data_dir=options.data_dir,
+        tfds_data_dir=options.tfds_data_dir,
+        npz_keys=tuple(options.npz_keys),
+        test_examples=config.test_examples,
+        input_transform=options.input_transform,
+        input_scale=options.input_scale,
+        input_offset=options.input_offset,
+    )
+    logging.info("Campaign %s", directory)
+    return campaign_lib.run(campaign)

@@ -1,0 +1,117 @@
+"""Seconds per fault-aware (fat) epoch of the user's own model vs a plain `model.fit`
+epoch of the same model and batch size, and the range statistics pass vs one inference
+pass over the same data.
+
+    .venv/bin/python -m benchmarks.harden_epoch [--steps=60] [--batch_size=64]
+
+The model is MobileNetV2-style (keras.applications.MobileNetV2, alpha 0.35, 32x32x3,
+10 classes: BatchNormalization, depthwise convolutions, ReLU6), on random inputs (the
+cost does not depend on the values). After a warm-up that absorbs tracing, interleaved
+best of 5:
+  * plain: `model.fit` for `steps` steps (Adam, sparse cross-entropy from logits);
+  * fat: the `ClassifierTrainer` harden uses, weight and node faults (each step one map),
+    BatchNormalization frozen, the same steps;
+  * range pass: `harden.activation_bounds` over steps * batch_size examples, and one
+    `model.predict` over the same examples.
+Targets: fat / plain <= 1.3; range pass / inference pass <= 1 (the statistics read the
+activations of one inference pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from aftt_tf import data  # noqa: E402
+from aftt_tf.training import harden, trainers  # noqa: E402
+
+
+def _model() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None
+    )
+
+
+def _best(function, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def benchmark(steps: int, batch_size: int) -> dict:
+    count = steps * batch_size
+    rng = np.random.default_rng(0)
+    inputs = rng.uniform(-1, 1, (count, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, count).astype(np.int32)
+    plain = _model()
+    plain.compile(
+        keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    faulty = _model()
+    frozen = [layer for layer in faulty.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in frozen:
+        layer.trainable = False
+    trainer = trainers.ClassifierTrainer(
+        faulty,
+        loss="crossentropy",
+        fault_aware_kinds=("weight", "node"),
+        fault_aware_max_rate=0.5,
+    )
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-4))
+
+    class _Identity:
+        function, divisor, offset = None, 1.0, 0.0
+
+    dataset, _ = data.train_dataset(inputs, labels, batch_size, 0, 0, 100, transform=_Identity())
+
+    def fit_plain():
+        plain.fit(inputs, labels, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+
+    def fit_fat():
+        trainer.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+
+    fit_plain()
+    fit_fat()  # Traces.
+    plain_seconds, fat_seconds = [], []
+    for _ in range(5):  # Interleaved: load from other processes hits both alike.
+        plain_seconds.append(_best(fit_plain, 1))
+        fat_seconds.append(_best(fit_fat, 1))
+    config = harden.HardenConfig(method="range", epochs=0, range_examples=count)
+    harden.activation_bounds(plain, inputs, config)  # Traces.
+    plain.predict(inputs, batch_size=500, verbose=0)
+    range_seconds = _best(lambda: harden.activation_bounds(plain, inputs, config), 3)
+    predict_seconds = _best(lambda: plain.predict(inputs, batch_size=500, verbose=0), 3)
+    return {
+        "model": "MobileNetV2 alpha=0.35 32x32x3",
+        "steps": steps,
+        "batch_size": batch_size,
+        "plain_fit_epoch_seconds": min(plain_seconds),
+        "fat_epoch_seconds": min(fat_seconds),
+        "fat_over_plain": min(fat_seconds) / min(plain_seconds),
+        "range_statistics_seconds": range_seconds,
+        "inference_pass_seconds": predict_seconds,
+        "range_over_inference": range_seconds / predict_seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch_size", type=int, default=64)
+    arguments = parser.parse_args()
+    print(json.dumps(benchmark(arguments.steps, arguments.batch_size), indent=2))
+
+
+if __name__ == "__main__":
+    main()
