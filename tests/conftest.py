@@ -44,6 +44,7 @@ _SHARED_WORKER = {
     "reproduce_test.py": "smoke_reproduction",
     "ray_test.py": "smoke_reproduction",
     "protocols_test.py": "smoke_reproduction",
+    "ray_watchdog_test.py": "smoke_reproduction",
     "failure_test.py": "tfds_fashion_mnist",
     "zoo_test.py": "tfds_fashion_mnist",
 }

@@ -152,6 +152,75 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
         ) from None
 
 
+# Kills what a local Ray instance started under this driver once the driver is gone: Ray
+# fate-shares its head processes with the driver, but the raylet's agents (DashboardAgent,
+# RuntimeEnvAgent) outlive a driver killed with SIGKILL. The watchdog follows the
+# driver's descendants (pid and start time, so a reused pid is never killed) every
+# second and kills the ones still alive after the driver dies.
+_WATCHDOG = """
+import os, signal, sys, time
+driver = int(sys.argv[1])
+def table():
+    result = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()
+                result[int(name)] = (int(fields[1]), fields[19])
+            except (OSError, IndexError, ValueError):
+                pass
+    return result
+start = table().get(driver, (0, None))[1]
+known = {}
+while True:
+    processes = table()
+    if processes.get(driver, (0, None))[1] != start:
+        break
+    frontier = [driver]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, started) in processes.items():
+            if ppid == parent and pid != os.getpid() and pid not in known:
+                known[pid] = started
+                frontier.append(pid)
+    time.sleep(1)
+processes = table()
+for pid, started in known.items():
+    if processes.get(pid, (0, None))[1] == started:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+_watchdog = None
+
+
+def _start_watchdog() -> None:
+    """Starts the watchdog of a local Ray instance (Linux /proc; elsewhere nothing)."""
+    global _watchdog
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc") or _watchdog is not None:
+        return
+    _watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # Not in the driver's process group: outlives its signals.
+    )
+
+
+def stop_watchdog() -> None:
+    """After a normal shutdown nothing is left to kill."""
+    global _watchdog
+    if _watchdog is not None:
+        _watchdog.kill()
+        _watchdog.wait()
+        _watchdog = None
+
+
 def connect(config: RayConfig) -> bool:
     """Connects to `config.address`, or starts a local Ray instance when it is empty;
     nothing when this process is already connected. Returns True when it started Ray (the
@@ -165,6 +234,7 @@ def connect(config: RayConfig) -> bool:
             ray.init(address=config.address, log_to_driver=False)
             return False
         ray.init(num_cpus=os.cpu_count(), log_to_driver=False, include_dashboard=False)
+        _start_watchdog()
         return True
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise RayUnavailableError(
@@ -304,6 +374,7 @@ class RayExecutor:
         self.actors = []
         if self._started_ray:
             ray.shutdown()
+            stop_watchdog()
 
     def _new_actor(self):
         name = f"{ACTOR_PREFIX}{os.getpid()}-{self._next_name}"

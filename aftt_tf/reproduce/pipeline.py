@@ -766,6 +766,7 @@ def _ray_session(config: ReproduceConfig):
     finally:
         if started:
             ray_executor.import_ray().shutdown()
+            ray_executor.stop_watchdog()
 
 
 @contextlib.contextmanager
