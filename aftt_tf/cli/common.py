@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 
@@ -85,11 +86,51 @@ def run(main: Callable[[list[str]], None], program: str, modules: tuple[str, ...
     app.run(guarded, flags_parser=_parse_flags)
 
 
+# Lines TensorFlow and LiteRT print from C++ on every run, whatever TF_CPP_MIN_LOG_LEVEL
+# says (absl writes them before its logging is initialised): noise, not information.
+_NATIVE_NOISE = re.compile(
+    rb"^(?:WARNING: All log messages before absl::InitializeLog|"
+    rb"[IWE]\d{4} [\d:. ]+\d+ (?:port|cudart_stub|cuda_platform|cuda_executor|cpu_feature_guard)"
+    rb"\.cc|INFO: Created TensorFlow Lite XNNPACK delegate)"
+)
+
+
 def quiet_tensorflow() -> None:
     """TensorFlow's own C++ log (oneDNN notices, 'failed call to cuInit' on every machine
     without a GPU) off unless the user asked for it with TF_CPP_MIN_LOG_LEVEL; errors
     still reach the user as exceptions, one line each."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return  # The user chose what to see.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    _filter_native_noise()
+
+
+def _filter_native_noise() -> None:
+    """Standard error (file descriptor 2) through a filter that drops `_NATIVE_NOISE`
+    lines and passes everything else on, until the process exits."""
+    import atexit
+    import threading
+
+    original = os.dup(2)
+    reader, writer = os.pipe()
+    os.dup2(writer, 2)
+    os.close(writer)
+
+    def pump() -> None:
+        with os.fdopen(reader, "rb") as stream:
+            for line in stream:
+                if not _NATIVE_NOISE.match(line):
+                    os.write(original, line)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # Closes the pipe's last writer: the pump drains and ends.
+        thread.join(timeout=2)
+
+    atexit.register(restore)
 
 
 def _plain_log_lines() -> None:
