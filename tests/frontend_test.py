@@ -14,8 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf.cli import faults as faults_cli
-from aftt_tf.faults import campaign, frontend, plots
+from aftt_tf.faults import campaign, console, frontend, plots
 from aftt_tf.faults.spec import FaultSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,10 +100,10 @@ def test_a_bit_campaign_of_differently_stored_models_is_refused():
 
 
 def test_rates_are_printed_with_the_digits_they_need():
-    assert faults_cli._rate(0.3) == "0.300"
-    assert faults_cli._rate(0.0) == "0.000"
-    assert faults_cli._rate(1e-5) == "1e-05"
-    assert faults_cli._rate(0.0004) == "0.0004"
+    assert console.rate_text(0.3) == "0.300"
+    assert console.rate_text(0.0) == "0.000"
+    assert console.rate_text(1e-5) == "1e-05"
+    assert console.rate_text(0.0004) == "0.0004"
 
 
 def test_rates_spanning_decades_get_a_log_axis_and_per_layer_has_no_empty_plot(tmp_path):
@@ -127,7 +126,7 @@ def test_rates_spanning_decades_get_a_log_axis_and_per_layer_has_no_empty_plot(t
     assert (tmp_path / "c" / "layer_sensitivity.png").exists()
 
 
-def test_an_unmet_target_margin_is_said(tmp_path, capsys):
+def test_an_unmet_target_margin_is_said(tmp_path):
     model = _model()
     images = np.random.default_rng(0).random((64, 6)).astype(np.float32)
     labels = np.argmax(np.asarray(model(images)), -1)
@@ -135,8 +134,7 @@ def test_an_unmet_target_margin_is_said(tmp_path, capsys):
     results = campaign.run_campaign({"m": model}, spec, images, labels, None, progress=False)
     rows = {row["rate"]: row for row in results["summary"]["m"]["all"]["per_rate"]}
     assert rows[0.0]["margin_reached"] is True and rows[0.5]["margin_reached"] is False
-    faults_cli._print_summary(results)
-    assert "NOT reached" in capsys.readouterr().out
+    assert any("NOT reached" in line for line in console.summary_lines(results))
 
 
 def test_tensorflow_log_is_quiet_by_default(tmp_path):

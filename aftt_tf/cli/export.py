@@ -16,7 +16,7 @@ import logging
 
 from absl import flags
 
-from aftt_tf.cli import common
+from aftt_tf.cli import common, data_flags
 from aftt_tf.vocabulary import DEFAULT_EXPORT_FORMATS
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
 
@@ -46,19 +46,6 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("data_dir", "", "Local raw data directory.")
 flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
-flags.DEFINE_list("npz_keys", ["x", "y"], "Names of the inputs and labels arrays of npz: data.")
-flags.DEFINE_string(
-    "input_transform",
-    "auto",
-    "Stored data -> model input (as aftt-faults): auto, unit (x/255), raw, symmetric or "
-    "MODULE:FUNCTION. Calibration and accuracies use the model's own inputs.",
-)
-flags.DEFINE_float("input_scale", None, "Affine input transform x * scale + offset instead.")
-flags.DEFINE_float("input_offset", None, "Offset of the affine input transform.")
-flags.DEFINE_bool(
-    "allow_chance_accuracy", False, "Export even when the model is at chance level on --data."
-)
-flags.DEFINE_multi_string("import", [], "Module to import first (registers custom classes).")
 flags.DEFINE_integer("test_examples", 0, "Test images for the manifest's accuracies (0: all).")
 flags.DEFINE_integer("seed", 0, "Seed of calibration order and QAT.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing export directory.")
@@ -102,7 +89,7 @@ def main(argv: list[str]) -> None:
     from aftt_tf.faults import campaign_lib
 
     with common.usage_errors(data.DataUnavailableError):
-        campaign_lib.import_modules(tuple(FLAGS["import"].value))
+        campaign_lib.import_modules(data_flags.imports())
         prepared = export_lib.prepare(config)
     with common.refusals(io_utils.OutputError):
         manifest = export_lib.export_classifier(config, prepared)
@@ -154,7 +141,7 @@ def _config_from_flags(export_lib, rates: tuple[float, ...]):
 
 
 def run() -> None:
-    common.run(main, "aftt-export", (__name__,))
+    common.run(main, "aftt-export", (__name__, data_flags.__name__))
 
 
 if __name__ == "__main__":

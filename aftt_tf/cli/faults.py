@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from absl import flags
 
 from aftt_tf import vocabulary
-from aftt_tf.cli import common, executor_flags
+from aftt_tf.cli import common, data_flags, executor_flags
 
 flags.DEFINE_multi_string(
     "model",
@@ -90,21 +89,6 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("data_dir", "", "Local raw data directory (see aftt-train).")
 flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
-flags.DEFINE_list("npz_keys", ["x", "y"], "Names of the images and labels arrays of npz: data.")
-flags.DEFINE_string(
-    "input_transform",
-    "auto",
-    "Stored data -> model input: auto (unit for uint8 data, else raw), unit (x/255), raw, "
-    "symmetric (x/127.5-1), or MODULE:FUNCTION. Recorded in results.json.",
-)
-flags.DEFINE_float("input_scale", None, "Affine input transform x * scale + offset instead.")
-flags.DEFINE_float("input_offset", None, "Offset of the affine input transform.")
-flags.DEFINE_bool(
-    "allow_chance_accuracy", False, "Run even when a model is at chance level before faults."
-)
-flags.DEFINE_multi_string(
-    "import", [], "Module to import before loading models (registers custom classes)."
-)
 flags.DEFINE_integer("test_examples", 0, "Use only this many test examples (0: all).")
 flags.DEFINE_integer("batch_size", 2000, "Evaluation chunk size.")
 flags.DEFINE_string("out", None, "Output directory (resumed if it holds the same campaign).")
@@ -265,76 +249,14 @@ def _print_statistics(statistics: dict) -> None:
         print(f"{label}: no per-layer int8 statistics ({reason})")
 
 
-def _print_coverage(results: dict) -> None:
-    for model, coverage in (results.get("coverage") or {}).items():
-        if not coverage:
-            continue
-        print(
-            f"{model}: the {len(coverage['targeted_layers'])} targeted layers hold "
-            f"{100 * coverage['targeted_layers_weight_share']:.1f}% of the model's "
-            f"{coverage['model_weight_elements']} weights"
-        )
-        if coverage.get("layer_names_from") == "type and order":
-            print(
-                f"  layer names: no Keras names could be read from {model}'s tensors; its "
-                "operators are named by type and order (conv_2d_0, ...)"
-            )
-        for entry in coverage["left_out"]:
-            print(
-                f"  left out: {entry.get('layer', entry.get('operator'))} ({entry['weights']} weights): {entry['reason']}"
-            )
-
-
-def _rate(rate: float) -> str:
-    """A fault rate with the digits it needs (a bit-fault rate of 1e-5 is not 0.000)."""
-    return f"{rate:.3f}" if rate == 0 or rate >= 0.01 else f"{rate:.3g}"
-
-
-def _non_finite_text(non_finite: dict | None) -> str:
-    """', NaN/Inf outputs X% [low, high]' when any inference of the rate had one."""
-    if not non_finite or not non_finite["mean"]:
-        return ""
-    return (
-        f", NaN/Inf outputs {100 * non_finite['mean']:.2f}% "
-        f"[{100 * non_finite['ci_low']:.2f}, {100 * non_finite['ci_high']:.2f}] "
-        "(detected errors, not counted as correct)"
-    )
-
-
 def _print_summary(results: dict) -> None:
-    _print_coverage(results)
-    for model, groups in results["summary"].items():
-        for group, summary in groups.items():
-            print(f"{model} [{group}] normalized AUC {100 * summary['normalized_auc']:.2f}%")
-            for row in summary["per_rate"]:
-                print(
-                    f"  rate {_rate(row['rate'])}: {100 * row['mean']:.2f}% "
-                    f"[{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}] (n={row['trials']})"
-                    + _non_finite_text(row.get("non_finite"))
-                    + (
-                        f"; --target_margin {100 * results['spec']['target_margin']:g} points "
-                        "NOT reached (more --trials needed)"
-                        if row.get("margin_reached") is False
-                        else ""
-                    )
-                )
-    for pair, rows in results["paired_differences"].items():
-        print(f"paired difference {pair}:")
-        for row in rows:
-            print(
-                f"  rate {_rate(row['rate'])}: {100 * row['mean_difference']:+.2f} points "
-                f"[{100 * row['ci_low']:+.2f}, {100 * row['ci_high']:+.2f}]"
-            )
-    if results.get("verdict"):
-        print(
-            f"verdict ({results['spec']['kind']} faults, scope {results['spec']['scope']}): "
-            f"{results['verdict']['text']}"
-        )
-    print(json.dumps({"skipped_cells": results.get("skipped_cells", 0)}))
+    from aftt_tf.faults import console
+
+    print("\n".join(console.summary_lines(results)))
 
 
 def run() -> None:
-    common.run(main, "aftt-faults", (__name__, executor_flags.__name__))
+    common.run(main, "aftt-faults", (__name__, data_flags.__name__, executor_flags.__name__))
 
 
 if __name__ == "__main__":

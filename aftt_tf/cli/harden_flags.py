@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from aftt_tf.cli import train_flags  # noqa: F401  (defines the training flags read here)
+from aftt_tf.cli import (
+    data_flags,
+    train_flags,  # noqa: F401  (defines the training flags read here)
+)
 
 flags.DEFINE_string(
     "model",
@@ -26,14 +29,6 @@ flags.DEFINE_string("validation_data", "", "--model: validation data (same forms
 flags.DEFINE_string(
     "test_data", "", "--model: test data (default: a built-in or TFDS name's test split)."
 )
-flags.DEFINE_list("npz_keys", ["x", "y"], "Names of the inputs and labels arrays of npz: data.")
-flags.DEFINE_string(
-    "input_transform",
-    "auto",
-    "--model: stored data -> model input (auto, unit, raw, symmetric, MODULE:FUNCTION).",
-)
-flags.DEFINE_float("input_scale", None, "Affine input transform x * scale + offset instead.")
-flags.DEFINE_float("input_offset", None, "Offset of the affine input transform.")
 flags.DEFINE_integer("epochs", 3, "--model: supervised epochs (fine-tuning, or all from scratch).")
 flags.DEFINE_bool("from_scratch", False, "--model: re-initialise every weight first.")
 flags.DEFINE_string(
@@ -57,27 +52,13 @@ flags.DEFINE_float("range_percentile", 99.99, "--model, range: percentile of the
 flags.DEFINE_integer(
     "range_examples", 10000, "--model, range: training examples the bounds are read from."
 )
-flags.DEFINE_bool(
-    "allow_chance_accuracy", False, "--model: train even when the model is at chance level."
-)
-flags.DEFINE_multi_string("import", [], "Module to import first (custom layers of --model).")
 
 FLAGS = flags.FLAGS
 
 
 def data_options():
     """The `frontend.DataOptions` of the parsed flags."""
-    from aftt_tf.faults.frontend import DataOptions
-
-    return DataOptions(
-        data=FLAGS.data or FLAGS.dataset,
-        data_dir=FLAGS.data_dir,
-        tfds_data_dir=FLAGS.tfds_data_dir,
-        npz_keys=tuple(FLAGS.npz_keys),
-        input_transform=FLAGS.input_transform,
-        input_scale=FLAGS.input_scale,
-        input_offset=FLAGS.input_offset,
-    )
+    return data_flags.options(FLAGS.data or FLAGS.dataset)
 
 
 def harden_config(method: str):

@@ -11,7 +11,7 @@ import logging
 
 from absl import flags
 
-from aftt_tf.cli import common
+from aftt_tf.cli import common, data_flags
 
 flags.DEFINE_string("model", None, "classifier.keras to repair (Sequential or Functional).")
 flags.DEFINE_string("out", None, "Run directory of the repair (resumed if it holds it).")
@@ -42,19 +42,6 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("data_dir", "", "Local raw data directory.")
 flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
-flags.DEFINE_list("npz_keys", ["x", "y"], "Names of the inputs and labels arrays of npz: data.")
-flags.DEFINE_string(
-    "input_transform",
-    "auto",
-    "Stored data -> model input: auto, unit (x/255), raw, symmetric or MODULE:FUNCTION "
-    "(as aftt-faults).",
-)
-flags.DEFINE_float("input_scale", None, "Affine input transform x * scale + offset instead.")
-flags.DEFINE_float("input_offset", None, "Offset of the affine input transform.")
-flags.DEFINE_bool(
-    "allow_chance_accuracy", False, "Repair even when the model is at chance level before faults."
-)
-flags.DEFINE_multi_string("import", [], "Module to import first (registers custom classes).")
 flags.DEFINE_integer("data_seed", 0, "Seed of the batch order and of the held-out part.")
 
 FLAGS = flags.FLAGS
@@ -114,14 +101,14 @@ def main(argv: list[str]) -> None:
     with common.refusals(
         FaultTargetError, data.DataUnavailableError, FileNotFoundError, ValueError, OutputError
     ):
-        campaign_lib.import_modules(tuple(FLAGS["import"].value))
+        campaign_lib.import_modules(data_flags.imports())
         metrics = repair.repair(config)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     print(f"Repaired classifier: {FLAGS.out}/classifier.keras")
 
 
 def run() -> None:
-    common.run(main, "aftt-repair", (__name__,))
+    common.run(main, "aftt-repair", (__name__, data_flags.__name__))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import logging
 from absl import flags
 
 from aftt_tf import data, vocabulary
-from aftt_tf.cli import common, executor_flags, harden_flags, train_flags
+from aftt_tf.cli import common, data_flags, executor_flags, harden_flags, train_flags
 from aftt_tf.io_utils import OutputError
 
 flags.DEFINE_list(
@@ -233,7 +233,7 @@ def _compare_main() -> None:
     from aftt_tf.reproduce import user_comparison
 
     with common.usage_errors(data.DataUnavailableError):
-        campaign_lib.import_modules(tuple(FLAGS["import"].value))
+        campaign_lib.import_modules(data_flags.imports())
     with common.refusals(OutputError, ChanceAccuracyError, FaultTargetError):
         results = user_comparison.compare(config)
     print(f"Report: {results['report']} (fault kinds: {', '.join(results['kinds'])})")
@@ -245,7 +245,13 @@ def run() -> None:
     common.run(
         main,
         "aftt-reproduce",
-        (__name__, train_flags.__name__, harden_flags.__name__, executor_flags.__name__),
+        (
+            __name__,
+            train_flags.__name__,
+            harden_flags.__name__,
+            data_flags.__name__,
+            executor_flags.__name__,
+        ),
     )
 
 

@@ -14,7 +14,7 @@ import logging
 from absl import flags
 
 from aftt_tf import data
-from aftt_tf.cli import common, harden_flags, train_flags
+from aftt_tf.cli import common, data_flags, harden_flags, train_flags
 from aftt_tf.io_utils import OutputError
 
 flags.DEFINE_bool("overwrite", False, "Delete an existing run directory with another config first.")
@@ -66,7 +66,7 @@ def _harden_main() -> None:
     from aftt_tf.training import harden_run
 
     with common.usage_errors(data.DataUnavailableError):
-        campaign_lib.import_modules(tuple(FLAGS["import"].value))
+        campaign_lib.import_modules(data_flags.imports())
         metrics = harden_run.run(config)
     summary = {
         key: metrics.get(key)
@@ -84,7 +84,11 @@ def _harden_main() -> None:
 
 
 def run() -> None:
-    common.run(main, "aftt-train", (__name__, train_flags.__name__, harden_flags.__name__))
+    common.run(
+        main,
+        "aftt-train",
+        (__name__, train_flags.__name__, harden_flags.__name__, data_flags.__name__),
+    )
 
 
 if __name__ == "__main__":

@@ -93,15 +93,9 @@ class ExportConfig:
 
     def data_options(self):
         """The shared data flags (`faults.frontend.DataOptions`)."""
-        return frontend.DataOptions(
-            data=self.data or self.dataset,
-            data_dir=self.data_dir,
-            tfds_data_dir=self.tfds_data_dir,
-            npz_keys=tuple(self.npz_keys),
-            input_transform=self.input_transform,
-            input_scale=self.input_scale,
-            input_offset=self.input_offset,
-        )
+        from aftt_tf.faults.frontend import options_of
+
+        return options_of(self)
 
     def fault_calibration(self):
         from aftt_tf.deploy.fault_calibration import FaultCalibration

@@ -71,6 +71,20 @@ class DataOptions:
         )
 
 
+def options_of(config: Any) -> DataOptions:
+    """The DataOptions of any config with the shared data fields (data or dataset,
+    data_dir, tfds_data_dir, npz_keys, input_transform, input_scale, input_offset)."""
+    return DataOptions(
+        data=getattr(config, "data", "") or getattr(config, "dataset", ""),
+        data_dir=config.data_dir,
+        tfds_data_dir=config.tfds_data_dir,
+        npz_keys=tuple(config.npz_keys),
+        input_transform=config.input_transform,
+        input_scale=config.input_scale,
+        input_offset=config.input_offset,
+    )
+
+
 @dataclasses.dataclass
 class Examples:
     """Examples as stored, their labels and where they came from."""

@@ -71,17 +71,9 @@ class RepairConfig:
 
     def data_options(self):
         """The shared data flags (`faults.frontend.DataOptions`)."""
-        from aftt_tf.faults.frontend import DataOptions
+        from aftt_tf.faults.frontend import options_of
 
-        return DataOptions(
-            data=self.data or self.dataset,
-            data_dir=self.data_dir,
-            tfds_data_dir=self.tfds_data_dir,
-            npz_keys=tuple(self.npz_keys),
-            input_transform=self.input_transform,
-            input_scale=self.input_scale,
-            input_offset=self.input_offset,
-        )
+        return options_of(self)
 
     def validate(self) -> None:
         """Raises ValueError for bad values (files are checked when the repair starts)."""
