@@ -174,6 +174,20 @@ def test_range_restriction_beats_no_clipping_under_large_stuck_values(trained, t
     clipped.save(path)
     loaded = keras.saving.load_model(path, compile=False)
     assert [layer.mode for layer in loaded.layers if isinstance(layer, harden.ActivationClip)]
+    fresh = subprocess.run(  # Every loader reads it (aftt-faults never imports harden).
+        [
+            sys.executable,
+            "-c",
+            "import sys; from aftt_tf.faults import keras_runner; "
+            "print(len(keras_runner.load_model(sys.argv[1]).layers))",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert fresh.returncode == 0 and int(fresh.stdout.split()[-1]) == len(clipped.layers)
     np.testing.assert_allclose(loaded.predict(test.inputs[:50]), clipped.predict(test.inputs[:50]))
     from aftt_tf.deploy import export_lib
     from aftt_tf.tflite_file import TFLiteFile

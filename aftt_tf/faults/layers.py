@@ -11,6 +11,8 @@ so a compiled evaluation function is traced once for a whole campaign.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -217,3 +219,45 @@ class WeightFaults(keras.layers.Wrapper):
 
 
 FAULTY_CLASSES = {keras.layers.Dense: FaultyDense, keras.layers.Conv2D: FaultyConv2D}
+
+
+# Activation range restriction (aftt_tf.training.harden, method 'range'): registered here
+# so that every loader of a .keras (which imports this module) can read a hardened model.
+RANGE_MODES = ("clip", "zero")
+
+
+@keras.saving.register_keras_serializable(package="aftt_tf")
+class ActivationClip(keras.layers.Layer):
+    """Activation range restriction of one tensor to [lower, upper]: 'clip' saturates
+    values outside at the bound (Ranger, Chen et al., DSN 2021); 'zero' sets them to 0
+    (FT-ClipAct, Hoang et al., DATE 2020: a channel corrupted by a faulty weight drops
+    out instead of staying at its maximum). Two floats and a mode in the config: the
+    layer round-trips through .keras and converts to TFLite builtins (MINIMUM/MAXIMUM,
+    or comparisons and SELECT), float and int8."""
+
+    def __init__(self, lower: float = 0.0, upper: float = 6.0, mode: str = "clip", **kwargs):
+        super().__init__(**kwargs)
+        if not (math.isfinite(lower) and math.isfinite(upper) and lower <= upper):
+            raise ValueError(f"ActivationClip needs finite lower <= upper, got {lower}, {upper}.")
+        if mode not in RANGE_MODES:
+            raise ValueError(f"ActivationClip mode must be one of {RANGE_MODES}, got {mode!r}.")
+        self.lower, self.upper, self.mode = float(lower), float(upper), mode
+
+    def call(self, inputs):
+        if self.mode == "clip":
+            return ops.clip(inputs, self.lower, self.upper)
+        inside = ops.logical_and(
+            ops.greater_equal(inputs, self.lower), ops.less_equal(inputs, self.upper)
+        )
+        return ops.where(inside, inputs, ops.zeros_like(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "lower": self.lower,
+            "upper": self.upper,
+            "mode": self.mode,
+        }

@@ -36,15 +36,14 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from aftt_tf import data, vocabulary
 from aftt_tf.faults import frontend, registry, targets
+from aftt_tf.faults.layers import RANGE_MODES, ActivationClip
 from aftt_tf.training import phases, trainers
 
 HARDEN_METHODS = ("none", "l1", "l2", "fat", "aftt", "aftt_fat", "range")
 RANGE_STATISTICS = ("max", "percentile")
-RANGE_MODES = ("clip", "zero")
 PRETRAIN, FINETUNE, WARMUP = "pretrain", "finetune", "warmup"
 
 
@@ -133,43 +132,6 @@ class HardenConfig:
         values = dataclasses.asdict(self)
         values["fault_kinds"] = list(self.fault_kinds)
         return values
-
-
-@keras.saving.register_keras_serializable(package="aftt_tf")
-class ActivationClip(keras.layers.Layer):
-    """Activation range restriction of one tensor to [lower, upper]: 'clip' saturates
-    values outside at the bound (Ranger, Chen et al., DSN 2021); 'zero' sets them to 0
-    (FT-ClipAct, Hoang et al., DATE 2020: a channel corrupted by a faulty weight drops
-    out instead of staying at its maximum). Two floats and a mode in the config: the
-    layer round-trips through .keras and converts to TFLite builtins (MINIMUM/MAXIMUM,
-    or comparisons and SELECT), float and int8."""
-
-    def __init__(self, lower: float = 0.0, upper: float = 6.0, mode: str = "clip", **kwargs):
-        super().__init__(**kwargs)
-        if not (math.isfinite(lower) and math.isfinite(upper) and lower <= upper):
-            raise ValueError(f"ActivationClip needs finite lower <= upper, got {lower}, {upper}.")
-        if mode not in RANGE_MODES:
-            raise ValueError(f"ActivationClip mode must be one of {RANGE_MODES}, got {mode!r}.")
-        self.lower, self.upper, self.mode = float(lower), float(upper), mode
-
-    def call(self, inputs):
-        if self.mode == "clip":
-            return ops.clip(inputs, self.lower, self.upper)
-        inside = ops.logical_and(
-            ops.greater_equal(inputs, self.lower), ops.less_equal(inputs, self.upper)
-        )
-        return ops.where(inside, inputs, ops.zeros_like(inputs))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "lower": self.lower,
-            "upper": self.upper,
-            "mode": self.mode,
-        }
 
 
 def copy_model(model: keras.Model) -> keras.Model:
@@ -489,11 +451,17 @@ def harden(
     epoch there and a re-run resumes; the same seed gives the same numbers."""
     config.validate()
     output_kind = check_model(model, config)
+    if workdir is None:  # Checkpoints only for the length of the call.
+        with tempfile.TemporaryDirectory(prefix="harden-") as folder:
+            return _harden_in(model, config, train, validation, Path(folder), output_kind)
+    return _harden_in(model, config, train, validation, Path(workdir), output_kind)
+
+
+def _harden_in(model, config, train, validation, workdir: Path, output_kind: str):
     keras.utils.set_random_seed(config.seed)
     hardened = copy_model(model)
     if config.from_scratch:
         _reinitialise(hardened, config.seed)
-    workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="harden-"))
     record: dict[str, Any] = {"method": config.method, "output_kind": output_kind, "phases": {}}
     if config.method in ("aftt", "aftt_fat"):
         record["phases"][PRETRAIN] = _games(hardened, config, train, workdir)
