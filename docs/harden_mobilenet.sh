@@ -10,7 +10,7 @@ OUT=${1:-results/harden_mobilenet}
 BIN=${BIN:-.venv/bin}
 DATA=(--data=cifar10 --input_transform=symmetric)
 mkdir -p "$OUT"
-"$BIN/python" - "$OUT/untrained.keras" <<'PY'
+[ -f "$OUT/untrained.keras" ] || "$BIN/python" - "$OUT/untrained.keras" <<'PY'
 import sys
 
 import keras
@@ -24,24 +24,27 @@ for layer in model.layers:  # keras.applications' 0.999 needs far more steps tha
         layer.momentum = 0.9
 model.save(sys.argv[1])
 PY
-"$BIN/aftt-train" --model="$OUT/untrained.keras" "${DATA[@]}" --method=none --from_scratch \
+[ -f "$OUT/base/metrics.json" ] || "$BIN/aftt-train" --model="$OUT/untrained.keras" "${DATA[@]}" --method=none --from_scratch \
   --epochs=6 --learning_rate=1e-3 --batch_size=128 --out="$OUT/base"
-for method in none fat range aftt_fat; do
-  extra=()
-  case $method in
-    fat|aftt_fat) extra=(--fault_aware_kinds=weight,node --fault_aware_max_rate=0.3) ;;
-    range) extra=(--range_examples=10000) ;;
-  esac
-  [ "$method" = aftt_fat ] && extra+=(--pretrain_epochs=1)
-  "$BIN/aftt-train" --model="$OUT/base/classifier.keras" "${DATA[@]}" --method=$method \
-    --epochs=2 --learning_rate=3e-4 --batch_size=128 "${extra[@]}" --out="$OUT/$method"
-  "$BIN/aftt-export" --model="$OUT/$method/classifier.keras" "${DATA[@]}" \
-    --formats=tflite_int8 --calibration_steps=50 --test_examples=2000 --out="$OUT/export_$method"
-done
+# name:method[:extra flags]; range_zero: bounds at the 99.9th percentile, values outside -> 0.
+VARIANTS=(
+  "none:none"
+  "fat:fat:--fault_aware_kinds=weight,node --fault_aware_max_rate=0.3"
+  "range:range:--range_examples=10000"
+  "aftt_fat:aftt_fat:--fault_aware_kinds=weight,node --fault_aware_max_rate=0.3 --pretrain_epochs=1"
+  "range_zero:range:--range_examples=10000 --range_statistic=percentile --range_percentile=99.9 --range_mode=zero"
+)
 models=() ; int8=()
-for method in none fat range aftt_fat; do
-  models+=(--model=$method="$OUT/$method/classifier.keras")
-  int8+=(--model=$method="$OUT/export_$method/model_int8.tflite")
+for variant in "${VARIANTS[@]}"; do
+  IFS=: read -r name method extra <<< "$variant"
+  # shellcheck disable=SC2086  # $extra holds several flags.
+  "$BIN/aftt-train" --model="$OUT/base/classifier.keras" "${DATA[@]}" --method=$method \
+    --epochs=2 --learning_rate=3e-4 --batch_size=128 $extra --out="$OUT/$name"
+  [ -f "$OUT/export_$name/manifest.json" ] || "$BIN/aftt-export" \
+    --model="$OUT/$name/classifier.keras" "${DATA[@]}" --formats=tflite_int8 \
+    --calibration_steps=50 --test_examples=2000 --out="$OUT/export_$name"
+  models+=(--model=$name="$OUT/$name/classifier.keras")
+  int8+=(--model=$name="$OUT/export_$name/model_int8.tflite")
 done
 CAMPAIGN=("${DATA[@]}" --test_examples=2000 --trials=5 --seed=0)
 for runtime in keras int8; do
@@ -57,4 +60,5 @@ for runtime in keras int8; do
   "$BIN/aftt-faults" "$@" "${CAMPAIGN[@]}" --fault=bit --rates=0,0.0001,0.001 \
     --out="$OUT/campaigns/${runtime}_bit"
 done
+rm -rf "$OUT/report"
 "$BIN/aftt-report" "$OUT"/campaigns/* --out="$OUT/report"

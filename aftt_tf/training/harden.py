@@ -36,6 +36,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 from aftt_tf import data, vocabulary
 from aftt_tf.faults import frontend, registry, targets
@@ -343,43 +344,89 @@ def activation_points(model: keras.Model, top: bool = True) -> list[str]:
     return names
 
 
-def _activation_values(model: keras.Model, batch, names: set[str]) -> dict[str, np.ndarray]:
-    """Values of the named activations (nested models included) on a batch of inputs."""
-    graph = targets.as_functional(model)
-    own = [layer for layer in graph.layers if layer.name in names]
-    nested = _nested(graph)
-    tensors = [_node_tensors(graph, layer, "output")[0] for layer in own]
-    tensors += [_node_tensors(graph, sub, "input")[0] for sub in nested]
-    values = keras.Model(graph.inputs, tensors)(batch, training=False) if tensors else []
-    values = values if isinstance(values, (list, tuple)) else [values]
-    result = {layer.name: np.asarray(value) for layer, value in zip(own, values, strict=False)}
-    for sub, value in zip(nested, values[len(own) :], strict=True):
-        result.update(_activation_values(sub, value, names))
-    return result
+class _Probe:
+    """Reads the named activations (nested models included) of batches of inputs: one
+    compiled inference pass per batch through each (nested) model's probe."""
+
+    def __init__(self, model: keras.Model, names: set[str], reduce: bool):
+        graph = targets.as_functional(model)
+        self.own = [layer.name for layer in graph.layers if layer.name in names]
+        self.reduce = reduce
+        nested = _nested(graph)
+        tensors = []
+        for name in self.own:
+            tensor = _node_tensors(graph, graph.get_layer(name), "output")[0]
+            if reduce:  # Per-example min and max in the graph: two numbers leave it.
+                axes = tuple(range(1, len(tensor.shape)))
+                tensors += [ops.min(tensor, axis=axes), ops.max(tensor, axis=axes)]
+            else:
+                tensors.append(tensor)
+        tensors += [_node_tensors(graph, sub, "input")[0] for sub in nested]
+        self.model = keras.Model(graph.inputs, tensors) if tensors else None
+        self.nested = [_Probe(sub, names, reduce) for sub in nested]
+
+    def values(self, batch) -> dict[str, Any]:
+        """{layer: its values} or, reducing, {layer: (min, max)} of the batch."""
+        if self.model is None:
+            return {}
+        outputs = self.model.predict_on_batch(batch)
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        width = 2 if self.reduce else 1
+        result = {}
+        for index, name in enumerate(self.own):
+            if self.reduce:
+                result[name] = (
+                    float(np.min(outputs[2 * index])),
+                    float(np.max(outputs[2 * index + 1])),
+                )
+            else:
+                result[name] = outputs[index]
+        rest = outputs[width * len(self.own) :]
+        for probe, value in zip(self.nested, rest, strict=True):
+            result.update(probe.values(value))
+        return result
+
+
+_PERCENTILE_SAMPLE = 1_000_000  # Values per activation kept for a percentile.
 
 
 def activation_bounds(
     model: keras.Model, inputs: np.ndarray, config: HardenConfig, batch_size: int = 500
 ) -> dict[str, tuple[float, float]]:
     """{layer: (lower, upper)} of each activation on `inputs` in one inference pass:
-    the min and the max, or the percentile and its mirror (`range_statistic`)."""
+    the min and the max (running, nothing kept), or the percentile and its mirror
+    (`range_statistic`, on a seeded sample of each activation's values)."""
     names = activation_points(model)
     count = config.range_examples or len(inputs)
-    sample = inputs[np.random.default_rng(config.seed).permutation(len(inputs))[:count]]
-    values: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    rng = np.random.default_rng(config.seed)
+    sample = inputs[rng.permutation(len(inputs))[:count]]
+    percentile = config.range_statistic == "percentile"
+    probe = _Probe(model, set(names), reduce=not percentile)
+    low = {n: np.inf for n in names}
+    high = {n: -np.inf for n in names}
+    kept: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for start in range(0, len(sample), batch_size):
-        batch = _activation_values(model, sample[start : start + batch_size], set(names))
+        batch = probe.values(sample[start : start + batch_size])
         for name in names:
-            values[name].append(batch[name].astype(np.float32).reshape(-1))
+            if not percentile:
+                low[name] = min(low[name], batch[name][0])
+                high[name] = max(high[name], batch[name][1])
+                continue
+            value = np.asarray(batch[name])
+            low[name] = min(low[name], float(value.min()))
+            high[name] = max(high[name], float(value.max()))
+            if percentile:
+                share = _PERCENTILE_SAMPLE * batch_size / max(len(sample), 1) / value.size
+                flat = value.reshape(-1)
+                kept[name].append(flat if share >= 1 else rng.choice(flat, int(share * flat.size)))
     bounds = {}
     for name in names:
-        flat = np.concatenate(values[name])
-        if config.range_statistic == "max":
-            low, high = float(flat.min()), float(flat.max())
-        else:
-            high = float(np.percentile(flat, config.range_percentile))
-            low = float(np.percentile(flat, 100.0 - config.range_percentile))
-        bounds[name] = (min(low, 0.0) if flat.min() >= 0 else low, high)
+        lower, upper = low[name], high[name]
+        if percentile:
+            values = np.concatenate(kept[name])
+            upper = float(np.percentile(values, config.range_percentile))
+            lower = float(np.percentile(values, 100.0 - config.range_percentile))
+        bounds[name] = (min(lower, 0.0) if low[name] >= 0 else lower, upper)
     return bounds
 
 
