@@ -59,7 +59,9 @@ def benchmark(steps: int, batch_size: int) -> dict:
         keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     faulty = _model()
-    frozen = [layer for layer in faulty.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    frozen = [
+        layer for layer in faulty.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     for layer in frozen:
         layer.trainable = False
     trainer = trainers.ClassifierTrainer(
