@@ -149,3 +149,28 @@ def test_tensorflow_log_is_quiet_by_default(tmp_path):
     )
     assert result.returncode == 2
     assert "cuInit" not in result.stderr and "oneDNN" not in result.stderr
+
+
+def test_rate_zero_is_evaluated_once_per_model(monkeypatch):
+    from aftt_tf.faults import keras_runner
+
+    calls = []
+    original = keras_runner.CampaignRunner.evaluate_cell
+
+    def counting(self, rate, trial):
+        calls.append(rate)
+        return original(self, rate, trial)
+
+    monkeypatch.setattr(keras_runner.CampaignRunner, "evaluate_cell", counting)
+    model = _model()
+    images = np.random.default_rng(0).random((64, 6)).astype(np.float32)
+    labels = np.argmax(np.asarray(model(images)), -1)
+    spec = FaultSpec(kind="weight", rates=(0.0, 0.5), trials=3)
+    result = campaign.run_campaign(
+        {"m": model}, spec, images, labels, None, per_layer=True, progress=False
+    )
+    assert calls.count(0.0) == 1  # Two groups (layers) x 3 trials, one clean evaluation.
+    assert calls.count(0.5) == 6
+    zero = [c for c in result["cells"] if c["rate"] == 0.0]
+    assert {tuple(c["per_layer"]) for c in zero} == {("hidden",), ("out",)}
+    assert len({c["accuracy"] for c in zero}) == 1

@@ -530,13 +530,16 @@ class _Run:
                 if label not in checked:
                     checked.add(label)
                     opened[(label, group)] = self._checked_runner(adapter, label, group, group_spec)
+            cleans: dict[str, dict[str, Any]] = {}
             for label, model_hash, adapter, group, group_spec, todo in work:
                 runner, clean = opened.pop((label, group), (None, None))
-                if runner is None:
-                    runner, clean = self._checked_runner(adapter, label, group, group_spec)
+                if runner is None:  # A later group: the model's clean cell is known.
+                    runner = self._runner(adapter, label, group, group_spec)
+                    clean = _clean_for(cleans.get(label), adapter.select_layers(group_spec))
                 try:
                     context = {"model": label, "model_hash": model_hash, "group": group}
-                    self._run_group(runner, todo, cells, context, clean)
+                    clean = self._run_group(runner, todo, cells, context, clean)
+                    cleans.setdefault(label, clean)
                 finally:
                     getattr(runner, "close", lambda: None)()
         finally:
@@ -556,15 +559,15 @@ class _Run:
             raise
         return runner, clean
 
-    def _run_group(self, runner, todo, cells, context, clean) -> None:
+    def _run_group(self, runner, todo, cells, context, clean):
+        """Runs one group's cells; returns its clean (rate 0) result, if one was made."""
         bar = (
             Progress(f"{context['model']}:{context['group']}", len(todo)) if self.progress else None
         )
         record = _Recorder(cells, context, bar, self.on_cell)
         if self.executor is None:
-            _run_cells(runner, todo, self.spec, record, clean)
-        else:
-            _run_cells_elsewhere(runner, todo, record, clean)
+            return _run_cells(runner, todo, self.spec, record, clean)
+        return _run_cells_elsewhere(runner, todo, record, clean)
 
     def _runner(self, adapter, label: str, group: str, group_spec: FaultSpec):
         if self.executor is not None:
@@ -605,6 +608,14 @@ def check_accuracy(clean: float, labels: np.ndarray, label: str) -> None:
             "--input_transform=raw), labels in another order or encoding, or the wrong "
             "dataset. Pass --allow_chance_accuracy to run anyway."
         )
+
+
+def _clean_for(clean: dict[str, Any] | None, targets: list[str]) -> dict[str, Any] | None:
+    """A model's clean (rate 0) cell as another group's: the same accuracy (nothing is
+    faulted), that group's layers with 0 faults. Rate 0 is evaluated once per model."""
+    if clean is None:
+        return None
+    return {**clean, "per_layer": {name: 0 for name in targets}, "faulted": 0}
 
 
 def _check_plan(spec: FaultSpec, num_shards: int, executor: Any = None) -> None:
@@ -769,6 +780,7 @@ def _run_cells(
             if rate == 0.0:
                 clean_result = result
         record(result)
+    return clean_result
 
 
 def _run_cells_elsewhere(
@@ -784,6 +796,7 @@ def _run_cells_elsewhere(
     faulty = [(rate, trial) for rate, trial in todo if rate != 0.0]
     for rate, trial, result in runner.evaluate_cells(faulty):
         record({**result, "rate": rate, "trial": trial})
+    return clean_result
 
 
 def _margin_reached(accuracies: list[float], spec: FaultSpec) -> bool:
