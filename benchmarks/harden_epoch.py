@@ -30,6 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from aftt_tf import data  # noqa: E402
+from aftt_tf.faults import inputs as model_inputs  # noqa: E402
 from aftt_tf.training import harden, trainers  # noqa: E402
 
 
@@ -72,10 +73,9 @@ def benchmark(steps: int, batch_size: int) -> dict:
     )
     trainer.compile(optimizer=keras.optimizers.Adam(1e-4))
 
-    class _Identity:
-        function, divisor, offset = None, 1.0, 0.0
-
-    dataset, _ = data.train_dataset(inputs, labels, batch_size, 0, 0, 100, transform=_Identity())
+    dataset, _ = data.train_dataset(
+        inputs, labels, batch_size, 0, 0, 100, transform=model_inputs.resolve("raw")
+    )
 
     def fit_plain():
         plain.fit(inputs, labels, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)

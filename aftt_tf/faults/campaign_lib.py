@@ -175,14 +175,7 @@ def transform_of(config: CampaignConfig, images: np.ndarray) -> inputs.InputTran
 
 
 def _data_options(config: CampaignConfig) -> frontend.DataOptions:
-    return frontend.DataOptions(
-        data_dir=config.data_dir,
-        tfds_data_dir=config.tfds_data_dir,
-        npz_keys=tuple(config.npz_keys),
-        input_transform=config.input_transform,
-        input_scale=config.input_scale,
-        input_offset=config.input_offset,
-    )
+    return frontend.options_of(config)
 
 
 def load_train_data(config: CampaignConfig, input_shape: tuple[int, ...]):
@@ -270,10 +263,7 @@ def layer_statistics(
     from aftt_tf.faults.tflite_runner import TFLiteModel
 
     images = test_data[0][:count]
-    transform = inputs.resolve(
-        config.input_transform, config.input_scale, config.input_offset, dtype=images.dtype
-    )
-    values = transform.apply(images).astype(np.float32)
+    values = transform_of(config, test_data[0]).apply(images).astype(np.float32)
     paths = parse_models(config.models)
     keras_by_hash = {
         io_utils.sha256_file(paths[label]): model

@@ -40,6 +40,7 @@ from keras import ops
 
 from aftt_tf import data, vocabulary
 from aftt_tf.faults import frontend, registry, targets
+from aftt_tf.faults import inputs as input_transforms
 from aftt_tf.faults.layers import RANGE_MODES, ActivationClip
 from aftt_tf.training import phases, trainers
 
@@ -585,15 +586,8 @@ def _supervised(model, config, train, validation, workdir, output_kind, phase, e
     return {"epochs": state["epochs_completed"], "history": state["history"]}
 
 
-class _Identity:
-    """The input transform of data that are already model inputs."""
-
-    function = None
-    divisor = 1.0
-    offset = 0.0
-
-
-_IDENTITY = _Identity()
+# Data harden trains on are model inputs already.
+_IDENTITY = input_transforms.resolve("raw")
 
 
 def _games(model, config, train, workdir) -> dict[str, Any]:

@@ -56,11 +56,12 @@ def _optimizer(name: str, learning_rate: float, weight_decay: float) -> keras.op
 
 
 def _accuracy(model: keras.Model, examples, transform) -> float:
-    """Top-1 accuracy on stored examples made into model inputs by `transform` (correct,
-    finite predictions only)."""
-    values = np.asarray(transform.apply(examples.images), np.float32)
-    logits = model.predict(values, batch_size=1000, verbose=0)
-    return outcome_of(logits, examples.labels).accuracy
+    """Top-1 accuracy on stored examples made into model inputs by `transform`."""
+    from aftt_tf.training.harden_run import accuracy
+
+    return accuracy(
+        model, np.asarray(transform.apply(examples.images), np.float32), examples.labels
+    )
 
 
 def repair_data(config: RepairConfig, input_shape, outputs):
