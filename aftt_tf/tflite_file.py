@@ -513,17 +513,26 @@ class _Graph:
         output: the layer's bias (Conv3D's, for instance, is not fused)."""
         output = self.output(op_index)
         readers = self.consumers.get(output, [])
-        if len(readers) == 1 and self.code(readers[0]) in _REQUANTIZE:  # Float op in int8.
-            output = self.output(readers[0])
-            readers = self.consumers.get(output, [])
+        # Hops a requantization (a float op in an int8 file) and the RESHAPE back to
+        # (batch, steps, units) of a Dense applied to a sequence (Tensordot).
+        for hop in (_REQUANTIZE, (_BUILTIN.RESHAPE,), _REQUANTIZE):
+            if len(readers) == 1 and self.code(readers[0]) in hop:
+                output = self.output(readers[0])
+                readers = self.consumers.get(output, [])
         if len(readers) != 1 or self.code(readers[0]) != _BUILTIN.ADD:
             return None
-        channels = _shape(self.graph.Tensors(output))[-1:]
+        shape = _shape(self.graph.Tensors(output))
         for tensor in self.graph.Operators(readers[0]).InputsAsNumpy():
             constant = self.weights(int(tensor)) if int(tensor) != output else None
-            if constant is not None and constant.shape[-1:] == channels:
-                if int(np.prod(constant.shape)) == channels[0]:
-                    return readers[0], constant
+            if constant is None:
+                continue
+            # A per-channel vector, or per (head, channel) of an attention projection
+            # whose output was reshaped to (batch, steps, heads, channels).
+            trailing = tuple(d for d in constant.shape)
+            while trailing and trailing[0] == 1:
+                trailing = trailing[1:]
+            if trailing and shape[-len(trailing) :] == trailing and len(trailing) < len(shape):
+                return readers[0], constant
         return None
 
     def _has_constant_input(self, op_index: int) -> bool:
@@ -543,6 +552,21 @@ class _Graph:
         an unfolded BatchNormalization ('.../batchnorm/...').
         """
         tensor = self.output(op_index)
+        readers = self.consumers.get(tensor, [])
+        if len(readers) > 1 and scope is not None:
+            rank = len(_shape(self.graph.Tensors(tensor)))
+            for reader in readers:
+                output = self.output(reader)
+                if (
+                    self.code(reader) == _BUILTIN.RESHAPE
+                    and _within(self.tensor_name(output), scope)
+                    and len(_shape(self.graph.Tensors(output))) > rank
+                ):
+                    return None, (
+                        "the file computes this Dense on a sequence as one (batch * steps, "
+                        "units) product that other layers read before it is reshaped, so "
+                        "no mask can hold a unit of one step at 0 as Keras does"
+                    )
         while len(self.consumers.get(tensor, [])) == 1:
             follower = self.consumers[tensor][0]
             code = self.code(follower)
@@ -550,6 +574,11 @@ class _Graph:
                 tensor = self.output(follower)
                 continue
             name = self.tensor_name(self.output(follower))
+            if code == _BUILTIN.RESHAPE and scope is not None and _within(name, scope):
+                # A Dense on a sequence (Tensordot): the (batch * steps, units) product is
+                # reshaped back to (batch, steps, units), the output Keras faults.
+                tensor = self.output(follower)
+                continue
             elementwise = code in _ACTIVATIONS or (
                 code in (_BUILTIN.ADD, _BUILTIN.MUL, _BUILTIN.SUB)
                 and self._has_constant_input(follower)
@@ -567,6 +596,19 @@ class _Graph:
                 break
             tensor = self.output(follower)
         return tensor, None
+
+
+def _within(name: str, scope: str) -> bool:
+    """Whether a tensor name lies in the layer scope `scope` ('mha/query'): its leading
+    '_<n>'-suffixed components spell the scope's path."""
+    for part in name.split(";"):
+        components = part.split("/")
+        if len(components) < 3:
+            continue
+        path = _scope_path(components, len(components))
+        if path == scope or (path or "").startswith(scope + "/"):
+            return True
+    return False
 
 
 _OPERATOR_NAMES = {
@@ -591,8 +633,11 @@ def constant_operators(content: bytes) -> list[dict]:
                 constant = graph.weights(int(tensor))
             except KeyError:  # A tensor type without weights (bool, string).
                 continue
-            if constant is not None and int(np.prod(constant.shape)) > 1:
-                elements += int(np.prod(constant.shape))
+            if constant is None or int(np.prod(constant.shape)) <= 1:
+                continue
+            if name == "GATHER" and constant.dtype.kind == "i" and len(constant.shape) == 1:
+                continue  # Indices into a shape (attention reshapes), not a lookup table.
+            elements += int(np.prod(constant.shape))
         if elements:
             result.append({"operator_index": op_index, "operator": name, "weights": elements})
     return result
@@ -620,31 +665,51 @@ _WEIGHT_OP_WORDS = {
 }
 
 
+def _is_weight_word(word: str) -> bool:
+    return re.sub(r"_?\d+$", "", word) in _WEIGHT_OP_WORDS
+
+
+def _scope_path(components: list[str], stop: int) -> str | None:
+    """The Keras layer path in a tensor name's components before index `stop`: tracing
+    appends one '_<n>' to each layer scope ('backbone_1/conv1_1' -> 'backbone/conv1');
+    the path ends at the first component without one (an op scope such as 'Tensordot')."""
+    parts = []
+    for component in components[1:stop]:
+        if not re.search(r"_\d+$", component):
+            break
+        parts.append(re.sub(r"_\d+$", "", component))
+    if not parts:
+        return re.sub(r"_\d+$", "", components[1]) or None
+    return "/".join(parts) or None
+
+
 def _layer_name_of_tensor(name: str) -> str | None:
     """The Keras layer a converter's tensor belongs to: 'functional_1/conv_1/convolution'
-    -> 'conv' (tracing appends one '_<n>' to each scope). Fused names join several with
-    ';' ('model/bn_1/batchnorm/mul_1;model/dw_1/depthwise'): the part with a weight op
-    names the layer, else the first part."""
+    -> 'conv', 'functional_1/backbone_1/conv1_1/convolution' -> 'backbone/conv1' (a
+    nested layer's path). Fused names join several with ';'
+    ('model/bn_1/batchnorm/mul_1;model/dw_1/depthwise'): the part with a weight op names
+    the layer, else the first part (its top-level scope)."""
     scopes = []
     for part in name.split(";"):
         components = part.split("/")
         if len(components) < 3:
             continue
-        scope = re.sub(r"_\d+$", "", components[1]) or None
-        if any(re.sub(r"_?\d+$", "", word) in _WEIGHT_OP_WORDS for word in components[2:]):
-            return scope
-        scopes.append(scope)
+        for index, word in enumerate(components[2:], start=2):
+            if _is_weight_word(word):
+                return _scope_path(components, index)
+        scopes.append(re.sub(r"_\d+$", "", components[1]) or None)
     return scopes[0] if scopes else None
 
 
 def _weight_op_scope(name: str) -> str | None:
-    """The layer of a name only where a part of it has a weight op ('dense_1/MatMul')."""
+    """The layer path of a name only where a part of it has a weight op ('dense_1/MatMul')."""
     for part in name.split(";"):
         components = part.split("/")
-        if len(components) >= 3 and any(
-            re.sub(r"_?\d+$", "", word) in _WEIGHT_OP_WORDS for word in components[2:]
-        ):
-            return re.sub(r"_\d+$", "", components[1]) or None
+        if len(components) < 3:
+            continue
+        for index, word in enumerate(components[2:], start=2):
+            if _is_weight_word(word):
+                return _scope_path(components, index)
     return None
 
 

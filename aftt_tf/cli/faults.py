@@ -29,7 +29,9 @@ flags.DEFINE_integer("trials", 30, "Trials per rate (maximum when --target_margi
 flags.DEFINE_integer("seed", 0, "Campaign seed: same seed, same fault positions on every model.")
 flags.DEFINE_enum("scope", "all", vocabulary.SCOPES, "Which part of the classifier to fault.")
 flags.DEFINE_list(
-    "layers", [], "Fault only these layers: names or glob patterns (block_*_depthwise)."
+    "layers",
+    [],
+    "Fault only these layers: names, paths (backbone/conv1, mha/query) or glob patterns (block_*_depthwise, backbone/*).",
 )
 flags.DEFINE_list("exclude_layers", [], "Leave out these layers: names or glob patterns.")
 flags.DEFINE_enum(
@@ -39,6 +41,15 @@ flags.DEFINE_enum(
     "exact: round(rate*n) distinct elements; bernoulli: each element with prob. rate.",
 )
 flags.DEFINE_bool("include_bias", False, "Fault biases too.")
+flags.DEFINE_enum(
+    "weights",
+    "registered",
+    ["registered", "all_trainable"],
+    "registered: kernels of registered layer types, inside nested models and composite "
+    "layers too (layers are named by path: backbone/conv1, mha/query); all_trainable: also "
+    "every trainable variable of rank >= 2 of other layers (a layer of your own; or "
+    "register it with aftt_tf.faults.register_layer in an --import module).",
+)
 flags.DEFINE_bool("include_output_nodes", False, "Allow node faults in the output layer.")
 flags.DEFINE_float(
     "stuck_value", None, "Value of stuck_value faults (default: the layer's max |w|)."
@@ -115,6 +126,7 @@ def _spec_from_flags():
         exclude_layers=tuple(FLAGS.exclude_layers),
         sampling=FLAGS.sampling,
         include_bias=FLAGS.include_bias,
+        weights=FLAGS.weights,
         include_output_nodes=FLAGS.include_output_nodes,
         stuck_value=FLAGS.stuck_value,
         bit_position=FLAGS.bit_position,

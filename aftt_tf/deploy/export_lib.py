@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from aftt_tf import io_utils, tflite_file, vocabulary
 from aftt_tf.deploy import int8_converter
-from aftt_tf.faults import frontend, keras_runner, registry, targets
+from aftt_tf.faults import frontend, keras_runner, targets
 from aftt_tf.faults.spec import check_classifier_outputs, outcome_of
 from aftt_tf.vocabulary import DEFAULT_EXPORT_FORMATS, TFLITE_FILES
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
@@ -337,9 +337,14 @@ def layer_map(
     QAT files hold fine-tuned weights, so only shapes are checked for them.
     """
     operators = sorted(tflite.layers.values(), key=lambda layer: layer.operator_index)
-    by_name = {layer.name: layer for layer in targets.weight_layers(model)}
+    by_name = {site.path: site for site in targets.sites(model)}
     if tflite.names_from == "tensor names" and all(op.name in by_name for op in operators):
-        pairs = [(by_name[op.name], op) for op in operators]
+        by_operator = {op.name: op for op in operators}
+        return {  # Keras model order, as campaigns list layers.
+            path: _map_entry(model, site, by_operator[path], tflite, check_values)
+            for path, site in by_name.items()
+            if path in by_operator
+        }
     else:
         keras_layers = list(by_name.values())
         if len(keras_layers) != len(operators):
@@ -349,17 +354,24 @@ def layer_map(
             )
         pairs = list(zip(keras_layers, operators, strict=True))
     return {
-        layer.name: _map_entry(model, layer, operator, tflite, check_values)
-        for layer, operator in pairs
+        site.path: _map_entry(model, site, operator, tflite, check_values)
+        for site, operator in pairs
     }
 
 
-def _map_entry(model, keras_layer, layer, tflite, check_values: bool) -> dict[str, Any]:
-    kernels = [np.asarray(variable.numpy()) for _, variable in registry.kernels(keras_layer)]
+def _map_entry(model, site, layer, tflite, check_values: bool) -> dict[str, Any]:
+    keras_layer = site.layer
+    kernels = [np.asarray(variable.numpy()) for _, variable, _ in site.kernels]
     shapes = [kernel.keras_kernel_shape for kernel in layer.kernels]
+    # Attention projections keep (in, heads, dim) kernels that the file holds as
+    # (in, heads * dim) matrices: compared as the file's 2-D layout.
+    kernels = [
+        kernel.reshape(shape) if kernel.shape != shape and kernel.size == np.prod(shape) else kernel
+        for kernel, shape in zip(kernels, shapes, strict=False)
+    ]
     if [kernel.shape for kernel in kernels] != shapes:
         raise RuntimeError(
-            f"Layer {keras_layer.name} {[k.shape for k in kernels]} does not match operators "
+            f"Layer {site.path} {[k.shape for k in kernels]} does not match operators "
             f"{layer.operator_indices} {shapes}."
         )
     folds: dict[str, Any] = {}
@@ -378,7 +390,7 @@ def _map_entry(model, keras_layer, layer, tflite, check_values: bool) -> dict[st
                 break
         else:
             raise RuntimeError(
-                f"Values of layer {keras_layer.name} differ from operator {operator.operator_index}."
+                f"Values of layer {site.path} differ from operator {operator.operator_index}."
             )
     return {
         "operator_index": layer.operator_index,
@@ -471,7 +483,7 @@ def _all_layers(model):
 def _folded_kernel(model, layer, kernel: np.ndarray):
     """(BN name, kernel * gamma / sqrt(var + eps)) when a BatchNormalization reads the
     layer's output directly; (None, None) otherwise."""
-    for candidate in model.layers:
+    for candidate in _all_layers(model):
         if not isinstance(candidate, keras.layers.BatchNormalization):
             continue
         if candidate.input is not layer.output:

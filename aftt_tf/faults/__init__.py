@@ -21,4 +21,13 @@ From Python: `evaluate(models, FaultSpec(...), (inputs, labels))` (see `api`).
 from aftt_tf.faults.api import CampaignResult, evaluate
 from aftt_tf.faults.spec import FaultSpec
 
-__all__ = ["CampaignResult", "FaultSpec", "evaluate"]
+
+def register_layer(layer_class, kernels=("kernel",), filter_axis=None, bias=None) -> None:
+    """Makes a layer type of your own faultable (see `registry.register_layer`); imports
+    Keras only when called, so .tflite-only installs stay light."""
+    from aftt_tf.faults import registry
+
+    registry.register_layer(layer_class, kernels=kernels, filter_axis=filter_axis, bias=bias)
+
+
+__all__ = ["CampaignResult", "FaultSpec", "evaluate", "register_layer"]

@@ -117,9 +117,9 @@ class KerasModel:
         names = set(self.select_layers(spec))
         return {
             str(np.dtype(variable.dtype).name)
-            for layer in registry.flat_layers(self.model)
-            if layer.name in names
-            for _, variable in registry.kernels(layer)
+            for site in registry.sites(self.model, spec.weights)
+            if site.path in names
+            for _, variable, _ in site.kernels
         }
 
     def fingerprint(self) -> str:
@@ -133,16 +133,19 @@ class KerasModel:
             spec.layers,
             spec.include_output_nodes,
             exclude=spec.exclude_layers,
+            weights=spec.weights,
         )
 
     def coverage(self, spec: FaultSpec) -> dict[str, Any]:
         """What the spec faults of this model's weights, and what it leaves out and why."""
         targeted = self.select_layers(spec)
         reasons = {}
-        for layer in targets.weight_layers(self.model):
-            if layer.name not in targeted:
-                reasons[layer.name] = _reason_not_targeted(self.model, layer.name, spec)
-        return registry.coverage(self.model, targeted, spec.include_bias, reasons, spec.kind)
+        for site in registry.sites(self.model, spec.weights):
+            if site.path not in targeted:
+                reasons[site.path] = _reason_not_targeted(self.model, site.path, spec)
+        return registry.coverage(
+            self.model, targeted, spec.include_bias, reasons, spec.kind, spec.weights
+        )
 
     def runner(
         self, spec: FaultSpec, images, labels, batch_size: int, transform=None
@@ -158,13 +161,17 @@ class KerasModel:
 def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
     """Why a registered layer is not among a campaign's targets."""
     try:
-        targets.select_layers(model, spec.kind, "all", (name,), spec.include_output_nodes)
-    except ValueError:
+        targets.select_layers(
+            model, spec.kind, "all", (name,), spec.include_output_nodes, weights=spec.weights
+        )
+    except ValueError as error:
         if spec.kind == "filter":
             return "not a convolution: filter faults remove convolution filters"
+        if "composite layer" in str(error):
+            return "inside a composite layer: node faults go after layers of a model's graph"
         return "the output layer: node faults leave it out (--include_output_nodes)"
     if spec.layers and name not in targets.select_layers(
-        model, spec.kind, "all", spec.layers, spec.include_output_nodes
+        model, spec.kind, "all", spec.layers, spec.include_output_nodes, weights=spec.weights
     ):
         return "not named by --layers"
     if spec.exclude_layers:
@@ -207,7 +214,7 @@ class CampaignRunner:
         if self.in_place:  # Subclassed: faults go into the model's own variables.
             self.faulty = model
         else:
-            self.faulty = targets.apply_faults(model, spec.kind, self.target_names)
+            self.faulty = targets.apply_faults(model, spec.kind, self.target_names, spec.weights)
         self.injector = FaultInjector(self.faulty, spec, self.target_names, self.in_place)
         self.fault_layers = self.injector.fault_layers
         self.trace_count = 0
@@ -243,7 +250,8 @@ class CampaignRunner:
         layers = [
             layer for layer in self.faulty.layers if not isinstance(layer, keras.layers.InputLayer)
         ]
-        index = next(i for i, layer in enumerate(layers) if layer.name == self.target_names[0])
+        tops = {name.split("/")[0] for name in self.target_names}
+        index = next(i for i, layer in enumerate(layers) if layer.name in tops)
         if not any(layer.weights for layer in layers[:index]):
             return self.faulty, None
         prefix_output = layers[index - 1].output
@@ -326,14 +334,32 @@ class FaultInjector:
     (campaigns, repair) faults the same elements."""
 
     def __init__(self, faulty: keras.Model, spec: FaultSpec, target_names, in_place: bool):
-        self.spec, self.in_place = spec, in_place
-        if in_place:
-            self.fault_layers = {name: _find_layer(faulty, name) for name in target_names}
-        else:
-            self.fault_layers = {
-                name: targets.fault_layer(faulty, name, spec.kind) for name in target_names
-            }
+        self.spec = spec
+        found = {site.path: site for site in registry.sites(faulty, spec.weights)}
+        self.fault_layers, self._tensors = {}, {}
+        for name in target_names:
+            layer = found[name].layer if in_place else targets.fault_layer(faulty, name, spec.kind)
+            self.fault_layers[name] = layer
+            if spec.kind != "node":  # A fault layer's masks, or the variables themselves.
+                self._tensors[name] = _fault_tensors(layer, found[name])
+        self.in_place_targets = [
+            name for name, ts in self._tensors.items() if any(t.keep is None for t in ts)
+        ]
+        self.in_place = bool(self.in_place_targets)
         self._clean: dict[str, list[np.ndarray]] = {}
+
+    def check_masked(self, purpose: str) -> None:
+        """Training around faults needs them in masks (the gradient of a stuck weight is
+        then 0); faults written into variables (layers inside composite layers, layers
+        found by weights='all_trainable') would be trained away: refuse, naming them."""
+        if self.in_place_targets:
+            patterns = sorted({name.rsplit("/", 1)[0] + "/*" for name in self.in_place_targets})
+            raise FaultTargetError(
+                f"{purpose} holds faults in fault layers, but {self.in_place_targets} take "
+                "theirs in their own variables (inside composite layers, or found by "
+                "--weights=all_trainable), which training would move. Leave them out with "
+                f"--exclude_layers={','.join(patterns)}."
+            )
 
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         """Assigns the faults of cell (rate, trial); returns per-layer fault counts."""
@@ -357,7 +383,7 @@ class FaultInjector:
 
     def _inject_parameters(self, name, layer, rate, trial, rng) -> tuple[int, int]:
         spec = self.spec
-        tensors = _fault_tensors(layer, self.in_place)
+        tensors = self._tensors[name]
         if name not in self._clean:  # Host copies, read once per campaign.
             self._clean[name] = [np.asarray(t.variable.numpy()) for t in tensors]
         clean = self._clean[name]
@@ -393,13 +419,10 @@ class FaultInjector:
 
     def close(self) -> None:
         """Puts the clean values back into a subclassed model's variables."""
-        if not self.in_place:
-            return
-        for name, layer in self.fault_layers.items():
-            for tensor, values in zip(
-                _fault_tensors(layer, True), self._clean.get(name, []), strict=False
-            ):
-                tensor.variable.assign(values)
+        for name, tensors in self._tensors.items():
+            for tensor, values in zip(tensors, self._clean.get(name, []), strict=False):
+                if tensor.keep is None:
+                    tensor.variable.assign(values)
 
 
 def faulty_copy(
@@ -408,8 +431,11 @@ def faulty_copy(
     """A copy of a Sequential/Functional `model` with fault layers holding the faults of
     cell (rate, trial) of a `spec` campaign, and the fault counts."""
     names = KerasModel(model).select_layers(spec)
-    faulty = targets.apply_faults(model, spec.kind, names)
-    return faulty, FaultInjector(faulty, spec, names, in_place=False).inject(rate, trial)
+    faulty = targets.apply_faults(model, spec.kind, names, spec.weights)
+    injector = FaultInjector(faulty, spec, names, in_place=False)
+    if spec.kind != "node":
+        injector.check_masked("Repair")
+    return faulty, injector.inject(rate, trial)
 
 
 class _FaultTensor:
@@ -429,8 +455,10 @@ class _FaultTensor:
             self.replacement.assign(replacement)
 
 
-def _fault_tensors(layer, in_place: bool) -> list[_FaultTensor]:
-    """The faultable kernels (registry order) and bias of a target layer."""
+def _fault_tensors(layer, site: registry.Site) -> list[_FaultTensor]:
+    """The faultable kernels (registry order) and bias of a target: the masks of its fault
+    layer, or (a layer inside a composite layer, a subclassed model's layer, a layer found
+    by weights='all_trainable') its own variables, written per trial."""
     if isinstance(layer, (fault_layers.FaultyDense, fault_layers.FaultyConv2D)):
         axis = -1 if isinstance(layer, keras.layers.Conv2D) else None
         result = [
@@ -445,28 +473,18 @@ def _fault_tensors(layer, in_place: bool) -> list[_FaultTensor]:
                 )
             )
         return result
-    inner = layer.layer if isinstance(layer, fault_layers.WeightFaults) else layer
-    entry = registry.layer_type(inner)
-    paths = [(k.attribute, k.filter_axis, False) for k in entry.kernels]
-    if registry.bias(inner) is not None:
-        paths.append((entry.bias, None, True))
+    paths = [(label, variable, axis, False) for label, variable, axis in site.kernels]
+    if site.bias is not None:
+        paths.append((site.bias[0], site.bias[1], None, True))
     result = []
-    for path, axis, is_bias in paths:
+    for path, variable, axis, is_bias in paths:
         keep = replacement = None
-        if not in_place:
+        if isinstance(layer, fault_layers.WeightFaults):
             index = layer.weight_paths.index(path)
             keep, replacement = layer.keeps[index], layer.replacements[index]
-        result.append(
-            _FaultTensor(registry.variable(inner, path), path, axis, is_bias, keep, replacement)
-        )
+            variable = registry.variable(layer.layer, path)
+        result.append(_FaultTensor(variable, path, axis, is_bias, keep, replacement))
     return result
-
-
-def _find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
-    for layer in registry.flat_layers(model):
-        if layer.name == name:
-            return layer
-    raise ValueError(f"No layer {name!r} in {model.name!r}.")
 
 
 def _pad_chunks(features: np.ndarray, labels: np.ndarray, batch_size: int):

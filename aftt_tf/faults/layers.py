@@ -166,6 +166,8 @@ class WeightFaults(keras.layers.Wrapper):
         weights: attribute paths of the weights to fault ("kernel", "cell.kernel").
     """
 
+    wraps_for_faults = True  # registry.sites: this wrapper stands for its layer.
+
     def __init__(self, layer: keras.layers.Layer, weights=("kernel",), **kwargs):
         kwargs.setdefault("name", layer.name)
         super().__init__(layer, **kwargs)
@@ -208,6 +210,11 @@ class WeightFaults(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+    def compute_output_spec(self, *args, **kwargs):
+        # The wrapped layer's own answer: a user's layer may define neither method and
+        # rely on Keras tracing its call.
+        return self.layer.compute_output_spec(*args, **kwargs)
 
     def clear_faults(self) -> None:
         for keep, replacement in zip(self.keeps, self.replacements, strict=True):

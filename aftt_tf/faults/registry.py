@@ -5,7 +5,14 @@ A layer type lists its kernels (the tensors parameter faults reach, in a fixed o
 for convolutions, the axis of each kernel that indexes its filters (output channels; for
 depthwise kernels: input channels, each with all its multipliers). Biases are faulted
 only with `include_bias`. Weights of other layer types (BatchNormalization's scale and
-statistics, attention projections, ...) are not faulted and every campaign says so.
+statistics, ...) are not faulted and every campaign says so.
+
+Layers are found everywhere in a model (`sites`): inside nested models (a backbone) and
+inside composite layers that track sub-layers (MultiHeadAttention's query/key/value/output
+projections, TimeDistributed, Bidirectional, a user's block), each named by its path
+('backbone/conv1', 'mha/query'); a top-level layer's path is its name. A user's own layer
+type joins with `register_layer`; `weights='all_trainable'` also faults every trainable
+variable of rank >= 2 of layers no entry describes.
 """
 
 from __future__ import annotations
@@ -55,12 +62,48 @@ REGISTRY = (
         bias="cell.bias",
     ),
 )
-SUPPORTED_TYPE_NAMES = tuple(t.__name__ for entry in REGISTRY for t in entry.types)
+BUILTIN_TYPE_NAMES = tuple(t.__name__ for entry in REGISTRY for t in entry.types)
+_USER_ENTRIES: list[LayerType] = []  # register_layer(); looked up before the built-ins.
+WEIGHT_CHOICES = ("registered", "all_trainable")
+
+
+def register_layer(
+    layer_class: type,
+    kernels: tuple[str, ...] = ("kernel",),
+    filter_axis: int | None = None,
+    bias: str | None = None,
+) -> None:
+    """Makes a user's layer type faultable everywhere (campaigns, fault-aware training,
+    repair, coverage): `kernels` are attribute paths of its weight tensors ("w",
+    "cell.kernel"), `filter_axis` the axis of its filters (convolution-like layers: filter
+    faults then remove whole filters of every kernel), `bias` the attribute of its bias.
+    Call it from the module passed with `--import`. Registering a class again replaces
+    its entry."""
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise TypeError(f"register_layer takes a keras.layers.Layer subclass, not {layer_class!r}.")
+    if isinstance(kernels, str) or not kernels or not all(isinstance(k, str) for k in kernels):
+        raise ValueError(
+            f"kernels must be a non-empty tuple of attribute names, received {kernels!r}."
+        )
+    if filter_axis is not None and not isinstance(filter_axis, int):
+        raise ValueError(f"filter_axis must be an integer axis or None, received {filter_axis!r}.")
+    _USER_ENTRIES[:] = [e for e in _USER_ENTRIES if e.types != (layer_class,)]
+    _USER_ENTRIES.append(
+        LayerType((layer_class,), tuple(Kernel(k, filter_axis) for k in kernels), bias=bias)
+    )
+
+
+def supported_type_names() -> tuple[str, ...]:
+    return tuple(t.__name__ for entry in _USER_ENTRIES for t in entry.types) + BUILTIN_TYPE_NAMES
 
 
 def layer_type(layer: keras.layers.Layer) -> LayerType | None:
-    """The registry entry of `layer` (subclasses count: FaultyDense is a Dense)."""
-    for entry in REGISTRY:
+    """The registry entry of `layer` (subclasses count: FaultyDense is a Dense); a user's
+    registration of the exact class comes first."""
+    for entry in _USER_ENTRIES:
+        if type(layer) in entry.types:
+            return entry
+    for entry in (*_USER_ENTRIES, *REGISTRY):
         if isinstance(layer, entry.types):
             return entry
     return None
@@ -89,6 +132,122 @@ def bias(layer: keras.layers.Layer) -> Any:
     return None if entry is None or entry.bias is None else variable(layer, entry.bias)
 
 
+@dataclasses.dataclass
+class Site:
+    """A faultable layer somewhere in a model.
+
+    Attributes:
+        path: 'conv1' (top level), 'backbone/conv1' (nested model), 'mha/query'
+            (sub-layer of a composite layer).
+        layer: the layer object.
+        in_graph: reached through Sequential/Functional models only, so fault layers can
+            be inserted around it (node faults, mask layers); False inside composite
+            layers and subclassed models (faults go into its variables).
+        kernels: (label, variable, filter_axis) of each faulted weight tensor.
+        bias: (label, variable) of its bias, or None.
+        registered: described by a registry entry (else found by weights='all_trainable').
+    """
+
+    path: str
+    layer: Any
+    in_graph: bool
+    kernels: list[tuple[str, Any, int | None]]
+    bias: tuple[str, Any] | None
+    registered: bool = True
+
+    @property
+    def convolution(self) -> bool:
+        return any(axis is not None for _, _, axis in self.kernels)
+
+
+def children(layer) -> list:
+    """The sub-layers a layer tracks (a nested model's layers, in model order)."""
+    if isinstance(layer, keras.Model):
+        return [child for child in layer.layers if not isinstance(child, keras.layers.InputLayer)]
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def _own_trainable(layer, children) -> list:
+    """Trainable variables of rank >= 2 that `layer` holds itself (not its children's)."""
+    inner = {id(v) for child in children for v in child.weights}
+    return [v for v in layer.trainable_weights if id(v) not in inner and len(v.shape) >= 2]
+
+
+def sites(model: keras.Model, weights: str = "registered") -> list[Site]:
+    """Every faultable layer of `model` with its path, in model order (see `Site`)."""
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(
+            f"weights must be one of {', '.join(WEIGHT_CHOICES)}, received {weights!r}."
+        )
+    graph = _is_graph(model)
+    result: list[Site] = []
+    for child in children(model):
+        _visit(child, child.name, graph, weights, result)
+    return result
+
+
+def sites_in(layer, weights: str = "registered") -> list[Site]:
+    """The faultable layers of one layer of a model: itself when registered, else those it
+    holds (a nested model's, a composite layer's sub-layers), paths from its name."""
+    result: list[Site] = []
+    _visit(layer, layer.name, False, weights, result)
+    return result
+
+
+def _is_graph(model) -> bool:
+    from keras.src.models.functional import Functional  # No public name for the class.
+
+    return isinstance(model, (keras.Sequential, Functional))
+
+
+def _visit(layer, path: str, in_graph: bool, weights: str, result: list[Site]) -> None:
+    if isinstance(layer, keras.layers.InputLayer):
+        return
+    # A fault wrapper (WeightFaults) stands for the layer it wraps, under its name.
+    inner = layer.layer if getattr(layer, "wraps_for_faults", False) else layer
+    entry = layer_type(inner)
+    if entry is not None:
+        kernel_list = [
+            (k.attribute, variable(inner, k.attribute), k.filter_axis) for k in entry.kernels
+        ]
+        kernel_list = [k for k in kernel_list if k[1] is not None]
+        layer_bias = bias(inner)
+        if kernel_list:
+            result.append(
+                Site(
+                    path,
+                    layer,
+                    in_graph,
+                    kernel_list,
+                    None if layer_bias is None else (entry.bias, layer_bias),
+                )
+            )
+        return
+    inner_layers = children(layer)
+    child_graph = in_graph and isinstance(layer, keras.Model) and _is_graph(layer)
+    if weights == "all_trainable":
+        own = _own_trainable(layer, inner_layers)
+        if own:
+            kernel_list = [(_variable_label(layer, value), value, None) for value in own]
+            result.append(Site(path, layer, False, kernel_list, None, registered=False))
+    for child in inner_layers:
+        _visit(child, f"{path}/{child.name}", child_graph, weights, result)
+
+
+def _variable_label(layer, value) -> str:
+    """A variable's name within its layer ('w'), for coverage and fault labels."""
+    path = getattr(value, "path", value.name)
+    prefix = f"{layer.name}/"
+    return path.split(prefix, 1)[1] if prefix in path else value.name
+
+
+def site(model: keras.Model, path: str, weights: str = "registered") -> Site:
+    for candidate in sites(model, weights):
+        if candidate.path == path:
+            return candidate
+    raise ValueError(f"No faultable layer {path!r} in {model.name!r}.")
+
+
 def flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """Every layer of the model, nested models flattened, in model order."""
     result = []
@@ -97,6 +256,29 @@ def flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
             result.extend(flat_layers(layer))
         else:
             result.append(layer)
+    return result
+
+
+def weight_holders(model: keras.Model) -> list[tuple[str, Any, int]]:
+    """(path, layer, elements) of every layer that holds weights of its own (not held by a
+    listed sub-layer): leaves of nested models and composite layers, registered layers
+    whole (an LSTM with its cell), and a composite layer's own variables; the elements
+    sum to the model's weight count."""
+    result = []
+
+    def visit(layer, path):
+        if isinstance(layer, keras.layers.InputLayer):
+            return
+        inner_layers = [] if layer_type(layer) else children(layer)
+        inner = {id(v) for child in inner_layers for v in child.weights}
+        own = [v for v in layer.weights if id(v) not in inner]
+        if own:
+            result.append((path, layer, int(sum(np.prod(v.shape) for v in own))))
+        for child in inner_layers:
+            visit(child, f"{path}/{child.name}")
+
+    for child in children(model):
+        visit(child, child.name)
     return result
 
 
@@ -110,51 +292,41 @@ def coverage(
     include_bias: bool,
     reasons: dict[str, str],
     kind: str = "weight",
+    weights: str = "registered",
 ) -> dict[str, Any]:
     """What a campaign covers of the model's weights, and every weight-bearing layer left
-    out with the reason (`reasons` names why a registered top-level layer is not
-    targeted: scope, --layers, kind).
+    out with the reason (`reasons` names why a faultable layer is not targeted: scope,
+    --layers, kind). Layers are named by path ('backbone/conv1', 'mha/query').
 
     `targeted_layers_weight_share` is the share of all weight elements (biases and
     normalisation parameters included) held by the targeted layers;
     `faulted_tensors_share` the share held by the tensors parameter faults can reach.
     """
-    top_level = {layer.name for layer in model.layers}
-    nested_in = {
-        inner.name: layer.name
-        for layer in model.layers
-        if isinstance(layer, keras.Model)
-        for inner in flat_layers(layer)
-    }
-    total = sum(weight_elements(layer) for layer in flat_layers(model))
+    found = {entry.path: entry for entry in sites(model, weights)}
+    holders = weight_holders(model)
+    total = sum(elements for _, _, elements in holders)
     held = reached = 0
     left_out = []
-    for layer in flat_layers(model):
-        if not layer.weights:
+    for path, layer, elements in holders:
+        if path in targeted:
+            held += elements
+            entry = found[path]
+            reached += sum(int(np.prod(v.shape)) for _, v, _ in entry.kernels)
+            if include_bias and entry.bias is not None:
+                reached += int(np.prod(entry.bias[1].shape))
             continue
-        if layer.name in targeted:
-            held += weight_elements(layer)
-            reached += sum(int(np.prod(v.shape)) for _, v in kernels(layer))
-            layer_bias = bias(layer)
-            if include_bias and layer_bias is not None:
-                reached += int(np.prod(layer_bias.shape))
-            continue
-        if layer.name not in top_level:
-            reason = f"inside the nested model {nested_in.get(layer.name)!r}: faults reach top-level layers"
+        if path in found:
+            reason = reasons.get(path, "not selected")
         elif layer_type(layer) is None:
             reason = (
                 f"{type(layer).__name__} is not a faultable layer type (supported: "
-                f"{', '.join(SUPPORTED_TYPE_NAMES)})"
+                f"{', '.join(supported_type_names())}; a layer of your own: "
+                "aftt_tf.faults.register_layer, or --weights=all_trainable)"
             )
         else:
-            reason = reasons.get(layer.name, "not selected")
+            reason = "no kernel to fault"
         left_out.append(
-            {
-                "layer": layer.name,
-                "type": type(layer).__name__,
-                "weights": weight_elements(layer),
-                "reason": reason,
-            }
+            {"layer": path, "type": type(layer).__name__, "weights": elements, "reason": reason}
         )
     return {
         "targeted_layers": list(targeted),
@@ -162,5 +334,6 @@ def coverage(
         "faulted_tensors_share": (reached / total if total else 0.0) if kind != "node" else None,
         "model_weight_elements": total,
         "biases": "faulted" if include_bias else "not faulted (--include_bias faults them)",
+        "weights": weights,
         "left_out": left_out,
     }

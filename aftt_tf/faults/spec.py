@@ -77,6 +77,9 @@ class FaultSpec:
         exclude_layers: leave out layers matching these names or glob patterns.
         sampling: 'exact' (round(rate*n) distinct elements) or 'bernoulli'.
         include_bias: fault biases too (parameter kinds).
+        weights: 'registered' (the kernels of registered layer types, nested ones
+            included) or 'all_trainable' (also every trainable variable of rank >= 2 of
+            layers no registry entry describes).
         include_output_nodes: allow node faults in the output layer.
         stuck_value: value of 'stuck_value' faults; None: the layer's max |w|.
         bit_position: float32 bit for 'bit' faults (0..31), -1: random per element.
@@ -98,6 +101,7 @@ class FaultSpec:
     exclude_layers: tuple[str, ...] = ()
     sampling: str = "exact"
     include_bias: bool = False
+    weights: str = "registered"
     include_output_nodes: bool = False
     stuck_value: float | None = None
     bit_position: int = -1
@@ -134,6 +138,7 @@ class FaultSpec:
         _choice("scope", self.scope, vocabulary.SCOPES)
         _choice("sampling", self.sampling, vocabulary.SAMPLINGS)
         _choice("bit_mode", self.bit_mode, vocabulary.BIT_MODES)
+        _choice("weights", self.weights, ("registered", "all_trainable"))
         if not -1 <= self.bit_position <= 31:
             raise ValueError(
                 f"bit_position must be in 0..31 (float32) or -1 (random), received {self.bit_position}."
@@ -196,7 +201,7 @@ class FaultSpec:
 
 # Fields added after campaigns were written, with their defaults; they enter the key
 # only when set, so earlier campaign directories resume.
-_FIELDS_ADDED_LATER = {"exclude_layers": [], "repair": None}
+_FIELDS_ADDED_LATER = {"exclude_layers": [], "repair": None, "weights": "registered"}
 # Kinds whose faults can make outputs NaN or infinite (values and bits; stuck-at-0 cannot).
 _NON_FINITE_KINDS = ("stuck_value", "bit")
 

@@ -42,22 +42,37 @@ def as_functional(model: keras.Model) -> keras.Model:
 
 
 def weight_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The model's top-level layers of registered types, in model order. (Layers inside a
-    nested model are not faulted; campaigns list them as left out.)"""
+    """The model's top-level layers of registered types, in model order (the paper's
+    flat networks); `sites` finds faultable layers everywhere."""
     return [layer for layer in model.layers if registry.layer_type(layer)]
 
 
-def _output_names(model: keras.Model) -> set[str]:
+def sites(model: keras.Model, weights: str = "registered") -> list[registry.Site]:
+    """Every faultable layer of the model by path, nested ones included (registry.sites)."""
+    return registry.sites(model, weights)
+
+
+def _output_paths(model: keras.Model) -> set[str]:
+    """Paths of the layers whose output is the model's output (through nested models)."""
     try:
-        return set(as_functional(model).output_names)
-    except (AttributeError, ValueError):  # Subclassed: the last weight layer.
-        layers = weight_layers(model)
-        return {layers[-1].name} if layers else set()
+        names = set(as_functional(model).output_names)
+    except (AttributeError, ValueError):  # Subclassed: the last faultable layer.
+        found = sites(model)
+        return {found[-1].path} if found else set()
+    result = set(names)
+    for name in names:
+        try:
+            inner = model.get_layer(name)
+        except ValueError:
+            continue
+        if isinstance(inner, keras.Model):
+            result |= {f"{name}/{path}" for path in _output_paths(inner)}
+    return result
 
 
 def hidden_weight_layers(model: keras.Model, types: tuple[type, ...] = WEIGHT_LAYER_TYPES):
-    """Weight layers of `types` that do not produce the model's output (node-fault sites)."""
-    outputs = _output_names(model)
+    """Top-level weight layers of `types` that do not produce the model's output."""
+    outputs = _output_paths(model)
     return [
         layer
         for layer in weight_layers(model)
@@ -65,24 +80,48 @@ def hidden_weight_layers(model: keras.Model, types: tuple[type, ...] = WEIGHT_LA
     ]
 
 
-def candidates(model: keras.Model) -> list[selection.Candidate]:
-    """The model's weight layers as the shared selection rule sees them."""
-    outputs = _output_names(model)
-    return [
-        selection.Candidate(
-            name=layer.name,
-            convolution=registry.layer_type(layer).convolution,
-            output=layer.name in outputs,
-            node_faults=rewritable(model),
-            node_refusal=(
+def node_sites(model: keras.Model) -> list[registry.Site]:
+    """Layers whose outputs node faults can hold at 0 (in Sequential/Functional graphs,
+    nested ones included), the output layer left out."""
+    outputs = _output_paths(model)
+    return [s for s in sites(model) if s.in_graph and s.path not in outputs]
+
+
+def candidates(model: keras.Model, weights: str = "registered") -> list[selection.Candidate]:
+    """The model's faultable layers (by path) as the shared selection rule sees them."""
+    outputs = _output_paths(model)
+    graph = rewritable(model)
+    result = []
+    for entry in sites(model, weights):
+        if not graph:
+            refusal = (
                 f"Node faults hold layer outputs at 0 through a layer inserted after "
-                f"{layer.name!r}, which needs a Sequential or Functional model; "
+                f"{entry.path!r}, which needs a Sequential or Functional model; "
                 f"{type(model).__name__} is subclassed. Use parameter faults (weight, "
                 "filter, stuck_value, bit), or rebuild the model as a Functional one."
-            ),
+            )
+        else:
+            refusal = (
+                f"Node faults on {entry.path!r}: it is computed inside a composite layer "
+                f"or subclassed sub-model ({entry.path.rsplit('/', 1)[0]!r}), where no "
+                "layer can be inserted after it. Use parameter faults, or --exclude_layers."
+            )
+        result.append(
+            selection.Candidate(
+                name=entry.path,
+                convolution=entry.convolution,
+                output=entry.path in outputs,
+                node_faults=graph and entry.registered,
+                node_refusal=refusal,
+            )
         )
-        for layer in weight_layers(model)
-    ]
+    return result
+
+
+def layer_paths(model: keras.Model) -> list[str]:
+    """Every layer's path (top-level names first), for error messages and globs."""
+    names = [layer.name for layer in model.layers]
+    return names + [path for path, _, _ in registry.weight_holders(model) if path not in names]
 
 
 def select_layers(
@@ -92,70 +131,131 @@ def select_layers(
     layer_names: tuple[str, ...] = (),
     include_output_nodes: bool = False,
     exclude: tuple[str, ...] = (),
+    weights: str = "registered",
 ) -> list[str]:
-    """Names of the layers that `kind` faults, in model order (see `selection.select`).
+    """Paths of the layers that `kind` faults, in model order (see `selection.select`).
 
-    Parameter kinds target every registered layer ('filter': convolutions only). 'node'
-    targets the outputs of registered layers; the output layer is left out unless
-    `include_output_nodes`. `layer_names` and `exclude` may be glob patterns.
+    Parameter kinds target every faultable layer, nested ones included ('filter':
+    convolutions only). 'node' targets the outputs of faultable layers of
+    Sequential/Functional graphs; the output layer is left out unless
+    `include_output_nodes`. `layer_names` and `exclude` may be glob patterns
+    ('backbone/*').
     """
-    if kind == "node" and not rewritable(model) and weight_layers(model):
-        raise FaultTargetError(candidates(model)[0].node_refusal)
+    found = candidates(model, weights)
+    if kind == "node" and not rewritable(model) and found:
+        raise FaultTargetError(found[0].node_refusal)
     return selection.select(
-        candidates(model),
+        found,
         kind,
         scope,
         layer_names,
         include_output_nodes,
         model_name=model.name,
-        all_layer_names=[layer.name for layer in model.layers],
+        all_layer_names=layer_paths(model),
         exclude=exclude,
     )
 
 
-def apply_faults(model: keras.Model, kind: str, layer_names: list[str]) -> keras.Model:
-    """A copy of `model` with fault layers at `layer_names`, sharing no state with it.
+def apply_faults(
+    model: keras.Model, kind: str, layer_names: list[str], weights: str = "registered"
+) -> keras.Model:
+    """A copy of `model` with fault layers at `layer_names` (paths), sharing no state.
 
     Parameter kinds replace Dense/Conv2D by FaultyDense/FaultyConv2D and wrap every other
     registered layer type in WeightFaults; 'node' inserts a NodeFault after each named
-    layer. Weights are copied; with no fault assigned the copy computes exactly what
-    `model` computes. Sequential models are rewritten as Functional ones.
+    layer. Nested Sequential/Functional models holding targets are rewritten the same
+    way; layers inside composite layers (attention projections) and layers found only
+    by weights='all_trainable' keep their class: their faults are written into the
+    copy's variables (`keras_runner.FaultInjector`). Weights are copied; with no fault
+    assigned the copy computes exactly what `model` computes. Sequential models are
+    rewritten as Functional ones.
     """
     if not rewritable(model):
         raise FaultTargetError(
             f"{type(model).__name__} is a subclassed model: fault layers cannot be inserted "
             "into it. Its parameter faults are applied to its variables (see "
-            "keras_runner.VariableFaultRunner); node faults need a Functional model."
+            "keras_runner.FaultInjector); node faults need a Functional model."
         )
+    faulty = _apply(model, kind, set(layer_names), "")
+    if kind == "node":
+        _attach_inner_node_faults(faulty, model, layer_names)
+    return faulty
+
+
+def _attach_inner_node_faults(faulty: keras.Model, model: keras.Model, names) -> None:
+    """Node faults on layers inside composite layers (attention projections): no layer can
+    be inserted there, so the copy's sub-layer applies a NodeFault to its own output
+    (its `call` is wrapped; the user's model is never touched)."""
+    inner = {s.path for s in sites(model) if not s.in_graph}
+    attached = {}
+    for path in names:
+        if path not in inner:
+            continue
+        *containers, leaf = path.split("/")
+        holder = faulty
+        for part in containers:
+            holder = _child(holder, part)
+        layer = _child(holder, leaf)
+        node_fault = fault_layers.NodeFault(target=path, name=f"{leaf}_node_fault")
+        original = layer.call
+
+        def call(*args, _original=original, _node=node_fault, **kwargs):
+            return _node(_original(*args, **kwargs))
+
+        layer.call = call
+        attached[path] = node_fault
+    if attached:
+        faulty._aftt_inner_node_faults = attached
+        # Builds the masks now (their shapes are the sub-layers' outputs), outside any
+        # compiled function.
+        probe = np.zeros((1, *faulty.inputs[0].shape[1:]), faulty.inputs[0].dtype)
+        faulty(probe, training=False)
+
+
+def _apply(model: keras.Model, kind: str, paths: set[str], prefix: str) -> keras.Model:
     model = as_functional(model)
-    targets = set(layer_names)
+    local = {p[len(prefix) :] for p in paths if p.startswith(prefix)}
+    targets = {p for p in local if "/" not in p}
+    nested = {
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, keras.Model)
+        and rewritable(layer)
+        and any(p.startswith(f"{layer.name}/") for p in local)
+    }
     for layer in model.layers:
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             if layer.name in targets:
                 raise FaultTargetError(f"{layer.name}: only channels_last layers are supported.")
 
     def clone_function(layer):
+        if layer.name in nested:
+            return _apply(layer, kind, paths, f"{prefix}{layer.name}/")
         clone = layer.__class__.from_config(layer.get_config())
         if kind not in PARAMETER_KINDS or layer.name not in targets:
+            return clone
+        if registry.layer_type(layer) is None:  # weights='all_trainable': in place.
             return clone
         for base, faulty in fault_layers.FAULTY_CLASSES.items():
             if type(layer) is base:
                 return faulty.from_config(layer.get_config())
-        paths = [kernel.attribute for kernel in registry.layer_type(layer).kernels]
+        paths_ = [kernel.attribute for kernel in registry.layer_type(layer).kernels]
         if registry.bias(layer) is not None:
-            paths.append(registry.layer_type(layer).bias)
-        return fault_layers.WeightFaults(clone, paths, name=layer.name)
+            paths_.append(registry.layer_type(layer).bias)
+        return fault_layers.WeightFaults(clone, paths_, name=layer.name)
 
     # A node fault holds the layer's output at 0 after a BatchNormalization that reads it
     # alone (converters fold it into the layer, so the .tflite's output is the normalised
     # one): both runtimes then fault the same values.
-    node_sites = {normalization_after(model, name) or name: name for name in targets}
+    node_sites_ = {normalization_after(model, name) or name: name for name in targets}
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
-        if kind == "node" and layer.name in node_sites:
-            target = node_sites[layer.name]
-            outputs = fault_layers.NodeFault(target=target, name=f"{target}_node_fault")(outputs)
+        if kind == "node" and layer.name in node_sites_:
+            target = node_sites_[layer.name]
+            outputs = fault_layers.NodeFault(
+                target=f"{prefix}{target}", name=f"{target}_node_fault"
+            )(outputs)
         return outputs
 
     faulty = keras.models.clone_model(
@@ -204,7 +304,12 @@ def strip_faults(model: keras.Model) -> keras.Model:
             return args[0]
         return layer(*args, **kwargs)
 
-    clean = keras.models.clone_model(model, clone_function=_plain, call_function=call_function)
+    def clone_function(layer):
+        return strip_faults(layer) if isinstance(layer, keras.Model) else _plain(layer)
+
+    clean = keras.models.clone_model(
+        model, clone_function=clone_function, call_function=call_function
+    )
     _copy_weights(model, clean)
     return clean
 
@@ -216,7 +321,11 @@ def bake_faults(model: keras.Model) -> keras.Model:
     export as a constant multiplication) and are dropped where the mask is all ones. For
     a model without faults this is `strip_faults`."""
     model = as_functional(model)
-    effective = {layer.name: _effective_weights(layer) for layer in model.layers}
+    effective = {
+        layer.name: _effective_weights(layer)
+        for layer in model.layers
+        if not isinstance(layer, keras.Model)
+    }
     unfaulted_nodes = {
         layer.name
         for layer in model.layers
@@ -224,6 +333,8 @@ def bake_faults(model: keras.Model) -> keras.Model:
     }
 
     def clone_function(layer):
+        if isinstance(layer, keras.Model):
+            return bake_faults(layer)  # A nested model: baked with its own weights.
         if isinstance(layer, fault_layers.NodeFault):
             return layer.__class__.from_config(layer.get_config())
         return _plain(layer)
@@ -237,7 +348,7 @@ def bake_faults(model: keras.Model) -> keras.Model:
         model, clone_function=clone_function, call_function=call_function
     )
     for layer in baked.layers:
-        if isinstance(layer, keras.layers.InputLayer):
+        if isinstance(layer, (keras.layers.InputLayer, keras.Model)):
             continue
         source = model.get_layer(layer.name)
         if isinstance(layer, fault_layers.NodeFault):
@@ -307,10 +418,42 @@ def _copy_weights(source: keras.Model, destination: keras.Model) -> None:
         if isinstance(layer, (keras.layers.InputLayer, fault_layers.NodeFault)):
             continue
         original = source.get_layer(layer.name)
+        if isinstance(layer, keras.Model) and isinstance(original, keras.Model):
+            _copy_weights(original, layer)  # A nested model, rewritten or cloned.
+            continue
         for target, value in zip(_own_weights(layer), _own_weights(original), strict=True):
             target.assign(value)
 
 
 def fault_layer(model: keras.Model, target: str, kind: str) -> keras.layers.Layer:
-    """The layer of a faulty model that holds the fault state for `target`."""
-    return model.get_layer(f"{target}_node_fault" if kind == "node" else target)
+    """The layer of a faulty model that holds the fault state for path `target`: its
+    fault layer, or (inside a composite layer) the layer itself."""
+    inner = getattr(model, "_aftt_inner_node_faults", {})
+    if kind == "node" and target in inner:
+        return inner[target]
+    *containers, leaf = target.split("/")
+    holder = model
+    for part in containers:
+        holder = _child(holder, part)
+    return _child(holder, f"{leaf}_node_fault" if kind == "node" else leaf)
+
+
+def _child(holder, name: str):
+    if isinstance(holder, keras.Model):
+        return holder.get_layer(name)
+    for child in registry.children(holder):
+        if child.name == name:
+            return child
+    raise ValueError(f"No layer {name!r} in {holder.name!r}.")
+
+
+def is_fault_layer(layer) -> bool:
+    return isinstance(
+        layer,
+        (
+            fault_layers.FaultyDense,
+            fault_layers.FaultyConv2D,
+            fault_layers.WeightFaults,
+            fault_layers.NodeFault,
+        ),
+    )

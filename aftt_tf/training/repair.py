@@ -253,6 +253,7 @@ class RepairCellRunner:
         names = keras_runner.KerasModel(model).select_layers(spec)
         self.faulty = targets.apply_faults(model, spec.kind, names)
         self.injector = keras_runner.FaultInjector(self.faulty, spec, names, in_place=False)
+        self.injector.check_masked("The repaired protocol")
         self.trainer = trainers.ClassifierTrainer(
             self.faulty,
             loss=protocol.loss,

@@ -331,9 +331,8 @@ class ClassifierTrainer(keras.Model):
             self.fault_kernels = [
                 variable
                 for layer in self.trained_layers
-                for inner in _flat(layer)
-                if registry.layer_type(inner)
-                for _, variable in registry.kernels(inner)
+                for site in registry.sites_in(layer)
+                for _, variable, _ in site.kernels
             ]
         if "node" in self.fault_aware_kinds:
             self.node_view, self.node_masks = _with_node_masks(classifier)
@@ -344,12 +343,13 @@ class ClassifierTrainer(keras.Model):
         return [weight for layer in self.trained_layers for weight in layer.trainable_weights]
 
     def kernels(self) -> list[keras.Variable]:
-        """The kernels the penalty reads: every trained layer's, nested models included."""
+        """The kernels the penalty reads: every trained layer's, nested models and
+        composite layers (attention projections) included."""
         return [
-            inner.kernel
+            variable
             for layer in self.trained_layers
-            for inner in _flat(layer)
-            if hasattr(inner, "kernel")
+            for site in registry.sites_in(layer)
+            for _, variable, _ in site.kernels
         ]
 
     @property
@@ -446,11 +446,6 @@ class ClassifierTrainer(keras.Model):
         self.trackers["penalty"].update_state(penalty)
         self.accuracy_tracker.update_state(labels, logits)
         return {metric.name: metric.result() for metric in self.metrics}
-
-
-def _flat(layer) -> list:
-    """A layer, or every layer of a nested model."""
-    return registry.flat_layers(layer) if isinstance(layer, keras.Model) else [layer]
 
 
 def _check_frozen_normalization(classifier: keras.Model) -> None:
