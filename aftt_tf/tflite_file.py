@@ -170,6 +170,11 @@ _MULTI_OPERATOR_LAYERS = {
         "separable_conv_2d",
         ("depthwise_kernel", "pointwise_kernel"),
     ),
+    # An unrolled LSTM/GRU/SimpleRNN (kernels shared by every step; see _recurrent_order).
+    ("fully_connected", "fully_connected"): (
+        "unrolled_recurrent",
+        ("cell.kernel", "cell.recurrent_kernel"),
+    ),
 }
 
 
@@ -186,6 +191,7 @@ class TFLiteLayer:
     bias_operator: int | None = None  # The separate ADD holding the bias, if any.
     node_tensor: int | None = None  # Where node faults hold the output at 0 (None: unknown).
     node_refusal: str | None = None  # Why node faults cannot be placed, when they cannot.
+    shared_operators: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def operator_index(self) -> int:
@@ -199,7 +205,7 @@ class TFLiteLayer:
     def all_operator_indices(self) -> list[int]:
         """The weight operators and the separate bias ADD: every operator holding its weights."""
         extra = [] if self.bias_operator is None else [self.bias_operator]
-        return self.operator_indices + extra
+        return self.operator_indices + extra + self.shared_operators
 
     @property
     def operator(self) -> str:
@@ -717,11 +723,18 @@ def _operator_scope(graph: _Graph, op_index: int, weights: ConstantTensor) -> st
     """The Keras layer of a weight operator from its weight tensor's or output's name."""
     weights_name = graph.tensor_name(weights.index)
     output_name = graph.tensor_name(graph.output(op_index))
-    return (
+    scope = (
         _weight_op_scope(weights_name)
         or _weight_op_scope(output_name)
         or _layer_name_of_tensor(weights_name)
     )
+    # A recurrent layer's cell ('lstm/lstm_cell') is part of the layer Keras faults.
+    if scope and "/" in scope and scope.rsplit("/", 1)[1] in _RECURRENT_CELLS:
+        scope = scope.rsplit("/", 1)[0]
+    return scope
+
+
+_RECURRENT_CELLS = {"lstm_cell", "gru_cell", "simple_rnn_cell"}
 
 
 @dataclasses.dataclass
@@ -730,11 +743,16 @@ class _Operator:
     bias: ConstantTensor | None
     scope: str | None
     bias_operator: int | None = None  # A separate ADD that holds the bias.
+    # Later operators reading the same weights tensor (an unrolled recurrent layer: one
+    # kernel serves every step). The tensor is one layer's kernel, faulted once.
+    shared: list[int] = dataclasses.field(default_factory=list)
+    reads_sequence: bool = False  # Its data input is a step of the input sequence.
 
 
 def _weight_operators(graph: _Graph) -> list[_Operator]:
     """Every operator of the supported kinds whose weights are constants, in order."""
     result = []
+    by_weights: dict[int, _Operator] = {}
     for op_index in range(graph.graph.OperatorsLength()):
         spec = _WEIGHT_OPERATORS.get(graph.code(op_index))
         if spec is None:
@@ -742,6 +760,9 @@ def _weight_operators(graph: _Graph) -> list[_Operator]:
         inputs = [int(t) for t in graph.graph.Operators(op_index).InputsAsNumpy()]
         weights = graph.weights(inputs[spec.weights_input])
         if weights is None or int(np.prod(weights.shape)) <= 1:
+            continue
+        if weights.index in by_weights:
+            by_weights[weights.index].shared.append(op_index)
             continue
         bias_index = spec.bias_input
         bias = (
@@ -755,7 +776,40 @@ def _weight_operators(graph: _Graph) -> list[_Operator]:
         if separate_bias is not None:
             bias_operator, bias = separate_bias
         scope = _operator_scope(graph, op_index, weights)
-        result.append(_Operator(kernel, bias, scope, bias_operator))
+        producer = graph.producers.get(inputs[spec.data_input])
+        reads_sequence = producer is not None and graph.code(producer) in _SEQUENCE_STEP_OPERATORS
+        operator = _Operator(kernel, bias, scope, bias_operator, reads_sequence=reads_sequence)
+        by_weights[weights.index] = operator
+        result.append(operator)
+    return _recurrent_order(result)
+
+
+# Operators that take one step out of a sequence (an unrolled recurrent layer's input).
+_SEQUENCE_STEP_OPERATORS = {
+    _BUILTIN.UNPACK,
+    _BUILTIN.STRIDED_SLICE,
+    _BUILTIN.SLICE,
+    _BUILTIN.GATHER,
+    _BUILTIN.SPLIT,
+}
+
+
+def _recurrent_order(operators: list[_Operator]) -> list[_Operator]:
+    """An unrolled recurrent layer is two shared FULLY_CONNECTED kernels under one scope:
+    the input kernel (reads a step of the sequence) is put first and the recurrent kernel
+    (reads the state) second, the Keras order (cell.kernel, cell.recurrent_kernel)."""
+    result = list(operators)
+    for index in range(len(result) - 1):
+        first, second = result[index], result[index + 1]
+        if (
+            first.shared
+            and second.shared
+            and first.scope is not None
+            and first.scope == second.scope
+            and second.reads_sequence
+            and not first.reads_sequence
+        ):
+            result[index], result[index + 1] = second, first
     return result
 
 
@@ -788,6 +842,10 @@ def _groups_valid(operators: list[_Operator], names: list[str]) -> bool:
             or positions != list(range(positions[0], positions[-1] + 1))
         ):
             return False
+        if kinds == ("fully_connected", "fully_connected") and not all(
+            operators[i].shared for i in positions
+        ):
+            return False  # Two matmuls under one name that are not an unrolled loop.
     return True
 
 
@@ -811,8 +869,16 @@ def _parse_layers(
                 layer.bias = op.bias
             layer = layers[name]
             layer.bias_operator = op.bias_operator
+            layer.shared_operators.extend(op.shared)
         for layer in layers.values():
             layer.output_tensor = graph.output(layer.kernels[-1].operator_index)
+            if layer.shared_operators:
+                layer.node_refusal = (
+                    f"Node faults on {layer.name!r}: its weights serve every step of an "
+                    "unrolled recurrent layer, whose output is a state carried from step to "
+                    "step; use parameter faults, or --exclude_layers."
+                )
+                continue
             layer.node_tensor, why = graph.node_point(layer.kernels[-1].operator_index, layer.scope)
             if why:
                 layer.node_refusal = (

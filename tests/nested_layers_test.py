@@ -332,3 +332,75 @@ def test_cli_campaign_on_a_nested_model_and_a_users_layer(trained, tmp_path):
             assert coverage["targeted_layers"] == ["backbone/conv1", "backbone/conv2"]
             cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
             assert {cell["group"] for cell in cells} >= {"backbone/conv1", "backbone/conv2"}
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
+def test_unrolled_recurrent_layers_in_tflite_match_keras(kind, tmp_path):
+    """Keras 3 LSTM/GRU/SimpleRNN convert to builtin operators when unrolled: one
+    FULLY_CONNECTED per step reading the same two constant kernels. The file's layer is
+    the Keras layer (input kernel first, recurrent kernel second), each kernel faulted
+    once at the rate (not once per step), and the faulty logits equal Keras'. Node faults
+    on the carried state are refused with the reason."""
+    layer = {
+        "lstm": lambda: L.LSTM(16, unroll=True, name="rnn"),
+        "gru": lambda: L.GRU(16, unroll=True, name="rnn"),
+        "simple_rnn": lambda: L.SimpleRNN(12, unroll=True, name="rnn"),
+    }[kind]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 12))
+    model = keras.Model(inputs, L.Dense(10, name="logits")(layer()(inputs)))
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        if "bias" in weight.path:  # Zero biases would be dropped by the converter.
+            weight.assign(rng.normal(0, 0.1, weight.shape))
+    model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved")).convert())
+    tflite = tflite_runner.TFLiteModel(path)
+    assert list(tflite.layers) == ["rnn", "logits"] and tflite.names_from == "tensor names"
+    assert len(tflite.layers["rnn"].shared_operators) >= 8  # The other steps' products.
+    images = rng.uniform(0, 1, (60, 8, 12)).astype(np.float32)
+    labels = np.argmax(np.asarray(model(images)), axis=-1)
+    spec = FaultSpec(kind="weight", rates=(0.3,), trials=1, seed=2)
+    keras_run = keras_runner.KerasModel(model).runner(spec, images, labels, 60)
+    file_run = tflite.runner(spec, images, labels, 60)
+    counts = keras_run.inject(0.3, 0)
+    assert counts == file_run.inject(0.3, 0)
+    cell = model.get_layer("rnn").cell
+    kernels = cell.kernel.shape[0] * cell.kernel.shape[1]
+    recurrent = cell.recurrent_kernel.shape[0] * cell.recurrent_kernel.shape[1]
+    assert counts["per_layer"]["rnn"]["faulted"] == round(0.3 * kernels) + round(0.3 * recurrent)
+    keras_logits = np.asarray(keras_run.faulty(images, training=False))
+    np.testing.assert_allclose(
+        file_run.logits(), keras_logits, atol=1e-4 * max(1, np.abs(keras_logits).max())
+    )
+    refused = [c for c in tflite.candidates() if not c.node_faults]
+    assert [c.name for c in refused] == ["rnn"] and "unrolled" in refused[0].node_refusal
+
+
+def test_fault_aware_training_reaches_nested_layers(trained):
+    """Fault-aware training draws node masks after the nested backbone's layers (conv2's
+    after its BatchNormalization, where campaigns put it) and weight faults in its
+    kernels, on a view that shares the model's weights."""
+    from aftt_tf.training import trainers
+
+    model, _, images, _ = trained["nested"]
+    view, masks = trainers._with_node_masks(model)
+    assert [tuple(mask.shape) for mask in masks] == [(26, 26, 8), (12, 12, 12), (24,)]
+    backbone = view.get_layer("backbone")
+    assert backbone.get_layer("conv1") is model.get_layer("backbone").get_layer("conv1")
+    names = [layer.name for layer in backbone.layers]
+    assert names.index("conv2_training_fault") == names.index("bn") + 1
+    np.testing.assert_allclose(view(images[:20]), model(images[:20]), rtol=1e-6)
+    masks[0].assign(np.zeros(masks[0].shape, np.float32))
+    assert not np.allclose(view(images[:20]), model(images[:20]))
+    masks[0].assign(np.ones(masks[0].shape, np.float32))
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone.get_layer("backbone").get_layer("bn").trainable = False
+    trainer = trainers.ClassifierTrainer(
+        clone, fault_aware_kinds=("weight", "node"), fault_aware_max_rate=0.5
+    )
+    kernels = {id(v) for v in trainer.fault_kernels}
+    assert id(clone.get_layer("backbone").get_layer("conv1").kernel) in kernels
+    assert len(trainer.fault_kernels) == 4 and len(trainer.node_masks) == 3

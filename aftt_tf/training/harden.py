@@ -189,7 +189,7 @@ def check_model(model: keras.Model, config: HardenConfig) -> str:
                 "pass --fault_kinds=weight."
             )
     if config.method in ("fat", "aftt_fat"):
-        hidden = targets.hidden_weight_layers(targets.as_functional(model))
+        hidden = [site for site in targets.node_sites(model) if site.in_graph]
         if "node" in config.fault_kinds and targets.rewritable(model) and not hidden:
             raise ValueError(f"{model.name} has no hidden weight layer to hold node faults.")
     if config.method in ("aftt", "aftt_fat"):

@@ -467,27 +467,45 @@ def _check_frozen_normalization(classifier: keras.Model) -> None:
 
 def _with_node_masks(classifier: keras.Model) -> tuple[keras.Model, list[keras.Variable]]:
     """A view of `classifier` that shares its layers (and weights) and multiplies the
-    output of every hidden weight layer by a node mask, for fault-aware training.
+    output of every hidden weight layer by a node mask, for fault-aware training; layers
+    of nested Sequential/Functional models (a backbone) included, as campaigns fault them.
 
     The mask sits where campaigns put node faults: after the layer, or after the
     BatchNormalization that alone reads it (converters fold it in, so a chip's dead
     unit is 0 after normalisation). A Sequential model is viewed as a Functional one."""
-    graph = targets.as_functional(classifier)
-    hidden = {layer.name for layer in targets.hidden_weight_layers(graph)}
-    sites = {targets.normalization_after(graph, name) or name: name for name in hidden}
-    masks = []
+    hidden = [site.path for site in targets.node_sites(classifier) if site.in_graph]
+    masks: list[keras.Variable] = []
+    return _masked_view(classifier, "", hidden, masks), masks
+
+
+def _masked_view(model: keras.Model, prefix: str, hidden: list[str], masks: list) -> keras.Model:
+    graph = targets.as_functional(model)
+    local = [path[len(prefix) :] for path in hidden if path.startswith(prefix)]
+    own = {path for path in local if "/" not in path}
+    nested = {
+        layer.name
+        for layer in graph.layers
+        if isinstance(layer, keras.Model)
+        and targets.rewritable(layer)
+        and any(path.startswith(f"{layer.name}/") for path in local)
+    }
+    sites = {targets.normalization_after(graph, name) or name: name for name in own}
+
+    def clone_function(layer):
+        if layer.name in nested:
+            return _masked_view(layer, f"{prefix}{layer.name}/", hidden, masks)
+        return layer
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
         if layer.name in sites:
             node_fault = fault_layers.NodeFault(
-                target=sites[layer.name], name=f"{sites[layer.name]}_training_fault"
+                target=f"{prefix}{sites[layer.name]}", name=f"{sites[layer.name]}_training_fault"
             )
             outputs = node_fault(outputs)
             masks.append(node_fault.node_keep)
         return outputs
 
-    view = keras.models.clone_model(
-        graph, clone_function=lambda layer: layer, call_function=call_function
+    return keras.models.clone_model(
+        graph, clone_function=clone_function, call_function=call_function
     )
-    return view, masks
