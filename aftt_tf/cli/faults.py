@@ -41,6 +41,12 @@ flags.DEFINE_enum(
     "exact: round(rate*n) distinct elements; bernoulli: each element with prob. rate.",
 )
 flags.DEFINE_bool("include_bias", False, "Fault biases too.")
+flags.DEFINE_string(
+    "protected",
+    "",
+    "Protection plan (.npz from aftt-sensitivity): faults drawn on the weight elements it "
+    "names are dropped (the rest are the unprotected campaign's, paired).",
+)
 flags.DEFINE_enum(
     "weights",
     "registered",
@@ -127,6 +133,7 @@ def _spec_from_flags():
         sampling=FLAGS.sampling,
         include_bias=FLAGS.include_bias,
         weights=FLAGS.weights,
+        protected=FLAGS.protected,
         include_output_nodes=FLAGS.include_output_nodes,
         stuck_value=FLAGS.stuck_value,
         bit_position=FLAGS.bit_position,

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf.faults import inputs, registry, sampling, targets
+from aftt_tf.faults import inputs, protection, registry, sampling, targets
 from aftt_tf.faults import layers as fault_layers
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError, Outcome, cell_result
 
@@ -347,6 +347,19 @@ class FaultInjector:
         ]
         self.in_place = bool(self.in_place_targets)
         self._clean: dict[str, list[np.ndarray]] = {}
+        self._plan = protection.load(spec.protected) if spec.protected else None
+        self.protected_counts: dict[str, int] = {}
+        if self._plan is not None:
+            protection.check_plan_fits(
+                self._plan,
+                {
+                    (name, t.attribute): int(np.prod(t.variable.shape))
+                    for name, ts in self._tensors.items()
+                    for t in ts
+                    if not t.bias
+                },
+                "the targeted layers of this model",
+            )
 
     def check_masked(self, purpose: str) -> None:
         """Training around faults needs them in masks (the gradient of a stuck weight is
@@ -377,6 +390,8 @@ class FaultInjector:
             else:
                 count, elements = self._inject_parameters(name, layer, rate, trial, rng)
             per_layer[name] = {"faulted": count, "elements": elements}
+            if name in self.protected_counts:
+                per_layer[name]["protected"] = self.protected_counts[name]
             faulted += count
             total += elements
         return {"faulted": faulted, "elements": total, "per_layer": per_layer}
@@ -396,6 +411,7 @@ class FaultInjector:
             label = f"{name}/{tensors[kernels[index]].attribute}"
             return sampling.trial_rng(spec.seed, spec.kind, label, rate, trial)
 
+        guard = self._plan
         plan = sampling.plan_layer_fault(
             [clean[i].shape for i in kernels],
             [tensors[i].filter_axis for i in kernels],
@@ -405,7 +421,10 @@ class FaultInjector:
             rng_for,
             spec.sampling,
             spec.include_bias,
+            None if guard is None else [guard.indices(name, tensors[i].attribute) for i in kernels],
         )
+        if guard is not None:
+            self.protected_counts[name] = plan.protected
         positions = dict(zip(kernels, plan.kernel_positions, strict=True))
         if bias is not None:
             positions[bias] = plan.bias_positions

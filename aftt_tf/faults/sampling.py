@@ -140,6 +140,7 @@ class LayerPlan:
     bias_positions: np.ndarray
     faulted: int  # Elements, or filters for 'filter' faults.
     elements: int
+    protected: int = 0  # Drawn kernel elements dropped because a plan protects them.
 
 
 def plan_layer_fault(
@@ -151,6 +152,7 @@ def plan_layer_fault(
     rng_for,
     sampling: str,
     include_bias: bool,
+    protected: list[np.ndarray | None] | None = None,
 ) -> LayerPlan:
     """Fault positions of one layer with one or more kernels, in the Keras layout.
 
@@ -159,12 +161,28 @@ def plan_layer_fault(
     values in its own representation. `rng_for(i)` is the generator of kernel i: the
     first kernel (and the bias, drawn after it) uses the layer's generator. 'filter'
     faults remove whole filters along each kernel's filter axis (the same filter indices
-    in every kernel that has one).
+    in every kernel that has one). `protected[i]` (a protection plan's flat indices of
+    kernel i) drops the drawn positions it holds, after drawing: the other positions are
+    those of the unprotected campaign.
     """
     if kind == "filter":
-        return _plan_filters(
+        plan = _plan_filters(
             kernel_shapes, filter_axes, bias_size, rate, rng_for(0), sampling, include_bias
         )
+    else:
+        plan = _plan_elements(kernel_shapes, bias_size, rate, rng_for, sampling, include_bias)
+    if not protected or all(p is None for p in protected):
+        return plan
+    kept = tuple(
+        positions if guard is None else positions[~np.isin(positions, guard)]
+        for positions, guard in zip(plan.kernel_positions, protected, strict=True)
+    )
+    dropped = sum(len(a) - len(b) for a, b in zip(plan.kernel_positions, kept, strict=True))
+    faulted = plan.faulted if kind == "filter" else plan.faulted - dropped
+    return LayerPlan(kept, plan.bias_positions, faulted, plan.elements, dropped)
+
+
+def _plan_elements(kernel_shapes, bias_size, rate, rng_for, sampling, include_bias):
     positions, faulted, elements = [], 0, 0
     bias = np.empty(0, np.int64)
     for index, shape in enumerate(kernel_shapes):

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from aftt_tf import vocabulary
-from aftt_tf.faults import sampling
+from aftt_tf.faults import protection, sampling
 
 FLOAT32_MAX = 3.4028234663852886e38
 # Bounds that keep a typo (--trials=1000000000) from planning billions of cells in memory.
@@ -80,6 +80,8 @@ class FaultSpec:
         weights: 'registered' (the kernels of registered layer types, nested ones
             included) or 'all_trainable' (also every trainable variable of rank >= 2 of
             layers no registry entry describes).
+        protected: path of a protection plan (`protection`): faults drawn on the elements
+            it names are dropped ('': none). The key holds the plan's content hash.
         include_output_nodes: allow node faults in the output layer.
         stuck_value: value of 'stuck_value' faults; None: the layer's max |w|.
         bit_position: float32 bit for 'bit' faults (0..31), -1: random per element.
@@ -102,6 +104,7 @@ class FaultSpec:
     sampling: str = "exact"
     include_bias: bool = False
     weights: str = "registered"
+    protected: str = ""
     include_output_nodes: bool = False
     stuck_value: float | None = None
     bit_position: int = -1
@@ -139,6 +142,13 @@ class FaultSpec:
         _choice("sampling", self.sampling, vocabulary.SAMPLINGS)
         _choice("bit_mode", self.bit_mode, vocabulary.BIT_MODES)
         _choice("weights", self.weights, ("registered", "all_trainable"))
+        if self.protected:
+            if self.kind == "node":
+                raise ValueError(
+                    "A protection plan protects weight elements; node faults hold layer "
+                    "outputs at 0. Use it with weight, filter, stuck_value or bit faults."
+                )
+            protection.load(self.protected)  # A missing or damaged plan: one clear error.
         if not -1 <= self.bit_position <= 31:
             raise ValueError(
                 f"bit_position must be in 0..31 (float32) or -1 (random), received {self.bit_position}."
@@ -192,6 +202,8 @@ class FaultSpec:
         for name, default in _FIELDS_ADDED_LATER.items():
             if values[name] == default:  # Keys of campaigns written before them stay valid.
                 values.pop(name)
+        if values.get("protected"):  # The plan's content, wherever its file lies.
+            values["protected"] = protection.digest_of(self.protected)
         if self.kind in _NON_FINITE_KINDS:
             # Cells of these kinds written before outcomes were counted called NaN outputs
             # class 0: a new key, so they are never resumed or averaged with new ones.
@@ -201,7 +213,12 @@ class FaultSpec:
 
 # Fields added after campaigns were written, with their defaults; they enter the key
 # only when set, so earlier campaign directories resume.
-_FIELDS_ADDED_LATER = {"exclude_layers": [], "repair": None, "weights": "registered"}
+_FIELDS_ADDED_LATER = {
+    "exclude_layers": [],
+    "repair": None,
+    "weights": "registered",
+    "protected": "",
+}
 # Kinds whose faults can make outputs NaN or infinite (values and bits; stuck-at-0 cannot).
 _NON_FINITE_KINDS = ("stuck_value", "bit")
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import tflite_file
-from aftt_tf.faults import inputs, sampling, selection, tflite_nodes
+from aftt_tf.faults import inputs, protection, sampling, selection, tflite_nodes
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result, outcome_of
 from aftt_tf.tflite_file import (
     BatchedInterpreter,
@@ -259,6 +259,20 @@ class TFLiteRunner:
         self.model = model
         self.spec = spec
         self.target_names = model.select_layers(spec)
+        self._plan = protection.load(spec.protected) if spec.protected else None
+        self.protected_counts: dict[str, int] = {}
+        if self._plan is not None:
+            protection.check_plan_fits(
+                self._plan,
+                {
+                    (name, attribute): int(np.prod(kernel.keras_kernel_shape))
+                    for name in self.target_names
+                    for attribute, kernel in zip(
+                        model.layers[name].keras_attributes, model.layers[name].kernels, strict=True
+                    )
+                },
+                f"the targeted layers of {model.path.name}",
+            )
         images = np.asarray(images)
         transform = transform or inputs.resolve("auto", dtype=images.dtype, sample=images)
         values = transform.apply(images)  # Model input values: never rescaled again.
@@ -300,6 +314,8 @@ class TFLiteRunner:
             else:
                 count, elements = self._inject_parameters(name, rate, trial, rng)
             per_layer[name] = {"faulted": count, "elements": elements}
+            if name in self.protected_counts:
+                per_layer[name]["protected"] = self.protected_counts[name]
             faulted += count
             total += elements
         return {"faulted": faulted, "elements": total, "per_layer": per_layer}
@@ -324,7 +340,12 @@ class TFLiteRunner:
             rng_for,
             spec.sampling,
             spec.include_bias,
+            None
+            if self._plan is None
+            else [self._plan.indices(name, attribute) for attribute in layer.keras_attributes],
         )
+        if self._plan is not None:
+            self.protected_counts[name] = plan.protected
         for index, kernel in enumerate(layer.kernels):
             positions = kernel.keras_to_file_positions(plan.kernel_positions[index])
             source = rng if index == 0 else rng_for(index)
