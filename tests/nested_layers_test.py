@@ -263,10 +263,11 @@ def test_register_layer_refuses_what_it_cannot_use():
 
 
 def test_flat_models_keep_their_campaign_keys():
-    """Adding `weights` did not change the key of any earlier campaign."""
+    """Adding `weights` and `protected` did not change the key of any earlier campaign."""
     spec = FaultSpec(kind="weight", rates=(0.1,), trials=3, seed=2)
     values = spec.as_dict()
     values.pop("weights")
+    values.pop("protected")
     for name in ("trials", "rates", "target_margin", "min_trials", "exclude_layers", "repair"):
         values.pop(name)
     import hashlib

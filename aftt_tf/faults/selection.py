@@ -59,17 +59,8 @@ def select(
         raise FaultTargetError(f"Model {model_name!r} has no Dense or Conv2D layer to fault.")
     every_name = all_layer_names or [candidate.name for candidate in candidates]
     _check_scope_applies(scope, every_name, model_name)
-    # A glob names the layers that can take this kind ('backbone/*' skips its
-    # BatchNormalization); one that matches none of them is expanded over every layer,
-    # so the error says what it matched.
     takers = [c.name for c in _by_kind(candidates, kind, (), include_output_nodes, model_name)]
-    layer_names = tuple(
-        name
-        for pattern in layer_names
-        for name in (expand(takers, (pattern,)) if expand(takers, (pattern,)) != (pattern,) else ())
-        or expand(every_name, (pattern,))
-    )
-    layer_names = tuple(dict.fromkeys(layer_names))
+    layer_names = _expand_for_kind(layer_names, takers, every_name)
     chosen = _by_kind(candidates, kind, layer_names, include_output_nodes, model_name)
     names = [candidate.name for candidate in chosen]
     if layer_names:
@@ -99,6 +90,17 @@ def select(
             + (f" after --exclude_layers={','.join(exclude)}." if exclude else ".")
         )
     return names
+
+
+def _expand_for_kind(patterns, takers: list[str], every_name: list[str]) -> tuple[str, ...]:
+    """A glob names the layers that can take the kind ('backbone/*' skips its
+    BatchNormalization); one that matches none of them is expanded over every layer, so
+    the error says what it matched."""
+    names = []
+    for pattern in patterns:
+        matched = expand(takers, (pattern,))
+        names.extend(matched if matched != (pattern,) else expand(every_name, (pattern,)))
+    return tuple(dict.fromkeys(names))
 
 
 def expand(names: list[str], patterns: tuple[str, ...]) -> tuple[str, ...]:

@@ -81,6 +81,77 @@ def _loss_function(model: keras.Model, output_kind: str):
     return loss
 
 
+class _Derivatives:
+    """Gradient and Hessian-vector products of the mean loss over one batch, compiled once."""
+
+    def __init__(self, model, variables, inputs, labels, output_kind: str):
+        self.variables = variables
+        loss = _loss_function(model, output_kind)
+        x = tf.constant(inputs)
+        y = tf.constant(np.asarray(labels).astype(np.int64))
+
+        @tf.function
+        def gradients():
+            with tf.GradientTape() as tape:
+                value = loss(x, y)
+            return tape.gradient(value, variables)
+
+        @tf.function
+        def hessian_vector(vectors):
+            with tf.GradientTape() as outer:
+                with tf.GradientTape() as inner:
+                    value = loss(x, y)
+                grads = inner.gradient(value, variables)
+                product = tf.add_n(
+                    [tf.reduce_sum(g * v) for g, v in zip(grads, vectors, strict=True)]
+                )
+            return outer.gradient(product, variables)
+
+        self.gradients, self._hessian_vector = gradients, hessian_vector
+
+    def hessian_vector(self, vectors: list[np.ndarray]) -> list[np.ndarray]:
+        products = self._hessian_vector([tf.constant(v, tf.float32) for v in vectors])
+        return [np.asarray(product, np.float64) for product in products]
+
+    def exact_diagonal(self) -> list[np.ndarray]:
+        """One Hessian-vector product per weight: small models (tests) only."""
+        total = sum(int(np.prod(v.shape)) for v in self.variables)
+        if total > 5000:
+            raise ValueError(
+                f"exact_hessian needs one Hessian-vector product per weight ({total}); use "
+                "Hutchinson's estimate (hutchinson_samples) for models this size."
+            )
+        diagonal = [np.zeros(v.shape, np.float64) for v in self.variables]
+        for index, variable in enumerate(self.variables):
+            for position in range(int(np.prod(variable.shape))):
+                basis = [np.zeros(v.shape, np.float32) for v in self.variables]
+                basis[index].reshape(-1)[position] = 1.0
+                column = self.hessian_vector(basis)[index]
+                diagonal[index].reshape(-1)[position] = column.reshape(-1)[position]
+        return diagonal
+
+    def hutchinson_diagonal(self, samples: int, seed: int) -> list[np.ndarray]:
+        """E[z * Hz] over Rademacher probes z: an unbiased estimate of the diagonal."""
+        rng = np.random.default_rng(seed)
+        diagonal = [np.zeros(v.shape, np.float64) for v in self.variables]
+        for _ in range(samples):
+            probes = [rng.choice([-1.0, 1.0], size=v.shape) for v in self.variables]
+            for index, (probe, product) in enumerate(
+                zip(probes, self.hessian_vector(probes), strict=True)
+            ):
+                diagonal[index] += probe * product
+        return [d / max(1, samples) for d in diagonal]
+
+    def curvature(self, chosen: list[bool]) -> float:
+        """w^T H w over the chosen variables (the others held at 0 in the vector)."""
+        vectors = [
+            np.asarray(v.numpy(), np.float64) if use else np.zeros(v.shape)
+            for v, use in zip(self.variables, chosen, strict=True)
+        ]
+        products = self.hessian_vector(vectors)
+        return float(sum(np.sum(v * p) for v, p in zip(vectors, products, strict=True)))
+
+
 def kernel_scores(
     model: keras.Model,
     inputs: np.ndarray,
@@ -92,96 +163,40 @@ def kernel_scores(
     weights: str = "registered",
 ) -> list[KernelScores]:
     """Gradient and Hessian diagonal of the mean loss over (`inputs`, `labels`) for every
-    faultable kernel, in model order."""
+    faultable kernel, in model order, and each layer's w^T H w (the correlated part of
+    the loss change when a share of its weights is zeroed at once; one product a layer)."""
     if len(inputs) == 0:
         raise ValueError("Sensitivity needs at least one example.")
-    sites = registry.sites(model, weights)
     entries = [
-        (site, label, variable, axis) for site in sites for label, variable, axis in site.kernels
+        (site.path, label, variable, axis)
+        for site in registry.sites(model, weights)
+        for label, variable, axis in site.kernels
     ]
     variables = [variable for _, _, variable, _ in entries]
-    loss = _loss_function(model, output_kind)
-    x = tf.constant(inputs)
-    y = tf.constant(np.asarray(labels).astype(np.int64))
-
-    @tf.function
-    def gradients():
-        with tf.GradientTape() as tape:
-            value = loss(x, y)
-        return tape.gradient(value, variables)
-
-    @tf.function
-    def hessian_vector(vectors):
-        with tf.GradientTape() as outer:
-            with tf.GradientTape() as inner:
-                value = loss(x, y)
-            grads = inner.gradient(value, variables)
-            product = tf.add_n(
-                [
-                    tf.reduce_sum(g * tf.cast(v, g.dtype))
-                    for g, v in zip(grads, vectors, strict=True)
-                ]
-            )
-        return outer.gradient(product, variables)
-
-    grads = [np.asarray(g, np.float64) for g in gradients()]
-    diagonal = [np.zeros(v.shape, np.float64) for v in variables]
+    derivatives = _Derivatives(model, variables, inputs, labels, output_kind)
+    gradients = [np.asarray(g, np.float64) for g in derivatives.gradients()]
     if exact_hessian:
-        total = sum(int(np.prod(v.shape)) for v in variables)
-        if total > 5000:
-            raise ValueError(
-                f"exact_hessian needs one Hessian-vector product per weight ({total}); use "
-                "Hutchinson's estimate (hutchinson_samples) for models this size."
-            )
-        for index, variable in enumerate(variables):
-            for position in range(int(np.prod(variable.shape))):
-                basis = [np.zeros(v.shape, np.float32) for v in variables]
-                basis[index].reshape(-1)[position] = 1.0
-                column = hessian_vector([tf.constant(b) for b in basis])
-                diagonal[index].reshape(-1)[position] = float(
-                    np.asarray(column[index]).reshape(-1)[position]
-                )
+        diagonal = derivatives.exact_diagonal()
     else:
-        rng = np.random.default_rng(seed)
-        for _ in range(hutchinson_samples):
-            probes = [rng.choice([-1.0, 1.0], size=v.shape).astype(np.float32) for v in variables]
-            products = hessian_vector([tf.constant(p) for p in probes])
-            for index, (probe, product) in enumerate(zip(probes, products, strict=True)):
-                diagonal[index] += probe * np.asarray(product, np.float64)
-        diagonal = [d / max(1, hutchinson_samples) for d in diagonal]
-    result = [
+        diagonal = derivatives.hutchinson_diagonal(hutchinson_samples, seed)
+    curvatures = {
+        path: derivatives.curvature([entry[0] == path for entry in entries])
+        for path in dict.fromkeys(entry[0] for entry in entries)
+    }
+    return [
         KernelScores(
-            site.path,
+            path,
             label,
             np.asarray(variable.numpy(), np.float64),
-            grad,
-            diag,
+            gradient,
+            hessian,
             axis,
+            curvatures[path],
         )
-        for (site, label, variable, axis), grad, diag in zip(entries, grads, diagonal, strict=True)
+        for (path, label, variable, axis), gradient, hessian in zip(
+            entries, gradients, diagonal, strict=True
+        )
     ]
-    # w^T H w of each layer (its kernels together): the correlated part of the loss
-    # change when a share of the layer's weights is zeroed at once. One product per layer.
-    for path in dict.fromkeys(site.path for site, _, _, _ in entries):
-        vectors = [
-            tf.constant(
-                np.asarray(v.numpy(), np.float32)
-                if s_.path == path
-                else np.zeros(v.shape, np.float32)
-            )
-            for (s_, _, v, _) in entries
-        ]
-        product = hessian_vector(vectors)
-        curvature = float(
-            sum(
-                np.sum(np.asarray(vector) * np.asarray(column, np.float64))
-                for vector, column in zip(vectors, product, strict=True)
-            )
-        )
-        for kernel in result:
-            if kernel.layer == path:
-                kernel.curvature = curvature
-    return result
 
 
 def expected_loss_change(kernels: list[KernelScores], rate: float) -> float:

@@ -97,6 +97,40 @@ def run(config: SensitivityConfig) -> dict[str, Any]:
         raise io_utils.OutputError(
             f"--out {out} is not empty; give a new directory (nothing there is overwritten)."
         )
+    prepared = _prepare(config)
+    created = io_utils.first_missing(out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = io_utils.DirectoryLock(out / io_utils.LOCK_FILE, str(out)).__enter__()
+    except io_utils.OutputError:
+        io_utils.remove_created(created, out)
+        raise
+    try:
+        return _write(config, out, prepared)
+    except BaseException:
+        # --out was new or empty: a run that stops part-way leaves nothing half-written.
+        io_utils.empty_directory(out)
+        raise
+    finally:
+        lock.__exit__(None, None, None)
+        io_utils.remove_created(created, out)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    model: Any
+    scores: list
+    layers: list
+    check: dict | None
+    clean: float
+    score_part: frontend.Examples
+    test_part: frontend.Examples
+    test_inputs: np.ndarray
+
+
+def _prepare(config: SensitivityConfig) -> _Prepared:
+    """Model and data checked, the scores, the layer table and its campaign check: all
+    before anything is written."""
     model = keras_runner.load_model(config.model)
     adapter = keras_runner.KerasModel(model)
     check_classifier_outputs(adapter.output_shapes, config.model)
@@ -105,22 +139,18 @@ def run(config: SensitivityConfig) -> dict[str, Any]:
     transform = config.data.transform(score_part.images)
     score_inputs = transform.apply(score_part.images).astype(np.float32)
     test_inputs = transform.apply(test_part.images).astype(np.float32)
-    clean = float(
-        np.mean(
-            np.argmax(model.predict(test_inputs, verbose=0, batch_size=1000), -1)
-            == test_part.labels
-        )
-    )
+    predicted = np.argmax(model.predict(test_inputs, verbose=0, batch_size=1000), -1)
+    clean = float(np.mean(predicted == test_part.labels))
     if not config.allow_chance_accuracy:
         campaign.check_accuracy(clean, test_part.labels, config.model)
-    sample = np.random.default_rng(config.seed).permutation(len(score_inputs))[: config.examples]
-    logging.info(
-        "Scores from %d examples (%d Hutchinson probes).", len(sample), config.hutchinson_samples
+    sample = np.sort(
+        np.random.default_rng(config.seed).permutation(len(score_inputs))[: config.examples]
     )
+    logging.info("Scores from %d examples (%d probes).", len(sample), config.hutchinson_samples)
     scores = sensitivity.kernel_scores(
         model,
-        score_inputs[np.sort(sample)],
-        score_part.labels[np.sort(sample)],
+        score_inputs[sample],
+        score_part.labels[sample],
         output_kind,
         config.hutchinson_samples,
         seed=config.seed,
@@ -129,8 +159,7 @@ def run(config: SensitivityConfig) -> dict[str, Any]:
     check = None
     if config.check_seconds > 0:
         logging.info(
-            "Checking the ranking against per-layer campaigns (%.0f s budget).",
-            config.check_seconds,
+            "Checking the ranking with per-layer campaigns (%.0f s).", config.check_seconds
         )
         check = sensitivity.check_against_campaigns(
             model,
@@ -142,24 +171,7 @@ def run(config: SensitivityConfig) -> dict[str, Any]:
             config.check_seconds,
             config.seed,
         )
-    created = io_utils.first_missing(out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = io_utils.DirectoryLock(out / io_utils.LOCK_FILE, str(out)).__enter__()
-    except io_utils.OutputError:
-        io_utils.remove_created(created, out)
-        raise
-    try:
-        return _write(
-            config, out, model, scores, layers, check, clean, score_part, test_part, test_inputs
-        )
-    except BaseException:
-        # --out was new or empty: a run that stops part-way leaves nothing half-written.
-        io_utils.empty_directory(out)
-        raise
-    finally:
-        lock.__exit__(None, None, None)
-        io_utils.remove_created(created, out)
+    return _Prepared(model, scores, layers, check, clean, score_part, test_part, test_inputs)
 
 
 def _data(config: SensitivityConfig, adapter) -> tuple[frontend.Examples, frontend.Examples]:
@@ -182,7 +194,14 @@ def _data(config: SensitivityConfig, adapter) -> tuple[frontend.Examples, fronte
     return score_part, test_part
 
 
-def _write(config, out, model, scores, layers, check, clean, score_part, test_part, test_inputs):
+def _write(config, out, prepared: _Prepared):
+    model, scores, layers = prepared.model, prepared.scores, prepared.layers
+    check, clean = prepared.check, prepared.clean
+    score_part, test_part, test_inputs = (
+        prepared.score_part,
+        prepared.test_part,
+        prepared.test_inputs,
+    )
     io_utils.write_json(out / "config.json", _record(config))
     (out / "plans").mkdir(exist_ok=True)
     fingerprint = keras_runner.model_fingerprint(model)
