@@ -281,3 +281,32 @@ def test_cli_writes_scores_plans_and_their_verification(trained_mlp, tmp_path):
     # A second run into the same directory is refused; nothing there is touched.
     again = run("sensitivity", argv)
     assert again.returncode != 0 and "not empty" in again.stderr
+
+
+def test_fault_aware_training_never_faults_protected_elements(tmp_path):
+    """The plan file read by fault-aware training (aftt-train --model --method=fat
+    --protected): every step's weight faults leave the protected elements as they are."""
+    from aftt_tf.training import harden, trainers
+
+    model, inputs, labels = _tiny()
+    scores = sensitivity.kernel_scores(model, inputs, labels)
+    plan = sensitivity.build_plan(scores, 0.4)
+    plan.save(tmp_path / "plan.npz")
+    trainer = trainers.ClassifierTrainer(
+        model,
+        fault_aware_kinds=("weight",),
+        fault_aware_max_rate=0.9,
+        protected=protection.load(tmp_path / "plan.npz"),
+    )
+    zeroed = 0
+    for step in range(6):
+        for variable, value in trainer.fault_mapping(tf.constant(step)):
+            layer = variable.path.split("/")[-2]
+            indices = plan.indices(layer, "kernel")
+            assert indices is not None and len(indices)
+            flat, faulty = variable.numpy().reshape(-1), np.asarray(value).reshape(-1)
+            np.testing.assert_array_equal(faulty[indices], flat[indices])
+            zeroed += int(np.sum((faulty == 0) & (flat != 0)))
+    assert zeroed > 0  # Unprotected elements did fault.
+    with pytest.raises(ValueError, match="fat or aftt_fat"):
+        harden.HardenConfig(method="none", protected=str(tmp_path / "plan.npz")).validate()

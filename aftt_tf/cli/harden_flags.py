@@ -53,6 +53,13 @@ flags.DEFINE_integer(
     "range_examples", 10000, "--model, range: training examples the bounds are read from."
 )
 
+flags.DEFINE_string(
+    "protected",
+    "",
+    "--model, fat/aftt_fat: protection plan (.npz from aftt-sensitivity) whose weight "
+    "elements fault-aware training never faults (the hardware protects them).",
+)
+
 FLAGS = flags.FLAGS
 
 
@@ -86,6 +93,7 @@ def harden_config(method: str):
         range_percentile=FLAGS.range_percentile,
         range_examples=FLAGS.range_examples,
         seed=FLAGS.seed,
+        protected=FLAGS.protected,
     )
 
 

@@ -43,6 +43,11 @@ flags.DEFINE_string(
 flags.DEFINE_string("data_dir", "", "Local raw data directory.")
 flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
 flags.DEFINE_integer("data_seed", 0, "Seed of the batch order and of the held-out part.")
+flags.DEFINE_string(
+    "protected",
+    "",
+    "Protection plan (.npz from aftt-sensitivity): the map's faults on its elements are dropped.",
+)
 
 FLAGS = flags.FLAGS
 
@@ -77,6 +82,7 @@ def config_from_flags():
         input_scale=FLAGS.input_scale,
         input_offset=FLAGS.input_offset,
         allow_chance_accuracy=FLAGS.allow_chance_accuracy,
+        protected=FLAGS.protected,
     )
 
 

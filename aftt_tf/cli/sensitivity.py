@@ -24,6 +24,7 @@ flags.DEFINE_string(
     "test split), npz:PATH or folder:PATH (a seeded 80% for scores, 20% for campaigns).",
 )
 flags.DEFINE_string("test_data", "", "Data of the campaigns instead (then --data is all scores).")
+flags.DEFINE_integer("test_examples", 0, "Campaigns on a seeded sample of this many (0: all).")
 flags.DEFINE_string("data_dir", "", "Local raw data directory.")
 flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
 flags.DEFINE_integer("examples", 512, "Examples the gradients and Hessian estimate read.")
@@ -68,6 +69,7 @@ def main(argv: list[str]) -> None:
         out=FLAGS.out,
         data=data_flags.options(FLAGS.data),
         test_data=FLAGS.test_data,
+        test_examples=FLAGS.test_examples,
         examples=FLAGS.examples,
         hutchinson_samples=FLAGS.hutchinson_samples,
         rate=FLAGS.rate,

@@ -37,6 +37,7 @@ class SensitivityConfig:
     out: str
     data: frontend.DataOptions
     test_data: str = ""
+    test_examples: int = 0
     examples: int = 512
     hutchinson_samples: int = 16
     rate: float = 0.3
@@ -54,6 +55,10 @@ class SensitivityConfig:
     def validate(self) -> None:
         if not self.model or not self.out:
             raise ValueError("--model and --out are required.")
+        if self.test_examples < 0:
+            raise ValueError(
+                f"--test_examples must be >= 0 (0: all), received {self.test_examples}."
+            )
         if self.examples < 1:
             raise ValueError(f"--examples must be >= 1, received {self.examples}.")
         if self.hutchinson_samples < 1:
@@ -191,6 +196,16 @@ def _data(config: SensitivityConfig, adapter) -> tuple[frontend.Examples, fronte
         )
     for part in (score_part, test_part):
         frontend.check_fits(part, adapter.input_shape, adapter.num_outputs)
+    if config.test_examples and config.test_examples < len(test_part.labels):
+        chosen = np.sort(
+            np.random.default_rng(config.seed).permutation(len(test_part.labels))[
+                : config.test_examples
+            ]
+        )
+        description = {**test_part.description, "sample": f"{len(chosen)} (seed {config.seed})"}
+        test_part = frontend.Examples(
+            test_part.images[chosen], test_part.labels[chosen], description, test_part.class_names
+        )
     return score_part, test_part
 
 

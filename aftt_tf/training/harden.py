@@ -94,6 +94,7 @@ class HardenConfig:
     range_percentile: float = 99.99
     range_examples: int = 10000
     seed: int = 0
+    protected: str = ""  # A protection plan: fault-aware training never faults its elements.
 
     def validate(self) -> None:
         """ValueError naming the first bad value (nothing is loaded yet)."""
@@ -113,6 +114,15 @@ class HardenConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name != "reg_lambda" and not value):
                 raise ValueError(f"{name} must be a finite number > 0, received {value}.")
+        if self.protected:
+            if self.method not in ("fat", "aftt_fat"):
+                raise ValueError(
+                    "--protected shapes the faults of fault-aware training: use it with "
+                    "--method=fat or aftt_fat."
+                )
+            from aftt_tf.faults import protection
+
+            protection.load(self.protected)
         if self.method in ("fat", "aftt_fat"):
             unknown = [k for k in self.fault_kinds if k not in vocabulary.FAULT_AWARE_KINDS]
             if unknown or not self.fault_kinds:
@@ -133,6 +143,12 @@ class HardenConfig:
     def as_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["fault_kinds"] = list(self.fault_kinds)
+        if self.protected:  # The plan's content too: another plan at that path is another run.
+            from aftt_tf.faults import protection
+
+            values["protected_sha256"] = protection.digest_of(self.protected)
+        else:  # Records of runs made before plans existed stay equal.
+            values.pop("protected")
         return values
 
 
@@ -537,6 +553,12 @@ def _harden_in(model, config, train, validation, workdir: Path, output_kind: str
     return hardened, record
 
 
+def _plan(config: HardenConfig):
+    from aftt_tf.faults import protection
+
+    return protection.load(config.protected) if config.protected else None
+
+
 def _supervised(model, config, train, validation, workdir, output_kind, phase, epochs, faults):
     """One supervised phase (resumable per epoch in workdir/checkpoints/<phase>)."""
     frozen = [layer for layer in _batch_norms(model) if layer.trainable] if faults else []
@@ -553,6 +575,7 @@ def _supervised(model, config, train, validation, workdir, output_kind, phase, e
             fault_aware_max_rate=config.fault_max_rate if faults else 0.0,
             seed=config.seed,
             output_kind=output_kind,
+            protected=_plan(config) if faults else None,
         )
         optimizer = keras.optimizers.Adam(config.learning_rate)
         trainer.compile(optimizer=optimizer)

@@ -68,6 +68,7 @@ class RepairConfig:
     input_scale: float | None = None
     input_offset: float | None = None
     allow_chance_accuracy: bool = False
+    protected: str = ""  # A protection plan: its elements keep their values in the map.
 
     def data_options(self):
         """The shared data flags (`faults.frontend.DataOptions`)."""
@@ -118,6 +119,7 @@ class RepairConfig:
             trials=self.trial + 1,
             seed=self.seed,
             layers=tuple(self.layers),
+            protected=self.protected,
         )
 
 
@@ -138,6 +140,7 @@ def check_directory(config: RepairConfig) -> bool:
         "input_scale": None,
         "input_offset": None,
         "allow_chance_accuracy": False,
+        "protected": "",
     }
     if not recorded.exists() or {**added, **io_utils.read_json(recorded)} != record(config):
         raise io_utils.OutputError(

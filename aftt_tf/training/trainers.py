@@ -9,6 +9,7 @@ deployable artifact: the classifier Functional model they update is.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -304,6 +305,7 @@ class ClassifierTrainer(keras.Model):
         fault_aware_max_rate: float = 0.0,
         seed: int = 0,
         output_kind: str = "logits",
+        protected=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -323,17 +325,20 @@ class ClassifierTrainer(keras.Model):
         self.fault_aware_max_rate = float(fault_aware_max_rate)
         self.fault_seed = int(seed)
         self.fault_kernels = []
+        self.protected_masks: list = []
         self.node_view = None
         self.node_masks = []
         if "weight" in self.fault_aware_kinds:
             # Every trained layer of a registered type, inside nested models too, in
             # model order (the paper's flat networks: their weight layers, as before).
-            self.fault_kernels = [
-                variable
+            entries = [
+                (site.path, label, variable)
                 for layer in self.trained_layers
                 for site in registry.sites_in(layer)
-                for _, variable, _ in site.kernels
+                for label, variable, _ in site.kernels
             ]
+            self.fault_kernels = [variable for _, _, variable in entries]
+            self.protected_masks = _protected_masks(entries, protected)
         if "node" in self.fault_aware_kinds:
             self.node_view, self.node_masks = _with_node_masks(classifier)
         if self.fault_aware_kinds:
@@ -396,13 +401,18 @@ class ClassifierTrainer(keras.Model):
         tensors = [(kernel, "weight") for kernel in self.fault_kernels] + [
             (mask, "node") for mask in self.node_masks
         ]
-        for index, (variable, kind) in enumerate(tensors, start=1):
+        guards = list(self.protected_masks) + [None] * len(self.node_masks)
+        for index, ((variable, kind), guard) in enumerate(
+            zip(tensors, guards or [None] * len(tensors), strict=True), start=1
+        ):
             drawn = kind_index == self.fault_aware_kinds.index(kind)
             seed = tf.random.experimental.stateless_fold_in(step_seed, index)
 
-            def keep_mask(variable=variable, seed=seed):
+            def keep_mask(variable=variable, seed=seed, guard=guard):
                 uniform = tf.random.stateless_uniform(variable.shape, seed=seed)
-                return tf.cast(uniform >= rate, variable.dtype)
+                keep = tf.cast(uniform >= rate, variable.dtype)
+                # Elements a protection plan covers never fault (1 where protected).
+                return keep if guard is None else tf.maximum(keep, guard)
 
             if kind == "weight":
                 # Kernel masks are large: draw them only in the steps that fault weights.
@@ -446,6 +456,30 @@ class ClassifierTrainer(keras.Model):
         self.trackers["penalty"].update_state(penalty)
         self.accuracy_tracker.update_state(labels, logits)
         return {metric.name: metric.result() for metric in self.metrics}
+
+
+def _protected_masks(entries, protected) -> list:
+    """Per fault kernel: None, or a constant 1/0 mask of the elements a protection plan
+    (`faults.protection.ProtectionPlan`) covers, which fault-aware training never faults."""
+    if protected is None:
+        return [None] * len(entries)
+    from aftt_tf.faults import protection
+
+    protection.check_plan_fits(
+        protected,
+        {(path, label): int(np.prod(v.shape)) for path, label, v in entries},
+        "the trained layers",
+    )
+    masks = []
+    for path, label, variable in entries:
+        indices = protected.indices(path, label)
+        if indices is None:
+            masks.append(None)
+            continue
+        mask = np.zeros(int(np.prod(variable.shape)), np.float32)
+        mask[indices] = 1.0
+        masks.append(tf.constant(mask.reshape(variable.shape), variable.dtype))
+    return masks
 
 
 def _check_frozen_normalization(classifier: keras.Model) -> None:
