@@ -405,3 +405,22 @@ def test_fault_aware_training_reaches_nested_layers(trained):
     kernels = {id(v) for v in trainer.fault_kernels}
     assert id(clone.get_layer("backbone").get_layer("conv1").kernel) in kernels
     assert len(trainer.fault_kernels) == 4 and len(trainer.node_masks) == 3
+
+
+def test_one_deep_layer_of_a_residual_graph_is_faulted():
+    """A per-layer campaign on a layer inside a residual block (MobileNetV2's shape): the
+    cached-prefix split does not apply to such a graph and the whole model is evaluated
+    (it raised 'Iterating over a symbolic KerasTensor' from the Add before)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    first = L.Conv2D(4, 3, padding="same", name="c1")(inputs)
+    second = L.Conv2D(4, 3, padding="same", name="c2")(first)
+    x = L.Conv2D(6, 3, name="c3")(L.Add()([first, second]))
+    model = keras.Model(inputs, L.Dense(10, name="logits")(L.GlobalAveragePooling2D()(x)))
+    images = np.random.default_rng(0).uniform(0, 1, (40, 12, 12, 3)).astype(np.float32)
+    labels = np.argmax(np.asarray(model(images)), -1)
+    spec = FaultSpec(layers=("c2",), rates=(0.5,), trials=1)
+    runner = keras_runner.KerasModel(model).runner(spec, images, labels, 40)
+    faulty, _ = keras_runner.faulty_copy(model, spec, 0.5, 0)
+    expected = np.mean(np.argmax(np.asarray(faulty(images)), -1) == labels)
+    assert runner.evaluate_cell(0.5, 0)["accuracy"] == pytest.approx(expected)

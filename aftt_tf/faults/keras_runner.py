@@ -260,7 +260,7 @@ class CampaignRunner:
         try:
             for layer in layers[index:]:
                 x = layer(x)
-        except (ValueError, TypeError):  # A layer with several inputs: not a chain.
+        except Exception:  # noqa: BLE001 - a layer with several inputs (Add): not a chain.
             return self.faulty, None
         suffix = keras.Model(suffix_input, x)
         reference = np.asarray(self.faulty(probe, training=False))

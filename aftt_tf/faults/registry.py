@@ -324,7 +324,11 @@ def coverage(
                 "aftt_tf.faults.register_layer, or --weights=all_trainable)"
             )
         else:
-            reason = "no kernel to fault"
+            entry = layer_type(layer)
+            reason = (
+                f"registered with kernels {[k.attribute for k in entry.kernels]}, none of "
+                f"which {type(layer).__name__} holds (check register_layer's kernels)"
+            )
         left_out.append(
             {"layer": path, "type": type(layer).__name__, "weights": elements, "reason": reason}
         )

@@ -172,6 +172,11 @@ def kernel_scores(
         for site in registry.sites(model, weights)
         for label, variable, axis in site.kernels
     ]
+    if not entries:
+        raise ValueError(
+            f"{model.name!r} has no faultable kernel to score (see the campaign coverage for "
+            "why; a layer of your own: register_layer or weights='all_trainable')."
+        )
     variables = [variable for _, _, variable, _ in entries]
     derivatives = _Derivatives(model, variables, inputs, labels, output_kind)
     gradients = [np.asarray(g, np.float64) for g in derivatives.gradients()]
