@@ -44,6 +44,7 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
                         np.mean([c["realized_fraction"] for c in own if c["rate"] == rate])
                     ),
                     "non_finite": _non_finite([c for c in own if c["rate"] == rate]),
+                    "sdc": _share([c for c in own if c["rate"] == rate], "sdc"),
                 }
             )
         clean = next((row["mean"] for row in rows if row["rate"] == 0.0), None)
@@ -62,11 +63,18 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _non_finite(cells: list[dict[str, Any]]) -> dict[str, float] | None:
-    """Share of inferences with a NaN/Inf output (a detected error, not a class): mean and
-    95% interval over trials; None for cells recorded before outcomes were counted."""
-    if any("non_finite" not in c for c in cells):
+    """Share of inferences with a NaN/Inf output (a detected error, DUE, not a class): mean
+    and 95% interval over trials; None for cells recorded before outcomes were counted."""
+    return _share(cells, "non_finite")
+
+
+def _share(cells: list[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """Mean and 95% interval over trials of a per-cell share ('non_finite'; 'sdc': finite
+    outputs whose top-1 differs from the fault-free run's); None when a cell lacks it
+    (recorded by an earlier version)."""
+    if not cells or any(key not in c for c in cells):
         return None
-    mean, _, half_width = confidence_interval([c["non_finite"] for c in cells])
+    mean, _, half_width = confidence_interval([c[key] for c in cells])
     return {
         "mean": mean,
         "ci_low": max(0.0, mean - half_width),

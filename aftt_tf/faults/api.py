@@ -55,6 +55,7 @@ class CampaignResult:
                             "ci_high": row["ci_high"],
                             "drop_from_clean": row["drop_from_clean"],
                             "non_finite": non_finite.get("mean"),
+                            "sdc": (row.get("sdc") or {}).get("mean"),
                             "realized_fraction": row["realized_fraction"],
                         }
                     )

@@ -46,6 +46,13 @@ def _non_finite_text(non_finite: dict | None) -> str:
     )
 
 
+def _sdc_text(sdc: dict | None) -> str:
+    """', SDC X% [low, high]': finite outputs whose top-1 differs from the fault-free run."""
+    if not sdc or not sdc["mean"]:
+        return ""
+    return f", SDC {100 * sdc['mean']:.2f}% [{100 * sdc['ci_low']:.2f}, {100 * sdc['ci_high']:.2f}]"
+
+
 def summary_lines(results: dict) -> list[str]:
     """The console summary of a campaign: coverage, per-rate accuracy with intervals and
     NaN/Inf outputs, paired differences, verdict."""
@@ -57,6 +64,7 @@ def summary_lines(results: dict) -> list[str]:
                 lines.append(
                     f"  rate {rate_text(row['rate'])}: {100 * row['mean']:.2f}% "
                     f"[{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}] (n={row['trials']})"
+                    + _sdc_text(row.get("sdc"))
                     + _non_finite_text(row.get("non_finite"))
                     + (
                         f"; --target_margin {100 * results['spec']['target_margin']:g} points "

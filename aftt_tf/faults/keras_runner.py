@@ -230,6 +230,7 @@ class CampaignRunner:
             prefix_outputs, labels, batch_size
         )
         self._count_outcomes = tf.function(self._count_outcomes_impl)
+        self._golden = self._golden_predictions()
 
     def _model_input(self, batch: np.ndarray) -> np.ndarray:
         values = self.transform.apply(batch)
@@ -280,35 +281,60 @@ class CampaignRunner:
             features[start : start + len(chunk)] = np.asarray(self._prefix(chunk, training=False))
         return features
 
-    def _count_outcomes_impl(self, chunks, chunk_labels, valid):
-        """(correct, non-finite) inferences: a row with a NaN/Inf output is never a class."""
+    def _predict_chunk(self, inputs_):
+        """Top-1 classes of one chunk; -1 where an output is NaN/Inf (never a class)."""
+        if self._graph_transform and not self.transform.identity:
+            inputs_ = tf.cast(inputs_, tf.float32) / self.transform.divisor
+            if self.transform.offset:
+                inputs_ = inputs_ + self.transform.offset
+        logits = self._suffix(inputs_, training=False)
+        finite = tf.reduce_all(tf.math.is_finite(logits), axis=-1)
+        predicted = tf.argmax(
+            tf.where(tf.math.is_finite(logits), logits, tf.zeros_like(logits)),
+            axis=-1,
+            output_type=tf.int32,
+        )
+        return tf.where(finite, predicted, -tf.ones_like(predicted))
+
+    def _golden_predictions(self) -> tf.Tensor:
+        """The fault-free model's top-1 classes per chunk (faults are at their defaults
+        when the runner is built): what silent data corruption is measured against."""
+        predict = tf.function(
+            lambda chunks: tf.map_fn(
+                self._predict_chunk, chunks, fn_output_signature=tf.TensorSpec(None, tf.int32)
+            )
+        )
+        return predict(self._chunks)
+
+    def _count_outcomes_impl(self, chunks, chunk_labels, valid, golden):
+        """(correct, non-finite, masked) inferences: a row with a NaN/Inf output is never a
+        class; masked: finite with the golden run's class."""
         self.trace_count += 1  # Python side effect: runs once per trace.
         correct = tf.constant(0, tf.int32)
         non_finite = tf.constant(0, tf.int32)
+        masked = tf.constant(0, tf.int32)
         for index in tf.range(tf.shape(chunks)[0]):
-            inputs_ = chunks[index]
-            if self._graph_transform and not self.transform.identity:
-                inputs_ = tf.cast(inputs_, tf.float32) / self.transform.divisor
-                if self.transform.offset:
-                    inputs_ = inputs_ + self.transform.offset
-            logits = self._suffix(inputs_, training=False)
-            finite = tf.reduce_all(tf.math.is_finite(logits), axis=-1)
-            predicted = tf.argmax(
-                tf.where(tf.math.is_finite(logits), logits, tf.zeros_like(logits)),
-                axis=-1,
-                output_type=tf.int32,
+            predicted = self._predict_chunk(chunks[index])
+            finite = tf.logical_and(predicted >= 0, valid[index])
+            correct += tf.reduce_sum(
+                tf.cast(tf.logical_and(tf.equal(predicted, chunk_labels[index]), finite), tf.int32)
             )
-            hits = tf.logical_and(tf.equal(predicted, chunk_labels[index]), valid[index])
-            correct += tf.reduce_sum(tf.cast(tf.logical_and(hits, finite), tf.int32))
+            masked += tf.reduce_sum(
+                tf.cast(tf.logical_and(tf.equal(predicted, golden[index]), finite), tf.int32)
+            )
             non_finite += tf.reduce_sum(
-                tf.cast(tf.logical_and(tf.logical_not(finite), valid[index]), tf.int32)
+                tf.cast(tf.logical_and(predicted < 0, valid[index]), tf.int32)
             )
-        return correct, non_finite
+        return correct, non_finite, masked
 
     def outcome(self) -> Outcome:
-        """Correct and non-finite inferences with the faults as currently assigned."""
-        correct, non_finite = self._count_outcomes(self._chunks, self._chunk_labels, self._valid)
-        return Outcome(int(correct.numpy()), int(non_finite.numpy()), self.num_examples)
+        """Correct, non-finite and masked inferences with the faults as currently assigned."""
+        correct, non_finite, masked = self._count_outcomes(
+            self._chunks, self._chunk_labels, self._valid, self._golden
+        )
+        return Outcome(
+            int(correct.numpy()), int(non_finite.numpy()), self.num_examples, int(masked.numpy())
+        )
 
     def accuracy(self) -> float:
         """Accuracy of the faulty model with the faults as currently assigned."""

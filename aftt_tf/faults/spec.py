@@ -237,22 +237,43 @@ class Outcome:
     correct: int
     non_finite: int
     examples: int
+    masked: int | None = None  # Finite and the fault-free (golden) run's top-1 class.
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.examples if self.examples else 0.0
 
     @property
+    def sdc_rate(self) -> float | None:
+        """Silent data corruption: a finite output whose top-1 class differs from the
+        golden run's (PyTorchALFI's SDC; a non-finite output is a detected error, DUE)."""
+        if self.masked is None or not self.examples:
+            return None
+        return (self.examples - self.masked - self.non_finite) / self.examples
+
+    @property
     def non_finite_rate(self) -> float:
         return self.non_finite / self.examples if self.examples else 0.0
 
 
-def outcome_of(outputs: np.ndarray, labels: np.ndarray) -> Outcome:
-    """The `Outcome` of a batch of (examples, classes) outputs against integer labels."""
+def predictions(outputs: np.ndarray) -> np.ndarray:
+    """Top-1 classes of (examples, classes) outputs; -1 for a row with a NaN/Inf output."""
     outputs = np.asarray(outputs)
     finite = np.all(np.isfinite(outputs), axis=-1)
-    hits = finite & (np.argmax(np.where(np.isfinite(outputs), outputs, 0), axis=-1) == labels)
-    return Outcome(int(np.sum(hits)), int(np.sum(~finite)), int(len(labels)))
+    classes = np.argmax(np.where(np.isfinite(outputs), outputs, 0), axis=-1)
+    return np.where(finite, classes, -1)
+
+
+def outcome_of(
+    outputs: np.ndarray, labels: np.ndarray, golden: np.ndarray | None = None
+) -> Outcome:
+    """The `Outcome` of a batch of (examples, classes) outputs against integer labels and,
+    when given, the golden (fault-free) run's top-1 classes (`predictions`)."""
+    predicted = predictions(outputs)
+    finite = predicted >= 0
+    hits = finite & (predicted == labels)
+    masked = None if golden is None else int(np.sum(finite & (predicted == golden)))
+    return Outcome(int(np.sum(hits)), int(np.sum(~finite)), int(len(labels)), masked)
 
 
 def cell_result(
@@ -260,7 +281,7 @@ def cell_result(
 ) -> dict[str, Any]:
     """One cell's record, the same for every runtime: accuracy counts only correct,
     finite predictions; `non_finite` is the share of inferences with a NaN/Inf output."""
-    return {
+    result = {
         "rate": float(rate),
         "trial": int(trial),
         "accuracy": float(outcome.accuracy),
@@ -269,6 +290,9 @@ def cell_result(
         "faulted": counts["faulted"],
         "per_layer": {name: value["faulted"] for name, value in counts["per_layer"].items()},
     }
+    if outcome.sdc_rate is not None:  # Masked = 1 - sdc - non_finite (DUE).
+        result["sdc"] = float(outcome.sdc_rate)
+    return result
 
 
 def check_classifier_outputs(shapes: list[tuple[int | None, ...]], label: str) -> None:

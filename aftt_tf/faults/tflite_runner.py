@@ -30,7 +30,13 @@ import numpy as np
 
 from aftt_tf import tflite_file
 from aftt_tf.faults import inputs, protection, sampling, selection, tflite_nodes
-from aftt_tf.faults.spec import FaultSpec, FaultTargetError, cell_result, outcome_of
+from aftt_tf.faults.spec import (
+    FaultSpec,
+    FaultTargetError,
+    cell_result,
+    outcome_of,
+    predictions,
+)
 from aftt_tf.tflite_file import (
     BatchedInterpreter,
     ConstantTensor,
@@ -259,6 +265,7 @@ class TFLiteRunner:
         self.model = model
         self.spec = spec
         self.target_names = model.select_layers(spec)
+        self._golden: np.ndarray | None = None
         self._plan = protection.load(spec.protected) if spec.protected else None
         self.protected_counts: dict[str, int] = {}
         if self._plan is not None:
@@ -361,11 +368,19 @@ class TFLiteRunner:
         self.build_seconds += time.perf_counter() - start
         return self.model.dequantize_outputs(interpreter.outputs(self.inputs))
 
+    def golden(self) -> np.ndarray:
+        """Top-1 classes of the fault-free file (computed once): what SDC compares with."""
+        if self._golden is None:
+            self.buffer[:] = self.content
+            self._golden = predictions(self.logits())
+        return self._golden
+
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
+        golden = self.golden()
         start = time.perf_counter()
         counts = self.inject(rate, trial)
         self.patch_seconds += time.perf_counter() - start
-        return cell_result(rate, trial, outcome_of(self.logits(), self.labels), counts)
+        return cell_result(rate, trial, outcome_of(self.logits(), self.labels, golden), counts)
 
 
 def _unsupported_reason(operator: str) -> str:

@@ -70,6 +70,9 @@ def _campaign_rows(label: str, results: dict[str, Any], rates: list[float]) -> l
             text = (
                 f"{_percent(row['mean'])} [{_percent(row['ci_low'])}, {_percent(row['ci_high'])}]"
             )
+            sdc = row.get("sdc")
+            if sdc and sdc["mean"] > 0:
+                text += f", SDC {_percent(sdc['mean'])}"
             non_finite = row.get("non_finite")
             if non_finite and non_finite["mean"] > 0:
                 text += f", NaN/Inf {_percent(non_finite['mean'])}"

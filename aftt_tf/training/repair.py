@@ -28,6 +28,7 @@ from aftt_tf.faults.spec import (
     cell_result,
     check_classifier_outputs,
     outcome_of,
+    predictions,
 )
 from aftt_tf.training import phases, trainers
 from aftt_tf.training.repair_config import RepairConfig, check_directory, record
@@ -283,6 +284,7 @@ class RepairCellRunner:
             transform=transform,
         )
         self.inputs = transform.apply(images).astype(np.float32)
+        self._golden: np.ndarray | None = None
 
     def unrepaired_clean_accuracy(self) -> float:
         """The model's accuracy before any fault or repair (the campaign's data check)."""
@@ -303,4 +305,11 @@ class RepairCellRunner:
             verbose=0,
         )
         logits = self.faulty.predict(self.inputs, batch_size=self.batch_size, verbose=0)
-        return cell_result(rate, trial, outcome_of(logits, self.labels), counts)
+        return cell_result(rate, trial, outcome_of(logits, self.labels, self.golden()), counts)
+
+    def golden(self) -> np.ndarray:
+        """Top-1 classes of the model before any fault or repair (computed once)."""
+        if self._golden is None:
+            logits = self.model.predict(self.inputs, batch_size=self.batch_size, verbose=0)
+            self._golden = predictions(logits)
+        return self._golden
