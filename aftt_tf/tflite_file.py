@@ -192,6 +192,10 @@ class TFLiteLayer:
     node_tensor: int | None = None  # Where node faults hold the output at 0 (None: unknown).
     node_refusal: str | None = None  # Why node faults cannot be placed, when they cannot.
     shared_operators: list[int] = dataclasses.field(default_factory=list)
+    # Quantization metadata (int8 files): each kernel's per-channel scales, and the zero
+    # point of the tensor the layer's output is requantized to.
+    scale_tensors: list[ConstantTensor] = dataclasses.field(default_factory=list)
+    zero_point_tensor: ConstantTensor | None = None
 
     @property
     def operator_index(self) -> int:
@@ -497,6 +501,37 @@ class _Graph:
                 if quantization and quantization.ZeroPointLength()
                 else np.zeros(0, np.int64)
             ),
+        )
+
+    def quantization_vector(self, tensor_index: int, field: str) -> ConstantTensor | None:
+        """The quantization 'scale' (float32) or 'zero_point' (int64) vector of a tensor
+        as a ConstantTensor over its bytes inside the flatbuffer (None when absent): the
+        metadata an int8 deployment also stores, which faults can reach."""
+        if tensor_index < 0:
+            return None
+        quantization = self.graph.Tensors(tensor_index).Quantization()
+        if quantization is None:
+            return None
+        if field == "scale":
+            length, data, dtype = quantization.ScaleLength(), quantization.ScaleAsNumpy, np.float32
+        elif field == "zero_point":
+            length, data, dtype = (
+                quantization.ZeroPointLength(),
+                quantization.ZeroPointAsNumpy,
+                np.int64,
+            )
+        else:
+            raise ValueError(f"Unknown quantization field {field!r}.")
+        if not length:
+            return None
+        values = data()
+        return ConstantTensor(
+            index=tensor_index,
+            offset=int(values.__array_interface__["data"][0] - self.base_address),
+            shape=(int(length),),
+            dtype=np.dtype(dtype),
+            scales=np.empty(0),
+            quantized_dimension=0,
         )
 
     def weights(self, tensor_index: int) -> ConstantTensor | None:
@@ -872,6 +907,16 @@ def _parse_layers(
             layer.shared_operators.extend(op.shared)
         for layer in layers.values():
             layer.output_tensor = graph.output(layer.kernels[-1].operator_index)
+            layer.scale_tensors = [
+                scale
+                for kernel in layer.kernels
+                if (scale := graph.quantization_vector(kernel.weights.index, "scale")) is not None
+                and kernel.weights.dtype.kind in "iu"
+            ]
+            if graph.code(layer.kernels[-1].operator_index) in _WEIGHT_OPERATORS:
+                zero_point = graph.quantization_vector(layer.output_tensor, "zero_point")
+                if zero_point is not None and layer.kernels[-1].weights.dtype.kind in "iu":
+                    layer.zero_point_tensor = zero_point
             if layer.shared_operators:
                 layer.node_refusal = (
                     f"Node faults on {layer.name!r}: its weights serve every step of an "

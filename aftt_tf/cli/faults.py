@@ -41,6 +41,12 @@ flags.DEFINE_enum(
     "exact: round(rate*n) distinct elements; bernoulli: each element with prob. rate.",
 )
 flags.DEFINE_bool("include_bias", False, "Fault biases too.")
+flags.DEFINE_list(
+    "targets",
+    ["weights"],
+    "What parameter faults reach: weights, and in .tflite files scales (per-channel float32 "
+    "scales of int8 kernels), zero_points (int8 zero point of each layer's output), biases.",
+)
 flags.DEFINE_string(
     "protected",
     "",
@@ -134,6 +140,7 @@ def _spec_from_flags():
         include_bias=FLAGS.include_bias,
         weights=FLAGS.weights,
         protected=FLAGS.protected,
+        targets=tuple(FLAGS.targets),
         include_output_nodes=FLAGS.include_output_nodes,
         stuck_value=FLAGS.stuck_value,
         bit_position=FLAGS.bit_position,

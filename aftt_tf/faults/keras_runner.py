@@ -126,6 +126,12 @@ class KerasModel:
         return model_fingerprint(self.model)
 
     def select_layers(self, spec: FaultSpec) -> list[str]:
+        if tuple(spec.targets) != ("weights",):
+            raise FaultTargetError(
+                f"--targets={','.join(spec.targets)}: quantization scales, zero points and "
+                "stored int8/int32 values exist in .tflite files, not in a Keras model; run "
+                "this campaign on the exported file (biases with the kernels: --include_bias)."
+            )
         return targets.select_layers(
             self.model,
             spec.kind,

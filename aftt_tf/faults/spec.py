@@ -80,6 +80,10 @@ class FaultSpec:
         weights: 'registered' (the kernels of registered layer types, nested ones
             included) or 'all_trainable' (also every trainable variable of rank >= 2 of
             layers no registry entry describes).
+        targets: what parameter faults reach: 'weights' (kernels), and in int8 .tflite
+            files 'scales' (each kernel's per-channel float32 scales), 'zero_points' (the
+            int8 zero point of the layer's output tensor) and 'biases' (the stored biases,
+            int32 in int8 files) as targets of their own.
         protected: path of a protection plan (`protection`): faults drawn on the elements
             it names are dropped ('': none). The key holds the plan's content hash.
         include_output_nodes: allow node faults in the output layer.
@@ -104,6 +108,7 @@ class FaultSpec:
     sampling: str = "exact"
     include_bias: bool = False
     weights: str = "registered"
+    targets: tuple[str, ...] = ("weights",)
     protected: str = ""
     include_output_nodes: bool = False
     stuck_value: float | None = None
@@ -142,6 +147,7 @@ class FaultSpec:
         _choice("sampling", self.sampling, vocabulary.SAMPLINGS)
         _choice("bit_mode", self.bit_mode, vocabulary.BIT_MODES)
         _choice("weights", self.weights, ("registered", "all_trainable"))
+        _check_targets(self)
         if self.protected:
             if self.kind == "node":
                 raise ValueError(
@@ -192,6 +198,7 @@ class FaultSpec:
         result["rates"] = [float(r) for r in self.rates]
         result["layers"] = list(self.layers)
         result["exclude_layers"] = list(self.exclude_layers)
+        result["targets"] = list(self.targets)
         return result
 
     def key(self) -> str:
@@ -214,6 +221,7 @@ class FaultSpec:
 # Fields added after campaigns were written, with their defaults; they enter the key
 # only when set, so earlier campaign directories resume.
 _FIELDS_ADDED_LATER = {
+    "targets": ["weights"],
     "exclude_layers": [],
     "repair": None,
     "weights": "registered",
@@ -221,6 +229,28 @@ _FIELDS_ADDED_LATER = {
 }
 # Kinds whose faults can make outputs NaN or infinite (values and bits; stuck-at-0 cannot).
 _NON_FINITE_KINDS = ("stuck_value", "bit")
+
+
+TARGETS = ("weights", "scales", "zero_points", "biases")
+METADATA_TARGETS = ("scales", "zero_points")
+
+
+def _check_targets(spec: FaultSpec) -> None:
+    targets = tuple(spec.targets)
+    unknown = [t for t in targets if t not in TARGETS]
+    if not targets or unknown or len(set(targets)) != len(targets):
+        raise ValueError(
+            f"targets must be distinct names among {', '.join(TARGETS)}, received {list(targets)}."
+        )
+    if targets != ("weights",) and spec.kind in ("filter", "node"):
+        raise ValueError(
+            f"--targets={','.join(targets)} takes weight, stuck_value or bit faults; "
+            f"{spec.kind} faults act on whole filters or outputs."
+        )
+    if "biases" in targets and spec.include_bias:
+        raise ValueError("--targets=biases already faults the biases; drop --include_bias.")
+    if spec.protected and targets != ("weights",):
+        raise ValueError("A protection plan covers weights: use it with --targets=weights.")
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -80,7 +80,8 @@ class TFLiteModel(tflite_file.TFLiteFile):
             names_from="the export's manifest.json",
             exclude=spec.exclude_layers,
         )
-        if spec.kind == "bit":
+        self._check_targets(names, spec)
+        if spec.kind == "bit" and "weights" in spec.targets:
             for name in names:
                 bits = min(k.weights.dtype.itemsize for k in self.layers[name].kernels) * 8
                 if spec.bit_position >= bits:
@@ -88,10 +89,39 @@ class TFLiteModel(tflite_file.TFLiteFile):
                         f"bit_position {spec.bit_position} does not exist in the {bits}-bit "
                         f"weights of {name!r}; use 0..{bits - 1} or -1."
                     )
-        if spec.kind == "stuck_value" and spec.stuck_value is not None:
+        if (
+            spec.kind == "stuck_value"
+            and spec.stuck_value is not None
+            and "weights" in spec.targets
+        ):
             for name in names:
                 self._check_storable(name, spec)
         return names
+
+    def _check_targets(self, names: list[str], spec: FaultSpec) -> None:
+        """Each --targets entry must exist in the file (a float file has no int8 scales or
+        zero points), and a bit position must exist in what it names."""
+        widths = {"scales": 32, "zero_points": 8, "biases": None}
+        for target in spec.targets:
+            if target == "weights":
+                continue
+            tensors = [t for name in names for t in metadata_tensors(self.layers[name], target)]
+            if not tensors:
+                raise FaultTargetError(
+                    f"--targets={target}: the targeted layers of {self.path.name} hold no "
+                    + (
+                        "biases."
+                        if target == "biases"
+                        else "int8 quantization metadata (a float file); use the int8 or "
+                        "dynamic-range export."
+                    )
+                )
+            bits = widths[target] or min(t.dtype.itemsize for t in tensors) * 8
+            if spec.kind == "bit" and spec.bit_position >= bits:
+                raise FaultTargetError(
+                    f"bit_position {spec.bit_position} does not exist in the {bits}-bit "
+                    f"{target.replace('_', ' ')}; use 0..{bits - 1} or -1."
+                )
 
     def weight_storage(self, spec: FaultSpec) -> set[str]:
         """The storage types of the weights `spec` faults (what a bit position means)."""
@@ -152,13 +182,18 @@ class TFLiteModel(tflite_file.TFLiteFile):
             else:
                 reason = "not selected by the fault kind, --layers, --exclude_layers or --scope"
             left_out.append({**op, "reason": reason})
-        return {
+        result = {
             "targeted_layers": targeted,
             "targeted_layers_weight_share": held / total if total else 0.0,
             "model_weight_elements": total,
             "left_out": left_out,
             "layer_names_from": self.names_from,
         }
+        if tuple(spec.targets) != ("weights",):
+            result["targets"] = {
+                target: _target_coverage(self, targeted, target) for target in spec.targets
+            }
+        return result
 
     @property
     def weight_operators(self) -> list[dict[str, Any]]:
@@ -266,6 +301,7 @@ class TFLiteRunner:
         self.spec = spec
         self.target_names = model.select_layers(spec)
         self._golden: np.ndarray | None = None
+        self.refused: str | None = None
         self._plan = protection.load(spec.protected) if spec.protected else None
         self.protected_counts: dict[str, int] = {}
         if self._plan is not None:
@@ -319,13 +355,37 @@ class TFLiteRunner:
                 self._write(mask, tflite_nodes.mask_values(mask, positions))
                 count, elements = len(positions), units
             else:
-                count, elements = self._inject_parameters(name, rate, trial, rng)
+                count, elements = 0, 0
+                if "weights" in spec.targets:
+                    count, elements = self._inject_parameters(name, rate, trial, rng)
+                for target in spec.targets:
+                    if target != "weights":
+                        extra = self._inject_metadata(name, target, rate, trial)
+                        count, elements = count + extra[0], elements + extra[1]
             per_layer[name] = {"faulted": count, "elements": elements}
             if name in self.protected_counts:
                 per_layer[name]["protected"] = self.protected_counts[name]
             faulted += count
             total += elements
         return {"faulted": faulted, "elements": total, "per_layer": per_layer}
+
+    def _inject_metadata(self, name: str, target: str, rate: float, trial: int):
+        """Faults in one layer's biases, per-channel scales or output zero point, each
+        tensor drawn from its own generator (labelled layer/target/index)."""
+        spec = self.spec
+        count = elements = 0
+        for index, tensor in enumerate(metadata_tensors(self.model.layers[name], target)):
+            size = int(np.prod(tensor.shape))
+            rng = sampling.trial_rng(spec.seed, spec.kind, f"{name}/{target}/{index}", rate, trial)
+            positions = sampling.sample_positions(size, rate, rng, spec.sampling)
+            if len(positions):
+                if target == "zero_points":
+                    values = _faulty_zero_points(self.content, tensor, positions, spec, rng)
+                else:
+                    values = self._faulty_values(tensor, positions, rng)
+                self._write(tensor, values)
+            count, elements = count + len(positions), elements + size
+        return count, elements
 
     def _inject_parameters(self, name: str, rate: float, trial: int, rng) -> tuple[int, int]:
         """Parameter faults of one layer; kernel i > 0 draws from its own generator, as
@@ -362,11 +422,24 @@ class TFLiteRunner:
         return plan.faulted, plan.elements
 
     def logits(self) -> np.ndarray:
-        """Float logits of the model as currently patched."""
+        """Float logits of the model as currently patched.
+
+        With faults in quantization metadata the interpreter may refuse the edited file
+        (XNNPACK rejects a zero, negative or non-finite scale): the deployment would not
+        run, so every inference of the cell is a detected error (NaN outputs, counted as
+        non-finite), and `refused` says why. Weight faults never make a file invalid, so
+        there a refusal is an error."""
         start = time.perf_counter()
-        interpreter = BatchedInterpreter(self.model, self.buffer, self.batch_size)
-        self.build_seconds += time.perf_counter() - start
-        return self.model.dequantize_outputs(interpreter.outputs(self.inputs))
+        self.refused = None
+        try:
+            interpreter = BatchedInterpreter(self.model, self.buffer, self.batch_size)
+            self.build_seconds += time.perf_counter() - start
+            return self.model.dequantize_outputs(interpreter.outputs(self.inputs))
+        except (RuntimeError, ValueError) as error:
+            if set(self.spec.targets) <= {"weights", "biases"}:
+                raise
+            self.refused = str(error).split("\n")[0][:300]
+            return np.full((len(self.labels), self.model.num_outputs), np.nan, np.float32)
 
     def golden(self) -> np.ndarray:
         """Top-1 classes of the fault-free file (computed once): what SDC compares with."""
@@ -380,7 +453,10 @@ class TFLiteRunner:
         start = time.perf_counter()
         counts = self.inject(rate, trial)
         self.patch_seconds += time.perf_counter() - start
-        return cell_result(rate, trial, outcome_of(self.logits(), self.labels, golden), counts)
+        result = cell_result(rate, trial, outcome_of(self.logits(), self.labels, golden), counts)
+        if self.refused:
+            result["runtime_refused"] = self.refused
+        return result
 
 
 def _unsupported_reason(operator: str) -> str:
@@ -396,6 +472,55 @@ def _unsupported_reason(operator: str) -> str:
     if operator == "UNIDIRECTIONAL_SEQUENCE_LSTM":
         reason += "; the LSTM's gate tensors are not mapped to the Keras kernels yet"
     return reason
+
+
+def _target_coverage(model: TFLiteModel, names: list[str], target: str) -> dict[str, Any]:
+    """What one --targets entry holds in the targeted layers."""
+    if target == "weights":
+        tensors = [kernel.weights for name in names for kernel in model.layers[name].kernels]
+        meaning = "kernel values as stored"
+    else:
+        tensors = [t for name in names for t in metadata_tensors(model.layers[name], target)]
+        meaning = {
+            "biases": "stored biases (int32 in int8 files)",
+            "scales": "per-channel float32 scales of the int8 kernels",
+            "zero_points": "int8 zero point of each layer's output tensor",
+        }[target]
+    return {
+        "tensors": len(tensors),
+        "elements": int(sum(int(np.prod(t.shape)) for t in tensors)),
+        "dtypes": sorted({t.dtype.name for t in tensors}),
+        "holds": meaning,
+    }
+
+
+def metadata_tensors(layer, target: str) -> list[ConstantTensor]:
+    """A layer's tensors of one --targets entry other than 'weights'."""
+    if target == "biases":
+        return [] if layer.bias is None else [layer.bias]
+    if target == "scales":
+        return list(layer.scale_tensors)
+    if target == "zero_points":
+        return [] if layer.zero_point_tensor is None else [layer.zero_point_tensor]
+    raise ValueError(f"Unknown target {target!r}.")
+
+
+def _faulty_zero_points(content, tensor, positions, spec: FaultSpec, rng) -> np.ndarray:
+    """Zero points are stored as int64 but held by the hardware as int8 (the activation
+    type): faults act on those 8 bits; a stuck value is clipped to the int8 range."""
+    values = tflite_file.read_values(content, tensor)
+    codes = np.clip(values, -128, 127).astype(np.int8)
+    fault = spec.value_fault
+    if fault.kind == "zero":
+        codes[positions] = 0
+    elif fault.kind == "value":
+        value = fault.value if fault.value is not None else float(np.max(np.abs(codes)))
+        codes[positions] = np.clip(np.round(value), -128, 127)
+    else:
+        codes[positions] = sampling.corrupt_bits(
+            codes[positions], rng, fault.bit_position, fault.bit_mode
+        )
+    return codes.astype(np.int64)
 
 
 def faulty_values(
