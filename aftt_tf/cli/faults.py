@@ -48,6 +48,12 @@ flags.DEFINE_list(
     "scales of int8 kernels), zero_points (int8 zero point of each layer's output), biases.",
 )
 flags.DEFINE_string(
+    "fault_map",
+    "",
+    "A chip's fault map (.json/.csv; format in aftt_tf/faults/fault_map.py): its faults in "
+    "every cell on top of the sampled ones (rate 0: the map alone).",
+)
+flags.DEFINE_string(
     "protected",
     "",
     "Protection plan (.npz from aftt-sensitivity): faults drawn on the weight elements it "
@@ -140,6 +146,7 @@ def _spec_from_flags():
         include_bias=FLAGS.include_bias,
         weights=FLAGS.weights,
         protected=FLAGS.protected,
+        fault_map=FLAGS.fault_map,
         targets=tuple(FLAGS.targets),
         include_output_nodes=FLAGS.include_output_nodes,
         stuck_value=FLAGS.stuck_value,

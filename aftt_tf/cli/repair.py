@@ -44,6 +44,12 @@ flags.DEFINE_string("data_dir", "", "Local raw data directory.")
 flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
 flags.DEFINE_integer("data_seed", 0, "Seed of the batch order and of the held-out part.")
 flags.DEFINE_string(
+    "fault_map",
+    "",
+    "A chip's fault map (.json/.csv; see aftt_tf/faults/fault_map.py), e.g. the "
+    "fault_map.json of an earlier repair: repaired with --rate=0, or on top of the cell.",
+)
+flags.DEFINE_string(
     "protected",
     "",
     "Protection plan (.npz from aftt-sensitivity): the map's faults on its elements are dropped.",
@@ -83,6 +89,7 @@ def config_from_flags():
         input_offset=FLAGS.input_offset,
         allow_chance_accuracy=FLAGS.allow_chance_accuracy,
         protected=FLAGS.protected,
+        fault_map=FLAGS.fault_map,
     )
 
 

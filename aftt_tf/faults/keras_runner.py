@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf.faults import inputs, protection, registry, sampling, targets
+from aftt_tf.faults import fault_map, inputs, protection, registry, sampling, targets
 from aftt_tf.faults import layers as fault_layers
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError, Outcome, cell_result
 
@@ -381,6 +381,19 @@ class FaultInjector:
         self._clean: dict[str, list[np.ndarray]] = {}
         self._plan = protection.load(spec.protected) if spec.protected else None
         self.protected_counts: dict[str, int] = {}
+        self._map_faults = {}
+        if spec.fault_map:
+            loaded = fault_map.load(spec.fault_map)
+            fault_map.check_fits(
+                loaded,
+                {
+                    (name, t.attribute): tuple(t.variable.shape)
+                    for name, ts in self._tensors.items()
+                    for t in ts
+                },
+                "this campaign (its targeted layers)",
+            )
+            self._map_faults = loaded.by_tensor()
         if self._plan is not None:
             protection.check_plan_fits(
                 self._plan,
@@ -460,13 +473,20 @@ class FaultInjector:
         positions = dict(zip(kernels, plan.kernel_positions, strict=True))
         if bias is not None:
             positions[bias] = plan.bias_positions
+        extra = 0
         for index, tensor in enumerate(tensors):
             source = rng_for(kernels.index(index)) if index in kernels[1:] else rng
             keep, replacement = sampling.parameter_fault(
                 clean[index], positions[index], spec.value_fault, source
             )
+            mapped = self._map_faults.get((name, tensor.attribute))
+            if mapped:  # The chip's known faults, on top of the sampled ones.
+                where, _, values = fault_map.overlay(mapped, clean[index].shape)
+                extra += len(np.setdiff1d(where, positions[index]))
+                keep.reshape(-1)[where] = 0.0
+                replacement.reshape(-1)[where] = values
             tensor.assign(keep, replacement, clean[index])
-        return plan.faulted, plan.elements
+        return plan.faulted + extra, plan.elements
 
     def close(self) -> None:
         """Puts the clean values back into a subclassed model's variables."""
@@ -487,6 +507,51 @@ def faulty_copy(
     if spec.kind != "node":
         injector.check_masked("Repair")
     return faulty, injector.inject(rate, trial)
+
+
+def cell_fault_map(model: keras.Model, spec: FaultSpec, rate: float, trial: int):
+    """The faults of cell (rate, trial) of a `spec` campaign on `model` as a fault map
+    (`fault_map.FaultMap`): every faulted element with the value it holds, so the map
+    read back (`FaultSpec(fault_map=...)`, rate 0) faults exactly these elements."""
+    from aftt_tf.faults import fault_map as maps
+
+    names = KerasModel(model).select_layers(spec)
+    in_place = not targets.rewritable(model)
+    faulty = model if in_place else targets.apply_faults(model, spec.kind, names, spec.weights)
+    injector = FaultInjector(faulty, spec, names, in_place)
+    try:
+        injector.inject(rate, trial)
+        faults = []
+        for name, tensors in injector._tensors.items():
+            for index, tensor in enumerate(tensors):
+                clean = injector._clean[name][index].reshape(-1)
+                if tensor.keep is None:
+                    value = np.asarray(tensor.variable.numpy()).reshape(-1)
+                    where = np.flatnonzero(value != clean)
+                else:
+                    keep = np.asarray(tensor.keep.numpy()).reshape(-1)
+                    value = np.asarray(tensor.replacement.numpy()).reshape(-1)
+                    where = np.flatnonzero(keep == 0.0)
+                if not np.all(np.isfinite(value[where])):
+                    raise ValueError(
+                        f"Cell (rate {rate:g}, trial {trial}) gives {name} non-finite values "
+                        "(exponent bit faults); a fault map holds finite stuck values."
+                    )
+                for position in where:
+                    held = float(value[position])
+                    kind = "stuck_at_0" if held == 0.0 else "stuck_value"
+                    faults.append(
+                        maps.MapFault(name, tensor.attribute, (int(position),), kind, held)
+                    )
+    finally:
+        injector.close()
+    meta = {
+        "spec_key": spec.key(),
+        "rate": rate,
+        "trial": trial,
+        "model_sha256": model_fingerprint(model),
+    }
+    return maps.FaultMap(faults, meta)
 
 
 class _FaultTensor:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from aftt_tf import vocabulary
+from aftt_tf.faults import fault_map as fault_map_module
 from aftt_tf.faults import protection, sampling
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -84,6 +85,8 @@ class FaultSpec:
             files 'scales' (each kernel's per-channel float32 scales), 'zero_points' (the
             int8 zero point of the layer's output tensor) and 'biases' (the stored biases,
             int32 in int8 files) as targets of their own.
+        fault_map: path of a fault map (`fault_map`): the chip's known faults, applied in
+            every cell on top of the sampled ones ('': none). The key holds its hash.
         protected: path of a protection plan (`protection`): faults drawn on the elements
             it names are dropped ('': none). The key holds the plan's content hash.
         include_output_nodes: allow node faults in the output layer.
@@ -110,6 +113,7 @@ class FaultSpec:
     weights: str = "registered"
     targets: tuple[str, ...] = ("weights",)
     protected: str = ""
+    fault_map: str = ""
     include_output_nodes: bool = False
     stuck_value: float | None = None
     bit_position: int = -1
@@ -148,6 +152,13 @@ class FaultSpec:
         _choice("bit_mode", self.bit_mode, vocabulary.BIT_MODES)
         _choice("weights", self.weights, ("registered", "all_trainable"))
         _check_targets(self)
+        if self.fault_map:
+            if self.kind == "node":
+                raise ValueError(
+                    "A fault map holds faults in weights; node faults hold outputs at 0. Use "
+                    "it with weight, filter, stuck_value or bit faults."
+                )
+            fault_map_module.load(self.fault_map)
         if self.protected:
             if self.kind == "node":
                 raise ValueError(
@@ -209,6 +220,8 @@ class FaultSpec:
         for name, default in _FIELDS_ADDED_LATER.items():
             if values[name] == default:  # Keys of campaigns written before them stay valid.
                 values.pop(name)
+        if values.get("fault_map"):
+            values["fault_map"] = fault_map_module.digest_of(self.fault_map)
         if values.get("protected"):  # The plan's content, wherever its file lies.
             values["protected"] = protection.digest_of(self.protected)
         if self.kind in _NON_FINITE_KINDS:
@@ -226,6 +239,7 @@ _FIELDS_ADDED_LATER = {
     "repair": None,
     "weights": "registered",
     "protected": "",
+    "fault_map": "",
 }
 # Kinds whose faults can make outputs NaN or infinite (values and bits; stuck-at-0 cannot).
 _NON_FINITE_KINDS = ("stuck_value", "bit")

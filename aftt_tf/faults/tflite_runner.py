@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import tflite_file
-from aftt_tf.faults import inputs, protection, sampling, selection, tflite_nodes
+from aftt_tf.faults import fault_map, inputs, protection, sampling, selection, tflite_nodes
 from aftt_tf.faults.spec import (
     FaultSpec,
     FaultTargetError,
@@ -302,6 +302,18 @@ class TFLiteRunner:
         self.target_names = model.select_layers(spec)
         self._golden: np.ndarray | None = None
         self.refused: str | None = None
+        self._map_faults = {}
+        if spec.fault_map:
+            loaded = fault_map.load(spec.fault_map)
+            shapes = {}
+            for name in self.target_names:
+                layer = model.layers[name]
+                for attribute, kernel in zip(layer.keras_attributes, layer.kernels, strict=True):
+                    shapes[(name, attribute)] = tuple(kernel.keras_kernel_shape)
+                if layer.bias is not None:
+                    shapes[(name, "bias")] = tuple(layer.bias.shape)
+            fault_map.check_fits(loaded, shapes, f"this campaign on {model.path.name}")
+            self._map_faults = loaded.by_tensor()
         self._plan = protection.load(spec.protected) if spec.protected else None
         self.protected_counts: dict[str, int] = {}
         if self._plan is not None:
@@ -413,13 +425,27 @@ class TFLiteRunner:
         )
         if self._plan is not None:
             self.protected_counts[name] = plan.protected
+        extra = 0
         for index, kernel in enumerate(layer.kernels):
             positions = kernel.keras_to_file_positions(plan.kernel_positions[index])
             source = rng if index == 0 else rng_for(index)
-            self._write(kernel.weights, self._faulty_values(kernel.weights, positions, source))
-        if layer.bias is not None and len(plan.bias_positions):
-            self._write(layer.bias, self._faulty_values(layer.bias, plan.bias_positions, rng))
-        return plan.faulted, plan.elements
+            values = self._faulty_values(kernel.weights, positions, source)
+            mapped = self._map_faults.get((name, layer.keras_attributes[index]))
+            if mapped:  # The chip's known faults, on top of the sampled ones.
+                where, _, reals = fault_map.overlay(mapped, kernel.keras_kernel_shape)
+                extra += len(np.setdiff1d(where, plan.kernel_positions[index]))
+                stored = kernel.keras_to_file_positions(where)
+                values[stored] = _stored(kernel.weights, stored, reals)
+            self._write(kernel.weights, values)
+        mapped = self._map_faults.get((name, "bias"))
+        if layer.bias is not None and (len(plan.bias_positions) or mapped):
+            values = self._faulty_values(layer.bias, plan.bias_positions, rng)
+            if mapped:
+                where, _, reals = fault_map.overlay(mapped, layer.bias.shape)
+                extra += len(np.setdiff1d(where, plan.bias_positions))
+                values[where] = _stored(layer.bias, where, reals)
+            self._write(layer.bias, values)
+        return plan.faulted + extra, plan.elements
 
     def logits(self) -> np.ndarray:
         """Float logits of the model as currently patched.
@@ -521,6 +547,17 @@ def _faulty_zero_points(content, tensor, positions, spec: FaultSpec, rng) -> np.
             codes[positions], rng, fault.bit_position, fault.bit_mode
         )
     return codes.astype(np.int64)
+
+
+def _stored(tensor: ConstantTensor, positions: np.ndarray, reals: np.ndarray) -> np.ndarray:
+    """Real values in a tensor's own encoding: floats as they are, integers quantized
+    with each element's scale and zero point (clipped to the type's range)."""
+    if np.issubdtype(tensor.dtype, np.floating):
+        return reals.astype(tensor.dtype)
+    scales = element_scales(tensor)[positions]
+    zero_points = element_zero_points(tensor)[positions]
+    info = np.iinfo(tensor.dtype)
+    return np.clip(np.round(reals / scales) + zero_points, info.min, info.max)
 
 
 def faulty_values(

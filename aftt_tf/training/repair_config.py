@@ -69,6 +69,7 @@ class RepairConfig:
     input_offset: float | None = None
     allow_chance_accuracy: bool = False
     protected: str = ""  # A protection plan: its elements keep their values in the map.
+    fault_map: str = ""  # A chip's fault map: its faults on top of the (rate, trial) cell.
 
     def data_options(self):
         """The shared data flags (`faults.frontend.DataOptions`)."""
@@ -120,6 +121,7 @@ class RepairConfig:
             seed=self.seed,
             layers=tuple(self.layers),
             protected=self.protected,
+            fault_map=self.fault_map,
         )
 
 
@@ -141,6 +143,7 @@ def check_directory(config: RepairConfig) -> bool:
         "input_offset": None,
         "allow_chance_accuracy": False,
         "protected": "",
+        "fault_map": "",
     }
     if not recorded.exists() or {**added, **io_utils.read_json(recorded)} != record(config):
         raise io_utils.OutputError(

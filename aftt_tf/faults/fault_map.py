@@ -1,0 +1,216 @@
+"""Fault maps: the known faults of one chip (from its test, or written by a campaign
+cell), applied in every cell of a campaign, a repair or the repaired protocol.
+
+Formats (`load` reads either, by suffix):
+
+JSON (`.json`)::
+
+    {"format": "aftt-fault-map/1",
+     "faults": [{"layer": "conv1", "attribute": "kernel", "index": 17,
+                 "kind": "stuck_at_0"},
+                {"layer": "backbone/conv2", "attribute": "kernel", "index": [1, 2, 0, 5],
+                 "kind": "stuck_value", "value": 0.75}],
+     "meta": {...}}
+
+CSV (`.csv`), one fault per row, header ``layer,attribute,index,kind,value``; `index` is
+a flat index or a multi-index joined by ``:`` (``1:2:0:5``).
+
+`layer` is the layer path campaigns use, `attribute` the kernel ('kernel',
+'depthwise_kernel', 'cell.recurrent_kernel'; 'bias' for biases), `index` a position in
+the Keras layout of that tensor (flat, or one index per axis). Kinds: `stuck_at_0`, and
+`stuck_value` with the real `value` the element holds. Every runtime writes the value in
+its own representation (a `.tflite` quantizes it with the element's scale and zero
+point), so one map faults the same elements everywhere. A map's faults come on top of the
+campaign's sampled ones: rate 0 measures the map alone. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "aftt-fault-map/1"
+KINDS = ("stuck_at_0", "stuck_value")
+
+
+@dataclasses.dataclass(frozen=True)
+class MapFault:
+    layer: str
+    attribute: str
+    index: tuple[int, ...]  # Flat (one entry) or one index per axis.
+    kind: str
+    value: float = 0.0
+
+    def flat(self, shape: tuple[int, ...]) -> int:
+        """The flat index in a tensor of `shape`; ValueError when outside it."""
+        size = int(np.prod(shape))
+        if len(self.index) == 1:
+            if not 0 <= self.index[0] < size:
+                raise ValueError(
+                    f"Fault map index {self.index[0]} of {self.layer}/{self.attribute} is "
+                    f"outside its {size} elements (shape {tuple(shape)})."
+                )
+            return int(self.index[0])
+        if len(self.index) != len(shape) or any(
+            not 0 <= i < d for i, d in zip(self.index, shape, strict=True)
+        ):
+            raise ValueError(
+                f"Fault map index {list(self.index)} of {self.layer}/{self.attribute} does "
+                f"not fit its shape {tuple(shape)}."
+            )
+        return int(np.ravel_multi_index(self.index, shape))
+
+
+class FaultMap:
+    """A list of `MapFault`s with what they came from."""
+
+    def __init__(self, faults: list[MapFault], meta: dict[str, Any] | None = None):
+        self.faults = list(faults)
+        self.meta = dict(meta or {})
+
+    def by_tensor(self) -> dict[tuple[str, str], list[MapFault]]:
+        result: dict[tuple[str, str], list[MapFault]] = {}
+        for fault in self.faults:
+            result.setdefault((fault.layer, fault.attribute), []).append(fault)
+        return result
+
+    def digest(self) -> str:
+        text = json.dumps([dataclasses.asdict(f) for f in self.faults], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        from aftt_tf import io_utils
+
+        path = Path(path)
+        if path.suffix == ".csv":
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            writer.writerow(["layer", "attribute", "index", "kind", "value"])
+            for fault in self.faults:
+                index = ":".join(str(i) for i in fault.index)
+                writer.writerow(
+                    [fault.layer, fault.attribute, index, fault.kind, repr(fault.value)]
+                )
+            io_utils.write_text(path, buffer.getvalue())
+            return
+        io_utils.write_json(
+            path,
+            {
+                "format": FORMAT,
+                "faults": [
+                    {
+                        "layer": f.layer,
+                        "attribute": f.attribute,
+                        "index": f.index[0] if len(f.index) == 1 else list(f.index),
+                        "kind": f.kind,
+                        **({"value": f.value} if f.kind == "stuck_value" else {}),
+                    }
+                    for f in self.faults
+                ],
+                "meta": self.meta,
+            },
+        )
+
+
+def load(path: str | Path) -> FaultMap:
+    """Reads a map, with one-line errors naming the file and the entry that is wrong."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        raise ValueError(f"Fault map {path} does not exist.") from None
+    return _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def digest_of(path: str) -> str:
+    return load(path).digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, mtime: int, size: int) -> FaultMap:
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"Fault map {path} cannot be read: {error}.") from None
+    if path.endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if rows and set(rows[0]) != {"layer", "attribute", "index", "kind", "value"}:
+            raise ValueError(
+                f"Fault map {path}: the CSV header must be layer,attribute,index,kind,value."
+            )
+        entries = [
+            {**row, "index": [int(i) for i in row["index"].split(":")] if row["index"] else []}
+            for row in rows
+        ]
+        meta: dict[str, Any] = {}
+    else:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Fault map {path} is not JSON ({error}).") from None
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise ValueError(
+                f"Fault map {path} does not say format {FORMAT!r}; see aftt_tf/faults/fault_map.py."
+            )
+        entries, meta = document.get("faults", []), document.get("meta", {})
+    faults = []
+    for number, entry in enumerate(entries, start=1):
+        faults.append(_fault(entry, f"{path} fault {number}"))
+    if not faults:
+        raise ValueError(f"Fault map {path} holds no faults.")
+    keys = [(f.layer, f.attribute, f.index) for f in faults]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"Fault map {path} names an element twice.")
+    return FaultMap(faults, meta)
+
+
+def _fault(entry: Any, where: str) -> MapFault:
+    try:
+        index = entry["index"]
+        index = tuple(int(i) for i in (index if isinstance(index, list) else [index]))
+        kind = entry["kind"]
+        value = float(entry.get("value") or 0.0)
+        layer, attribute = str(entry["layer"]), str(entry["attribute"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{where}: needs layer, attribute, index and kind (value for stuck_value): {error}."
+        ) from None
+    if kind not in KINDS:
+        raise ValueError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}.")
+    if not index:
+        raise ValueError(f"{where}: an empty index.")
+    if kind == "stuck_value" and not math.isfinite(value):
+        raise ValueError(f"{where}: a stuck value must be finite, received {value}.")
+    return MapFault(layer, attribute, index, kind, value)
+
+
+def check_fits(fault_map: FaultMap, shapes: dict[tuple[str, str], tuple[int, ...]], where: str):
+    """Every fault names a tensor the campaign reaches and an element inside it."""
+    for (layer, attribute), faults in fault_map.by_tensor().items():
+        if (layer, attribute) not in shapes:
+            known = sorted(f"{a}/{b}" for a, b in shapes)
+            raise ValueError(
+                f"The fault map names {layer}/{attribute}, which {where} does not fault "
+                f"(its tensors: {known[:12]}{' ...' if len(known) > 12 else ''})."
+            )
+        for fault in faults:
+            fault.flat(shapes[(layer, attribute)])
+
+
+def overlay(
+    faults: list[MapFault], shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat positions, is stuck value, real values) of a tensor's map faults."""
+    positions = np.array([f.flat(shape) for f in faults], np.int64)
+    stuck = np.array([f.kind == "stuck_value" for f in faults])
+    values = np.array([f.value if f.kind == "stuck_value" else 0.0 for f in faults])
+    return positions, stuck, values
