@@ -48,6 +48,19 @@ flags.DEFINE_list(
     "scales of int8 kernels), zero_points (int8 zero point of each layer's output), biases.",
 )
 flags.DEFINE_string(
+    "array",
+    "",
+    "ROWSxCOLS of a systolic array (e.g. 32x32): the rate is the share of faulty processing "
+    "elements, placed by --dataflow on the weights or outputs they compute.",
+)
+flags.DEFINE_enum(
+    "dataflow",
+    "weight_stationary",
+    ["weight_stationary", "output_stationary"],
+    "--array: weight_stationary (stuck weight registers: --fault=weight, stuck_value, bit) "
+    "or output_stationary (stuck-at-0 accumulators: --fault=node).",
+)
+flags.DEFINE_string(
     "fault_map",
     "",
     "A chip's fault map (.json/.csv; format in aftt_tf/faults/fault_map.py): its faults in "
@@ -147,6 +160,8 @@ def _spec_from_flags():
         weights=FLAGS.weights,
         protected=FLAGS.protected,
         fault_map=FLAGS.fault_map,
+        array=FLAGS.array,
+        dataflow=FLAGS.dataflow,
         targets=tuple(FLAGS.targets),
         include_output_nodes=FLAGS.include_output_nodes,
         stuck_value=FLAGS.stuck_value,

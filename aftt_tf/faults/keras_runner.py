@@ -23,7 +23,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf.faults import fault_map, inputs, protection, registry, sampling, targets
+from aftt_tf.faults import (
+    fault_map,
+    inputs,
+    protection,
+    registry,
+    sampling,
+    systolic,
+    targets,
+)
 from aftt_tf.faults import layers as fault_layers
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError, Outcome, cell_result
 
@@ -382,6 +390,17 @@ class FaultInjector:
         self._plan = protection.load(spec.protected) if spec.protected else None
         self.protected_counts: dict[str, int] = {}
         self._map_faults = {}
+        self._pes = None
+        if spec.array and spec.kind != "node":  # Layers the array cannot hold: refused now.
+            for name, tensors in self._tensors.items():
+                kernels = [t for t in tensors if not t.bias]
+                systolic.layer_plan(
+                    spec.array,
+                    [tuple(t.variable.shape) for t in kernels],
+                    [t.filter_axis for t in kernels],
+                    np.empty((0, 2), np.int64),
+                    name,
+                )
         if spec.fault_map:
             loaded = fault_map.load(spec.fault_map)
             fault_map.check_fits(
@@ -423,11 +442,17 @@ class FaultInjector:
         """Assigns the faults of cell (rate, trial); returns per-layer fault counts."""
         spec = self.spec
         per_layer, faulted, total = {}, 0, 0
+        self._pes = systolic.cell_pes(spec, rate, trial)  # A systolic array's faulty PEs.
         for name, layer in self.fault_layers.items():
             rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
             if spec.kind == "node":
                 size = int(np.prod(layer.node_keep.shape))
-                positions = sampling.sample_positions(size, rate, rng, spec.sampling)
+                if self._pes is None:
+                    positions = sampling.sample_positions(size, rate, rng, spec.sampling)
+                else:
+                    positions = systolic.output_positions(
+                        layer.node_keep.shape, self._pes, *systolic.parse_array(spec.array)
+                    )
                 keep = np.ones(size, np.float32)
                 keep[positions] = 0.0
                 layer.node_keep.assign(keep.reshape(layer.node_keep.shape))
@@ -439,7 +464,10 @@ class FaultInjector:
                 per_layer[name]["protected"] = self.protected_counts[name]
             faulted += count
             total += elements
-        return {"faulted": faulted, "elements": total, "per_layer": per_layer}
+        result = {"faulted": faulted, "elements": total, "per_layer": per_layer}
+        if self._pes is not None:
+            result["faulty_pes"] = len(self._pes)
+        return result
 
     def _inject_parameters(self, name, layer, rate, trial, rng) -> tuple[int, int]:
         spec = self.spec
@@ -457,17 +485,28 @@ class FaultInjector:
             return sampling.trial_rng(spec.seed, spec.kind, label, rate, trial)
 
         guard = self._plan
-        plan = sampling.plan_layer_fault(
-            [clean[i].shape for i in kernels],
-            [tensors[i].filter_axis for i in kernels],
-            0 if bias is None else clean[bias].size,
-            spec.kind,
-            rate,
-            rng_for,
-            spec.sampling,
-            spec.include_bias,
-            None if guard is None else [guard.indices(name, tensors[i].attribute) for i in kernels],
-        )
+        if self._pes is not None:  # Weight registers of faulty PEs (weight stationary).
+            plan = systolic.layer_plan(
+                spec.array,
+                [clean[i].shape for i in kernels],
+                [tensors[i].filter_axis for i in kernels],
+                self._pes,
+                name,
+            )
+        else:
+            plan = sampling.plan_layer_fault(
+                [clean[i].shape for i in kernels],
+                [tensors[i].filter_axis for i in kernels],
+                0 if bias is None else clean[bias].size,
+                spec.kind,
+                rate,
+                rng_for,
+                spec.sampling,
+                spec.include_bias,
+                None
+                if guard is None
+                else [guard.indices(name, tensors[i].attribute) for i in kernels],
+            )
         if guard is not None:
             self.protected_counts[name] = plan.protected
         positions = dict(zip(kernels, plan.kernel_positions, strict=True))

@@ -85,6 +85,10 @@ class FaultSpec:
             files 'scales' (each kernel's per-channel float32 scales), 'zero_points' (the
             int8 zero point of the layer's output tensor) and 'biases' (the stored biases,
             int32 in int8 files) as targets of their own.
+        array: 'ROWSxCOLS' of a systolic array: the rate is the share of faulty
+            processing elements, placed by `dataflow` ('weight_stationary': their weight
+            registers, parameter kinds; 'output_stationary': their accumulators, node
+            faults); '' : faults drawn per element (`systolic`).
         fault_map: path of a fault map (`fault_map`): the chip's known faults, applied in
             every cell on top of the sampled ones ('': none). The key holds its hash.
         protected: path of a protection plan (`protection`): faults drawn on the elements
@@ -114,6 +118,8 @@ class FaultSpec:
     targets: tuple[str, ...] = ("weights",)
     protected: str = ""
     fault_map: str = ""
+    array: str = ""
+    dataflow: str = "weight_stationary"
     include_output_nodes: bool = False
     stuck_value: float | None = None
     bit_position: int = -1
@@ -152,6 +158,7 @@ class FaultSpec:
         _choice("bit_mode", self.bit_mode, vocabulary.BIT_MODES)
         _choice("weights", self.weights, ("registered", "all_trainable"))
         _check_targets(self)
+        _check_array(self)
         if self.fault_map:
             if self.kind == "node":
                 raise ValueError(
@@ -240,6 +247,8 @@ _FIELDS_ADDED_LATER = {
     "weights": "registered",
     "protected": "",
     "fault_map": "",
+    "array": "",
+    "dataflow": "weight_stationary",
 }
 # Kinds whose faults can make outputs NaN or infinite (values and bits; stuck-at-0 cannot).
 _NON_FINITE_KINDS = ("stuck_value", "bit")
@@ -265,6 +274,30 @@ def _check_targets(spec: FaultSpec) -> None:
         raise ValueError("--targets=biases already faults the biases; drop --include_bias.")
     if spec.protected and targets != ("weights",):
         raise ValueError("A protection plan covers weights: use it with --targets=weights.")
+
+
+def _check_array(spec: FaultSpec) -> None:
+    from aftt_tf.faults import systolic
+
+    _choice("dataflow", spec.dataflow, systolic.DATAFLOWS)
+    if not spec.array:
+        return
+    systolic.parse_array(spec.array)
+    if spec.dataflow == "weight_stationary" and spec.kind not in ("weight", "stuck_value", "bit"):
+        raise ValueError(
+            "--dataflow=weight_stationary places faulty weight registers: use --fault=weight "
+            "(stuck at 0), stuck_value or bit; stuck accumulators are "
+            "--dataflow=output_stationary with --fault=node."
+        )
+    if spec.dataflow == "output_stationary" and spec.kind != "node":
+        raise ValueError(
+            "--dataflow=output_stationary places stuck-at-0 accumulators, which hold outputs "
+            "at 0: use --fault=node."
+        )
+    if spec.include_bias or spec.protected or tuple(spec.targets) != ("weights",):
+        raise ValueError(
+            "--array places faults by PE: without --include_bias, --protected or --targets."
+        )
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -334,6 +367,8 @@ def cell_result(
         "faulted": counts["faulted"],
         "per_layer": {name: value["faulted"] for name, value in counts["per_layer"].items()},
     }
+    if "faulty_pes" in counts:
+        result["faulty_pes"] = counts["faulty_pes"]
     if outcome.sdc_rate is not None:  # Masked = 1 - sdc - non_finite (DUE).
         result["sdc"] = float(outcome.sdc_rate)
     return result

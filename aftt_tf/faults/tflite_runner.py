@@ -29,7 +29,15 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import tflite_file
-from aftt_tf.faults import fault_map, inputs, protection, sampling, selection, tflite_nodes
+from aftt_tf.faults import (
+    fault_map,
+    inputs,
+    protection,
+    sampling,
+    selection,
+    systolic,
+    tflite_nodes,
+)
 from aftt_tf.faults.spec import (
     FaultSpec,
     FaultTargetError,
@@ -302,6 +310,17 @@ class TFLiteRunner:
         self.target_names = model.select_layers(spec)
         self._golden: np.ndarray | None = None
         self.refused: str | None = None
+        self._pes = None
+        if spec.array and spec.kind != "node":  # Layers the array cannot hold: refused now.
+            for name in self.target_names:
+                layer = model.layers[name]
+                systolic.layer_plan(
+                    spec.array,
+                    [k.keras_kernel_shape for k in layer.kernels],
+                    layer.filter_axes,
+                    np.empty((0, 2), np.int64),
+                    name,
+                )
         self._map_faults = {}
         if spec.fault_map:
             loaded = fault_map.load(spec.fault_map)
@@ -358,12 +377,18 @@ class TFLiteRunner:
         spec = self.spec
         self.buffer[:] = self.content
         per_layer, faulted, total = {}, 0, 0
+        self._pes = systolic.cell_pes(spec, rate, trial)  # A systolic array's faulty PEs.
         for name in self.target_names:
             rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
             if spec.kind == "node":
                 mask = self.masks[name]
                 units = int(np.prod(mask.shape))
-                positions = sampling.sample_positions(units, rate, rng, spec.sampling)
+                if self._pes is None:
+                    positions = sampling.sample_positions(units, rate, rng, spec.sampling)
+                else:
+                    positions = systolic.output_positions(
+                        mask.shape[1:], self._pes, *systolic.parse_array(spec.array)
+                    )
                 self._write(mask, tflite_nodes.mask_values(mask, positions))
                 count, elements = len(positions), units
             else:
@@ -379,7 +404,10 @@ class TFLiteRunner:
                 per_layer[name]["protected"] = self.protected_counts[name]
             faulted += count
             total += elements
-        return {"faulted": faulted, "elements": total, "per_layer": per_layer}
+        result = {"faulted": faulted, "elements": total, "per_layer": per_layer}
+        if self._pes is not None:
+            result["faulty_pes"] = len(self._pes)
+        return result
 
     def _inject_metadata(self, name: str, target: str, rate: float, trial: int):
         """Faults in one layer's biases, per-channel scales or output zero point, each
@@ -410,19 +438,28 @@ class TFLiteRunner:
             label = f"{name}/{layer.keras_attributes[index]}"
             return sampling.trial_rng(spec.seed, spec.kind, label, rate, trial)
 
-        plan = sampling.plan_layer_fault(
-            [kernel.keras_kernel_shape for kernel in layer.kernels],
-            layer.filter_axes,
-            int(np.prod(layer.bias.shape)) if layer.bias is not None else 0,
-            spec.kind,
-            rate,
-            rng_for,
-            spec.sampling,
-            spec.include_bias,
-            None
-            if self._plan is None
-            else [self._plan.indices(name, attribute) for attribute in layer.keras_attributes],
-        )
+        if self._pes is not None:  # Weight registers of faulty PEs (weight stationary).
+            plan = systolic.layer_plan(
+                spec.array,
+                [kernel.keras_kernel_shape for kernel in layer.kernels],
+                layer.filter_axes,
+                self._pes,
+                name,
+            )
+        else:
+            plan = sampling.plan_layer_fault(
+                [kernel.keras_kernel_shape for kernel in layer.kernels],
+                layer.filter_axes,
+                int(np.prod(layer.bias.shape)) if layer.bias is not None else 0,
+                spec.kind,
+                rate,
+                rng_for,
+                spec.sampling,
+                spec.include_bias,
+                None
+                if self._plan is None
+                else [self._plan.indices(name, attribute) for attribute in layer.keras_attributes],
+            )
         if self._plan is not None:
             self.protected_counts[name] = plan.protected
         extra = 0
