@@ -1,6 +1,6 @@
 """Prints the README's "Where to spend protection" tables from docs/sensitivity.sh's output.
 
-    .venv/bin/python docs/sensitivity_table.py [results/sensitivity]
+.venv/bin/python docs/sensitivity_table.py [results/sensitivity]
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def float32_table() -> None:
 
 
 def spearman_table() -> None:
-    print("| model | layers checked | expected (2nd order, at the rate) | taylor sum | taylor mean | gradient mean | hessian mean | magnitude mean |")
+    print(
+        "| model | layers checked | expected (2nd order, at the rate) | taylor sum | taylor mean | gradient mean | hessian mean | magnitude mean |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, title in MODELS.items():
         path = ROOT / name / "scores.json"
@@ -52,7 +54,14 @@ def spearman_table() -> None:
         rho = check["spearman"]
         cells = [
             rho[key]
-            for key in ("expected", "taylor", "taylor_mean", "gradient_mean", "hessian_mean", "magnitude_mean")
+            for key in (
+                "expected",
+                "taylor",
+                "taylor_mean",
+                "gradient_mean",
+                "hessian_mean",
+                "magnitude_mean",
+            )
         ]
         print(
             f"| {title} | {check['layers_checked']}/{check['layers']} (rate {check['rate']}, "
@@ -71,18 +80,35 @@ def _cells(directory: Path) -> dict[float, list[float]]:
 
 
 def int8_table() -> None:
-    print("| model | bit-fault rate | none | plan 1% | random 1% | plan 5% | random 5% | plan 10% | random 10% | plan 5% - random 5% (points) |")
+    print(
+        "| model | bit-fault rate | none | plan 1% | random 1% | plan 5% | random 5% | plan 10% | random 10% | plan 5% - random 5% (points) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, title in MODELS.items():
         directory = ROOT / f"{name}_int8_bits"
         if not (directory / "none" / "cells.jsonl").exists():
             continue
-        labels = ["none", "plan_0.01", "random_0.01", "plan_0.05", "random_0.05", "plan_0.1", "random_0.1"]
-        cells = {label: _cells(directory / label) for label in labels if (directory / label / "cells.jsonl").exists()}
+        labels = [
+            "none",
+            "plan_0.01",
+            "random_0.01",
+            "plan_0.05",
+            "random_0.05",
+            "plan_0.1",
+            "random_0.1",
+        ]
+        cells = {
+            label: _cells(directory / label)
+            for label in labels
+            if (directory / label / "cells.jsonl").exists()
+        }
         for rate in sorted(cells["none"]):
             if rate == 0:
                 continue
-            values = [100 * np.mean(cells[label][rate]) if label in cells else float("nan") for label in labels]
+            values = [
+                100 * np.mean(cells[label][rate]) if label in cells else float("nan")
+                for label in labels
+            ]
             delta = np.array(cells["plan_0.05"][rate]) - np.array(cells["random_0.05"][rate])
             print(
                 f"| {title} | {rate:g} | "
