@@ -394,13 +394,9 @@ class FaultInjector:
         if spec.array and spec.kind != "node":  # Layers the array cannot hold: refused now.
             for name, tensors in self._tensors.items():
                 kernels = [t for t in tensors if not t.bias]
-                systolic.layer_plan(
-                    spec.array,
-                    [tuple(t.variable.shape) for t in kernels],
-                    [t.filter_axis for t in kernels],
-                    np.empty((0, 2), np.int64),
-                    name,
-                )
+                shapes = [tuple(t.variable.shape) for t in kernels]
+                if systolic.unsupported(shapes, [t.filter_axis for t in kernels]):
+                    raise FaultTargetError(systolic.refusal(name))
         if spec.fault_map:
             loaded = fault_map.load(spec.fault_map)
             fault_map.check_fits(
@@ -486,13 +482,7 @@ class FaultInjector:
 
         guard = self._plan
         if self._pes is not None:  # Weight registers of faulty PEs (weight stationary).
-            plan = systolic.layer_plan(
-                spec.array,
-                [clean[i].shape for i in kernels],
-                [tensors[i].filter_axis for i in kernels],
-                self._pes,
-                name,
-            )
+            plan = systolic.layer_plan(spec.array, [clean[i].shape for i in kernels], self._pes)
         else:
             plan = sampling.plan_layer_fault(
                 [clean[i].shape for i in kernels],

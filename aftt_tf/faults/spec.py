@@ -159,20 +159,7 @@ class FaultSpec:
         _choice("weights", self.weights, ("registered", "all_trainable"))
         _check_targets(self)
         _check_array(self)
-        if self.fault_map:
-            if self.kind == "node":
-                raise ValueError(
-                    "A fault map holds faults in weights; node faults hold outputs at 0. Use "
-                    "it with weight, filter, stuck_value or bit faults."
-                )
-            fault_map_module.load(self.fault_map)
-        if self.protected:
-            if self.kind == "node":
-                raise ValueError(
-                    "A protection plan protects weight elements; node faults hold layer "
-                    "outputs at 0. Use it with weight, filter, stuck_value or bit faults."
-                )
-            protection.load(self.protected)  # A missing or damaged plan: one clear error.
+        _check_files(self)
         if not -1 <= self.bit_position <= 31:
             raise ValueError(
                 f"bit_position must be in 0..31 (float32) or -1 (random), received {self.bit_position}."
@@ -274,6 +261,25 @@ def _check_targets(spec: FaultSpec) -> None:
         raise ValueError("--targets=biases already faults the biases; drop --include_bias.")
     if spec.protected and targets != ("weights",):
         raise ValueError("A protection plan covers weights: use it with --targets=weights.")
+
+
+def _check_files(spec: FaultSpec) -> None:
+    """A fault map and a protection plan hold weight elements: readable, and not with
+    node faults (which hold outputs at 0)."""
+    if spec.fault_map:
+        if spec.kind == "node":
+            raise ValueError(
+                "A fault map holds faults in weights; node faults hold outputs at 0. Use "
+                "it with weight, filter, stuck_value or bit faults."
+            )
+        fault_map_module.load(spec.fault_map)
+    if spec.protected:
+        if spec.kind == "node":
+            raise ValueError(
+                "A protection plan protects weight elements; node faults hold layer "
+                "outputs at 0. Use it with weight, filter, stuck_value or bit faults."
+            )
+        protection.load(spec.protected)  # A missing or damaged plan: one clear error.
 
 
 def _check_array(spec: FaultSpec) -> None:

@@ -114,19 +114,24 @@ def simulate_output_stationary(inputs, weights, rows, cols, stuck) -> np.ndarray
     return out
 
 
-def layer_plan(array: str, kernel_shapes, filter_axes, pes: np.ndarray, name: str):
-    """The weights a layer keeps in the faulty PEs' registers (weight stationary), as a
-    `sampling.LayerPlan`: one matrix-product kernel (output channels last); depthwise,
-    separable and transposed convolutions and recurrent layers are refused, naming the
-    way out."""
-    from aftt_tf.faults.sampling import LayerPlan
-    from aftt_tf.faults.spec import FaultTargetError
+def unsupported(kernel_shapes, filter_axes) -> bool:
+    """Whether a layer is not one matrix product with output channels last (depthwise,
+    separable and transposed convolutions, recurrent layers)."""
+    return len(kernel_shapes) != 1 or len(kernel_shapes[0]) < 2 or filter_axes[0] not in (None, -1)
 
-    if len(kernel_shapes) != 1 or len(kernel_shapes[0]) < 2 or filter_axes[0] not in (None, -1):
-        raise FaultTargetError(
-            f"{name!r}: --array places faults on layers computed as one matrix product "
-            "(Dense, EinsumDense, convolutions); leave it out with --exclude_layers."
-        )
+
+def refusal(name: str) -> str:
+    return (
+        f"{name!r}: --array places faults on layers computed as one matrix product "
+        "(Dense, EinsumDense, convolutions); leave it out with --exclude_layers."
+    )
+
+
+def layer_plan(array: str, kernel_shapes, pes: np.ndarray):
+    """The weights a layer keeps in the faulty PEs' registers (weight stationary), as a
+    `sampling.LayerPlan` (a layer `unsupported` refuses is refused before any cell)."""
+    from aftt_tf.faults.sampling import LayerPlan
+
     rows, cols = parse_array(array)
     positions = weight_positions(tuple(kernel_shapes[0]), pes, rows, cols)
     size = int(np.prod(kernel_shapes[0]))

@@ -311,42 +311,8 @@ class TFLiteRunner:
         self._golden: np.ndarray | None = None
         self.refused: str | None = None
         self._pes = None
-        if spec.array and spec.kind != "node":  # Layers the array cannot hold: refused now.
-            for name in self.target_names:
-                layer = model.layers[name]
-                systolic.layer_plan(
-                    spec.array,
-                    [k.keras_kernel_shape for k in layer.kernels],
-                    layer.filter_axes,
-                    np.empty((0, 2), np.int64),
-                    name,
-                )
-        self._map_faults = {}
-        if spec.fault_map:
-            loaded = fault_map.load(spec.fault_map)
-            shapes = {}
-            for name in self.target_names:
-                layer = model.layers[name]
-                for attribute, kernel in zip(layer.keras_attributes, layer.kernels, strict=True):
-                    shapes[(name, attribute)] = tuple(kernel.keras_kernel_shape)
-                if layer.bias is not None:
-                    shapes[(name, "bias")] = tuple(layer.bias.shape)
-            fault_map.check_fits(loaded, shapes, f"this campaign on {model.path.name}")
-            self._map_faults = loaded.by_tensor()
-        self._plan = protection.load(spec.protected) if spec.protected else None
+        self._plan, self._map_faults = _check_extras(model, spec, self.target_names)
         self.protected_counts: dict[str, int] = {}
-        if self._plan is not None:
-            protection.check_plan_fits(
-                self._plan,
-                {
-                    (name, attribute): int(np.prod(kernel.keras_kernel_shape))
-                    for name in self.target_names
-                    for attribute, kernel in zip(
-                        model.layers[name].keras_attributes, model.layers[name].kernels, strict=True
-                    )
-                },
-                f"the targeted layers of {model.path.name}",
-            )
         images = np.asarray(images)
         transform = transform or inputs.resolve("auto", dtype=images.dtype, sample=images)
         values = transform.apply(images)  # Model input values: never rescaled again.
@@ -440,11 +406,7 @@ class TFLiteRunner:
 
         if self._pes is not None:  # Weight registers of faulty PEs (weight stationary).
             plan = systolic.layer_plan(
-                spec.array,
-                [kernel.keras_kernel_shape for kernel in layer.kernels],
-                layer.filter_axes,
-                self._pes,
-                name,
+                spec.array, [kernel.keras_kernel_shape for kernel in layer.kernels], self._pes
             )
         else:
             plan = sampling.plan_layer_fault(
@@ -535,6 +497,43 @@ def _unsupported_reason(operator: str) -> str:
     if operator == "UNIDIRECTIONAL_SEQUENCE_LSTM":
         reason += "; the LSTM's gate tensors are not mapped to the Keras kernels yet"
     return reason
+
+
+def _check_extras(model: TFLiteModel, spec: FaultSpec, names: list[str]):
+    """(protection plan, fault map by tensor) of a campaign on this file, each checked
+    against the targeted layers, and --array layers checked: all before any cell."""
+    if spec.array and spec.kind != "node":
+        for name in names:
+            layer = model.layers[name]
+            shapes = [k.keras_kernel_shape for k in layer.kernels]
+            if systolic.unsupported(shapes, layer.filter_axes):
+                raise FaultTargetError(systolic.refusal(name))
+    plan = protection.load(spec.protected) if spec.protected else None
+    if plan is not None:
+        protection.check_plan_fits(
+            plan,
+            {
+                (name, attribute): int(np.prod(kernel.keras_kernel_shape))
+                for name in names
+                for attribute, kernel in zip(
+                    model.layers[name].keras_attributes, model.layers[name].kernels, strict=True
+                )
+            },
+            f"the targeted layers of {model.path.name}",
+        )
+    mapped = {}
+    if spec.fault_map:
+        loaded = fault_map.load(spec.fault_map)
+        shapes = {}
+        for name in names:
+            layer = model.layers[name]
+            for attribute, kernel in zip(layer.keras_attributes, layer.kernels, strict=True):
+                shapes[(name, attribute)] = tuple(kernel.keras_kernel_shape)
+            if layer.bias is not None:
+                shapes[(name, "bias")] = tuple(layer.bias.shape)
+        fault_map.check_fits(loaded, shapes, f"this campaign on {model.path.name}")
+        mapped = loaded.by_tensor()
+    return plan, mapped
 
 
 def _target_coverage(model: TFLiteModel, names: list[str], target: str) -> dict[str, Any]:
