@@ -264,6 +264,26 @@ def remove_created(created: Path | None, leaf: str | os.PathLike) -> None:
         path = path.parent
 
 
+@contextlib.contextmanager
+def locked_directory(directory: str | os.PathLike) -> Iterator[Path | None]:
+    """Creates `directory` (and missing parents) and holds its lock for the block. When
+    the lock is refused (another process holds it), removes what this call created and
+    raises OutputError: a refused run leaves nothing behind. Yields the outermost
+    directory it created (None: it existed), for callers that clean up on failure."""
+    directory = Path(directory)
+    created = first_missing(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = DirectoryLock(directory / LOCK_FILE, str(directory)).__enter__()
+    except OutputError:
+        remove_created(created, directory)
+        raise
+    try:
+        yield created
+    finally:
+        lock.__exit__(None, None, None)
+
+
 class DirectoryLock:
     """An exclusive advisory lock (`fcntl.flock`) on a lock file, held for one run.
 

@@ -103,22 +103,17 @@ def run(config: SensitivityConfig) -> dict[str, Any]:
             f"--out {out} is not empty; give a new directory (nothing there is overwritten)."
         )
     prepared = _prepare(config)
-    created = io_utils.first_missing(out)
-    out.mkdir(parents=True, exist_ok=True)
+    created = None
     try:
-        lock = io_utils.DirectoryLock(out / io_utils.LOCK_FILE, str(out)).__enter__()
+        with io_utils.locked_directory(out) as created:
+            return _write(config, out, prepared)
     except io_utils.OutputError:
-        io_utils.remove_created(created, out)
-        raise
-    try:
-        return _write(config, out, prepared)
+        raise  # Refused at the lock: nothing of ours was written.
     except BaseException:
         # --out was new or empty: a run that stops part-way leaves nothing half-written.
         io_utils.empty_directory(out)
-        raise
-    finally:
-        lock.__exit__(None, None, None)
         io_utils.remove_created(created, out)
+        raise
 
 
 @dataclasses.dataclass

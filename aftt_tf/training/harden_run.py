@@ -149,13 +149,7 @@ def run(config: HardenRunConfig) -> dict[str, Any]:
     before = accuracy(model, arrays["validation"].inputs, arrays["validation"].labels)
     if not (config.allow_chance_accuracy or config.harden.from_scratch):
         campaign.check_accuracy(before, arrays["validation"].labels, config.model)
-    created = io_utils.first_missing(out)
-    try:
-        lock = io_utils.DirectoryLock(out / io_utils.LOCK_FILE, str(out)).__enter__()
-    except io_utils.OutputError:
-        io_utils.remove_created(created, out)
-        raise
-    try:
+    with io_utils.locked_directory(out):  # Refused: leaves nothing behind.
         check_directory(config)
         io_utils.write_json(out / "config.json", config.record())
         start = time.perf_counter()
@@ -170,8 +164,6 @@ def run(config: HardenRunConfig) -> dict[str, Any]:
         io_utils.write_json(out / "metrics.json", metrics)
         io_utils.write_manifest(out, ["classifier.keras", "metrics.json", "config.json"])
         return metrics
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _metrics(model, hardened, arrays, loaded, record, before) -> dict[str, Any]:

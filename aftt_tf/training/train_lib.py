@@ -341,21 +341,12 @@ def train_and_evaluate(
     # Bad directories and missing data are reported before anything is written.
     check_run_directory(workdir, config, overwrite)
     splits = load_config_splits(config)
-    created = io_utils.first_missing(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = io_utils.DirectoryLock(workdir / io_utils.LOCK_FILE, str(workdir)).__enter__()
-    except io_utils.OutputError:
-        io_utils.remove_created(created, workdir)  # Refused: leave nothing behind.
-        raise
-    try:
+    with io_utils.locked_directory(workdir):  # Refused: leaves nothing behind.
         prepare_run_directory(workdir, config, overwrite)
         logging.info("Data: %s from %s", splits.sizes(), splits.source)
         if not config.reg_lambda_grid:
             return train_once(config, workdir, splits)
         return _grid_search(config, workdir, splits)
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _grid_search(config: TrainConfig, workdir: Path, splits: data.Splits) -> dict[str, Any]:
