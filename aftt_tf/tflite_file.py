@@ -913,10 +913,9 @@ def _parse_layers(
                 if (scale := graph.quantization_vector(kernel.weights.index, "scale")) is not None
                 and kernel.weights.dtype.kind in "iu"
             ]
-            if graph.code(layer.kernels[-1].operator_index) in _WEIGHT_OPERATORS:
-                zero_point = graph.quantization_vector(layer.output_tensor, "zero_point")
-                if zero_point is not None and layer.kernels[-1].weights.dtype.kind in "iu":
-                    layer.zero_point_tensor = zero_point
+            zero_point = graph.quantization_vector(layer.output_tensor, "zero_point")
+            if zero_point is not None and layer.kernels[-1].weights.dtype.kind in "iu":
+                layer.zero_point_tensor = zero_point
             if layer.shared_operators:
                 layer.node_refusal = (
                     f"Node faults on {layer.name!r}: its weights serve every step of an "

@@ -176,3 +176,46 @@ def test_bad_maps_are_refused_naming_the_entry(trained, tmp_path):
             json.dumps({"format": fault_map.FORMAT, "faults": [good]})
         )
         FaultSpec(kind="node", fault_map=str(tmp_path / "ok.json")).validate()
+
+
+def test_an_int8_file_refuses_a_stuck_value_it_cannot_store(trained, tmp_path):
+    """Clamping 1e6 into an int8 kernel would write another fault than the map's."""
+    model, _, _, (images, labels) = trained
+    model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved"))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    calibration = images[:50].astype(np.float32) / 255.0
+    converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(50))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(converter.convert())
+    entry = {"layer": "hidden", "attribute": "kernel", "index": 3, "kind": "stuck_value"}
+    for value, refused in ((1e6, True), (0.0, False)):
+        (tmp_path / "map.json").write_text(
+            json.dumps({"format": fault_map.FORMAT, "faults": [{**entry, "value": value}]})
+        )
+        fault_map._load_cached.cache_clear()
+        spec = FaultSpec(rates=(0.0,), trials=1, fault_map=str(tmp_path / "map.json"))
+        file_model = tflite_runner.TFLiteModel(path)
+        if refused:
+            with pytest.raises(ValueError, match="hidden/kernel element 3 stuck at 1e\\+06"):
+                file_model.runner(spec, images, labels, 100)
+        else:
+            assert file_model.runner(spec, images, labels, 100).inject(0.0, 0)["faulted"] == 1
+
+
+def test_a_node_repair_writes_no_map(trained, tmp_path):
+    _, path, _, _ = trained
+    metrics = repair.repair(
+        repair.RepairConfig(
+            model=str(path),
+            out=str(tmp_path / "node"),
+            fault="node",
+            rate=0.3,
+            epochs=1,
+            train_examples=500,
+            data="fashion_mnist",
+        )
+    )
+    assert metrics["fault_map"]["file"] is None
+    assert not (tmp_path / "node" / "fault_map.json").exists()

@@ -118,3 +118,23 @@ def test_refusals():
         keras_runner.KerasModel(model).runner(
             FaultSpec(array="4x4", rates=(0.5,), trials=1), images, np.zeros(4, int), 4
         )
+
+
+def test_attention_projections_are_refused_in_keras():
+    """A rank-3 EinsumDense kernel (in, heads, dim) does not say where the product's inputs
+    end: placing it by its last axis would corrupt other weights than the chip's."""
+    inputs = keras.Input((6, 8))
+    x = L.MultiHeadAttention(2, 4, name="mha")(inputs, inputs)
+    model = keras.Model(inputs, L.Dense(3, name="logits")(L.Flatten()(x)))
+    images = np.zeros((2, 6, 8), np.float32)
+    with pytest.raises(FaultTargetError, match="mha/query"):
+        keras_runner.KerasModel(model).runner(
+            FaultSpec(array="4x4", rates=(0.5,), trials=1), images, np.zeros(2, int), 2
+        )
+    runner = keras_runner.KerasModel(model).runner(
+        FaultSpec(array="4x4", rates=(0.5,), trials=1, exclude_layers=("mha/*",)),
+        images,
+        np.zeros(2, int),
+        2,
+    )
+    assert runner.target_names == ["logits"]

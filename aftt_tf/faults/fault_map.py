@@ -206,11 +206,8 @@ def check_fits(fault_map: FaultMap, shapes: dict[tuple[str, str], tuple[int, ...
             fault.flat(shapes[(layer, attribute)])
 
 
-def overlay(
-    faults: list[MapFault], shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(flat positions, is stuck value, real values) of a tensor's map faults."""
+def overlay(faults: list[MapFault], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(flat positions, real values) of a tensor's map faults (stuck at 0: value 0)."""
     positions = np.array([f.flat(shape) for f in faults], np.int64)
-    stuck = np.array([f.kind == "stuck_value" for f in faults])
     values = np.array([f.value if f.kind == "stuck_value" else 0.0 for f in faults])
-    return positions, stuck, values
+    return positions, values

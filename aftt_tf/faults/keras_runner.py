@@ -510,7 +510,7 @@ class FaultInjector:
             )
             mapped = self._map_faults.get((name, tensor.attribute))
             if mapped:  # The chip's known faults, on top of the sampled ones.
-                where, _, values = fault_map.overlay(mapped, clean[index].shape)
+                where, values = fault_map.overlay(mapped, clean[index].shape)
                 extra += len(np.setdiff1d(where, positions[index]))
                 keep.reshape(-1)[where] = 0.0
                 replacement.reshape(-1)[where] = values

@@ -116,14 +116,19 @@ def simulate_output_stationary(inputs, weights, rows, cols, stuck) -> np.ndarray
 
 def unsupported(kernel_shapes, filter_axes) -> bool:
     """Whether a layer is not one matrix product with output channels last (depthwise,
-    separable and transposed convolutions, recurrent layers)."""
-    return len(kernel_shapes) != 1 or len(kernel_shapes[0]) < 2 or filter_axes[0] not in (None, -1)
+    separable and transposed convolutions, recurrent layers, EinsumDense kernels of rank 3)."""
+    if len(kernel_shapes) != 1 or len(kernel_shapes[0]) < 2 or filter_axes[0] not in (None, -1):
+        return True
+    # A kernel of rank > 2 without filters (EinsumDense: attention projections) does not
+    # say which axes are the product's inputs and outputs.
+    return len(kernel_shapes[0]) > 2 and filter_axes[0] != -1
 
 
 def refusal(name: str) -> str:
     return (
-        f"{name!r}: --array places faults on layers computed as one matrix product "
-        "(Dense, EinsumDense, convolutions); leave it out with --exclude_layers."
+        f"{name!r}: --array places faults on layers computed as one matrix product with "
+        "output channels last (Dense, 2-D EinsumDense, convolutions); leave it out with "
+        "--exclude_layers."
     )
 
 

@@ -431,7 +431,7 @@ class TFLiteRunner:
             values = self._faulty_values(kernel.weights, positions, source)
             mapped = self._map_faults.get((name, layer.keras_attributes[index]))
             if mapped:  # The chip's known faults, on top of the sampled ones.
-                where, _, reals = fault_map.overlay(mapped, kernel.keras_kernel_shape)
+                where, reals = fault_map.overlay(mapped, kernel.keras_kernel_shape)
                 extra += len(np.setdiff1d(where, plan.kernel_positions[index]))
                 stored = kernel.keras_to_file_positions(where)
                 values[stored] = _stored(kernel.weights, stored, reals)
@@ -440,7 +440,7 @@ class TFLiteRunner:
         if layer.bias is not None and (len(plan.bias_positions) or mapped):
             values = self._faulty_values(layer.bias, plan.bias_positions, rng)
             if mapped:
-                where, _, reals = fault_map.overlay(mapped, layer.bias.shape)
+                where, reals = fault_map.overlay(mapped, layer.bias.shape)
                 extra += len(np.setdiff1d(where, plan.bias_positions))
                 values[where] = _stored(layer.bias, where, reals)
             self._write(layer.bias, values)
@@ -450,7 +450,7 @@ class TFLiteRunner:
         """Float logits of the model as currently patched.
 
         With faults in quantization metadata the interpreter may refuse the edited file
-        (XNNPACK rejects a zero, negative or non-finite scale): the deployment would not
+        (XNNPACK rejects a zero scale, for one): the deployment would not
         run, so every inference of the cell is a detected error (NaN outputs, counted as
         non-finite), and `refused` says why. Weight faults never make a file invalid, so
         there a refusal is an error."""
@@ -533,7 +533,42 @@ def _check_extras(model: TFLiteModel, spec: FaultSpec, names: list[str]):
                 shapes[(name, "bias")] = tuple(layer.bias.shape)
         fault_map.check_fits(loaded, shapes, f"this campaign on {model.path.name}")
         mapped = loaded.by_tensor()
+        _check_map_storable(model, mapped)
     return plan, mapped
+
+
+def _check_map_storable(model: TFLiteModel, mapped) -> None:
+    """A map's stuck value that an integer tensor cannot hold (beyond its scale's range)
+    is refused naming the entry: clamping it would write another fault than the map's."""
+    for (name, attribute), faults in mapped.items():
+        layer = model.layers[name]
+        if attribute == "bias":
+            tensor, shape = layer.bias, layer.bias.shape
+            to_file = np.asarray
+        else:
+            kernel = layer.kernels[layer.keras_attributes.index(attribute)]
+            tensor, shape, to_file = (
+                kernel.weights,
+                kernel.keras_kernel_shape,
+                kernel.keras_to_file_positions,
+            )
+        if np.issubdtype(tensor.dtype, np.floating):
+            continue
+        where, reals = fault_map.overlay(faults, shape)
+        stored = to_file(where)
+        scales = element_scales(tensor)[stored]
+        zero_points = element_zero_points(tensor)[stored]
+        info = np.iinfo(tensor.dtype)
+        low, high = (info.min - zero_points - 0.5) * scales, (info.max - zero_points + 0.5) * scales
+        outside = np.flatnonzero((reals < low) | (reals > high))
+        if len(outside):
+            first = outside[0]
+            raise FaultTargetError(
+                f"The fault map holds {name}/{attribute} element {int(where[first])} stuck at "
+                f"{reals[first]:g}, which its {tensor.dtype.name} storage in "
+                f"{model.path.name} cannot hold (range [{low[first]:.6g}, {high[first]:.6g}]); "
+                "clamping it would be another fault. Run the map on the float file."
+            )
 
 
 def _target_coverage(model: TFLiteModel, names: list[str], target: str) -> dict[str, Any]:

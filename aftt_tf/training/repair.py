@@ -148,10 +148,12 @@ class _Setup:
 def _repair_in(config, out: Path, setup: _Setup, data_record: dict) -> dict[str, Any]:
     spec = config.spec()
     faulty, counts = setup.faulty, setup.counts
-    if not (out / "fault_map.json").exists():  # The repaired faults, readable back.
-        keras_runner.cell_fault_map(setup.model, spec, config.rate, config.trial).save(
-            out / "fault_map.json"
-        )
+    if spec.kind != "node" and not (out / "fault_map.json").exists():
+        # The repaired weight faults, readable back (node faults hold outputs, not
+        # weights, and a cell without faults has no map to write).
+        cell_map = keras_runner.cell_fault_map(setup.model, spec, config.rate, config.trial)
+        if cell_map.faults:
+            cell_map.save(out / "fault_map.json")
     before = _accuracy(faulty, setup.test, setup.transform)
     trainer = trainers.ClassifierTrainer(
         faulty, loss=_run_loss(config), output_kind=setup.output_kind
@@ -194,7 +196,7 @@ def _repair_in(config, out: Path, setup: _Setup, data_record: dict) -> dict[str,
             "layers": list(counts["per_layer"]),
             "faulted": counts["faulted"],
             "elements": counts["elements"],
-            "file": "fault_map.json",
+            "file": "fault_map.json" if (out / "fault_map.json").exists() else None,
             "read_from": config.fault_map or None,
         },
         "epochs": state["epochs_completed"],
