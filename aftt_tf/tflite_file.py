@@ -270,6 +270,18 @@ def element_zero_points(tensor: ConstantTensor) -> np.ndarray:
     return _per_element(tensor, tensor.zero_points.astype(np.int64), 0).astype(np.int64)
 
 
+def tensor_type(content: bytes, tensor_index: int) -> np.dtype:
+    """The stored type of tensor `tensor_index` of the main graph."""
+    graph = schema.Model.GetRootAs(content, 0).Subgraphs(0)
+    return np.dtype(_NUMPY_TYPES[graph.Tensors(tensor_index).Type()])
+
+
+def tensor_shape(content: bytes, tensor_index: int) -> tuple[int, ...]:
+    """The shape of tensor `tensor_index` of the main graph as stored (batch 1)."""
+    graph = schema.Model.GetRootAs(content, 0).Subgraphs(0)
+    return _shape(graph.Tensors(tensor_index))
+
+
 def read_values(content: bytes, tensor: ConstantTensor) -> np.ndarray:
     """A constant tensor's stored values (flat, in the file's layout and type)."""
     return np.frombuffer(content, tensor.dtype, int(np.prod(tensor.shape)), tensor.offset).copy()

@@ -46,8 +46,20 @@ _DEFAULT_DATASET_OF_SHAPE = {(28, 28, 1): "fashion_mnist", (32, 32, 3): "cifar10
 HEAD_LAYER_NAMES = ("head_dense", "logits")
 
 # Fault vocabulary.
-FAULT_KINDS = ("weight", "filter", "node", "stuck_value", "bit")
+FAULT_KINDS = (
+    "weight",
+    "filter",
+    "node",
+    "stuck_value",
+    "bit",
+    "activation_bit",
+    "activation_value",
+)
 PARAMETER_KINDS = ("weight", "filter", "stuck_value", "bit")
+# Transient faults in layer outputs, drawn anew for every inference (aftt_tf.faults.transient).
+ACTIVATION_KINDS = ("activation_bit", "activation_value")
+# Kinds that act on layer outputs (placed after a layer), not on its parameters.
+OUTPUT_KINDS = ("node", *ACTIVATION_KINDS)
 SCOPES = ("all", "extractor", "head")
 SAMPLINGS = ("exact", "bernoulli")
 BIT_MODES = ("flip", "stuck_at_1", "stuck_at_0")

@@ -19,11 +19,19 @@ flags.DEFINE_multi_string(
     "Classifier .keras file; repeat for a paired comparison. "
     "LABEL=PATH names the model in reports (default: its run directory).",
 )
-flags.DEFINE_enum("fault", "weight", vocabulary.FAULT_KINDS, "Fault kind.")
+flags.DEFINE_enum(
+    "fault",
+    "weight",
+    vocabulary.FAULT_KINDS,
+    "Fault kind: permanent faults in weights (weight: stuck at 0, filter, stuck_value, bit) "
+    "or layer outputs (node: stuck at 0), or transient faults in layer outputs drawn anew "
+    "per inference (activation_bit, activation_value).",
+)
 flags.DEFINE_list(
     "rates",
     ["0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"],
-    "Fractions of each targeted layer's elements to fault.",
+    "Fractions of each targeted layer's elements to fault (transient faults: of its output "
+    "values over all inferences; with --faults_per_inference, of the inferences struck).",
 )
 flags.DEFINE_integer("trials", 30, "Trials per rate (maximum when --target_margin is set).")
 flags.DEFINE_integer("seed", 0, "Campaign seed: same seed, same fault positions on every model.")
@@ -83,9 +91,23 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_bool("include_output_nodes", False, "Allow node faults in the output layer.")
 flags.DEFINE_float(
-    "stuck_value", None, "Value of stuck_value faults (default: the layer's max |w|)."
+    "stuck_value",
+    None,
+    "Value of stuck_value faults (default: the layer's max |w|) and of activation_value "
+    "faults (required there).",
 )
-flags.DEFINE_integer("bit_position", -1, "float32 bit for bit faults (0..31); -1: random.")
+flags.DEFINE_integer(
+    "bit_position",
+    -1,
+    "Bit of bit and activation_bit faults, in the stored values (float32: 0..31, int8: "
+    "0..7); -1: random per fault.",
+)
+flags.DEFINE_integer(
+    "faults_per_inference",
+    0,
+    "Transient faults: each struck inference gets this many faults spread over every "
+    "targeted output value (--rates: the share of inferences struck); 0: --rates per value.",
+)
 flags.DEFINE_enum("bit_mode", "flip", vocabulary.BIT_MODES, "Bit fault type.")
 flags.DEFINE_float(
     "target_margin", 0.0, "Size trials until the 95% CI half-width <= this (0: off)."
@@ -167,6 +189,7 @@ def _spec_from_flags():
         stuck_value=FLAGS.stuck_value,
         bit_position=FLAGS.bit_position,
         bit_mode=FLAGS.bit_mode,
+        faults_per_inference=FLAGS.faults_per_inference,
         target_margin=FLAGS.target_margin,
         repair=RepairProtocol(
             epochs=FLAGS.repair_epochs,

@@ -382,7 +382,7 @@ def _check_models(
         if shapes is not None:
             check_classifier_outputs(shapes, label)
         inputs.check_transform(transform, images, tuple(adapter.input_shape))
-    if spec.kind == "bit":
+    if spec.kind in ("bit", "activation_bit"):
         _check_bit_meaning(adapters, spec)
 
 
@@ -397,8 +397,9 @@ def _check_bit_meaning(adapters: dict, spec: FaultSpec) -> None:
     }
     if len({tuple(types) for types in storages.values()}) > 1:
         described = ", ".join(f"{label}: {'/'.join(types)}" for label, types in storages.items())
+        held = "layer outputs" if spec.kind == "activation_bit" else "weights"
         raise ValueError(
-            f"A bit campaign pairs models whose weights are stored differently ({described}): "
+            f"A bit campaign pairs models whose {held} are stored differently ({described}): "
             f"bit {spec.bit_position if spec.bit_position >= 0 else '(random)'} would be "
             "another bit of another number format in each, and the comparison would mean "
             "nothing. Run one bit campaign per storage type (e.g. the .keras and the float32 "

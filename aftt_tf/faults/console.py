@@ -18,6 +18,14 @@ def coverage_lines(results: dict) -> list[str]:
             f"{100 * coverage['targeted_layers_weight_share']:.1f}% of the model's "
             f"{coverage['model_weight_elements']} weights"
         )
+        outputs = coverage.get("outputs")
+        if outputs:
+            total = outputs["total_values_per_inference"]
+            lines.append(
+                f"  transient faults reach the outputs of {len(outputs['values_per_inference'])} "
+                f"layers: {total if total is not None else 'an unknown number of'} values per "
+                f"inference, stored as {'/'.join(outputs['stored_as'])}"
+            )
         if coverage.get("layer_names_from") == "type and order":
             lines.append(
                 f"  layer names: no Keras names could be read from {model}'s tensors; its "

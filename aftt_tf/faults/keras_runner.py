@@ -31,9 +31,17 @@ from aftt_tf.faults import (
     sampling,
     systolic,
     targets,
+    transient,
 )
 from aftt_tf.faults import layers as fault_layers
-from aftt_tf.faults.spec import FaultSpec, FaultTargetError, Outcome, cell_result
+from aftt_tf.faults.spec import (
+    NON_FINITE_KINDS,
+    FaultSpec,
+    FaultTargetError,
+    Outcome,
+    cell_result,
+)
+from aftt_tf.vocabulary import ACTIVATION_KINDS
 
 
 def model_fingerprint(model: keras.Model) -> str:
@@ -76,6 +84,27 @@ def load_model(path: str | Path) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a Keras model.")
     return model
+
+
+_IEEE_USERS = [0]  # Runners now holding `ieee_nan` on.
+
+
+def ieee_nan(on: bool) -> None:
+    """NaN propagates through ReLU in compiled functions while any runner of a kind that
+    can make NaN values holds this on (reference counted).
+
+    TensorFlow's graph optimizer fuses MatMul/Conv2D + BiasAdd + ReLU into one CPU kernel
+    whose ReLU returns 0 for a NaN input, where the unfused ReLU, LiteRT and IEEE
+    arithmetic return NaN: a NaN made by a bit fault would vanish inside the network
+    and the inference be counted as a class (measured: 8% of the inferences of a small
+    MLP at a 5% transient bit-30 rate were NaN in LiteRT and a class in Keras). The
+    fusion ('remapping') is switched off while such campaigns run; its other passes stay."""
+    import tensorflow as tf
+
+    before = _IEEE_USERS[0]
+    _IEEE_USERS[0] = max(0, before + (1 if on else -1))
+    if (before == 0) != (_IEEE_USERS[0] == 0):
+        tf.config.optimizer.set_experimental_options({"remapping": _IEEE_USERS[0] == 0})
 
 
 class KerasModel:
@@ -121,8 +150,15 @@ class KerasModel:
         return [tuple(np.shape(value)) for value in results]
 
     def weight_storage(self, spec: FaultSpec) -> set[str]:
-        """The storage types of the weights `spec` faults (what a bit position means)."""
+        """The storage types of the values `spec` faults (what a bit position means): the
+        weights' types, or for transient faults the types of the layers' outputs."""
         names = set(self.select_layers(spec))
+        if spec.kind in ACTIVATION_KINDS:
+            return {
+                str(site.layer.compute_dtype)
+                for site in registry.sites(self.model, spec.weights)
+                if site.path in names
+            }
         return {
             str(np.dtype(variable.dtype).name)
             for site in registry.sites(self.model, spec.weights)
@@ -157,9 +193,16 @@ class KerasModel:
         for site in registry.sites(self.model, spec.weights):
             if site.path not in targeted:
                 reasons[site.path] = _reason_not_targeted(self.model, site.path, spec)
-        return registry.coverage(
+        result = registry.coverage(
             self.model, targeted, spec.include_bias, reasons, spec.kind, spec.weights
         )
+        if spec.kind in ACTIVATION_KINDS:
+            found = {site.path: site.layer for site in registry.sites(self.model, spec.weights)}
+            result["outputs"] = transient.output_coverage(
+                {name: _values_per_inference(found[name]) for name in targeted},
+                self.weight_storage(spec),
+            )
+        return result
 
     def runner(
         self, spec: FaultSpec, images, labels, batch_size: int, transform=None
@@ -170,6 +213,14 @@ class KerasModel:
                 "aftt_tf.training.repair.RepairingModel (aftt-faults --repair_epochs does)."
             )
         return CampaignRunner(self.model, spec, images, labels, batch_size, transform)
+
+
+def _values_per_inference(layer) -> int | None:
+    """Values of one inference's output of a layer (None: not known before it runs)."""
+    try:
+        return int(np.prod(layer.output.shape[1:]))
+    except (AttributeError, ValueError, TypeError):
+        return None
 
 
 def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
@@ -183,7 +234,7 @@ def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
             return "not a convolution: filter faults remove convolution filters"
         if "composite layer" in str(error):
             return "inside a composite layer: node faults go after layers of a model's graph"
-        return "the output layer: node faults leave it out (--include_output_nodes)"
+        return "the output layer: faults in layer outputs leave it out (--include_output_nodes)"
     if spec.layers and name not in targets.select_layers(
         model, spec.kind, "all", spec.layers, spec.include_output_nodes, weights=spec.weights
     ):
@@ -222,6 +273,17 @@ class CampaignRunner:
             raise ValueError(f"batch_size must be >= 1, received {batch_size}.")
         images = np.asarray(images)
         self.spec = spec
+        self._ieee = spec.kind in NON_FINITE_KINDS
+        if self._ieee:
+            ieee_nan(True)
+        try:
+            self._build(model, images, labels, batch_size, transform)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, model, images, labels, batch_size, transform) -> None:
+        spec = self.spec
         self.transform = transform or inputs.resolve("auto", dtype=images.dtype, sample=images)
         self.target_names = KerasModel(model).select_layers(spec)
         self.in_place = not targets.rewritable(model)
@@ -229,7 +291,14 @@ class CampaignRunner:
             self.faulty = model
         else:
             self.faulty = targets.apply_faults(model, spec.kind, self.target_names, spec.weights)
-        self.injector = FaultInjector(self.faulty, spec, self.target_names, self.in_place)
+        self._chunk_index = None
+        if spec.kind in ACTIVATION_KINDS:  # Per-inference faults: the loop's chunk index.
+            self._chunk_index = tf.Variable(0, dtype=tf.int32, trainable=False)
+            self.injector = TransientInjector(
+                self.faulty, spec, self.target_names, self._chunk_index, len(labels)
+            )
+        else:
+            self.injector = FaultInjector(self.faulty, spec, self.target_names, self.in_place)
         self.fault_layers = self.injector.fault_layers
         self.trace_count = 0
         self.num_examples = len(labels)
@@ -243,6 +312,8 @@ class CampaignRunner:
         self._chunks, self._chunk_labels, self._valid = _pad_chunks(
             prefix_outputs, labels, batch_size
         )
+        if self._chunk_index is not None:
+            self.injector.chunk_size = int(self._chunks.shape[1])
         self._count_outcomes = tf.function(self._count_outcomes_impl)
         self._golden = self._golden_predictions()
 
@@ -328,6 +399,8 @@ class CampaignRunner:
         non_finite = tf.constant(0, tf.int32)
         masked = tf.constant(0, tf.int32)
         for index in tf.range(tf.shape(chunks)[0]):
+            if self._chunk_index is not None:  # Transient faults: this chunk's positions.
+                self._chunk_index.assign(index)
             predicted = self._predict_chunk(chunks[index])
             finite = tf.logical_and(predicted >= 0, valid[index])
             correct += tf.reduce_sum(
@@ -340,6 +413,26 @@ class CampaignRunner:
                 tf.cast(tf.logical_and(predicted < 0, valid[index]), tf.int32)
             )
         return correct, non_finite, masked
+
+    def logits(self) -> np.ndarray:
+        """The faulty model's outputs for every example, with the faults as currently
+        assigned (transient ones on their inferences): what the outcomes count."""
+        if not hasattr(self, "_chunk_logits"):
+            self._chunk_logits = tf.function(self._chunk_logits_impl)
+        outputs = [
+            np.asarray(self._chunk_logits(self._chunks[index], index))
+            for index in range(int(self._chunks.shape[0]))
+        ]
+        return np.concatenate(outputs)[: self.num_examples]
+
+    def _chunk_logits_impl(self, chunk, index):
+        if self._chunk_index is not None:
+            self._chunk_index.assign(index)
+        if self._graph_transform and not self.transform.identity:
+            chunk = tf.cast(chunk, tf.float32) / self.transform.divisor
+            if self.transform.offset:
+                chunk = chunk + self.transform.offset
+        return self._suffix(chunk, training=False)
 
     def outcome(self) -> Outcome:
         """Correct, non-finite and masked inferences with the faults as currently assigned."""
@@ -364,7 +457,11 @@ class CampaignRunner:
 
     def close(self) -> None:
         """Puts the clean values back into a subclassed model's variables."""
-        self.injector.close()
+        if getattr(self, "injector", None) is not None:
+            self.injector.close()
+        if self._ieee:
+            self._ieee = False
+            ieee_nan(False)
 
 
 class FaultInjector:
@@ -523,6 +620,65 @@ class FaultInjector:
             for tensor, values in zip(tensors, self._clean.get(name, []), strict=False):
                 if tensor.keep is None:
                     tensor.variable.assign(values)
+
+
+class TransientInjector:
+    """Places the transient faults of (rate, trial) cells into the ActivationFault layers
+    of a faulty model: the cell's (inference, element) pairs (`transient.plan_cell`, the
+    same for every runtime) as positions within each evaluation chunk."""
+
+    def __init__(self, faulty, spec: FaultSpec, target_names, chunk_index, num_examples):
+        self.spec = spec
+        self.fault_layers = {}
+        for name in target_names:
+            layer = targets.fault_layer(faulty, name, spec.kind)
+            layer.bind(spec.kind, spec.bit_mode, spec.stuck_value, chunk_index)
+            self.fault_layers[name] = layer
+        self.sizes = {name: layer.elements for name, layer in self.fault_layers.items()}
+        self.widths = {
+            name: layer.width if spec.kind == "activation_bit" else 32
+            for name, layer in self.fault_layers.items()
+        }
+        for name, width in self.widths.items():
+            if spec.bit_position >= width:
+                raise FaultTargetError(
+                    f"bit_position {spec.bit_position} does not exist in the {width}-bit "
+                    f"outputs of {name!r}; use 0..{width - 1} or -1."
+                )
+        self.num_examples = num_examples
+        self.chunk_size = num_examples
+        transient.check_size(spec, self.sizes, num_examples)
+        self.in_place_targets, self.in_place = [], False
+
+    def inject(self, rate: float, trial: int) -> dict[str, Any]:
+        plan = transient.plan_cell(
+            self.spec, self.sizes, self.widths, self.num_examples, rate, trial
+        )
+        chunks = math.ceil(self.num_examples / self.chunk_size)
+        largest = max(self.sizes.values())
+        if self.chunk_size * largest >= 2**31:
+            raise FaultTargetError(
+                f"A chunk of {self.chunk_size} inferences of {largest} output values each "
+                "cannot be indexed with int32; lower --batch_size."
+            )
+        per_layer, faulted, total = {}, 0, 0
+        for name, faults in plan.items():
+            chunk, row = np.divmod(faults.examples, self.chunk_size)
+            positions = row * self.sizes[name] + faults.elements
+            offsets = np.searchsorted(chunk, np.arange(chunks + 1))
+            self.fault_layers[name].assign(positions, faults.bits, offsets)
+            elements = self.num_examples * self.sizes[name]
+            per_layer[name] = {"faulted": len(faults), "elements": elements}
+            faulted, total = faulted + len(faults), total + elements
+        return {"faulted": faulted, "elements": total, "per_layer": per_layer}
+
+    def check_masked(self, purpose: str) -> None:
+        raise FaultTargetError(
+            f"{purpose} trains around permanent faults; transient faults last one inference."
+        )
+
+    def close(self) -> None:
+        """Nothing to restore: transient faults never touch the model's variables."""
 
 
 def faulty_copy(

@@ -23,6 +23,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from aftt_tf.vocabulary import OUTPUT_KINDS
+
 L = keras.layers
 
 
@@ -335,7 +337,9 @@ def coverage(
     return {
         "targeted_layers": list(targeted),
         "targeted_layers_weight_share": held / total if total else 0.0,
-        "faulted_tensors_share": (reached / total if total else 0.0) if kind != "node" else None,
+        "faulted_tensors_share": (reached / total if total else 0.0)
+        if kind not in OUTPUT_KINDS
+        else None,
         "model_weight_elements": total,
         "biases": "faulted" if include_bias else "not faulted (--include_bias faults them)",
         "weights": weights,

@@ -69,6 +69,14 @@ _UNSIGNED = {
 }
 
 
+def unsigned_type(dtype) -> type:
+    """The unsigned integer type of a value type's width (what its bits are read as)."""
+    dtype = np.dtype(dtype)
+    if dtype not in _UNSIGNED:
+        raise ValueError(f"Bit faults support float32/16 and integer values, received {dtype}.")
+    return _UNSIGNED[dtype]
+
+
 def corrupt_bits(
     values: np.ndarray, rng: np.random.Generator, bit_position: int, bit_mode: str
 ) -> np.ndarray:

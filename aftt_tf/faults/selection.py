@@ -151,7 +151,7 @@ def _by_kind(
                 "--fault=weight or --fault=node."
             )
         return chosen
-    if kind != "node":
+    if kind not in vocabulary.OUTPUT_KINDS:
         return list(candidates)
     for candidate in candidates:
         if not candidate.node_faults and candidate.name in layer_names:

@@ -68,8 +68,12 @@ class FaultSpec:
     model with the same layer names and shapes.
 
     Attributes:
-        kind: 'weight', 'filter', 'node', 'stuck_value' or 'bit'.
-        rates: fractions of each targeted layer's elements (filters, nodes) faulted.
+        kind: 'weight', 'filter', 'node', 'stuck_value' or 'bit' (permanent faults), or
+            'activation_bit' / 'activation_value' (transient faults in the targeted
+            layers' outputs, drawn anew for every inference: `transient`).
+        rates: fractions of each targeted layer's elements (filters, nodes) faulted; for
+            transient faults the fraction of output elements faulted over all inferences
+            (or, with `faults_per_inference`, the fraction of inferences struck).
         trials: trials per rate (the maximum when target_margin > 0).
         seed: campaign seed.
         scope: 'all', 'extractor' or 'head'.
@@ -97,6 +101,10 @@ class FaultSpec:
         stuck_value: value of 'stuck_value' faults; None: the layer's max |w|.
         bit_position: float32 bit for 'bit' faults (0..31), -1: random per element.
         bit_mode: 'flip', 'stuck_at_1' or 'stuck_at_0'.
+        faults_per_inference: transient faults only; > 0: each struck inference gets this
+            many faults placed uniformly over every targeted output element (a rate r
+            strikes round(r * examples) inferences); 0: each output element of each
+            inference is faulted at the rate.
         target_margin: > 0 sizes trials per rate sequentially until the 95% CI
             half-width of the accuracy is at most this (statistical fault injection,
             Leveugle et al., DATE 2009), between `min_trials` and `trials`.
@@ -124,6 +132,7 @@ class FaultSpec:
     stuck_value: float | None = None
     bit_position: int = -1
     bit_mode: str = "flip"
+    faults_per_inference: int = 0
     target_margin: float = 0.0
     min_trials: int = 5
     repair: RepairProtocol | None = None
@@ -160,6 +169,7 @@ class FaultSpec:
         _check_targets(self)
         _check_array(self)
         _check_files(self)
+        _check_transient(self)
         if not -1 <= self.bit_position <= 31:
             raise ValueError(
                 f"bit_position must be in 0..31 (float32) or -1 (random), received {self.bit_position}."
@@ -190,9 +200,9 @@ class FaultSpec:
 
     @property
     def value_fault(self) -> sampling.ValueFault:
-        if self.kind == "stuck_value":
+        if self.kind in ("stuck_value", "activation_value"):
             return sampling.ValueFault("value", value=self.stuck_value)
-        if self.kind == "bit":
+        if self.kind in ("bit", "activation_bit"):
             return sampling.ValueFault(
                 "bit", bit_position=self.bit_position, bit_mode=self.bit_mode
             )
@@ -218,10 +228,13 @@ class FaultSpec:
             values["fault_map"] = fault_map_module.digest_of(self.fault_map)
         if values.get("protected"):  # The plan's content, wherever its file lies.
             values["protected"] = protection.digest_of(self.protected)
-        if self.kind in _NON_FINITE_KINDS:
+        if self.kind in NON_FINITE_KINDS:
             # Cells of these kinds written before outcomes were counted called NaN outputs
             # class 0: a new key, so they are never resumed or averaged with new ones.
             values["outcomes"] = "correct/wrong/non_finite"
+            # Keras cells written before NaN propagated through fused ReLUs (see
+            # keras_runner.ieee_nan) counted some NaN inferences as classes.
+            values["nan"] = "propagated"
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -236,9 +249,10 @@ _FIELDS_ADDED_LATER = {
     "fault_map": "",
     "array": "",
     "dataflow": "weight_stationary",
+    "faults_per_inference": 0,
 }
 # Kinds whose faults can make outputs NaN or infinite (values and bits; stuck-at-0 cannot).
-_NON_FINITE_KINDS = ("stuck_value", "bit")
+NON_FINITE_KINDS = ("stuck_value", "bit", *vocabulary.ACTIVATION_KINDS)
 
 
 TARGETS = ("weights", "scales", "zero_points", "biases")
@@ -252,7 +266,7 @@ def _check_targets(spec: FaultSpec) -> None:
         raise ValueError(
             f"targets must be distinct names among {', '.join(TARGETS)}, received {list(targets)}."
         )
-    if targets != ("weights",) and spec.kind in ("filter", "node"):
+    if targets != ("weights",) and spec.kind in ("filter", *vocabulary.OUTPUT_KINDS):
         raise ValueError(
             f"--targets={','.join(targets)} takes weight, stuck_value or bit faults; "
             f"{spec.kind} faults act on whole filters or outputs."
@@ -261,6 +275,43 @@ def _check_targets(spec: FaultSpec) -> None:
         raise ValueError("--targets=biases already faults the biases; drop --include_bias.")
     if spec.protected and targets != ("weights",):
         raise ValueError("A protection plan covers weights: use it with --targets=weights.")
+
+
+def _check_transient(spec: FaultSpec) -> None:
+    """Transient faults live in one inference's outputs: no weights, plans, maps or
+    arrays go with them, and a stuck activation needs its value."""
+    count = spec.faults_per_inference
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ValueError(
+            f"faults_per_inference must be an integer >= 0 (0: a rate per element), "
+            f"received {count!r}."
+        )
+    if spec.kind not in vocabulary.ACTIVATION_KINDS:
+        if count:
+            raise ValueError(
+                "--faults_per_inference places transient faults: use it with "
+                "--fault=activation_bit or activation_value."
+            )
+        return
+    extras = {
+        "--include_bias": spec.include_bias,
+        "--protected": spec.protected,
+        "--fault_map": spec.fault_map,
+        "--array": spec.array,
+        "--repair_epochs": spec.repair is not None,
+    }
+    given = [flag for flag, value in extras.items() if value]
+    if given:
+        raise ValueError(
+            f"--fault={spec.kind} draws transient faults in layer outputs anew for every "
+            f"inference; {', '.join(given)} describe(s) permanent faults in weights. Leave "
+            "them out, or use a weight fault kind."
+        )
+    if spec.kind == "activation_value" and spec.stuck_value is None:
+        raise ValueError(
+            "--fault=activation_value needs the value the faulted outputs take: give "
+            "--stuck_value (e.g. 1e4 for a large corrupted activation)."
+        )
 
 
 def _check_files(spec: FaultSpec) -> None:

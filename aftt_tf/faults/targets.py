@@ -11,7 +11,7 @@ import numpy as np
 from aftt_tf.faults import layers as fault_layers
 from aftt_tf.faults import registry, selection
 from aftt_tf.faults.spec import FaultTargetError
-from aftt_tf.vocabulary import PARAMETER_KINDS
+from aftt_tf.vocabulary import ACTIVATION_KINDS, OUTPUT_KINDS, PARAMETER_KINDS
 
 # Kept for callers that filter by type; the registry is the source of truth.
 WEIGHT_LAYER_TYPES = tuple(t for entry in registry.REGISTRY for t in entry.types)
@@ -142,7 +142,7 @@ def select_layers(
     ('backbone/*').
     """
     found = candidates(model, weights)
-    if kind == "node" and not rewritable(model) and found:
+    if kind in OUTPUT_KINDS and not rewritable(model) and found:
         raise FaultTargetError(found[0].node_refusal)
     return selection.select(
         found,
@@ -177,15 +177,25 @@ def apply_faults(
             "keras_runner.FaultInjector); node faults need a Functional model."
         )
     faulty = _apply(model, kind, set(layer_names), "")
-    if kind == "node":
-        _attach_inner_node_faults(faulty, model, layer_names)
+    if kind in OUTPUT_KINDS:
+        _attach_inner_node_faults(faulty, model, layer_names, kind)
     return faulty
 
 
-def _attach_inner_node_faults(faulty: keras.Model, model: keras.Model, names) -> None:
-    """Node faults on layers inside composite layers (attention projections): no layer can
-    be inserted there, so the copy's sub-layer applies a NodeFault to its own output
-    (its `call` is wrapped; the user's model is never touched)."""
+def output_fault(kind: str, target: str, name: str):
+    """The layer that faults `target`'s output: a NodeFault (node faults) or an
+    ActivationFault (transient faults, `transient_layer`)."""
+    if kind in ACTIVATION_KINDS:
+        from aftt_tf.faults.transient_layer import ActivationFault
+
+        return ActivationFault(target=target, name=f"{name}_activation_fault")
+    return fault_layers.NodeFault(target=target, name=f"{name}_node_fault")
+
+
+def _attach_inner_node_faults(faulty: keras.Model, model: keras.Model, names, kind) -> None:
+    """Output faults on layers inside composite layers (attention projections): no layer
+    can be inserted there, so the copy's sub-layer applies the fault layer to its own
+    output (its `call` is wrapped; the user's model is never touched)."""
     inner = {s.path for s in sites(model) if not s.in_graph}
     attached = {}
     for path in names:
@@ -196,7 +206,7 @@ def _attach_inner_node_faults(faulty: keras.Model, model: keras.Model, names) ->
         for part in containers:
             holder = _child(holder, part)
         layer = _child(holder, leaf)
-        node_fault = fault_layers.NodeFault(target=path, name=f"{leaf}_node_fault")
+        node_fault = output_fault(kind, path, leaf)
         original = layer.call
 
         def call(*args, _original=original, _node=node_fault, **kwargs):
@@ -247,15 +257,13 @@ def _apply(model: keras.Model, kind: str, paths: set[str], prefix: str) -> keras
     # A node fault holds the layer's output at 0 after a BatchNormalization that reads it
     # alone (converters fold it into the layer, so the .tflite's output is the normalised
     # one): both runtimes then fault the same values.
-    node_sites_ = {normalization_after(model, name) or name: name for name in targets}
+    node_sites_ = {_output_point(model, name, kind): name for name in targets}
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
-        if kind == "node" and layer.name in node_sites_:
+        if kind in OUTPUT_KINDS and layer.name in node_sites_:
             target = node_sites_[layer.name]
-            outputs = fault_layers.NodeFault(
-                target=f"{prefix}{target}", name=f"{target}_node_fault"
-            )(outputs)
+            outputs = output_fault(kind, f"{prefix}{target}", target)(outputs)
         return outputs
 
     faulty = keras.models.clone_model(
@@ -287,6 +295,34 @@ def readers(model: keras.Model, name: str) -> list[keras.layers.Layer]:
     return _consumers(model).get(name, [])
 
 
+def _output_point(model: keras.Model, name: str, kind: str) -> str:
+    """The layer after whose output `kind`'s fault on layer `name` sits: past a
+    BatchNormalization that alone reads it (folded by converters), and for transient
+    faults also past a ReLU/ReLU6/tanh that alone reads that (fused by converters into
+    the operator: the value a chip stores is the activated one). Stuck-at-0 node faults
+    keep their place (0 passes through those activations unchanged)."""
+    point = normalization_after(model, name) or name
+    if kind in ACTIVATION_KINDS:
+        readers_ = _consumers(model).get(point, [])
+        if len(readers_) == 1 and _fused_activation(readers_[0]):
+            point = readers_[0].name
+    return point
+
+
+def _fused_activation(layer) -> bool:
+    """An activation layer TFLite converters fuse into the operator before it."""
+    if isinstance(layer, keras.layers.ReLU):
+        config = layer.get_config()
+        return (
+            config.get("max_value") in (None, 6.0)
+            and not config.get("negative_slope")
+            and not config.get("threshold")
+        )
+    if isinstance(layer, keras.layers.Activation):
+        return getattr(layer.activation, "__name__", "") in ("relu", "relu6", "tanh")
+    return False
+
+
 def normalization_after(model: keras.Model, name: str) -> str | None:
     """The BatchNormalization that alone reads layer `name`'s output, if any."""
     readers = _consumers(model).get(name, [])
@@ -300,7 +336,7 @@ def strip_faults(model: keras.Model) -> keras.Model:
     model = as_functional(model)
 
     def call_function(layer, *args, **kwargs):
-        if isinstance(layer, fault_layers.NodeFault):
+        if _is_output_fault(layer):
             return args[0]
         return layer(*args, **kwargs)
 
@@ -326,10 +362,11 @@ def bake_faults(model: keras.Model) -> keras.Model:
         for layer in model.layers
         if not isinstance(layer, keras.Model)
     }
-    unfaulted_nodes = {
+    unfaulted_nodes = {  # Transient faults are no part of a chip's permanent state.
         layer.name
         for layer in model.layers
-        if isinstance(layer, fault_layers.NodeFault) and _all_ones(layer)
+        if (isinstance(layer, fault_layers.NodeFault) and _all_ones(layer))
+        or (_is_output_fault(layer) and not isinstance(layer, fault_layers.NodeFault))
     }
 
     def clone_function(layer):
@@ -415,7 +452,7 @@ def _own_weights(layer: keras.layers.Layer) -> list:
 def _copy_weights(source: keras.Model, destination: keras.Model) -> None:
     """Copies every layer's model weights (by layer name); fault state stays at defaults."""
     for layer in destination.layers:
-        if isinstance(layer, (keras.layers.InputLayer, fault_layers.NodeFault)):
+        if isinstance(layer, keras.layers.InputLayer) or _is_output_fault(layer):
             continue
         original = source.get_layer(layer.name)
         if isinstance(layer, keras.Model) and isinstance(original, keras.Model):
@@ -429,13 +466,14 @@ def fault_layer(model: keras.Model, target: str, kind: str) -> keras.layers.Laye
     """The layer of a faulty model that holds the fault state for path `target`: its
     fault layer, or (inside a composite layer) the layer itself."""
     inner = getattr(model, "_aftt_inner_node_faults", {})
-    if kind == "node" and target in inner:
+    if kind in OUTPUT_KINDS and target in inner:
         return inner[target]
     *containers, leaf = target.split("/")
     holder = model
     for part in containers:
         holder = _child(holder, part)
-    return _child(holder, f"{leaf}_node_fault" if kind == "node" else leaf)
+    suffix = {"node": "_node_fault"}.get(kind, "_activation_fault")
+    return _child(holder, leaf + suffix if kind in OUTPUT_KINDS else leaf)
 
 
 def _child(holder, name: str):
@@ -447,8 +485,13 @@ def _child(holder, name: str):
     raise ValueError(f"No layer {name!r} in {holder.name!r}.")
 
 
+def _is_output_fault(layer) -> bool:
+    """A NodeFault or an ActivationFault (by class name: no TensorFlow import here)."""
+    return isinstance(layer, fault_layers.NodeFault) or type(layer).__name__ == "ActivationFault"
+
+
 def is_fault_layer(layer) -> bool:
-    return isinstance(
+    return _is_output_fault(layer) or isinstance(
         layer,
         (
             fault_layers.FaultyDense,

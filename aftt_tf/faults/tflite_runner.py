@@ -37,6 +37,8 @@ from aftt_tf.faults import (
     selection,
     systolic,
     tflite_nodes,
+    tflite_transient,
+    transient,
 )
 from aftt_tf.faults.spec import (
     FaultSpec,
@@ -51,6 +53,7 @@ from aftt_tf.tflite_file import (
     element_scales,
     element_zero_points,
 )
+from aftt_tf.vocabulary import ACTIVATION_KINDS
 
 
 class TFLiteModel(tflite_file.TFLiteFile):
@@ -132,7 +135,13 @@ class TFLiteModel(tflite_file.TFLiteFile):
                 )
 
     def weight_storage(self, spec: FaultSpec) -> set[str]:
-        """The storage types of the weights `spec` faults (what a bit position means)."""
+        """The storage types of the values `spec` faults (what a bit position means): the
+        weights' types, or for transient faults the types of the layers' outputs."""
+        if spec.kind in ACTIVATION_KINDS:
+            return {
+                tflite_file.tensor_type(self.content, self.layers[name].node_tensor).name
+                for name in self.select_layers(spec)
+            }
         return {
             kernel.weights.dtype.name
             for name in self.select_layers(spec)
@@ -197,6 +206,15 @@ class TFLiteModel(tflite_file.TFLiteFile):
             "left_out": left_out,
             "layer_names_from": self.names_from,
         }
+        if spec.kind in ACTIVATION_KINDS:
+            result["outputs"] = transient.output_coverage(
+                {
+                    name: int(np.prod(tflite_file.tensor_shape(self.content, index)[1:]))
+                    for name in targeted
+                    for index in [self.layers[name].node_tensor]
+                },
+                self.weight_storage(spec),
+            )
         if tuple(spec.targets) != ("weights",):
             result["targets"] = {
                 target: _target_coverage(self, targeted, target) for target in spec.targets
@@ -326,9 +344,42 @@ class TFLiteRunner:
         if spec.kind == "node":  # One rewrite per campaign: a mask after each output.
             points = {name: model.layers[name].node_tensor for name in self.target_names}
             self.content, self.masks = tflite_nodes.with_masks(model.content, points)
+        self.split = self._transient_model() if spec.kind in ACTIVATION_KINDS else None
+        self._cell_faults = None
         self.buffer = bytearray(self.content)
         self.patch_seconds = 0.0  # Time spent writing faulty bytes (inject).
         self.build_seconds = 0.0  # Time spent building interpreters from patched bytes.
+
+    def _transient_model(self) -> tflite_transient.SplitModel:
+        """The file cut at the targeted outputs, every check made before any cell."""
+        spec = self.spec
+        points = {name: self.model.layers[name].node_tensor for name in self.target_names}
+        split = tflite_transient.SplitModel(self.model, points, self.batch_size)
+        for name, width in split.widths.items():
+            if spec.kind == "activation_bit" and spec.bit_position >= width:
+                raise FaultTargetError(
+                    f"bit_position {spec.bit_position} does not exist in the {width}-bit "
+                    f"outputs of {name!r} in {self.model.path.name}; use 0..{width - 1} or -1."
+                )
+            if spec.kind == "activation_value":
+                split.stored_value(name, spec.stuck_value)
+        transient.check_size(spec, split.sizes, len(self.labels))
+        return split
+
+    def _inject_transient(self, rate: float, trial: int) -> dict[str, Any]:
+        sizes, examples = self.split.sizes, len(self.labels)
+        self._cell_faults = transient.plan_cell(
+            self.spec, sizes, self.split.widths, examples, rate, trial
+        )
+        per_layer = {
+            name: {"faulted": len(self._cell_faults[name]), "elements": examples * size}
+            for name, size in sizes.items()
+        }
+        return {
+            "faulted": sum(v["faulted"] for v in per_layer.values()),
+            "elements": sum(v["elements"] for v in per_layer.values()),
+            "per_layer": per_layer,
+        }
 
     def _write(self, tensor: ConstantTensor, values: np.ndarray) -> None:
         self.buffer[tensor.offset : tensor.offset + tensor.nbytes] = np.ascontiguousarray(
@@ -341,6 +392,8 @@ class TFLiteRunner:
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         """Writes the faulty bytes of cell (rate, trial) into the in-memory model."""
         spec = self.spec
+        if self.split is not None:
+            return self._inject_transient(rate, trial)
         self.buffer[:] = self.content
         per_layer, faulted, total = {}, 0, 0
         self._pes = systolic.cell_pes(spec, rate, trial)  # A systolic array's faulty PEs.
@@ -456,6 +509,9 @@ class TFLiteRunner:
         there a refusal is an error."""
         start = time.perf_counter()
         self.refused = None
+        if self.split is not None:  # Transient faults: the pieces, faults between them.
+            outputs = self.split.outputs(self.inputs, self._cell_faults, self.spec)
+            return self.model.dequantize_outputs(outputs)
         try:
             interpreter = BatchedInterpreter(self.model, self.buffer, self.batch_size)
             self.build_seconds += time.perf_counter() - start
@@ -470,6 +526,7 @@ class TFLiteRunner:
         """Top-1 classes of the fault-free file (computed once): what SDC compares with."""
         if self._golden is None:
             self.buffer[:] = self.content
+            self._cell_faults = None
             self._golden = predictions(self.logits())
         return self._golden
 

@@ -1,0 +1,266 @@
+"""Transient activation faults (issue 24, item 1): per-inference faults in layer outputs,
+Keras and .tflite, on a paper-style MLP and a user-style Sequential CNN (Rescaling,
+BatchNormalization, ReLU layers) trained briefly on real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from aftt_tf import data
+from aftt_tf.faults import inputs as input_transforms
+from aftt_tf.faults import keras_runner, tflite_runner, tflite_transient, transient
+from aftt_tf.faults.spec import FaultSpec, FaultTargetError
+from tests.conftest import requires_fashion_mnist
+
+pytestmark = requires_fashion_mnist
+L = keras.layers
+EXAMPLES = 200
+RAW = input_transforms.resolve("raw")  # The test inputs are what the models take.
+
+
+def _mlp() -> keras.Model:
+    inputs = keras.Input((28, 28))
+    x = L.Flatten()(inputs)
+    x = L.Dense(32, activation="relu", name="dense1")(x)
+    x = L.Dense(24, activation="relu", name="dense2")(x)
+    return keras.Model(inputs, L.Dense(10, name="logits")(x))
+
+
+def _cnn() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            L.Rescaling(1 / 255.0),
+            L.Conv2D(8, 3, name="conv1"),
+            L.BatchNormalization(momentum=0.9, name="bn1"),
+            L.ReLU(name="relu1"),
+            L.Conv2D(8, 3, strides=2, activation="relu", name="conv2"),
+            L.Flatten(),
+            L.Dense(10, activation="softmax", name="probabilities"),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """name -> (model, {float32, int8: path}, test inputs (as the model takes them), labels)."""
+    root = tmp_path_factory.mktemp("transient")
+    arrays, _ = data.load_arrays("fashion_mnist", source="local")
+    train_x, train_y = arrays["train"][0][:3000, ..., 0], arrays["train"][1][:3000]
+    test_x, test_y = arrays["test"][0][:EXAMPLES, ..., 0], arrays["test"][1][:EXAMPLES]
+    result = {}
+    for index, (name, build) in enumerate({"mlp": _mlp, "cnn": _cnn}.items()):
+        keras.utils.set_random_seed(index)
+        model = build()
+        if name == "mlp":
+            x, t = train_x.astype(np.float32) / 255.0, test_x.astype(np.float32) / 255.0
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        else:
+            x, t = train_x[..., None].astype(np.float32), test_x[..., None].astype(np.float32)
+            loss = "sparse_categorical_crossentropy"
+        model.compile("adam", loss)
+        model.fit(x, train_y, epochs=1, batch_size=64, verbose=0)
+        model.export(str(root / name), format="tf_saved_model", verbose=False)
+        paths = {}
+        for mode in ("float32", "int8"):
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(root / name))
+            if mode == "int8":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.representative_dataset = lambda x=x: ([x[i : i + 1]] for i in range(100))
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            paths[mode] = root / f"{name}_{mode}.tflite"
+            paths[mode].write_bytes(converter.convert())
+        model.save(root / f"{name}.keras")
+        result[name] = (model, paths, t, test_y)
+    return result
+
+
+def _keras(model, spec, inputs, labels, rate, trial=0):
+    runner = keras_runner.CampaignRunner(model, spec, inputs, labels, 64, transform=RAW)
+    try:
+        counts = runner.inject(rate, trial)
+        return runner.logits(), counts, runner.evaluate_cell(rate, trial)
+    finally:
+        runner.close()
+
+
+def test_faults_change_only_drawn_values_of_drawn_inferences(trained):
+    """The Keras runtime's faulty outputs equal a numpy forward pass that corrupts the
+    plan's (inference, value) pairs; every other inference is exactly the clean one,
+    and each layer holds round(rate * inferences * values) faults."""
+    model, _, inputs, labels = trained["mlp"]
+    spec = FaultSpec(kind="activation_bit", rates=(0.01,), seed=3)
+    logits, counts, _ = _keras(model, spec, inputs, labels, 0.01)
+    sizes = {"dense1": 32, "dense2": 24}
+    plan = transient.plan_cell(spec, sizes, {"dense1": 32, "dense2": 32}, EXAMPLES, 0.01, 0)
+    for name, size in sizes.items():
+        assert counts["per_layer"][name]["faulted"] == round(0.01 * EXAMPLES * size)
+        assert len(plan[name]) == counts["per_layer"][name]["faulted"]
+    weights = {n: model.get_layer(n).get_weights() for n in ("dense1", "dense2", "logits")}
+    x = inputs.reshape(EXAMPLES, -1)
+    with np.errstate(all="ignore"):
+        for name in ("dense1", "dense2"):
+            x = np.maximum(x @ weights[name][0] + weights[name][1], np.float32(0))
+            faults = plan[name]
+            x[faults.examples, faults.elements] = transient.corrupt(
+                x[faults.examples, faults.elements], faults.bits, spec
+            )
+        reference = x @ weights["logits"][0] + weights["logits"][1]
+    np.testing.assert_allclose(logits, reference, rtol=1e-4, atol=1e-4)
+    clean = np.asarray(model(inputs, training=False))
+    struck = np.union1d(plan["dense1"].examples, plan["dense2"].examples)
+    untouched = np.setdiff1d(np.arange(EXAMPLES), struck)
+    np.testing.assert_array_equal(logits[untouched], clean[untouched])
+    changed = np.flatnonzero(np.any(~np.isclose(logits, clean, equal_nan=False), axis=1))
+    assert set(changed) <= set(struck) and len(changed) > 0
+
+
+def test_a_fixed_count_strikes_whole_inferences(trained):
+    """--faults_per_inference=N: round(rate * inferences) inferences struck, each with
+    exactly N distinct faults over all targeted values; the rest are the clean ones."""
+    model, _, inputs, labels = trained["mlp"]
+    spec = FaultSpec(kind="activation_value", stuck_value=50.0, faults_per_inference=3)
+    sizes = {"dense1": 32, "dense2": 24}
+    plan = transient.plan_cell(spec, sizes, {"dense1": 32, "dense2": 32}, EXAMPLES, 0.25, 1)
+    examples = np.concatenate([plan[n].examples for n in sizes])
+    flat = np.concatenate([plan["dense1"].elements, 32 + plan["dense2"].elements])
+    struck, per = np.unique(examples, return_counts=True)
+    assert len(struck) == round(0.25 * EXAMPLES) and set(per) == {3}
+    for example in struck:
+        assert len(set(flat[examples == example])) == 3
+    logits, counts, _ = _keras(model, spec, inputs, labels, 0.25, 1)
+    assert counts["faulted"] == 3 * len(struck)
+    clean = np.asarray(model(inputs, training=False))
+    untouched = np.setdiff1d(np.arange(EXAMPLES), struck)
+    np.testing.assert_array_equal(logits[untouched], clean[untouched])
+    assert np.all(np.any(logits[struck] != clean[struck], axis=1))
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_keras_and_float32_file_corrupt_the_same_values(name, trained):
+    """One seed, the same faults in both runtimes: equal counts per layer, equal outputs
+    (NaN where one has NaN: an exponent bit fault is a detected error in both), equal
+    outcomes. The CNN's faults sit after its folded BatchNormalization and fused ReLU."""
+    model, paths, inputs, labels = trained[name]
+    tflite = tflite_runner.TFLiteModel(paths["float32"])
+    for spec in (
+        FaultSpec(kind="activation_bit", rates=(0.02,), seed=1),
+        FaultSpec(kind="activation_bit", rates=(0.05,), bit_position=30),
+        FaultSpec(kind="activation_value", rates=(0.02,), stuck_value=30.0),
+    ):
+        rate = spec.rates[0]
+        logits, counts, cell = _keras(model, spec, inputs, labels, rate)
+        runner = tflite.runner(spec, inputs, labels, 64, RAW)
+        file_counts = runner.inject(rate, 0)
+        file_logits = runner.logits()
+        assert file_counts["per_layer"] == counts["per_layer"]
+        np.testing.assert_array_equal(np.isnan(logits), np.isnan(file_logits))
+        finite = np.isfinite(logits) & np.isfinite(file_logits)
+        np.testing.assert_allclose(logits[finite], file_logits[finite], rtol=1e-4, atol=1e-4)
+        file_cell = runner.evaluate_cell(rate, 0)
+        for key in ("accuracy", "non_finite", "sdc"):
+            assert file_cell[key] == pytest.approx(cell[key], abs=1.5 / EXAMPLES), key
+        if spec.bit_position == 30:  # The exponent's top bit: detected errors in both.
+            assert cell["non_finite"] > 0
+
+
+def test_int8_file_corrupts_the_stored_int8_codes(trained):
+    """In an int8 file the faulted values are the int8 codes of the cut tensor: between
+    pieces exactly the drawn codes change, each in exactly the drawn bit."""
+    _, paths, inputs, labels = trained["cnn"]
+    model = tflite_runner.TFLiteModel(paths["int8"])
+    spec = FaultSpec(kind="activation_bit", rates=(0.01,), seed=2)
+    names = model.select_layers(spec)
+    points = {n: model.layers[n].node_tensor for n in names}
+    split = tflite_transient.SplitModel(model, points, EXAMPLES)
+    assert set(split.widths.values()) == {8}
+    plan = transient.plan_cell(spec, split.sizes, split.widths, EXAMPLES, 0.01, 0)
+    quantized = model.quantize_inputs(inputs)
+    first, point = next(iter(split.points.items()))
+    values = {split.input_index: quantized}
+    split.pieces[0].run(values)
+    clean = values[point].reshape(EXAMPLES, -1).copy()
+    faulty = clean.copy()
+    faults = plan[first]
+    faulty[faults.examples, faults.elements] = transient.corrupt(
+        clean[faults.examples, faults.elements], faults.bits, spec
+    )
+    changed = np.argwhere(faulty != clean)
+    assert len(changed) == len(faults) > 0
+    difference = clean.view(np.uint8) ^ faulty.view(np.uint8)
+    expected = np.left_shift(1, faults.bits).astype(np.uint8)
+    np.testing.assert_array_equal(difference[faults.examples, faults.elements], expected)
+    # The campaign's outputs are the pieces run with those codes: rate 0 is the file.
+    runner = model.runner(spec, inputs, labels, 64, RAW)
+    runner.inject(0.0, 0)
+    whole = tflite_runner.tflite_file.predict(model, inputs, 64)
+    np.testing.assert_allclose(runner.logits(), whole, atol=1e-6)
+
+
+def test_refusals_name_the_cause(trained, monkeypatch):
+    model, paths, inputs, labels = trained["cnn"]
+    with pytest.raises(ValueError, match="needs the value"):
+        FaultSpec(kind="activation_value").validate()
+    with pytest.raises(ValueError, match="--include_bias"):
+        FaultSpec(kind="activation_bit", include_bias=True).validate()
+    with pytest.raises(ValueError, match="transient faults"):
+        FaultSpec(kind="weight", faults_per_inference=2).validate()
+    int8 = tflite_runner.TFLiteModel(paths["int8"])
+    with pytest.raises(FaultTargetError, match="8-bit outputs"):
+        int8.runner(FaultSpec(kind="activation_bit", bit_position=30), inputs, labels, 64, RAW)
+    with pytest.raises(FaultTargetError, match="cannot be stored"):
+        int8.runner(FaultSpec(kind="activation_value", stuck_value=1e6), inputs, labels, 64, RAW)
+    monkeypatch.setattr(transient, "MAX_FAULTS_PER_CELL", 100_000)  # 200 x 6,560 values.
+    with pytest.raises(FaultTargetError, match="more than 100,000"):
+        keras_runner.CampaignRunner(
+            model, FaultSpec(kind="activation_bit", rates=(1.0,)), inputs, labels, 64, RAW
+        )
+    assert keras_runner._IEEE_USERS[0] == 0  # A refused runner leaves no state behind.
+
+
+def test_cli_pairs_the_keras_model_and_its_float32_file(trained, tmp_path):
+    """aftt-faults --fault=activation_bit on the .keras and its float32 .tflite: one
+    campaign with coverage of the outputs and SDC per cell; both runtimes fault the same
+    counts and reach the same accuracy in every cell."""
+    import subprocess
+    import sys
+
+    _, paths, inputs, labels = trained["mlp"]
+    np.savez(tmp_path / "test.npz", x=inputs, y=labels)
+    out = tmp_path / "campaign"
+    command = [
+        sys.executable,
+        "-m",
+        "aftt_tf.cli.faults",
+        f"--model=keras={paths['float32'].parent / 'mlp.keras'}",
+        f"--model=file={paths['float32']}",
+        f"--data=npz:{tmp_path / 'test.npz'}",
+        "--fault=activation_bit",
+        "--rates=0,0.001,0.01",
+        "--trials=2",
+        f"--out={out}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "transient faults reach the outputs of 2 layers: 56 values" in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    outputs = results["coverage"]["keras"]["outputs"]
+    assert outputs["stored_as"] == ["float32"]
+    assert results["coverage"]["file"]["outputs"]["values_per_inference"] == {
+        "dense1": 32,
+        "dense2": 24,
+    }
+    cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
+    by_model = {}
+    for cell in cells:
+        by_model.setdefault(cell["model"], {})[(cell["rate"], cell["trial"])] = cell
+    for key, cell in by_model["keras"].items():
+        other = by_model["file"][key]
+        assert other["faulted"] == cell["faulted"]
+        assert other["accuracy"] == pytest.approx(cell["accuracy"], abs=1.5 / EXAMPLES)
+    assert any(cell.get("sdc", 0) > 0 for cell in by_model["keras"].values())
