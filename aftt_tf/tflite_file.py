@@ -119,6 +119,9 @@ _LAYOUTS = {
     "conv_3d": (lambda s: tuple(s), None),  # DHWIO in both.
     "gather": (lambda s: tuple(s), None),  # (vocabulary, dimension) in both.
     "embedding_lookup": (lambda s: tuple(s), None),
+    # A per-channel constant of an elementwise MUL/ADD/SUB: (1, ..., C) in the file, (C,)
+    # in Keras (a normalisation layer's gamma or beta).
+    "elementwise": (lambda s: (int(np.prod(s)),), None),
 }
 # Axis of the Keras kernel that indexes filters (output channels; depthwise: input channels).
 _FILTER_AXES = {"conv_2d": -1, "conv_3d": -1, "transpose_conv": -2, "depthwise_conv_2d": -2}
@@ -196,6 +199,7 @@ class TFLiteLayer:
     # point of the tensor the layer's output is requantized to.
     scale_tensors: list[ConstantTensor] = dataclasses.field(default_factory=list)
     zero_point_tensor: ConstantTensor | None = None
+    attributes: tuple[str, ...] | None = None  # Keras names of the kernels, when known.
 
     @property
     def operator_index(self) -> int:
@@ -224,6 +228,8 @@ class TFLiteLayer:
 
     @property
     def keras_attributes(self) -> tuple[str, ...]:
+        if self.attributes is not None:
+            return self.attributes
         kinds = tuple(kernel.operator for kernel in self.kernels)
         default = tuple(f"kernel_{index}" for index in range(len(kinds)))
         return (
@@ -234,6 +240,8 @@ class TFLiteLayer:
     def filter_axes(self) -> list[int | None]:
         """Filter axis per kernel: a multi-operator layer's filters are its last operator's
         output channels (SeparableConv2D's depthwise kernel has none, as in Keras)."""
+        if self.attributes is not None:  # Normalisation constants: no filters.
+            return [None] * len(self.kernels)
         if len(self.kernels) == 1:
             return [self.kernels[0].filter_axis]
         return [None] * (len(self.kernels) - 1) + [self.kernels[-1].filter_axis]
@@ -669,6 +677,60 @@ _OPERATOR_NAMES = {
 }
 # Operators whose constant inputs are shapes, indices or lookup tables, not weights.
 _NOT_WEIGHTS = {"RESHAPE", "PAD", "PADV2", "MEAN", "SUM", "TRANSPOSE", "STRIDED_SLICE", "SLICE"}
+
+
+_ELEMENTWISE = {_BUILTIN.MUL: "gamma", _BUILTIN.ADD: "beta", _BUILTIN.SUB: "beta"}
+
+
+def normalization_layers(
+    content: bytes, weight_layers: dict[str, TFLiteLayer]
+) -> tuple[dict[str, TFLiteLayer], dict[str, str]]:
+    """The per-channel constants of elementwise MUL (scale: 'gamma') and ADD/SUB (offset:
+    'beta') operators of layers that hold no weight operator, as layers named by the
+    Keras scope in their tensor names (a LayerNormalization's gamma and beta, an unfolded
+    BatchNormalization's folded scale and offset), and {normalisation layer: the weight
+    layer it was folded into} read from the weight layers' fused output names."""
+    graph = _Graph(content)
+    taken = set(weight_layers) | {layer.scope for layer in weight_layers.values()}
+    groups: dict[str, list[tuple[str, OperatorKernel]]] = {}
+    for op_index in range(graph.graph.OperatorsLength()):
+        attribute = _ELEMENTWISE.get(graph.code(op_index))
+        inputs = [int(t) for t in graph.graph.Operators(op_index).InputsAsNumpy()]
+        if attribute is None or len(inputs) != 2:
+            continue
+        constants = [(t, c) for t in inputs if (c := graph.weights(t)) is not None]
+        if len(constants) != 1:
+            continue
+        index, tensor = constants[0]
+        if int(np.prod(tensor.shape)) <= 1 or any(d != 1 for d in tensor.shape[:-1]):
+            continue  # A scalar (Rescaling) or a full tensor is no per-channel parameter.
+        components = graph.tensor_name(index).split(";")[0].split("/")
+        scope = _scope_path(components, len(components) - 1) if len(components) > 2 else None
+        if scope is None or scope in taken:
+            continue
+        groups.setdefault(scope, []).append(
+            (attribute, OperatorKernel(op_index, "elementwise", tensor))
+        )
+    layers = {}
+    for scope, entries in groups.items():
+        entries.sort(key=lambda entry: entry[0] != "gamma")  # Keras order: gamma, beta.
+        names = [attribute for attribute, _ in entries]
+        if len(set(names)) != len(names):
+            continue  # Two scales in one scope: which is Keras's gamma is not known.
+        layer = TFLiteLayer(scope, [kernel for _, kernel in entries], None, scope=scope)
+        layer.attributes = tuple(names)
+        layer.output_tensor = graph.output(entries[-1][1].operator_index)
+        layer.node_refusal = f"{scope!r} holds normalisation constants: parameter faults only."
+        layers[scope] = layer
+    folded = {}
+    for name, layer in weight_layers.items():
+        for part in graph.tensor_name(layer.output_tensor).split(";"):
+            components = part.split("/")
+            if "batchnorm" in components[2:]:
+                inner = _scope_path(components, components.index("batchnorm"))
+                if inner and inner != layer.scope and inner not in folded:
+                    folded[inner] = name
+    return layers, folded
 
 
 def constant_operators(content: bytes) -> list[dict]:

@@ -53,7 +53,10 @@ def test_campaign_through_the_cli(model_path, tmp_path):
         (["--layers=conv_7"], "do not exist"),
         (["--num_shards=2", "--shard_index=2"], "shard_index must be in [0, num_shards)"),
         (["--test_examples=-5"], "--test_examples must be >= 0"),
-        (["--fault=cosmic"], "value should be one of <weight|filter|node|stuck_value|bit>"),
+        (
+            ["--fault=cosmic"],
+            "value should be one of <weight|filter|node|stuck_value|bit|activation_bit|activation_value>",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_any_work(model_path, tmp_path, argv, message):

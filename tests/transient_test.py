@@ -195,11 +195,21 @@ def test_int8_file_corrupts_the_stored_int8_codes(trained):
     difference = clean.view(np.uint8) ^ faulty.view(np.uint8)
     expected = np.left_shift(1, faults.bits).astype(np.uint8)
     np.testing.assert_array_equal(difference[faults.examples, faults.elements], expected)
-    # The campaign's outputs are the pieces run with those codes: rate 0 is the file.
-    runner = model.runner(spec, inputs, labels, 64, RAW)
-    runner.inject(0.0, 0)
-    whole = tflite_runner.tflite_file.predict(model, inputs, 64)
-    np.testing.assert_allclose(runner.logits(), whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["float32", "int8"])
+def test_pieces_without_faults_compute_the_file(mode, trained):
+    """Struck inferences run through the cut pieces, the others (and the golden run)
+    through the uncut file: without faults the pieces give exactly the file's outputs."""
+    _, paths, inputs, _ = trained["cnn"]
+    model = tflite_runner.TFLiteModel(paths[mode])
+    spec = FaultSpec(kind="activation_bit")
+    points = {n: model.layers[n].node_tensor for n in model.select_layers(spec)}
+    split = tflite_transient.SplitModel(model, points, 64)
+    quantized = model.quantize_inputs(inputs)
+    whole = split.whole.outputs(quantized)
+    pieces = split.piece_outputs(quantized, np.arange(EXAMPLES), {}, spec)
+    np.testing.assert_array_equal(pieces, whole)
 
 
 def test_refusals_name_the_cause(trained, monkeypatch):

@@ -89,6 +89,13 @@ flags.DEFINE_enum(
     "every trainable variable of rank >= 2 of other layers (a layer of your own; or "
     "register it with aftt_tf.faults.register_layer in an --import module).",
 )
+flags.DEFINE_bool(
+    "include_normalization",
+    False,
+    "Parameter faults also reach the scale (gamma) and offset (beta) of BatchNormalization, "
+    "LayerNormalization and GroupNormalization layers (.tflite: the separate per-channel "
+    "constants that hold them; a BatchNormalization folded into a layer is reported).",
+)
 flags.DEFINE_bool("include_output_nodes", False, "Allow node faults in the output layer.")
 flags.DEFINE_float(
     "stuck_value",
@@ -180,6 +187,7 @@ def _spec_from_flags():
         sampling=FLAGS.sampling,
         include_bias=FLAGS.include_bias,
         weights=FLAGS.weights,
+        include_normalization=FLAGS.include_normalization,
         protected=FLAGS.protected,
         fault_map=FLAGS.fault_map,
         array=FLAGS.array,

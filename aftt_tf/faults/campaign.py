@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import io_utils
-from aftt_tf.faults import analysis, inputs
+from aftt_tf.faults import analysis, console, inputs
 from aftt_tf.faults.runtimes import as_campaign_model
 from aftt_tf.faults.spec import (
     CampaignModel,
@@ -756,7 +756,7 @@ class _Recorder:
         if self.bar:
             self.bar.advance(
                 1,
-                f"rate={result['rate']:.3f} trial={result['trial']} "
+                f"rate={console.rate_text(result['rate'])} trial={result['trial']} "
                 f"accuracy={result['accuracy']:.4f}",
             )
 

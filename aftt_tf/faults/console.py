@@ -18,6 +18,20 @@ def coverage_lines(results: dict) -> list[str]:
             f"{100 * coverage['targeted_layers_weight_share']:.1f}% of the model's "
             f"{coverage['model_weight_elements']} weights"
         )
+        normalization = coverage.get("normalization")
+        if normalization:
+            folded = ", ".join(
+                f"{bn} into {layer}" for bn, layer in normalization["folded"].items()
+            )
+            lines.append(
+                "  normalisation: separate constants of "
+                f"{', '.join(normalization['separate']) or 'no targeted layer'}"
+                + (
+                    f"; folded (faulted only through that layer's weights): {folded}"
+                    if folded
+                    else ""
+                )
+            )
         outputs = coverage.get("outputs")
         if outputs:
             total = outputs["total_values_per_inference"]

@@ -156,12 +156,12 @@ class KerasModel:
         if spec.kind in ACTIVATION_KINDS:
             return {
                 str(site.layer.compute_dtype)
-                for site in registry.sites(self.model, spec.weights)
+                for site in registry.sites(self.model, spec.site_weights)
                 if site.path in names
             }
         return {
             str(np.dtype(variable.dtype).name)
-            for site in registry.sites(self.model, spec.weights)
+            for site in registry.sites(self.model, spec.site_weights)
             if site.path in names
             for _, variable, _ in site.kernels
         }
@@ -183,21 +183,23 @@ class KerasModel:
             spec.layers,
             spec.include_output_nodes,
             exclude=spec.exclude_layers,
-            weights=spec.weights,
+            weights=spec.site_weights,
         )
 
     def coverage(self, spec: FaultSpec) -> dict[str, Any]:
         """What the spec faults of this model's weights, and what it leaves out and why."""
         targeted = self.select_layers(spec)
         reasons = {}
-        for site in registry.sites(self.model, spec.weights):
+        for site in registry.sites(self.model, spec.site_weights):
             if site.path not in targeted:
                 reasons[site.path] = _reason_not_targeted(self.model, site.path, spec)
         result = registry.coverage(
-            self.model, targeted, spec.include_bias, reasons, spec.kind, spec.weights
+            self.model, targeted, spec.include_bias, reasons, spec.kind, spec.site_weights
         )
         if spec.kind in ACTIVATION_KINDS:
-            found = {site.path: site.layer for site in registry.sites(self.model, spec.weights)}
+            found = {
+                site.path: site.layer for site in registry.sites(self.model, spec.site_weights)
+            }
             result["outputs"] = transient.output_coverage(
                 {name: _values_per_inference(found[name]) for name in targeted},
                 self.weight_storage(spec),
@@ -227,7 +229,7 @@ def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
     """Why a registered layer is not among a campaign's targets."""
     try:
         targets.select_layers(
-            model, spec.kind, "all", (name,), spec.include_output_nodes, weights=spec.weights
+            model, spec.kind, "all", (name,), spec.include_output_nodes, weights=spec.site_weights
         )
     except ValueError as error:
         if spec.kind == "filter":
@@ -236,7 +238,7 @@ def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
             return "inside a composite layer: node faults go after layers of a model's graph"
         return "the output layer: faults in layer outputs leave it out (--include_output_nodes)"
     if spec.layers and name not in targets.select_layers(
-        model, spec.kind, "all", spec.layers, spec.include_output_nodes, weights=spec.weights
+        model, spec.kind, "all", spec.layers, spec.include_output_nodes, weights=spec.site_weights
     ):
         return "not named by --layers"
     if spec.exclude_layers:
@@ -290,7 +292,9 @@ class CampaignRunner:
         if self.in_place:  # Subclassed: faults go into the model's own variables.
             self.faulty = model
         else:
-            self.faulty = targets.apply_faults(model, spec.kind, self.target_names, spec.weights)
+            self.faulty = targets.apply_faults(
+                model, spec.kind, self.target_names, spec.site_weights
+            )
         self._chunk_index = None
         if spec.kind in ACTIVATION_KINDS:  # Per-inference faults: the loop's chunk index.
             self._chunk_index = tf.Variable(0, dtype=tf.int32, trainable=False)
@@ -472,7 +476,7 @@ class FaultInjector:
 
     def __init__(self, faulty: keras.Model, spec: FaultSpec, target_names, in_place: bool):
         self.spec = spec
-        found = {site.path: site for site in registry.sites(faulty, spec.weights)}
+        found = {site.path: site for site in registry.sites(faulty, spec.site_weights)}
         self.fault_layers, self._tensors = {}, {}
         for name in target_names:
             layer = found[name].layer if in_place else targets.fault_layer(faulty, name, spec.kind)
@@ -526,8 +530,8 @@ class FaultInjector:
             patterns = sorted({name.rsplit("/", 1)[0] + "/*" for name in self.in_place_targets})
             raise FaultTargetError(
                 f"{purpose} holds faults in fault layers, but {self.in_place_targets} take "
-                "theirs in their own variables (inside composite layers, or found by "
-                "--weights=all_trainable), which training would move. Leave them out with "
+                "theirs in their own variables (inside composite layers, normalisation "
+                "layers, or found by --weights=all_trainable), which training would move. Leave them out with "
                 f"--exclude_layers={','.join(patterns)}."
             )
 
@@ -687,7 +691,7 @@ def faulty_copy(
     """A copy of a Sequential/Functional `model` with fault layers holding the faults of
     cell (rate, trial) of a `spec` campaign, and the fault counts."""
     names = KerasModel(model).select_layers(spec)
-    faulty = targets.apply_faults(model, spec.kind, names, spec.weights)
+    faulty = targets.apply_faults(model, spec.kind, names, spec.site_weights)
     injector = FaultInjector(faulty, spec, names, in_place=False)
     if spec.kind != "node":
         injector.check_masked("Repair")
@@ -702,7 +706,7 @@ def cell_fault_map(model: keras.Model, spec: FaultSpec, rate: float, trial: int)
 
     names = KerasModel(model).select_layers(spec)
     in_place = not targets.rewritable(model)
-    faulty = model if in_place else targets.apply_faults(model, spec.kind, names, spec.weights)
+    faulty = model if in_place else targets.apply_faults(model, spec.kind, names, spec.site_weights)
     injector = FaultInjector(faulty, spec, names, in_place)
     try:
         injector.inject(rate, trial)

@@ -67,6 +67,8 @@ REGISTRY = (
 BUILTIN_TYPE_NAMES = tuple(t.__name__ for entry in REGISTRY for t in entry.types)
 _USER_ENTRIES: list[LayerType] = []  # register_layer(); looked up before the built-ins.
 WEIGHT_CHOICES = ("registered", "all_trainable")
+# Layers whose scale (gamma) and offset (beta) faults reach with include_normalization.
+NORMALIZATION_TYPES = (L.BatchNormalization, L.LayerNormalization, L.GroupNormalization)
 
 
 def register_layer(
@@ -177,9 +179,11 @@ def _own_trainable(layer, children) -> list:
 
 def sites(model: keras.Model, weights: str = "registered") -> list[Site]:
     """Every faultable layer of `model` with its path, in model order (see `Site`)."""
-    if weights not in WEIGHT_CHOICES:
+    base, _, extra = weights.partition("+")
+    if base not in WEIGHT_CHOICES or extra not in ("", "normalization"):
         raise ValueError(
-            f"weights must be one of {', '.join(WEIGHT_CHOICES)}, received {weights!r}."
+            f"weights must be one of {', '.join(WEIGHT_CHOICES)} (optionally "
+            f"'+normalization'), received {weights!r}."
         )
     graph = _is_graph(model)
     result: list[Site] = []
@@ -207,6 +211,15 @@ def _visit(layer, path: str, in_graph: bool, weights: str, result: list[Site]) -
         return
     # A fault wrapper (WeightFaults) stands for the layer it wraps, under its name.
     inner = layer.layer if getattr(layer, "wraps_for_faults", False) else layer
+    if weights.endswith("+normalization") and isinstance(inner, NORMALIZATION_TYPES):
+        kernel_list = [
+            (name, value, None)
+            for name in ("gamma", "beta")
+            if (value := getattr(inner, name, None)) is not None
+        ]
+        if kernel_list:  # Faults written into the variables (no mask layer holds them).
+            result.append(Site(path, layer, False, kernel_list, None, registered=False))
+        return
     entry = layer_type(inner)
     if entry is not None:
         kernel_list = [
@@ -227,7 +240,7 @@ def _visit(layer, path: str, in_graph: bool, weights: str, result: list[Site]) -
         return
     inner_layers = children(layer)
     child_graph = in_graph and isinstance(layer, keras.Model) and _is_graph(layer)
-    if weights == "all_trainable":
+    if weights.startswith("all_trainable"):
         own = _own_trainable(layer, inner_layers)
         if own:
             kernel_list = [(_variable_label(layer, value), value, None) for value in own]
@@ -288,6 +301,28 @@ def weight_elements(layer: keras.layers.Layer) -> int:
     return int(sum(np.prod(weight.shape) for weight in layer.weights))
 
 
+def _left_out_reason(layer, faultable: bool, reason: str) -> str:
+    """Why a weight-bearing layer is not among a campaign's targets."""
+    if faultable:
+        return reason
+    if isinstance(layer, NORMALIZATION_TYPES):
+        return (
+            f"{type(layer).__name__}: normalisation scale and offset are faulted with "
+            "--include_normalization"
+        )
+    if layer_type(layer) is None:
+        return (
+            f"{type(layer).__name__} is not a faultable layer type (supported: "
+            f"{', '.join(supported_type_names())}; a layer of your own: "
+            "aftt_tf.faults.register_layer, or --weights=all_trainable)"
+        )
+    entry = layer_type(layer)
+    return (
+        f"registered with kernels {[k.attribute for k in entry.kernels]}, none of "
+        f"which {type(layer).__name__} holds (check register_layer's kernels)"
+    )
+
+
 def coverage(
     model: keras.Model,
     targeted: list[str],
@@ -317,20 +352,7 @@ def coverage(
             if include_bias and entry.bias is not None:
                 reached += int(np.prod(entry.bias[1].shape))
             continue
-        if path in found:
-            reason = reasons.get(path, "not selected")
-        elif layer_type(layer) is None:
-            reason = (
-                f"{type(layer).__name__} is not a faultable layer type (supported: "
-                f"{', '.join(supported_type_names())}; a layer of your own: "
-                "aftt_tf.faults.register_layer, or --weights=all_trainable)"
-            )
-        else:
-            entry = layer_type(layer)
-            reason = (
-                f"registered with kernels {[k.attribute for k in entry.kernels]}, none of "
-                f"which {type(layer).__name__} holds (check register_layer's kernels)"
-            )
+        reason = _left_out_reason(layer, path in found, reasons.get(path, "not selected"))
         left_out.append(
             {"layer": path, "type": type(layer).__name__, "weights": elements, "reason": reason}
         )

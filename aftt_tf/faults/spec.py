@@ -85,6 +85,9 @@ class FaultSpec:
         weights: 'registered' (the kernels of registered layer types, nested ones
             included) or 'all_trainable' (also every trainable variable of rank >= 2 of
             layers no registry entry describes).
+        include_normalization: parameter faults also reach the scale (gamma) and offset
+            (beta) of BatchNormalization, LayerNormalization and GroupNormalization layers
+            (in .tflite files: the constants that hold them, see README).
         targets: what parameter faults reach: 'weights' (kernels), and in int8 .tflite
             files 'scales' (each kernel's per-channel float32 scales), 'zero_points' (the
             int8 zero point of the layer's output tensor) and 'biases' (the stored biases,
@@ -123,6 +126,7 @@ class FaultSpec:
     sampling: str = "exact"
     include_bias: bool = False
     weights: str = "registered"
+    include_normalization: bool = False
     targets: tuple[str, ...] = ("weights",)
     protected: str = ""
     fault_map: str = ""
@@ -170,6 +174,11 @@ class FaultSpec:
         _check_array(self)
         _check_files(self)
         _check_transient(self)
+        if self.include_normalization and self.kind not in ("weight", "stuck_value", "bit"):
+            raise ValueError(
+                f"--include_normalization adds normalisation scales and offsets to parameter "
+                f"faults: use it with --fault=weight, stuck_value or bit, not {self.kind}."
+            )
         if not -1 <= self.bit_position <= 31:
             raise ValueError(
                 f"bit_position must be in 0..31 (float32) or -1 (random), received {self.bit_position}."
@@ -192,6 +201,12 @@ class FaultSpec:
                 f"received {self.stuck_value}; a NaN or infinite weight is not a stuck-at "
                 "fault. Use --fault=bit to corrupt the exponent bits instead."
             )
+
+    @property
+    def site_weights(self) -> str:
+        """What `registry.sites` finds for this spec: `weights`, plus normalisation layers
+        when `include_normalization`."""
+        return self.weights + ("+normalization" if self.include_normalization else "")
 
     @property
     def protocol(self) -> str:
@@ -250,6 +265,7 @@ _FIELDS_ADDED_LATER = {
     "array": "",
     "dataflow": "weight_stationary",
     "faults_per_inference": 0,
+    "include_normalization": False,
 }
 # Kinds whose faults can make outputs NaN or infinite (values and bits; stuck-at-0 cannot).
 NON_FINITE_KINDS = ("stuck_value", "bit", *vocabulary.ACTIVATION_KINDS)

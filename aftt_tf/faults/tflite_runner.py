@@ -21,6 +21,8 @@ file is rewritten once with a mask multiplication after each targeted layer's ou
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import time
@@ -53,7 +55,7 @@ from aftt_tf.tflite_file import (
     element_scales,
     element_zero_points,
 )
-from aftt_tf.vocabulary import ACTIVATION_KINDS
+from aftt_tf.vocabulary import ACTIVATION_KINDS, OUTPUT_KINDS
 
 
 class TFLiteModel(tflite_file.TFLiteFile):
@@ -73,8 +75,30 @@ class TFLiteModel(tflite_file.TFLiteFile):
             for layer in self.layers.values()
         ]
 
+    @functools.cached_property
+    def normalization(self) -> tuple[dict[str, tflite_file.TFLiteLayer], dict[str, str]]:
+        """(normalisation constants as layers, {normalisation layer: layer folded into})."""
+        return tflite_file.normalization_layers(self.content, self.layers)
+
+    def _view(self, spec: FaultSpec) -> TFLiteModel | None:
+        """This file with its normalisation constants among its layers, when `spec` asks
+        for them (--include_normalization) and this is not that view already."""
+        if not spec.include_normalization or getattr(self, "_with_normalization", False):
+            return None
+        separate, _ = self.normalization  # Read from the weight layers, cached: the view keeps it.
+        view = copy.copy(self)
+        merged = {**self.layers, **separate}
+        view.layers = dict(
+            sorted(merged.items(), key=lambda item: min(item[1].all_operator_indices))
+        )
+        view._with_normalization = True
+        return view
+
     def select_layers(self, spec: FaultSpec) -> list[str]:
         """Layers that `spec.kind` can fault in this file, after scope and --layers."""
+        view = self._view(spec)
+        if view is not None:
+            return view.select_layers(spec)
         if spec.repair is not None:
             raise FaultTargetError(
                 f"{self.path.name}: the repaired protocol retrains the model in every cell, "
@@ -137,6 +161,9 @@ class TFLiteModel(tflite_file.TFLiteFile):
     def weight_storage(self, spec: FaultSpec) -> set[str]:
         """The storage types of the values `spec` faults (what a bit position means): the
         weights' types, or for transient faults the types of the layers' outputs."""
+        view = self._view(spec)
+        if view is not None:
+            return view.weight_storage(spec)
         if spec.kind in ACTIVATION_KINDS:
             return {
                 tflite_file.tensor_type(self.content, self.layers[name].node_tensor).name
@@ -178,27 +205,24 @@ class TFLiteModel(tflite_file.TFLiteFile):
 
     def coverage(self, spec: FaultSpec) -> dict[str, Any]:
         """What the spec faults of the file's constant weights, and what it leaves out."""
+        view = self._view(spec)
+        if view is not None:
+            return view.coverage(spec)
         targeted = self.select_layers(spec)
+        normalization = {
+            index: name
+            for name, layer in self.normalization[0].items()
+            for index in layer.all_operator_indices
+        }
         total = sum(op["weights"] for op in self.weight_operators)
         held = sum(
             op["weights"] for op in self.weight_operators if op.get("layer") in set(targeted)
         )
-        left_out = []
-        for op in self.weight_operators:
-            if op.get("layer") in targeted:
-                continue
-            layer = self.layers.get(op.get("layer"))
-            if layer is None:
-                reason = _unsupported_reason(op["operator"])
-            elif spec.kind == "node" and layer.node_tensor is None:
-                reason = layer.node_refusal
-            elif spec.kind == "filter" and layer.filter_axis is None:
-                reason = (
-                    f"{layer.operator.upper()} has no filters (filter faults reach convolutions)"
-                )
-            else:
-                reason = "not selected by the fault kind, --layers, --exclude_layers or --scope"
-            left_out.append({**op, "reason": reason})
+        left_out = [
+            {**op, "reason": self._left_out_reason(op, spec, normalization)}
+            for op in self.weight_operators
+            if op.get("layer") not in targeted
+        ]
         result = {
             "targeted_layers": targeted,
             "targeted_layers_weight_share": held / total if total else 0.0,
@@ -206,6 +230,37 @@ class TFLiteModel(tflite_file.TFLiteFile):
             "left_out": left_out,
             "layer_names_from": self.names_from,
         }
+        result.update(self._kind_coverage(spec, targeted))
+        return result
+
+    def _left_out_reason(self, op: dict[str, Any], spec: FaultSpec, normalization) -> str:
+        """Why an operator with constants is not among the targets."""
+        layer = self.layers.get(op.get("layer"))
+        if layer is None and op["operator_index"] in normalization:
+            return (
+                f"per-channel scale/offset of {normalization[op['operator_index']]!r}: "
+                "faulted with --include_normalization"
+            )
+        if layer is None:
+            return _unsupported_reason(op["operator"])
+        if spec.kind in OUTPUT_KINDS and layer.node_tensor is None:
+            return layer.node_refusal
+        if spec.kind == "filter" and layer.filter_axis is None:
+            return f"{layer.operator.upper()} has no filters (filter faults reach convolutions)"
+        return "not selected by the fault kind, --layers, --exclude_layers or --scope"
+
+    def _kind_coverage(self, spec: FaultSpec, targeted: list[str]) -> dict[str, Any]:
+        """Coverage entries of normalisation targets, transient faults and --targets."""
+        result: dict[str, Any] = {}
+        if spec.include_normalization:
+            separate, folded = self.normalization
+            result["normalization"] = {
+                "separate": sorted(set(separate) & set(targeted)),
+                "folded": folded,
+                "holds": "separate: the per-channel constants of the file's MUL (gamma) and "
+                "ADD/SUB (beta) operators; folded: a BatchNormalization the converter folded "
+                "into a layer's kernel and bias, faulted only through that layer's weights",
+            }
         if spec.kind in ACTIVATION_KINDS:
             result["outputs"] = transient.output_coverage(
                 {
@@ -238,7 +293,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
     def runner(
         self, spec: FaultSpec, images, labels, batch_size: int, transform=None
     ) -> TFLiteRunner:
-        return TFLiteRunner(self, spec, images, labels, batch_size, transform)
+        return TFLiteRunner(self._view(spec) or self, spec, images, labels, batch_size, transform)
 
 
 class PerRateTFLiteModel:

@@ -31,17 +31,28 @@ class _Piece:
             model_content=bytes(content), num_threads=model.num_threads
         )
         details = {d["index"]: d for d in self.interpreter.get_input_details()}
-        for index in inputs:
-            shape = [batch, *[int(d) for d in details[index]["shape"][1:]]]
-            self.interpreter.resize_tensor_input(index, shape)
+        self.shapes = {index: [int(d) for d in details[index]["shape"][1:]] for index in inputs}
+        self.batch = None
+        self.resize(batch)
+
+    def resize(self, batch: int) -> None:
+        if batch == self.batch:
+            return
+        self.input_views = {}  # Views of the old arena must go before it is reallocated.
+        for index in self.inputs:
+            self.interpreter.resize_tensor_input(index, [batch, *self.shapes[index]])
         self.interpreter.allocate_tensors()
+        self.input_views = {index: self.interpreter.tensor(index) for index in self.inputs}
+        self.batch = batch
 
     def run(self, values: dict[int, np.ndarray]) -> None:
-        for index in self.inputs:
-            self.interpreter.set_tensor(index, values[index])
+        """Runs on `values` (tensor index -> batch) and adds its outputs there: views of
+        the interpreter's own memory, valid until its next run (each is read before)."""
+        for index, view in self.input_views.items():
+            view()[...] = values[index]  # One copy into the arena (set_tensor: slower).
         self.interpreter.invoke()
         for index in self.outputs:
-            values[index] = self.interpreter.get_tensor(index).copy()
+            values[index] = self.interpreter.tensor(index)()
 
 
 class SplitModel:
@@ -73,11 +84,12 @@ class SplitModel:
             name: _quantization(subgraph.tensors[index]) for name, index in self.points.items()
         }
         self.pieces = [
-            _Piece(model, content, inputs, outputs, batch_size)
+            _Piece(model, content, inputs, outputs, self.batch_size)
             for content, inputs, outputs in _cut(graph, list(self.points.values()))
         ]
         self.input_index = int(subgraph.inputs[0])
         self.output_index = int(subgraph.outputs[0])
+        self.whole = tflite_file.BatchedInterpreter(model, model.content, batch_size)
 
     @property
     def widths(self) -> dict[str, int]:
@@ -104,29 +116,57 @@ class SplitModel:
 
     def outputs(self, inputs: np.ndarray, plan, spec: FaultSpec) -> np.ndarray:
         """The model's outputs on `inputs` (model input type) with `plan`'s faults (a
-        `transient.plan_cell` result; None or {} for none)."""
+        `transient.plan_cell` result; None or {} for none). Inferences without a fault run
+        on the uncut file, as the fault-free (golden) run does; the struck ones through
+        the pieces."""
+        struck = np.unique(np.concatenate([f.examples for f in (plan or {}).values()] or [[]]))
+        struck = struck.astype(np.int64)
+        if not len(struck):
+            return self.whole.outputs(inputs)
+        result = None
+        rest = np.setdiff1d(np.arange(len(inputs)), struck)
+        parts = [(struck, self.piece_outputs(inputs[struck], struck, plan, spec))]
+        if len(rest):
+            parts.append((rest, self.whole.outputs(inputs[rest])))
+        for rows, values in parts:
+            if result is None:
+                result = np.empty((len(inputs), *values.shape[1:]), values.dtype)
+            result[rows] = values
+        return result
+
+    def piece_outputs(self, inputs: np.ndarray, examples: np.ndarray, plan, spec: FaultSpec):
+        """Outputs of the pieces run in turn on `inputs` (the test examples `examples`,
+        ascending), each cut tensor corrupted at the plan's faults on those examples."""
         stored = {}
         if spec.kind == "activation_value":
             stored = {name: self.stored_value(name, spec.stuck_value) for name in self.points}
+        # Struck inferences are few at soft-error rates: the pieces take batches of the
+        # next power of two (>= 16) that holds them, not padding to the full batch.
+        batch = min(self.batch_size, max(16, 1 << (len(inputs) - 1).bit_length()))
+        for piece in self.pieces:
+            piece.resize(batch)
         results = []
-        for start in range(0, len(inputs), self.batch_size):
-            chunk = inputs[start : start + self.batch_size]
+        for start in range(0, len(inputs), batch):
+            chunk = inputs[start : start + batch]
+            ids = examples[start : start + batch]
             count = len(chunk)
-            if count < self.batch_size:
-                padding = np.zeros((self.batch_size - count, *chunk.shape[1:]), chunk.dtype)
+            if count < batch:
+                padding = np.zeros((batch - count, *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, padding])
             values = {self.input_index: chunk}
             for piece, (name, point) in zip(
                 self.pieces, [*self.points.items(), (None, None)], strict=True
             ):
                 piece.run(values)
-                if name is not None and plan:
-                    rows, elements, bits = plan[name].in_examples(start, start + count)
-                    flat = values[point].reshape(len(chunk), -1)
-                    flat[rows, elements] = transient.corrupt(
-                        flat[rows, elements], bits, spec, stored.get(name)
-                    )
-            results.append(values[self.output_index][:count])
+                if name is None or not plan:
+                    continue
+                struck, elements, bits = plan[name].in_examples(int(ids[0]), int(ids[-1]) + 1)
+                rows = np.searchsorted(ids, struck)  # Every example with a fault is in ids.
+                flat = values[point].reshape(len(chunk), -1)
+                flat[rows, elements] = transient.corrupt(
+                    flat[rows, elements], bits, spec, stored.get(name)
+                )
+            results.append(values[self.output_index][:count].copy())
         return np.concatenate(results)
 
 

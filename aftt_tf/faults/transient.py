@@ -56,10 +56,10 @@ class LayerFaults:
         return len(self.examples)
 
     def in_examples(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, Any]:
-        """(rows within the batch, elements, bits) of the faults on examples start..stop-1."""
+        """(examples, elements, bits) of the faults on examples start..stop-1."""
         low, high = np.searchsorted(self.examples, [start, stop])
         bits = None if self.bits is None else self.bits[low:high]
-        return self.examples[low:high] - start, self.elements[low:high], bits
+        return self.examples[low:high], self.elements[low:high], bits
 
 
 def output_coverage(values: dict[str, int | None], storage) -> dict[str, Any]:
