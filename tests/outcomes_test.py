@@ -86,3 +86,19 @@ def test_sdc_is_summarised_with_an_interval_and_printed(small):
         {"summary": result.summary, "coverage": {}, "paired_differences": {}, "spec": {}}
     )
     assert any("SDC" in line for line in lines)
+
+
+def test_the_golden_run_is_computed_once_per_model_and_data(small):
+    """The runners of one campaign's layer groups (--per_layer) share the fault-free
+    predictions of their model and data; other data get their own."""
+    model, path, inputs, labels, golden = small
+    for adapter in (keras_runner.KerasModel(model), tflite_runner.TFLiteModel(path)):
+        for name in ("hidden", "out"):
+            runner = adapter.runner(FaultSpec(layers=(name,)), inputs, labels, 100)
+            result = runner.evaluate_cell(0.0, 0)
+            assert result["sdc"] == 0.0 and result["accuracy"] == np.mean(labels == golden)
+        assert len(adapter.golden_cache) == 1
+        adapter.runner(FaultSpec(layers=("out",)), inputs[:200], labels[:200], 100).evaluate_cell(
+            0.0, 0
+        )
+        assert len(adapter.golden_cache) == 2

@@ -214,7 +214,11 @@ class KerasModel:
                 "The repaired protocol needs training data: wrap the model in "
                 "aftt_tf.training.repair.RepairingModel (aftt-faults --repair_epochs does)."
             )
-        return CampaignRunner(self.model, spec, images, labels, batch_size, transform)
+        if not hasattr(self, "golden_cache"):
+            self.golden_cache: dict[tuple, np.ndarray] = {}
+        return CampaignRunner(
+            self.model, spec, images, labels, batch_size, transform, self.golden_cache
+        )
 
 
 def _values_per_inference(layer) -> int | None:
@@ -269,8 +273,10 @@ class CampaignRunner:
         labels: np.ndarray,
         batch_size: int = 2000,
         transform: inputs.InputTransform | None = None,
+        golden_cache: dict | None = None,
     ):
         spec.validate()
+        self._golden_cache = golden_cache
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, received {batch_size}.")
         images = np.asarray(images)
@@ -287,6 +293,7 @@ class CampaignRunner:
     def _build(self, model, images, labels, batch_size, transform) -> None:
         spec = self.spec
         self.transform = transform or inputs.resolve("auto", dtype=images.dtype, sample=images)
+        self._data_digest = hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()
         self.target_names = KerasModel(model).select_layers(spec)
         self.in_place = not targets.rewritable(model)
         if self.in_place:  # Subclassed: faults go into the model's own variables.
@@ -387,13 +394,23 @@ class CampaignRunner:
 
     def _golden_predictions(self) -> tf.Tensor:
         """The fault-free model's top-1 classes per chunk (faults are at their defaults
-        when the runner is built): what silent data corruption is measured against."""
+        when the runner is built): what silent data corruption is measured against.
+        Computed once per model and data: the runners of one campaign's layer groups
+        share it through the model's `golden_cache` (keyed by the chunks' content)."""
+        key = None
+        if self._golden_cache is not None:
+            key = (self._data_digest, tuple(self._chunks.shape[:2]), repr(self.transform))
+            if key in self._golden_cache:
+                return tf.constant(self._golden_cache[key])
         predict = tf.function(
             lambda chunks: tf.map_fn(
                 self._predict_chunk, chunks, fn_output_signature=tf.TensorSpec(None, tf.int32)
             )
         )
-        return predict(self._chunks)
+        golden = predict(self._chunks)
+        if key is not None:
+            self._golden_cache[key] = golden.numpy()
+        return golden
 
     def _count_outcomes_impl(self, chunks, chunk_labels, valid, golden):
         """(correct, non-finite, masked) inferences: a row with a NaN/Inf output is never a

@@ -580,9 +580,17 @@ class TFLiteRunner:
     def golden(self) -> np.ndarray:
         """Top-1 classes of the fault-free file (computed once): what SDC compares with."""
         if self._golden is None:
-            self.buffer[:] = self.content
-            self._cell_faults = None
-            self._golden = predictions(self.logits())
+            # Once per file and inputs: the runners of a campaign's layer groups share it.
+            cache = self.model.__dict__.setdefault("golden_cache", {})
+            key = (
+                hashlib.sha1(self.content).hexdigest(),
+                hashlib.sha1(np.ascontiguousarray(self.inputs).tobytes()).hexdigest(),
+            )
+            if key not in cache:
+                self.buffer[:] = self.content
+                self._cell_faults = None
+                cache[key] = predictions(self.logits())
+            self._golden = cache[key]
         return self._golden
 
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
