@@ -135,6 +135,7 @@ class OperatorKernel:
     operator: str  # 'fully_connected', 'conv_2d', 'depthwise_conv_2d', 'transpose_conv', ...
     weights: ConstantTensor
     input_channels: int = 0  # Of the operator's input (depthwise: C of C * multiplier).
+    subgraph: int = 0  # 0: the main graph; else a WHILE/IF body (operator indices are local).
 
     @property
     def keras_kernel_shape(self) -> tuple[int, ...]:
@@ -200,6 +201,7 @@ class TFLiteLayer:
     scale_tensors: list[ConstantTensor] = dataclasses.field(default_factory=list)
     zero_point_tensor: ConstantTensor | None = None
     attributes: tuple[str, ...] | None = None  # Keras names of the kernels, when known.
+    subgraph: int = 0  # The subgraph its operators are in (0: the main graph).
 
     @property
     def operator_index(self) -> int:
@@ -349,9 +351,10 @@ class TFLiteFile:
             manifest = json.loads(manifest_path.read_text())
             entry = manifest.get("artifacts", {}).get(path.name, {})
             if "layers" in entry:
-                layer_names = {
+                layer_names = {  # The main graph's (loop bodies are named by scope).
                     int(index): name
                     for name, value in entry["layers"].items()
+                    if not value.get("subgraph")
                     for index in value.get("operator_indices", [value["operator_index"]])
                 }
         return cls(path, layer_names, num_threads)
@@ -468,11 +471,13 @@ def _checked(content: bytes, path) -> bytes:
 
 
 class _Graph:
-    """The first subgraph of a parsed model, with operator codes and tensor consumers."""
+    """One subgraph of a parsed model (the main graph by default; others are the bodies
+    and conditions of WHILE/IF operators), with operator codes and tensor consumers."""
 
-    def __init__(self, content: bytes):
+    def __init__(self, content: bytes, subgraph: int = 0):
         self.model = schema.Model.GetRootAs(content, 0)
-        self.graph = self.model.Subgraphs(0)
+        self.subgraph = subgraph
+        self.graph = self.model.Subgraphs(subgraph)
         self.base_address = np.frombuffer(content, np.uint8).__array_interface__["data"][0]
         self.codes = []
         for index in range(self.model.OperatorCodesLength()):
@@ -735,8 +740,16 @@ def normalization_layers(
 
 def constant_operators(content: bytes) -> list[dict]:
     """Every operator with constant weight inputs (more than one element, float or
-    integer), with how many weight elements it holds: what a fault campaign could reach."""
-    graph = _Graph(content)
+    integer), with how many weight elements it holds: what a fault campaign could reach.
+    Operators of WHILE/IF bodies carry their subgraph ('subgraph': k >= 1)."""
+    result = []
+    for subgraph in range(schema.Model.GetRootAs(content, 0).SubgraphsLength()):
+        for entry in _constant_operators(_Graph(content, subgraph)):
+            result.append({**entry, "subgraph": subgraph} if subgraph else entry)
+    return result
+
+
+def _constant_operators(graph: _Graph) -> list[dict]:
     result = []
     for op_index in range(graph.graph.OperatorsLength()):
         name = _OPERATOR_NAMES.get(graph.code(op_index), str(graph.code(op_index)))
@@ -784,12 +797,17 @@ def _is_weight_word(word: str) -> bool:
     return re.sub(r"_?\d+$", "", word) in _WEIGHT_OP_WORDS
 
 
+_CONTROL_FLOW_SCOPE = re.compile(r"^(while|cond)(_\d+)?$")
+
+
 def _scope_path(components: list[str], stop: int) -> str | None:
     """The Keras layer path in a tensor name's components before index `stop`: tracing
     appends one '_<n>' to each layer scope ('backbone_1/conv1_1' -> 'backbone/conv1');
     the path ends at the first component without one (an op scope such as 'Tensordot')."""
     parts = []
     for component in components[1:stop]:
+        if _CONTROL_FLOW_SCOPE.match(component):  # A loop's scope inside a layer.
+            continue
         if not re.search(r"_\d+$", component):
             break
         parts.append(re.sub(r"_\d+$", "", component))
@@ -958,45 +976,36 @@ def _groups_valid(operators: list[_Operator], names: list[str]) -> bool:
     return True
 
 
-def _parse_layers(
-    content: bytes, layer_names: dict[int, str]
-) -> tuple[dict[str, TFLiteLayer], str]:
-    """Weight-bearing operators with constant weights as Keras layers, in execution order,
-    named by `layer_names` (an export manifest), else by the Keras layer names in the
-    converter's tensor names, else by type and order ('conv_2d_0')."""
-    try:
-        graph = _Graph(content)
-        operators = _weight_operators(graph)
-        names, source = _names(operators, layer_names)
-        layers: dict[str, TFLiteLayer] = {}
-        for op, name in zip(operators, names, strict=True):
-            layer = layers.get(name)
-            if layer is None:
-                layers[name] = TFLiteLayer(name, [op.kernel], op.bias, scope=op.scope)
-            else:  # The next operator of a multi-operator layer: its bias is the layer's.
-                layer.kernels.append(op.kernel)
-                layer.bias = op.bias
-            layer = layers[name]
-            layer.bias_operator = op.bias_operator
-            layer.shared_operators.extend(op.shared)
-        for layer in layers.values():
-            layer.output_tensor = graph.output(layer.kernels[-1].operator_index)
-            layer.scale_tensors = [
-                scale
-                for kernel in layer.kernels
-                if (scale := graph.quantization_vector(kernel.weights.index, "scale")) is not None
-                and kernel.weights.dtype.kind in "iu"
-            ]
-            zero_point = graph.quantization_vector(layer.output_tensor, "zero_point")
-            if zero_point is not None and layer.kernels[-1].weights.dtype.kind in "iu":
-                layer.zero_point_tensor = zero_point
-            if layer.shared_operators:
-                layer.node_refusal = (
-                    f"Node faults on {layer.name!r}: its weights serve every step of an "
-                    "unrolled recurrent layer, whose output is a state carried from step to "
-                    "step; use parameter faults, or --exclude_layers."
-                )
-                continue
+def _build_layers(
+    graph: _Graph, operators: list[_Operator], names: list[str]
+) -> dict[str, TFLiteLayer]:
+    """The named operators of one subgraph as layers, with their outputs, quantization
+    metadata and node points (a loop body's outputs take no node faults)."""
+    layers: dict[str, TFLiteLayer] = {}
+    for op, name in zip(operators, names, strict=True):
+        layer = layers.get(name)
+        if layer is None:
+            layers[name] = TFLiteLayer(name, [op.kernel], op.bias, scope=op.scope)
+            layers[name].subgraph = graph.subgraph
+        else:  # The next operator of a multi-operator layer: its bias is the layer's.
+            layer.kernels.append(op.kernel)
+            layer.bias = op.bias
+        layer = layers[name]
+        layer.bias_operator = op.bias_operator
+        layer.shared_operators.extend(op.shared)
+    for layer in layers.values():
+        layer.output_tensor = graph.output(layer.kernels[-1].operator_index)
+        layer.scale_tensors = [
+            scale
+            for kernel in layer.kernels
+            if (scale := graph.quantization_vector(kernel.weights.index, "scale")) is not None
+            and kernel.weights.dtype.kind in "iu"
+        ]
+        zero_point = graph.quantization_vector(layer.output_tensor, "zero_point")
+        if zero_point is not None and layer.kernels[-1].weights.dtype.kind in "iu":
+            layer.zero_point_tensor = zero_point
+        layer.node_refusal = _node_refusal(graph, layer)
+        if layer.node_refusal is None:
             layer.node_tensor, why = graph.node_point(layer.kernels[-1].operator_index, layer.scope)
             if why:
                 layer.node_refusal = (
@@ -1004,6 +1013,62 @@ def _parse_layers(
                     "model (tensor names carry layer names), or use parameter faults or "
                     "--exclude_layers."
                 )
+    return layers
+
+
+def _node_refusal(graph: _Graph, layer: TFLiteLayer) -> str | None:
+    """Why no fault can be placed on a layer's output, before looking for its node point."""
+    if graph.subgraph:
+        return (
+            f"Faults in the output of {layer.name!r}: it is computed inside subgraph "
+            f"{graph.subgraph} (the body of a WHILE or IF operator), once per iteration; "
+            "use parameter faults, or --exclude_layers."
+        )
+    if layer.shared_operators:
+        return (
+            f"Node faults on {layer.name!r}: its weights serve every step of an "
+            "unrolled recurrent layer, whose output is a state carried from step to "
+            "step; use parameter faults, or --exclude_layers."
+        )
+    return None
+
+
+def _body_names(operators: list[_Operator], subgraph: int, taken: set[str]) -> list[str]:
+    """Names of a WHILE/IF body's weight operators: the Keras scopes in their tensor
+    names when they name every operator distinctly from the main graph's layers, else
+    'subgraph_<k>/<kind>_<i>'."""
+    scopes = [op.scope for op in operators]
+    if None not in scopes and _groups_valid(operators, scopes) and not set(scopes) & taken:
+        return scopes
+    counters: dict[str, int] = {}
+    names = []
+    for op in operators:
+        kind = op.kernel.operator
+        names.append(f"subgraph_{subgraph}/{kind}_{counters.get(kind, 0)}")
+        counters[kind] = counters.get(kind, 0) + 1
+    return names
+
+
+def _parse_layers(
+    content: bytes, layer_names: dict[int, str]
+) -> tuple[dict[str, TFLiteLayer], str]:
+    """Weight-bearing operators with constant weights as Keras layers, in execution order,
+    named by `layer_names` (an export manifest), else by the Keras layer names in the
+    converter's tensor names, else by type and order ('conv_2d_0'). Operators in the
+    bodies of WHILE/IF operators (a Keras loop: `keras.ops.fori_loop`, `while_loop`) are
+    layers too, after the main graph's, named by their tensor names' scopes."""
+    try:
+        graph = _Graph(content)
+        operators = _weight_operators(graph)
+        names, source = _names(operators, layer_names)
+        layers = _build_layers(graph, operators, names)
+        for subgraph in range(1, graph.model.SubgraphsLength()):
+            inner = _Graph(content, subgraph)
+            found = _weight_operators(inner)
+            for op in found:
+                op.kernel.subgraph = subgraph
+            inner_names = _body_names(found, subgraph, set(layers))
+            layers.update(_build_layers(inner, found, inner_names))
     except (IndexError, KeyError, AttributeError, ValueError, TypeError, struct.error) as error:
         raise ValueError(
             f"The TFLite flatbuffer is corrupt or truncated ({type(error).__name__}: {error})."

@@ -401,6 +401,7 @@ def _map_entry(model, site, layer, tflite, check_values: bool) -> dict[str, Any]
         "weights_dtype": layer.weights.dtype.name,
         "bias_tensor": None if layer.bias is None else layer.bias.index,
         "bias_dtype": None if layer.bias is None else layer.bias.dtype.name,
+        **({"subgraph": layer.subgraph} if layer.subgraph else {}),
         **folds,
     }
 

@@ -70,6 +70,8 @@ def activation_quantization(model) -> dict[str, tuple[float, int]]:
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     result = {}
     for name, layer in model.layers.items():
+        if layer.subgraph:  # A loop body's tensors are not the main graph's.
+            continue
         detail = details[_activation_tensor(layer)]
         scale, zero_point = detail["quantization"]
         if detail["dtype"] == np.int8 and scale:

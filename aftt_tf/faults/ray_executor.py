@@ -254,6 +254,7 @@ def model_payload(model: CampaignModel) -> dict[str, Any]:
             names = {
                 index: name
                 for name, layer in model.layers.items()
+                if not layer.subgraph  # Loop bodies are named by their scopes.
                 for index in layer.operator_indices
             }
         return {"kind": "tflite", "name": model.path.name, "content": model.content, "names": names}

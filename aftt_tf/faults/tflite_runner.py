@@ -63,12 +63,13 @@ class TFLiteModel(tflite_file.TFLiteFile):
 
     def candidates(self) -> list[selection.Candidate]:
         """The file's weight operators as the shared selection rule sees them."""
-        output_index = max(max(layer.all_operator_indices) for layer in self.layers.values())
+        main = [layer for layer in self.layers.values() if not layer.subgraph]
+        output_index = max(max(layer.all_operator_indices) for layer in main)
         return [
             selection.Candidate(
                 name=layer.name,
                 convolution=layer.filter_axis is not None,
-                output=max(layer.all_operator_indices) == output_index,
+                output=not layer.subgraph and max(layer.all_operator_indices) == output_index,
                 node_faults=layer.node_tensor is not None,
                 node_refusal=layer.node_refusal,
             )
@@ -89,7 +90,10 @@ class TFLiteModel(tflite_file.TFLiteFile):
         view = copy.copy(self)
         merged = {**self.layers, **separate}
         view.layers = dict(
-            sorted(merged.items(), key=lambda item: min(item[1].all_operator_indices))
+            sorted(
+                merged.items(),
+                key=lambda item: (item[1].subgraph, min(item[1].all_operator_indices)),
+            )
         )
         view._with_normalization = True
         return view
@@ -210,7 +214,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
             return view.coverage(spec)
         targeted = self.select_layers(spec)
         normalization = {
-            index: name
+            (layer.subgraph, index): name
             for name, layer in self.normalization[0].items()
             for index in layer.all_operator_indices
         }
@@ -236,9 +240,10 @@ class TFLiteModel(tflite_file.TFLiteFile):
     def _left_out_reason(self, op: dict[str, Any], spec: FaultSpec, normalization) -> str:
         """Why an operator with constants is not among the targets."""
         layer = self.layers.get(op.get("layer"))
-        if layer is None and op["operator_index"] in normalization:
+        key = (op.get("subgraph", 0), op["operator_index"])
+        if layer is None and key in normalization:
             return (
-                f"per-channel scale/offset of {normalization[op['operator_index']]!r}: "
+                f"per-channel scale/offset of {normalization[key]!r}: "
                 "faulted with --include_normalization"
             )
         if layer is None:
@@ -279,14 +284,15 @@ class TFLiteModel(tflite_file.TFLiteFile):
     @property
     def weight_operators(self) -> list[dict[str, Any]]:
         by_index = {
-            index: name
+            (layer.subgraph, index): name
             for name, layer in self.layers.items()
             for index in layer.all_operator_indices
         }
         result = []
         for op in tflite_file.constant_operators(self.content):
-            if op["operator_index"] in by_index:
-                op = {**op, "layer": by_index[op["operator_index"]]}
+            key = (op.get("subgraph", 0), op["operator_index"])
+            if key in by_index:
+                op = {**op, "layer": by_index[key]}
             result.append(op)
         return result
 
