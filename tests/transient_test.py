@@ -274,3 +274,9 @@ def test_cli_pairs_the_keras_model_and_its_float32_file(trained, tmp_path):
         assert other["faulted"] == cell["faulted"]
         assert other["accuracy"] == pytest.approx(cell["accuracy"], abs=1.5 / EXAMPLES)
     assert any(cell.get("sdc", 0) > 0 for cell in by_model["keras"].values())
+    from aftt_tf.reproduce import campaign_report
+
+    markdown, _ = campaign_report.write([out], tmp_path / "report")
+    text = markdown.read_text()
+    assert "transient faults in the outputs of 2 layers, 56 values per inference" in text
+    assert "SDC" in text

@@ -134,6 +134,19 @@ def _paired(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _outputs_text(coverage: dict[str, Any]) -> str:
+    """'; transient faults in N values per inference (float32)' for transient campaigns."""
+    outputs = coverage.get("outputs")
+    if not outputs:
+        return ""
+    total = outputs["total_values_per_inference"]
+    return (
+        f"; transient faults in the outputs of {len(outputs['values_per_inference'])} layers, "
+        f"{total if total is not None else 'an unknown number of'} values per inference "
+        f"stored as {'/'.join(outputs['stored_as'])}"
+    )
+
+
 def _describe(results: dict[str, Any]) -> list[str]:
     spec, data = results["spec"], results.get("data", {})
     items = [
@@ -151,6 +164,7 @@ def _describe(results: dict[str, Any]) -> list[str]:
                 f"{100 * coverage['targeted_layers_weight_share']:.1f}% of its "
                 f"{coverage['model_weight_elements']} weights"
                 + (f"; {len(coverage['left_out'])} left out" if coverage["left_out"] else "")
+                + _outputs_text(coverage)
                 + "."
             )
     if results.get("verdict"):
