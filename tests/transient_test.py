@@ -152,6 +152,7 @@ def test_keras_and_float32_file_corrupt_the_same_values(name, trained):
         FaultSpec(kind="activation_bit", rates=(0.02,), seed=1),
         FaultSpec(kind="activation_bit", rates=(0.05,), bit_position=30),
         FaultSpec(kind="activation_value", rates=(0.02,), stuck_value=30.0),
+        FaultSpec(kind="activation_bit", rates=(0.5,), faults_per_inference=2, seed=5),
     ):
         rate = spec.rates[0]
         logits, counts, cell = _keras(model, spec, inputs, labels, rate)
@@ -280,3 +281,33 @@ def test_cli_pairs_the_keras_model_and_its_float32_file(trained, tmp_path):
     text = markdown.read_text()
     assert "transient faults in the outputs of 2 layers, 56 values per inference" in text
     assert "SDC" in text
+
+
+def test_mixed_precision_outputs_take_float16_bits():
+    """A layer computing in float16 (mixed precision) stores float16 outputs: a bit is one
+    of its 16, and a bit position beyond them is refused."""
+    keras.utils.set_random_seed(0)
+    inputs_ = keras.Input((8,))
+    x = L.Dense(16, activation="relu", name="d1", dtype="mixed_float16")(inputs_)
+    model = keras.Model(inputs_, L.Dense(4, name="out", dtype="float32")(x))
+    data = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    labels = np.zeros(40, np.int64)
+    adapter = keras_runner.KerasModel(model)
+    spec = FaultSpec(kind="activation_bit", rates=(0.1,), bit_position=9, bit_mode="stuck_at_1")
+    assert adapter.coverage(spec)["outputs"]["stored_as"] == ["float16"]
+    runner = adapter.runner(spec, data, labels, 16, RAW)
+    assert runner.injector.widths == {"d1": 16}
+    runner.inject(0.1, 0)
+    faults = transient.plan_cell(spec, {"d1": 16}, {"d1": 16}, 40, 0.1, 0)["d1"]
+    hidden = np.maximum(
+        data @ model.get_layer("d1").kernel.numpy() + model.get_layer("d1").bias.numpy(), 0
+    ).astype(np.float16)
+    hidden[faults.examples, faults.elements] = transient.corrupt(
+        hidden[faults.examples, faults.elements], faults.bits, spec
+    )
+    out = model.get_layer("out")
+    reference = hidden.astype(np.float32) @ out.kernel.numpy() + out.bias.numpy()
+    np.testing.assert_allclose(runner.logits(), reference, rtol=2e-2, atol=2e-2)
+    runner.close()
+    with pytest.raises(FaultTargetError, match="16-bit outputs"):
+        adapter.runner(FaultSpec(kind="activation_bit", bit_position=20), data, labels, 16, RAW)
