@@ -950,13 +950,18 @@ def _names(operators: list[_Operator], layer_names: dict[int, str]) -> tuple[lis
     scopes = [op.scope for op in operators]
     if None not in scopes and _groups_valid(operators, scopes):
         return scopes, "tensor names"
+    return _type_and_order(operators, ""), "type and order"
+
+
+def _type_and_order(operators: list[_Operator], prefix: str) -> list[str]:
+    """'conv_2d_0', 'conv_2d_1', 'fully_connected_0', ... after `prefix`."""
     counters: dict[str, int] = {}
     names = []
     for op in operators:
         kind = op.kernel.operator
-        names.append(f"{kind}_{counters.get(kind, 0)}")
+        names.append(f"{prefix}{kind}_{counters.get(kind, 0)}")
         counters[kind] = counters.get(kind, 0) + 1
-    return names, "type and order"
+    return names
 
 
 def _groups_valid(operators: list[_Operator], names: list[str]) -> bool:
@@ -1040,13 +1045,7 @@ def _body_names(operators: list[_Operator], subgraph: int, taken: set[str]) -> l
     scopes = [op.scope for op in operators]
     if None not in scopes and _groups_valid(operators, scopes) and not set(scopes) & taken:
         return scopes
-    counters: dict[str, int] = {}
-    names = []
-    for op in operators:
-        kind = op.kernel.operator
-        names.append(f"subgraph_{subgraph}/{kind}_{counters.get(kind, 0)}")
-        counters[kind] = counters.get(kind, 0) + 1
-    return names
+    return _type_and_order(operators, f"subgraph_{subgraph}/")
 
 
 def _parse_layers(

@@ -49,3 +49,17 @@ def rss_status_mib() -> dict[str, float]:
                 name, amount, _ = line.split()
                 values[name[:-1]] = int(amount) / 1024
     return {"current": values["VmRSS"], "peak": values["VmHWM"]}
+
+
+def plain_pass_seconds(model, images, batch_size: int, repeats: int) -> float:
+    """Seconds of one pass of `model` over `images` in chunks, compiled once with
+    tf.function: what a campaign trial is measured against."""
+    predict = tf.function(lambda x: model(x, training=False))
+    chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    for chunk in chunks:
+        predict(chunk).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for chunk in chunks:
+            predict(chunk).numpy()
+    return (time.perf_counter() - start) / repeats

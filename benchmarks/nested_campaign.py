@@ -23,10 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from aftt_tf.faults import keras_runner  # noqa: E402
 from aftt_tf.faults.spec import FaultSpec  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 L = keras.layers
 
@@ -53,18 +53,6 @@ def transformer(blocks: int = 2) -> keras.Model:
     return keras.Model(inputs, L.Dense(10, name="logits")(L.GlobalAveragePooling1D()(x)))
 
 
-def _plain_seconds(model, images, batch_size: int, repeats: int) -> float:
-    predict = tf.function(lambda x: model(x, training=False))
-    chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    for chunk in chunks:
-        predict(chunk).numpy()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        for chunk in chunks:
-            predict(chunk).numpy()
-    return (time.perf_counter() - start) / repeats
-
-
 def measure(name: str, model, images, labels, batch_size: int, trials: int) -> dict:
     spec = FaultSpec(kind="weight", rates=(0.3,), trials=trials)
     runner = keras_runner.KerasModel(model).runner(spec, images, labels, batch_size)
@@ -74,7 +62,7 @@ def measure(name: str, model, images, labels, batch_size: int, trials: int) -> d
     for trial in range(trials):
         runner.evaluate_cell(0.3, trial)
     trial_seconds = (time.perf_counter() - start) / trials
-    plain = _plain_seconds(model, images, batch_size, trials)
+    plain = common.plain_pass_seconds(model, images, batch_size, trials)
     row = {
         "model": name,
         "targeted_layers": len(runner.target_names),

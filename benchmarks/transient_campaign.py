@@ -36,20 +36,9 @@ import tensorflow as tf  # noqa: E402
 from aftt_tf import tflite_file  # noqa: E402
 from aftt_tf.faults import inputs, keras_runner, tflite_runner  # noqa: E402
 from aftt_tf.faults.spec import FaultSpec  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 RAW = inputs.resolve("raw")
-
-
-def _plain_seconds(model, images, batch_size: int, repeats: int) -> float:
-    predict = tf.function(lambda x: model(x, training=False))
-    chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    for chunk in chunks:
-        predict(chunk).numpy()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        for chunk in chunks:
-            predict(chunk).numpy()
-    return (time.perf_counter() - start) / repeats
 
 
 def _trial_seconds(runner, rate: float, trials: int) -> float:
@@ -62,11 +51,11 @@ def _trial_seconds(runner, rate: float, trials: int) -> float:
 
 def measure_keras(model, images, labels, spec, batch_size, trials) -> dict:
     rate = spec.rates[0]
-    plain = _plain_seconds(model, images, batch_size, trials)
+    plain = common.plain_pass_seconds(model, images, batch_size, trials)
     runner = keras_runner.CampaignRunner(model, spec, images, labels, batch_size, RAW)
     try:
         trial = _trial_seconds(runner, rate, trials)
-        unfused = _plain_seconds(model, images, batch_size, trials)  # ieee_nan still on.
+        unfused = common.plain_pass_seconds(model, images, batch_size, trials)  # ieee_nan still on.
     finally:
         runner.close()
     row = {

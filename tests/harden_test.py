@@ -312,7 +312,8 @@ def test_cli_hardens_and_resumes(trained, tmp_path):
 @pytest.mark.slow
 def test_reproduce_compares_methods_on_the_users_model(trained, tmp_path):
     """aftt-reproduce --model: methods harden the user's model, int8 exports, paired
-    campaigns of the kinds that apply (range compared: stuck_value and bit too), one report."""
+    campaigns of the kinds that apply (range compared: stuck_value, bit and transient
+    activation bit flips too), one report."""
     model, train, test = trained["dense"]
     model.save(tmp_path / "mine.keras")
     np.savez(tmp_path / "train.npz", x=train.inputs[:2000], y=train.labels[:2000])
@@ -337,7 +338,7 @@ def test_reproduce_compares_methods_on_the_users_model(trained, tmp_path):
     assert campaigns == [
         f"{runtime}_{kind}"
         for runtime in ("int8", "keras")
-        for kind in ("bit", "node", "stuck_value", "weight")
+        for kind in ("activation_bit", "bit", "node", "stuck_value", "weight")
     ]
     results = json.loads((tmp_path / "compare/campaigns/keras_weight/results.json").read_text())
     for method in ("none", "fat", "range"):

@@ -17,6 +17,7 @@ import tensorflow as tf
 from aftt_tf import data
 from aftt_tf.faults import keras_runner, registry, tflite_runner
 from aftt_tf.faults.spec import FaultSpec
+from tests import conversion
 from tests.conftest import requires_fashion_mnist
 from tests.export_test import _assert_not_significantly_beyond
 from tests.own_layers import OwnDense, UnregisteredDense
@@ -82,16 +83,7 @@ def trained(tmp_path_factory):
         x, t = (train_x, test_x) if name == "nested" else (train_x[..., 0], test_x[..., 0])
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.fit(x, train_y, epochs=1, batch_size=64, verbose=0)
-        model.export(str(root / name), format="tf_saved_model", verbose=False)
-        paths = {}
-        for mode in ("float32", "int8"):
-            converter = tf.lite.TFLiteConverter.from_saved_model(str(root / name))
-            if mode == "int8":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.representative_dataset = lambda x=x: ([x[i : i + 1]] for i in range(100))
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            paths[mode] = root / f"{name}_{mode}.tflite"
-            paths[mode].write_bytes(converter.convert())
+        paths = conversion.tflite_files(model, root, name, x)
         result[name] = (model, paths, t, test_y)
     return result
 

@@ -123,13 +123,13 @@ def _per_inference(spec, sizes, widths, num_examples, rate, trial) -> dict[str, 
     rng = sampling.trial_rng(spec.seed, spec.kind, _INFERENCES_LABEL, rate, trial)
     struck = np.sort(_distinct(num_examples, _count(num_examples, rate, rng, spec.sampling), rng))
     per = spec.faults_per_inference
+    names = sorted(sizes)  # One order for every runtime (their layer orders may differ).
     total = sum(sizes.values())
     flat = _distinct_rows(len(struck), total, per, rng)  # (struck, per) in 0..total-1.
     examples = np.repeat(struck, per)
     flat = flat.reshape(-1)
-    starts = np.cumsum([0, *sizes.values()])
+    starts = np.cumsum([0, *(sizes[name] for name in names)])
     layer_of = np.searchsorted(starts, flat, side="right") - 1
-    names = list(sizes)
     bit_width = np.array([widths[name] for name in names])[layer_of]
     if spec.kind == "activation_bit" and spec.bit_position < 0:
         bits = rng.integers(0, bit_width).astype(np.int32)

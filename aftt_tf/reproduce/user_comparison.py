@@ -3,7 +3,9 @@
 model (`training.harden_run`), each result is exported to int8 (`deploy.export_lib`),
 and paired campaigns measure every method on the same fault positions, in float32
 (Keras) and int8 (.tflite), for the fault kinds that apply: weight and node always,
-filter only with convolutions, stuck_value and bit when `range` is compared. One report
+filter only with convolutions, stuck_value, bit and transient activation bit flips
+(activation_bit) when `range` is compared (range restriction is meant for the last).
+One report
 (`campaign_report`) puts them side by side. Resumable: finished runs, exports and
 campaign cells are reused.
 
@@ -39,9 +41,10 @@ class ComparisonConfig:
         test_data: the campaigns' and exports' data (default: a built-in or TFDS test
             split; required for a file, so that nothing is measured on training data).
         faults: fault kinds ('' picks: weight, node, filter with convolutions, and
-            stuck_value and bit when range is compared).
+            stuck_value, bit and activation_bit when range is compared).
         rates, trials, seed: the campaigns (per kind, bit faults use `bit_rates`).
         bit_rates: rates of bit campaigns (bits are far more harmful per fault).
+        transient_rates: rates of activation_bit campaigns (per output value).
         test_examples: campaign test examples (0: all).
         runtimes: 'keras' and/or 'int8'.
     """
@@ -55,6 +58,7 @@ class ComparisonConfig:
     faults: tuple[str, ...] = ()
     rates: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5)
     bit_rates: tuple[float, ...] = (0.0, 0.0001, 0.001)
+    transient_rates: tuple[float, ...] = (0.0, 0.0001, 0.001)
     trials: int = 10
     seed: int = 0
     test_examples: int = 2000
@@ -101,7 +105,7 @@ def fault_kinds(config: ComparisonConfig, model) -> list[str]:
     ):
         kinds.append("filter")
     if "range" in config.methods:
-        kinds += ["stuck_value", "bit"]
+        kinds += ["stuck_value", "bit", "activation_bit"]
     return kinds
 
 
@@ -180,7 +184,9 @@ def _campaign(config: ComparisonConfig, files: dict[str, Path], kind: str, direc
     from aftt_tf.faults import campaign_lib
     from aftt_tf.faults.spec import FaultSpec
 
-    rates = config.bit_rates if kind == "bit" else config.rates
+    rates = {"bit": config.bit_rates, "activation_bit": config.transient_rates}.get(
+        kind, config.rates
+    )
     options = config.data_options
     campaign = campaign_lib.CampaignConfig(
         models=tuple(f"{method}={path}" for method, path in files.items()),
