@@ -658,7 +658,7 @@ class _Graph:
                     f"the operator is followed by {_OPERATOR_NAMES.get(code, code)} and the "
                     "file's tensor names do not tell whether it belongs to the layer"
                 )
-            if _layer_name_of_tensor(name) != scope and "batchnorm" not in name.split("/"):
+            if not _within(name, scope) and "batchnorm" not in name.split("/"):
                 break
             tensor = self.output(follower)
         return tensor, None

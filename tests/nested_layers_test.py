@@ -7,8 +7,6 @@ the Keras and file runtimes are checked against each other and against a numpy r
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import numpy as np
 import pytest
@@ -196,12 +194,11 @@ def test_keras_and_float32_file_fault_the_same_elements(name, trained):
     assert {entry["operator"] for entry in left} <= {"MUL", "ADD"}
     assert sum(entry["weights"] for entry in left) == (64 if name == "transformer" else 0)
     for kind in _kinds(name):
+        # Node faults on the attention projections too: their bias ADDs are separate
+        # operators in the file, and the node point is after them (it stopped before
+        # them until the tensor names were matched by path; the faulted outputs then held
+        # the bias instead of 0).
         spec = FaultSpec(kind=kind, rates=(0.3,), trials=1, seed=3)
-        if kind == "node" and name == "transformer":
-            # The converter scales the query projection's output and moves the value
-            # projection's bias past the attention average, so a node fault on their
-            # outputs holds other values in the file (README: node faults in attention).
-            spec = dataclasses.replace(spec, exclude_layers=("mha/query", "mha/value"))
         keras_run = keras_runner.KerasModel(model).runner(spec, images, labels, EXAMPLES)
         file_run = tflite.runner(spec, images, labels, EXAMPLES)
         assert set(file_run.target_names) == set(keras_run.target_names), kind
