@@ -65,6 +65,22 @@ def test_gradients_and_hessian_diagonal_equal_finite_differences():
     assert np.corrcoef(exact, approximate)[0, 1] > 0.9
 
 
+def test_scores_do_not_depend_on_the_chunks_they_are_read_in():
+    """Examples are read batch_size at a time (a large model's activations need not fit
+    at once): gradients, the Hessian diagonal and w^T H w are the same."""
+    model, inputs, labels = _tiny()
+    whole = sensitivity.kernel_scores(model, inputs, labels, exact_hessian=True, batch_size=64)
+    chunked = sensitivity.kernel_scores(model, inputs, labels, exact_hessian=True, batch_size=10)
+    for one, other in zip(whole, chunked, strict=True):
+        np.testing.assert_allclose(one.gradient, other.gradient, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            one.hessian_diagonal, other.hessian_diagonal, rtol=1e-5, atol=1e-6
+        )
+        assert one.curvature == pytest.approx(other.curvature, rel=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        sensitivity.kernel_scores(model, inputs, labels, batch_size=0)
+
+
 def test_expected_loss_change_tracks_measured_zeroing():
     """The second-order estimate of zeroing a share of a layer's weights is within a
     factor of two of the mean measured loss change (small model, 30%)."""

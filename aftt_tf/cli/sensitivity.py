@@ -28,6 +28,12 @@ flags.DEFINE_integer("test_examples", 0, "Campaigns on a seeded sample of this m
 flags.DEFINE_string("data_dir", "", "Local raw data directory.")
 flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
 flags.DEFINE_integer("examples", 512, "Examples the gradients and Hessian estimate read.")
+flags.DEFINE_integer(
+    "score_batch_size",
+    256,
+    "Examples per chunk of the gradient and Hessian-vector products (memory; the scores "
+    "do not depend on it).",
+)
 flags.DEFINE_integer("hutchinson_samples", 16, "Rademacher probes of the Hessian diagonal.")
 flags.DEFINE_float("rate", 0.3, "Fault rate of the per-layer estimate, check and target.")
 flags.DEFINE_enum(
@@ -71,6 +77,7 @@ def main(argv: list[str]) -> None:
         test_data=FLAGS.test_data,
         test_examples=FLAGS.test_examples,
         examples=FLAGS.examples,
+        score_batch_size=FLAGS.score_batch_size,
         hutchinson_samples=FLAGS.hutchinson_samples,
         rate=FLAGS.rate,
         score=FLAGS.score,

@@ -82,22 +82,33 @@ def _loss_function(model: keras.Model, output_kind: str):
 
 
 class _Derivatives:
-    """Gradient and Hessian-vector products of the mean loss over one batch, compiled once."""
+    """Gradient and Hessian-vector products of the mean loss over the examples, computed
+    chunk by chunk (memory of one chunk's activations, whatever the number of examples)
+    and summed with each chunk's share: means add up exactly. Compiled once per chunk
+    shape."""
 
-    def __init__(self, model, variables, inputs, labels, output_kind: str):
+    def __init__(self, model, variables, inputs, labels, output_kind: str, batch_size: int):
         self.variables = variables
         loss = _loss_function(model, output_kind)
-        x = tf.constant(inputs)
-        y = tf.constant(np.asarray(labels).astype(np.int64))
+        labels = np.asarray(labels).astype(np.int64)
+        count = len(inputs)
+        self.chunks = [
+            (
+                tf.constant(inputs[start : start + batch_size]),
+                tf.constant(labels[start : start + batch_size]),
+                min(batch_size, count - start) / count,
+            )
+            for start in range(0, count, batch_size)
+        ]
 
-        @tf.function
-        def gradients():
+        @tf.function(reduce_retracing=True)
+        def gradients(x, y):
             with tf.GradientTape() as tape:
                 value = loss(x, y)
             return tape.gradient(value, variables)
 
-        @tf.function
-        def hessian_vector(vectors):
+        @tf.function(reduce_retracing=True)
+        def hessian_vector(x, y, vectors):
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner:
                     value = loss(x, y)
@@ -107,11 +118,20 @@ class _Derivatives:
                 )
             return outer.gradient(product, variables)
 
-        self.gradients, self._hessian_vector = gradients, hessian_vector
+        self._gradients, self._hessian_vector = gradients, hessian_vector
+
+    def _summed(self, function, *extra) -> list[np.ndarray]:
+        total = [np.zeros(v.shape, np.float64) for v in self.variables]
+        for x, y, share in self.chunks:
+            for index, value in enumerate(function(x, y, *extra)):
+                total[index] += share * np.asarray(value, np.float64)
+        return total
+
+    def gradients(self) -> list[np.ndarray]:
+        return self._summed(self._gradients)
 
     def hessian_vector(self, vectors: list[np.ndarray]) -> list[np.ndarray]:
-        products = self._hessian_vector([tf.constant(v, tf.float32) for v in vectors])
-        return [np.asarray(product, np.float64) for product in products]
+        return self._summed(self._hessian_vector, [tf.constant(v, tf.float32) for v in vectors])
 
     def exact_diagonal(self) -> list[np.ndarray]:
         """One Hessian-vector product per weight: small models (tests) only."""
@@ -161,10 +181,12 @@ def kernel_scores(
     exact_hessian: bool = False,
     seed: int = 0,
     weights: str = "registered",
+    batch_size: int = 256,
 ) -> list[KernelScores]:
     """Gradient and Hessian diagonal of the mean loss over (`inputs`, `labels`) for every
     faultable kernel, in model order, and each layer's w^T H w (the correlated part of
-    the loss change when a share of its weights is zeroed at once; one product a layer)."""
+    the loss change when a share of its weights is zeroed at once; one product a layer).
+    The examples are read `batch_size` at a time (the result does not depend on it)."""
     if len(inputs) == 0:
         raise ValueError("Sensitivity needs at least one example.")
     entries = [
@@ -178,8 +200,10 @@ def kernel_scores(
             "why; a layer of your own: register_layer or weights='all_trainable')."
         )
     variables = [variable for _, _, variable, _ in entries]
-    derivatives = _Derivatives(model, variables, inputs, labels, output_kind)
-    gradients = [np.asarray(g, np.float64) for g in derivatives.gradients()]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, received {batch_size}.")
+    derivatives = _Derivatives(model, variables, inputs, labels, output_kind, batch_size)
+    gradients = derivatives.gradients()
     if exact_hessian:
         diagonal = derivatives.exact_diagonal()
     else:

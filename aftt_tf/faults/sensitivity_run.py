@@ -39,6 +39,7 @@ class SensitivityConfig:
     test_data: str = ""
     test_examples: int = 0
     examples: int = 512
+    score_batch_size: int = 256
     hutchinson_samples: int = 16
     rate: float = 0.3
     score: str = "taylor"
@@ -61,6 +62,8 @@ class SensitivityConfig:
             )
         if self.examples < 1:
             raise ValueError(f"--examples must be >= 1, received {self.examples}.")
+        if self.score_batch_size < 1:
+            raise ValueError(f"--score_batch_size must be >= 1, received {self.score_batch_size}.")
         if self.hutchinson_samples < 1:
             raise ValueError(
                 f"--hutchinson_samples must be >= 1, received {self.hutchinson_samples}."
@@ -154,6 +157,7 @@ def _prepare(config: SensitivityConfig) -> _Prepared:
         output_kind,
         config.hutchinson_samples,
         seed=config.seed,
+        batch_size=config.score_batch_size,
     )
     layers = sensitivity.layer_table(scores, config.rate)
     check = None
