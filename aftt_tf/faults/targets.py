@@ -95,15 +95,16 @@ def candidates(model: keras.Model, weights: str = "registered") -> list[selectio
     for entry in sites(model, weights):
         if not graph:
             refusal = (
-                f"Node faults hold layer outputs at 0 through a layer inserted after "
-                f"{entry.path!r}, which needs a Sequential or Functional model; "
-                f"{type(model).__name__} is subclassed. Use parameter faults (weight, "
-                "filter, stuck_value, bit), or rebuild the model as a Functional one."
+                f"Faults in layer outputs (node, activation_bit, activation_value) go "
+                f"through a layer inserted after {entry.path!r}, which needs a Sequential "
+                f"or Functional model; {type(model).__name__} is subclassed. Use parameter "
+                "faults (weight, filter, stuck_value, bit), or rebuild the model as a "
+                "Functional one."
             )
         else:
             refusal = (
-                f"Node faults on {entry.path!r}: it is computed inside a composite layer "
-                f"or subclassed sub-model ({entry.path.rsplit('/', 1)[0]!r}), where no "
+                f"Faults in the output of {entry.path!r}: it is computed inside a composite "
+                f"layer or subclassed sub-model ({entry.path.rsplit('/', 1)[0]!r}), where no "
                 "layer can be inserted after it. Use parameter faults, or --exclude_layers."
             )
         result.append(
