@@ -230,6 +230,13 @@ def test_refusals_name_the_cause(trained, monkeypatch):
             model, FaultSpec(kind="activation_bit", rates=(1.0,)), inputs, labels, 64, RAW
         )
     assert keras_runner._IEEE_USERS[0] == users  # A refused runner leaves nothing held.
+    monkeypatch.undo()
+    runner = keras_runner.CampaignRunner(
+        model, FaultSpec(kind="activation_bit"), inputs, labels, 64, RAW
+    )
+    with pytest.raises(FaultTargetError, match="int32"):  # 5,408 values x 400,000 rows.
+        runner.injector.set_chunk_size(400_000)
+    runner.close()
 
 
 def test_cli_pairs_the_keras_model_and_its_float32_file(trained, tmp_path):

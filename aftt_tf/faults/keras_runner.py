@@ -324,7 +324,7 @@ class CampaignRunner:
             prefix_outputs, labels, batch_size
         )
         if self._chunk_index is not None:
-            self.injector.chunk_size = int(self._chunks.shape[1])
+            self.injector.set_chunk_size(int(self._chunks.shape[1]))
         self._count_outcomes = tf.function(self._count_outcomes_impl)
         self._golden = self._golden_predictions()
 
@@ -671,17 +671,22 @@ class TransientInjector:
         transient.check_size(spec, self.sizes, num_examples)
         self.in_place_targets, self.in_place = [], False
 
+    def set_chunk_size(self, chunk_size: int) -> None:
+        """The evaluation chunk (inferences per compiled step); refused when a chunk's
+        values cannot be indexed with int32, before any inference runs."""
+        largest = max(self.sizes.values())
+        if chunk_size * largest >= 2**31:
+            raise FaultTargetError(
+                f"A chunk of {chunk_size} inferences of {largest} output values each "
+                "cannot be indexed with int32; lower --batch_size."
+            )
+        self.chunk_size = chunk_size
+
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         plan = transient.plan_cell(
             self.spec, self.sizes, self.widths, self.num_examples, rate, trial
         )
         chunks = math.ceil(self.num_examples / self.chunk_size)
-        largest = max(self.sizes.values())
-        if self.chunk_size * largest >= 2**31:
-            raise FaultTargetError(
-                f"A chunk of {self.chunk_size} inferences of {largest} output values each "
-                "cannot be indexed with int32; lower --batch_size."
-            )
         per_layer, faulted, total = {}, 0, 0
         for name, faults in plan.items():
             chunk, row = np.divmod(faults.examples, self.chunk_size)
