@@ -26,6 +26,7 @@ import tensorflow as tf
 from aftt_tf.faults import (
     fault_map,
     inputs,
+    placement,
     protection,
     registry,
     sampling,
@@ -377,13 +378,18 @@ class CampaignRunner:
             features[start : start + len(chunk)] = np.asarray(self._prefix(chunk, training=False))
         return features
 
-    def _predict_chunk(self, inputs_):
-        """Top-1 classes of one chunk; -1 where an output is NaN/Inf (never a class)."""
+    def _chunk_outputs(self, inputs_):
+        """The faulty model's outputs on one chunk as stored (transformed here when the
+        transform runs in the graph)."""
         if self._graph_transform and not self.transform.identity:
             inputs_ = tf.cast(inputs_, tf.float32) / self.transform.divisor
             if self.transform.offset:
                 inputs_ = inputs_ + self.transform.offset
-        logits = self._suffix(inputs_, training=False)
+        return self._suffix(inputs_, training=False)
+
+    def _predict_chunk(self, inputs_):
+        """Top-1 classes of one chunk; -1 where an output is NaN/Inf (never a class)."""
+        logits = self._chunk_outputs(inputs_)
         finite = tf.reduce_all(tf.math.is_finite(logits), axis=-1)
         predicted = tf.argmax(
             tf.where(tf.math.is_finite(logits), logits, tf.zeros_like(logits)),
@@ -449,11 +455,7 @@ class CampaignRunner:
     def _chunk_logits_impl(self, chunk, index):
         if self._chunk_index is not None:
             self._chunk_index.assign(index)
-        if self._graph_transform and not self.transform.identity:
-            chunk = tf.cast(chunk, tf.float32) / self.transform.divisor
-            if self.transform.offset:
-                chunk = chunk + self.transform.offset
-        return self._suffix(chunk, training=False)
+        return self._chunk_outputs(chunk)
 
     def outcome(self) -> Outcome:
         """Correct, non-finite and masked inferences with the faults as currently assigned."""
@@ -561,12 +563,9 @@ class FaultInjector:
             rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
             if spec.kind == "node":
                 size = int(np.prod(layer.node_keep.shape))
-                if self._pes is None:
-                    positions = sampling.sample_positions(size, rate, rng, spec.sampling)
-                else:
-                    positions = systolic.output_positions(
-                        layer.node_keep.shape, self._pes, *systolic.parse_array(spec.array)
-                    )
+                positions = placement.output_positions(
+                    spec, self._pes, layer.node_keep.shape, rate, rng
+                )
                 keep = np.ones(size, np.float32)
                 keep[positions] = 0.0
                 layer.node_keep.assign(keep.reshape(layer.node_keep.shape))
@@ -591,31 +590,21 @@ class FaultInjector:
         clean = self._clean[name]
         kernels = [i for i, t in enumerate(tensors) if not t.bias]
         bias = next((i for i, t in enumerate(tensors) if t.bias), None)
-
-        def rng_for(index: int):
-            if index == 0:
-                return rng
-            label = f"{name}/{tensors[kernels[index]].attribute}"
-            return sampling.trial_rng(spec.seed, spec.kind, label, rate, trial)
-
-        guard = self._plan
-        if self._pes is not None:  # Weight registers of faulty PEs (weight stationary).
-            plan = systolic.layer_plan(spec.array, [clean[i].shape for i in kernels], self._pes)
-        else:
-            plan = sampling.plan_layer_fault(
-                [clean[i].shape for i in kernels],
-                [tensors[i].filter_axis for i in kernels],
-                0 if bias is None else clean[bias].size,
-                spec.kind,
-                rate,
-                rng_for,
-                spec.sampling,
-                spec.include_bias,
-                None
-                if guard is None
-                else [guard.indices(name, tensors[i].attribute) for i in kernels],
-            )
-        if guard is not None:
+        attributes = tuple(tensors[i].attribute for i in kernels)
+        rng_for = placement.kernel_generators(spec, name, attributes, rate, trial, rng)
+        plan = placement.parameter_plan(
+            spec,
+            self._pes,
+            self._plan,
+            name,
+            [clean[i].shape for i in kernels],
+            [tensors[i].filter_axis for i in kernels],
+            attributes,
+            0 if bias is None else clean[bias].size,
+            rate,
+            rng_for,
+        )
+        if self._plan is not None:
             self.protected_counts[name] = plan.protected
         positions = dict(zip(kernels, plan.kernel_positions, strict=True))
         if bias is not None:
@@ -669,7 +658,6 @@ class TransientInjector:
         self.num_examples = num_examples
         self.chunk_size = num_examples
         transient.check_size(spec, self.sizes, num_examples)
-        self.in_place_targets, self.in_place = [], False
 
     def set_chunk_size(self, chunk_size: int) -> None:
         """The evaluation chunk (inferences per compiled step); refused when a chunk's

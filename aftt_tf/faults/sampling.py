@@ -87,30 +87,36 @@ def corrupt_bits(
     if bit_mode not in BIT_MODES:
         raise ValueError(f"Unknown bit_mode {bit_mode!r}; expected one of {', '.join(BIT_MODES)}.")
     values = np.asarray(values)
-    if values.dtype not in _UNSIGNED:
-        raise ValueError(
-            f"Bit faults support float32/16 and integer values, received {values.dtype}."
-        )
-    unsigned = _UNSIGNED[values.dtype]
+    unsigned_type(values.dtype)  # A clear error for a type without a bit layout here.
     num_bits = values.dtype.itemsize * 8
     if not -1 <= bit_position < num_bits:
         raise ValueError(
             f"bit_position must be in 0..{num_bits - 1} for {values.dtype} (or -1: random), "
             f"received {bit_position}."
         )
-    bits = np.ascontiguousarray(values).view(unsigned).copy()
     if bit_position >= 0:
-        positions = np.full(bits.shape, bit_position, unsigned)
+        positions = np.full(values.shape, bit_position)
     else:
-        positions = rng.integers(0, num_bits, size=bits.shape).astype(unsigned)
-    masks = np.left_shift(unsigned(1), positions).astype(unsigned)
+        positions = rng.integers(0, num_bits, size=values.shape)
+    return set_bits(values, positions, bit_mode)
+
+
+def set_bits(values: np.ndarray, bits: np.ndarray, bit_mode: str) -> np.ndarray:
+    """`values` with bit `bits[i]` of element i flipped or stuck (`bit_mode`), on the bits
+    as stored (see `corrupt_bits`)."""
+    values = np.asarray(values)
+    unsigned = unsigned_type(values.dtype)
+    words = np.ascontiguousarray(values).view(unsigned).copy()
+    masks = np.left_shift(unsigned(1), np.asarray(bits).astype(unsigned)).astype(unsigned)
     if bit_mode == "flip":
-        bits ^= masks
+        words ^= masks
     elif bit_mode == "stuck_at_1":
-        bits |= masks
+        words |= masks
+    elif bit_mode == "stuck_at_0":
+        words &= ~masks
     else:
-        bits &= ~masks
-    return bits.view(values.dtype)
+        raise ValueError(f"Unknown bit_mode {bit_mode!r}; expected one of {', '.join(BIT_MODES)}.")
+    return words.view(values.dtype)
 
 
 def parameter_fault(

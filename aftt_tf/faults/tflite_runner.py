@@ -34,6 +34,7 @@ from aftt_tf import tflite_file
 from aftt_tf.faults import (
     fault_map,
     inputs,
+    placement,
     protection,
     sampling,
     selection,
@@ -463,12 +464,7 @@ class TFLiteRunner:
             if spec.kind == "node":
                 mask = self.masks[name]
                 units = int(np.prod(mask.shape))
-                if self._pes is None:
-                    positions = sampling.sample_positions(units, rate, rng, spec.sampling)
-                else:
-                    positions = systolic.output_positions(
-                        mask.shape[1:], self._pes, *systolic.parse_array(spec.array)
-                    )
+                positions = placement.output_positions(spec, self._pes, mask.shape[1:], rate, rng)
                 self._write(mask, tflite_nodes.mask_values(mask, positions))
                 count, elements = len(positions), units
             else:
@@ -512,30 +508,19 @@ class TFLiteRunner:
         in the Keras runtime, so multi-operator layers fault the same elements."""
         spec, layer = self.spec, self.model.layers[name]
 
-        def rng_for(index: int):
-            if index == 0:
-                return rng
-            label = f"{name}/{layer.keras_attributes[index]}"
-            return sampling.trial_rng(spec.seed, spec.kind, label, rate, trial)
-
-        if self._pes is not None:  # Weight registers of faulty PEs (weight stationary).
-            plan = systolic.layer_plan(
-                spec.array, [kernel.keras_kernel_shape for kernel in layer.kernels], self._pes
-            )
-        else:
-            plan = sampling.plan_layer_fault(
-                [kernel.keras_kernel_shape for kernel in layer.kernels],
-                layer.filter_axes,
-                int(np.prod(layer.bias.shape)) if layer.bias is not None else 0,
-                spec.kind,
-                rate,
-                rng_for,
-                spec.sampling,
-                spec.include_bias,
-                None
-                if self._plan is None
-                else [self._plan.indices(name, attribute) for attribute in layer.keras_attributes],
-            )
+        rng_for = placement.kernel_generators(spec, name, layer.keras_attributes, rate, trial, rng)
+        plan = placement.parameter_plan(
+            spec,
+            self._pes,
+            self._plan,
+            name,
+            [kernel.keras_kernel_shape for kernel in layer.kernels],
+            layer.filter_axes,
+            layer.keras_attributes,
+            int(np.prod(layer.bias.shape)) if layer.bias is not None else 0,
+            rate,
+            rng_for,
+        )
         if self._plan is not None:
             self.protected_counts[name] = plan.protected
         extra = 0

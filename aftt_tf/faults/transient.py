@@ -197,13 +197,4 @@ def corrupt(values: np.ndarray, bits: np.ndarray | None, spec: FaultSpec, stored
     values = np.asarray(values)
     if spec.kind == "activation_value":
         return np.full(values.shape, spec.stuck_value if stored is None else stored, values.dtype)
-    unsigned = sampling.unsigned_type(values.dtype)
-    words = np.ascontiguousarray(values).view(unsigned).copy()
-    masks = np.left_shift(unsigned(1), bits.astype(unsigned)).astype(unsigned)
-    if spec.bit_mode == "flip":
-        words ^= masks
-    elif spec.bit_mode == "stuck_at_1":
-        words |= masks
-    else:
-        words &= ~masks
-    return words.view(values.dtype)
+    return sampling.set_bits(values, bits, spec.bit_mode)

@@ -1,0 +1,67 @@
+"""*What* one cell faults in one layer, for every runtime: element positions drawn by
+`sampling`, or placed by a systolic array's faulty PEs (`systolic`), less what a
+protection plan protects. The Keras and .tflite runtimes both call these, each with its
+own view of the layer's kernels (in the Keras layout), so one seed places the same faults
+in both. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from aftt_tf.faults import sampling, systolic
+
+
+def kernel_generators(
+    spec, name: str, attributes: tuple[str, ...], rate: float, trial: int, layer_rng
+) -> Callable[[int], np.random.Generator]:
+    """`rng_for(i)`: the generator of kernel i of layer `name`: the layer's own for kernel
+    0 (its bias is drawn after it), else a fresh one labelled 'LAYER/ATTRIBUTE'."""
+
+    def rng_for(index: int) -> np.random.Generator:
+        if index == 0:
+            return layer_rng
+        label = f"{name}/{attributes[index]}"
+        return sampling.trial_rng(spec.seed, spec.kind, label, rate, trial)
+
+    return rng_for
+
+
+def parameter_plan(
+    spec,
+    pes: np.ndarray | None,
+    guard,
+    name: str,
+    kernel_shapes: list[tuple[int, ...]],
+    filter_axes: list[int | None],
+    attributes: tuple[str, ...],
+    bias_size: int,
+    rate: float,
+    rng_for,
+) -> sampling.LayerPlan:
+    """The kernel (and bias) positions of one layer in one cell: the weight registers of
+    the faulty PEs `pes` (weight stationary), or drawn per element; a protection plan
+    (`guard`) drops the drawn positions it covers."""
+    if pes is not None:
+        return systolic.layer_plan(spec.array, kernel_shapes, pes)
+    return sampling.plan_layer_fault(
+        kernel_shapes,
+        filter_axes,
+        bias_size,
+        spec.kind,
+        rate,
+        rng_for,
+        spec.sampling,
+        spec.include_bias,
+        None if guard is None else [guard.indices(name, attribute) for attribute in attributes],
+    )
+
+
+def output_positions(spec, pes: np.ndarray | None, shape, rate: float, rng) -> np.ndarray:
+    """Flat positions of one inference's output (`shape`, no batch) that node faults hold
+    at 0: the accumulators of the faulty PEs (output stationary), or drawn per unit."""
+    if pes is None:
+        return sampling.sample_positions(int(np.prod(shape)), rate, rng, spec.sampling)
+    return systolic.output_positions(tuple(shape), pes, *systolic.parse_array(spec.array))
