@@ -118,6 +118,16 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def file_version(path: str | os.PathLike, what: str) -> tuple[str, int, int]:
+    """(path, modification time, size) of a file read through a cache keyed by them (an
+    edited file is read again); ValueError '<what> <path> does not exist.' otherwise."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        raise ValueError(f"{what} {path} does not exist.") from None
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

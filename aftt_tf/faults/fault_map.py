@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from aftt_tf import io_utils
+
 FORMAT = "aftt-fault-map/1"
 KINDS = ("stuck_at_0", "stuck_value")
 
@@ -123,12 +125,7 @@ class FaultMap:
 
 def load(path: str | Path) -> FaultMap:
     """Reads a map, with one-line errors naming the file and the entry that is wrong."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError:
-        raise ValueError(f"Fault map {path} does not exist.") from None
-    return _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
+    return _load_cached(*io_utils.file_version(path, "Fault map"))
 
 
 def digest_of(path: str) -> str:

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from aftt_tf import io_utils
+
 _SEPARATOR = "|"
 
 
@@ -68,12 +70,7 @@ class ProtectionPlan:
 
 def load(path: str | Path) -> ProtectionPlan:
     """Reads a plan file, with one-line errors for a missing, foreign or damaged file."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError:
-        raise ValueError(f"Protection plan {path} does not exist.") from None
-    return _load_cached(str(path), stat.st_mtime_ns, stat.st_size)
+    return _load_cached(*io_utils.file_version(path, "Protection plan"))
 
 
 @functools.lru_cache(maxsize=8)
