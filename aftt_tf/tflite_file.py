@@ -72,6 +72,8 @@ _ACTIVATIONS = {
     _BUILTIN.LOG_SOFTMAX,
 }
 _REQUANTIZE = {_BUILTIN.QUANTIZE, _BUILTIN.DEQUANTIZE}
+# Activations whose output is what a layer stores, fused or not (Keras: ReLU, ReLU6, tanh).
+_STORED_ACTIVATIONS = {_BUILTIN.RELU, _BUILTIN.RELU6, _BUILTIN.TANH}
 _ZERO_PRESERVING_OPERATORS = {
     _BUILTIN.RELU,
     _BUILTIN.RELU6,
@@ -194,6 +196,10 @@ class TFLiteLayer:
     scope: str | None = None  # The Keras name in the converter's tensor names, if any.
     bias_operator: int | None = None  # The separate ADD holding the bias, if any.
     node_tensor: int | None = None  # Where node faults hold the output at 0 (None: unknown).
+    # Where transient faults corrupt the output: the node point, or past a ReLU/ReLU6/tanh
+    # operator that alone reads it (as the Keras runtime places them; see
+    # targets._output_point), so an unfused activation is on the same side in both.
+    transient_tensor: int | None = None
     node_refusal: str | None = None  # Why node faults cannot be placed, when they cannot.
     shared_operators: list[int] = dataclasses.field(default_factory=list)
     # Quantization metadata (int8 files): each kernel's per-channel scales, and the zero
@@ -607,6 +613,14 @@ class _Graph:
             for tensor in self.graph.Operators(op_index).InputsAsNumpy()
         )
 
+    def past_activation(self, tensor: int) -> int:
+        """The output of a ReLU, ReLU6 or tanh operator that alone reads `tensor`, else
+        `tensor`."""
+        readers = self.consumers.get(tensor, [])
+        if len(readers) == 1 and self.code(readers[0]) in _STORED_ACTIVATIONS:
+            return self.output(readers[0])
+        return tensor
+
     def node_point(self, op_index: int, scope: str | None) -> tuple[int | None, str | None]:
         """The tensor that holds a layer's output as the Keras runtime faults it, or
         (None, why) when the file does not tell.
@@ -1012,6 +1026,8 @@ def _build_layers(
         layer.node_refusal = _node_refusal(graph, layer)
         if layer.node_refusal is None:
             layer.node_tensor, why = graph.node_point(layer.kernels[-1].operator_index, layer.scope)
+            if layer.node_tensor is not None:
+                layer.transient_tensor = graph.past_activation(layer.node_tensor)
             if why:
                 layer.node_refusal = (
                     f"Node faults on {layer.name!r}: {why}. Convert the file from the Keras "

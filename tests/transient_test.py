@@ -9,6 +9,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from aftt_tf import data
 from aftt_tf.faults import inputs as input_transforms
@@ -174,7 +175,7 @@ def test_int8_file_corrupts_the_stored_int8_codes(trained):
     model = tflite_runner.TFLiteModel(paths["int8"])
     spec = FaultSpec(kind="activation_bit", rates=(0.01,), seed=2)
     names = model.select_layers(spec)
-    points = {n: model.layers[n].node_tensor for n in names}
+    points = {n: model.layers[n].transient_tensor for n in names}
     split = tflite_transient.SplitModel(model, points, EXAMPLES)
     assert set(split.widths.values()) == {8}
     plan = transient.plan_cell(spec, split.sizes, split.widths, EXAMPLES, 0.01, 0)
@@ -202,7 +203,7 @@ def test_pieces_without_faults_compute_the_file(mode, trained):
     _, paths, inputs, _ = trained["cnn"]
     model = tflite_runner.TFLiteModel(paths[mode])
     spec = FaultSpec(kind="activation_bit")
-    points = {n: model.layers[n].node_tensor for n in model.select_layers(spec)}
+    points = {n: model.layers[n].transient_tensor for n in model.select_layers(spec)}
     split = tflite_transient.SplitModel(model, points, 64)
     quantized = model.quantize_inputs(inputs)
     whole = split.whole.outputs(quantized)
@@ -316,3 +317,28 @@ def test_mixed_precision_outputs_take_float16_bits():
     runner.close()
     with pytest.raises(FaultTargetError, match="16-bit outputs"):
         adapter.runner(FaultSpec(kind="activation_bit", bit_position=20), data, labels, 16, RAW)
+
+
+def test_an_activation_the_converter_does_not_fuse_is_on_the_same_side(tmp_path):
+    """Transient faults sit after a ReLU/ReLU6/tanh layer that alone reads a layer's
+    output, in Keras whether or not the converter fuses it: an Embedding's ReLU stays a
+    separate operator in the file, and a negative stuck value shows which side a fault is
+    on (the file faulted before it, off by 3.69 in the logits, until this was mirrored)."""
+    keras.utils.set_random_seed(1)
+    inputs_ = keras.Input((6,), dtype="int32")
+    x = L.ReLU(name="relu")(L.Embedding(20, 8, name="embed")(inputs_))
+    x = L.Activation("tanh", name="act")(L.Dense(16, name="dense")(L.Flatten()(x)))
+    model = keras.Model(inputs_, L.Dense(4, name="logits")(x))
+    model.export(str(tmp_path / "saved"), format="tf_saved_model", verbose=False)
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved")).convert())
+    data = np.random.default_rng(1).integers(0, 20, size=(40, 6)).astype(np.int32)
+    labels = np.zeros(40, np.int64)
+    tflite = tflite_runner.TFLiteModel(path)
+    assert tflite.layers["embed"].transient_tensor != tflite.layers["embed"].node_tensor
+    spec = FaultSpec(kind="activation_value", rates=(0.1,), stuck_value=-3.0)
+    keras_run = keras_runner.CampaignRunner(model, spec, data, labels, 20, RAW)
+    file_run = tflite.runner(spec, data, labels, 20, RAW)
+    assert keras_run.inject(0.1, 0)["per_layer"] == file_run.inject(0.1, 0)["per_layer"]
+    np.testing.assert_allclose(keras_run.logits(), file_run.logits(), rtol=1e-4, atol=1e-4)
+    keras_run.close()

@@ -171,7 +171,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
             return view.weight_storage(spec)
         if spec.kind in ACTIVATION_KINDS:
             return {
-                tflite_file.tensor_type(self.content, self.layers[name].node_tensor).name
+                tflite_file.tensor_type(self.content, self.layers[name].transient_tensor).name
                 for name in self.select_layers(spec)
             }
         return {
@@ -272,7 +272,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
                 {
                     name: int(np.prod(tflite_file.tensor_shape(self.content, index)[1:]))
                     for name in targeted
-                    for index in [self.layers[name].node_tensor]
+                    for index in [self.layers[name].transient_tensor]
                 },
                 self.weight_storage(spec),
             )
@@ -415,7 +415,7 @@ class TFLiteRunner:
     def _transient_model(self) -> tflite_transient.SplitModel:
         """The file cut at the targeted outputs, every check made before any cell."""
         spec = self.spec
-        points = {name: self.model.layers[name].node_tensor for name in self.target_names}
+        points = {name: self.model.layers[name].transient_tensor for name in self.target_names}
         split = tflite_transient.SplitModel(self.model, points, self.batch_size)
         for name, width in split.widths.items():
             if spec.kind == "activation_bit" and spec.bit_position >= width:
