@@ -699,6 +699,26 @@ _NOT_WEIGHTS = {"RESHAPE", "PAD", "PADV2", "MEAN", "SUM", "TRANSPOSE", "STRIDED_
 
 
 _ELEMENTWISE = {_BUILTIN.MUL: "gamma", _BUILTIN.ADD: "beta", _BUILTIN.SUB: "beta"}
+# Operators that compute statistics at run time: a scope holding one normalises its input
+# (LayerNormalization, GroupNormalization), unlike constant affine preprocessing.
+_STATISTICS = {_BUILTIN.MEAN, _BUILTIN.RSQRT, _BUILTIN.SQUARED_DIFFERENCE}
+
+
+def _scope_of(name: str) -> str | None:
+    """The Keras layer path of a tensor name, its last component (the op) left out."""
+    components = name.split("/")
+    return _scope_path(components, len(components) - 1) if len(components) > 2 else None
+
+
+def _normalizing_scopes(graph: _Graph) -> set[str]:
+    """Scopes of the operators that compute statistics at run time."""
+    return {
+        scope
+        for op_index in range(graph.graph.OperatorsLength())
+        if graph.code(op_index) in _STATISTICS
+        for part in graph.tensor_name(graph.output(op_index)).split(";")
+        if (scope := _scope_of(part)) is not None
+    }
 
 
 def normalization_layers(
@@ -711,6 +731,7 @@ def normalization_layers(
     layer it was folded into} read from the weight layers' fused output names."""
     graph = _Graph(content)
     taken = set(weight_layers) | {layer.scope for layer in weight_layers.values()}
+    normalizing = _normalizing_scopes(graph)
     groups: dict[str, list[tuple[str, OperatorKernel]]] = {}
     for op_index in range(graph.graph.OperatorsLength()):
         attribute = _ELEMENTWISE.get(graph.code(op_index))
@@ -718,15 +739,15 @@ def normalization_layers(
         if attribute is None or len(inputs) != 2:
             continue
         constants = [(t, c) for t in inputs if (c := graph.weights(t)) is not None]
-        if len(constants) != 1:
-            continue
+        if len(constants) != 1 or int(np.prod(constants[0][1].shape)) <= 1:
+            continue  # A scalar is no per-channel parameter.
         index, tensor = constants[0]
-        if int(np.prod(tensor.shape)) <= 1 or any(d != 1 for d in tensor.shape[:-1]):
-            continue  # A scalar (Rescaling) or a full tensor is no per-channel parameter.
-        components = graph.tensor_name(index).split(";")[0].split("/")
-        scope = _scope_path(components, len(components) - 1) if len(components) > 2 else None
+        name = graph.tensor_name(index).split(";")[0]
+        scope = _scope_of(name)
         if scope is None or scope in taken:
             continue
+        if scope not in normalizing and "batchnorm" not in name.split("/"):
+            continue  # Rescaling, Normalization (preprocessing): constants, no statistics.
         groups.setdefault(scope, []).append(
             (attribute, OperatorKernel(op_index, "elementwise", tensor))
         )

@@ -20,14 +20,17 @@ RAW = inputs.resolve("raw")
 def _model() -> keras.Model:
     keras.utils.set_random_seed(4)
     inputs_ = keras.Input((12, 6))
-    x = L.Dense(16, name="embed")(inputs_)
+    # Preprocessing with per-channel constants and no statistics: not a target anywhere.
+    x = L.Normalization(mean=np.arange(6.0), variance=np.arange(6.0) + 1, name="prep")(inputs_)
+    x = L.Dense(16, name="embed")(x)
     x = L.LayerNormalization(name="norm")(x)
+    x = L.GroupNormalization(groups=4, name="gn")(x)
     x = L.Conv1D(8, 3, name="conv")(x)
     x = L.BatchNormalization(name="bn")(x)
     x = L.ReLU()(x)
     model = keras.Model(inputs_, L.Dense(5, name="logits")(L.Flatten()(x)))
     rng = np.random.default_rng(0)
-    for name in ("norm", "bn"):
+    for name in ("norm", "gn", "bn"):
         layer = model.get_layer(name)
         layer.set_weights(
             [rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.get_weights()]
@@ -84,14 +87,20 @@ def test_keras_faults_reach_gamma_and_beta_only_when_asked(files):
 
 
 def test_the_file_faults_its_separate_constants_and_names_the_folded(files):
-    """LayerNormalization's gamma and beta are separate constants in the file: the same
-    faults give the same outputs as in Keras. The BatchNormalization is folded into the
+    """LayerNormalization's and GroupNormalization's gamma and beta are separate constants
+    in the file: the same faults give the same outputs as in Keras (a Normalization
+    layer's preprocessing constants are no target). The BatchNormalization is folded into the
     convolution: coverage says so, and it is no target of its own."""
     model, path, data, labels = files
     tflite = tflite_runner.TFLiteModel(path)
-    spec = FaultSpec(rates=(0.5,), include_normalization=True, layers=("norm",))
+    spec = FaultSpec(rates=(0.5,), include_normalization=True, layers=("norm", "gn"))
     coverage = tflite.coverage(spec)
-    assert coverage["normalization"]["separate"] == ["norm"]
+    assert coverage["normalization"]["separate"] == {
+        "gn": ["gamma", "beta"],
+        "norm": ["gamma", "beta"],
+    }
+    every = tflite.select_layers(FaultSpec(include_normalization=True))
+    assert "prep" not in every and {"norm", "gn"} <= set(every)
     assert coverage["normalization"]["folded"] == {"bn": "conv"}
     plain_left = {e.get("layer"): e["reason"] for e in tflite.coverage(FaultSpec())["left_out"]}
     assert any("--include_normalization" in reason for reason in plain_left.values())

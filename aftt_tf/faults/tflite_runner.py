@@ -261,7 +261,10 @@ class TFLiteModel(tflite_file.TFLiteFile):
         if spec.include_normalization:
             separate, folded = self.normalization
             result["normalization"] = {
-                "separate": sorted(set(separate) & set(targeted)),
+                "separate": {  # The attributes each holds: a zero offset may be gone.
+                    name: list(separate[name].keras_attributes)
+                    for name in sorted(set(separate) & set(targeted))
+                },
                 "folded": folded,
                 "holds": "separate: the per-channel constants of the file's MUL (gamma) and "
                 "ADD/SUB (beta) operators; folded: a BatchNormalization the converter folded "
