@@ -209,6 +209,13 @@ def test_pieces_without_faults_compute_the_file(mode, trained):
     whole = split.whole.outputs(quantized)
     pieces = split.piece_outputs(quantized, np.arange(EXAMPLES), {}, spec)
     np.testing.assert_array_equal(pieces, whole)
+    # Positions are drawn for the declared shape: a tensor of another size at run time
+    # (a dynamic shape) is refused, never indexed with them.
+    name = next(iter(split.sizes))
+    plan = transient.plan_cell(spec, split.sizes, split.widths, EXAMPLES, 0.01, 0)
+    split.sizes[name] += 1
+    with pytest.raises(FaultTargetError, match="at run time"):
+        split.piece_outputs(quantized, np.arange(EXAMPLES), plan, spec)
 
 
 def test_refusals_name_the_cause(trained, monkeypatch):

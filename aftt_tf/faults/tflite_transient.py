@@ -163,6 +163,12 @@ class SplitModel:
                 struck, elements, bits = plan[name].in_examples(int(ids[0]), int(ids[-1]) + 1)
                 rows = np.searchsorted(ids, struck)  # Every example with a fault is in ids.
                 flat = values[point].reshape(len(chunk), -1)
+                if flat.shape[1] != self.sizes[name]:  # Positions were drawn for the file's shape.
+                    raise FaultTargetError(
+                        f"The output of {name!r} holds {flat.shape[1]} values per inference at "
+                        f"run time, not the {self.sizes[name]} the file declares (a dynamic "
+                        "shape); transient faults need fixed layer outputs."
+                    )
                 flat[rows, elements] = transient.corrupt(
                     flat[rows, elements], bits, spec, stored.get(name)
                 )
