@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from aftt_tf.faults import inputs, keras_runner, sampling, tflite_runner
 from aftt_tf.faults.spec import FaultSpec
+from tests import cli_helpers
 
 L = keras.layers
 RAW = inputs.resolve("raw")
@@ -117,18 +118,12 @@ def test_the_file_faults_its_separate_constants_and_names_the_folded(files):
 def test_cli_campaign_on_the_model_and_its_file(files, tmp_path):
     """aftt-faults --include_normalization pairs the .keras and its float32 file: the same
     counts and accuracy in every cell, and the console names the folded layer."""
-    import json
-    import subprocess
-    import sys
-
     model, path, data, _ = files
     labels = np.argmax(np.asarray(model(data, training=False)), axis=-1)
     model.save(tmp_path / "model.keras")
     np.savez(tmp_path / "test.npz", x=data, y=labels)
     out = tmp_path / "campaign"
-    command = [
-        sys.executable,
-        "-m",
+    result = cli_helpers.run(
         "aftt_tf.cli.faults",
         f"--model=keras={tmp_path / 'model.keras'}",
         f"--model=file={path}",
@@ -140,14 +135,11 @@ def test_cli_campaign_on_the_model_and_its_file(files, tmp_path):
         "--rates=0,0.25,0.5",
         "--trials=2",
         f"--out={out}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    )
     assert "folded (faulted only through that layer's weights): bn into conv" in result.stdout
-    cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
-    by_model = {}
-    for cell in cells:
-        by_model.setdefault(cell["model"], {})[(cell["rate"], cell["trial"])] = cell
+    by_model = cli_helpers.cells_by_model(out)
     for key, cell in by_model["keras"].items():
         assert by_model["file"][key]["faulted"] == cell["faulted"]
-        assert by_model["file"][key]["accuracy"] == pytest.approx(cell["accuracy"], abs=0.02)
+        assert by_model["file"][key]["accuracy"] == pytest.approx(
+            cell["accuracy"], abs=1.5 / len(data)
+        )  # One near-tie may flip.

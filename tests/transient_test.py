@@ -15,7 +15,7 @@ from aftt_tf import data
 from aftt_tf.faults import inputs as input_transforms
 from aftt_tf.faults import keras_runner, tflite_runner, tflite_transient, transient
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
-from tests import conversion
+from tests import cli_helpers, conversion
 from tests.conftest import requires_fashion_mnist
 
 pytestmark = requires_fashion_mnist
@@ -251,15 +251,10 @@ def test_cli_pairs_the_keras_model_and_its_float32_file(trained, tmp_path):
     """aftt-faults --fault=activation_bit on the .keras and its float32 .tflite: one
     campaign with coverage of the outputs and SDC per cell; both runtimes fault the same
     counts and reach the same accuracy in every cell."""
-    import subprocess
-    import sys
-
     _, paths, inputs, labels = trained["mlp"]
     np.savez(tmp_path / "test.npz", x=inputs, y=labels)
     out = tmp_path / "campaign"
-    command = [
-        sys.executable,
-        "-m",
+    result = cli_helpers.run(
         "aftt_tf.cli.faults",
         f"--model=keras={paths['float32'].parent / 'mlp.keras'}",
         f"--model=file={paths['float32']}",
@@ -268,9 +263,7 @@ def test_cli_pairs_the_keras_model_and_its_float32_file(trained, tmp_path):
         "--rates=0,0.001,0.01",
         "--trials=2",
         f"--out={out}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    )
     assert "transient faults reach the outputs of 2 layers: 56 values" in result.stdout
     results = json.loads((out / "results.json").read_text())
     outputs = results["coverage"]["keras"]["outputs"]
@@ -279,10 +272,7 @@ def test_cli_pairs_the_keras_model_and_its_float32_file(trained, tmp_path):
         "dense1": 32,
         "dense2": 24,
     }
-    cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
-    by_model = {}
-    for cell in cells:
-        by_model.setdefault(cell["model"], {})[(cell["rate"], cell["trial"])] = cell
+    by_model = cli_helpers.cells_by_model(out)
     for key, cell in by_model["keras"].items():
         other = by_model["file"][key]
         assert other["faulted"] == cell["faulted"]
