@@ -197,6 +197,9 @@ def _cut(graph, points: list[int]) -> list[tuple[bytes, list[int], list[int]]]:
         if _holds_data(graph.buffers[tensor.buffer])
     }
     graph_outputs = [int(t) for t in subgraph.outputs]
+    # Buffers every piece keeps: other subgraphs' (loop bodies) and the metadata's.
+    shared = {tensor.buffer for other in graph.subgraphs[1:] for tensor in other.tensors}
+    shared |= {entry.buffer for entry in graph.metadata or []} | {0}
     pieces = []
     saved = subgraph.operators, subgraph.inputs, subgraph.outputs, graph.signatureDefs
     try:
@@ -209,11 +212,27 @@ def _cut(graph, points: list[int]) -> list[tuple[bytes, list[int], list[int]]]:
             inputs = sorted({t for t in read if t not in made and t not in constant})
             outputs = sorted({t for t in made if t in later or t in graph_outputs})
             subgraph.operators, subgraph.inputs, subgraph.outputs = inside, inputs, outputs
-            content = bytes(flatbuffer_utils.convert_object_to_bytearray(graph))
+            used = {subgraph.tensors[t].buffer for t in {*read, *made}} | shared
+            content = _serialized_with_buffers(graph, used)
             pieces.append((content, inputs, outputs))
     finally:
         subgraph.operators, subgraph.inputs, subgraph.outputs, graph.signatureDefs = saved
     return pieces
+
+
+def _serialized_with_buffers(graph, used: set[int]) -> bytes:
+    """The model's bytes holding only the buffers in `used`: a piece carries its own
+    weights, not every piece's (the pieces together are one copy of the model)."""
+    dropped = {}
+    for index, buffer in enumerate(graph.buffers):
+        if index not in used and getattr(buffer, "data", None) is not None:
+            dropped[index] = buffer.data
+            buffer.data = None
+    try:
+        return bytes(flatbuffer_utils.convert_object_to_bytearray(graph))
+    finally:
+        for index, data in dropped.items():
+            graph.buffers[index].data = data
 
 
 def _producers(subgraph) -> dict[int, int]:
