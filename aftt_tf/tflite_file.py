@@ -331,6 +331,8 @@ class TFLiteFile:
     ):
         self.path = Path(path)
         self.num_threads = num_threads
+        self.layer_names = layer_names
+        self.guards: dict[int, float] = {}  # NaN guard tensors (faults.nan_semantics), if any.
         self.content = _read_checked(self.path) if content is None else _checked(content, path)
         try:
             self.layers, self.names_from = _parse_layers(self.content, layer_names or {})
@@ -410,10 +412,16 @@ class TFLiteFile:
 
 
 class BatchedInterpreter:
-    """An interpreter resized to a fixed batch; the last batch is zero-padded."""
+    """An interpreter resized to a fixed batch; the last batch is zero-padded.
 
-    def __init__(self, model: TFLiteFile, content: bytes, batch_size: int):
+    `guards`: {tensor: limit} whose NaN (or |x| >= limit) makes an inference's outputs
+    NaN (see `faults.nan_semantics`; extra graph outputs of `content`)."""
+
+    def __init__(
+        self, model: TFLiteFile, content: bytes, batch_size: int, guards: dict | None = None
+    ):
         self.interpreter = model.interpreter(content)
+        self.guards = dict(guards or {})
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         self.output_index = self.interpreter.get_output_details()[0]["index"]
         self.interpreter.resize_tensor_input(self.input_index, [batch_size, *model.input_shape])
@@ -431,8 +439,28 @@ class BatchedInterpreter:
                 )
             self.interpreter.set_tensor(self.input_index, chunk)
             self.interpreter.invoke()
-            results.append(self.interpreter.get_tensor(self.output_index)[:count].copy())
+            result = self.interpreter.get_tensor(self.output_index)[:count].copy()
+            if self.guards:
+                values = {g: self.interpreter.tensor(g)() for g in self.guards}
+                poison_rows(result, self.guards, values)
+                del values
+            results.append(result)
         return np.concatenate(results)
+
+
+def poison_rows(outputs: np.ndarray, guards: dict[int, float], values) -> None:
+    """Sets to NaN the outputs of every inference (row) whose guard tensors break the
+    NaN rule of `faults.nan_semantics` (`values`: tensor index -> batch)."""
+    if not guards:
+        return
+    rows = np.zeros(len(outputs), bool)
+    for index, limit in guards.items():
+        tensor = values[index][: len(outputs)].reshape(len(outputs), -1)
+        rows |= np.isnan(tensor).any(axis=1)
+        if limit != np.inf:
+            rows |= (np.abs(tensor) >= limit).any(axis=1)
+    if rows.any():
+        outputs[rows] = np.nan
 
 
 def tensor_values(

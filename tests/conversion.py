@@ -9,11 +9,13 @@ import numpy as np
 import tensorflow as tf
 
 
-def tflite_files(model, root: Path, name: str, calibration: np.ndarray) -> dict[str, Path]:
-    """{'float32': path, 'int8': path} of `model` written under `root`."""
+def tflite_files(
+    model, root: Path, name: str, calibration: np.ndarray, modes=("float32", "int8")
+) -> dict[str, Path]:
+    """{'float32': path, 'int8': path} (those of `modes`) of `model` written under `root`."""
     model.export(str(root / name), format="tf_saved_model", verbose=False)
     paths = {}
-    for mode in ("float32", "int8"):
+    for mode in modes:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(root / name))
         if mode == "int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]

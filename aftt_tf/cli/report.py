@@ -27,8 +27,8 @@ def main(argv: list[str]) -> None:
     from aftt_tf.reproduce import campaign_report
 
     with common.usage_errors():
-        for directory in directories:
-            campaign_report.load(directory)
+        paths = campaign_report.check_directories(directories)
+        campaign_report.check_out(FLAGS.out, paths)
     markdown, html = campaign_report.write(directories, FLAGS.out)
     print(f"Report: {markdown} and {html}")
 

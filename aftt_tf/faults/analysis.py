@@ -48,6 +48,10 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
                 }
             )
         clean = next((row["mean"] for row in rows if row["rate"] == 0.0), None)
+        fault_free = [c["fault_free_accuracy"] for c in own if "fault_free_accuracy" in c]
+        mapped = None
+        if fault_free:  # A fault map's rate 0 is the mapped chip; clean is fault-free.
+            mapped, clean = clean, float(np.mean(fault_free))
         for row in rows:
             row["drop_from_clean"] = None if clean is None else clean - row["mean"]
         rates = np.array([row["rate"] for row in rows])
@@ -58,6 +62,7 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
             "per_rate": rows,
             "clean_accuracy": clean,
             "normalized_auc": auc,
+            **({"mapped_chip_accuracy": mapped} if fault_free else {}),
         }
     return summary
 

@@ -139,59 +139,140 @@ def _load_cached(path: str, mtime: int, size: int) -> FaultMap:
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"Fault map {path} cannot be read: {error}.") from None
     if path.endswith(".csv"):
-        rows = list(csv.DictReader(io.StringIO(text)))
-        if rows and set(rows[0]) != {"layer", "attribute", "index", "kind", "value"}:
-            raise ValueError(
-                f"Fault map {path}: the CSV header must be layer,attribute,index,kind,value."
-            )
-        entries = [
-            {**row, "index": [int(i) for i in row["index"].split(":")] if row["index"] else []}
-            for row in rows
-        ]
-        meta: dict[str, Any] = {}
+        entries, meta = _csv_entries(path, text), {}
     else:
         try:
             document = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"Fault map {path} is not JSON ({error}).") from None
+        except RecursionError:
+            raise ValueError(
+                f"Fault map {path} nests too deep to read as JSON; a map is a flat list of "
+                "faults (see aftt_tf/faults/fault_map.py)."
+            ) from None
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise ValueError(
                 f"Fault map {path} does not say format {FORMAT!r}; see aftt_tf/faults/fault_map.py."
             )
         entries, meta = document.get("faults", []), document.get("meta", {})
+        if not isinstance(entries, list):
+            raise ValueError(f"Fault map {path}: 'faults' must be a list of faults.")
     faults = []
     for number, entry in enumerate(entries, start=1):
         faults.append(_fault(entry, f"{path} fault {number}"))
     if not faults:
         raise ValueError(f"Fault map {path} holds no faults.")
-    keys = [(f.layer, f.attribute, f.index) for f in faults]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"Fault map {path} names an element twice.")
+    seen: dict[tuple, int] = {}
+    for number, fault in enumerate(faults, start=1):
+        key = (fault.layer, fault.attribute, fault.index)
+        if key in seen:
+            raise ValueError(
+                f"Fault map {path}: faults {seen[key]} and {number} name the same element "
+                f"({fault.layer}/{fault.attribute} {list(fault.index)}); keep one."
+            )
+        seen[key] = number
     return FaultMap(faults, meta)
 
 
-def _fault(entry: Any, where: str) -> MapFault:
-    try:
-        index = entry["index"]
-        index = tuple(int(i) for i in (index if isinstance(index, list) else [index]))
-        kind = entry["kind"]
-        value = float(entry.get("value") or 0.0)
-        layer, attribute = str(entry["layer"]), str(entry["attribute"])
-    except (KeyError, TypeError, ValueError) as error:
+_CSV_HEADER = ("layer", "attribute", "index", "kind", "value")
+
+
+def _csv_entries(path: str, text: str) -> list[dict[str, Any]]:
+    """The CSV's rows as entries; a missing header or a bad index names file and row."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        raise ValueError(f"Fault map {path} is empty; see aftt_tf/faults/fault_map.py.")
+    if [name.strip() for name in header] != list(_CSV_HEADER):
         raise ValueError(
-            f"{where}: needs layer, attribute, index and kind (value for stuck_value): {error}."
-        ) from None
+            f"Fault map {path}: the first line must be the header "
+            f"{','.join(_CSV_HEADER)}, found {','.join(header)!r}."
+        )
+    entries = []
+    for number, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(_CSV_HEADER):
+            raise ValueError(
+                f"Fault map {path} line {number}: {len(row)} fields, the header has "
+                f"{len(_CSV_HEADER)} ({','.join(_CSV_HEADER)})."
+            )
+        entry = dict(zip(_CSV_HEADER, row, strict=True))
+        try:
+            entry["index"] = [_csv_integer(i) for i in entry["index"].split(":")]
+        except ValueError:
+            raise ValueError(
+                f"Fault map {path} line {number}: index {entry['index']!r} is not a flat "
+                "index or integers joined by ':' (1:2:0:5)."
+            ) from None
+        if entry["value"] == "":
+            del entry["value"]
+        entries.append(entry)
+    return entries
+
+
+def _csv_integer(text: str) -> int:
+    text = text.strip()
+    if not text.lstrip("-").isdigit():
+        raise ValueError(text)
+    return int(text)
+
+
+def _integer(value: Any, where: str) -> int:
+    """An index entry: an integer (not a bool, not 1.5)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer() and not isinstance(value, bool):
+            return int(value)
+        raise ValueError(f"{where}: index entries must be integers, received {value!r}.")
+    return int(value)
+
+
+def _fault(entry: Any, where: str) -> MapFault:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: a fault is an object with layer, attribute, index, kind.")
+    missing = [key for key in ("layer", "attribute", "index", "kind") if key not in entry]
+    if missing:
+        raise ValueError(
+            f"{where}: needs layer, attribute, index and kind (value for stuck_value); "
+            f"missing {', '.join(missing)}."
+        )
+    kind = entry["kind"]
     if kind not in KINDS:
         raise ValueError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}.")
+    raw = entry["index"]
+    index = tuple(_integer(i, where) for i in (raw if isinstance(raw, list) else [raw]))
     if not index:
         raise ValueError(f"{where}: an empty index.")
-    if kind == "stuck_value" and not math.isfinite(value):
-        raise ValueError(f"{where}: a stuck value must be finite, received {value}.")
-    return MapFault(layer, attribute, index, kind, value)
+    value = 0.0
+    if kind == "stuck_value":
+        if entry.get("value") in (None, ""):
+            raise ValueError(
+                f"{where}: a stuck_value fault needs its value (the real value the element "
+                "holds); for an element stuck at 0 use kind stuck_at_0."
+            )
+        try:
+            value = float(entry["value"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: value {entry['value']!r} is not a number.") from None
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+            raise ValueError(
+                f"{where}: a stuck value must be a finite float32 value (|v| <= "
+                f"{FLOAT32_MAX:.4g}), received {entry['value']}."
+            )
+    elif entry.get("value") not in (None, "", 0, 0.0, "0", "0.0"):
+        raise ValueError(
+            f"{where}: a stuck_at_0 fault holds 0, not value {entry['value']!r}; use kind "
+            "stuck_value for another value."
+        )
+    return MapFault(str(entry["layer"]), str(entry["attribute"]), index, kind, value)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_fits(fault_map: FaultMap, shapes: dict[tuple[str, str], tuple[int, ...]], where: str):
-    """Every fault names a tensor the campaign reaches and an element inside it."""
+    """Every fault names a tensor the campaign reaches and an element inside it, and no
+    element twice (a flat and a multi-index of one element are the same element)."""
     for (layer, attribute), faults in fault_map.by_tensor().items():
         if (layer, attribute) not in shapes:
             known = sorted(f"{a}/{b}" for a, b in shapes)
@@ -199,8 +280,16 @@ def check_fits(fault_map: FaultMap, shapes: dict[tuple[str, str], tuple[int, ...
                 f"The fault map names {layer}/{attribute}, which {where} does not fault "
                 f"(its tensors: {known[:12]}{' ...' if len(known) > 12 else ''})."
             )
+        seen: dict[int, MapFault] = {}
         for fault in faults:
-            fault.flat(shapes[(layer, attribute)])
+            flat = fault.flat(shapes[(layer, attribute)])
+            if flat in seen:
+                raise ValueError(
+                    f"The fault map names element {flat} of {layer}/{attribute} twice (as "
+                    f"{list(seen[flat].index)} and {list(fault.index)}); one chip element "
+                    "holds one fault: keep one entry."
+                )
+            seen[flat] = fault
 
 
 def overlay(faults: list[MapFault], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

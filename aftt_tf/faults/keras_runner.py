@@ -26,6 +26,7 @@ import tensorflow as tf
 from aftt_tf.faults import (
     fault_map,
     inputs,
+    nan_semantics,
     placement,
     protection,
     registry,
@@ -99,13 +100,16 @@ def ieee_nan(on: bool) -> None:
     arithmetic return NaN: a NaN made by a bit fault would vanish inside the network
     and the inference be counted as a class (measured: 8% of the inferences of a small
     MLP at a 5% transient bit-30 rate were NaN in LiteRT and a class in Keras). The
-    fusion ('remapping') is switched off while such campaigns run; its other passes stay."""
+    fusion ('remapping') is switched off while such campaigns run; its other passes stay.
+    Pooling layers take the NaN rule shared with the .tflite runtime
+    (`nan_semantics`): a NaN reaching one makes the inference non-finite."""
     import tensorflow as tf
 
     before = _IEEE_USERS[0]
     _IEEE_USERS[0] = max(0, before + (1 if on else -1))
     if (before == 0) != (_IEEE_USERS[0] == 0):
         tf.config.optimizer.set_experimental_options({"remapping": _IEEE_USERS[0] == 0})
+        nan_semantics.guard_keras_layers(_IEEE_USERS[0] > 0)
 
 
 class KerasModel:
@@ -476,7 +480,16 @@ class CampaignRunner:
 
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         counts = self.inject(rate, trial)
-        return cell_result(rate, trial, self.outcome(), counts)
+        result = cell_result(rate, trial, self.outcome(), counts)
+        if self.spec.fault_map:  # Rate 0 is the mapped chip, not the fault-free model.
+            result["fault_free_accuracy"] = self.fault_free_accuracy()
+        return result
+
+    def fault_free_accuracy(self) -> float:
+        """Accuracy of the model without any fault (the golden run)."""
+        golden = np.asarray(self._golden)
+        correct = (golden == np.asarray(self._chunk_labels)) & np.asarray(self._valid)
+        return float(correct.sum()) / self.num_examples
 
     def close(self) -> None:
         """Puts the clean values back into a subclassed model's variables."""

@@ -247,9 +247,10 @@ class FaultSpec:
             # Cells of these kinds written before outcomes were counted called NaN outputs
             # class 0: a new key, so they are never resumed or averaged with new ones.
             values["outcomes"] = "correct/wrong/non_finite"
-            # Keras cells written before NaN propagated through fused ReLUs (see
-            # keras_runner.ieee_nan) counted some NaN inferences as classes.
-            values["nan"] = "propagated"
+            # Cells written before NaN propagated through fused ReLUs (keras_runner.ieee_nan)
+            # and through pooling layers (nan_semantics) counted some NaN inferences as
+            # classes.
+            values["nan"] = "propagated, pooling"
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

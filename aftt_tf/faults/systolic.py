@@ -35,7 +35,18 @@ def parse_array(text: str) -> tuple[int, int]:
         raise ValueError(
             f"--array must be ROWSxCOLS with positive sizes (e.g. 32x32), received {text!r}."
         )
-    return int(match.group(1)), int(match.group(2))
+    rows, cols = int(match.group(1)), int(match.group(2))
+    if rows * cols > MAX_PES:
+        raise ValueError(
+            f"--array={text} has {rows * cols:,} PEs; this simulation holds one flag per PE "
+            f"and takes arrays of up to {MAX_PES:,} PEs (e.g. 8192x8192; accelerators "
+            "have 128x128 to 256x256). Pass a smaller array."
+        )
+    return rows, cols
+
+
+# The largest array simulated: one bool per PE (64 MiB), drawn per cell.
+MAX_PES = 1 << 26
 
 
 def faulty_pes(rows: int, cols: int, rate: float, rng: np.random.Generator, sampling: str):

@@ -298,16 +298,41 @@ def readers(model: keras.Model, name: str) -> list[keras.layers.Layer]:
 
 def _output_point(model: keras.Model, name: str, kind: str) -> str:
     """The layer after whose output `kind`'s fault on layer `name` sits: past a
-    BatchNormalization that alone reads it (folded by converters), and for transient
+    BatchNormalization and then a Rescaling that alone read it (folded by converters),
+    and for transient
     faults also past a ReLU/ReLU6/tanh that alone reads that (fused by converters into
     the operator: the value a chip stores is the activated one). Stuck-at-0 node faults
     keep their place (0 passes through those activations unchanged)."""
     point = normalization_after(model, name) or name
+    readers_ = _consumers(model).get(point, [])
+    if len(readers_) == 1 and _folded_rescaling(model, point, readers_[0]):
+        point = readers_[0].name
     if kind in ACTIVATION_KINDS:
         readers_ = _consumers(model).get(point, [])
         if len(readers_) == 1 and _fused_activation(readers_[0]):
             point = readers_[0].name
     return point
+
+
+# Layers whose following scale and offset the converter folds (measured; so does a
+# Dense on vectors, while a sequence Dense keeps them after its reshape).
+_FOLDING_LAYERS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
+
+def _folded_rescaling(model: keras.Model, point: str, reader) -> bool:
+    """A Rescaling right after a linear convolution (or its folded batchnorm): the
+    converter folds its scale and offset into the weights, so the stored output, where
+    a .tflite's node faults sit, is the rescaled one."""
+    if not isinstance(reader, keras.layers.Rescaling):
+        return False
+    layer = model.get_layer(point)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return True
+    flat_dense = isinstance(layer, keras.layers.Dense) and len(layer.output.shape) == 2
+    if not (isinstance(layer, _FOLDING_LAYERS) or flat_dense):
+        return False
+    activation = getattr(layer, "activation", None)
+    return activation is not None and getattr(activation, "__name__", "") == "linear"
 
 
 def _fused_activation(layer) -> bool:

@@ -34,6 +34,7 @@ from aftt_tf import tflite_file
 from aftt_tf.faults import (
     fault_map,
     inputs,
+    nan_semantics,
     placement,
     protection,
     sampling,
@@ -44,6 +45,7 @@ from aftt_tf.faults import (
     transient,
 )
 from aftt_tf.faults.spec import (
+    NON_FINITE_KINDS,
     FaultSpec,
     FaultTargetError,
     cell_result,
@@ -300,6 +302,22 @@ class TFLiteModel(tflite_file.TFLiteFile):
             result.append(op)
         return result
 
+    def guarded(self) -> TFLiteModel:
+        """This file with NaN guards (`nan_semantics.with_guards`): the same operators and
+        layers, the inputs of pooling and max/min reductions as extra outputs. Itself
+        when it has none (int8 files, models without pooling)."""
+        if "_guarded" not in self.__dict__:
+            content, guards = nan_semantics.with_guards(self.content)
+            result = self
+            if guards:
+                result = TFLiteModel(self.path, self.layer_names, self.num_threads, content)
+                plain = tflite_file.TFLiteFile(self.path, self.layer_names, content=self.content)
+                if list(result.layers) != list(plain.layers):
+                    raise RuntimeError(f"NaN guards changed the layers of {self.path}.")
+                result.guards = guards
+            self.__dict__["_guarded"] = result
+        return self.__dict__["_guarded"]
+
     def runner(
         self, spec: FaultSpec, images, labels, batch_size: int, transform=None
     ) -> TFLiteRunner:
@@ -388,6 +406,10 @@ class TFLiteRunner:
         transform: inputs.InputTransform | None = None,
     ):
         spec.validate()
+        if spec.kind in NON_FINITE_KINDS and not model.guards:
+            guarded = model.guarded()  # One NaN semantics with Keras (nan_semantics).
+            if guarded is not model:
+                model = guarded._view(spec) or guarded
         self.model = model
         self.spec = spec
         self.target_names = model.select_layers(spec)
@@ -562,7 +584,9 @@ class TFLiteRunner:
             outputs = self.split.outputs(self.inputs, self._cell_faults, self.spec)
             return self.model.dequantize_outputs(outputs)
         try:
-            interpreter = BatchedInterpreter(self.model, self.buffer, self.batch_size)
+            interpreter = BatchedInterpreter(
+                self.model, self.buffer, self.batch_size, self.model.guards
+            )
             self.build_seconds += time.perf_counter() - start
             return self.model.dequantize_outputs(interpreter.outputs(self.inputs))
         except (RuntimeError, ValueError) as error:
@@ -593,6 +617,8 @@ class TFLiteRunner:
         counts = self.inject(rate, trial)
         self.patch_seconds += time.perf_counter() - start
         result = cell_result(rate, trial, outcome_of(self.logits(), self.labels, golden), counts)
+        if self.spec.fault_map:  # Rate 0 is the mapped chip, not the fault-free file.
+            result["fault_free_accuracy"] = float(np.mean(golden == self.labels))
         if self.refused:
             result["runtime_refused"] = self.refused
         return result
@@ -653,9 +679,25 @@ def _check_extras(model: TFLiteModel, spec: FaultSpec, names: list[str]):
 
 def _check_map_storable(model: TFLiteModel, mapped) -> None:
     """A map's stuck value that an integer tensor cannot hold (beyond its scale's range)
-    is refused naming the entry: clamping it would write another fault than the map's."""
+    is refused naming the entry: clamping it would write another fault than the map's.
+    So is a value the file stores in other units than Keras: a layer whose
+    BatchNormalization the converter folded holds kernel x scale and a rewritten bias."""
+    _, folded = model.normalization
+    folded_into = {layer: norm for norm, layer in folded.items()}
     for (name, attribute), faults in mapped.items():
         layer = model.layers[name]
+        if name in folded_into:
+            changed = [f for f in faults if attribute == "bias" or f.kind == "stuck_value"]
+            if changed:
+                raise FaultTargetError(
+                    f"The fault map holds {name}/{attribute} {list(changed[0].index)} "
+                    f"{changed[0].kind}{f' {changed[0].value:g}' if changed[0].value else ''}, "
+                    f"but {model.path.name} folds BatchNormalization "
+                    f"{folded_into[name]!r} into {name!r}: the file stores kernel x scale "
+                    "and a rewritten bias, so the same entry would be another fault than "
+                    "in Keras. Run this map on the .keras model (or stuck_at_0 kernel "
+                    "entries only, which folding keeps at 0)."
+                )
         if attribute == "bias":
             tensor, shape = layer.bias, layer.bias.shape
             to_file = np.asarray

@@ -89,7 +89,7 @@ class SplitModel:
         ]
         self.input_index = int(subgraph.inputs[0])
         self.output_index = int(subgraph.outputs[0])
-        self.whole = tflite_file.BatchedInterpreter(model, model.content, batch_size)
+        self.whole = tflite_file.BatchedInterpreter(model, model.content, batch_size, model.guards)
 
     @property
     def widths(self) -> dict[str, int]:
@@ -153,27 +153,35 @@ class SplitModel:
             if count < batch:
                 padding = np.zeros((batch - count, *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, padding])
-            values = {self.input_index: chunk}
-            for piece, (name, point) in zip(
-                self.pieces, [*self.points.items(), (None, None)], strict=True
-            ):
-                piece.run(values)
-                if name is None or not plan:
-                    continue
-                struck, elements, bits = plan[name].in_examples(int(ids[0]), int(ids[-1]) + 1)
-                rows = np.searchsorted(ids, struck)  # Every example with a fault is in ids.
-                flat = values[point].reshape(len(chunk), -1)
-                if flat.shape[1] != self.sizes[name]:  # Positions were drawn for the file's shape.
-                    raise FaultTargetError(
-                        f"The output of {name!r} holds {flat.shape[1]} values per inference at "
-                        f"run time, not the {self.sizes[name]} the file declares (a dynamic "
-                        "shape); transient faults need fixed layer outputs."
-                    )
-                flat[rows, elements] = transient.corrupt(
-                    flat[rows, elements], bits, spec, stored.get(name)
-                )
-            results.append(values[self.output_index][:count].copy())
+            results.append(self._run_chunk(chunk, ids, plan, spec, stored)[:count])
         return np.concatenate(results)
+
+    def _run_chunk(self, chunk, ids, plan, spec: FaultSpec, stored) -> np.ndarray:
+        """The outputs of one batch through the pieces. Every view of an interpreter's
+        memory is local here, so none is alive when a piece runs the next batch (LiteRT
+        refuses to run while one is)."""
+        values = {self.input_index: chunk}
+        for piece, (name, point) in zip(
+            self.pieces, [*self.points.items(), (None, None)], strict=True
+        ):
+            piece.run(values)
+            if name is None or not plan:
+                continue
+            struck, elements, bits = plan[name].in_examples(int(ids[0]), int(ids[-1]) + 1)
+            rows = np.searchsorted(ids, struck)  # Every example with a fault is in ids.
+            flat = values[point].reshape(len(chunk), -1)
+            if flat.shape[1] != self.sizes[name]:  # Positions were drawn for the file's shape.
+                raise FaultTargetError(
+                    f"The output of {name!r} holds {flat.shape[1]} values per inference at "
+                    f"run time, not the {self.sizes[name]} the file declares (a dynamic "
+                    "shape); transient faults need fixed layer outputs."
+                )
+            flat[rows, elements] = transient.corrupt(
+                flat[rows, elements], bits, spec, stored.get(name)
+            )
+        result = values[self.output_index].copy()
+        tflite_file.poison_rows(result, self.model.guards, values)
+        return result
 
 
 def _quantization(tensor) -> tuple[float, int]:

@@ -11,6 +11,7 @@ is recomputed from a guess: a directory without results.json is refused.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,14 +173,77 @@ def _describe(results: dict[str, Any]) -> list[str]:
     return items
 
 
+# What marks a directory as aftt-report's own: only such a directory is written again.
+REPORT_MARKER = "aftt-report.json"
+_REPORT_FILES = {REPORT_MARKER, "report.md", "report.html", "figures", io_utils.LOCK_FILE}
+
+
+def check_directories(directories: list[str | Path]) -> list[Path]:
+    """The campaign directories, each once (ValueError for one given twice)."""
+    seen: dict[Path, str] = {}
+    for directory in directories:
+        resolved = Path(directory).resolve()
+        if resolved in seen:
+            raise ValueError(
+                f"{directory} is given twice (also as {seen[resolved]}); each campaign "
+                "directory goes into the report once."
+            )
+        seen[resolved] = str(directory)
+        load(directory)
+    return [Path(d) for d in directories]
+
+
+def check_out(out: str | Path, directories: list[Path]) -> None:
+    """OutputError unless `out` is new, empty or an earlier aftt-report output: a report
+    never overwrites a user's files or writes into a campaign or training run."""
+    out = Path(out)
+    io_utils.check_output_path(out)
+    resolved = out.resolve()
+    for directory in directories:
+        if resolved == directory.resolve() or directory.resolve() in resolved.parents:
+            raise io_utils.OutputError(
+                f"--out {out} is inside the campaign directory {directory}; give the report "
+                "a directory of its own (e.g. reports/NAME)."
+            )
+    if not out.is_dir() or (out / REPORT_MARKER).is_file():
+        return
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in _REPORT_FILES)
+    if foreign or any((out / name).exists() for name in ("report.md", "report.html", "figures")):
+        shown = ", ".join((foreign or ["report.md/report.html/figures"])[:5])
+        raise io_utils.OutputError(
+            f"--out {out} holds files aftt-report did not write ({shown}); it would "
+            "overwrite or mix with them. Give a new or empty directory."
+        )
+
+
+def _running_note(directory: Path) -> list[str]:
+    """A note when another process holds the campaign's lock: its results are partial."""
+    lock = directory / io_utils.LOCK_FILE
+    if not lock.exists():
+        return []
+    try:
+        with io_utils.DirectoryLock(lock, str(directory)):
+            return []
+    except io_utils.OutputError:
+        return [
+            f"Still running (locked by another process): these are the results written "
+            f"before {time.strftime('%Y-%m-%d %H:%M', time.localtime(lock.stat().st_mtime))}."
+        ]
+
+
 def write(directories: list[str | Path], out: str | Path) -> tuple[Path, Path]:
     """report.md and report.html in `out` for the campaign `directories` (one view)."""
     from aftt_tf.faults import plots
 
-    loaded = [(Path(d), load(d)) for d in directories]
+    paths = check_directories(directories)
+    check_out(out, paths)
+    loaded = [(path, load(path)) for path in paths]
     out = Path(out)
-    io_utils.check_output_path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    io_utils.write_json(
+        out / REPORT_MARKER,
+        {"written_by": "aftt-report", "campaigns": [str(path) for path in paths]},
+    )
     panels = [(_name(d, r), r["summary"]) for d, r in loaded]
     figure = plots.accuracy_vs_rate_figure(panels)
     plots.save_figure(figure, out / "figures" / "accuracy_vs_rate", formats=("png",))
@@ -206,7 +270,7 @@ def write(directories: list[str | Path], out: str | Path) -> tuple[Path, Path]:
     for directory, results in loaded:
         blocks += [
             document.Heading(_name(directory, results), 2),
-            document.BulletList(_describe(results) + _rankings(results)),
+            document.BulletList(_running_note(directory) + _describe(results) + _rankings(results)),
         ]
         paired = _paired(results)
         if paired:

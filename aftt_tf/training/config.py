@@ -111,6 +111,8 @@ class TrainConfig:
             "seed",
         ):
             _at_least(name, getattr(self, name), 0)
+        for name in ("pretrain_epochs", "finetune_epochs"):
+            check_epochs(name, getattr(self, name))
         for name in (
             "reconstruction_learning_rate",
             "discriminator_learning_rate",
@@ -208,6 +210,20 @@ class TrainConfig:
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(valid)}.")
+
+
+# More epochs than any run here needs (one epoch of the paper's networks takes seconds
+# to minutes): a larger count is a typo that would run for years.
+MAX_EPOCHS = 100_000
+
+
+def check_epochs(name: str, value: int) -> None:
+    """ValueError for an epoch count beyond `MAX_EPOCHS`, naming the flag."""
+    if value > MAX_EPOCHS:
+        raise ValueError(
+            f"--{name}={value} is beyond {MAX_EPOCHS:,} epochs (years of training here); "
+            "pass the number of passes over the data you mean (e.g. 10)."
+        )
 
 
 def _at_least(name: str, value: int, minimum: int) -> None:

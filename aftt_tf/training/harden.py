@@ -106,6 +106,10 @@ class HardenConfig:
             raise ValueError(f"loss must be one of {vocabulary.CLASSIFICATION_LOSSES}.")
         if self.epochs < 0 or self.pretrain_epochs < 0 or self.batch_size < 1:
             raise ValueError("epochs and pretrain_epochs must be >= 0, batch_size >= 1.")
+        from aftt_tf.training.config import check_epochs
+
+        check_epochs("epochs", self.epochs)
+        check_epochs("pretrain_epochs", self.pretrain_epochs)
         if self.epochs == 0 and self.method not in ("range",):
             raise ValueError(f"--method={self.method} trains: --epochs must be >= 1.")
         if self.method in ("aftt", "aftt_fat") and self.pretrain_epochs < 1:
@@ -122,15 +126,24 @@ class HardenConfig:
                 )
             from aftt_tf.faults import protection
 
+            if "node" in self.fault_kinds:
+                raise ValueError(
+                    "--protected lists weight elements that never fault; node faults in "
+                    "fault-aware training strike layer outputs, which a plan does not "
+                    "cover. Pass --fault_aware_kinds=weight with --protected."
+                )
             protection.load(self.protected)
         if self.method in ("fat", "aftt_fat"):
             unknown = [k for k in self.fault_kinds if k not in vocabulary.FAULT_AWARE_KINDS]
             if unknown or not self.fault_kinds:
                 raise ValueError(
-                    f"fault_kinds must be a non-empty subset of {vocabulary.FAULT_AWARE_KINDS}."
+                    f"--fault_aware_kinds={','.join(self.fault_kinds)}: it takes a non-empty "
+                    f"list of {', '.join(vocabulary.FAULT_AWARE_KINDS)}."
                 )
             if not 0.0 < self.fault_max_rate < 1.0:
-                raise ValueError(f"fault_max_rate must be in (0, 1), got {self.fault_max_rate}.")
+                raise ValueError(
+                    f"--fault_aware_max_rate must be in (0, 1), received {self.fault_max_rate}."
+                )
         if self.range_mode not in RANGE_MODES:
             raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {self.range_mode!r}.")
         if self.range_statistic not in RANGE_STATISTICS:
@@ -202,15 +215,44 @@ def check_model(model: keras.Model, config: HardenConfig) -> str:
         if config.method == "fat" and "node" in config.fault_kinds:
             raise ValueError(
                 f"{model.name} is a subclassed model: node faults need its layer graph; "
-                "pass --fault_kinds=weight."
+                "pass --fault_aware_kinds=weight."
             )
     if config.method in ("fat", "aftt_fat"):
         hidden = [site for site in targets.node_sites(model) if site.in_graph]
         if "node" in config.fault_kinds and targets.rewritable(model) and not hidden:
-            raise ValueError(f"{model.name} has no hidden weight layer to hold node faults.")
+            raise ValueError(
+                f"{model.name} has no hidden weight layer to hold node faults; pass "
+                "--fault_aware_kinds=weight."
+            )
+        if "weight" in config.fault_kinds and not targets.sites(model):
+            raise ValueError(
+                f"{model.name} has no layer whose kernels weight faults reach (Dense, "
+                "convolutions, recurrent, attention, registered layers): fault-aware "
+                "training would train without faults. Register custom layers with "
+                "aftt_tf.faults.register_layer (--import) or pick another method."
+            )
+    _check_finite_weights(model, f"{model.name} (before training)")
     if config.method in ("aftt", "aftt_fat"):
         split_models(model, config.split_layer or default_split_layer(model))
     return kind
+
+
+def _check_finite_weights(model: keras.Model, label: str) -> None:
+    """ValueError naming the variables holding NaN/Inf: such a model is no classifier to
+    harden, and a fused MatMul+BiasAdd+ReLU can hide the NaN in its outputs."""
+    bad = [
+        variable.path
+        for variable in model.weights
+        if np.issubdtype(np.dtype(variable.dtype), np.floating)
+        and not np.all(np.isfinite(np.asarray(variable)))
+    ]
+    if bad:
+        raise ValueError(
+            f"{label}: {len(bad)} weight tensor(s) hold NaN or Inf ({', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}). Before training: the model file is "
+            "damaged or was saved after a diverged run. After: training diverged; lower "
+            "--learning_rate (or --fault_aware_max_rate) and run again."
+        )
 
 
 def default_split_layer(model: keras.Model) -> str:
@@ -259,6 +301,17 @@ def split_models(model: keras.Model, name: str) -> tuple[keras.Model, keras.Mode
                 after = None
                 break
     head = keras.Model(latent, x, name="head") if after else None
+    if head is not None and not any(sub.weights for sub in head.layers):
+        try:
+            default = f" (default: {default_split_layer(model)!r})"
+        except ValueError:
+            default = ""
+        raise ValueError(
+            f"--split_layer {name!r} leaves no layer with weights after it in {model.name}: "
+            "the latent code would be the model's own outputs (the games would reshape the "
+            "predictions). Name the last layer of the feature extractor, before the "
+            f"classifier head{default}."
+        )
     probe = np.random.default_rng(0).uniform(size=(4, *graph.input_shape[1:])).astype("float32")
     if head is None or not np.allclose(
         np.asarray(head(extractor(probe))), np.asarray(graph(probe)), atol=1e-5, rtol=1e-4
@@ -545,12 +598,25 @@ def _harden_in(model, config, train, validation, workdir: Path, output_kind: str
         record["phases"][FINETUNE] = _supervised(
             hardened, config, train, validation, workdir, output_kind, FINETUNE, epochs, fault_aware
         )
-    record["batch_normalization"] = (
-        "frozen during fault-aware training"
-        if fault_aware and _batch_norms(hardened)
-        else "trained"
-    )
+    record["batch_normalization"] = _normalization_record(hardened, config, fault_aware)
+    _check_finite_weights(hardened, f"{config.method} on {model.name}")
     return hardened, record
+
+
+def _normalization_record(model: keras.Model, config: HardenConfig, fault_aware: bool) -> str:
+    """What happened to the model's BatchNormalization layers, as it happened."""
+    if not _batch_norms(model):
+        return "none in the model"
+    parts = []
+    if config.method in ("aftt", "aftt_fat"):
+        parts.append("statistics updated by the games (pre-training)")
+    if config.epochs == 0:
+        parts.append("not trained by supervised epochs (--epochs=0)")
+    elif fault_aware:
+        parts.append("frozen during fault-aware training")
+    else:
+        parts.append("trained")
+    return "; ".join(parts)
 
 
 def _plan(config: HardenConfig):
