@@ -465,6 +465,35 @@ class EvaluationData:
     class_names: tuple[str, ...] = ()
 
 
+def npz_spec(rest: str, default_keys: tuple[str, str]) -> tuple[str, tuple[str, str]]:
+    """(path, keys) of the part after `npz:`: `PATH` (keys from --npz_keys) or
+    `PATH:IMAGES,LABELS` (its own keys, so two files with other names go in one command)."""
+    path, separator, keys = rest.rpartition(":")
+    if separator and path and "," in keys and not keys.endswith(".npz"):
+        names = tuple(name.strip() for name in keys.split(","))
+        if len(names) != 2 or not all(names):
+            raise ValueError(
+                f"npz:{rest}: the keys after the path are two names, IMAGES,LABELS "
+                "(e.g. npz:test.npz:x_test,y_test)."
+            )
+        return path, names
+    return rest, tuple(default_keys)
+
+
+def check_data_spec(source: str, npz_keys: tuple[str, str] = ("x", "y")) -> None:
+    """FileNotFoundError/ValueError for a --data whose file or folder is missing, before
+    any heavy import: reading it later would fail after TensorFlow has loaded."""
+    kind, _, rest = source.partition(":")
+    if kind == "npz" and rest:
+        path, _ = npz_spec(rest, npz_keys)
+        if Path(path).is_dir():
+            raise ValueError(f"--data npz:{path} is a directory; give the .npz file.")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"--data npz file {path} does not exist.")
+    elif kind == "folder" and rest and not Path(rest).is_dir():
+        raise FileNotFoundError(f"--data folder {rest} does not exist.")
+
+
 def load_evaluation_data(
     source: str,
     data_dir: str | None = None,
@@ -472,7 +501,7 @@ def load_evaluation_data(
     npz_keys: tuple[str, str] = ("x", "y"),
 ) -> EvaluationData:
     """Test examples from a built-in dataset name, `tfds:NAME:SPLIT`, `npz:PATH` (arrays
-    under `npz_keys`; labels as integers or one-hot) or `folder:PATH` (PATH/<class>/*.jpg
+    under `npz_keys`, or `npz:PATH:IMAGES,LABELS`; labels as integers or one-hot) or `folder:PATH` (PATH/<class>/*.jpg
     or *.png, classes in alphabetical order)."""
     kind, _, rest = source.partition(":")
     if not rest:
@@ -485,7 +514,8 @@ def load_evaluation_data(
         name, _, split = rest.partition(":")
         return _tfds_split(name, split or "test", tfds_data_dir)
     if kind == "npz":
-        return _npz_data(Path(rest), npz_keys)
+        path, keys = npz_spec(rest, npz_keys)
+        return _npz_data(Path(path), keys)
     if kind == "folder":
         images, labels, classes = _decode_class_folder(Path(rest))
         return EvaluationData(images, labels, {"source": source, "classes": list(classes)}, classes)

@@ -189,6 +189,25 @@ def entries(directory: str | os.PathLike) -> list[str]:
     return sorted(name for name in os.listdir(directory) if name != LOCK_FILE)
 
 
+def differing_fields(recorded: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """'field: recorded X, now Y' for each leaf where two JSON records differ."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        result = []
+        for key in sorted(set(recorded) | set(wanted), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in recorded or key not in wanted:
+                result.append(
+                    f"{name}: {'absent' if key not in recorded else recorded[key]!r} "
+                    f"recorded, {'absent' if key not in wanted else wanted[key]!r} now"
+                )
+            else:
+                result += differing_fields(recorded[key], wanted[key], name)
+        return result
+    if recorded != wanted:
+        return [f"{prefix or 'value'}: recorded {recorded!r}, now {wanted!r}"]
+    return []
+
+
 def check_output_path(path: str | os.PathLike) -> None:
     """Raises OutputError unless `path` is a directory, or can be created as one, that this
     process may write: before any data or model is loaded, so a bad --out costs nothing."""

@@ -491,8 +491,9 @@ def predict(
 
 
 def _read_checked(path: Path) -> bytes:
-    if not path.exists():
-        raise FileNotFoundError(f"Model file {path} does not exist.")
+    from aftt_tf import checks
+
+    checks.model_file(path)
     return _checked(path.read_bytes(), path)
 
 
@@ -806,13 +807,16 @@ def constant_operators(content: bytes) -> list[dict]:
     integer), with how many weight elements it holds: what a fault campaign could reach.
     Operators of WHILE/IF bodies carry their subgraph ('subgraph': k >= 1)."""
     result = []
+    seen: set[tuple[int, int]] = set()  # Buffers read by several operators count once.
     for subgraph in range(schema.Model.GetRootAs(content, 0).SubgraphsLength()):
-        for entry in _constant_operators(_Graph(content, subgraph)):
+        for entry in _constant_operators(_Graph(content, subgraph), seen):
             result.append({**entry, "subgraph": subgraph} if subgraph else entry)
     return result
 
 
-def _constant_operators(graph: _Graph) -> list[dict]:
+def _constant_operators(graph: _Graph, seen: set[tuple[int, int]]) -> list[dict]:
+    """Operators holding weights no earlier operator read: the steps of an unrolled
+    recurrent layer share its kernels, which are stored (and faulted) once."""
     result = []
     for op_index in range(graph.graph.OperatorsLength()):
         name = _OPERATOR_NAMES.get(graph.code(op_index), str(graph.code(op_index)))
@@ -828,6 +832,9 @@ def _constant_operators(graph: _Graph) -> list[dict]:
                 continue
             if name == "GATHER" and constant.dtype.kind == "i" and len(constant.shape) == 1:
                 continue  # Indices into a shape (attention reshapes), not a lookup table.
+            if (constant.offset, constant.nbytes) in seen:
+                continue
+            seen.add((constant.offset, constant.nbytes))
             elements += int(np.prod(constant.shape))
         if elements:
             result.append({"operator_index": op_index, "operator": name, "weights": elements})

@@ -72,12 +72,15 @@ def harden_config(method: str):
     """The `harden.HardenConfig` of the parsed flags (fine-tuning learning rate 1e-4
     unless --learning_rate is given; loss crossentropy unless --classification_loss)."""
     from aftt_tf.training import harden
+    from aftt_tf.training.config import FINETUNE_LEARNING_RATE
 
     return harden.HardenConfig(
         method=method,
         epochs=FLAGS.epochs,
         from_scratch=FLAGS.from_scratch,
-        learning_rate=FLAGS.learning_rate if FLAGS["learning_rate"].present else 1e-4,
+        learning_rate=(
+            FLAGS.learning_rate if FLAGS["learning_rate"].present else FINETUNE_LEARNING_RATE
+        ),
         batch_size=FLAGS.batch_size,
         loss=FLAGS.classification_loss if FLAGS["classification_loss"].present else "crossentropy",
         reg_lambda=FLAGS.reg_lambda,

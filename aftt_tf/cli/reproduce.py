@@ -25,7 +25,8 @@ from aftt_tf.io_utils import OutputError
 flags.DEFINE_list(
     "methods",
     list(vocabulary.METHODS),
-    "Methods to train and compare: none, l1, l2, fat (fault-aware training), aftt, aftt_fat.",
+    "Methods to train and compare: none, l1, l2, fat (fault-aware training), aftt, aftt_fat; "
+    "with --model also range (activation range restriction; --model's default: none,fat,range).",
 )
 flags.DEFINE_list("l1_lambda_grid", ["1e-6", "1e-5", "1e-4"], "Lasso weights tried (grid search).")
 flags.DEFINE_list(

@@ -64,7 +64,10 @@ flags.DEFINE_integer(
 flags.DEFINE_float("prior_stddev", _DEFAULTS.prior_stddev, "Sigma of the Gaussian prior.")
 flags.DEFINE_integer("finetune_epochs", _DEFAULTS.finetune_epochs, "Epochs of supervised training.")
 flags.DEFINE_float(
-    "learning_rate", _DEFAULTS.learning_rate, "Adam learning rate, supervised phase."
+    "learning_rate",
+    _DEFAULTS.learning_rate,
+    "Adam learning rate, supervised phase (paper networks; --model runs fine-tune with "
+    f"{config_lib.FINETUNE_LEARNING_RATE:g} unless this flag is given).",
 )
 flags.DEFINE_enum(
     "lr_schedule",
@@ -76,7 +79,7 @@ flags.DEFINE_enum(
     "classification_loss",
     _DEFAULTS.classification_loss,
     vocabulary.CLASSIFICATION_LOSSES,
-    "mse: paper Eq. 15; or crossentropy.",
+    "mse: paper Eq. 15; or crossentropy (the default of --model runs unless this flag is given).",
 )
 flags.DEFINE_bool("freeze_extractor", False, "Fine-tune only the head (aftt).")
 flags.DEFINE_float("reg_lambda", _DEFAULTS.reg_lambda, "Penalty weight of l1/l2.")

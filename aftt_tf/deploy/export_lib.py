@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf import io_utils, tflite_file, vocabulary
+from aftt_tf import checks, io_utils, tflite_file, vocabulary
 from aftt_tf.deploy import int8_converter
 from aftt_tf.faults import frontend, keras_runner, targets
 from aftt_tf.faults.spec import check_classifier_outputs, outcome_of
@@ -130,8 +130,7 @@ class ExportConfig:
         if self.calibration_data:
             dataclasses.replace(self.data_options(), data=self.calibration_data).validate()
         model = Path(self.model)
-        if not model.exists():
-            raise FileNotFoundError(f"Model file {self.model} does not exist.")
+        checks.model_file(model)
         if model.suffix == ".tflite":
             raise ValueError(
                 f"{model} is already a TFLite file; aftt-export converts a Keras classifier "

@@ -35,6 +35,7 @@ from aftt_tf.faults.spec import (
 )
 from aftt_tf.faults.statistics import confidence_interval
 from aftt_tf.progress import Progress
+from aftt_tf.vocabulary import PARAMETER_KINDS
 
 CELLS_FILE = "cells.jsonl"
 CAMPAIGN_FILE = "campaign.json"
@@ -406,6 +407,28 @@ def _check_like_for_like(adapters: dict, spec: FaultSpec) -> None:
                 "nothing. Export the .tflite with aftt-export (its manifest names every "
                 "operator by Keras layer), pick common layers with --layers, or run one "
                 "campaign per model."
+            )
+    if spec.kind not in PARAMETER_KINDS:
+        return
+    counts = {
+        label: adapter.kernel_elements(spec)
+        for label, adapter in adapters.items()
+        if hasattr(adapter, "kernel_elements")
+    }
+    if not counts:
+        return
+    first_label, first = next(iter(counts.items()))
+    for label, elements in counts.items():
+        differing = sorted(name for name in elements if elements[name] != first.get(name))
+        if differing:
+            name = differing[0]
+            raise ValueError(
+                f"{label} holds {elements[name]:,} kernel elements in layer {name!r} and "
+                f"{first_label} {first.get(name, 0):,}: the converter stored that layer's "
+                "weights differently (split or duplicated, as an unrolled recurrent layer's "
+                "int8 file can), so the same rate would place other faults on other "
+                "weights and a paired difference would mean nothing. Run one campaign per "
+                "model, or leave that layer out with --exclude_layers."
             )
 
 

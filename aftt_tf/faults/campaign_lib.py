@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import checks, io_utils, vocabulary
+from aftt_tf import checks, data, io_utils, vocabulary
 from aftt_tf.faults import campaign, frontend, inputs
 from aftt_tf.faults.runtimes import load_campaign_model
 from aftt_tf.faults.spec import CampaignModel, FaultSpec
@@ -97,6 +97,13 @@ class CampaignConfig:
             self.ray_config()
         campaign.shard_cells([], self.num_shards, self.shard_index)
         inputs.resolve(self.input_transform, self.input_scale, self.input_offset)
+        for path in parse_models(self.models).values():  # Before TensorFlow loads.
+            checks.model_file(path)
+        for spec in (self.data, self.repair_data):
+            if spec:
+                data.check_data_spec(spec, tuple(self.npz_keys))
+        for name in self.imports:
+            checks.module_exists(name, f"--import={name}")
         campaign.check_campaign_directory(self.out, self.spec)
 
     def ray_config(self):

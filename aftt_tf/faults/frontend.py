@@ -57,6 +57,7 @@ class DataOptions:
                     f"Unknown --data {self.data!r}; expected {DATA_FORMS} (built-in: "
                     f"{', '.join(vocabulary.DATASETS)})."
                 )
+            data.check_data_spec(self.data, tuple(self.npz_keys))
         if self.input_transform != "auto" or self.input_scale is not None:
             inputs.resolve(self.input_transform, self.input_scale, self.input_offset)
 

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from aftt_tf import checks
 from aftt_tf.faults import (
     fault_map,
     inputs,
@@ -59,8 +60,7 @@ def load_model(path: str | Path) -> keras.Model:
     import aftt_tf.faults.layers  # noqa: F401  (registers fault layers)
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Model file {path} does not exist.")
+    checks.model_file(path)
     if path.suffix == ".tflite":
         raise ValueError(
             f"{path} is a .tflite file, and this step needs the Keras model: pass the .keras "
@@ -80,12 +80,25 @@ def load_model(path: str | Path) -> keras.Model:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:
         raise ValueError(
-            f"{path} could not be read as a Keras model ({type(error).__name__}: {error}). "
-            "A model with custom classes needs their module imported first (--import=MODULE)."
+            f"{path} could not be read as a Keras model ({type(error).__name__}: "
+            f"{_short(error)}). A model with custom classes needs their module imported "
+            "first (--import=MODULE)."
         ) from None
     if not isinstance(model, keras.Model):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a Keras model.")
     return model
+
+
+def _short(error: Exception) -> str:
+    """An error's gist: Keras appends the whole layer config (kilobytes) to some errors."""
+    import re
+
+    text = str(error)
+    missing = re.search(r"Could not locate class '([^']+)'", text)
+    if missing:
+        return f"the class {missing.group(1)!r} is not registered"
+    text = text.split("\n")[0].split(" Full object config")[0]
+    return text if len(text) <= 300 else text[:300] + " ..."
 
 
 _IEEE_USERS = [0]  # Runners now holding `ieee_nan` on.
@@ -120,6 +133,14 @@ class KerasModel:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        inputs_ = getattr(self.model, "inputs", None) or []
+        if len(inputs_) > 1:
+            raise ValueError(
+                f"{self.model.name!r} takes {len(inputs_)} inputs "
+                f"({', '.join(str(tuple(i.shape[1:])) for i in inputs_)}); campaigns, "
+                "training and export feed a classifier one input array. Wrap it in a model "
+                "of one input that splits it (keras.Model(x, model(split(x))))."
+            )
         try:
             return tuple(self.model.input_shape[1:])
         except AttributeError:  # A subclassed model loaded from a file, never called.
@@ -210,6 +231,15 @@ class KerasModel:
                 self.weight_storage(spec),
             )
         return result
+
+    def kernel_elements(self, spec: FaultSpec) -> dict[str, int]:
+        """Kernel elements of each layer `spec` faults (what a paired file must match)."""
+        targeted = set(self.select_layers(spec))
+        return {
+            site.path: sum(int(np.prod(variable.shape)) for _, variable, _ in site.kernels)
+            for site in registry.sites(self.model, spec.site_weights)
+            if site.path in targeted
+        }
 
     def runner(
         self, spec: FaultSpec, images, labels, batch_size: int, transform=None

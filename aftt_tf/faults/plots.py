@@ -29,12 +29,20 @@ def save_figure(figure, stem: Path, formats: tuple[str, ...] = ("png", "svg"), d
             figure.savefig(temporary, format=suffix, dpi=dpi, bbox_inches="tight")
 
 
+# Panels per row of a multi-panel figure (3 x 6 inches: readable in a page or the html).
+MAX_COLUMNS = 3
+
+
 def accuracy_vs_rate_figure(panels: list[tuple[str, dict[str, Any]]], group: str = "all"):
     """One panel per (title, summary); one line per model (like the paper's Fig. 3 and
     Fig. 7), its 95% CI as a shaded band. Rates spanning decades (bit faults at 1e-5 ..
     1e-2) get a logarithmic axis (linear around 0), so small rates are not piled at 0."""
-    figure, axes = subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for axis, (title, summary) in zip(axes[0], panels, strict=True):
+    columns = min(len(panels), MAX_COLUMNS)  # A grid, not one unreadable row of panels.
+    rows_ = -(-len(panels) // columns)
+    figure, axes = subplots(rows_, columns, figsize=(6 * columns, 4 * rows_), squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.set_visible(False)
+    for axis, (title, summary) in zip(axes.flat, panels, strict=False):
         for model, groups in summary.items():
             if group not in groups:
                 continue

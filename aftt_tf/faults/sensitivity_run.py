@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import logging
 import math
 from pathlib import Path
@@ -101,14 +102,15 @@ def run(config: SensitivityConfig) -> dict[str, Any]:
     config.validate()
     out = Path(config.out)
     io_utils.check_output_path(out)
-    if out.exists() and io_utils.entries(out):
-        raise io_utils.OutputError(
-            f"--out {out} is not empty; give a new directory (nothing there is overwritten)."
-        )
+    _check_out(out, config)
     prepared = _prepare(config)
     created = None
     try:
         with io_utils.locked_directory(out) as created:
+            finished = _check_out(out, config)  # Again, now that no one else writes it.
+            if finished is not None:
+                return finished
+            io_utils.empty_directory(out)  # Empty, or what a killed run of ours left.
             return _write(config, out, prepared)
     except io_utils.OutputError:
         raise  # Refused at the lock: nothing of ours was written.
@@ -117,6 +119,43 @@ def run(config: SensitivityConfig) -> dict[str, Any]:
         io_utils.empty_directory(out)
         io_utils.remove_created(created, out)
         raise
+
+
+# Every name a run writes in --out: a directory holding only these (and config.json,
+# written first) is one of ours.
+_OWN_FILES = {
+    "config.json",
+    "plans",
+    "scores.json",
+    "layers.csv",
+    "sensitivity.png",
+    "verification.json",
+    "manifest.json",
+}
+
+
+def _check_out(out: Path, config: SensitivityConfig) -> dict[str, Any] | None:
+    """The finished run's scores when `out` holds one with this config; None when `out`
+    is new, empty, or what a killed run of this command left (it starts over).
+    OutputError for anything else: a user's files, another config's finished run."""
+    if not out.exists() or not io_utils.entries(out):
+        return None
+    names = set(io_utils.entries(out))
+    if not names <= _OWN_FILES or "config.json" not in names:
+        raise io_utils.OutputError(
+            f"--out {out} holds files aftt-sensitivity did not write "
+            f"({', '.join(sorted(names - _OWN_FILES)[:5]) or 'no config.json'}); give a new "
+            "or empty directory (nothing there is overwritten)."
+        )
+    if "manifest.json" not in names:
+        return None  # Left by a run that was killed part-way: it starts over.
+    recorded = io_utils.read_json(out / "config.json")
+    if recorded != json.loads(json.dumps(_record(config))):
+        raise io_utils.OutputError(
+            f"--out {out} holds a finished run with another config; give a new directory "
+            "(nothing there is overwritten)."
+        )
+    return io_utils.read_json(out / "scores.json")
 
 
 @dataclasses.dataclass

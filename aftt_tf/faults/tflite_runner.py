@@ -302,6 +302,15 @@ class TFLiteModel(tflite_file.TFLiteFile):
             result.append(op)
         return result
 
+    def kernel_elements(self, spec: FaultSpec) -> dict[str, int]:
+        """Kernel elements of each layer `spec` faults, in Keras layout (a kernel the
+        converter stored twice counts twice: its copies would take separate faults)."""
+        model = self._view(spec) or self
+        return {
+            name: sum(int(np.prod(k.keras_kernel_shape)) for k in model.layers[name].kernels)
+            for name in model.select_layers(spec)
+        }
+
     def guarded(self) -> TFLiteModel:
         """This file with NaN guards (`nan_semantics.with_guards`): the same operators and
         layers, the inputs of pooling and max/min reductions as extra outputs. Itself

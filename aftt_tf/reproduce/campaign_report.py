@@ -231,18 +231,21 @@ def _running_note(directory: Path) -> list[str]:
         ]
 
 
-def write(directories: list[str | Path], out: str | Path) -> tuple[Path, Path]:
-    """report.md and report.html in `out` for the campaign `directories` (one view)."""
+def write(directories: list[str | Path], out: str | Path, owner: str = "") -> tuple[Path, Path]:
+    """report.md and report.html in `out` for the campaign `directories` (one view).
+    `owner`: the run whose directory `out` is (aftt-reproduce's), which holds its own
+    files beside the report; otherwise `out` must be aftt-report's (`check_out`)."""
     from aftt_tf.faults import plots
 
     paths = check_directories(directories)
-    check_out(out, paths)
+    if not owner:
+        check_out(out, paths)
     loaded = [(path, load(path)) for path in paths]
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     io_utils.write_json(
         out / REPORT_MARKER,
-        {"written_by": "aftt-report", "campaigns": [str(path) for path in paths]},
+        {"written_by": owner or "aftt-report", "campaigns": [str(path) for path in paths]},
     )
     panels = [(_name(d, r), r["summary"]) for d, r in loaded]
     figure = plots.accuracy_vs_rate_figure(panels)

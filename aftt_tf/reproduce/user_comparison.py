@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
-from aftt_tf import io_utils
+from aftt_tf import io_utils, progress
 from aftt_tf.faults import frontend
 
 RUNTIMES = ("keras", "int8")
@@ -117,22 +118,45 @@ def compare(config: ComparisonConfig) -> dict[str, Any]:
     config.validate()
     out = Path(config.out)
     io_utils.check_output_path(out)
-    runs = {method: _harden(config, method) for method in config.methods}
-    exports = {}
-    if "int8" in config.runtimes:
-        exports = {method: _export(config, method, run) for method, run in runs.items()}
     kinds = fault_kinds(config, keras_runner.load_model(config.model))
+    int8 = "int8" in config.runtimes
+    steps = len(config.methods) * (1 + int8) + len(config.runtimes) * len(kinds)
+    step = _Steps(progress.Progress("aftt-reproduce --model", steps))
+    runs = {method: step(f"{method} trained", _harden, config, method) for method in config.methods}
+    exports = {}
+    if int8:
+        exports = {
+            method: step(f"{method} exported", _export, config, method, run)
+            for method, run in runs.items()
+        }
     directories, verdicts = [], []
     for runtime in config.runtimes:
         files = runs if runtime == "keras" else exports
         for kind in kinds:
             directory = out / "campaigns" / f"{runtime}_{kind}"
-            results = _campaign(config, files, kind, directory)
+            results = step(f"{runtime} {kind} campaign", _campaign, config, files, kind, directory)
             directories.append(directory)
             if results.get("verdict"):
                 verdicts.append(f"{runtime}, {kind} faults: {results['verdict']['text']}")
-    markdown, _ = campaign_report.write(directories, out)
+    markdown, _ = campaign_report.write(directories, out, owner="aftt-reproduce --model")
     return {"report": str(markdown), "verdicts": verdicts, "kinds": kinds}
+
+
+class _Steps:
+    """Runs the comparison's steps (trainings, exports, campaigns) with overall progress
+    and time left; a step found finished (resumed in under a second) costs nothing."""
+
+    def __init__(self, bar: progress.Progress):
+        self.bar = bar
+
+    def __call__(self, message: str, function, *args):
+        start = time.perf_counter()
+        result = function(*args)
+        if time.perf_counter() - start < 1.0:
+            self.bar.skip(1.0)
+        else:
+            self.bar.advance(1.0, message, force=True)
+        return result
 
 
 def _harden(config: ComparisonConfig, method: str) -> Path:

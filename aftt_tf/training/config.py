@@ -212,6 +212,9 @@ def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
         raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(valid)}.")
 
 
+# Fine-tuning a user's trained model (aftt-train --model, harden()): a tenth of the
+# paper's from-scratch rate, so a trained model is adjusted rather than retrained.
+FINETUNE_LEARNING_RATE = 1e-4
 # More epochs than any run here needs (one epoch of the paper's networks takes seconds
 # to minutes): a larger count is a typo that would run for years.
 MAX_EPOCHS = 100_000

@@ -43,6 +43,7 @@ from aftt_tf.faults import frontend, registry, targets
 from aftt_tf.faults import inputs as input_transforms
 from aftt_tf.faults.layers import RANGE_MODES, ActivationClip
 from aftt_tf.training import phases, trainers
+from aftt_tf.training.config import FINETUNE_LEARNING_RATE
 
 HARDEN_METHODS = ("none", "l1", "l2", "fat", "aftt", "aftt_fat", "range")
 RANGE_STATISTICS = ("max", "percentile")
@@ -78,8 +79,8 @@ class HardenConfig:
     method: str = "fat"
     epochs: int = 3
     from_scratch: bool = False
-    learning_rate: float = 1e-4
-    batch_size: int = 64
+    learning_rate: float = FINETUNE_LEARNING_RATE
+    batch_size: int = 128  # The CLI's (train_flags): Python and CLI runs are the same.
     loss: str = "crossentropy"
     reg_lambda: float = 1e-4
     fault_kinds: tuple[str, ...] = ("weight", "node")

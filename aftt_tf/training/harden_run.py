@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import io_utils
+from aftt_tf import checks, io_utils
 from aftt_tf.faults import frontend
 
 HELD_OUT_FRACTION = 0.1
@@ -58,8 +58,7 @@ class HardenRunConfig:
                 dataclasses.replace(self.data_options, data=extra).validate()
         if self.train_examples < 0:
             raise ValueError(f"--train_examples must be >= 0, got {self.train_examples}.")
-        if not Path(self.model).is_file():
-            raise FileNotFoundError(f"Model file {self.model} does not exist.")
+        checks.model_file(self.model)
         check_directory(self)
 
     def record(self) -> dict[str, Any]:
@@ -83,10 +82,16 @@ def check_directory(config: HardenRunConfig) -> bool:
     if not out.exists() or not io_utils.entries(out):
         return False
     recorded = out / "config.json"
-    if not recorded.is_file() or io_utils.read_json(recorded) != config.record():
+    if not recorded.is_file():
         raise io_utils.OutputError(
-            f"{out} holds something other than this run (another model, method, data or "
-            "setting). Choose another --out."
+            f"{out} holds files of something other than an aftt-train --model run (no "
+            "config.json). Choose another --out."
+        )
+    differing = io_utils.differing_fields(io_utils.read_json(recorded), config.record())
+    if differing:
+        raise io_utils.OutputError(
+            f"{out} holds another run: {'; '.join(differing[:6])}. Choose another --out, "
+            "or give the same settings to resume it."
         )
     return True
 
