@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_DIR ?= results/fmnist_mlp_quick
 
-.PHONY: deps venv data run test lint format bench clean
+.PHONY: deps venv data run test test-fast lint format bench clean
 
 deps: venv data
 
@@ -38,6 +38,10 @@ run: deps
 
 test: deps
 	$(BIN)/pytest -q
+
+# A fast subset while developing (tests marked slow left out); CI and `make test` run all.
+test-fast: deps
+	$(BIN)/pytest -q -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check .

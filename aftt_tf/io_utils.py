@@ -302,15 +302,13 @@ def locked_directory(directory: str | os.PathLike) -> Iterator[Path | None]:
     directory = Path(directory)
     created = first_missing(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = DirectoryLock(directory / LOCK_FILE, str(directory)).__enter__()
-    except OutputError:
-        remove_created(created, directory)
-        raise
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(DirectoryLock(directory / LOCK_FILE, str(directory)))
+        except OutputError:
+            remove_created(created, directory)
+            raise
         yield created
-    finally:
-        lock.__exit__(None, None, None)
 
 
 class DirectoryLock:

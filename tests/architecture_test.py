@@ -171,3 +171,49 @@ def test_flags_parse_and_validate_without_tensorflow(binary):
         timeout=120,
     )
     assert "NO_TF_OK" in result.stdout, result.stderr[-3000:]
+
+
+_NOT_MODULES = {"tf_keras"}  # Snake-case words of the layout that name no module.
+
+
+def _layout_block() -> str:
+    import re
+
+    text = (PACKAGE.parent / "README.md").read_text()
+    match = re.search(r"<!-- layout -->\n```\n(.*?)```", text, flags=re.S)
+    assert match, "README has no block marked layout"
+    return match.group(1)
+
+
+def test_the_readme_layout_names_every_package_and_module():
+    """The README's layout lists each package in the import order of LAYERS (highest
+    first), every module of the tree under its package, and no module that is gone."""
+    import re
+
+    entries: dict[str, str] = {}
+    current = None
+    for line in _layout_block().splitlines():
+        head = re.match(r"^(\S+/)\s", line + " ")
+        if head:
+            current = head.group(1)
+            entries[current] = line[len(current) :]
+        elif current:
+            entries[current] += " " + line.strip()
+    packages = [p for p in entries if p.startswith("aftt_tf/")]
+    expected = [
+        "aftt_tf/" + layer[0].split(".", 1)[1].replace(".", "/") + "/"
+        for layer in reversed(LAYERS[2:])
+    ] + ["aftt_tf/"]
+    assert packages == expected, packages
+    for package in packages:
+        folder = PACKAGE.parent / package
+        modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+        words = set(re.findall(r"[a-z_][a-z0-9_]*", entries[package]))
+        missing = sorted(modules - words)
+        assert not missing, f"{package}: the layout does not name {missing}"
+        # Words shaped like module names (snake_case) that are none: a module that is gone.
+        named = set(re.findall(r"\b([a-z0-9]+_[a-z0-9_]+)\b", entries[package]))
+        gone = sorted(named - modules - _NOT_MODULES)
+        assert not gone, f"{package}: the layout names {gone}, which are no modules"
+    for folder in ("flags", "export", "docs", "benchmarks", "tests"):
+        assert f"{folder}/" in entries and (PACKAGE.parent / folder).is_dir(), folder

@@ -166,7 +166,7 @@ def test_bad_maps_are_refused_naming_the_entry(trained, tmp_path):
     refused({"faults": [good]}, "format")
     refused({"format": fault_map.FORMAT, "faults": []}, "no faults")
     refused({"format": fault_map.FORMAT, "faults": [{**good, "kind": "melted"}]}, "fault 1: kind")
-    refused({"format": fault_map.FORMAT, "faults": [good, good]}, "twice")
+    refused({"format": fault_map.FORMAT, "faults": [good, good]}, "name the same element")
     refused({"format": fault_map.FORMAT, "faults": [{**good, "layer": "nope"}]}, "nope/kernel")
     refused({"format": fault_map.FORMAT, "faults": [{**good, "index": 10**9}]}, "outside")
     refused({"format": fault_map.FORMAT, "faults": [{**good, "index": [0, 0, 0]}]}, "shape")

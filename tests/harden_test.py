@@ -134,7 +134,7 @@ def test_fat_freezes_batch_normalization_and_beats_the_start_under_faults(traine
     points of plain fine-tuning of the same length, and higher accuracy than the starting
     model at 50% weight faults (paired campaign, 95% interval above 0)."""
     model, train, test = trained["cnn"]
-    common = {"epochs": 6, "learning_rate": 1e-3, "seed": 0}
+    common = {"epochs": 6, "learning_rate": 1e-3, "seed": 0, "batch_size": 64}
     plain, _ = harden.harden(model, harden.HardenConfig(method="none", **common), train)
     config = harden.HardenConfig(
         method="fat", fault_kinds=("weight",), fault_max_rate=0.3, **common
@@ -224,7 +224,7 @@ def _operators(tflite) -> set[str]:
 
 def test_aftt_moves_the_latent_toward_the_prior(trained):
     model, train, _ = trained["dense"]
-    config = harden.HardenConfig(method="aftt", epochs=1, pretrain_epochs=3)
+    config = harden.HardenConfig(method="aftt", epochs=1, pretrain_epochs=3, batch_size=64)
     _, record = harden.harden(model, config, train)
     games = record["phases"]["pretrain"]
 
@@ -297,7 +297,10 @@ def test_cli_hardens_and_resumes(trained, tmp_path):
         timeout=600,
         cwd=REPO,
     )
-    assert other.returncode == 2 and "holds something other than this run" in other.stderr
+    assert (
+        other.returncode == 2
+        and "holds another run: harden.method: recorded 'fat', now 'range'" in other.stderr
+    )
     bad = subprocess.run(
         [*argv[:-1], "--split_layer=nope", "--method=aftt", f"--out={tmp_path / 'bad'}"],
         capture_output=True,

@@ -163,16 +163,25 @@ def test_nan_and_inf_give_the_same_outputs_in_both_runtimes(layer_type, root):
         assert any(0 < share < 1 for share in non_finite), f"{layer_type}: {non_finite}"
 
 
-def test_keras_pooling_rule_is_on_only_while_a_campaign_runs():
-    """The rule is installed with the first campaign of a NaN-making kind and removed
-    with the last: a user's model outside a campaign keeps TensorFlow's pooling."""
-    layer = L.MaxPooling1D(2)
-    values = np.array([[[np.nan], [1.0]]], np.float32)
-    assert np.asarray(layer(values))[0, 0, 0] == 1.0  # TensorFlow skips the NaN.
-    keras_runner.ieee_nan(True)
+def test_the_rule_is_on_the_campaigns_model_only_while_it_runs():
+    """The campaign's model takes the rule; the user's model, a model traced or exported
+    meanwhile and the model after the campaign keep TensorFlow's own kernels."""
+    inputs = keras.Input((4, 1))
+    pooled = L.MaxPooling1D(2, name="pool")(inputs)
+    dense = L.Dense(1, activation="sigmoid", name="out")(L.Flatten()(pooled))
+    model = keras.Model(inputs, dense)
+    values = np.array([[[np.nan], [1.0], [2.0], [3.0]]], np.float32)
+    before = np.asarray(model(values))
+    assert np.isfinite(before).all()  # TensorFlow's MaxPool skips the NaN.
+    spec = FaultSpec(kind="bit", bit_position=0, layers=("out",))
+    runner = keras_runner.CampaignRunner(model, spec, values, np.array([0]), 1, transform=RAW)
     try:
-        assert np.isnan(np.asarray(layer(values))).all()
+        runner.inject(0.0, 0)
+        assert np.isnan(runner.logits()).all()  # The campaign's copy: the rule.
+        other = keras.Model(inputs, L.MaxPooling1D(2)(inputs))
+        assert np.isfinite(np.asarray(other(values))).all()  # Another model: untouched.
+        np.testing.assert_array_equal(np.asarray(model(values)), before)
     finally:
-        keras_runner.ieee_nan(False)
-    assert np.asarray(layer(values))[0, 0, 0] == 1.0
+        runner.close()
+    np.testing.assert_array_equal(np.asarray(model(values)), before)
     assert "MaxPooling1D" in nan_semantics.GUARDED_LAYERS

@@ -17,6 +17,8 @@ from aftt_tf.training import config as config_lib
 from aftt_tf.training import networks
 from tests.conftest import reproduce_smoke, requires_fashion_mnist
 
+pytestmark = pytest.mark.slow  # Minutes: left out by `make test-fast`.
+
 
 def _config(architecture="fmnist_mlp", **changes):
     return reproduce_config.ReproduceConfig(

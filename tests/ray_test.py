@@ -18,7 +18,7 @@ from aftt_tf.faults.spec import FaultSpec
 from tests.conftest import reproduce_smoke, requires_fashion_mnist
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
-pytestmark = requires_fashion_mnist
+pytestmark = [requires_fashion_mnist, pytest.mark.slow]
 SPEC = FaultSpec(kind="weight", rates=(0.0, 0.3, 0.6), trials=4, seed=7)
 
 

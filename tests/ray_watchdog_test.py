@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # Minutes: left out by `make test-fast`.
+
 pytest.importorskip("ray")
 REPO = Path(__file__).resolve().parents[1]
 

@@ -253,3 +253,212 @@ def test_report_out_that_is_a_file_is_a_usage_error(finished, tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "is a file" in result.stderr
+
+
+# Pairing like for like.
+
+
+def test_models_that_fault_other_layers_or_elements_are_not_paired():
+    model = _model()
+    images, labels = _data(model)
+    spec = FaultSpec(kind="weight", rates=(0.0, 0.3), trials=2)
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6,))
+    hidden = L.Dense(8, activation="relu", name="first")(inputs)
+    renamed = keras.Model(inputs, L.Dense(3, name="out")(hidden))
+    with pytest.raises(ValueError, match=r"do not fault the same layers .*'first'"):
+        campaign.check_inputs({"a": model, "b": renamed}, spec, images, labels, "raw")
+    hidden = L.Dense(16, activation="relu", name="hidden")(inputs)
+    wider = keras.Model(inputs, L.Dense(3, name="out")(hidden))
+    with pytest.raises(ValueError, match=r"96 kernel elements in layer 'hidden' and a 48"):
+        campaign.check_inputs({"a": model, "b": wider}, spec, images, labels, "raw")
+    campaign.check_inputs({"a": model, "b": _model(seed=2)}, spec, images, labels, "raw")
+
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory):
+    """A conv + BatchNormalization model and its float32 file (the converter folds it)."""
+    from tests import conversion
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(4, 3, name="conv"),
+            L.BatchNormalization(name="bn"),
+            L.ReLU(),
+            L.Flatten(),
+            L.Dense(3, name="out"),
+        ]
+    )
+    bn = model.get_layer("bn")
+    bn.set_weights([np.full(4, 2.0), np.full(4, 0.5), np.full(4, 0.1), np.full(4, 4.0)])
+    images = np.random.default_rng(0).random((64, 8, 8, 1)).astype(np.float32)
+    root = tmp_path_factory.mktemp("folded")
+    path = conversion.tflite_files(model, root, "m", images, modes=("float32",))["float32"]
+    return model, path, images
+
+
+def test_a_map_value_the_file_stores_folded_is_refused_in_the_file(folded, tmp_path):
+    from aftt_tf.faults import inputs, tflite_runner
+    from aftt_tf.faults.spec import FaultTargetError
+
+    model, path, images = folded
+    labels = np.argmax(np.asarray(model(images)), -1)
+    value = {"layer": "conv", "attribute": "kernel", "index": 3, "kind": "stuck_value"}
+    spec = FaultSpec(
+        kind="weight",
+        rates=(0.0,),
+        layers=("conv",),
+        fault_map=str(_map(tmp_path, [{**value, "value": 0.75}])),
+    )
+    tflite = tflite_runner.TFLiteModel(path)
+    with pytest.raises(FaultTargetError, match="folds BatchNormalization 'bn' into 'conv'"):
+        tflite.runner(spec, images, labels, 64, inputs.resolve("raw"))
+    zero = dict(value, kind="stuck_at_0")
+    spec = FaultSpec(
+        kind="weight",
+        rates=(0.0,),
+        layers=("conv",),
+        fault_map=str(_map(tmp_path, [zero], "zero.json")),
+    )
+    tflite.runner(spec, images, labels, 64, inputs.resolve("raw"))  # 0 stays 0 when folded.
+
+
+# Inputs named before any heavy work.
+
+
+def test_a_directory_given_as_model_is_named(tmp_path):
+    from aftt_tf.faults import keras_runner
+
+    (tmp_path / "run").mkdir()
+    _model().save(tmp_path / "run" / "classifier.keras")
+    with pytest.raises(ValueError, match=r"is a directory; .* holds classifier.keras"):
+        keras_runner.load_model(tmp_path / "run")
+
+
+def test_a_model_of_two_inputs_is_named_not_blamed_on_the_data():
+    from aftt_tf.faults import keras_runner
+
+    a, b = keras.Input((4,)), keras.Input((2,))
+    joined = L.Concatenate()([a, b])
+    model = keras.Model([a, b], L.Dense(3)(joined))
+    with pytest.raises(ValueError, match="takes 2 inputs"):
+        _ = keras_runner.KerasModel(model).input_shape
+
+
+def test_an_npz_spec_carries_its_own_keys(tmp_path):
+    from aftt_tf import data
+
+    np.savez(tmp_path / "test.npz", x_test=np.zeros((4, 6), np.float32), y_test=np.arange(4))
+    loaded = data.load_evaluation_data(f"npz:{tmp_path / 'test.npz'}:x_test,y_test")
+    assert loaded.images.shape == (4, 6) and list(loaded.labels) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="two names"):
+        data.npz_spec("test.npz:a,b,c", ("x", "y"))
+
+
+def test_missing_files_and_modules_are_named_before_tensorflow(tmp_path):
+    """The campaign config's checks name a missing model, --data file or --import module
+    without importing TensorFlow (which takes a minute under load)."""
+    script = f"""
+import sys
+from aftt_tf.faults import campaign_lib
+from aftt_tf.faults.spec import FaultSpec
+def check(**kwargs):
+    options = dict(models=("{tmp_path}/m.keras",), out="{tmp_path}/out", spec=FaultSpec())
+    options.update(kwargs)
+    try:
+        campaign_lib.CampaignConfig(**options).validate()
+    except (ValueError, FileNotFoundError) as error:
+        print(error)
+check()
+open("{tmp_path}/m.keras", "w").close()
+check(data="npz:{tmp_path}/none.npz")
+check(imports=("no_such_module_here",))
+print("tensorflow" in sys.modules)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "m.keras does not exist" in lines[0]
+    assert "none.npz does not exist" in lines[1]
+    assert "no module named 'no_such_module_here'" in lines[2]
+    assert lines[3] == "False"
+
+
+def test_a_plan_with_damaged_meta_names_the_file(tmp_path):
+    from aftt_tf.faults import protection
+
+    path = tmp_path / "plan.npz"
+    np.savez(path, meta=np.frombuffer(b"\xff\xfe{", np.uint8), **{"h|kernel": np.zeros(3, bool)})
+    with pytest.raises(ValueError, match=r"plan.npz: its 'meta' entry is not readable JSON"):
+        protection.load(path)
+
+
+def test_fault_aware_training_with_nothing_to_fault_is_refused():
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, L.Softmax()(inputs[:, :3]))
+    config = harden.HardenConfig(method="fat", fault_kinds=("weight",), epochs=1)
+    with pytest.raises(ValueError, match="would train without faults"):
+        harden.check_model(model, config)
+
+
+def test_an_unrolled_recurrent_files_shared_kernels_count_once(tmp_path):
+    """Every step of an unrolled GRU reads the same kernels: the file's coverage counts
+    them once (it reported 28 steps' worth before)."""
+    from aftt_tf.faults import tflite_runner
+    from tests import conversion
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 4))
+    model = keras.Model(inputs, L.Dense(3, name="out")(L.GRU(8, unroll=True, name="gru")(inputs)))
+    images = np.random.default_rng(0).random((16, 12, 4)).astype(np.float32)
+    path = conversion.tflite_files(model, tmp_path, "gru", images, modes=("float32",))["float32"]
+    coverage = tflite_runner.TFLiteModel(path).coverage(FaultSpec(kind="weight"))
+    kernels = sum(int(np.prod(w.shape)) for w in model.weights if "kernel" in w.path)
+    assert coverage["model_weight_elements"] == kernels
+
+
+def test_the_stderr_filter_keeps_the_last_lines_of_a_native_abort():
+    """A binary's stderr passes a filter of TensorFlow's noise; lines written right
+    before a native abort still reach the user (a filter thread lost them)."""
+    import os
+
+    script = (
+        "import os, sys\n"
+        "from aftt_tf.cli import common\n"
+        "common.quiet_tensorflow()\n"
+        "os.write(2, b'I0000 00:00:1.0 123 port.cc:153] oneDNN noise\\n')\n"
+        "for i in range(200):\n"
+        "    os.write(2, b'last words %d\\n' % i)\n"
+        "os.abort()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, cwd=REPO, env=env, timeout=60
+    )
+    assert result.returncode != 0
+    assert b"last words 199" in result.stderr and b"oneDNN" not in result.stderr
+
+
+def test_rate_zero_is_evaluated_once_per_model(tmp_path, monkeypatch):
+    """Rate 0 faults nothing: one evaluation per model, recorded for every trial."""
+    from aftt_tf.faults import keras_runner
+
+    calls = []
+    original = keras_runner.CampaignRunner.evaluate_cell
+
+    def counted(self, rate, trial):
+        calls.append((rate, trial))
+        return original(self, rate, trial)
+
+    monkeypatch.setattr(keras_runner.CampaignRunner, "evaluate_cell", counted)
+    model = _model()
+    images, labels = _data(model)
+    spec = FaultSpec(kind="weight", rates=(0.0, 0.3), trials=4)
+    campaign.run_campaign({"m": model}, spec, images, labels, tmp_path / "c", progress=False)
+    assert [call for call in calls if call[0] == 0.0] == [(0.0, 0)]
+    cells = (tmp_path / "c" / "cells.jsonl").read_text().splitlines()
+    assert sum(json.loads(line)["rate"] == 0.0 for line in cells) == 4

@@ -19,6 +19,8 @@ from aftt_tf.training import config as config_lib
 from aftt_tf.training import networks, trainers
 from tests.conftest import reproduce_smoke, requires_fashion_mnist
 
+pytestmark = pytest.mark.slow  # Minutes: left out by `make test-fast`.
+
 REPO = Path(__file__).resolve().parents[1]
 
 

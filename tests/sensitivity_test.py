@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -294,9 +295,38 @@ def test_cli_writes_scores_plans_and_their_verification(trained_mlp, tmp_path):
     cells = [json.loads(line) for line in (campaign / "cells.jsonl").read_text().splitlines()]
     measured = sorted((cell["trial"], cell["accuracy"]) for cell in cells if cell["rate"] == 0.4)
     assert [accuracy for _, accuracy in measured] == pytest.approx(plan_accuracy)
-    # A second run into the same directory is refused; nothing there is touched.
+    # The same run again returns the finished one; another config there is refused;
+    # nothing there is touched either way.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     again = run("sensitivity", argv)
-    assert again.returncode != 0 and "not empty" in again.stderr
+    assert again.returncode == 0, again.stderr[-3000:]
+    other = run("sensitivity", [*argv, "--protect_budget=0.05"])
+    assert other.returncode == 2 and "another config" in other.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_a_killed_run_starts_over_and_foreign_files_are_refused(tmp_path):
+    """What a killed run left (config.json, plans/, no manifest) is cleared by the next
+    run of the command; a user's files or another finished run are never touched."""
+    from aftt_tf import io_utils
+    from aftt_tf.faults import frontend, sensitivity_run
+
+    config = sensitivity_run.SensitivityConfig(
+        model="m.keras", out=str(tmp_path / "out"), data=frontend.DataOptions()
+    )
+    out = Path(config.out)
+    out.mkdir()
+    assert sensitivity_run._check_out(out, config) is None  # Empty.
+    (out / "config.json").write_text("{}")
+    (out / "plans").mkdir()
+    assert sensitivity_run._check_out(out, config) is None  # Killed part-way: starts over.
+    (out / "mine.txt").write_text("notes")
+    with pytest.raises(io_utils.OutputError, match="mine.txt"):
+        sensitivity_run._check_out(out, config)
+    (out / "mine.txt").unlink()
+    (out / "manifest.json").write_text("{}")
+    with pytest.raises(io_utils.OutputError, match="another config"):
+        sensitivity_run._check_out(out, config)
 
 
 def test_fault_aware_training_never_faults_protected_elements(tmp_path):

@@ -25,6 +25,8 @@ from aftt_tf.faults import keras_runner, tflite_runner
 from aftt_tf.faults.spec import FaultSpec
 from tests.export_test import _assert_not_significantly_beyond
 
+pytestmark = pytest.mark.slow  # Minutes: left out by `make test-fast`.
+
 L = keras.layers
 STORAGES = ("float32", "float16", "dynamic", "int8")
 EXAMPLES = 200

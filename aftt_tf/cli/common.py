@@ -107,30 +107,24 @@ def quiet_tensorflow() -> None:
 
 def _filter_native_noise() -> None:
     """Standard error (file descriptor 2) through a filter that drops `_NATIVE_NOISE`
-    lines and passes everything else on, until the process exits."""
-    import atexit
-    import threading
-
-    original = os.dup(2)
+    lines and passes everything else on. The filter is a child process reading a pipe:
+    it drains every line written before the binary ends, even when a native abort kills
+    the binary (a filter thread would die with it and lose the last lines)."""
     reader, writer = os.pipe()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:  # The filter: reads until every writer (the binary, its children) is gone.
+        os.close(writer)
+        try:
+            with os.fdopen(reader, "rb") as stream:
+                for line in stream:
+                    if not _NATIVE_NOISE.match(line):
+                        os.write(2, line)
+        finally:
+            os._exit(0)
+    os.close(reader)
     os.dup2(writer, 2)
     os.close(writer)
-
-    def pump() -> None:
-        with os.fdopen(reader, "rb") as stream:
-            for line in stream:
-                if not _NATIVE_NOISE.match(line):
-                    os.write(original, line)
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-
-    def restore() -> None:
-        sys.stderr.flush()
-        os.dup2(original, 2)  # Closes the pipe's last writer: the pump drains and ends.
-        thread.join(timeout=2)
-
-    atexit.register(restore)
 
 
 def _plain_log_lines() -> None:

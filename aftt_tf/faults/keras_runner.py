@@ -114,15 +114,14 @@ def ieee_nan(on: bool) -> None:
     and the inference be counted as a class (measured: 8% of the inferences of a small
     MLP at a 5% transient bit-30 rate were NaN in LiteRT and a class in Keras). The
     fusion ('remapping') is switched off while such campaigns run; its other passes stay.
-    Pooling layers take the NaN rule shared with the .tflite runtime
-    (`nan_semantics`): a NaN reaching one makes the inference non-finite."""
+    The campaign's own model also takes the NaN rule shared with the .tflite runtime
+    (`nan_semantics.guard_layers`, in `CampaignRunner`)."""
     import tensorflow as tf
 
     before = _IEEE_USERS[0]
     _IEEE_USERS[0] = max(0, before + (1 if on else -1))
     if (before == 0) != (_IEEE_USERS[0] == 0):
         tf.config.optimizer.set_experimental_options({"remapping": _IEEE_USERS[0] == 0})
-        nan_semantics.guard_keras_layers(_IEEE_USERS[0] > 0)
 
 
 class KerasModel:
@@ -337,6 +336,8 @@ class CampaignRunner:
             self.faulty = targets.apply_faults(
                 model, spec.kind, self.target_names, spec.site_weights
             )
+        if self._ieee:  # One NaN/Inf rule with the .tflite runtime, on this model only.
+            self._nan_guards = nan_semantics.guard_layers(self.faulty)
         self._chunk_index = None
         if spec.kind in ACTIVATION_KINDS:  # Per-inference faults: the loop's chunk index.
             self._chunk_index = tf.Variable(0, dtype=tf.int32, trainable=False)
@@ -528,6 +529,7 @@ class CampaignRunner:
         if self._ieee:
             self._ieee = False
             ieee_nan(False)
+            nan_semantics.unguard(getattr(self, "_nan_guards", []))
 
 
 class FaultInjector:

@@ -16,10 +16,11 @@ or 1); such values come from exponent bit faults. No value can be matched across
 kernels, so both runtimes count such an inference as IEEE propagation would count a NaN:
 non-finite (a DUE).
 
-Keras: while a campaign of a kind that can make NaN runs (`keras_runner.ieee_nan`), the
-layers below, and Keras' sigmoid and SiLU, set every output of an inference whose input
-breaks the rule to NaN (class-level, so nested and subclassed models are covered;
-restored when the last such campaign closes). `.tflite`: the inputs of the operators
+Keras: a campaign of a kind that can make NaN puts the rule on its own model's layers
+(`guard_layers`: the layers below and every sigmoid/SiLU activation set every output of
+an inference whose input breaks the rule to NaN; instance attributes of the campaign's
+copy, so nothing traced or exported elsewhere sees them; a subclassed model's own
+layers get them back when the campaign closes). `.tflite`: the inputs of the operators
 below become extra graph outputs (`with_guards`); an inference breaking the rule in any
 of them has NaN outputs. Inf is left alone: every kernel measured agrees on it.
 Measured and not covered (no layer of the test zoo computes them): XNNPACK's softplus
@@ -27,6 +28,8 @@ of a large input (inf vs the input), SELU and exp of NaN (finite vs NaN).
 """
 
 from __future__ import annotations
+
+import types
 
 import numpy as np
 
@@ -57,7 +60,6 @@ GUARDED_LAYERS = (
     "Maximum",
     "Minimum",
 )
-_ORIGINAL_CALLS: dict[type, object] = {}
 
 
 def _broken_rows(values, limit: float):
@@ -88,48 +90,73 @@ def _guarded_call(original):
             broken = ops.logical_or(broken, _broken_rows(tensor, np.inf))
         return _poisoned(outputs, broken)
 
-    call.__wrapped__ = original
     return call
 
 
 def _guarded_sigmoid(original):
     def function(x, *args, **kwargs):
         outputs = original(x, *args, **kwargs)
-        if len(x.shape) < 2:  # No batch axis: not a layer's activation.
+        if getattr(x, "shape", None) is None or len(x.shape) < 2:  # Not a layer's output.
             return outputs
         return _poisoned(outputs, _broken_rows(x, SIGMOID_LIMIT))
 
-    function.__wrapped__ = original
+    function.__name__ = getattr(original, "__name__", "sigmoid")
     return function
 
 
-_SIGMOID_FUNCTIONS = ("sigmoid", "silu")
+# Activation functions computed with a sigmoid (by their Keras names).
+_SIGMOID_FUNCTIONS = ("sigmoid", "silu", "swish")
+_ACTIVATION_ATTRIBUTES = ("activation", "recurrent_activation")
 
 
-def guard_keras_layers(on: bool) -> None:
-    """Installs (True) or removes (False) the NaN rule on Keras' pooling layer classes."""
+def guard_layers(model) -> list[tuple[object, str, object]]:
+    """Puts the rule on the layers of `model` (nested models, RNN cells and composite
+    layers included): pooling, Maximum and Minimum layers and every sigmoid/SiLU
+    activation. Instance attributes only, so no other model (and nothing traced or
+    exported outside the campaign) sees it. Returns what `unguard` restores."""
     import keras
 
-    for name in GUARDED_LAYERS:
-        cls = getattr(keras.layers, name)
-        if on and cls not in _ORIGINAL_CALLS:
-            _ORIGINAL_CALLS[cls] = cls.__dict__["call"] if "call" in cls.__dict__ else None
-            cls.call = _guarded_call(cls.call)
-        elif not on and cls in _ORIGINAL_CALLS:
-            original = _ORIGINAL_CALLS.pop(cls)
-            if original is None:
-                del cls.call
-            else:
-                cls.call = original
-    from keras.src.backend.tensorflow import nn  # Where every Keras sigmoid/SiLU ends.
+    guarded_types = tuple(getattr(keras.layers, name) for name in GUARDED_LAYERS)
+    records: list[tuple[object, str, object]] = []
+    for layer in _all_layers(model):
+        if isinstance(layer, guarded_types) and "call" not in vars(layer):
+            records.append((layer, "call", None))
+            layer.call = types.MethodType(_guarded_call(type(layer).call), layer)
+        for attribute in _ACTIVATION_ATTRIBUTES:
+            function = vars(layer).get(attribute)
+            if callable(function) and getattr(function, "__name__", "") in _SIGMOID_FUNCTIONS:
+                records.append((layer, attribute, function))
+                setattr(layer, attribute, _guarded_sigmoid(function))
+    return records
 
-    for name in _SIGMOID_FUNCTIONS:
-        function = getattr(nn, name)
-        guarded = hasattr(function, "__wrapped__")
-        if on and not guarded:
-            setattr(nn, name, _guarded_sigmoid(function))
-        elif not on and guarded:
-            setattr(nn, name, function.__wrapped__)
+
+def unguard(records: list[tuple[object, str, object]]) -> None:
+    """Takes the rule off again (`guard_layers`' records)."""
+    for layer, attribute, original in reversed(records):
+        if original is None:
+            delattr(layer, attribute)
+        else:
+            setattr(layer, attribute, original)
+
+
+def _all_layers(model) -> list:
+    """Every layer reachable from `model`: nested models, wrappers, RNN cells."""
+    seen, order, stack = set(), [], [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        order.append(layer)
+        children = list(getattr(layer, "_layers", None) or [])
+        if isinstance(getattr(layer, "layers", None), list):
+            children += layer.layers
+        for name in ("cell", "layer", "forward_layer", "backward_layer"):
+            child = vars(layer).get(name)
+            if child is not None and callable(child):
+                children.append(child)
+        stack.extend(reversed(children))
+    return order
 
 
 def with_guards(content: bytes) -> tuple[bytes, dict[int, float]]:

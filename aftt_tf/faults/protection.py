@@ -85,7 +85,15 @@ def _load_cached(path: str, mtime: int, size: int) -> ProtectionPlan:
         ) from None
     if "meta" not in arrays:
         raise ValueError(f"{path} is not a protection plan: it has no 'meta' entry.")
-    meta = json.loads(arrays.pop("meta").tobytes().decode())
+    try:
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(
+            f"{path}: its 'meta' entry is not readable JSON ({type(error).__name__}); the "
+            "plan is damaged. Write it again with aftt-sensitivity."
+        ) from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its 'meta' entry is not a JSON object; the plan is damaged.")
     protected = {}
     for name, value in arrays.items():
         if _SEPARATOR not in name or value.ndim != 1 or value.dtype.kind not in "iu":

@@ -200,10 +200,17 @@ def sites_in(layer, weights: str = "registered") -> list[Site]:
     return result
 
 
-def _is_graph(model) -> bool:
-    from keras.src.models.functional import Functional  # No public name for the class.
+def is_functional(model) -> bool:
+    """A Functional model (a graph of layers), Sequential excluded. Keras exports no name
+    for the class: it is found in the model's class hierarchy, without keras.src."""
+    return not isinstance(model, keras.Sequential) and any(
+        cls.__name__ == "Functional" and cls.__module__.startswith("keras")
+        for cls in type(model).__mro__
+    )
 
-    return isinstance(model, (keras.Sequential, Functional))
+
+def _is_graph(model) -> bool:
+    return isinstance(model, keras.Sequential) or is_functional(model)
 
 
 def _visit(layer, path: str, in_graph: bool, weights: str, result: list[Site]) -> None:

@@ -319,24 +319,15 @@ def bit_table(scores: list[KernelScores], storage: str = "float32") -> list[dict
 
 
 def spearman(first: list[float], second: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
+    """Spearman's rank correlation (average ranks for ties); NaN for fewer than two
+    pairs or a constant side."""
+    from scipy import stats
+
     if len(first) != len(second) or len(first) < 2:
         return float("nan")
-
-    def ranks(values):
-        values = np.asarray(values, np.float64)
-        order = np.argsort(values, kind="mergesort")
-        result = np.empty(len(values))
-        result[order] = np.arange(len(values), dtype=np.float64)
-        for value in np.unique(values):
-            tied = values == value
-            result[tied] = result[tied].mean()
-        return result
-
-    a, b = ranks(first), ranks(second)
-    if np.std(a) == 0 or np.std(b) == 0:
+    if np.ptp(np.asarray(first, np.float64)) == 0 or np.ptp(np.asarray(second, np.float64)) == 0:
         return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+    return float(stats.spearmanr(first, second).statistic)
 
 
 def check_against_campaigns(

@@ -102,7 +102,9 @@ def run(config: SensitivityConfig) -> dict[str, Any]:
     config.validate()
     out = Path(config.out)
     io_utils.check_output_path(out)
-    _check_out(out, config)
+    finished = _check_out(out, config)
+    if finished is not None:  # This run, finished before: nothing to do.
+        return finished
     prepared = _prepare(config)
     created = None
     try:
@@ -129,9 +131,16 @@ _OWN_FILES = {
     "scores.json",
     "layers.csv",
     "sensitivity.png",
+    "sensitivity.svg",
     "verification.json",
     "manifest.json",
 }
+
+
+def _staged(name: str) -> bool:
+    """A file of ours being written when a run was killed (io_utils.atomic_path's
+    '.STEM.*' beside it)."""
+    return any(name.startswith(f".{Path(own).stem}.") for own in _OWN_FILES)
 
 
 def _check_out(out: Path, config: SensitivityConfig) -> dict[str, Any] | None:
@@ -140,7 +149,7 @@ def _check_out(out: Path, config: SensitivityConfig) -> dict[str, Any] | None:
     OutputError for anything else: a user's files, another config's finished run."""
     if not out.exists() or not io_utils.entries(out):
         return None
-    names = set(io_utils.entries(out))
+    names = {name for name in io_utils.entries(out) if not _staged(name)}
     if not names <= _OWN_FILES or "config.json" not in names:
         raise io_utils.OutputError(
             f"--out {out} holds files aftt-sensitivity did not write "

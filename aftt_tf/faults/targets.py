@@ -24,9 +24,7 @@ def rewritable(model: keras.Model) -> bool:
 
 
 def _is_functional(model: keras.Model) -> bool:
-    from keras.src.models.functional import Functional  # No public name for the class.
-
-    return isinstance(model, Functional) and not isinstance(model, keras.Sequential)
+    return registry.is_functional(model)
 
 
 def as_functional(model: keras.Model) -> keras.Model:
