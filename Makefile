@@ -59,6 +59,7 @@ bench: deps
 	$(BIN)/python -m benchmarks.harden_epoch
 	$(BIN)/python -m benchmarks.nested_campaign
 	$(BIN)/python -m benchmarks.transient_campaign
+	$(BIN)/python -m benchmarks.nan_guard_campaign
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -456,9 +456,15 @@ def poison_rows(outputs: np.ndarray, guards: dict[int, float], values) -> None:
     rows = np.zeros(len(outputs), bool)
     for index, limit in guards.items():
         tensor = values[index][: len(outputs)].reshape(len(outputs), -1)
-        rows |= np.isnan(tensor).any(axis=1)
+        # A row's sum is NaN or infinite whenever the row holds a NaN: one pass without
+        # a mask as large as the tensor; only such rows are looked at element by element.
+        with np.errstate(over="ignore", invalid="ignore"):  # Overflow is what it looks for.
+            sums = tensor.sum(axis=1, dtype=np.float32)
+        suspect = np.flatnonzero(~np.isfinite(sums))
+        if len(suspect):
+            rows[suspect] |= np.isnan(tensor[suspect]).any(axis=1)
         if limit != np.inf:
-            rows |= (np.abs(tensor) >= limit).any(axis=1)
+            rows |= (tensor.max(axis=1) >= limit) | (tensor.min(axis=1) <= -limit)
     if rows.any():
         outputs[rows] = np.nan
 

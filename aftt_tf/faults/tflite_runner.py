@@ -324,6 +324,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
                 if list(result.layers) != list(plain.layers):
                     raise RuntimeError(f"NaN guards changed the layers of {self.path}.")
                 result.guards = guards
+                result.output_shapes = self.output_shapes  # The model's own, not the guards.
             self.__dict__["_guarded"] = result
         return self.__dict__["_guarded"]
 
