@@ -31,7 +31,9 @@ flags.DEFINE_list(
     "rates",
     ["0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"],
     "Fractions of each targeted layer's elements to fault (transient faults: of its output "
-    "values over all inferences; with --faults_per_inference, of the inferences struck).",
+    "values over all inferences; with --faults_per_inference, of the inferences struck); "
+    "or 'cliff': 0 and the rates where the first --model keeps about 90%, 50% and 20% of "
+    "its accuracy above chance (found before the campaign, recorded and printed).",
 )
 flags.DEFINE_integer("trials", 30, "Trials per rate (maximum when --target_margin is set).")
 flags.DEFINE_integer("seed", 0, "Campaign seed: same seed, same fault positions on every model.")
@@ -167,14 +169,19 @@ flags.DEFINE_string("out", None, "Output directory (resumed if it holds the same
 FLAGS = flags.FLAGS
 
 
+def _cliff() -> bool:
+    """--rates=cliff: the rates where the first model keeps 90/50/20% (faults.cliff)."""
+    return [rate.strip().lower() for rate in FLAGS.rates] == ["cliff"]
+
+
 def _spec_from_flags():
     from aftt_tf.faults.spec import FaultSpec, RepairProtocol
 
     try:
-        rates = tuple(float(rate) for rate in FLAGS.rates)
+        rates = (0.0,) if _cliff() else tuple(float(rate) for rate in FLAGS.rates)
     except ValueError:
         raise common.usage_error(
-            f"--rates must be numbers in [0, 1], received {FLAGS.rates}."
+            f"--rates must be numbers in [0, 1] or 'cliff', received {FLAGS.rates}."
         ) from None
     return FaultSpec(
         kind=FLAGS.fault,
@@ -250,6 +257,7 @@ def main(argv: list[str]) -> None:
         num_shards=FLAGS.num_shards,
         shard_index=FLAGS.shard_index,
         per_layer=FLAGS.per_layer,
+        cliff=_cliff(),
         **executor_flags.values(),
     )
     with common.usage_errors(data.DataUnavailableError):

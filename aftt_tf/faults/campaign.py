@@ -316,6 +316,7 @@ def run_campaign(
     data_description: dict[str, Any] | None = None,
     allow_chance_accuracy: bool = False,
     executor: Any = None,
+    rate_choice: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Runs (or resumes) a campaign over several models; writes outputs into `out_dir`
     (None: runs in memory and returns the results with their cells, writing nothing).
@@ -327,7 +328,8 @@ def run_campaign(
     name) for a sensitivity table. `transform` turns stored test data into model input
     ('auto': x / 255 for uint8 data); `data_description` (source, split, ...) is recorded
     with the data's hash. A model whose clean accuracy is at chance level stops the
-    campaign with the likely causes, unless `allow_chance_accuracy`.
+    campaign with the likely causes, unless `allow_chance_accuracy`. `rate_choice` (how
+    the rates were chosen: `cliff.find_rates`) is recorded in the results.
 
     Returns:
         The results dictionary also written to results.json (when not sharded).
@@ -343,6 +345,8 @@ def run_campaign(
     adapters = {label: as_campaign_model(model) for label, model in models.items()}
     _check_models(adapters, transform, images, spec)
     meta = _meta(spec, adapters, data, num_shards, shard_index)
+    if rate_choice is not None:  # How the rates were chosen (--rates=cliff), recorded.
+        meta["rate_choice"] = rate_choice
     run = _Run(spec, images, labels, batch_size, transform, progress, on_cell)
     run.allow_chance_accuracy = allow_chance_accuracy
     run.executor = executor

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import checks, data, io_utils, vocabulary
-from aftt_tf.faults import campaign, frontend, inputs
+from aftt_tf.faults import campaign, cliff, frontend, inputs
 from aftt_tf.faults.runtimes import load_campaign_model
 from aftt_tf.faults.spec import CampaignModel, FaultSpec
 
@@ -73,6 +73,7 @@ class CampaignConfig:
     ray_address: str = ""
     ray_workers: int = 0
     resources_per_worker: str = "cpu=1"
+    cliff: bool = False  # --rates=cliff: rates found on the first model (faults.cliff).
 
     def validate(self) -> None:
         """Raises ValueError for bad values, before any model or data file is read."""
@@ -236,7 +237,13 @@ def run(
     images, labels, description = test_data or load_test_data(config, first.input_shape)
     check_labels(labels, description.get("class_names", []), getattr(first, "num_outputs", None))
     transform = transform_of(config, images)
+    spec, rate_choice = config.spec, None
+    if config.cliff:
+        label, first = next(iter(models.items()))
+        rate_choice = find_cliff(first, label, spec, images, labels, config.batch_size, transform)
+        spec = dataclasses.replace(spec, rates=cliff.campaign_rates(rate_choice))
     options = {
+        "rate_choice": rate_choice,
         "batch_size": config.batch_size,
         "num_shards": config.num_shards,
         "shard_index": config.shard_index,
@@ -246,13 +253,33 @@ def run(
         "allow_chance_accuracy": config.allow_chance_accuracy,
     }
     if config.executor == "local":
-        return campaign.run_campaign(models, config.spec, images, labels, config.out, **options)
+        return campaign.run_campaign(models, spec, images, labels, config.out, **options)
     from aftt_tf.faults import ray_executor
 
     with ray_executor.RayExecutor(config.ray_config()) as executor:
         return campaign.run_campaign(
-            models, config.spec, images, labels, config.out, executor=executor, **options
+            models, spec, images, labels, config.out, executor=executor, **options
         )
+
+
+def find_cliff(model, label: str, spec: FaultSpec, images, labels, batch_size: int, transform):
+    """`cliff.find_rates` on `model` (the campaign's first), logged: the chosen rates."""
+    search = cliff.CliffSearch()
+    adapter = campaign.as_campaign_model(model)
+    runner = adapter.runner(spec, images, labels, batch_size, transform=transform)
+    try:
+        found = cliff.find_rates(runner, labels, spec, search)
+    finally:
+        getattr(runner, "close", lambda: None)()
+    found["model"] = label
+    chosen = ", ".join(
+        f"{rate:g} (keeps {100 * keep:.0f}%)"
+        if rate is not None
+        else f"none keeps {100 * keep:.0f}%"
+        for keep, rate in zip(found["keeps"], found["rates"], strict=True)
+    )
+    logging.info("Rates at the cliff of %s (%s faults): %s.", label, spec.kind, chosen)
+    return found
 
 
 def layer_statistics(

@@ -75,10 +75,26 @@ def _sdc_text(sdc: dict | None) -> str:
     return f", SDC {100 * sdc['mean']:.2f}% [{100 * sdc['ci_low']:.2f}, {100 * sdc['ci_high']:.2f}]"
 
 
+def cliff_lines(choice: dict | None) -> list[str]:
+    """The rates --rates=cliff chose, and on which model."""
+    if not choice:
+        return []
+    chosen = ", ".join(
+        f"{rate_text(rate)} (keeps {100 * keep:.0f}% above chance)"
+        if rate is not None
+        else f"none (the highest rate searched keeps over {100 * keep:.0f}%)"
+        for keep, rate in zip(choice["keeps"], choice["rates"], strict=True)
+    )
+    return [
+        f"rates at the cliff of {choice['model']} (clean {100 * choice['clean']:.2f}%, chance "
+        f"{100 * choice['chance']:.2f}%): {chosen}"
+    ]
+
+
 def summary_lines(results: dict) -> list[str]:
     """The console summary of a campaign: coverage, per-rate accuracy with intervals and
     NaN/Inf outputs, paired differences, verdict."""
-    lines = coverage_lines(results)
+    lines = coverage_lines(results) + cliff_lines(results.get("rate_choice"))
     for model, groups in results["summary"].items():
         for group, summary in groups.items():
             lines.append(f"{model} [{group}] normalized AUC {100 * summary['normalized_auc']:.2f}%")
