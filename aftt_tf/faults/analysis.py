@@ -195,3 +195,89 @@ def verdict(cells: list[dict[str, Any]], group: str = "all") -> dict[str, Any]:
         "ranking": ranked,
         "text": text,
     }
+
+
+# A method that loses more clean accuracy than this against the baseline is flagged.
+CLEAN_COST_FLAG = 0.02
+
+
+def tolerance_verdict(
+    cells: list[dict[str, Any]], chance: float | None, group: str = "all"
+) -> dict[str, Any] | None:
+    """Tolerance apart from clean accuracy: per trial, the mean over the faulty rates of
+    the share of a model's own accuracy above chance that it keeps, (accuracy - chance) /
+    (clean - chance); models ranked by it, best against runner-up paired over trials
+    (95% CI; a tie when it holds 0). Beside it, each model's clean accuracy against the
+    baseline (the model labelled 'none', else the first) and the models that cost more
+    than CLEAN_COST_FLAG of it. None without a chance level or two models."""
+    models = list(dict.fromkeys(c["model"] for c in cells if c["group"] == group))
+    if chance is None or len(models) < 2:
+        return None
+    clean = {m: _mean_at(cells, m, group, 0.0) for m in models}
+    kept = {m: _kept_per_trial(cells, m, group, clean[m], chance) for m in models}
+    means = {m: float(np.mean(list(v.values()))) for m, v in kept.items() if v}
+    if len(means) < 2:
+        return None
+    ranked = sorted(means, key=means.get, reverse=True)
+    best, runner_up = ranked[0], ranked[1]
+    shared = sorted(set(kept[best]) & set(kept[runner_up]))
+    mean, _, half_width = confidence_interval([kept[best][t] - kept[runner_up][t] for t in shared])
+    low, high = mean - half_width, mean + half_width
+    baseline = "none" if "none" in models else models[0]
+    costs = {
+        m: clean[m] - clean[baseline]
+        for m in models
+        if m != baseline and clean[m] is not None and clean[baseline] is not None
+    }
+    flagged = sorted(m for m, cost in costs.items() if cost < -CLEAN_COST_FLAG)
+    interval = f"{100 * mean:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
+    text = (
+        f"no clear winner on tolerance: {best} and {runner_up} tie ({interval} of kept share)"
+        if low <= 0
+        else f"most tolerant apart from clean accuracy: {best}, keeping {100 * means[best]:.1f}% "
+        f"of its accuracy above chance vs {100 * means[runner_up]:.1f}% for {runner_up} "
+        f"({interval}, paired, {len(shared)} trials)"
+    )
+    if flagged:
+        text += (
+            "; costs more than 2 clean points against "
+            + baseline
+            + ": "
+            + ", ".join(f"{m} ({100 * costs[m]:+.1f})" for m in flagged)
+        )
+    return {
+        "group": group,
+        "chance": chance,
+        "kept_share": means,
+        "best": None if low <= 0 else best,
+        "runner_up": runner_up,
+        "mean_difference": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "baseline": baseline,
+        "clean_accuracy": clean,
+        "clean_cost": costs,
+        "clean_cost_flagged": flagged,
+        "text": text,
+    }
+
+
+def _mean_at(cells, model: str, group: str, rate: float) -> float | None:
+    values = [
+        c["accuracy"] for c in cells if (c["model"], c["group"], c["rate"]) == (model, group, rate)
+    ]
+    return float(np.mean(values)) if values else None
+
+
+def _kept_per_trial(cells, model: str, group: str, clean: float | None, chance: float):
+    """{trial: mean kept share over the faulty rates} (trials present at every one)."""
+    if clean is None or clean - chance <= 0:
+        return {}
+    own = [c for c in cells if c["model"] == model and c["group"] == group and c["rate"] > 0]
+    rates = sorted({c["rate"] for c in own})
+    by_key = {(c["rate"], c["trial"]): c["accuracy"] for c in own}
+    trials = sorted({t for (_, t) in by_key if all((r, t) in by_key for r in rates)})
+    return {
+        t: float(np.mean([(by_key[(r, t)] - chance) / (clean - chance) for r in rates]))
+        for t in trials
+    }

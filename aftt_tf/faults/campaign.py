@@ -345,6 +345,7 @@ def run_campaign(
     adapters = {label: as_campaign_model(model) for label, model in models.items()}
     _check_models(adapters, transform, images, spec)
     meta = _meta(spec, adapters, data, num_shards, shard_index)
+    meta["chance_accuracy"] = float(np.bincount(labels.astype(np.int64)).max()) / len(labels)
     if rate_choice is not None:  # How the rates were chosen (--rates=cliff), recorded.
         meta["rate_choice"] = rate_choice
     run = _Run(spec, images, labels, batch_size, transform, progress, on_cell)
@@ -908,6 +909,7 @@ def results_of(cells: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, A
     }
     results = {
         "verdict": analysis.verdict(cells) if len(labels) > 1 else None,
+        "tolerance_verdict": analysis.tolerance_verdict(cells, meta.get("chance_accuracy")),
         **meta,
         "versions": io_utils.versions(),
         "summary": {label: summary[label] for label in labels if label in summary},

@@ -118,6 +118,8 @@ def summary_lines(results: dict) -> list[str]:
                 f"  rate {rate_text(row['rate'])}: {100 * row['mean_difference']:+.2f} points "
                 f"[{100 * row['ci_low']:+.2f}, {100 * row['ci_high']:+.2f}]"
             )
+    if results.get("tolerance_verdict"):
+        lines.append(f"tolerance: {results['tolerance_verdict']['text']}")
     if results.get("verdict"):
         lines.append(
             f"verdict ({results['spec']['kind']} faults, scope {results['spec']['scope']}): "

@@ -116,6 +116,10 @@ def _rankings(results: dict[str, Any]) -> list[str]:
             "The two rankings differ: a model with higher clean accuracy can lead on area "
             "while losing more to faults."
         )
+    if results.get("tolerance_verdict"):
+        lines.append(
+            "Tolerance apart from clean accuracy: " + results["tolerance_verdict"]["text"] + "."
+        )
     return lines
 
 
