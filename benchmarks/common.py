@@ -63,3 +63,13 @@ def plain_pass_seconds(model, images, batch_size: int, repeats: int) -> float:
         for chunk in chunks:
             predict(chunk).numpy()
     return (time.perf_counter() - start) / repeats
+
+
+def trial_seconds(runner, rate: float, trials: int) -> float:
+    """Seconds per campaign trial (cell) of `runner` at `rate`, after one to trace and
+    build."""
+    runner.evaluate_cell(rate, 0)
+    start = time.perf_counter()
+    for trial in range(trials):
+        runner.evaluate_cell(rate, trial)
+    return (time.perf_counter() - start) / trials

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,6 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 from aftt_tf.faults import inputs, keras_runner, nan_semantics, tflite_runner  # noqa: E402
 from aftt_tf.faults.spec import FaultSpec  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 RAW = inputs.resolve("raw")
 L = keras.layers
@@ -45,14 +45,6 @@ def _model() -> keras.Model:
     return keras.Model(inputs_, L.Dense(10)(x))
 
 
-def _seconds(runner, rate: float, trials: int) -> float:
-    runner.evaluate_cell(rate, 0)  # Trace, build.
-    start = time.perf_counter()
-    for trial in range(trials):
-        runner.evaluate_cell(rate, trial)
-    return (time.perf_counter() - start) / trials
-
-
 def _keras(model, images, labels, spec, batch, trials, guarded: bool) -> float:
     if not guarded:
         saved = nan_semantics.guard_layers
@@ -63,7 +55,7 @@ def _keras(model, images, labels, spec, batch, trials, guarded: bool) -> float:
         if not guarded:
             nan_semantics.guard_layers = saved
     try:
-        return _seconds(runner, spec.rates[0], trials)
+        return common.trial_seconds(runner, spec.rates[0], trials)
     finally:
         runner.close()
 
@@ -73,7 +65,7 @@ def _tflite(path, images, labels, spec, batch, trials, guarded: bool) -> float:
     if not guarded:
         model.__dict__["_guarded"] = model  # The file as it is: no guard outputs.
     runner = model.runner(spec, images, labels, batch, RAW)
-    return _seconds(runner, spec.rates[0], trials)
+    return common.trial_seconds(runner, spec.rates[0], trials)
 
 
 def main() -> None:

@@ -41,20 +41,12 @@ from benchmarks import common  # noqa: E402
 RAW = inputs.resolve("raw")
 
 
-def _trial_seconds(runner, rate: float, trials: int) -> float:
-    runner.evaluate_cell(rate, 0)  # Trace, build.
-    start = time.perf_counter()
-    for trial in range(trials):
-        runner.evaluate_cell(rate, trial)
-    return (time.perf_counter() - start) / trials
-
-
 def measure_keras(model, images, labels, spec, batch_size, trials) -> dict:
     rate = spec.rates[0]
     plain = common.plain_pass_seconds(model, images, batch_size, trials)
     runner = keras_runner.CampaignRunner(model, spec, images, labels, batch_size, RAW)
     try:
-        trial = _trial_seconds(runner, rate, trials)
+        trial = common.trial_seconds(runner, rate, trials)
         unfused = common.plain_pass_seconds(model, images, batch_size, trials)  # ieee_nan still on.
     finally:
         runner.close()
@@ -79,7 +71,7 @@ def measure_tflite(path: Path, images, labels, spec, batch_size, trials) -> dict
     rate = spec.rates[0]
     model = tflite_runner.TFLiteModel(path)
     runner = model.runner(spec, images, labels, batch_size, RAW)
-    trial = _trial_seconds(runner, rate, trials)
+    trial = common.trial_seconds(runner, rate, trials)
     interpreter = tflite_file.BatchedInterpreter(model, model.content, batch_size)
     quantized = model.quantize_inputs(images)
     interpreter.outputs(quantized)
