@@ -11,9 +11,12 @@ best of 5:
   * plain: `model.fit` for `steps` steps (Adam, sparse cross-entropy from logits);
   * fat: the `ClassifierTrainer` harden uses, weight and node faults (each step one map),
     BatchNormalization frozen, the same steps;
+  * same trainer without faults: that `ClassifierTrainer` with no fault kinds, the same
+    frozen BatchNormalization and input pipeline: what fat costs like for like (the
+    plain `fit` also updates BatchNormalization and feeds numpy arrays);
   * range pass: `harden.activation_bounds` over 10,000 examples (its probe built and
     traced inside, as harden does), and one `model.predict` over the same examples.
-Targets: fat / plain <= 1.3; range pass / inference pass <= 1 (the statistics read the
+Targets: fat / the same trainer without faults <= 1.3 (fat / plain is shown too); range pass / inference pass <= 1 (the statistics read the
 activations of one inference pass).
 """
 
@@ -72,6 +75,12 @@ def benchmark(steps: int, batch_size: int) -> dict:
         fault_aware_max_rate=0.5,
     )
     trainer.compile(optimizer=keras.optimizers.Adam(1e-4))
+    twin = _model()  # The same trainer without faults: BatchNormalization frozen too.
+    for layer in twin.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    unfaulted = trainers.ClassifierTrainer(twin, loss="crossentropy")
+    unfaulted.compile(optimizer=keras.optimizers.Adam(1e-4))
 
     dataset, _ = data.train_dataset(
         inputs, labels, batch_size, 0, 0, 100, transform=model_inputs.resolve("raw")
@@ -83,12 +92,17 @@ def benchmark(steps: int, batch_size: int) -> dict:
     def fit_fat():
         trainer.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
 
+    def fit_unfaulted():
+        unfaulted.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+
     fit_plain()
     fit_fat()  # Traces.
-    plain_seconds, fat_seconds = [], []
-    for _ in range(5):  # Interleaved: load from other processes hits both alike.
+    fit_unfaulted()
+    plain_seconds, fat_seconds, same_seconds = [], [], []
+    for _ in range(5):  # Interleaved: load from other processes hits all alike.
         plain_seconds.append(_best(fit_plain, 1))
         fat_seconds.append(_best(fit_fat, 1))
+        same_seconds.append(_best(fit_unfaulted, 1))
     # The range pass builds and traces its probe once per call (a constant of about a
     # second); over the 10,000 examples harden reads by default it is amortised.
     many = np.concatenate([inputs] * max(1, -(-10000 // count)))[:10000]
@@ -103,6 +117,8 @@ def benchmark(steps: int, batch_size: int) -> dict:
         "plain_fit_epoch_seconds": min(plain_seconds),
         "fat_epoch_seconds": min(fat_seconds),
         "fat_over_plain": min(fat_seconds) / min(plain_seconds),
+        "same_trainer_without_faults_epoch_seconds": min(same_seconds),
+        "fat_over_same_trainer_without_faults": min(fat_seconds) / min(same_seconds),
         "range_statistics_seconds": range_seconds,
         "inference_pass_seconds": predict_seconds,
         "range_examples": int(len(many)),
