@@ -60,6 +60,14 @@ flags.DEFINE_string(
     "elements fault-aware training never faults (the hardware protects them).",
 )
 
+flags.DEFINE_string(
+    "weight_clip",
+    "",
+    "--model: hold every kernel in [-b, b] through training ('auto': per layer, 3 standard "
+    "deviations of its kernel at the start; or a number for all layers); composes with "
+    "every method (clip + fat, clip + range); the int8 export's scales follow.",
+)
+
 FLAGS = flags.FLAGS
 
 
@@ -97,6 +105,7 @@ def harden_config(method: str):
         range_examples=FLAGS.range_examples,
         seed=FLAGS.seed,
         protected=FLAGS.protected,
+        weight_clip=FLAGS.weight_clip,
     )
 
 

@@ -74,6 +74,11 @@ class HardenConfig:
         range_percentile: range: the percentile (e.g. 99.99) when statistic='percentile'.
         range_examples: range: training examples the bounds are read from (0: all).
         seed: initialisation, batch order and fault maps.
+        weight_clip: '' (off), 'auto' or a number: every kernel is held in [-b, b] through
+            the supervised phases (after each step), b per layer ('auto': AUTO_CLIP_STDS
+            standard deviations of its kernel at the start) or the number for all. The
+            int8 export's per-channel scales then follow the clipped weights (Stutz et
+            al., MLSys 2021). Composes with every method.
     """
 
     method: str = "fat"
@@ -96,6 +101,9 @@ class HardenConfig:
     range_examples: int = 10000
     seed: int = 0
     protected: str = ""  # A protection plan: fault-aware training never faults its elements.
+    # Weight clipping through training: '' off, 'auto' (per layer, AUTO_CLIP_STDS standard
+    # deviations of its kernel when training starts) or a bound for every layer ('0.1').
+    weight_clip: str = ""
 
     def validate(self) -> None:
         """ValueError naming the first bad value (nothing is loaded yet)."""
@@ -108,6 +116,8 @@ class HardenConfig:
         if self.epochs < 0 or self.pretrain_epochs < 0 or self.batch_size < 1:
             raise ValueError("epochs and pretrain_epochs must be >= 0, batch_size >= 1.")
         from aftt_tf.training.config import check_epochs
+
+        clip_bound(self.weight_clip)  # ValueError for a bad --weight_clip.
 
         check_epochs("epochs", self.epochs)
         check_epochs("pretrain_epochs", self.pretrain_epochs)
@@ -157,6 +167,8 @@ class HardenConfig:
     def as_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["fault_kinds"] = list(self.fault_kinds)
+        if not self.weight_clip:  # Records of runs made before clipping existed stay equal.
+            values.pop("weight_clip")
         if self.protected:  # The plan's content too: another plan at that path is another run.
             from aftt_tf.faults import protection
 
@@ -589,6 +601,13 @@ def _harden_in(model, config, train, validation, workdir: Path, output_kind: str
         record["bounds"] = {name: list(value) for name, value in bounds.items()}
     fault_aware = config.method in ("fat", "aftt_fat")
     epochs = config.epochs
+    if config.weight_clip:
+        bounds = _clipped_kernels(hardened, config)
+        record["weight_clip"] = {
+            "mode": "auto" if config.weight_clip == "auto" else "fixed",
+            "stds": AUTO_CLIP_STDS if config.weight_clip == "auto" else None,
+            "bounds": bounds,
+        }
     if fault_aware and config.from_scratch and _batch_norms(hardened):
         warmup = max(1, epochs // 2)
         record["phases"][WARMUP] = _supervised(
@@ -599,9 +618,65 @@ def _harden_in(model, config, train, validation, workdir: Path, output_kind: str
         record["phases"][FINETUNE] = _supervised(
             hardened, config, train, validation, workdir, output_kind, FINETUNE, epochs, fault_aware
         )
+    _unclip(hardened)
     record["batch_normalization"] = _normalization_record(hardened, config, fault_aware)
     _check_finite_weights(hardened, f"{config.method} on {model.name}")
     return hardened, record
+
+
+# 'auto' weight clipping: this many standard deviations of each kernel when training
+# starts (about 0.3% of a Gaussian kernel's weights lie beyond it).
+AUTO_CLIP_STDS = 3.0
+
+
+def clip_bound(text: str) -> float | None:
+    """The bound of --weight_clip (None: 'auto' or off); ValueError for anything else."""
+    if text in ("", "auto"):
+        return None
+    try:
+        bound = float(text)
+    except ValueError:
+        bound = float("nan")
+    if not (math.isfinite(bound) and bound > 0):
+        raise ValueError(
+            f"--weight_clip must be 'auto' or a positive number (e.g. 0.1), received {text!r}."
+        )
+    return bound
+
+
+def _clipped_kernels(model: keras.Model, config: HardenConfig) -> dict[str, float]:
+    """Holds every faultable kernel of `model` in [-bound, bound] from now on (a variable
+    constraint the optimizer applies after each step; the weights are clipped at once);
+    returns the bounds per kernel. `_unclip` takes the constraints off."""
+    bounds = {}
+    fixed = clip_bound(config.weight_clip)
+    for site in registry.sites(model):
+        for label, variable, _ in site.kernels:
+            values = np.asarray(variable)
+            bound = fixed if fixed is not None else AUTO_CLIP_STDS * float(np.std(values))
+            if not bound > 0:
+                continue  # A constant kernel (all zeros): nothing to clip.
+            variable.constraint = _Clip(bound)
+            variable.assign(np.clip(values, -bound, bound))
+            bounds[f"{site.path}/{label}" if label else site.path] = bound
+    return bounds
+
+
+def _unclip(model: keras.Model) -> None:
+    for site in registry.sites(model):
+        for _, variable, _ in site.kernels:
+            if isinstance(variable.constraint, _Clip):
+                variable.constraint = None
+
+
+class _Clip:
+    """Clips a variable to [-bound, bound] (a variable constraint)."""
+
+    def __init__(self, bound: float):
+        self.bound = bound
+
+    def __call__(self, value):
+        return ops.clip(value, -self.bound, self.bound)
 
 
 def _normalization_record(model: keras.Model, config: HardenConfig, fault_aware: bool) -> str:

@@ -187,6 +187,8 @@ def _metrics(model, hardened, arrays, loaded, record, before) -> dict[str, Any]:
     }
     if "bounds" in record:
         result["bounds"] = record["bounds"]
+    if "weight_clip" in record:
+        result["weight_clip"] = record["weight_clip"]
     for name, split in arrays.items():
         result[f"{name}_accuracy"] = accuracy(hardened, split.inputs, split.labels)
         if name == "test":
