@@ -10,22 +10,18 @@ import pytest
 
 from aftt_tf.faults import campaign_lib, cliff, console, inputs, keras_runner
 from aftt_tf.faults.spec import FaultSpec
+from tests import tiny_models
 
 L = keras.layers
 RAW = inputs.resolve("raw")
 
 
 def _model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inputs_ = keras.Input((12,))
-    wide = keras.initializers.RandomNormal(stddev=1.0, seed=seed)
-    hidden = L.Dense(32, activation="relu", kernel_initializer=wide, name="hidden")(inputs_ - 0.5)
-    return keras.Model(inputs_, L.Dense(4, kernel_initializer=wide, name="out")(hidden))
+    return tiny_models.dense_classifier(features=12, hidden=32, classes=4, seed=seed)
 
 
 def _data(model, count: int = 400):
-    images = np.random.default_rng(0).random((count, 12)).astype(np.float32)
-    return images, np.argmax(np.asarray(model(images)), -1)
+    return tiny_models.own_labels(model, count)
 
 
 def test_the_rates_found_keep_what_they_say():
@@ -36,7 +32,7 @@ def test_the_rates_found_keep_what_they_say():
     spec = FaultSpec(kind="weight", rates=(0.0,), seed=0)
     runner = keras_runner.KerasModel(model).runner(spec, images, labels, 400, RAW)
     try:
-        found = cliff.find_rates(runner, labels, spec, cliff.CliffSearch())
+        found = cliff.find_rates(runner, labels, cliff.CliffSearch())
         chance = np.bincount(labels).max() / len(labels)
         rates = found["rates"]
         assert None not in rates and rates == sorted(rates) and rates[0] < rates[-1]
@@ -85,6 +81,6 @@ def test_a_model_at_chance_has_no_cliff():
     runner = keras_runner.KerasModel(model).runner(spec, images, labels, 200, RAW)
     try:
         with pytest.raises(ValueError, match="no cliff to find"):
-            cliff.find_rates(runner, labels, spec, cliff.CliffSearch())
+            cliff.find_rates(runner, labels, cliff.CliffSearch())
     finally:
         runner.close()

@@ -20,22 +20,18 @@ from aftt_tf.faults.spec import FaultSpec
 from aftt_tf.reproduce import campaign_report
 from aftt_tf.training import harden
 from aftt_tf.training.config import MAX_EPOCHS
+from tests import tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
 L = keras.layers
 
 
 def _model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((6,))
-    wide = keras.initializers.RandomNormal(stddev=1.0, seed=seed)
-    hidden = L.Dense(8, activation="relu", kernel_initializer=wide, name="hidden")(inputs - 0.5)
-    return keras.Model(inputs, L.Dense(3, kernel_initializer=wide, name="out")(hidden))
+    return tiny_models.dense_classifier(seed=seed)
 
 
 def _data(model, count: int = 64):
-    images = np.random.default_rng(0).random((count, 6)).astype(np.float32)
-    return images, np.argmax(np.asarray(model(images)), -1)
+    return tiny_models.own_labels(model, count)
 
 
 # Fault maps: one element once, every value checked, errors that name file and entry.

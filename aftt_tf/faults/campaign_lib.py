@@ -268,7 +268,7 @@ def find_cliff(model, label: str, spec: FaultSpec, images, labels, batch_size: i
     adapter = campaign.as_campaign_model(model)
     runner = adapter.runner(spec, images, labels, batch_size, transform=transform)
     try:
-        found = cliff.find_rates(runner, labels, spec, search)
+        found = cliff.find_rates(runner, labels, search)
     finally:
         getattr(runner, "close", lambda: None)()
     found["model"] = label

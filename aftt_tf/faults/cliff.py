@@ -18,21 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf.faults.spec import FaultSpec
-from aftt_tf.vocabulary import ACTIVATION_KINDS
-
 KEEPS = (0.9, 0.5, 0.2)
 
 
 @dataclasses.dataclass(frozen=True)
 class CliffSearch:
-    """How the rates are searched: `trials` per probe, a grid of `grid` rates from
-    `lowest` (per kind: bit and transient faults break models at far lower rates) to
+    """How the rates are searched: `trials` per probe, a log grid of `grid` rates from
+    `lowest` (low enough for bit and transient faults, which break models at rates far
+    below stuck-at-0's; for those a probe there faults almost nothing and costs little) to
     `highest`, then `refinements` bisection steps per kept share."""
 
     keeps: tuple[float, ...] = KEEPS
     trials: int = 3
-    grid: int = 12
+    grid: int = 14
+    lowest: float = 1e-7
     refinements: int = 5
     highest: float = 0.95
 
@@ -43,14 +42,7 @@ class CliffSearch:
             raise ValueError("A cliff search needs trials >= 1, grid >= 3, refinements >= 0.")
 
 
-def lowest_rate(spec: FaultSpec) -> float:
-    """The grid's first rate: 1e-7 for bit and transient faults, 1e-4 otherwise."""
-    if spec.kind == "bit" or spec.kind in ACTIVATION_KINDS:
-        return 1e-7
-    return 1e-4
-
-
-def find_rates(runner, labels: np.ndarray, spec: FaultSpec, search: CliffSearch) -> dict:
+def find_rates(runner, labels: np.ndarray, search: CliffSearch) -> dict:
     """{'rates': one rate per kept share (None where the highest rate keeps more), 'keeps',
     'clean', 'chance', 'probes': [[rate, kept share], ...]} of the model `runner` runs."""
     search.validate()
@@ -71,7 +63,7 @@ def find_rates(runner, labels: np.ndarray, spec: FaultSpec, search: CliffSearch)
             probes[rate] = (float(np.mean(accuracies)) - chance) / (clean - chance)
         return probes[rate]
 
-    grid = np.geomspace(lowest_rate(spec), search.highest, search.grid)
+    grid = np.geomspace(search.lowest, search.highest, search.grid)
     shares = []
     for rate in grid:
         shares.append(kept(rate))
@@ -80,7 +72,7 @@ def find_rates(runner, labels: np.ndarray, spec: FaultSpec, search: CliffSearch)
     rates = [_rate_for(keep, grid, shares, kept, search.refinements) for keep in search.keeps]
     return {
         "method": "mean share of clean accuracy above chance kept, over the campaign's "
-        f"first {search.trials} trials; log grid {lowest_rate(spec):g}..{search.highest:g}, "
+        f"first {search.trials} trials; log grid {search.lowest:g}..{search.highest:g}, "
         f"then {search.refinements} bisection steps",
         "keeps": list(search.keeps),
         "rates": rates,

@@ -684,7 +684,7 @@ def _normalization_record(model: keras.Model, config: HardenConfig, fault_aware:
     if not _batch_norms(model):
         return "none in the model"
     parts = []
-    if config.method in ("aftt", "aftt_fat"):
+    if config.method in vocabulary.PRETRAINING_METHODS:
         parts.append("statistics updated by the games (pre-training)")
     if config.epochs == 0:
         parts.append("not trained by supervised epochs (--epochs=0)")
