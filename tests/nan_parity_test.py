@@ -153,9 +153,12 @@ def test_nan_and_inf_give_the_same_outputs_in_both_runtimes(layer_type, root):
                 check(logits).any(axis=1), check(file_logits).any(axis=1), err_msg=context
             )
         finite = np.isfinite(logits).all(axis=1) & np.isfinite(file_logits).all(axis=1)
-        np.testing.assert_allclose(
-            logits[finite], file_logits[finite], rtol=1e-3, atol=1e-3, err_msg=context
-        )
+        # Float32 sums in another order differ by rounding relative to the largest terms
+        # they add (a 3e38 fault's products, ~1e37, can cancel down to ~1e33): each row is
+        # compared at 1e-4 of its own largest output, as the zoo parity test does.
+        scale = np.maximum(1.0, np.abs(logits[finite]).max(axis=1, keepdims=True))
+        difference = np.abs(logits[finite] - file_logits[finite])
+        assert np.all(difference <= 1e-4 * scale + 1e-3), (context, float(difference.max()))
         for key in ("accuracy", "non_finite", "sdc"):
             assert file_cell[key] == cell[key], (context, key)
         non_finite.append(cell["non_finite"])
