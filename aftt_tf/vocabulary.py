@@ -23,7 +23,6 @@ FAULT_AWARE_METHODS = ("fat", "aftt_fat")
 PENALTY_METHODS = ("l1", "l2")
 CLASSIFICATION_LOSSES = ("mse", "crossentropy")
 REGULARIZATIONS = ("none", "l1", "l2")
-FAULT_AWARE_KINDS = ("weight", "node")
 
 # The four paper architectures and the dataset each was designed for.
 ARCHITECTURE_DATASETS = {
@@ -45,21 +44,7 @@ _DEFAULT_DATASET_OF_SHAPE = {(28, 28, 1): "fashion_mnist", (32, 32, 3): "cifar10
 # layer is the feature extractor. Fault scopes 'head'/'extractor' follow this split.
 HEAD_LAYER_NAMES = ("head_dense", "logits")
 
-# Fault vocabulary.
-FAULT_KINDS = (
-    "weight",
-    "filter",
-    "node",
-    "stuck_value",
-    "bit",
-    "activation_bit",
-    "activation_value",
-)
-PARAMETER_KINDS = ("weight", "filter", "stuck_value", "bit")
-# Transient faults in layer outputs, drawn anew for every inference (aftt_tf.faults.transient).
-ACTIVATION_KINDS = ("activation_bit", "activation_value")
-# Kinds that act on layer outputs (placed after a layer), not on its parameters.
-OUTPUT_KINDS = ("node", *ACTIVATION_KINDS)
+# Fault vocabulary (fault kinds are objects: aftt_tf.faults.kinds).
 SCOPES = ("all", "extractor", "head")
 SAMPLINGS = ("exact", "bernoulli")
 BIT_MODES = ("flip", "stuck_at_1", "stuck_at_0")

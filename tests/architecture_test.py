@@ -4,6 +4,7 @@ TensorFlow-free flag parsing, and short functions."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -217,3 +218,30 @@ def test_the_readme_layout_names_every_package_and_module():
         assert not gone, f"{package}: the layout names {gone}, which are no modules"
     for folder in ("flags", "export", "docs", "benchmarks", "tests"):
         assert f"{folder}/" in entries and (PACKAGE.parent / folder).is_dir(), folder
+
+
+def test_no_module_compares_a_fault_kinds_name_outside_its_definition():
+    """Fault kinds are objects (aftt_tf/faults/kinds.py): code asks a kind for its traits
+    and never compares its name, so a new kind needs no edit elsewhere. fault_map.py is
+    left out: a map entry's 'stuck_value' is the map format's own vocabulary."""
+    from aftt_tf.faults import kinds
+
+    names = "|".join(kinds.names())
+    quote = "[\"']"
+    pattern = re.compile(
+        rf"(==|!=|\bin|\bis)\s*[\(\[\{{]?\s*{quote}({names}){quote}"
+        rf"|{quote}({names}){quote}\s*(==|!=|\bin\b|\bnot\s+in\b)"
+        rf"|\{{\s*{quote}({names}){quote}\s*:[^}}]*\}}\.get\("
+    )
+    allowed = {Path("aftt_tf/faults/kinds.py"), Path("aftt_tf/faults/fault_map.py")}
+    found = [
+        f"{path}:{number}: {line.strip()}"
+        for path in sorted(Path("aftt_tf").rglob("*.py"))
+        if path not in allowed
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, "\n".join(found)
+    assert pattern.search('if spec.kind in ("bit", "activation_bit"):')  # It can fail.
+    assert pattern.search('if "node" in config.fault_kinds:')
+    assert pattern.search('rates = {"bit": a, "activation_bit": b}.get(kind, c)')

@@ -463,7 +463,7 @@ def test_tfds_download_and_prepare_from_a_local_server(tfds_fashion_mnist):
 @pytest.mark.parametrize(
     "binary, argv, message",
     [
-        ("faults", ["--fault=cosmic", "--out=/tmp/x"], "value should be one of"),
+        ("faults", ["--fault=cosmic", "--out=/tmp/x"], "Unknown fault kind 'cosmic'"),
         ("train", ["--learning_rate=abc", "--out=/tmp/x"], "could not convert string"),
         ("export", ["--formats=onnx", "--model=m.keras", "--out=/tmp/x"], "Unknown export formats"),
     ],

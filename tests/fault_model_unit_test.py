@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aftt_tf.faults import placement, sampling, selection
+from aftt_tf.faults import kinds, placement, sampling, selection
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
 
 
@@ -50,16 +50,17 @@ def test_parameter_fault_writes_zero_value_and_bits_at_the_positions_only():
     parameter = np.array([[1.0, -3.0], [2.0, 0.5]], np.float32)
     positions = np.array([1, 2])
     rng = np.random.default_rng(0)
-    keep, replacement = sampling.parameter_fault(
-        parameter, positions, sampling.ValueFault("zero"), rng
-    )
+
+    def fault(kind, **fields):
+        spec = FaultSpec(kind=kind, **fields)
+        return placement.parameter_fault(parameter, positions, spec.fault_kind, spec, rng)
+
+    keep, replacement = fault("weight")
     np.testing.assert_array_equal(keep.reshape(-1), [1, 0, 0, 1])
     np.testing.assert_array_equal(replacement, 0)
-    _, stuck = sampling.parameter_fault(parameter, positions, sampling.ValueFault("value"), rng)
+    _, stuck = fault("stuck_value")
     np.testing.assert_array_equal(stuck.reshape(-1), [0, 3.0, 3.0, 0])  # Max |w| = 3.
-    _, bits = sampling.parameter_fault(
-        parameter, positions, sampling.ValueFault("bit", bit_position=31), rng
-    )
+    _, bits = fault("bit", bit_position=31)
     np.testing.assert_array_equal(bits.reshape(-1), [0, 3.0, -2.0, 0])  # Sign flipped.
 
 
@@ -70,12 +71,12 @@ def test_element_plans_draw_each_kernel_with_its_own_generator():
     layer_rng = sampling.trial_rng(4, "weight", "lstm", 0.25, 0)
     rng_for = placement.kernel_generators(spec, "lstm", ("kernel", "recurrent"), 0.25, 0, layer_rng)
     plan = sampling.plan_layer_fault(
-        [(4, 8), (2, 8)], [None, None], 8, "weight", 0.25, rng_for, "exact", True
+        [(4, 8), (2, 8)], [None, None], 8, kinds.get("weight"), 0.25, rng_for, "exact", True
     )
     assert [len(p) for p in plan.kernel_positions] == [8, 4] and len(plan.bias_positions) == 2
     assert plan.faulted == 14 and plan.elements == 56
     alone = sampling.plan_layer_fault(
-        [(4, 8)], [None], 8, "weight", 0.25,
+        [(4, 8)], [None], 8, kinds.get("weight"), 0.25,
         lambda i: sampling.trial_rng(4, "weight", "lstm", 0.25, 0), "exact", False,
     )  # fmt: skip
     np.testing.assert_array_equal(alone.kernel_positions[0], plan.kernel_positions[0])
@@ -83,18 +84,20 @@ def test_element_plans_draw_each_kernel_with_its_own_generator():
 
 def test_filter_plans_remove_whole_filters_and_protection_drops_what_it_covers():
     rng = lambda i: np.random.default_rng(3)  # noqa: E731
-    plan = sampling.plan_layer_fault([(3, 3, 2, 4)], [3], 4, "filter", 0.5, rng, "exact", False)
+    plan = sampling.plan_layer_fault(
+        [(3, 3, 2, 4)], [3], 4, kinds.get("filter"), 0.5, rng, "exact", False
+    )
     kernel = np.zeros((3, 3, 2, 4), bool).reshape(-1)
     kernel[plan.kernel_positions[0]] = True
     filters = kernel.reshape(3, 3, 2, 4).all(axis=(0, 1, 2))
     assert filters.sum() == 2 and plan.faulted == 2  # Whole filters, half of them.
     assert not kernel.reshape(3, 3, 2, 4)[..., ~filters].any()
     guarded = sampling.plan_layer_fault(
-        [(10, 10)], [None], 0, "weight", 0.5, lambda i: np.random.default_rng(5), "exact", False,
+        [(10, 10)], [None], 0, kinds.get("weight"), 0.5, lambda i: np.random.default_rng(5), "exact", False,
         protected=[np.arange(50)],
     )  # fmt: skip
     unguarded = sampling.plan_layer_fault(
-        [(10, 10)], [None], 0, "weight", 0.5, lambda i: np.random.default_rng(5), "exact", False
+        [(10, 10)], [None], 0, kinds.get("weight"), 0.5, lambda i: np.random.default_rng(5), "exact", False
     )
     expected = unguarded.kernel_positions[0][unguarded.kernel_positions[0] >= 50]
     np.testing.assert_array_equal(guarded.kernel_positions[0], expected)

@@ -55,7 +55,8 @@ def test_campaign_through_the_cli(model_path, tmp_path):
         (["--test_examples=-5"], "--test_examples must be >= 0"),
         (
             ["--fault=cosmic"],
-            "value should be one of <weight|filter|node|stuck_value|bit|activation_bit|activation_value>",
+            "Unknown fault kind 'cosmic'; expected one of weight, filter, node, stuck_value, "
+            "bit, activation_bit, activation_value, bit_error",
         ),
     ],
 )

@@ -102,7 +102,7 @@ def test_metadata_faults_move_accuracy_and_are_refused_where_absent(int8_file):
         keras_runner.KerasModel(model_keras).select_layers(spec)
     with pytest.raises(FaultTargetError, match="8-bit zero points"):
         int8.select_layers(FaultSpec(kind="bit", bit_position=12, targets=("zero_points",)))
-    with pytest.raises(ValueError, match="filters or outputs"):
+    with pytest.raises(ValueError, match="do not act on single stored elements"):
         FaultSpec(kind="node", targets=("scales",)).validate()
     assert FaultSpec(targets=("weights",)).key() == FaultSpec().key()
     assert FaultSpec(targets=("scales",)).key() != FaultSpec().key()

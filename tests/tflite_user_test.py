@@ -124,7 +124,6 @@ def test_stuck_at_zero_writes_the_zero_point_of_asymmetric_weights():
     """uint8 weights with zero points (older converters, asymmetric schemes): real 0 is the
     zero point, not the stored value 0."""
     from aftt_tf import tflite_file
-    from aftt_tf.faults import sampling
 
     stored = np.array([[10, 20, 30], [5, 6, 7]], np.uint8)
     tensor = tflite_file.ConstantTensor(
@@ -142,10 +141,10 @@ def test_stuck_at_zero_writes_the_zero_point_of_asymmetric_weights():
     )
     rng = np.random.default_rng(0)
     zero = tflite_runner.faulty_values(
-        content, tensor, np.array([1, 3]), sampling.ValueFault("zero"), rng
+        content, tensor, np.array([1, 3]), FaultSpec(kind="weight"), rng
     )
     assert zero.tolist() == [10, 12, 30, 6, 6, 7]
-    stuck = sampling.ValueFault("value", value=1.0)
+    stuck = FaultSpec(kind="stuck_value", stuck_value=1.0)
     values = tflite_runner.faulty_values(content, tensor, np.array([0, 5]), stuck, rng)
     assert values.tolist() == [14, 20, 30, 5, 6, 10]  # 1.0 / 0.5 + 12 and 1.0 / 0.25 + 6.
 

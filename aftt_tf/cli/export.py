@@ -17,6 +17,7 @@ import logging
 from absl import flags
 
 from aftt_tf.cli import common, data_flags
+from aftt_tf.faults import kinds
 from aftt_tf.vocabulary import DEFAULT_EXPORT_FORMATS
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
 
@@ -50,7 +51,10 @@ flags.DEFINE_integer("test_examples", 0, "Test images for the manifest's accurac
 flags.DEFINE_integer("seed", 0, "Seed of calibration order and QAT.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing export directory.")
 flags.DEFINE_enum(
-    "fault_calibration_kind", "weight", ["weight", "filter", "node"], "Faults of the calibration."
+    "fault_calibration_kind",
+    "weight",
+    kinds.names(stuck_at_zero=True),
+    "Faults of the calibration.",
 )
 flags.DEFINE_list(
     "fault_calibration_rates",

@@ -12,6 +12,7 @@ from absl import flags
 
 from aftt_tf import vocabulary
 from aftt_tf.cli import common, data_flags, executor_flags
+from aftt_tf.faults import kinds
 
 flags.DEFINE_multi_string(
     "model",
@@ -19,13 +20,12 @@ flags.DEFINE_multi_string(
     "Classifier .keras file; repeat for a paired comparison. "
     "LABEL=PATH names the model in reports (default: its run directory).",
 )
-flags.DEFINE_enum(
+flags.DEFINE_string(
     "fault",
     "weight",
-    vocabulary.FAULT_KINDS,
-    "Fault kind: permanent faults in weights (weight: stuck at 0, filter, stuck_value, bit) "
-    "or layer outputs (node: stuck at 0), or transient faults in layer outputs drawn anew "
-    "per inference (activation_bit, activation_value).",
+    "Fault kind: "
+    + "; ".join(f"{kind.name}: {kind.summary}" for kind in map(kinds.get, kinds.names()))
+    + ". A kind of your own: register it (aftt_tf.faults.kinds.register) in an --import module.",
 )
 flags.DEFINE_list(
     "rates",

@@ -12,10 +12,13 @@ import logging
 from absl import flags
 
 from aftt_tf.cli import common, data_flags
+from aftt_tf.faults import kinds
 
 flags.DEFINE_string("model", None, "classifier.keras to repair (Sequential or Functional).")
 flags.DEFINE_string("out", None, "Run directory of the repair (resumed if it holds it).")
-flags.DEFINE_enum("fault", "weight", ["weight", "filter", "node"], "Fault kind of the map.")
+flags.DEFINE_enum(
+    "fault", "weight", kinds.names(stuck_at_zero=True), "Fault kind of the map (held at 0)."
+)
 flags.DEFINE_float("rate", 0.5, "Fault rate of the map.")
 flags.DEFINE_integer("seed", 0, "Campaign seed of the map (aftt-faults --seed).")
 flags.DEFINE_integer("trial", 0, "Campaign trial of the map: the cell (rate, trial).")

@@ -14,6 +14,7 @@ import logging
 from absl import flags
 
 from aftt_tf.cli import common, data_flags
+from aftt_tf.faults import kinds
 
 flags.DEFINE_string("model", None, "Classifier .keras file.")
 flags.DEFINE_string("out", None, "New directory for scores, plans and their verification.")
@@ -47,9 +48,7 @@ flags.DEFINE_list("protect_budget", ["0.01", "0.05"], "Shares of the weights a p
 flags.DEFINE_float(
     "target_accuracy", None, "Also find the smallest budget whose plan holds this at --rate."
 )
-flags.DEFINE_enum(
-    "fault", "weight", ["weight", "stuck_value", "bit"], "Faults of the verification."
-)
+flags.DEFINE_enum("fault", "weight", kinds.names(per_element=True), "Faults of the verification.")
 flags.DEFINE_list("verify_rates", ["0.3", "0.5"], "Fault rates of the verifying campaigns.")
 flags.DEFINE_integer("verify_trials", 10, "Trials per rate of the verifying campaigns.")
 flags.DEFINE_integer("seed", 0, "Seed of the sample, the probes, the random plans and faults.")

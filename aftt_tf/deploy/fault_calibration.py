@@ -23,7 +23,7 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from aftt_tf import tflite_file
 from aftt_tf.deploy import int8_converter
-from aftt_tf.faults import inputs, tflite_runner
+from aftt_tf.faults import inputs, kinds, tflite_runner
 from aftt_tf.faults.spec import FaultSpec
 
 
@@ -45,9 +45,11 @@ class FaultCalibration:
     seed: int = 1000
 
     def validate(self) -> None:
-        if self.kind not in ("weight", "filter", "node"):
+        held_at_zero = kinds.names(stuck_at_zero=True)
+        if self.kind not in held_at_zero:
             raise ValueError(
-                f"fault calibration kind must be weight, filter or node, received {self.kind!r}."
+                f"fault calibration kind must be one of {', '.join(held_at_zero)}, received "
+                f"{self.kind!r}."
             )
         if not self.rates or any(not 0.0 <= rate < 1.0 for rate in self.rates):
             raise ValueError(

@@ -35,7 +35,6 @@ from aftt_tf.faults.spec import (
 )
 from aftt_tf.faults.statistics import confidence_interval
 from aftt_tf.progress import Progress
-from aftt_tf.vocabulary import PARAMETER_KINDS
 
 CELLS_FILE = "cells.jsonl"
 CAMPAIGN_FILE = "campaign.json"
@@ -388,7 +387,7 @@ def _check_models(
         if shapes is not None:
             check_classifier_outputs(shapes, label)
         inputs.check_transform(transform, images, tuple(adapter.input_shape))
-    if spec.kind in ("bit", "activation_bit"):
+    if spec.fault_kind.bit_meaning:
         _check_bit_meaning(adapters, spec)
     if len(adapters) > 1:
         _check_like_for_like(adapters, spec)
@@ -413,7 +412,7 @@ def _check_like_for_like(adapters: dict, spec: FaultSpec) -> None:
                 "operator by Keras layer), pick common layers with --layers, or run one "
                 "campaign per model."
             )
-    if spec.kind not in PARAMETER_KINDS:
+    if not spec.fault_kind.on_parameters:
         return
     counts = {
         label: adapter.kernel_elements(spec)
@@ -427,13 +426,19 @@ def _check_like_for_like(adapters: dict, spec: FaultSpec) -> None:
         differing = sorted(name for name in elements if elements[name] != first.get(name))
         if differing:
             name = differing[0]
+            held = "kernel and bias" if spec.include_bias else "kernel"
+            dropped = (
+                " or dropped an all-zero bias (leave out --include_bias)"
+                if spec.include_bias
+                else ""
+            )
             raise ValueError(
-                f"{label} holds {elements[name]:,} kernel elements in layer {name!r} and "
+                f"{label} holds {elements[name]:,} {held} elements in layer {name!r} and "
                 f"{first_label} {first.get(name, 0):,}: the converter stored that layer's "
                 "weights differently (split or duplicated, as an unrolled recurrent layer's "
-                "int8 file can), so the same rate would place other faults on other "
-                "weights and a paired difference would mean nothing. Run one campaign per "
-                "model, or leave that layer out with --exclude_layers."
+                f"int8 file can{dropped}), so the same rate would place other faults on "
+                "other weights and a paired difference would mean nothing. Run one campaign "
+                "per model, or leave that layer out with --exclude_layers."
             )
 
 
@@ -448,7 +453,7 @@ def _check_bit_meaning(adapters: dict, spec: FaultSpec) -> None:
     }
     if len({tuple(types) for types in storages.values()}) > 1:
         described = ", ".join(f"{label}: {'/'.join(types)}" for label, types in storages.items())
-        held = "layer outputs" if spec.kind == "activation_bit" else "weights"
+        held = "layer outputs" if spec.fault_kind.transient else "weights"
         raise ValueError(
             f"A bit campaign pairs models whose {held} are stored differently ({described}): "
             f"bit {spec.bit_position if spec.bit_position >= 0 else '(random)'} would be "

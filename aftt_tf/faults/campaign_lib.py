@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import checks, data, io_utils, vocabulary
-from aftt_tf.faults import campaign, cliff, frontend, inputs
+from aftt_tf.faults import campaign, cliff, frontend, inputs, kinds
 from aftt_tf.faults.runtimes import load_campaign_model
 from aftt_tf.faults.spec import CampaignModel, FaultSpec
 
@@ -77,6 +77,11 @@ class CampaignConfig:
 
     def validate(self) -> None:
         """Raises ValueError for bad values, before any model or data file is read."""
+        for name in self.imports:
+            checks.module_exists(name, f"--import={name}")
+        if self.imports and self.spec.kind not in kinds.names():
+            import_modules(self.imports)  # They may register the kind (kinds.register).
+        self.spec.validate()
         if not self.models:
             raise ValueError("--model is required (a classifier.keras from aftt-train).")
         if self.test_examples < 0 or self.batch_size < 1:
@@ -86,7 +91,6 @@ class CampaignConfig:
             )
         if len(self.npz_keys) != 2:
             raise ValueError(f"--npz_keys takes two names (images, labels), got {self.npz_keys}.")
-        self.spec.validate()
         if self.executor not in ("local", "ray"):
             raise ValueError(f"--executor must be local or ray, received {self.executor!r}.")
         if self.executor == "ray" and self.num_shards > 1:
@@ -103,8 +107,6 @@ class CampaignConfig:
         for spec in (self.data, self.repair_data):
             if spec:
                 data.check_data_spec(spec, tuple(self.npz_keys))
-        for name in self.imports:
-            checks.module_exists(name, f"--import={name}")
         campaign.check_campaign_directory(self.out, self.spec)
 
     def ray_config(self):

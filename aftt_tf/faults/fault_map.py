@@ -49,8 +49,13 @@ class MapFault:
     layer: str
     attribute: str
     index: tuple[int, ...]  # Flat (one entry) or one index per axis.
-    kind: str
+    kind: str  # A map entry's own vocabulary (KINDS), not a campaign's fault kind.
     value: float = 0.0
+
+    @property
+    def holds_value(self) -> bool:
+        """Stuck at its own value (not at 0)."""
+        return self.kind == "stuck_value"
 
     def flat(self, shape: tuple[int, ...]) -> int:
         """The flat index in a tensor of `shape`; ValueError when outside it."""

@@ -38,13 +38,11 @@ from aftt_tf.faults import (
 )
 from aftt_tf.faults import layers as fault_layers
 from aftt_tf.faults.spec import (
-    NON_FINITE_KINDS,
     FaultSpec,
     FaultTargetError,
     Outcome,
     cell_result,
 )
-from aftt_tf.vocabulary import ACTIVATION_KINDS
 
 
 def model_fingerprint(model: keras.Model) -> str:
@@ -178,7 +176,7 @@ class KerasModel:
         """The storage types of the values `spec` faults (what a bit position means): the
         weights' types, or for transient faults the types of the layers' outputs."""
         names = set(self.select_layers(spec))
-        if spec.kind in ACTIVATION_KINDS:
+        if spec.fault_kind.transient:
             return {
                 str(site.layer.compute_dtype)
                 for site in registry.sites(self.model, spec.site_weights)
@@ -203,7 +201,7 @@ class KerasModel:
             )
         return targets.select_layers(
             self.model,
-            spec.kind,
+            spec.fault_kind,
             spec.scope,
             spec.layers,
             spec.include_output_nodes,
@@ -219,9 +217,9 @@ class KerasModel:
             if site.path not in targeted:
                 reasons[site.path] = _reason_not_targeted(self.model, site.path, spec)
         result = registry.coverage(
-            self.model, targeted, spec.include_bias, reasons, spec.kind, spec.site_weights
+            self.model, targeted, spec.include_bias, reasons, spec.fault_kind, spec.site_weights
         )
-        if spec.kind in ACTIVATION_KINDS:
+        if spec.fault_kind.transient:
             found = {
                 site.path: site.layer for site in registry.sites(self.model, spec.site_weights)
             }
@@ -232,10 +230,12 @@ class KerasModel:
         return result
 
     def kernel_elements(self, spec: FaultSpec) -> dict[str, int]:
-        """Kernel elements of each layer `spec` faults (what a paired file must match)."""
+        """Kernel elements of each layer `spec` faults, and its bias elements with
+        --include_bias (what a paired file must match)."""
         targeted = set(self.select_layers(spec))
         return {
             site.path: sum(int(np.prod(variable.shape)) for _, variable, _ in site.kernels)
+            + (int(np.prod(site.bias[1].shape)) if spec.include_bias and site.bias else 0)
             for site in registry.sites(self.model, spec.site_weights)
             if site.path in targeted
         }
@@ -267,16 +267,26 @@ def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
     """Why a registered layer is not among a campaign's targets."""
     try:
         targets.select_layers(
-            model, spec.kind, "all", (name,), spec.include_output_nodes, weights=spec.site_weights
+            model,
+            spec.fault_kind,
+            "all",
+            (name,),
+            spec.include_output_nodes,
+            weights=spec.site_weights,
         )
     except ValueError as error:
-        if spec.kind == "filter":
+        if spec.fault_kind.whole_filters:
             return "not a convolution: filter faults remove convolution filters"
         if "composite layer" in str(error):
             return "inside a composite layer: node faults go after layers of a model's graph"
         return "the output layer: faults in layer outputs leave it out (--include_output_nodes)"
     if spec.layers and name not in targets.select_layers(
-        model, spec.kind, "all", spec.layers, spec.include_output_nodes, weights=spec.site_weights
+        model,
+        spec.fault_kind,
+        "all",
+        spec.layers,
+        spec.include_output_nodes,
+        weights=spec.site_weights,
     ):
         return "not named by --layers"
     if spec.exclude_layers:
@@ -315,7 +325,7 @@ class CampaignRunner:
             raise ValueError(f"batch_size must be >= 1, received {batch_size}.")
         images = np.asarray(images)
         self.spec = spec
-        self._ieee = spec.kind in NON_FINITE_KINDS
+        self._ieee = spec.fault_kind.non_finite
         if self._ieee:
             ieee_nan(True)
         try:
@@ -334,12 +344,12 @@ class CampaignRunner:
             self.faulty = model
         else:
             self.faulty = targets.apply_faults(
-                model, spec.kind, self.target_names, spec.site_weights
+                model, spec.fault_kind, self.target_names, spec.site_weights
             )
         if self._ieee:  # One NaN/Inf rule with the .tflite runtime, on this model only.
             self._nan_guards = nan_semantics.guard_layers(self.faulty)
         self._chunk_index = None
-        if spec.kind in ACTIVATION_KINDS:  # Per-inference faults: the loop's chunk index.
+        if spec.fault_kind.transient:  # Per-inference faults: the loop's chunk index.
             self._chunk_index = tf.Variable(0, dtype=tf.int32, trainable=False)
             self.injector = TransientInjector(
                 self.faulty, spec, self.target_names, self._chunk_index, len(labels)
@@ -543,9 +553,13 @@ class FaultInjector:
         found = {site.path: site for site in registry.sites(faulty, spec.site_weights)}
         self.fault_layers, self._tensors = {}, {}
         for name in target_names:
-            layer = found[name].layer if in_place else targets.fault_layer(faulty, name, spec.kind)
+            layer = (
+                found[name].layer
+                if in_place
+                else targets.fault_layer(faulty, name, spec.fault_kind)
+            )
             self.fault_layers[name] = layer
-            if spec.kind != "node":  # A fault layer's masks, or the variables themselves.
+            if spec.fault_kind.on_parameters:  # A fault layer's masks, or the variables.
                 self._tensors[name] = _fault_tensors(layer, found[name])
         self.in_place_targets = [
             name for name, ts in self._tensors.items() if any(t.keep is None for t in ts)
@@ -556,7 +570,7 @@ class FaultInjector:
         self.protected_counts: dict[str, int] = {}
         self._map_faults = {}
         self._pes = None
-        if spec.array and spec.kind != "node":  # Layers the array cannot hold: refused now.
+        if spec.array and spec.fault_kind.on_parameters:  # Layers the array cannot hold.
             for name, tensors in self._tensors.items():
                 kernels = [t for t in tensors if not t.bias]
                 shapes = [tuple(t.variable.shape) for t in kernels]
@@ -606,7 +620,7 @@ class FaultInjector:
         self._pes = systolic.cell_pes(spec, rate, trial)  # A systolic array's faulty PEs.
         for name, layer in self.fault_layers.items():
             rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
-            if spec.kind == "node":
+            if not spec.fault_kind.on_parameters:  # Held outputs (node faults).
                 size = int(np.prod(layer.node_keep.shape))
                 positions = placement.output_positions(
                     spec, self._pes, layer.node_keep.shape, rate, rng
@@ -648,17 +662,22 @@ class FaultInjector:
             0 if bias is None else clean[bias].size,
             rate,
             rng_for,
+            (
+                [clean[i].dtype.itemsize * 8 for i in kernels],
+                32 if bias is None else clean[bias].dtype.itemsize * 8,
+            ),
         )
         if self._plan is not None:
             self.protected_counts[name] = plan.protected
         positions = dict(zip(kernels, plan.kernel_positions, strict=True))
+        bits = dict(zip(kernels, plan.kernel_bits or [None] * len(kernels), strict=True))
         if bias is not None:
-            positions[bias] = plan.bias_positions
+            positions[bias], bits[bias] = plan.bias_positions, plan.bias_bits
         extra = 0
         for index, tensor in enumerate(tensors):
             source = rng_for(kernels.index(index)) if index in kernels[1:] else rng
-            keep, replacement = sampling.parameter_fault(
-                clean[index], positions[index], spec.value_fault, source
+            keep, replacement = placement.parameter_fault(
+                clean[index], positions[index], spec.fault_kind, spec, source, bits[index]
             )
             mapped = self._map_faults.get((name, tensor.attribute))
             if mapped:  # The chip's known faults, on top of the sampled ones.
@@ -686,12 +705,12 @@ class TransientInjector:
         self.spec = spec
         self.fault_layers = {}
         for name in target_names:
-            layer = targets.fault_layer(faulty, name, spec.kind)
-            layer.bind(spec.kind, spec.bit_mode, spec.stuck_value, chunk_index)
+            layer = targets.fault_layer(faulty, name, spec.fault_kind)
+            layer.bind(spec.fault_kind, spec.bit_mode, spec.stuck_value, chunk_index)
             self.fault_layers[name] = layer
         self.sizes = {name: layer.elements for name, layer in self.fault_layers.items()}
         self.widths = {
-            name: layer.width if spec.kind == "activation_bit" else 32
+            name: layer.width if spec.fault_kind.bit_meaning else 32
             for name, layer in self.fault_layers.items()
         }
         for name, width in self.widths.items():
@@ -746,9 +765,9 @@ def faulty_copy(
     """A copy of a Sequential/Functional `model` with fault layers holding the faults of
     cell (rate, trial) of a `spec` campaign, and the fault counts."""
     names = KerasModel(model).select_layers(spec)
-    faulty = targets.apply_faults(model, spec.kind, names, spec.site_weights)
+    faulty = targets.apply_faults(model, spec.fault_kind, names, spec.site_weights)
     injector = FaultInjector(faulty, spec, names, in_place=False)
-    if spec.kind != "node":
+    if spec.fault_kind.on_parameters:
         injector.check_masked("Repair")
     return faulty, injector.inject(rate, trial)
 
@@ -761,7 +780,11 @@ def cell_fault_map(model: keras.Model, spec: FaultSpec, rate: float, trial: int)
 
     names = KerasModel(model).select_layers(spec)
     in_place = not targets.rewritable(model)
-    faulty = model if in_place else targets.apply_faults(model, spec.kind, names, spec.site_weights)
+    faulty = (
+        model
+        if in_place
+        else targets.apply_faults(model, spec.fault_kind, names, spec.site_weights)
+    )
     injector = FaultInjector(faulty, spec, names, in_place)
     try:
         injector.inject(rate, trial)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from aftt_tf.faults import sampling, systolic
+from aftt_tf.faults import kinds, sampling, systolic
 
 
 def kernel_generators(
@@ -40,22 +40,25 @@ def parameter_plan(
     bias_size: int,
     rate: float,
     rng_for,
+    widths: tuple[list[int], int] | None = None,
 ) -> sampling.LayerPlan:
     """The kernel (and bias) positions of one layer in one cell: the weight registers of
     the faulty PEs `pes` (weight stationary), or drawn per element; a protection plan
-    (`guard`) drops the drawn positions it covers."""
+    (`guard`) drops the drawn positions it covers. `widths`: bits per stored kernel and
+    bias element (per-bit kinds)."""
     if pes is not None:
         return systolic.layer_plan(spec.array, kernel_shapes, pes)
     return sampling.plan_layer_fault(
         kernel_shapes,
         filter_axes,
         bias_size,
-        spec.kind,
+        spec.fault_kind,
         rate,
         rng_for,
         spec.sampling,
         spec.include_bias,
         None if guard is None else [guard.indices(name, attribute) for attribute in attributes],
+        widths,
     )
 
 
@@ -65,3 +68,27 @@ def output_positions(spec, pes: np.ndarray | None, shape, rate: float, rng) -> n
     if pes is None:
         return sampling.sample_positions(int(np.prod(shape)), rate, rng, spec.sampling)
     return systolic.output_positions(tuple(shape), pes, *systolic.parse_array(spec.array))
+
+
+def parameter_fault(
+    parameter: np.ndarray,
+    positions: np.ndarray,
+    kind,
+    spec,
+    rng: np.random.Generator,
+    bits: sampling.BitMasks | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keep_mask, replacement) arrays that realise `kind`'s faults at flat `positions`
+    of a float parameter (a Keras variable's values): `kind.corrupt`, or with per-bit
+    faults `bits`, `kind.corrupt_bits`."""
+    stored = kinds.FloatValues(np.asarray(parameter, np.float32).reshape(-1))
+    if bits is not None:
+        positions = bits.positions
+        faulty = kind.corrupt_bits(stored, bits)
+    else:
+        faulty = kind.corrupt(stored, positions, rng, spec)
+    keep = np.ones(parameter.size, np.float32)
+    replacement = np.zeros(parameter.size, np.float32)
+    keep[positions] = 0.0
+    replacement[positions] = faulty[positions]
+    return keep.reshape(parameter.shape), replacement.reshape(parameter.shape)

@@ -23,7 +23,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from aftt_tf.vocabulary import OUTPUT_KINDS
+from aftt_tf.faults import kinds
 
 L = keras.layers
 
@@ -335,7 +335,7 @@ def coverage(
     targeted: list[str],
     include_bias: bool,
     reasons: dict[str, str],
-    kind: str = "weight",
+    kind: kinds.FaultKind | str = "weight",
     weights: str = "registered",
 ) -> dict[str, Any]:
     """What a campaign covers of the model's weights, and every weight-bearing layer left
@@ -367,7 +367,7 @@ def coverage(
         "targeted_layers": list(targeted),
         "targeted_layers_weight_share": held / total if total else 0.0,
         "faulted_tensors_share": (reached / total if total else 0.0)
-        if kind not in OUTPUT_KINDS
+        if not kinds.resolve(kind).on_outputs
         else None,
         "model_weight_elements": total,
         "biases": "faulted" if include_bias else "not faulted (--include_bias faults them)",

@@ -16,13 +16,31 @@ from aftt_tf.vocabulary import BIT_MODES, SAMPLINGS
 
 
 @dataclasses.dataclass(frozen=True)
-class ValueFault:
-    """How a faulted parameter element changes."""
+class BitMasks:
+    """Per-bit faults of one tensor: the elements hit (distinct, ascending) and, per
+    element, the bits flipped as an OR of 1 << bit of the stored word."""
 
-    kind: str  # 'zero' | 'value' | 'bit'
-    value: float | None = None  # For 'value'; None means the layer's max |w| (stuck at V_max).
-    bit_position: int = -1  # For 'bit': 0..31, or -1 for a random position per element.
-    bit_mode: str = "flip"
+    positions: np.ndarray
+    masks: np.ndarray  # uint64, one per position.
+
+    @property
+    def bits(self) -> int:
+        return int(np.sum(np.bitwise_count(self.masks))) if len(self.masks) else 0
+
+    def keep(self, chosen: np.ndarray) -> BitMasks:
+        return BitMasks(self.positions[chosen], self.masks[chosen])
+
+
+def bit_masks(
+    num_elements: int, width: int, rate: float, rng: np.random.Generator, sampling: str
+) -> BitMasks:
+    """Per-bit faults over `num_elements` words of `width` bits: each bit with
+    probability `rate` ('bernoulli') or round(rate * bits) distinct bits ('exact')."""
+    drawn = sample_positions(num_elements * width, rate, rng, sampling)
+    elements, inverse = np.unique(drawn // width, return_inverse=True)
+    masks = np.zeros(len(elements), np.uint64)
+    np.bitwise_or.at(masks, inverse, np.left_shift(np.uint64(1), (drawn % width).astype(np.uint64)))
+    return BitMasks(elements.astype(np.int64), masks)
 
 
 def trial_rng(seed: int, kind: str, layer: str, rate: float, trial: int) -> np.random.Generator:
@@ -119,81 +137,86 @@ def set_bits(values: np.ndarray, bits: np.ndarray, bit_mode: str) -> np.ndarray:
     return words.view(values.dtype)
 
 
-def parameter_fault(
-    parameter: np.ndarray,
-    positions: np.ndarray,
-    value_fault: ValueFault,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(keep_mask, replacement) arrays that realise a fault at flat `positions`."""
-    keep = np.ones(parameter.size, np.float32)
-    replacement = np.zeros(parameter.size, np.float32)
-    keep[positions] = 0.0
-    if value_fault.kind == "value":
-        value = value_fault.value
-        if value is None:
-            value = float(np.max(np.abs(parameter))) if parameter.size else 0.0
-        replacement[positions] = value
-    elif value_fault.kind == "bit":
-        replacement[positions] = corrupt_bits(
-            parameter.reshape(-1)[positions].astype(np.float32),
-            rng,
-            value_fault.bit_position,
-            value_fault.bit_mode,
-        )
-    elif value_fault.kind != "zero":
-        raise ValueError(f"Unknown value fault {value_fault.kind!r}.")
-    return keep.reshape(parameter.shape), replacement.reshape(parameter.shape)
-
-
 @dataclasses.dataclass(frozen=True)
 class LayerPlan:
     """Which elements of each of a layer's kernels (Keras layout, flat) and its bias fail."""
 
     kernel_positions: tuple[np.ndarray, ...]
     bias_positions: np.ndarray
-    faulted: int  # Elements, or filters for 'filter' faults.
+    faulted: int  # Elements, filters for 'filter' faults, bits for per-bit kinds.
     elements: int
     protected: int = 0  # Drawn kernel elements dropped because a plan protects them.
+    kernel_bits: tuple[BitMasks, ...] | None = None  # Per-bit kinds: the bits of each.
+    bias_bits: BitMasks | None = None
 
 
 def plan_layer_fault(
     kernel_shapes: list[tuple[int, ...]],
     filter_axes: list[int | None],
     bias_size: int,
-    kind: str,
+    kind,
     rate: float,
     rng_for,
     sampling: str,
     include_bias: bool,
     protected: list[np.ndarray | None] | None = None,
+    widths: tuple[list[int], int] | None = None,
 ) -> LayerPlan:
     """Fault positions of one layer with one or more kernels, in the Keras layout.
 
     Keras and TFLite runtimes both draw positions here with the same generators, so one
     seed gives the same faulted elements everywhere; each runtime then writes the faulty
     values in its own representation. `rng_for(i)` is the generator of kernel i: the
-    first kernel (and the bias, drawn after it) uses the layer's generator. 'filter'
-    faults remove whole filters along each kernel's filter axis (the same filter indices
-    in every kernel that has one). `protected[i]` (a protection plan's flat indices of
-    kernel i) drops the drawn positions it holds, after drawing: the other positions are
-    those of the unprotected campaign.
+    first kernel (and the bias, drawn after it) uses the layer's generator. `kind` (a
+    `kinds.FaultKind`) with `whole_filters` removes whole filters along each kernel's
+    filter axis (the same filter indices in every kernel that has one); a `per_bit` kind
+    draws bits of the stored words, `widths` = (bits per kernel element, per bias
+    element). `protected[i]` (a protection plan's flat indices of kernel i) drops the
+    drawn positions it holds, after drawing: the other positions are those of the
+    unprotected campaign.
     """
-    if kind == "filter":
+    if kind.whole_filters:
         plan = _plan_filters(
             kernel_shapes, filter_axes, bias_size, rate, rng_for(0), sampling, include_bias
         )
+    elif kind.per_bit:
+        if widths is None:
+            raise ValueError(f"{kind.name} faults are drawn per bit: give the stored widths.")
+        plan = _plan_bits(kernel_shapes, bias_size, widths, rate, rng_for, sampling, include_bias)
     else:
         plan = _plan_elements(kernel_shapes, bias_size, rate, rng_for, sampling, include_bias)
     if not protected or all(p is None for p in protected):
         return plan
-    kept = tuple(
-        positions if guard is None else positions[~np.isin(positions, guard)]
+    chosen = [
+        np.ones(len(positions), bool) if guard is None else ~np.isin(positions, guard)
         for positions, guard in zip(plan.kernel_positions, protected, strict=True)
-    )
+    ]
+    kept = tuple(p[c] for p, c in zip(plan.kernel_positions, chosen, strict=True))
     dropped = sum(len(a) - len(b) for a, b in zip(plan.kernel_positions, kept, strict=True))
-    faulted = plan.faulted if kind == "filter" else plan.faulted - dropped
+    if plan.kernel_bits is not None:
+        bits = tuple(b.keep(c) for b, c in zip(plan.kernel_bits, chosen, strict=True))
+        faulted = sum(b.bits for b in bits) + (plan.bias_bits.bits if plan.bias_bits else 0)
+        return dataclasses.replace(
+            plan, kernel_positions=kept, faulted=faulted, protected=dropped, kernel_bits=bits
+        )
+    faulted = plan.faulted if kind.whole_filters else plan.faulted - dropped
     return LayerPlan(kept, plan.bias_positions, faulted, plan.elements, dropped)
+
+
+def _plan_bits(kernel_shapes, bias_size, widths, rate, rng_for, sampling, include_bias):
+    kernel_widths, bias_width = widths
+    masks, faulted, elements = [], 0, 0
+    bias = BitMasks(np.empty(0, np.int64), np.empty(0, np.uint64))
+    for index, shape in enumerate(kernel_shapes):
+        size = int(np.prod(shape))
+        rng = rng_for(index)
+        masks.append(bit_masks(size, kernel_widths[index], rate, rng, sampling))
+        faulted, elements = faulted + masks[-1].bits, elements + size * kernel_widths[index]
+        if index == 0 and include_bias and bias_size:
+            bias = bit_masks(bias_size, bias_width, rate, rng, sampling)
+            faulted, elements = faulted + bias.bits, elements + bias_size * bias_width
+    positions = tuple(m.positions for m in masks)
+    return LayerPlan(positions, bias.positions, faulted, elements, 0, tuple(masks), bias)
 
 
 def _plan_elements(kernel_shapes, bias_size, rate, rng_for, sampling, include_bias):

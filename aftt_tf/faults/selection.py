@@ -11,6 +11,7 @@ import dataclasses
 import fnmatch
 
 from aftt_tf import vocabulary
+from aftt_tf.faults import kinds
 from aftt_tf.faults.spec import FaultTargetError
 
 
@@ -36,7 +37,7 @@ class Candidate:
 
 def select(
     candidates: list[Candidate],
-    kind: str,
+    kind: kinds.FaultKind | str,
     scope: str = "all",
     layer_names: tuple[str, ...] = (),
     include_output_nodes: bool = False,
@@ -54,7 +55,7 @@ def select(
     `names_from` says where the names come from when they are not the model's own.
     `layer_names` and `exclude` may be glob patterns ("block_*_depthwise").
     """
-    _check_vocabulary(kind, scope)
+    kind = _check_vocabulary(kind, scope)
     if not candidates:
         raise FaultTargetError(f"Model {model_name!r} has no Dense or Conv2D layer to fault.")
     every_name = all_layer_names or [candidate.name for candidate in candidates]
@@ -79,14 +80,14 @@ def select(
         wrong = [name for name in layer_names if name not in names]
         if wrong:
             raise FaultTargetError(
-                f"Layers {wrong} cannot take {kind!r} faults; layers that can: {names}."
+                f"Layers {wrong} cannot take {kind.name!r} faults; layers that can: {names}."
             )
         names = [name for name in names if name in layer_names]
     names = [name for name in names if vocabulary.in_scope(name, scope)]
     names = [name for name in names if not any(fnmatch.fnmatchcase(name, x) for x in exclude)]
     if not names:
         raise FaultTargetError(
-            f"No layer of {model_name!r} takes {kind!r} faults in scope {scope!r}"
+            f"No layer of {model_name!r} takes {kind.name!r} faults in scope {scope!r}"
             + (f" after --exclude_layers={','.join(exclude)}." if exclude else ".")
         )
     return names
@@ -125,25 +126,26 @@ def _check_scope_applies(scope: str, names: list[str], model_name: str) -> None:
         )
 
 
-def _check_vocabulary(kind: str, scope: str) -> None:
-    if kind not in vocabulary.FAULT_KINDS:
-        raise FaultTargetError(
-            f"Unknown fault kind {kind!r}; expected one of {', '.join(vocabulary.FAULT_KINDS)}."
-        )
+def _check_vocabulary(kind, scope: str) -> kinds.FaultKind:
+    try:
+        kind = kinds.resolve(kind)
+    except ValueError as error:
+        raise FaultTargetError(str(error)) from None
     if scope not in vocabulary.SCOPES:
         raise FaultTargetError(
             f"Unknown scope {scope!r}; expected one of {', '.join(vocabulary.SCOPES)}."
         )
+    return kind
 
 
 def _by_kind(
     candidates: list[Candidate],
-    kind: str,
+    kind: kinds.FaultKind,
     layer_names: tuple[str, ...],
     include_output_nodes: bool,
     model_name: str,
 ) -> list[Candidate]:
-    if kind == "filter":
+    if kind.whole_filters:
         chosen = [candidate for candidate in candidates if candidate.convolution]
         if not chosen:
             raise FaultTargetError(
@@ -151,7 +153,7 @@ def _by_kind(
                 "--fault=weight or --fault=node."
             )
         return chosen
-    if kind not in vocabulary.OUTPUT_KINDS:
+    if not kind.on_outputs:
         return list(candidates)
     for candidate in candidates:
         if not candidate.node_faults and candidate.name in layer_names:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import io_utils
-from aftt_tf.faults import campaign, frontend, keras_runner, plots, sensitivity
+from aftt_tf.faults import campaign, frontend, keras_runner, kinds, plots, sensitivity
 from aftt_tf.faults.spec import check_classifier_outputs
 
 TARGET_LADDER = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
@@ -84,10 +84,11 @@ class SensitivityConfig:
             raise ValueError(
                 f"--target_accuracy is a fraction in (0, 1], received {self.target_accuracy}."
             )
-        if self.fault not in ("weight", "stuck_value", "bit"):
+        protectable = kinds.names(per_element=True)
+        if self.fault not in protectable:
             raise ValueError(
-                f"--fault must be weight, stuck_value or bit (faults in weights a plan can "
-                f"protect), received {self.fault!r}."
+                f"--fault must be {', '.join(protectable)} (faults in weight elements a plan "
+                f"can protect), received {self.fault!r}."
             )
         for rate in self.verify_rates:
             if not 0.0 <= rate <= 1.0:

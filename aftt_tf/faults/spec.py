@@ -14,7 +14,7 @@ import numpy as np
 
 from aftt_tf import vocabulary
 from aftt_tf.faults import fault_map as fault_map_module
-from aftt_tf.faults import protection, sampling
+from aftt_tf.faults import kinds, protection
 
 FLOAT32_MAX = 3.4028234663852886e38
 # Bounds that keep a typo (--trials=1000000000) from planning billions of cells in memory.
@@ -143,7 +143,7 @@ class FaultSpec:
 
     def validate(self) -> None:
         """Raises ValueError naming the field, the value received and what is expected."""
-        _choice("fault kind", self.kind, vocabulary.FAULT_KINDS)
+        kind = kinds.get(self.kind)  # ValueError listing the registered kinds.
         if not self.rates:
             raise ValueError("rates is empty; give at least one fault rate in [0, 1].")
         for rate in self.rates:
@@ -174,33 +174,14 @@ class FaultSpec:
         _check_array(self)
         _check_files(self)
         _check_transient(self)
-        if self.include_normalization and self.kind not in ("weight", "stuck_value", "bit"):
+        kind.check(self)
+        if self.include_normalization and not kind.per_element:
             raise ValueError(
                 f"--include_normalization adds normalisation scales and offsets to parameter "
-                f"faults: use it with --fault=weight, stuck_value or bit, not {self.kind}."
+                f"faults: use it with --fault={' or '.join(_per_element_names())}, not "
+                f"{self.kind}."
             )
-        if not -1 <= self.bit_position <= 31:
-            raise ValueError(
-                f"bit_position must be in 0..31 (float32) or -1 (random), received {self.bit_position}."
-            )
-        if not math.isfinite(self.target_margin) or self.target_margin < 0:
-            raise ValueError(
-                f"target_margin must be a finite number >= 0 (0: off), received {self.target_margin}."
-            )
-        if self.target_margin and (not isinstance(self.min_trials, int) or self.min_trials < 2):
-            raise ValueError("min_trials must be an integer >= 2 when target_margin is used.")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, received {self.seed!r}.")
-        if self.repair is not None:
-            self.repair.validate()
-        if self.stuck_value is not None and not (
-            math.isfinite(self.stuck_value) and abs(self.stuck_value) <= FLOAT32_MAX
-        ):
-            raise ValueError(
-                f"stuck_value must be a finite float32 value (|v| <= {FLOAT32_MAX:.4g}), "
-                f"received {self.stuck_value}; a NaN or infinite weight is not a stuck-at "
-                "fault. Use --fault=bit to corrupt the exponent bits instead."
-            )
+        _check_numbers(self)
 
     @property
     def site_weights(self) -> str:
@@ -214,14 +195,9 @@ class FaultSpec:
         return "deployed" if self.repair is None else "repaired"
 
     @property
-    def value_fault(self) -> sampling.ValueFault:
-        if self.kind in ("stuck_value", "activation_value"):
-            return sampling.ValueFault("value", value=self.stuck_value)
-        if self.kind in ("bit", "activation_bit"):
-            return sampling.ValueFault(
-                "bit", bit_position=self.bit_position, bit_mode=self.bit_mode
-            )
-        return sampling.ValueFault("zero")
+    def fault_kind(self) -> kinds.FaultKind:
+        """The registered kind object of `kind` (`kinds`)."""
+        return kinds.get(self.kind)
 
     def as_dict(self) -> dict[str, Any]:
         result = dataclasses.asdict(self)
@@ -243,7 +219,7 @@ class FaultSpec:
             values["fault_map"] = fault_map_module.digest_of(self.fault_map)
         if values.get("protected"):  # The plan's content, wherever its file lies.
             values["protected"] = protection.digest_of(self.protected)
-        if self.kind in NON_FINITE_KINDS:
+        if self.fault_kind.non_finite:
             # Cells of these kinds written before outcomes were counted called NaN outputs
             # class 0: a new key, so they are never resumed or averaged with new ones.
             values["outcomes"] = "correct/wrong/non_finite"
@@ -268,12 +244,40 @@ _FIELDS_ADDED_LATER = {
     "faults_per_inference": 0,
     "include_normalization": False,
 }
-# Kinds whose faults can make outputs NaN or infinite (values and bits; stuck-at-0 cannot).
-NON_FINITE_KINDS = ("stuck_value", "bit", *vocabulary.ACTIVATION_KINDS)
+
+
+def _per_element_names() -> tuple[str, ...]:
+    return kinds.names(per_element=True)
 
 
 TARGETS = ("weights", "scales", "zero_points", "biases")
 METADATA_TARGETS = ("scales", "zero_points")
+
+
+def _check_numbers(spec: FaultSpec) -> None:
+    """Bit position, margins, seed, repair and stuck value: numbers in range."""
+    if not -1 <= spec.bit_position <= 31:
+        raise ValueError(
+            f"bit_position must be in 0..31 (float32) or -1 (random), received {spec.bit_position}."
+        )
+    if not math.isfinite(spec.target_margin) or spec.target_margin < 0:
+        raise ValueError(
+            f"target_margin must be a finite number >= 0 (0: off), received {spec.target_margin}."
+        )
+    if spec.target_margin and (not isinstance(spec.min_trials, int) or spec.min_trials < 2):
+        raise ValueError("min_trials must be an integer >= 2 when target_margin is used.")
+    if not isinstance(spec.seed, int) or spec.seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, received {spec.seed!r}.")
+    if spec.repair is not None:
+        spec.repair.validate()
+    if spec.stuck_value is not None and not (
+        math.isfinite(spec.stuck_value) and abs(spec.stuck_value) <= FLOAT32_MAX
+    ):
+        raise ValueError(
+            f"stuck_value must be a finite float32 value (|v| <= {FLOAT32_MAX:.4g}), "
+            f"received {spec.stuck_value}; a NaN or infinite weight is not a stuck-at "
+            "fault. Use --fault=bit to corrupt the exponent bits instead."
+        )
 
 
 def _check_targets(spec: FaultSpec) -> None:
@@ -283,10 +287,10 @@ def _check_targets(spec: FaultSpec) -> None:
         raise ValueError(
             f"targets must be distinct names among {', '.join(TARGETS)}, received {list(targets)}."
         )
-    if targets != ("weights",) and spec.kind in ("filter", *vocabulary.OUTPUT_KINDS):
+    if targets != ("weights",) and not spec.fault_kind.per_element:
         raise ValueError(
-            f"--targets={','.join(targets)} takes weight, stuck_value or bit faults; "
-            f"{spec.kind} faults act on whole filters or outputs."
+            f"--targets={','.join(targets)} takes {', '.join(_per_element_names())} faults; "
+            f"{spec.kind} faults do not act on single stored elements."
         )
     if "biases" in targets and spec.include_bias:
         raise ValueError("--targets=biases already faults the biases; drop --include_bias.")
@@ -303,11 +307,11 @@ def _check_transient(spec: FaultSpec) -> None:
             f"faults_per_inference must be an integer >= 0 (0: a rate per element), "
             f"received {count!r}."
         )
-    if spec.kind not in vocabulary.ACTIVATION_KINDS:
+    if not spec.fault_kind.transient:
         if count:
             raise ValueError(
-                "--faults_per_inference places transient faults: use it with "
-                "--fault=activation_bit or activation_value."
+                "--faults_per_inference places transient faults: use it with --fault="
+                f"{' or '.join(kinds.names(kinds.TRANSIENT))}."
             )
         return
     extras = {
@@ -324,28 +328,24 @@ def _check_transient(spec: FaultSpec) -> None:
             f"inference; {', '.join(given)} describe(s) permanent faults in weights. Leave "
             "them out, or use a weight fault kind."
         )
-    if spec.kind == "activation_value" and spec.stuck_value is None:
-        raise ValueError(
-            "--fault=activation_value needs the value the faulted outputs take: give "
-            "--stuck_value (e.g. 1e4 for a large corrupted activation)."
-        )
 
 
 def _check_files(spec: FaultSpec) -> None:
     """A fault map and a protection plan hold weight elements: readable, and not with
     node faults (which hold outputs at 0)."""
+    parameter_names = ", ".join(kinds.names(kinds.PARAMETER))
     if spec.fault_map:
-        if spec.kind == "node":
+        if spec.fault_kind.family == kinds.OUTPUT:
             raise ValueError(
-                "A fault map holds faults in weights; node faults hold outputs at 0. Use "
-                "it with weight, filter, stuck_value or bit faults."
+                f"A fault map holds faults in weights; {spec.kind} faults hold outputs. Use "
+                f"it with {parameter_names} faults."
             )
         fault_map_module.load(spec.fault_map)
     if spec.protected:
-        if spec.kind == "node":
+        if spec.fault_kind.family == kinds.OUTPUT:
             raise ValueError(
-                "A protection plan protects weight elements; node faults hold layer "
-                "outputs at 0. Use it with weight, filter, stuck_value or bit faults."
+                f"A protection plan protects weight elements; {spec.kind} faults hold layer "
+                f"outputs. Use it with {parameter_names} faults."
             )
         protection.load(spec.protected)  # A missing or damaged plan: one clear error.
 
@@ -357,16 +357,17 @@ def _check_array(spec: FaultSpec) -> None:
     if not spec.array:
         return
     systolic.parse_array(spec.array)
-    if spec.dataflow == "weight_stationary" and spec.kind not in ("weight", "stuck_value", "bit"):
+    stationary = kinds.names(output_stationary=True)
+    if spec.dataflow == "weight_stationary" and not spec.fault_kind.per_element:
         raise ValueError(
-            "--dataflow=weight_stationary places faulty weight registers: use --fault=weight "
-            "(stuck at 0), stuck_value or bit; stuck accumulators are "
-            "--dataflow=output_stationary with --fault=node."
+            "--dataflow=weight_stationary places faulty weight registers: use --fault="
+            f"{' or '.join(_per_element_names())}; stuck accumulators are "
+            f"--dataflow=output_stationary with --fault={' or '.join(stationary)}."
         )
-    if spec.dataflow == "output_stationary" and spec.kind != "node":
+    if spec.dataflow == "output_stationary" and not spec.fault_kind.output_stationary:
         raise ValueError(
             "--dataflow=output_stationary places stuck-at-0 accumulators, which hold outputs "
-            "at 0: use --fault=node."
+            f"at 0: use --fault={' or '.join(stationary)}."
         )
     if spec.include_bias or spec.protected or tuple(spec.targets) != ("weights",):
         raise ValueError(

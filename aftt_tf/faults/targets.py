@@ -8,10 +8,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from aftt_tf.faults import kinds, registry, selection
 from aftt_tf.faults import layers as fault_layers
-from aftt_tf.faults import registry, selection
 from aftt_tf.faults.spec import FaultTargetError
-from aftt_tf.vocabulary import ACTIVATION_KINDS, OUTPUT_KINDS, PARAMETER_KINDS
 
 # Kept for callers that filter by type; the registry is the source of truth.
 WEIGHT_LAYER_TYPES = tuple(t for entry in registry.REGISTRY for t in entry.types)
@@ -141,7 +140,7 @@ def select_layers(
     ('backbone/*').
     """
     found = candidates(model, weights)
-    if kind in OUTPUT_KINDS and not rewritable(model) and found:
+    if kinds.resolve(kind).on_outputs and not rewritable(model) and found:
         raise FaultTargetError(found[0].node_refusal)
     return selection.select(
         found,
@@ -156,7 +155,10 @@ def select_layers(
 
 
 def apply_faults(
-    model: keras.Model, kind: str, layer_names: list[str], weights: str = "registered"
+    model: keras.Model,
+    kind: kinds.FaultKind | str,
+    layer_names: list[str],
+    weights: str = "registered",
 ) -> keras.Model:
     """A copy of `model` with fault layers at `layer_names` (paths), sharing no state.
 
@@ -175,16 +177,17 @@ def apply_faults(
             "into it. Its parameter faults are applied to its variables (see "
             "keras_runner.FaultInjector); node faults need a Functional model."
         )
+    kind = kinds.resolve(kind)
     faulty = _apply(model, kind, set(layer_names), "")
-    if kind in OUTPUT_KINDS:
+    if kind.on_outputs:
         _attach_inner_node_faults(faulty, model, layer_names, kind)
     return faulty
 
 
-def output_fault(kind: str, target: str, name: str):
+def output_fault(kind: kinds.FaultKind, target: str, name: str):
     """The layer that faults `target`'s output: a NodeFault (node faults) or an
     ActivationFault (transient faults, `transient_layer`)."""
-    if kind in ACTIVATION_KINDS:
+    if kind.transient:
         from aftt_tf.faults.transient_layer import ActivationFault
 
         return ActivationFault(target=target, name=f"{name}_activation_fault")
@@ -241,7 +244,7 @@ def _apply(model: keras.Model, kind: str, paths: set[str], prefix: str) -> keras
         if layer.name in nested:
             return _apply(layer, kind, paths, f"{prefix}{layer.name}/")
         clone = layer.__class__.from_config(layer.get_config())
-        if kind not in PARAMETER_KINDS or layer.name not in targets:
+        if not kind.on_parameters or layer.name not in targets:
             return clone
         if registry.layer_type(layer) is None:  # weights='all_trainable': in place.
             return clone
@@ -260,7 +263,7 @@ def _apply(model: keras.Model, kind: str, paths: set[str], prefix: str) -> keras
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
-        if kind in OUTPUT_KINDS and layer.name in node_sites_:
+        if kind.on_outputs and layer.name in node_sites_:
             target = node_sites_[layer.name]
             outputs = output_fault(kind, f"{prefix}{target}", target)(outputs)
         return outputs
@@ -305,7 +308,7 @@ def _output_point(model: keras.Model, name: str, kind: str) -> str:
     readers_ = _consumers(model).get(point, [])
     if len(readers_) == 1 and _folded_rescaling(model, point, readers_[0]):
         point = readers_[0].name
-    if kind in ACTIVATION_KINDS:
+    if kind.transient:
         readers_ = _consumers(model).get(point, [])
         if len(readers_) == 1 and _fused_activation(readers_[0]):
             point = readers_[0].name
@@ -490,14 +493,15 @@ def fault_layer(model: keras.Model, target: str, kind: str) -> keras.layers.Laye
     """The layer of a faulty model that holds the fault state for path `target`: its
     fault layer, or (inside a composite layer) the layer itself."""
     inner = getattr(model, "_aftt_inner_node_faults", {})
-    if kind in OUTPUT_KINDS and target in inner:
+    kind = kinds.resolve(kind)
+    if kind.on_outputs and target in inner:
         return inner[target]
     *containers, leaf = target.split("/")
     holder = model
     for part in containers:
         holder = _child(holder, part)
-    suffix = {"node": "_node_fault"}.get(kind, "_activation_fault")
-    return _child(holder, leaf + suffix if kind in OUTPUT_KINDS else leaf)
+    suffix = "_activation_fault" if kind.transient else "_node_fault"
+    return _child(holder, leaf + suffix if kind.on_outputs else leaf)
 
 
 def _child(holder, name: str):

@@ -22,6 +22,7 @@ file is rewritten once with a mask multiplication after each targeted layer's ou
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -34,6 +35,7 @@ from aftt_tf import tflite_file
 from aftt_tf.faults import (
     fault_map,
     inputs,
+    kinds,
     nan_semantics,
     placement,
     protection,
@@ -45,7 +47,6 @@ from aftt_tf.faults import (
     transient,
 )
 from aftt_tf.faults.spec import (
-    NON_FINITE_KINDS,
     FaultSpec,
     FaultTargetError,
     cell_result,
@@ -58,7 +59,6 @@ from aftt_tf.tflite_file import (
     element_scales,
     element_zero_points,
 )
-from aftt_tf.vocabulary import ACTIVATION_KINDS, OUTPUT_KINDS
 
 
 class TFLiteModel(tflite_file.TFLiteFile):
@@ -114,7 +114,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
             )
         names = selection.select(
             self.candidates(),
-            spec.kind,
+            spec.fault_kind,
             spec.scope,
             spec.layers,
             spec.include_output_nodes,
@@ -123,7 +123,8 @@ class TFLiteModel(tflite_file.TFLiteFile):
             exclude=spec.exclude_layers,
         )
         self._check_targets(names, spec)
-        if spec.kind == "bit" and "weights" in spec.targets:
+        kind = spec.fault_kind
+        if kind.on_parameters and kind.bit_meaning and "weights" in spec.targets:
             for name in names:
                 bits = min(k.weights.dtype.itemsize for k in self.layers[name].kernels) * 8
                 if spec.bit_position >= bits:
@@ -132,7 +133,8 @@ class TFLiteModel(tflite_file.TFLiteFile):
                         f"weights of {name!r}; use 0..{bits - 1} or -1."
                     )
         if (
-            spec.kind == "stuck_value"
+            kind.on_parameters
+            and kind.takes_value
             and spec.stuck_value is not None
             and "weights" in spec.targets
         ):
@@ -159,7 +161,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
                     )
                 )
             bits = widths[target] or min(t.dtype.itemsize for t in tensors) * 8
-            if spec.kind == "bit" and spec.bit_position >= bits:
+            if spec.fault_kind.bit_meaning and spec.bit_position >= bits:
                 raise FaultTargetError(
                     f"bit_position {spec.bit_position} does not exist in the {bits}-bit "
                     f"{target.replace('_', ' ')}; use 0..{bits - 1} or -1."
@@ -171,7 +173,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
         view = self._view(spec)
         if view is not None:
             return view.weight_storage(spec)
-        if spec.kind in ACTIVATION_KINDS:
+        if spec.fault_kind.transient:
             return {
                 tflite_file.tensor_type(self.content, self.layers[name].transient_tensor).name
                 for name in self.select_layers(spec)
@@ -251,9 +253,9 @@ class TFLiteModel(tflite_file.TFLiteFile):
             )
         if layer is None:
             return _unsupported_reason(op["operator"])
-        if spec.kind in OUTPUT_KINDS and layer.node_tensor is None:
+        if spec.fault_kind.on_outputs and layer.node_tensor is None:
             return layer.node_refusal
-        if spec.kind == "filter" and layer.filter_axis is None:
+        if spec.fault_kind.whole_filters and layer.filter_axis is None:
             return f"{layer.operator.upper()} has no filters (filter faults reach convolutions)"
         return "not selected by the fault kind, --layers, --exclude_layers or --scope"
 
@@ -272,7 +274,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
                 "ADD/SUB (beta) operators; folded: a BatchNormalization the converter folded "
                 "into a layer's kernel and bias, faulted only through that layer's weights",
             }
-        if spec.kind in ACTIVATION_KINDS:
+        if spec.fault_kind.transient:
             result["outputs"] = transient.output_coverage(
                 {
                     name: int(np.prod(tflite_file.tensor_shape(self.content, index)[1:]))
@@ -304,11 +306,14 @@ class TFLiteModel(tflite_file.TFLiteFile):
 
     def kernel_elements(self, spec: FaultSpec) -> dict[str, int]:
         """Kernel elements of each layer `spec` faults, in Keras layout (a kernel the
-        converter stored twice counts twice: its copies would take separate faults)."""
+        converter stored twice counts twice: its copies would take separate faults), and
+        its bias elements with --include_bias (a converter drops an all-zero bias)."""
         model = self._view(spec) or self
+        layers = {name: model.layers[name] for name in model.select_layers(spec)}
         return {
-            name: sum(int(np.prod(k.keras_kernel_shape)) for k in model.layers[name].kernels)
-            for name in model.select_layers(spec)
+            name: sum(int(np.prod(k.keras_kernel_shape)) for k in layer.kernels)
+            + (int(np.prod(layer.bias.shape)) if spec.include_bias and layer.bias else 0)
+            for name, layer in layers.items()
         }
 
     def guarded(self) -> TFLiteModel:
@@ -416,7 +421,7 @@ class TFLiteRunner:
         transform: inputs.InputTransform | None = None,
     ):
         spec.validate()
-        if spec.kind in NON_FINITE_KINDS and not model.guards:
+        if spec.fault_kind.non_finite and not model.guards:
             guarded = model.guarded()  # One NaN semantics with Keras (nan_semantics).
             if guarded is not model:
                 model = guarded._view(spec) or guarded
@@ -438,10 +443,10 @@ class TFLiteRunner:
         self.batch_size = min(batch_size, len(self.labels))
         self.content = model.content
         self.masks: dict[str, ConstantTensor] = {}
-        if spec.kind == "node":  # One rewrite per campaign: a mask after each output.
+        if spec.fault_kind.family == kinds.OUTPUT:  # One rewrite: a mask after each output.
             points = {name: model.layers[name].node_tensor for name in self.target_names}
             self.content, self.masks = tflite_nodes.with_masks(model.content, points)
-        self.split = self._transient_model() if spec.kind in ACTIVATION_KINDS else None
+        self.split = self._transient_model() if spec.fault_kind.transient else None
         self._cell_faults = None
         self.buffer = bytearray(self.content)
         self.patch_seconds = 0.0  # Time spent writing faulty bytes (inject).
@@ -453,12 +458,12 @@ class TFLiteRunner:
         points = {name: self.model.layers[name].transient_tensor for name in self.target_names}
         split = tflite_transient.SplitModel(self.model, points, self.batch_size)
         for name, width in split.widths.items():
-            if spec.kind == "activation_bit" and spec.bit_position >= width:
+            if spec.fault_kind.bit_meaning and spec.bit_position >= width:
                 raise FaultTargetError(
                     f"bit_position {spec.bit_position} does not exist in the {width}-bit "
                     f"outputs of {name!r} in {self.model.path.name}; use 0..{width - 1} or -1."
                 )
-            if spec.kind == "activation_value":
+            if spec.fault_kind.takes_value:
                 split.stored_value(name, spec.stuck_value)
         transient.check_size(spec, split.sizes, len(self.labels))
         return split
@@ -483,8 +488,8 @@ class TFLiteRunner:
             values, tensor.dtype
         ).tobytes()
 
-    def _faulty_values(self, tensor: ConstantTensor, file_positions: np.ndarray, rng):
-        return faulty_values(self.content, tensor, file_positions, self.spec.value_fault, rng)
+    def _faulty_values(self, tensor: ConstantTensor, file_positions: np.ndarray, rng, bits=None):
+        return faulty_values(self.content, tensor, file_positions, self.spec, rng, bits)
 
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         """Writes the faulty bytes of cell (rate, trial) into the in-memory model."""
@@ -496,7 +501,7 @@ class TFLiteRunner:
         self._pes = systolic.cell_pes(spec, rate, trial)  # A systolic array's faulty PEs.
         for name in self.target_names:
             rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
-            if spec.kind == "node":
+            if not spec.fault_kind.on_parameters:  # Held outputs (node faults).
                 mask = self.masks[name]
                 units = int(np.prod(mask.shape))
                 positions = placement.output_positions(spec, self._pes, mask.shape[1:], rate, rng)
@@ -555,6 +560,10 @@ class TFLiteRunner:
             int(np.prod(layer.bias.shape)) if layer.bias is not None else 0,
             rate,
             rng_for,
+            (
+                [kernel.weights.dtype.itemsize * 8 for kernel in layer.kernels],
+                layer.bias.dtype.itemsize * 8 if layer.bias is not None else 32,
+            ),
         )
         if self._plan is not None:
             self.protected_counts[name] = plan.protected
@@ -562,7 +571,10 @@ class TFLiteRunner:
         for index, kernel in enumerate(layer.kernels):
             positions = kernel.keras_to_file_positions(plan.kernel_positions[index])
             source = rng if index == 0 else rng_for(index)
-            values = self._faulty_values(kernel.weights, positions, source)
+            bits = None
+            if plan.kernel_bits is not None:
+                bits = sampling.BitMasks(positions, plan.kernel_bits[index].masks)
+            values = self._faulty_values(kernel.weights, positions, source, bits)
             mapped = self._map_faults.get((name, layer.keras_attributes[index]))
             if mapped:  # The chip's known faults, on top of the sampled ones.
                 where, reals = fault_map.overlay(mapped, kernel.keras_kernel_shape)
@@ -572,7 +584,7 @@ class TFLiteRunner:
             self._write(kernel.weights, values)
         mapped = self._map_faults.get((name, "bias"))
         if layer.bias is not None and (len(plan.bias_positions) or mapped):
-            values = self._faulty_values(layer.bias, plan.bias_positions, rng)
+            values = self._faulty_values(layer.bias, plan.bias_positions, rng, plan.bias_bits)
             if mapped:
                 where, reals = fault_map.overlay(mapped, layer.bias.shape)
                 extra += len(np.setdiff1d(where, plan.bias_positions))
@@ -652,7 +664,7 @@ def _unsupported_reason(operator: str) -> str:
 def _check_extras(model: TFLiteModel, spec: FaultSpec, names: list[str]):
     """(protection plan, fault map by tensor) of a campaign on this file, each checked
     against the targeted layers, and --array layers checked: all before any cell."""
-    if spec.array and spec.kind != "node":
+    if spec.array and spec.fault_kind.on_parameters:
         for name in names:
             layer = model.layers[name]
             shapes = [k.keras_kernel_shape for k in layer.kernels]
@@ -697,7 +709,7 @@ def _check_map_storable(model: TFLiteModel, mapped) -> None:
     for (name, attribute), faults in mapped.items():
         layer = model.layers[name]
         if name in folded_into:
-            changed = [f for f in faults if attribute == "bias" or f.kind == "stuck_value"]
+            changed = [f for f in faults if attribute == "bias" or f.holds_value]
             if changed:
                 raise FaultTargetError(
                     f"The fault map holds {name}/{attribute} {list(changed[0].index)} "
@@ -768,22 +780,30 @@ def metadata_tensors(layer, target: str) -> list[ConstantTensor]:
     raise ValueError(f"Unknown target {target!r}.")
 
 
-def _faulty_zero_points(content, tensor, positions, spec: FaultSpec, rng) -> np.ndarray:
+@dataclasses.dataclass
+class _ZeroPointCodes:
     """Zero points are stored as int64 but held by the hardware as int8 (the activation
-    type): faults act on those 8 bits; a stuck value is clipped to the int8 range."""
+    type): faults act on those 8 bits, in code units; a value is clipped to int8."""
+
+    values: np.ndarray
+
+    def reals(self) -> np.ndarray:
+        # The int8 codes themselves, as campaigns have always read them (so a stuck
+        # value's default, max |code|, keeps the int8 arithmetic of existing cells).
+        return self.values
+
+    def zero(self, positions: np.ndarray) -> np.ndarray:
+        return np.zeros(len(positions), np.int8)
+
+    def encode(self, value: float, positions: np.ndarray) -> np.ndarray:
+        return np.full(len(positions), np.clip(np.round(value), -128, 127), np.int8)
+
+
+def _faulty_zero_points(content, tensor, positions, spec: FaultSpec, rng) -> np.ndarray:
+    """An output zero point's faults on its int8 code (`_ZeroPointCodes`)."""
     values = tflite_file.read_values(content, tensor)
-    codes = np.clip(values, -128, 127).astype(np.int8)
-    fault = spec.value_fault
-    if fault.kind == "zero":
-        codes[positions] = 0
-    elif fault.kind == "value":
-        value = fault.value if fault.value is not None else float(np.max(np.abs(codes)))
-        codes[positions] = np.clip(np.round(value), -128, 127)
-    else:
-        codes[positions] = sampling.corrupt_bits(
-            codes[positions], rng, fault.bit_position, fault.bit_mode
-        )
-    return codes.astype(np.int64)
+    codes = _ZeroPointCodes(np.clip(values, -128, 127).astype(np.int8))
+    return spec.fault_kind.corrupt(codes, positions, rng, spec).astype(np.int64)
 
 
 def _stored(tensor: ConstantTensor, positions: np.ndarray, reals: np.ndarray) -> np.ndarray:
@@ -797,34 +817,54 @@ def _stored(tensor: ConstantTensor, positions: np.ndarray, reals: np.ndarray) ->
     return np.clip(np.round(reals / scales) + zero_points, info.min, info.max)
 
 
+@dataclasses.dataclass
+class TensorValues:
+    """A constant tensor's stored values (`kinds.StoredValues`): floats as they are,
+    integers with each element's scale and zero point."""
+
+    content: bytes
+    tensor: ConstantTensor
+    values: np.ndarray = None
+
+    def __post_init__(self):
+        if self.values is None:
+            self.values = tflite_file.read_values(self.content, self.tensor)
+
+    @property
+    def floating(self) -> bool:
+        return bool(np.issubdtype(self.tensor.dtype, np.floating))
+
+    def reals(self) -> np.ndarray:
+        return tflite_file.real_values(self.content, self.tensor)
+
+    def zero(self, positions: np.ndarray) -> np.ndarray:
+        if self.floating:
+            return np.zeros(len(positions), self.values.dtype)
+        return element_zero_points(self.tensor)[positions]
+
+    def encode(self, value: float, positions: np.ndarray) -> np.ndarray:
+        if self.floating:
+            return np.full(len(positions), value, self.values.dtype)
+        scales = element_scales(self.tensor)[positions]
+        zero_points = element_zero_points(self.tensor)[positions]
+        info = np.iinfo(self.tensor.dtype)
+        low = max(info.min, -info.max) if not zero_points.any() else info.min
+        return np.clip(np.round(value / scales) + zero_points, low, info.max)
+
+
 def faulty_values(
     content: bytes,
     tensor: ConstantTensor,
     file_positions: np.ndarray,
-    fault: sampling.ValueFault,
+    spec: FaultSpec,
     rng: np.random.Generator,
+    bits: sampling.BitMasks | None = None,
 ) -> np.ndarray:
-    """A constant tensor's stored values with `fault` at `file_positions`, in the file's
-    own encoding: stuck-at-0 writes each element's zero point (real 0), a stuck value is
-    quantised with the element's scale and zero point, bit faults flip stored bits."""
-    values = tflite_file.read_values(content, tensor)
-    floating = np.issubdtype(tensor.dtype, np.floating)
-    if fault.kind == "zero":
-        values[file_positions] = 0 if floating else element_zero_points(tensor)[file_positions]
-    elif fault.kind == "value":
-        value = fault.value
-        if value is None:  # Stuck at the tensor's max |real value|.
-            value = float(np.max(np.abs(tflite_file.real_values(content, tensor))))
-        if floating:
-            values[file_positions] = value
-        else:
-            scales = element_scales(tensor)[file_positions]
-            zero_points = element_zero_points(tensor)[file_positions]
-            info = np.iinfo(tensor.dtype)
-            low = max(info.min, -info.max) if not zero_points.any() else info.min
-            values[file_positions] = np.clip(np.round(value / scales) + zero_points, low, info.max)
-    else:
-        values[file_positions] = sampling.corrupt_bits(
-            values[file_positions], rng, fault.bit_position, fault.bit_mode
-        )
-    return values
+    """A constant tensor's stored values with `spec`'s kind of fault at `file_positions`,
+    in the file's own encoding (`TensorValues`): stuck-at-0 writes each element's zero
+    point (real 0), a stuck value is quantised with the element's scale and zero point,
+    bit faults flip stored bits; per-bit kinds flip `bits`."""
+    stored = TensorValues(content, tensor)
+    if bits is not None:
+        return spec.fault_kind.corrupt_bits(stored, bits)
+    return spec.fault_kind.corrupt(stored, file_positions, rng, spec)

@@ -138,7 +138,7 @@ class SplitModel:
         """Outputs of the pieces run in turn on `inputs` (the test examples `examples`,
         ascending), each cut tensor corrupted at the plan's faults on those examples."""
         stored = {}
-        if spec.kind == "activation_value":
+        if spec.fault_kind.takes_value:
             stored = {name: self.stored_value(name, spec.stuck_value) for name in self.points}
         # Struck inferences are few at soft-error rates: the pieces take batches of the
         # next power of two (>= 16) that holds them, not padding to the full batch.

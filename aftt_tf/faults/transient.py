@@ -131,12 +131,7 @@ def _per_inference(spec, sizes, widths, num_examples, rate, trial) -> dict[str, 
     starts = np.cumsum([0, *(sizes[name] for name in names)])
     layer_of = np.searchsorted(starts, flat, side="right") - 1
     bit_width = np.array([widths[name] for name in names])[layer_of]
-    if spec.kind == "activation_bit" and spec.bit_position < 0:
-        bits = rng.integers(0, bit_width).astype(np.int32)
-    elif spec.kind == "activation_bit":
-        bits = np.full(len(flat), spec.bit_position, np.int32)
-    else:
-        bits = None
+    bits = spec.fault_kind.draw_bits(spec, bit_width, len(flat), rng)
     result = {}
     for index, name in enumerate(names):
         chosen = np.flatnonzero(layer_of == index)  # Already ordered by inference.
@@ -183,18 +178,11 @@ def _distinct_rows(rows: int, population: int, count: int, rng) -> np.ndarray:
 
 
 def _bits(spec: FaultSpec, width: int, count: int, rng) -> np.ndarray | None:
-    if spec.kind != "activation_bit":
-        return None
-    if spec.bit_position >= 0:
-        return np.full(count, spec.bit_position, np.int32)
-    return rng.integers(0, width, size=count).astype(np.int32)
+    return spec.fault_kind.draw_bits(spec, width, count, rng)
 
 
 def corrupt(values: np.ndarray, bits: np.ndarray | None, spec: FaultSpec, stored=None):
-    """The faulty versions of `values` (the faulted elements, as stored): bits flipped or
-    stuck per `spec.bit_mode` (each its own bit), or the stuck value (`stored`: the
-    value in the tensor's own encoding, for quantized outputs)."""
-    values = np.asarray(values)
-    if spec.kind == "activation_value":
-        return np.full(values.shape, spec.stuck_value if stored is None else stored, values.dtype)
-    return sampling.set_bits(values, bits, spec.bit_mode)
+    """The faulty versions of `values` (the faulted elements, as stored): the kind's
+    `corrupt_outputs` (bits flipped or stuck per `spec.bit_mode`, or the stuck value;
+    `stored`: that value in the tensor's own encoding, for quantized outputs)."""
+    return spec.fault_kind.corrupt_outputs(values, bits, spec, stored)

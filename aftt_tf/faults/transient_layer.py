@@ -29,7 +29,7 @@ class ActivationFault(keras.layers.Layer):
     def __init__(self, target: str, **kwargs):
         super().__init__(autocast=False, **kwargs)
         self.target = target
-        self.kind = "activation_bit"
+        self.writes_value = False  # The kind sets values (True) or corrupts bits.
         self.bit_mode = "flip"
         self.value = 0.0
         self.chunk = None  # The campaign loop's chunk index (a shared tf.Variable).
@@ -75,9 +75,10 @@ class ActivationFault(keras.layers.Layer):
             )
         return _WIDTHS[self.value_dtype]
 
-    def bind(self, kind: str, bit_mode: str, value: float | None, chunk: tf.Variable) -> None:
-        """Sets the fault's meaning and the loop's chunk variable (before any trace)."""
-        self.kind, self.bit_mode = kind, bit_mode
+    def bind(self, kind, bit_mode: str, value: float | None, chunk: tf.Variable) -> None:
+        """Sets the fault's meaning (a transient `kinds.FaultKind`: it sets values or
+        corrupts bits) and the loop's chunk variable (before any trace)."""
+        self.writes_value, self.bit_mode = kind.takes_value, bit_mode
         self.value = 0.0 if value is None else float(value)
         self.chunk = chunk
 
@@ -96,7 +97,7 @@ class ActivationFault(keras.layers.Layer):
         start, stop = self.offsets[index], self.offsets[index + 1]
         positions = self.positions[start:stop]
         flat = tf.reshape(inputs, [-1])
-        if self.kind == "activation_value":
+        if self.writes_value:
             new = tf.fill(tf.shape(positions), tf.cast(self.value, inputs.dtype))
         else:
             words = tf.bitcast(tf.gather(flat, positions), _WORDS[inputs.dtype])

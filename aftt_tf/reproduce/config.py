@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aftt_tf import vocabulary
+from aftt_tf.faults import kinds
 from aftt_tf.reproduce.paper import PAPER_FAULTS
 from aftt_tf.training.config import TrainConfig
 
@@ -186,7 +187,9 @@ class ReproduceConfig:
                         f"{method}_lambda_grid selects by validation accuracy; set "
                         "validation_fraction > 0 or give one lambda."
                     )
-        if "filter" in self.faults and not _has_convolutions(self.train.architecture):
+        if any(kinds.get(kind).whole_filters for kind in self.faults) and not _has_convolutions(
+            self.train.architecture
+        ):
             raise ValueError(
                 f"Filter faults need convolutions; {self.train.architecture} has none. "
                 "Drop 'filter' from --faults."

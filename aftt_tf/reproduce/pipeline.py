@@ -528,12 +528,13 @@ def _no_repair_rates(config: ReproduceConfig, kind: str) -> str:
 
 def _campaign_layers(config: ReproduceConfig, reference, kind: str, scope: str):
     """(layer names or () for every layer the kind takes, reason the campaign cannot run)."""
-    from aftt_tf.faults import targets
+    from aftt_tf.faults import kinds, targets
 
-    if kind == "node":
+    fault_kind = kinds.get(kind)
+    if fault_kind.on_outputs:  # The paper's node faults: hidden fully connected layers.
         layers = _node_layers(reference, scope)
         return layers, None if layers else f"no hidden fully connected layer in scope {scope!r}"
-    if kind == "weight" and config.weight_kernels == "4d":
+    if fault_kind.per_element and fault_kind.stuck_at_zero and config.weight_kernels == "4d":
         layers = tuple(
             layer.name
             for layer in targets.weight_layers(reference)

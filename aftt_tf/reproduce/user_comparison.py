@@ -210,12 +210,13 @@ def _export(config: ComparisonConfig, method: str, model: Path) -> Path:
 
 
 def _campaign(config: ComparisonConfig, files: dict[str, Path], kind: str, directory: Path):
-    from aftt_tf.faults import campaign_lib
+    from aftt_tf.faults import campaign_lib, kinds
     from aftt_tf.faults.spec import FaultSpec
 
-    rates = {"bit": config.bit_rates, "activation_bit": config.transient_rates}.get(
-        kind, config.rates
-    )
+    fault_kind = kinds.get(kind)
+    rates = config.rates
+    if fault_kind.bit_meaning:  # Bits of values: the rates of bit and transient bit faults.
+        rates = config.transient_rates if fault_kind.transient else config.bit_rates
     options = config.data_options
     campaign = campaign_lib.CampaignConfig(
         models=tuple(f"{method}={path}" for method, path in files.items()),

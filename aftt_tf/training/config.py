@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from aftt_tf import vocabulary
+from aftt_tf.faults import kinds
 from aftt_tf.vocabulary import FAULT_AWARE_METHODS, METHODS, PRETRAINING_METHODS
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
@@ -149,13 +150,7 @@ class TrainConfig:
             raise ValueError(
                 "early_stopping_patience needs a validation split; set validation_fraction > 0."
             )
-        kinds = vocabulary.FAULT_AWARE_KINDS
-        unknown = [kind for kind in self.fault_aware_kinds if kind not in kinds]
-        if unknown or not self.fault_aware_kinds:
-            raise ValueError(
-                f"fault_aware_kinds must be a non-empty subset of {', '.join(kinds)}, "
-                f"received {list(self.fault_aware_kinds)}."
-            )
+        kinds.trainable(self.fault_aware_kinds)
         if self.freeze_extractor and not self.pretrains:
             raise ValueError(
                 "freeze_extractor keeps a pre-trained extractor fixed; only methods "

@@ -39,7 +39,7 @@ import numpy as np
 from keras import ops
 
 from aftt_tf import data, vocabulary
-from aftt_tf.faults import frontend, registry, targets
+from aftt_tf.faults import frontend, kinds, registry, targets
 from aftt_tf.faults import inputs as input_transforms
 from aftt_tf.faults.layers import RANGE_MODES, ActivationClip
 from aftt_tf.training import phases, trainers
@@ -137,7 +137,7 @@ class HardenConfig:
                 )
             from aftt_tf.faults import protection
 
-            if "node" in self.fault_kinds:
+            if any(kinds.get(name).on_outputs for name in self.fault_kinds):
                 raise ValueError(
                     "--protected lists weight elements that never fault; node faults in "
                     "fault-aware training strike layer outputs, which a plan does not "
@@ -145,12 +145,7 @@ class HardenConfig:
                 )
             protection.load(self.protected)
         if self.method in ("fat", "aftt_fat"):
-            unknown = [k for k in self.fault_kinds if k not in vocabulary.FAULT_AWARE_KINDS]
-            if unknown or not self.fault_kinds:
-                raise ValueError(
-                    f"--fault_aware_kinds={','.join(self.fault_kinds)}: it takes a non-empty "
-                    f"list of {', '.join(vocabulary.FAULT_AWARE_KINDS)}."
-                )
+            kinds.trainable(self.fault_kinds, "--fault_aware_kinds")
             if not 0.0 < self.fault_max_rate < 1.0:
                 raise ValueError(
                     f"--fault_aware_max_rate must be in (0, 1), received {self.fault_max_rate}."
@@ -225,19 +220,19 @@ def check_model(model: keras.Model, config: HardenConfig) -> str:
                 "Functional model. Subclassed models take none, l1, l2 and fat (weight "
                 "faults, through the model's own variables)."
             )
-        if config.method == "fat" and "node" in config.fault_kinds:
+        if config.method == "fat" and _draws(config, "on_outputs"):
             raise ValueError(
                 f"{model.name} is a subclassed model: node faults need its layer graph; "
                 "pass --fault_aware_kinds=weight."
             )
     if config.method in ("fat", "aftt_fat"):
         hidden = [site for site in targets.node_sites(model) if site.in_graph]
-        if "node" in config.fault_kinds and targets.rewritable(model) and not hidden:
+        if _draws(config, "on_outputs") and targets.rewritable(model) and not hidden:
             raise ValueError(
                 f"{model.name} has no hidden weight layer to hold node faults; pass "
                 "--fault_aware_kinds=weight."
             )
-        if "weight" in config.fault_kinds and not targets.sites(model):
+        if _draws(config, "on_parameters") and not targets.sites(model):
             raise ValueError(
                 f"{model.name} has no layer whose kernels weight faults reach (Dense, "
                 "convolutions, recurrent, attention, registered layers): fault-aware "
@@ -248,6 +243,12 @@ def check_model(model: keras.Model, config: HardenConfig) -> str:
     if config.method in ("aftt", "aftt_fat"):
         split_models(model, config.split_layer or default_split_layer(model))
     return kind
+
+
+def _draws(config: HardenConfig, family_trait: str) -> bool:
+    """Whether fault-aware training draws a kind with this trait ('on_parameters',
+    'on_outputs')."""
+    return any(getattr(kinds.get(name), family_trait) for name in config.fault_kinds)
 
 
 def _check_finite_weights(model: keras.Model, label: str) -> None:

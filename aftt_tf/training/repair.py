@@ -148,7 +148,7 @@ class _Setup:
 def _repair_in(config, out: Path, setup: _Setup, data_record: dict) -> dict[str, Any]:
     spec = config.spec()
     faulty, counts = setup.faulty, setup.counts
-    if spec.kind != "node" and not (out / "fault_map.json").exists():
+    if spec.fault_kind.on_parameters and not (out / "fault_map.json").exists():
         # The repaired weight faults, readable back (node faults hold outputs, not
         # weights, and a cell without faults has no map to write).
         cell_map = keras_runner.cell_fault_map(setup.model, spec, config.rate, config.trial)

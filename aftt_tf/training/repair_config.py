@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from aftt_tf import io_utils, vocabulary
+from aftt_tf.faults import kinds
 
-REPAIR_KINDS = ("weight", "filter", "node")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 
 
@@ -79,10 +79,9 @@ class RepairConfig:
 
     def validate(self) -> None:
         """Raises ValueError for bad values (files are checked when the repair starts)."""
-        if self.fault not in REPAIR_KINDS:
-            raise ValueError(
-                f"--fault must be one of {', '.join(REPAIR_KINDS)}, got {self.fault!r}."
-            )
+        repairable = kinds.names(stuck_at_zero=True)  # Held at 0 by masks training keeps.
+        if self.fault not in repairable:
+            raise ValueError(f"--fault must be one of {', '.join(repairable)}, got {self.fault!r}.")
         if not (math.isfinite(self.rate) and 0.0 <= self.rate <= 1.0):
             raise ValueError(f"--rate must be in [0, 1], received {self.rate}.")
         if self.optimizer not in OPTIMIZERS:

@@ -13,9 +13,9 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from aftt_tf.faults import kinds, registry, targets
 from aftt_tf.faults import layers as fault_layers
-from aftt_tf.faults import registry, targets
-from aftt_tf.vocabulary import CLASSIFICATION_LOSSES, FAULT_AWARE_KINDS, REGULARIZATIONS
+from aftt_tf.vocabulary import CLASSIFICATION_LOSSES, REGULARIZATIONS
 
 
 def _replica_scale(loss: tf.Tensor) -> tf.Tensor:
@@ -242,12 +242,8 @@ def _check_classifier_options(
         raise ValueError(
             f"output_kind must be 'logits' or 'probabilities', received {output_kind!r}."
         )
-    unknown = [kind for kind in fault_aware_kinds if kind not in FAULT_AWARE_KINDS]
-    if unknown:
-        raise ValueError(
-            f"fault_aware_kinds {unknown} are not supported; expected a subset of "
-            f"{', '.join(FAULT_AWARE_KINDS)}."
-        )
+    if fault_aware_kinds:
+        kinds.trainable(fault_aware_kinds)
     if fault_aware_kinds and not 0.0 < fault_aware_max_rate < 1.0:
         raise ValueError(
             f"fault_aware_max_rate must be in (0, 1), received {fault_aware_max_rate}."
@@ -328,7 +324,8 @@ class ClassifierTrainer(keras.Model):
         self.protected_masks: list = []
         self.node_view = None
         self.node_masks = []
-        if "weight" in self.fault_aware_kinds:
+        drawn = [kinds.get(name) for name in self.fault_aware_kinds]
+        if any(kind.on_parameters for kind in drawn):
             # Every trained layer of a registered type, inside nested models too, in
             # model order (the paper's flat networks: their weight layers, as before).
             entries = [
@@ -339,7 +336,7 @@ class ClassifierTrainer(keras.Model):
             ]
             self.fault_kernels = [variable for _, _, variable in entries]
             self.protected_masks = _protected_masks(entries, protected)
-        if "node" in self.fault_aware_kinds:
+        if any(kind.on_outputs for kind in drawn):
             self.node_view, self.node_masks = _with_node_masks(classifier)
         if self.fault_aware_kinds:
             _check_frozen_normalization(classifier)
@@ -398,8 +395,9 @@ class ClassifierTrainer(keras.Model):
             len(self.fault_aware_kinds) - 1,
         )
         mapping = []
-        tensors = [(kernel, "weight") for kernel in self.fault_kernels] + [
-            (mask, "node") for mask in self.node_masks
+        by_family = {kinds.get(name).family: name for name in self.fault_aware_kinds}
+        tensors = [(kernel, by_family.get(kinds.PARAMETER)) for kernel in self.fault_kernels] + [
+            (mask, by_family.get(kinds.OUTPUT)) for mask in self.node_masks
         ]
         guards = list(self.protected_masks) + [None] * len(self.node_masks)
         for index, ((variable, kind), guard) in enumerate(
@@ -414,7 +412,7 @@ class ClassifierTrainer(keras.Model):
                 # Elements a protection plan covers never fault (1 where protected).
                 return keep if guard is None else tf.maximum(keep, guard)
 
-            if kind == "weight":
+            if kinds.get(kind).on_parameters:
                 # Kernel masks are large: draw them only in the steps that fault weights.
                 value = tf.cond(
                     drawn,
