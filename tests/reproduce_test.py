@@ -383,11 +383,12 @@ def test_faulted_weights_get_no_gradient():
 
 def test_fault_aware_config_validation():
     config_lib.TrainConfig(method="fat").validate()
-    with pytest.raises(ValueError, match="fault_aware_kinds must be a non-empty subset"):
-        config_lib.TrainConfig(method="fat", fault_aware_kinds=("filter",)).validate()
+    config_lib.TrainConfig(method="fat", fault_aware_kinds=("filter", "node")).validate()
+    with pytest.raises(ValueError, match="fault_aware_kinds=activation_bit: it takes a non-empty"):
+        config_lib.TrainConfig(method="fat", fault_aware_kinds=("activation_bit",)).validate()
     with pytest.raises(ValueError, match=r"fault_aware_max_rate must be in \(0, 1\)"):
         config_lib.TrainConfig(method="fat", fault_aware_max_rate=0.0).validate()
-    with pytest.raises(ValueError, match="fault_aware_kinds"):
+    with pytest.raises(ValueError, match="draws bit faults in int8 storage"):
         trainers.ClassifierTrainer(
             networks.build_networks("fmnist_mlp", "fashion_mnist").classifier,
             fault_aware_kinds=("bit",),

@@ -118,6 +118,15 @@ flags.DEFINE_integer(
     "targeted output value (--rates: the share of inferences struck); 0: --rates per value.",
 )
 flags.DEFINE_enum("bit_mode", "flip", vocabulary.BIT_MODES, "Bit fault type.")
+flags.DEFINE_enum(
+    "storage",
+    "float32",
+    ["float32", "int8"],
+    "What parameter faults strike: float32 (a .keras's variables; a file's kernels as it "
+    "stores them) or int8 (a .keras simulates the per-channel symmetric int8 codes the "
+    "converter stores, so its campaign faults the bits an int8 .tflite holds; a file must "
+    "hold int8 kernels).",
+)
 flags.DEFINE_float(
     "target_margin", 0.0, "Size trials until the 95% CI half-width <= this (0: off)."
 )
@@ -204,6 +213,7 @@ def _spec_from_flags():
         stuck_value=FLAGS.stuck_value,
         bit_position=FLAGS.bit_position,
         bit_mode=FLAGS.bit_mode,
+        storage=FLAGS.storage,
         faults_per_inference=FLAGS.faults_per_inference,
         target_margin=FLAGS.target_margin,
         repair=RepairProtocol(

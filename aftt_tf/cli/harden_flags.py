@@ -68,6 +68,15 @@ flags.DEFINE_string(
     "every method (clip + fat, clip + range); the int8 export's scales follow.",
 )
 
+flags.DEFINE_enum(
+    "storage",
+    "float32",
+    ["float32", "int8"],
+    "--model, fat/aftt_fat: what fault-aware training faults: float32 weights, or int8 (the "
+    "per-channel int8 codes the deployed file holds, straight-through gradients: with "
+    "--fault_aware_kinds=bit_error, random bit error training; bit and bit_error need it).",
+)
+
 FLAGS = flags.FLAGS
 
 
@@ -106,6 +115,7 @@ def harden_config(method: str):
         seed=FLAGS.seed,
         protected=FLAGS.protected,
         weight_clip=FLAGS.weight_clip,
+        storage=FLAGS.storage,
     )
 
 

@@ -87,7 +87,9 @@ flags.DEFINE_list("reg_lambda_grid", [], "Lambdas to try; the best by validation
 flags.DEFINE_list(
     "fault_aware_kinds",
     list(_DEFAULTS.fault_aware_kinds),
-    "fat/aftt_fat: stuck-at-0 fault kinds drawn during supervised training (weight, node).",
+    "fat/aftt_fat: fault kinds drawn during supervised training, one per step (the "
+    "campaigns' kinds: weight, filter, node, stuck_value; bit and bit_error with "
+    "--storage=int8).",
 )
 flags.DEFINE_float(
     "fault_aware_max_rate",

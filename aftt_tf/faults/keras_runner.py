@@ -27,6 +27,7 @@ from aftt_tf import checks
 from aftt_tf.faults import (
     fault_map,
     inputs,
+    int8_storage,
     nan_semantics,
     placement,
     protection,
@@ -176,6 +177,8 @@ class KerasModel:
         """The storage types of the values `spec` faults (what a bit position means): the
         weights' types, or for transient faults the types of the layers' outputs."""
         names = set(self.select_layers(spec))
+        if spec.storage == "int8":  # Simulated int8 codes (int8_storage).
+            return {"int8"}
         if spec.fault_kind.transient:
             return {
                 str(site.layer.compute_dtype)
@@ -372,6 +375,8 @@ class CampaignRunner:
         if self._chunk_index is not None:
             self.injector.set_chunk_size(int(self._chunks.shape[1]))
         self._count_outcomes = tf.function(self._count_outcomes_impl)
+        if spec.storage == "int8":  # The fault-free model holds its quantised kernels.
+            self.injector.inject(0.0, 0)
         self._golden = self._golden_predictions()
 
     def _model_input(self, batch: np.ndarray) -> np.ndarray:
@@ -532,6 +537,20 @@ class CampaignRunner:
         correct = (golden == np.asarray(self._chunk_labels)) & np.asarray(self._valid)
         return float(correct.sum()) / self.num_examples
 
+    def _int8_codes(self, name: str, index: int, tensor, clean: np.ndarray):
+        """The kernel's int8 codes as the converter stores them, with the signs of a
+        BatchNormalization it folds into the layer (read once per campaign)."""
+        if (name, index) not in self._codes:
+            signs = None
+            norm = targets.normalization_after(self._faulty, name) if "/" not in name else None
+            if norm is not None and tensor.attribute == "kernel":
+                layer = self._faulty.get_layer(norm)
+                gamma = np.asarray(layer.gamma) if layer.scale else np.ones(clean.shape[-1])
+                axes = int8_storage.channel_axes(clean.shape, tensor.filter_axis)
+                signs = np.where(gamma < 0, -1.0, 1.0).reshape([clean.shape[a] for a in axes])
+            self._codes[(name, index)] = int8_storage.quantize(clean, tensor.filter_axis, signs)
+        return self._codes[(name, index)]
+
     def close(self) -> None:
         """Puts the clean values back into a subclassed model's variables."""
         if getattr(self, "injector", None) is not None:
@@ -550,6 +569,9 @@ class FaultInjector:
 
     def __init__(self, faulty: keras.Model, spec: FaultSpec, target_names, in_place: bool):
         self.spec = spec
+        self._faulty = faulty
+        self._int8 = spec.storage == "int8"  # Kernels as int8 codes (int8_storage).
+        self._codes: dict[tuple[str, int], int8_storage.Int8Codes] = {}
         found = {site.path: site for site in registry.sites(faulty, spec.site_weights)}
         self.fault_layers, self._tensors = {}, {}
         for name in target_names:
@@ -663,7 +685,7 @@ class FaultInjector:
             rate,
             rng_for,
             (
-                [clean[i].dtype.itemsize * 8 for i in kernels],
+                [8 if self._int8 else clean[i].dtype.itemsize * 8 for i in kernels],
                 32 if bias is None else clean[bias].dtype.itemsize * 8,
             ),
         )
@@ -676,9 +698,15 @@ class FaultInjector:
         extra = 0
         for index, tensor in enumerate(tensors):
             source = rng_for(kernels.index(index)) if index in kernels[1:] else rng
-            keep, replacement = placement.parameter_fault(
-                clean[index], positions[index], spec.fault_kind, spec, source, bits[index]
-            )
+            if self._int8 and not tensor.bias:
+                codes = self._int8_codes(name, index, tensor, clean[index])
+                keep, replacement = placement.int8_kernel_fault(
+                    codes, positions[index], spec.fault_kind, spec, source, bits[index]
+                )
+            else:
+                keep, replacement = placement.parameter_fault(
+                    clean[index], positions[index], spec.fault_kind, spec, source, bits[index]
+                )
             mapped = self._map_faults.get((name, tensor.attribute))
             if mapped:  # The chip's known faults, on top of the sampled ones.
                 where, values = fault_map.overlay(mapped, clean[index].shape)
@@ -687,6 +715,20 @@ class FaultInjector:
                 replacement.reshape(-1)[where] = values
             tensor.assign(keep, replacement, clean[index])
         return plan.faulted + extra, plan.elements
+
+    def _int8_codes(self, name: str, index: int, tensor, clean: np.ndarray):
+        """The kernel's int8 codes as the converter stores them, with the signs of a
+        BatchNormalization it folds into the layer (read once per campaign)."""
+        if (name, index) not in self._codes:
+            signs = None
+            norm = targets.normalization_after(self._faulty, name) if "/" not in name else None
+            if norm is not None and tensor.attribute == "kernel":
+                layer = self._faulty.get_layer(norm)
+                gamma = np.asarray(layer.gamma) if layer.scale else np.ones(clean.shape[-1])
+                axes = int8_storage.channel_axes(clean.shape, tensor.filter_axis)
+                signs = np.where(gamma < 0, -1.0, 1.0).reshape([clean.shape[a] for a in axes])
+            self._codes[(name, index)] = int8_storage.quantize(clean, tensor.filter_axis, signs)
+        return self._codes[(name, index)]
 
     def close(self) -> None:
         """Puts the clean values back into a subclassed model's variables."""
@@ -778,6 +820,11 @@ def cell_fault_map(model: keras.Model, spec: FaultSpec, rate: float, trial: int)
     read back (`FaultSpec(fault_map=...)`, rate 0) faults exactly these elements."""
     from aftt_tf.faults import fault_map as maps
 
+    if spec.storage != "float32":
+        raise ValueError(
+            f"A fault map holds real weight values; --storage={spec.storage} cells change "
+            "every kernel element to its quantised value. Write maps of float32 campaigns."
+        )
     names = KerasModel(model).select_layers(spec)
     in_place = not targets.rewritable(model)
     faulty = (

@@ -95,6 +95,9 @@ class FaultKind:
     output_stationary: ClassVar[bool] = False
     stuck_at_zero: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
+    # Storages fault-aware training can draw it in ('float32' variables, 'int8' codes).
+    training_storages: ClassVar[tuple[str, ...]] = ("float32", "int8")
+    training_max_rate: ClassVar[float] = 1.0  # Largest fault-aware max rate that makes sense.
     per_bit: ClassVar[bool] = False  # The rate is per stored bit (sampling.BitMasks positions).
 
     @property
@@ -125,6 +128,13 @@ class FaultKind:
         """Per-bit kinds: a copy of `stored.values` with `faults.masks` flipped."""
         raise NotImplementedError(f"{self.name} faults are not drawn per bit.")
 
+    # Training ----------------------------------------------------------------------
+    def training_value(self, variable, rate, seed, step: TrainingStep):
+        """This training step's faulty value of `variable` (a kernel; for output kinds a
+        node mask of ones) at `rate`, drawn with the stateless `seed`: TensorFlow, the
+        gradient reaching the fault-free elements (straight-through for int8 codes)."""
+        raise NotImplementedError(f"Fault-aware training cannot draw {self.name} faults.")
+
     # Transient kinds -----------------------------------------------------------------
     def draw_bits(self, spec: Any, widths, count: int, rng: np.random.Generator):
         """Bit of each of `count` transient faults (None: the kind writes values, not
@@ -151,6 +161,21 @@ class _StuckAtZero(FaultKind):
         values[positions] = stored.zero(positions)
         return values
 
+    def training_value(self, variable, rate, seed, step):
+        import tensorflow as tf
+
+        uniform = tf.random.stateless_uniform(self._draw_shape(variable, step), seed=seed)
+        keep = tf.cast(uniform >= rate, variable.dtype)
+        if step.guard is not None:  # Elements a protection plan covers never fault.
+            keep = tf.maximum(keep, step.guard)
+        return step.stored(variable) * self._spread(keep, variable, step)
+
+    def _draw_shape(self, variable, step):
+        return variable.shape
+
+    def _spread(self, keep, variable, step):
+        return keep
+
 
 class WeightKind(_StuckAtZero):
     name = "weight"
@@ -162,6 +187,21 @@ class FilterKind(_StuckAtZero):
     name = "filter"
     summary = "stuck-at-0 convolution filters (whole output channels)"
     whole_filters = True
+
+    def training_value(self, variable, rate, seed, step):
+        if step.filter_axis is None:  # A kernel without filters (Dense) keeps them all.
+            return step.stored(variable)
+        return super().training_value(variable, rate, seed, step)
+
+    def _draw_shape(self, variable, step):
+        return [variable.shape[step.filter_axis]]
+
+    def _spread(self, keep, variable, step):
+        shape = [1] * len(variable.shape)
+        shape[step.filter_axis] = variable.shape[step.filter_axis]
+        import tensorflow as tf
+
+        return tf.reshape(keep, shape)
 
 
 class StuckValueKind(FaultKind):
@@ -181,6 +221,15 @@ class StuckValueKind(FaultKind):
         values[positions] = stored.encode(self.stuck_value(stored, spec), positions)
         return values
 
+    def training_value(self, variable, rate, seed, step):
+        import tensorflow as tf
+
+        held = step.stored(variable)
+        uniform = tf.random.stateless_uniform(variable.shape, seed=seed)
+        faulted = tf.cast(uniform < rate, variable.dtype)
+        value = tf.stop_gradient(tf.reduce_max(tf.abs(held)))  # The campaigns' default.
+        return held * (1 - faulted) + faulted * value
+
 
 class BitKind(FaultKind):
     name = "bit"
@@ -188,6 +237,16 @@ class BitKind(FaultKind):
     per_element = True
     non_finite = True
     bit_meaning = True
+    trainable = True
+    training_storages = ("int8",)  # A float32 exponent flip would make the loss Inf.
+
+    def training_value(self, variable, rate, seed, step):
+        import tensorflow as tf
+
+        uniform = tf.random.stateless_uniform([2, *variable.shape], seed=seed)
+        faulted = tf.cast(uniform[0] < rate, tf.int32)
+        bits = tf.cast(tf.floor(uniform[1] * 8), tf.int32)
+        return step.flipped(variable, faulted * tf.bitwise.left_shift(1, bits))
 
     def corrupt(self, stored, positions, rng, spec):
         values = np.array(stored.values, copy=True)
@@ -208,6 +267,16 @@ class BitErrorKind(FaultKind):
     non_finite = True
     bit_meaning = True
     per_bit = True
+    trainable = True
+    training_storages = ("int8",)  # Random bit error training (RandBET) on int8 codes.
+    training_max_rate = 0.1
+
+    def training_value(self, variable, rate, seed, step):
+        import tensorflow as tf
+
+        uniform = tf.random.stateless_uniform([*variable.shape, 8], seed=seed)
+        flips = tf.cast(uniform < rate, tf.int32) * tf.bitwise.left_shift(1, tf.range(8))
+        return step.flipped(variable, tf.reduce_sum(flips, axis=-1))
 
     def check(self, spec):
         if spec.bit_position != -1 or spec.bit_mode != "flip":
@@ -234,6 +303,9 @@ class NodeKind(FaultKind):
     output_stationary = True
     stuck_at_zero = True
     trainable = True
+    training_value = _StuckAtZero.training_value
+    _draw_shape = _StuckAtZero._draw_shape
+    _spread = _StuckAtZero._spread
 
 
 class ActivationBitKind(FaultKind):
@@ -273,6 +345,34 @@ class ActivationValueKind(FaultKind):
         values = np.asarray(values)
         value = spec.stuck_value if stored is None else stored
         return np.full(values.shape, value, values.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingStep:
+    """What a kind's `training_value` needs besides the variable: the kernel's filter
+    axis, a protection plan's mask (1 where protected) and the storage it trains in
+    ('float32' variables, or 'int8' codes: `int8_storage`, straight-through)."""
+
+    filter_axis: int | None = None
+    guard: Any = None
+    storage: str = "float32"
+    output: bool = False  # The variable is a node mask (output kinds), not a kernel.
+
+    def stored(self, variable):
+        """The variable as the hardware holds it (int8: its quantised values)."""
+        if self.storage == "int8" and not self.output:
+            from aftt_tf.faults import int8_storage
+
+            return int8_storage.quantized(variable, self.filter_axis)
+        return variable
+
+    def flipped(self, variable, flips):
+        """The kernel with the bits `flips` (int32 masks) of its int8 codes flipped."""
+        from aftt_tf.faults import int8_storage
+
+        codes, scales = int8_storage.tensor_codes(variable, self.filter_axis)
+        faulty = int8_storage.flip_code_bits(codes, flips) * scales
+        return int8_storage.straight_through(variable, faulty)
 
 
 _KINDS: dict[str, FaultKind] = {}
@@ -343,14 +443,36 @@ def resolve(kind: FaultKind | str) -> FaultKind:
     return kind if isinstance(kind, FaultKind) else get(kind)
 
 
-def trainable(requested, flag: str = "fault_aware_kinds") -> tuple[FaultKind, ...]:
+def trainable(
+    requested,
+    flag: str = "fault_aware_kinds",
+    storage: str = "float32",
+    max_rate: float | None = None,
+) -> tuple[FaultKind, ...]:
     """The kind objects of a fault-aware training's `requested` names; ValueError naming
-    the flag and the kinds training can draw otherwise."""
+    the flag and the kinds training can draw (in `storage`) otherwise."""
     allowed = trainable_names()
     unknown = [name for name in requested if name not in allowed]
-    if unknown or not requested:
+    if unknown or not requested or len(set(requested)) != len(requested):
         raise ValueError(
-            f"{flag} must be a non-empty list of {', '.join(allowed)} (the kinds fault-aware "
-            f"training can draw each step), received {list(requested)}."
+            f"{flag}={','.join(requested)}: it takes a non-empty list of distinct kinds among "
+            f"{', '.join(allowed)} (the kinds fault-aware training can draw each step)."
         )
+    if storage not in ("float32", "int8"):
+        raise ValueError(f"Unknown storage {storage!r}; expected float32 or int8.")
+    for name in requested:
+        if storage not in get(name).training_storages:
+            raise ValueError(
+                f"Fault-aware training draws {name} faults in "
+                f"{' or '.join(get(name).training_storages)} storage (a flipped float32 "
+                "exponent bit makes the loss infinite); pass --storage=int8 (random bit "
+                "error training on the int8 codes the deployed file holds)."
+            )
+        limit = get(name).training_max_rate
+        if max_rate is not None and max_rate > limit:
+            raise ValueError(
+                f"{name} rates are per stored bit: a fault-aware max rate of {max_rate:g} "
+                f"would flip up to {100 * max_rate:g}% of all bits (random bit error training "
+                f"trains at about 1%). Pass --fault_aware_max_rate <= {limit:g}."
+            )
     return tuple(get(name) for name in requested)

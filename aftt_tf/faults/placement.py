@@ -70,6 +70,26 @@ def output_positions(spec, pes: np.ndarray | None, shape, rate: float, rng) -> n
     return systolic.output_positions(tuple(shape), pes, *systolic.parse_array(spec.array))
 
 
+def stored_fault(
+    stored, positions: np.ndarray, kind, spec, rng, bits: sampling.BitMasks | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, values): `stored.values` with `kind`'s faults, by `kind.corrupt` at
+    `positions` or, with per-bit faults `bits`, by `kind.corrupt_bits` at theirs."""
+    if bits is not None:
+        return bits.positions, kind.corrupt_bits(stored, bits)
+    return positions, kind.corrupt(stored, positions, rng, spec)
+
+
+def int8_kernel_fault(
+    codes, positions: np.ndarray, kind, spec, rng, bits: sampling.BitMasks | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keep_mask, replacement) of a kernel held as int8 codes (`int8_storage.Int8Codes`):
+    every element is replaced by what its (faulty) code holds, so the clean elements
+    take their quantised values too."""
+    _, faulty = stored_fault(codes, positions, kind, spec, rng, bits)
+    return np.zeros(codes.shape, np.float32), codes.kernel(faulty)
+
+
 def parameter_fault(
     parameter: np.ndarray,
     positions: np.ndarray,
@@ -82,11 +102,7 @@ def parameter_fault(
     of a float parameter (a Keras variable's values): `kind.corrupt`, or with per-bit
     faults `bits`, `kind.corrupt_bits`."""
     stored = kinds.FloatValues(np.asarray(parameter, np.float32).reshape(-1))
-    if bits is not None:
-        positions = bits.positions
-        faulty = kind.corrupt_bits(stored, bits)
-    else:
-        faulty = kind.corrupt(stored, positions, rng, spec)
+    positions, faulty = stored_fault(stored, positions, kind, spec, rng, bits)
     keep = np.ones(parameter.size, np.float32)
     replacement = np.zeros(parameter.size, np.float32)
     keep[positions] = 0.0

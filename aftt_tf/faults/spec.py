@@ -114,6 +114,10 @@ class FaultSpec:
         min_trials: first trials before the margin is checked.
         repair: None: the 'deployed' protocol (faults evaluated as they are); a
             `RepairProtocol`: each cell is evaluated after a repair around its faults.
+        storage: how parameter faults see the targeted kernels: 'float32' (Keras: the
+            float32 variables; a file: as it stores them) or 'int8' (Keras simulates the
+            per-channel symmetric int8 codes the converter stores, `int8_storage`, and
+            faults those codes; a file must store int8 kernels).
     """
 
     kind: str = "weight"
@@ -140,6 +144,7 @@ class FaultSpec:
     target_margin: float = 0.0
     min_trials: int = 5
     repair: RepairProtocol | None = None
+    storage: str = "float32"
 
     def validate(self) -> None:
         """Raises ValueError naming the field, the value received and what is expected."""
@@ -174,6 +179,7 @@ class FaultSpec:
         _check_array(self)
         _check_files(self)
         _check_transient(self)
+        _check_storage(self)
         kind.check(self)
         if self.include_normalization and not kind.per_element:
             raise ValueError(
@@ -243,7 +249,9 @@ _FIELDS_ADDED_LATER = {
     "dataflow": "weight_stationary",
     "faults_per_inference": 0,
     "include_normalization": False,
+    "storage": "float32",
 }
+STORAGES = ("float32", "int8")
 
 
 def _per_element_names() -> tuple[str, ...]:
@@ -277,6 +285,29 @@ def _check_numbers(spec: FaultSpec) -> None:
             f"stuck_value must be a finite float32 value (|v| <= {FLOAT32_MAX:.4g}), "
             f"received {spec.stuck_value}; a NaN or infinite weight is not a stuck-at "
             "fault. Use --fault=bit to corrupt the exponent bits instead."
+        )
+
+
+def _check_storage(spec: FaultSpec) -> None:
+    """--storage=int8 faults int8 kernel codes: parameter faults on kernels only (int8
+    files keep biases as int32 with activation-dependent scales, and fold normalisation
+    layers), and no fault map (it holds real values)."""
+    _choice("storage", spec.storage, STORAGES)
+    if spec.storage == "float32":
+        return
+    extras = {
+        "--include_bias": spec.include_bias,
+        "--include_normalization": spec.include_normalization,
+        "--fault_map": spec.fault_map,
+        "--targets": tuple(spec.targets) != ("weights",),
+        "--repair_epochs": spec.repair is not None,
+    }
+    given = [flag for flag, value in extras.items() if value]
+    if not spec.fault_kind.on_parameters or given:
+        raise ValueError(
+            f"--storage={spec.storage} faults the int8 codes of kernels with parameter fault "
+            f"kinds ({', '.join(kinds.names(kinds.PARAMETER))}); "
+            + (f"leave out {', '.join(given)}." if given else f"not {spec.kind}.")
         )
 
 

@@ -124,6 +124,14 @@ class TFLiteModel(tflite_file.TFLiteFile):
         )
         self._check_targets(names, spec)
         kind = spec.fault_kind
+        if spec.storage == "int8":
+            stored = {k.weights.dtype.name for name in names for k in self.layers[name].kernels}
+            if stored != {"int8"}:
+                raise FaultTargetError(
+                    f"--storage=int8 faults int8 kernel codes; {self.path.name} stores the "
+                    f"targeted kernels as {'/'.join(sorted(stored))}. Run it without "
+                    "--storage (faults act on what a file stores), or use the int8 export."
+                )
         if kind.on_parameters and kind.bit_meaning and "weights" in spec.targets:
             for name in names:
                 bits = min(k.weights.dtype.itemsize for k in self.layers[name].kernels) * 8

@@ -104,6 +104,9 @@ class HardenConfig:
     # Weight clipping through training: '' off, 'auto' (per layer, AUTO_CLIP_STDS standard
     # deviations of its kernel when training starts) or a bound for every layer ('0.1').
     weight_clip: str = ""
+    # What fault-aware training faults: 'float32' weights or 'int8' codes (int8_storage,
+    # straight-through): random bit error training with fault_kinds=('bit_error',).
+    storage: str = "float32"
 
     def validate(self) -> None:
         """ValueError naming the first bad value (nothing is loaded yet)."""
@@ -145,7 +148,15 @@ class HardenConfig:
                 )
             protection.load(self.protected)
         if self.method in ("fat", "aftt_fat"):
-            kinds.trainable(self.fault_kinds, "--fault_aware_kinds")
+            kinds.trainable(
+                self.fault_kinds, "--fault_aware_kinds", self.storage, self.fault_max_rate
+            )
+        elif self.storage != "float32":
+            raise ValueError(
+                f"--storage={self.storage} says what fault-aware training faults: use it with "
+                "--method=fat or aftt_fat."
+            )
+        if self.method in ("fat", "aftt_fat"):
             if not 0.0 < self.fault_max_rate < 1.0:
                 raise ValueError(
                     f"--fault_aware_max_rate must be in (0, 1), received {self.fault_max_rate}."
@@ -716,6 +727,7 @@ def _supervised(model, config, train, validation, workdir, output_kind, phase, e
             reg_lambda=config.reg_lambda if config.method in ("l1", "l2") else 0.0,
             fault_aware_kinds=tuple(config.fault_kinds) if faults else (),
             fault_aware_max_rate=config.fault_max_rate if faults else 0.0,
+            fault_storage=config.storage,
             seed=config.seed,
             output_kind=output_kind,
             protected=_plan(config) if faults else None,

@@ -235,7 +235,7 @@ def classification_loss(
 
 
 def _check_classifier_options(
-    loss, regularization, reg_lambda, fault_aware_kinds, fault_aware_max_rate, output_kind
+    loss, regularization, reg_lambda, fault_aware_kinds, fault_aware_max_rate, output_kind, storage
 ) -> None:
     """ValueError naming the first bad ClassifierTrainer option."""
     if output_kind not in ("logits", "probabilities"):
@@ -243,7 +243,7 @@ def _check_classifier_options(
             f"output_kind must be 'logits' or 'probabilities', received {output_kind!r}."
         )
     if fault_aware_kinds:
-        kinds.trainable(fault_aware_kinds)
+        kinds.trainable(fault_aware_kinds, storage=storage, max_rate=fault_aware_max_rate)
     if fault_aware_kinds and not 0.0 < fault_aware_max_rate < 1.0:
         raise ValueError(
             f"fault_aware_max_rate must be in (0, 1), received {fault_aware_max_rate}."
@@ -302,11 +302,18 @@ class ClassifierTrainer(keras.Model):
         seed: int = 0,
         output_kind: str = "logits",
         protected=None,
+        fault_storage: str = "float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check_classifier_options(
-            loss, regularization, reg_lambda, fault_aware_kinds, fault_aware_max_rate, output_kind
+            loss,
+            regularization,
+            reg_lambda,
+            fault_aware_kinds,
+            fault_aware_max_rate,
+            output_kind,
+            fault_storage,
         )
         self.output_kind = output_kind
         self.classifier = classifier
@@ -321,20 +328,25 @@ class ClassifierTrainer(keras.Model):
         self.fault_aware_max_rate = float(fault_aware_max_rate)
         self.fault_seed = int(seed)
         self.fault_kernels = []
+        self.fault_axes: list[int | None] = []  # Each kernel's filter axis.
         self.protected_masks: list = []
         self.node_view = None
         self.node_masks = []
         drawn = [kinds.get(name) for name in self.fault_aware_kinds]
+        self._drawn_kinds = drawn
+        self.fault_storage = fault_storage
         if any(kind.on_parameters for kind in drawn):
             # Every trained layer of a registered type, inside nested models too, in
             # model order (the paper's flat networks: their weight layers, as before).
             entries = [
-                (site.path, label, variable)
+                (site.path, label, variable, axis)
                 for layer in self.trained_layers
                 for site in registry.sites_in(layer)
-                for label, variable, _ in site.kernels
+                for label, variable, axis in site.kernels
             ]
-            self.fault_kernels = [variable for _, _, variable in entries]
+            self.fault_kernels = [variable for _, _, variable, _ in entries]
+            self.fault_axes = [axis for _, _, _, axis in entries]
+            entries = [entry[:3] for entry in entries]
             self.protected_masks = _protected_masks(entries, protected)
         if any(kind.on_outputs for kind in drawn):
             self.node_view, self.node_masks = _with_node_masks(classifier)
@@ -394,33 +406,27 @@ class ClassifierTrainer(keras.Model):
             tf.cast(draws[1] * len(self.fault_aware_kinds), tf.int32),
             len(self.fault_aware_kinds) - 1,
         )
+        guards = list(self.protected_masks) or [None] * len(self.fault_kernels)
+        steps = [
+            kinds.TrainingStep(axis, guard, self.fault_storage)
+            for axis, guard in zip(self.fault_axes, guards, strict=True)
+        ] + [kinds.TrainingStep(output=True) for _ in self.node_masks]
         mapping = []
-        by_family = {kinds.get(name).family: name for name in self.fault_aware_kinds}
-        tensors = [(kernel, by_family.get(kinds.PARAMETER)) for kernel in self.fault_kernels] + [
-            (mask, by_family.get(kinds.OUTPUT)) for mask in self.node_masks
-        ]
-        guards = list(self.protected_masks) + [None] * len(self.node_masks)
-        for index, ((variable, kind), guard) in enumerate(
-            zip(tensors, guards or [None] * len(tensors), strict=True), start=1
+        for index, (variable, step_of) in enumerate(
+            zip([*self.fault_kernels, *self.node_masks], steps, strict=True), start=1
         ):
-            drawn = kind_index == self.fault_aware_kinds.index(kind)
             seed = tf.random.experimental.stateless_fold_in(step_seed, index)
-
-            def keep_mask(variable=variable, seed=seed, guard=guard):
-                uniform = tf.random.stateless_uniform(variable.shape, seed=seed)
-                keep = tf.cast(uniform >= rate, variable.dtype)
-                # Elements a protection plan covers never fault (1 where protected).
-                return keep if guard is None else tf.maximum(keep, guard)
-
-            if kinds.get(kind).on_parameters:
-                # Kernel masks are large: draw them only in the steps that fault weights.
+            # Fault-free: the kernel as stored (int8: quantised), a node mask of ones.
+            value = tf.ones_like(variable) if step_of.output else step_of.stored(variable)
+            for position, kind in enumerate(self._drawn_kinds):
+                if kind.on_outputs != step_of.output:
+                    continue
+                # Kernel faults are large: drawn only in the steps that draw their kind.
                 value = tf.cond(
-                    drawn,
-                    lambda variable=variable, keep_mask=keep_mask: variable * keep_mask(),
-                    lambda variable=variable: tf.identity(variable),
+                    kind_index == position,
+                    lambda v=variable, k=kind, s=seed, t=step_of: k.training_value(v, rate, s, t),
+                    lambda value=value: tf.identity(value),
                 )
-            else:
-                value = tf.cond(drawn, keep_mask, lambda variable=variable: tf.ones_like(variable))
             mapping.append((variable, value))
         return mapping
 

@@ -1,0 +1,121 @@
+"""Fault-aware training draws its faults through the same kind objects the campaigns use
+(`kinds.FaultKind.training_value`): int8 codes as the converter stores them, bits flipped
+at the per-bit rate, straight-through gradients (random bit error training)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from aftt_tf.faults import int8_storage, kinds
+from aftt_tf.training import harden, trainers
+from tests import tiny_models
+
+
+def _kernel(shape=(3, 3, 4, 16), seed=0):
+    return tf.Variable(np.random.default_rng(seed).normal(0, 0.1, shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 3, 4, 16), 3), ((3, 3, 6, 1), 2), ((20, 7), None)])
+def test_training_codes_are_the_campaigns_codes(shape, axis):
+    kernel = _kernel(shape)
+    codes, scales = int8_storage.tensor_codes(kernel, axis)
+    stored = int8_storage.quantize(kernel.numpy(), axis)
+    np.testing.assert_array_equal(codes.numpy().reshape(-1), stored.values)
+    np.testing.assert_allclose((codes * scales).numpy(), stored.kernel(), rtol=1e-6)
+
+
+def test_bit_error_training_flips_the_rate_of_the_code_bits_with_straight_through_gradients():
+    kernel = _kernel((64, 64))
+    step = kinds.TrainingStep(filter_axis=None, storage="int8")
+    bit_error = kinds.get("bit_error")
+    with tf.GradientTape() as tape:
+        faulty = bit_error.training_value(kernel, 0.01, tf.constant([3, 4], tf.int64), step)
+        loss = tf.reduce_sum(faulty * 2.0)
+    codes, scales = int8_storage.tensor_codes(kernel, None)
+    faulty_codes = np.round(faulty.numpy() / scales.numpy()).astype(np.int64)
+    flipped = np.unpackbits(
+        ((faulty_codes & 0xFF) ^ (codes.numpy().astype(np.int64) & 0xFF)).astype(np.uint8)
+    )
+    bits = 64 * 64 * 8
+    assert abs(flipped.sum() - 0.01 * bits) < 4 * np.sqrt(0.01 * bits)  # Binomial.
+    np.testing.assert_array_equal(tape.gradient(loss, kernel).numpy(), 2.0)  # Straight through.
+    clean = bit_error.training_value(kernel, 0.0, tf.constant([3, 4], tf.int64), step)
+    np.testing.assert_allclose(clean.numpy(), (codes * scales).numpy())
+
+
+def test_stuck_at_zero_training_is_unchanged_in_float32():
+    """The kinds reproduce the former trainer's draw exactly: the same keep mask."""
+    kernel = _kernel((8, 8))
+    seed = tf.constant([7, 2], tf.int64)
+    value = kinds.get("weight").training_value(kernel, 0.3, seed, kinds.TrainingStep())
+    keep = tf.cast(tf.random.stateless_uniform(kernel.shape, seed=seed) >= 0.3, tf.float32)
+    np.testing.assert_array_equal(value.numpy(), (kernel * keep).numpy())
+
+
+def test_filter_training_drops_whole_filters():
+    kernel = _kernel((3, 3, 2, 32))
+    value = kinds.get("filter").training_value(
+        kernel, 0.5, tf.constant([1, 1], tf.int64), kinds.TrainingStep(filter_axis=3)
+    )
+    dropped = np.all(value.numpy() == 0, axis=(0, 1, 2))
+    assert 4 < dropped.sum() < 28
+    np.testing.assert_array_equal(value.numpy()[..., ~dropped], kernel.numpy()[..., ~dropped])
+
+
+def test_harden_trains_against_bit_errors_in_int8_codes_and_mixtures():
+    model = tiny_models.dense_classifier(features=6, hidden=32, classes=3)
+    images, labels = tiny_models.own_labels(model, 512)
+    config = harden.HardenConfig(
+        method="fat",
+        epochs=1,
+        batch_size=64,
+        fault_kinds=("bit_error", "node"),
+        fault_max_rate=0.02,
+        storage="int8",
+    )
+    hardened, record = harden.harden(model, config, harden.TrainingData(images, labels))
+    assert all(np.isfinite(epoch["loss"]) for epoch in record["phases"]["finetune"]["history"])
+    before = model.get_layer("hidden").kernel.numpy()
+    assert not np.array_equal(hardened.get_layer("hidden").kernel.numpy(), before)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"fault_kinds": ("bit_error",)}, "pass --storage=int8"),
+        ({"fault_kinds": ("bit",), "fault_max_rate": 0.02}, "pass --storage=int8"),
+        ({"fault_kinds": ("bit_error",), "storage": "int8"}, "fault_aware_max_rate <= 0.1"),
+        ({"fault_kinds": ("activation_bit",)}, "takes a non-empty list of distinct kinds"),
+        ({"fault_kinds": ("weight", "weight")}, "distinct"),
+        ({"method": "none", "storage": "int8"}, "use it with --method=fat"),
+    ],
+)
+def test_what_fault_aware_training_cannot_draw_is_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        harden.HardenConfig(**{"method": "fat", **fields}).validate()
+
+
+def test_the_trainer_is_a_wrapper_for_a_users_own_fit():
+    """From Python: the trainer wraps any Functional model for the user's own `fit`."""
+    model = tiny_models.dense_classifier(features=6, hidden=16, classes=3)
+    images, labels = tiny_models.own_labels(model, 256)
+    trainer = trainers.ClassifierTrainer(
+        model,
+        loss="crossentropy",
+        fault_aware_kinds=("bit_error",),
+        fault_aware_max_rate=0.02,
+        fault_storage="int8",
+    )
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(32)
+    seen = []
+    history = trainer.fit(
+        dataset,
+        epochs=2,
+        verbose=0,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e))],
+    )
+    assert seen == [0, 1] and np.isfinite(history.history["loss"]).all()
