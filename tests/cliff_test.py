@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aftt_tf.faults import campaign_lib, cliff, console, inputs, keras_runner
-from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.faults.spec import FaultSpec, FaultTargetError
 from tests import tiny_models
 
 L = keras.layers
@@ -84,3 +84,21 @@ def test_a_model_at_chance_has_no_cliff():
             cliff.find_rates(runner, labels, cliff.CliffSearch())
     finally:
         runner.close()
+
+
+class _Tolerant:
+    """A runner whose model loses a third of its accuracy by rate 0.01 and cannot place
+    faults beyond it (as transient campaigns cap the faults a cell holds)."""
+
+    def evaluate_cell(self, rate: float, trial: int) -> dict:
+        if rate > 0.01:
+            raise FaultTargetError(f"At rate {rate:g} a cell holds too many transient faults.")
+        return {"accuracy": 0.9 - 30 * rate}
+
+
+def test_a_search_stopped_by_what_a_cell_holds_measures_its_highest_rate():
+    labels = np.arange(100) % 10
+    found = cliff.find_rates(_Tolerant(), labels, cliff.CliffSearch())
+    assert found["rates"][0] is not None and found["rates"][1:] == [None, None]
+    assert 0.001 < found["highest_placeable"] <= 0.01 and "too many" in found["limit"]
+    assert cliff.campaign_rates(found) == (0.0, found["rates"][0], found["highest_placeable"])

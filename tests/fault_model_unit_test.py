@@ -97,7 +97,14 @@ def test_filter_plans_remove_whole_filters_and_protection_drops_what_it_covers()
         protected=[np.arange(50)],
     )  # fmt: skip
     unguarded = sampling.plan_layer_fault(
-        [(10, 10)], [None], 0, kinds.get("weight"), 0.5, lambda i: np.random.default_rng(5), "exact", False
+        [(10, 10)],
+        [None],
+        0,
+        kinds.get("weight"),
+        0.5,
+        lambda i: np.random.default_rng(5),
+        "exact",
+        False,
     )
     expected = unguarded.kernel_positions[0][unguarded.kernel_positions[0] >= 50]
     np.testing.assert_array_equal(guarded.kernel_positions[0], expected)

@@ -280,6 +280,8 @@ def find_cliff(model, label: str, spec: FaultSpec, images, labels, batch_size: i
         else f"none keeps {100 * keep:.0f}%"
         for keep, rate in zip(found["keeps"], found["rates"], strict=True)
     )
+    if found.get("highest_placeable") and None in found["rates"]:
+        chosen += f"; the highest rate a cell can hold, {found['highest_placeable']:g}, too"
     logging.info("Rates at the cliff of %s (%s faults): %s.", label, spec.kind, chosen)
     return found
 

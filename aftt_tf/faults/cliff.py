@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from aftt_tf.faults.spec import FaultTargetError
+
 KEEPS = (0.9, 0.5, 0.2)
 
 
@@ -64,13 +66,23 @@ def find_rates(runner, labels: np.ndarray, search: CliffSearch) -> dict:
         return probes[rate]
 
     grid = np.geomspace(search.lowest, search.highest, search.grid)
-    shares = []
+    shares, limit = [], None
     for rate in grid:
-        shares.append(kept(rate))
+        try:
+            shares.append(kept(rate))
+        except FaultTargetError as error:  # More transient faults than a cell can hold.
+            limit = str(error)
+            break
         if shares[-1] < min(search.keeps) - 0.1:
             break  # Past the last cliff asked for: higher rates cost time and say nothing.
+    if not shares:
+        raise ValueError(f"No rate of the cliff search can be placed: {limit}")
     rates = [_rate_for(keep, grid, shares, kept, search.refinements) for keep in search.keeps]
     return {
+        # When the search hit what a cell can hold before the model fell past a kept
+        # share: the highest rate placed (measured too, so the campaign compares there).
+        "highest_placeable": _rounded(float(grid[len(shares) - 1])) if limit else None,
+        "limit": limit,
         "method": "mean share of clean accuracy above chance kept, over the campaign's "
         f"first {search.trials} trials; log grid {search.lowest:g}..{search.highest:g}, "
         f"then {search.refinements} bisection steps",
@@ -106,5 +118,9 @@ def _rounded(rate: float) -> float:
 
 
 def campaign_rates(found: dict[str, Any]) -> tuple[float, ...]:
-    """The campaign's rates: 0 (clean) and every rate found, ascending, once each."""
-    return tuple(sorted({0.0, *(rate for rate in found["rates"] if rate is not None)}))
+    """The campaign's rates: 0 (clean) and every rate found, ascending, once each; and
+    the highest placeable rate when the search stopped there short of a kept share."""
+    rates = {0.0, *(rate for rate in found["rates"] if rate is not None)}
+    if found.get("highest_placeable") and None in found["rates"]:
+        rates.add(found["highest_placeable"])
+    return tuple(sorted(rates))

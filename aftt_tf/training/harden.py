@@ -147,20 +147,7 @@ class HardenConfig:
                     "cover. Pass --fault_aware_kinds=weight with --protected."
                 )
             protection.load(self.protected)
-        if self.method in ("fat", "aftt_fat"):
-            kinds.trainable(
-                self.fault_kinds, "--fault_aware_kinds", self.storage, self.fault_max_rate
-            )
-        elif self.storage != "float32":
-            raise ValueError(
-                f"--storage={self.storage} says what fault-aware training faults: use it with "
-                "--method=fat or aftt_fat."
-            )
-        if self.method in ("fat", "aftt_fat"):
-            if not 0.0 < self.fault_max_rate < 1.0:
-                raise ValueError(
-                    f"--fault_aware_max_rate must be in (0, 1), received {self.fault_max_rate}."
-                )
+        self._check_fault_aware()
         if self.range_mode not in RANGE_MODES:
             raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {self.range_mode!r}.")
         if self.range_statistic not in RANGE_STATISTICS:
@@ -170,9 +157,26 @@ class HardenConfig:
         if self.decoder_width < 1 or self.discriminator_steps < 1 or self.range_examples < 0:
             raise ValueError("decoder_width and discriminator_steps >= 1, range_examples >= 0.")
 
+    def _check_fault_aware(self) -> None:
+        """Fault kinds, storage and max rate of fault-aware training (`kinds.trainable`)."""
+        if self.method not in ("fat", "aftt_fat"):
+            if self.storage != "float32":
+                raise ValueError(
+                    f"--storage={self.storage} says what fault-aware training faults: use it "
+                    "with --method=fat or aftt_fat."
+                )
+            return
+        kinds.trainable(self.fault_kinds, "--fault_aware_kinds", self.storage, self.fault_max_rate)
+        if not 0.0 < self.fault_max_rate < 1.0:
+            raise ValueError(
+                f"--fault_aware_max_rate must be in (0, 1), received {self.fault_max_rate}."
+            )
+
     def as_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["fault_kinds"] = list(self.fault_kinds)
+        if self.storage == "float32":  # Records of runs made before int8 training stay equal.
+            values.pop("storage")
         if not self.weight_clip:  # Records of runs made before clipping existed stay equal.
             values.pop("weight_clip")
         if self.protected:  # The plan's content too: another plan at that path is another run.

@@ -332,26 +332,27 @@ class ClassifierTrainer(keras.Model):
         self.protected_masks: list = []
         self.node_view = None
         self.node_masks = []
-        drawn = [kinds.get(name) for name in self.fault_aware_kinds]
-        self._drawn_kinds = drawn
+        self._drawn_kinds = [kinds.get(name) for name in self.fault_aware_kinds]
         self.fault_storage = fault_storage
-        if any(kind.on_parameters for kind in drawn):
-            # Every trained layer of a registered type, inside nested models too, in
-            # model order (the paper's flat networks: their weight layers, as before).
-            entries = [
-                (site.path, label, variable, axis)
-                for layer in self.trained_layers
-                for site in registry.sites_in(layer)
-                for label, variable, axis in site.kernels
-            ]
-            self.fault_kernels = [variable for _, _, variable, _ in entries]
-            self.fault_axes = [axis for _, _, _, axis in entries]
-            entries = [entry[:3] for entry in entries]
-            self.protected_masks = _protected_masks(entries, protected)
-        if any(kind.on_outputs for kind in drawn):
+        if any(kind.on_parameters for kind in self._drawn_kinds):
+            self._collect_fault_kernels(protected)
+        if any(kind.on_outputs for kind in self._drawn_kinds):
             self.node_view, self.node_masks = _with_node_masks(classifier)
         if self.fault_aware_kinds:
             _check_frozen_normalization(classifier)
+
+    def _collect_fault_kernels(self, protected) -> None:
+        """Every trained layer of a registered type, inside nested models too, in model
+        order (the paper's flat networks: their weight layers, as before)."""
+        entries = [
+            (site.path, label, variable, axis)
+            for layer in self.trained_layers
+            for site in registry.sites_in(layer)
+            for label, variable, axis in site.kernels
+        ]
+        self.fault_kernels = [variable for _, _, variable, _ in entries]
+        self.fault_axes = [axis for _, _, _, axis in entries]
+        self.protected_masks = _protected_masks([entry[:3] for entry in entries], protected)
 
     def trainable_variables_list(self) -> list[keras.Variable]:
         return [weight for layer in self.trained_layers for weight in layer.trainable_weights]
