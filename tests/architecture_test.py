@@ -245,3 +245,35 @@ def test_no_module_compares_a_fault_kinds_name_outside_its_definition():
     assert pattern.search('if spec.kind in ("bit", "activation_bit"):')  # It can fail.
     assert pattern.search('if "node" in config.fault_kinds:')
     assert pattern.search('rates = {"bit": a, "activation_bit": b}.get(kind, c)')
+
+
+def test_every_runtime_implements_the_whole_interface_and_the_engine_probes_nothing():
+    """The engine calls `spec.CampaignModel` and `spec.CellRunner` methods only; every
+    runtime subclasses them with nothing abstract left, and the engine never asks whether
+    a method exists (a missing one would skip a check silently)."""
+    import inspect
+
+    from aftt_tf.faults import keras_runner, ray_executor, spec, tflite_runner
+    from aftt_tf.training import repair
+
+    models = [
+        keras_runner.KerasModel,
+        tflite_runner.TFLiteModel,
+        tflite_runner.PerRateTFLiteModel,
+        repair.RepairingModel,
+    ]
+    runners = [
+        keras_runner.CampaignRunner,
+        tflite_runner.TFLiteRunner,
+        tflite_runner._PerRateRunner,
+        repair.RepairCellRunner,
+        ray_executor._Group,
+    ]
+    for cls in models:
+        assert issubclass(cls, spec.CampaignModel) and not inspect.isabstract(cls), cls
+    for cls in runners:
+        assert issubclass(cls, spec.CellRunner) and not inspect.isabstract(cls), cls
+    for module in ("campaign.py", "campaign_lib.py"):
+        source = (Path("aftt_tf/faults") / module).read_text()
+        probes = re.findall(r"(?:getattr|hasattr)\((?:adapter|runner|model|first)\b", source)
+        assert not probes, (module, probes)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from aftt_tf.faults import campaign, console, frontend, plots
-from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.faults.spec import CampaignModel, FaultSpec
 
 REPO = Path(__file__).resolve().parents[1]
 L = keras.layers
@@ -73,10 +73,11 @@ def _model(seed=0):
 
 
 def test_a_bit_campaign_of_differently_stored_models_is_refused():
-    class Int8Model:
+    class Int8Model(CampaignModel):
         """A stand-in runtime model whose faulted weights are int8."""
 
         input_shape = (6,)
+        num_outputs = 3
         output_shapes = [(None, 3)]
 
         def weight_storage(self, spec):
@@ -87,6 +88,12 @@ def test_a_bit_campaign_of_differently_stored_models_is_refused():
 
         def select_layers(self, spec):
             return ["hidden"]
+
+        def coverage(self, spec):
+            return {}
+
+        def kernel_elements(self, spec):
+            return {"hidden": 48}
 
         def runner(self, *args, **kwargs):
             raise AssertionError("refused before any runner")

@@ -383,7 +383,7 @@ def _check_models(
     """Every model has one (batch, classes) output and takes what the transform makes;
     a bit position means the same bit in every model."""
     for label, adapter in adapters.items():
-        shapes = getattr(adapter, "output_shapes", None)
+        shapes = adapter.output_shapes
         if shapes is not None:
             check_classifier_outputs(shapes, label)
         inputs.check_transform(transform, images, tuple(adapter.input_shape))
@@ -414,11 +414,7 @@ def _check_like_for_like(adapters: dict, spec: FaultSpec) -> None:
             )
     if not spec.fault_kind.on_parameters:
         return
-    counts = {
-        label: adapter.kernel_elements(spec)
-        for label, adapter in adapters.items()
-        if hasattr(adapter, "kernel_elements")
-    }
+    counts = {label: adapter.kernel_elements(spec) for label, adapter in adapters.items()}
     if not counts:
         return
     first_label, first = next(iter(counts.items()))
@@ -446,11 +442,7 @@ def _check_bit_meaning(adapters: dict, spec: FaultSpec) -> None:
     """A bit position means one thing in every model of a paired bit campaign: float32
     bit 7 is a low mantissa bit, int8 bit 7 the sign. Models whose faulted weights are
     stored differently are refused (run one campaign per storage type)."""
-    storages = {
-        label: sorted(adapter.weight_storage(spec))
-        for label, adapter in adapters.items()
-        if hasattr(adapter, "weight_storage")
-    }
+    storages = {label: sorted(adapter.weight_storage(spec)) for label, adapter in adapters.items()}
     if len({tuple(types) for types in storages.values()}) > 1:
         described = ", ".join(f"{label}: {'/'.join(types)}" for label, types in storages.items())
         held = "layer outputs" if spec.fault_kind.transient else "weights"
@@ -551,8 +543,7 @@ def data_identity(
 
 
 def _coverage(adapter: CampaignModel, spec: FaultSpec) -> dict[str, Any] | None:
-    coverage = getattr(adapter, "coverage", None)
-    return coverage(spec) if coverage else None
+    return adapter.coverage(spec)
 
 
 class _Run:
@@ -598,10 +589,10 @@ class _Run:
                     clean = self._run_group(runner, todo, cells, context, clean)
                     cleans.setdefault(label, clean)
                 finally:
-                    getattr(runner, "close", lambda: None)()
+                    runner.close()
         finally:
             for runner, _ in opened.values():
-                getattr(runner, "close", lambda: None)()
+                runner.close()
         return skipped
 
     def _checked_runner(self, adapter, label: str, group: str, group_spec: FaultSpec):
@@ -612,7 +603,7 @@ class _Run:
             if not self.allow_chance_accuracy:
                 clean = check_not_chance(runner, self.labels, label)
         except BaseException:
-            getattr(runner, "close", lambda: None)()
+            runner.close()
             raise
         return runner, clean
 
@@ -646,9 +637,9 @@ def check_not_chance(runner: CellRunner, labels: np.ndarray, label: str) -> dict
     A runner of the repaired protocol is checked on its model before any repair (a short
     repair may itself cost accuracy: that is a result, not a data error)."""
     result = runner.evaluate_cell(0.0, 0)
-    unrepaired = getattr(runner, "unrepaired_clean_accuracy", None)
+    unrepaired = runner.unrepaired_clean_accuracy()
     clean = result.get("fault_free_accuracy", result["accuracy"])  # A map's chip may be.
-    check_accuracy(unrepaired() if unrepaired else clean, labels, label)
+    check_accuracy(clean if unrepaired is None else unrepaired, labels, label)
     return result
 
 

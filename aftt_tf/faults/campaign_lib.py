@@ -16,7 +16,7 @@ import numpy as np
 
 from aftt_tf import checks, data, io_utils, vocabulary
 from aftt_tf.faults import campaign, cliff, frontend, inputs, kinds
-from aftt_tf.faults.runtimes import load_campaign_model
+from aftt_tf.faults.runtimes import as_campaign_model, load_campaign_model
 from aftt_tf.faults.spec import CampaignModel, FaultSpec
 
 
@@ -235,9 +235,10 @@ def run(
     """Runs or resumes the campaign; loads the models and test data unless given."""
     config.validate()
     models = models or load_models(config)
+    models = {label: as_campaign_model(model) for label, model in models.items()}
     first = next(iter(models.values()))
     images, labels, description = test_data or load_test_data(config, first.input_shape)
-    check_labels(labels, description.get("class_names", []), getattr(first, "num_outputs", None))
+    check_labels(labels, description.get("class_names", []), first.num_outputs)
     transform = transform_of(config, images)
     spec, rate_choice = config.spec, None
     if config.cliff:
@@ -272,7 +273,7 @@ def find_cliff(model, label: str, spec: FaultSpec, images, labels, batch_size: i
     try:
         found = cliff.find_rates(runner, labels, search)
     finally:
-        getattr(runner, "close", lambda: None)()
+        runner.close()
     found["model"] = label
     chosen = ", ".join(
         f"{rate:g} (keeps {100 * keep:.0f}%)"

@@ -39,6 +39,8 @@ from aftt_tf.faults import (
 )
 from aftt_tf.faults import layers as fault_layers
 from aftt_tf.faults.spec import (
+    CampaignModel,
+    CellRunner,
     FaultSpec,
     FaultTargetError,
     Outcome,
@@ -123,7 +125,7 @@ def ieee_nan(on: bool) -> None:
         tf.config.optimizer.set_experimental_options({"remapping": _IEEE_USERS[0] == 0})
 
 
-class KerasModel:
+class KerasModel(CampaignModel):
     """A Keras classifier (Sequential, Functional or subclassed) as a campaign model."""
 
     def __init__(self, model: keras.Model):
@@ -299,7 +301,7 @@ def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
     return f"outside --scope={spec.scope}"
 
 
-class CampaignRunner:
+class CampaignRunner(CellRunner):
     """Evaluates one model under one FaultSpec; `evaluate_cell(rate, trial)` per trial.
 
     Args:

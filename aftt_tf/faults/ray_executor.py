@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf.faults import inputs
-from aftt_tf.faults.spec import CampaignModel, FaultSpec
+from aftt_tf.faults.spec import CampaignModel, CellRunner, FaultSpec
 
 ACTOR_PREFIX = "aftt-cell-worker-"
 _IN_FLIGHT_PER_WORKER = 2  # One running, one queued: no idle gap between cells.
@@ -311,7 +311,7 @@ class CellWorker:
                 )
             self.models[fingerprint] = model
         for other in [other for other in self.runners if other != key]:
-            getattr(self.runners.pop(other), "close", lambda: None)()
+            self.runners.pop(other).close()
         if key not in self.runners:
             runner_spec = FaultSpec(**{**spec, "rates": tuple(spec["rates"])})
             self.runners[key] = self.models[fingerprint].runner(
@@ -398,7 +398,10 @@ class RayExecutor:
         return _Group(self, label, group, model, spec, data)
 
 
-class _Group:
+class _Group(CellRunner):
+    """The cells of one (model, group) on the executor's actors (they hold the runners:
+    `RayExecutor.shutdown` releases them)."""
+
     def __init__(self, executor: RayExecutor, label, group, model, spec, data):
         self.executor, self.label, self.name = executor, label, group
         images, labels, batch_size, transform = data
@@ -423,6 +426,9 @@ class _Group:
     def _prepare_all(self) -> None:
         ray = import_ray()
         ray.get([self._prepare(actor) for actor in self.executor.actors])
+
+    def close(self) -> None:
+        """Nothing here: the actors' runners live as long as the executor."""
 
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         """One cell, on the first actor (the engine's clean-accuracy check)."""

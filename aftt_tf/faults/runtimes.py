@@ -11,13 +11,11 @@ from typing import Any
 
 from aftt_tf.faults.spec import CampaignModel
 
-_INTERFACE = ("fingerprint", "select_layers", "runner")
-
 
 def as_campaign_model(model: Any) -> CampaignModel:
     """`model` as a `CampaignModel`: objects that already are one pass through (TFLite
     models); anything else is taken as a Keras model (TensorFlow is imported only then)."""
-    if all(hasattr(model, name) for name in _INTERFACE):
+    if isinstance(model, CampaignModel):
         return model
     from aftt_tf.faults import keras_runner
 

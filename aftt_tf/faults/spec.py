@@ -4,11 +4,12 @@ runtime interface (`CampaignModel`, `CellRunner`). No TensorFlow.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import json
 import math
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -505,29 +506,64 @@ def check_classifier_outputs(shapes: list[tuple[int | None, ...]], label: str) -
         )
 
 
-class CellRunner(Protocol):
-    """Evaluates the (rate, trial) cells of one spec on one model and test set."""
+class CellRunner(abc.ABC):
+    """Evaluates the (rate, trial) cells of one spec on one model and test set. Every
+    runtime's runner subclasses it: the engine calls these and nothing else."""
 
+    @abc.abstractmethod
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         """Places the cell's faults and returns its `cell_result` record."""
-        ...
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Releases what the runner holds (a model's variables restored, interpreters)."""
+
+    def unrepaired_clean_accuracy(self) -> float | None:
+        """The model's accuracy before any repair (repaired protocol), else None."""
+        return None
 
 
-class CampaignModel(Protocol):
-    """What the campaign engine needs of a model, whatever runs it (Keras, TFLite)."""
+class CampaignModel(abc.ABC):
+    """What the campaign engine needs of a model, whatever runs it (Keras, TFLite). Every
+    runtime subclasses it (`runtimes`): a missing method is an error when the class is
+    instantiated, not a silently skipped check. Attributes every runtime sets:
+
+        input_shape: one example's input shape (no batch).
+        num_outputs: classes of its output (None: not known before it runs).
+        output_shapes: the shapes of its outputs (None: not known).
+    """
 
     input_shape: tuple[int, ...]
+    num_outputs: int | None
+    output_shapes: list[tuple[int | None, ...]] | None
 
+    @abc.abstractmethod
     def fingerprint(self) -> str:
         """A hash of everything that determines the model's outputs (architecture, weights)."""
-        ...
 
+    @abc.abstractmethod
     def select_layers(self, spec: FaultSpec) -> list[str]:
         """Names of the layers `spec` faults; FaultTargetError when there are none."""
-        ...
 
+    @abc.abstractmethod
+    def coverage(self, spec: FaultSpec) -> dict[str, Any]:
+        """What `spec` faults of the model's weights, and what it leaves out and why."""
+
+    @abc.abstractmethod
+    def kernel_elements(self, spec: FaultSpec) -> dict[str, int]:
+        """Faulted elements per layer (what a paired model must match)."""
+
+    @abc.abstractmethod
+    def weight_storage(self, spec: FaultSpec) -> set[str]:
+        """Storage types of the values `spec` faults (what a bit position means)."""
+
+    @abc.abstractmethod
     def runner(
-        self, spec: FaultSpec, images: np.ndarray, labels: np.ndarray, batch_size: int
+        self,
+        spec: FaultSpec,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        transform: Any = None,
     ) -> CellRunner:
         """A runner that evaluates `spec`'s cells on these test data."""
-        ...

@@ -47,6 +47,8 @@ from aftt_tf.faults import (
     transient,
 )
 from aftt_tf.faults.spec import (
+    CampaignModel,
+    CellRunner,
     FaultSpec,
     FaultTargetError,
     cell_result,
@@ -61,7 +63,7 @@ from aftt_tf.tflite_file import (
 )
 
 
-class TFLiteModel(tflite_file.TFLiteFile):
+class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
     """A parsed .tflite classifier as a campaign model (`spec.CampaignModel`)."""
 
     def candidates(self) -> list[selection.Candidate]:
@@ -347,7 +349,7 @@ class TFLiteModel(tflite_file.TFLiteFile):
         return TFLiteRunner(self._view(spec) or self, spec, images, labels, batch_size, transform)
 
 
-class PerRateTFLiteModel:
+class PerRateTFLiteModel(CampaignModel):
     """A deployment calibrated per chip: the chip whose fault rate was measured at r runs
     the int8 file calibrated for rate r (aftt-export tflite_int8_fault_calibrated with
     --fault_calibration_rates=r), a fault-free chip the plain file. A `CampaignModel`
@@ -388,6 +390,12 @@ class PerRateTFLiteModel:
     def coverage(self, spec: FaultSpec) -> dict[str, Any]:
         return next(iter(self.files.values())).coverage(spec)
 
+    def kernel_elements(self, spec: FaultSpec) -> dict[str, int]:
+        return next(iter(self.files.values())).kernel_elements(spec)
+
+    def weight_storage(self, spec: FaultSpec) -> set[str]:
+        return set().union(*(model.weight_storage(spec) for model in self.files.values()))
+
     def _file_for(self, rate: float) -> TFLiteModel | None:
         return next((m for r, m in self.files.items() if abs(r - rate) < 1e-9), None)
 
@@ -402,7 +410,7 @@ def _kernel_shapes(model: TFLiteModel) -> dict[str, list[tuple[int, ...]]]:
     }
 
 
-class _PerRateRunner:
+class _PerRateRunner(CellRunner):
     """Cells of a `PerRateTFLiteModel`: each rate's cells run on that rate's file."""
 
     def __init__(self, model: PerRateTFLiteModel, spec, images, labels, batch_size, transform):
@@ -415,8 +423,13 @@ class _PerRateRunner:
             self.runners = {key: self.model._file_for(rate).runner(*self.arguments)}
         return self.runners[key].evaluate_cell(rate, trial)
 
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+        self.runners = {}
 
-class TFLiteRunner:
+
+class TFLiteRunner(CellRunner):
     """Evaluates (rate, trial) cells of one spec on one TFLite model."""
 
     def __init__(
@@ -459,6 +472,9 @@ class TFLiteRunner:
         self.buffer = bytearray(self.content)
         self.patch_seconds = 0.0  # Time spent writing faulty bytes (inject).
         self.build_seconds = 0.0  # Time spent building interpreters from patched bytes.
+
+    def close(self) -> None:
+        """Nothing to release: each cell builds its interpreter from the patched bytes."""
 
     def _transient_model(self) -> tflite_transient.SplitModel:
         """The file cut at the targeted outputs, every check made before any cell."""

@@ -23,6 +23,8 @@ import numpy as np
 from aftt_tf import data, io_utils
 from aftt_tf.faults import campaign, frontend, keras_runner, targets
 from aftt_tf.faults.spec import (
+    CampaignModel,
+    CellRunner,
     FaultSpec,
     FaultTargetError,
     cell_result,
@@ -207,7 +209,7 @@ def _repair_in(config, out: Path, setup: _Setup, data_record: dict) -> dict[str,
     return metrics
 
 
-class RepairingModel:
+class RepairingModel(CampaignModel):
     """A Keras classifier whose campaign cells are evaluated after a repair (the
     'repaired' protocol of `FaultSpec.repair`): a `CampaignModel` holding training data."""
 
@@ -237,13 +239,19 @@ class RepairingModel:
     def coverage(self, spec: FaultSpec) -> dict[str, Any]:
         return self.keras_model.coverage(spec)
 
+    def kernel_elements(self, spec: FaultSpec) -> dict[str, int]:
+        return self.keras_model.kernel_elements(spec)
+
+    def weight_storage(self, spec: FaultSpec) -> set[str]:
+        return self.keras_model.weight_storage(spec)
+
     def runner(self, spec, images, labels, batch_size: int, transform=None) -> RepairCellRunner:
         return RepairCellRunner(
             self.model, spec, (images, labels), self.train, batch_size, transform
         )
 
 
-class RepairCellRunner:
+class RepairCellRunner(CellRunner):
     """Evaluates cells of the repaired protocol: per cell, the clean weights and optimizer
     state are put back, the cell's faults are placed (the campaign's positions), the
     faulty model is fine-tuned with them held fixed, then evaluated. One faulty model,
@@ -293,6 +301,9 @@ class RepairCellRunner:
         )
         self.inputs = transform.apply(images).astype(np.float32)
         self._golden: np.ndarray | None = None
+
+    def close(self) -> None:
+        """Nothing to restore: cells train a copy of the model, never the caller's."""
 
     def unrepaired_clean_accuracy(self) -> float:
         """The model's accuracy before any fault or repair (the campaign's data check)."""
