@@ -49,6 +49,10 @@ SCOPES = ("all", "extractor", "head")
 SAMPLINGS = ("exact", "bernoulli")
 BIT_MODES = ("flip", "stuck_at_1", "stuck_at_0")
 
+# Where the comparisons (aftt-reproduce) measure a model: the .keras itself, or its int8
+# .tflite (files run by the `faults.runtimes` registry's tflite runtime).
+COMPARISON_RUNTIMES = ("keras", "int8")
+
 # Export formats and the file each TFLite format is written to.
 # What aftt-export writes by default; the fault-tolerant int8 variants are opt-in.
 DEFAULT_EXPORT_FORMATS = ("saved_model", "tflite_float32", "tflite_int8", "tflite_int8_qat")

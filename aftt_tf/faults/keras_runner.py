@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,30 @@ def ieee_nan(on: bool) -> None:
         tf.config.optimizer.set_experimental_options({"remapping": _IEEE_USERS[0] == 0})
 
 
+def load(path: Path) -> KerasModel:
+    """The `runtimes` entry: a .keras file as a campaign model."""
+    return KerasModel(load_model(path))
+
+
+def payload(model: CampaignModel) -> dict[str, Any]:
+    """The `runtimes` entry: the model saved as .keras bytes (for a Ray worker)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.keras"
+        model.model.save(path)
+        return {"content": path.read_bytes()}
+
+
+def restore(payload: dict[str, Any]) -> KerasModel:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.keras"
+        path.write_bytes(payload["content"])
+        return KerasModel(load_model(path))
+
+
 class KerasModel(CampaignModel):
     """A Keras classifier (Sequential, Functional or subclassed) as a campaign model."""
+
+    runtime = "keras"
 
     def __init__(self, model: keras.Model):
         self.model = model

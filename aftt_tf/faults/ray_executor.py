@@ -21,15 +21,13 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aftt_tf.faults import inputs
+from aftt_tf.faults import inputs, runtimes
 from aftt_tf.faults.spec import CampaignModel, CellRunner, FaultSpec
 
 ACTOR_PREFIX = "aftt-cell-worker-"
@@ -244,39 +242,12 @@ def connect(config: RayConfig) -> bool:
 
 
 def model_payload(model: CampaignModel) -> dict[str, Any]:
-    """What a worker needs to rebuild `model`: a .tflite's bytes and layer names, or a
-    .keras file's bytes."""
-    from aftt_tf import tflite_file
-
-    if isinstance(model, tflite_file.TFLiteFile):
-        names = None
-        if model.names_from == "manifest":
-            names = {
-                index: name
-                for name, layer in model.layers.items()
-                if not layer.subgraph  # Loop bodies are named by their scopes.
-                for index in layer.operator_indices
-            }
-        return {"kind": "tflite", "name": model.path.name, "content": model.content, "names": names}
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "model.keras"
-        model.model.save(path)
-        return {"kind": "keras", "content": path.read_bytes()}
+    """What a worker needs to rebuild `model` (its runtime's payload, `runtimes`)."""
+    return runtimes.payload(model)
 
 
 def restore_model(payload: dict[str, Any]) -> CampaignModel:
-    if payload["kind"] == "tflite":
-        from aftt_tf.faults import tflite_runner
-
-        return tflite_runner.TFLiteModel(
-            payload["name"], payload["names"], content=payload["content"]
-        )
-    from aftt_tf.faults import keras_runner
-
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "model.keras"
-        path.write_bytes(payload["content"])
-        return keras_runner.KerasModel(keras_runner.load_model(path))
+    return runtimes.restore(payload)
 
 
 class CellWorker:

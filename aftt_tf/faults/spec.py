@@ -533,6 +533,7 @@ class CampaignModel(abc.ABC):
         output_shapes: the shapes of its outputs (None: not known).
     """
 
+    runtime: str  # Its entry in `runtimes` (loading, Ray payloads).
     input_shape: tuple[int, ...]
     num_outputs: int | None
     output_shapes: list[tuple[int | None, ...]] | None

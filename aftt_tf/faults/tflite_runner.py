@@ -63,8 +63,32 @@ from aftt_tf.tflite_file import (
 )
 
 
+def load(path) -> TFLiteModel:
+    """The `runtimes` entry: a .tflite file (layer names from a manifest beside it)."""
+    return TFLiteModel.load(path)
+
+
+def payload(model: TFLiteModel) -> dict[str, Any]:
+    """The `runtimes` entry: the file's bytes and its layer names (for a Ray worker)."""
+    names = None
+    if model.names_from == "manifest":
+        names = {
+            index: name
+            for name, layer in model.layers.items()
+            if not layer.subgraph  # Loop bodies are named by their scopes.
+            for index in layer.operator_indices
+        }
+    return {"name": model.path.name, "content": model.content, "names": names}
+
+
+def restore(payload: dict[str, Any]) -> TFLiteModel:
+    return TFLiteModel(payload["name"], payload["names"], content=payload["content"])
+
+
 class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
     """A parsed .tflite classifier as a campaign model (`spec.CampaignModel`)."""
+
+    runtime = "tflite"
 
     def candidates(self) -> list[selection.Candidate]:
         """The file's weight operators as the shared selection rule sees them."""
@@ -350,6 +374,8 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
 
 
 class PerRateTFLiteModel(CampaignModel):
+    runtime = "tflite-per-rate"  # Not sent to Ray workers (no payload).
+
     """A deployment calibrated per chip: the chip whose fault rate was measured at r runs
     the int8 file calibrated for rate r (aftt-export tflite_int8_fault_calibrated with
     --fault_calibration_rates=r), a fault-free chip the plain file. A `CampaignModel`

@@ -16,7 +16,7 @@ from aftt_tf.training.config import TrainConfig
 
 ALL_METHODS = vocabulary.METHODS
 REPRODUCE_FAULTS = ("weight", "node", "filter")
-RUNTIMES = ("keras", "int8")
+RUNTIMES = vocabulary.COMPARISON_RUNTIMES
 # int8 exports compared under faults: post-training quantization as the converter does
 # it, fault-aware calibration, fault-aware QAT (aftt-export's fault-tolerant formats).
 # chip_calibrated: one file per fault rate, calibrated under faults at that rate (a chip

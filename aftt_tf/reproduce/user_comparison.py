@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aftt_tf import io_utils, progress
+from aftt_tf import io_utils, progress, vocabulary
 from aftt_tf.faults import frontend
 
-RUNTIMES = ("keras", "int8")
+RUNTIMES = vocabulary.COMPARISON_RUNTIMES
 
 
 @dataclasses.dataclass(frozen=True)

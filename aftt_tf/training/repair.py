@@ -213,6 +213,8 @@ class RepairingModel(CampaignModel):
     """A Keras classifier whose campaign cells are evaluated after a repair (the
     'repaired' protocol of `FaultSpec.repair`): a `CampaignModel` holding training data."""
 
+    runtime = "keras"  # A Ray worker rebuilds the Keras model (`runtimes`).
+
     def __init__(self, model: keras.Model, train_images: np.ndarray, train_labels: np.ndarray):
         self.keras_model = keras_runner.KerasModel(model)
         self.model = model
