@@ -6,21 +6,17 @@ never imports TensorFlow; the modules that do the work import them from here too
 
 from __future__ import annotations
 
-# Training methods, in the order the comparison trains and reports them.
-METHODS = ("none", "l1", "l2", "fat", "aftt", "aftt_fat")
+from aftt_tf import methods as _methods
+
+# Training methods are objects (aftt_tf.methods); these tuples of their names, in the
+# order the comparison trains and reports them, are derived from them.
+METHODS = _methods.names(paper=True)
 # Methods for the user's own model (aftt-train --model): the paper's and range restriction.
-USER_METHODS = (*METHODS, "range")
-METHOD_NAMES = {
-    "none": "no regularisation",
-    "l1": "Lasso (L1)",
-    "l2": "Tikhonov (L2)",
-    "fat": "fault-aware training",
-    "aftt": "AFTT (proposed)",
-    "aftt_fat": "AFTT + fault-aware fine-tuning",
-}
-PRETRAINING_METHODS = ("aftt", "aftt_fat")
-FAULT_AWARE_METHODS = ("fat", "aftt_fat")
-PENALTY_METHODS = ("l1", "l2")
+USER_METHODS = _methods.names()
+METHOD_NAMES = {name: _methods.get(name).title for name in USER_METHODS}
+PRETRAINING_METHODS = _methods.names(pretrains=True)
+FAULT_AWARE_METHODS = _methods.names(fault_aware=True)
+PENALTY_METHODS = tuple(n for n in USER_METHODS if _methods.get(n).penalty != "none")
 CLASSIFICATION_LOSSES = ("mse", "crossentropy")
 REGULARIZATIONS = ("none", "l1", "l2")
 

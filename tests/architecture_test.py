@@ -277,3 +277,28 @@ def test_every_runtime_implements_the_whole_interface_and_the_engine_probes_noth
         source = (Path("aftt_tf/faults") / module).read_text()
         probes = re.findall(r"(?:getattr|hasattr)\((?:adapter|runner|model|first)\b", source)
         assert not probes, (module, probes)
+
+
+def test_no_module_compares_a_training_methods_name_outside_its_definition():
+    """Training methods are objects (aftt_tf/methods.py): code asks a method for its
+    traits. 'none' is left out of the search: it also names penalties, scopes and plain
+    model labels. Penalty names ('l1', 'l2') are a method's `penalty` values, defined
+    once in trainers.PENALTIES."""
+    from aftt_tf import methods
+
+    names = "|".join(name for name in methods.names() if name != "none")
+    quote = "[\"']"
+    pattern = re.compile(
+        rf"(==|!=|\bin|\bis)\s*[\(\[\{{]?\s*{quote}({names}){quote}"
+        rf"|{quote}({names}){quote}\s*(==|!=|\bin\b|\bnot\s+in\b)"
+    )
+    allowed = {Path("aftt_tf/methods.py")}
+    found = [
+        f"{path}:{number}: {line.strip()}"
+        for path in sorted(Path("aftt_tf").rglob("*.py"))
+        if path not in allowed
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, "\n".join(found)
+    assert pattern.search('if config.method in ("fat", "aftt_fat"):')  # It can fail.

@@ -171,7 +171,7 @@ class ReproduceConfig:
                 "reg_lambda_grid is an aftt-train flag; aftt-reproduce takes "
                 "--l1_lambda_grid and --l2_lambda_grid. Remove --reg_lambda_grid."
             )
-        for method in ("l1", "l2"):
+        for method in vocabulary.PENALTY_METHODS:
             grid = getattr(self, f"{method}_lambda_grid")
             if method in self.methods:
                 if not grid:

@@ -43,3 +43,6 @@ PAPER_FAULTS = {
     ("fmnist_mlp", "node"): (0.68, "accuracy", {"aftt": 84.60, "l2": 78.51, "l1": 51.09}),
     ("fmnist_cnn", "filter"): (0.4, "drop", {"aftt": 12.58, "l2": 24.98, "l1": 30.44}),
 }
+
+# The paper's table of each penalty's lambda sweep (Table I: Tikhonov), as report titles.
+PAPER_SWEEP_TABLES = {"l2": "Table I analog: "}

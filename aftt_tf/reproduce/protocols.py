@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from aftt_tf import methods as training_methods
 from aftt_tf.faults import campaign
 from aftt_tf.faults.statistics import confidence_interval
 from aftt_tf.reproduce import document
@@ -71,10 +72,11 @@ def point_verdict(
         lead = paired(at_rate[ranking[0]], at_rate[ranking[1]])
         result["winner_minus_runner_up"] = lead
         result["winner"] = None if lead["ci_low"] <= 0 else ranking[0]
-    if "aftt" in ranking:
-        result["aftt_rank"] = ranking.index("aftt") + 1
-        if ranking[0] != "aftt":
-            result["aftt_minus_best"] = paired(at_rate["aftt"], at_rate[ranking[0]])
+    proposed = training_methods.proposed()  # Reports rank the paper's proposed method.
+    if proposed in ranking:
+        result["aftt_rank"] = ranking.index(proposed) + 1
+        if ranking[0] != proposed:
+            result["aftt_minus_best"] = paired(at_rate[proposed], at_rate[ranking[0]])
     if paper and abs(paper[0] - rate) < 1e-9:
         result["paper"] = _paper_distances(paper, accuracy, clean)
     return result

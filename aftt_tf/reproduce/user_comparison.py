@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aftt_tf import io_utils, progress, vocabulary
+from aftt_tf import io_utils, methods, progress, vocabulary
 from aftt_tf.faults import frontend
 
 RUNTIMES = vocabulary.COMPARISON_RUNTIMES
@@ -110,8 +110,8 @@ def fault_kinds(config: ComparisonConfig, model) -> list[str]:
         for layer in registry.flat_layers(model)
     ):
         kinds.append("filter")
-    if "range" in config.methods:
-        kinds += ["stuck_value", "bit", "activation_bit"]
+    if any(methods.get(method).restricts_range for method in config.methods):
+        kinds += ["stuck_value", "bit", "activation_bit"]  # What range restriction targets.
     return kinds
 
 

@@ -11,9 +11,9 @@ import json
 import math
 from typing import Any
 
-from aftt_tf import vocabulary
+from aftt_tf import methods, vocabulary
 from aftt_tf.faults import kinds
-from aftt_tf.vocabulary import FAULT_AWARE_METHODS, METHODS, PRETRAINING_METHODS
+from aftt_tf.vocabulary import METHODS, PRETRAINING_METHODS
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 LR_SCHEDULES = ("constant", "cosine")
@@ -73,10 +73,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises ValueError naming the field, the value received and what is expected."""
-        if self.method == "range":
+        if self.method in vocabulary.USER_METHODS and not methods.get(self.method).paper:
             raise ValueError(
-                "--method=range (activation range restriction) hardens a trained model: "
-                "pass it with --model=FILE.keras."
+                f"--method={self.method} ({methods.get(self.method).title}) hardens a trained "
+                "model: pass it with --model=FILE.keras."
             )
         _choice("method", self.method, METHODS)
         _choice("architecture", self.architecture, vocabulary.ARCHITECTURES)
@@ -137,7 +137,7 @@ class TrainConfig:
             )
 
     def _validate_combinations(self) -> None:
-        if self.reg_lambda_grid and self.method not in vocabulary.PENALTY_METHODS:
+        if self.reg_lambda_grid and self.regularization == "none":
             raise ValueError(
                 f"reg_lambda_grid selects the penalty weight of 'l1'/'l2'; method is "
                 f"{self.method!r}. Drop --reg_lambda_grid or use --method=l1/l2."
@@ -160,15 +160,15 @@ class TrainConfig:
     @property
     def pretrains(self) -> bool:
         """Whether the extractor is first trained as an adversarial autoencoder."""
-        return self.method in PRETRAINING_METHODS
+        return methods.get(self.method).pretrains
 
     @property
     def fault_aware(self) -> bool:
-        return self.method in FAULT_AWARE_METHODS
+        return methods.get(self.method).fault_aware
 
     @property
     def regularization(self) -> str:
-        return self.method if self.method in vocabulary.PENALTY_METHODS else "none"
+        return methods.get(self.method).penalty
 
     def as_dict(self) -> dict[str, Any]:
         result = dataclasses.asdict(self)

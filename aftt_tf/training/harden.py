@@ -38,14 +38,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from aftt_tf import data, vocabulary
+from aftt_tf import data, methods, vocabulary
 from aftt_tf.faults import frontend, kinds, registry, targets
 from aftt_tf.faults import inputs as input_transforms
 from aftt_tf.faults.layers import RANGE_MODES, ActivationClip
 from aftt_tf.training import phases, trainers
 from aftt_tf.training.config import FINETUNE_LEARNING_RATE
 
-HARDEN_METHODS = ("none", "l1", "l2", "fat", "aftt", "aftt_fat", "range")
+HARDEN_METHODS = methods.names()  # Every registered method (aftt_tf.methods).
 RANGE_STATISTICS = ("max", "percentile")
 PRETRAIN, FINETUNE, WARMUP = "pretrain", "finetune", "warmup"
 
@@ -110,10 +110,7 @@ class HardenConfig:
 
     def validate(self) -> None:
         """ValueError naming the first bad value (nothing is loaded yet)."""
-        if self.method not in HARDEN_METHODS:
-            raise ValueError(
-                f"Unknown method {self.method!r}; expected one of {', '.join(HARDEN_METHODS)}."
-            )
+        method = methods.get(self.method)  # ValueError naming the registered methods.
         if self.loss not in vocabulary.CLASSIFICATION_LOSSES:
             raise ValueError(f"loss must be one of {vocabulary.CLASSIFICATION_LOSSES}.")
         if self.epochs < 0 or self.pretrain_epochs < 0 or self.batch_size < 1:
@@ -124,19 +121,19 @@ class HardenConfig:
 
         check_epochs("epochs", self.epochs)
         check_epochs("pretrain_epochs", self.pretrain_epochs)
-        if self.epochs == 0 and self.method not in ("range",):
+        if self.epochs == 0 and method.trains:
             raise ValueError(f"--method={self.method} trains: --epochs must be >= 1.")
-        if self.method in ("aftt", "aftt_fat") and self.pretrain_epochs < 1:
+        if method.pretrains and self.pretrain_epochs < 1:
             raise ValueError(f"--method={self.method} needs --pretrain_epochs >= 1.")
         for name in ("learning_rate", "reg_lambda", "prior_stddev"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name != "reg_lambda" and not value):
                 raise ValueError(f"{name} must be a finite number > 0, received {value}.")
         if self.protected:
-            if self.method not in ("fat", "aftt_fat"):
+            if not method.fault_aware:
                 raise ValueError(
                     "--protected shapes the faults of fault-aware training: use it with "
-                    "--method=fat or aftt_fat."
+                    f"--method={' or '.join(methods.names(fault_aware=True))}."
                 )
             from aftt_tf.faults import protection
 
@@ -159,11 +156,11 @@ class HardenConfig:
 
     def _check_fault_aware(self) -> None:
         """Fault kinds, storage and max rate of fault-aware training (`kinds.trainable`)."""
-        if self.method not in ("fat", "aftt_fat"):
+        if not methods.get(self.method).fault_aware:
             if self.storage != "float32":
                 raise ValueError(
                     f"--storage={self.storage} says what fault-aware training faults: use it "
-                    "with --method=fat or aftt_fat."
+                    f"with --method={' or '.join(methods.names(fault_aware=True))}."
                 )
             return
         kinds.trainable(self.fault_kinds, "--fault_aware_kinds", self.storage, self.fault_max_rate)
@@ -227,20 +224,21 @@ def check_model(model: keras.Model, config: HardenConfig) -> str:
     adapter = keras_runner.KerasModel(model)
     check_classifier_outputs(adapter.output_shapes, model.name)
     kind = frontend.training_output_kind(model, model.name)
+    method = methods.get(config.method)
     if not targets.rewritable(model):
-        if config.method not in ("none", "l1", "l2", "fat"):
+        if method.rewires:
             raise ValueError(
                 f"{model.name} is a subclassed model: --method={config.method} rewires the "
                 "network (clip layers, an extractor split), which needs a Sequential or "
-                "Functional model. Subclassed models take none, l1, l2 and fat (weight "
-                "faults, through the model's own variables)."
+                f"Functional model. Subclassed models take {', '.join(methods.names(rewires=False))} "
+                "(weight faults, through the model's own variables)."
             )
-        if config.method == "fat" and _draws(config, "on_outputs"):
+        if method.fault_aware and _draws(config, "on_outputs"):
             raise ValueError(
                 f"{model.name} is a subclassed model: node faults need its layer graph; "
                 "pass --fault_aware_kinds=weight."
             )
-    if config.method in ("fat", "aftt_fat"):
+    if method.fault_aware:
         hidden = [site for site in targets.node_sites(model) if site.in_graph]
         if _draws(config, "on_outputs") and targets.rewritable(model) and not hidden:
             raise ValueError(
@@ -255,7 +253,7 @@ def check_model(model: keras.Model, config: HardenConfig) -> str:
                 "aftt_tf.faults.register_layer (--import) or pick another method."
             )
     _check_finite_weights(model, f"{model.name} (before training)")
-    if config.method in ("aftt", "aftt_fat"):
+    if method.pretrains:
         split_models(model, config.split_layer or default_split_layer(model))
     return kind
 
@@ -609,13 +607,14 @@ def _harden_in(model, config, train, validation, workdir: Path, output_kind: str
     if config.from_scratch:
         _reinitialise(hardened, config.seed)
     record: dict[str, Any] = {"method": config.method, "output_kind": output_kind, "phases": {}}
-    if config.method in ("aftt", "aftt_fat"):
+    method = methods.get(config.method)
+    if method.pretrains:
         record["phases"][PRETRAIN] = _games(hardened, config, train, workdir)
-    if config.method == "range":
+    if method.restricts_range:
         bounds = activation_bounds(hardened, train.inputs, config)
         hardened = with_range_clips(hardened, bounds, config.range_mode)
         record["bounds"] = {name: list(value) for name, value in bounds.items()}
-    fault_aware = config.method in ("fat", "aftt_fat")
+    fault_aware = method.fault_aware
     epochs = config.epochs
     if config.weight_clip:
         bounds = _clipped_kernels(hardened, config)
@@ -700,7 +699,7 @@ def _normalization_record(model: keras.Model, config: HardenConfig, fault_aware:
     if not _batch_norms(model):
         return "none in the model"
     parts = []
-    if config.method in vocabulary.PRETRAINING_METHODS:
+    if methods.get(config.method).pretrains:
         parts.append("statistics updated by the games (pre-training)")
     if config.epochs == 0:
         parts.append("not trained by supervised epochs (--epochs=0)")
@@ -727,8 +726,8 @@ def _supervised(model, config, train, validation, workdir, output_kind, phase, e
         trainer = trainers.ClassifierTrainer(
             graph,
             loss=config.loss,
-            regularization=config.method if config.method in ("l1", "l2") else "none",
-            reg_lambda=config.reg_lambda if config.method in ("l1", "l2") else 0.0,
+            regularization=methods.get(config.method).penalty,
+            reg_lambda=config.reg_lambda if methods.get(config.method).penalty != "none" else 0.0,
             fault_aware_kinds=tuple(config.fault_kinds) if faults else (),
             fault_aware_max_rate=config.fault_max_rate if faults else 0.0,
             fault_storage=config.storage,

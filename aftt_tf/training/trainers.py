@@ -204,11 +204,13 @@ class AdversarialAutoencoder(keras.Model):
 
 def weight_penalty(kernels: list[keras.Variable], regularization: str) -> tf.Tensor:
     """sum |w| (Lasso) or sum w^2 (Tikhonov) over kernels; biases are not penalised."""
-    if regularization == "l1":
-        return ops.sum(ops.stack([ops.sum(ops.abs(kernel)) for kernel in kernels]))
-    if regularization == "l2":
-        return ops.sum(ops.stack([ops.sum(ops.square(kernel)) for kernel in kernels]))
-    raise ValueError(f"regularization must be 'l1' or 'l2', received {regularization!r}.")
+    if regularization not in PENALTIES:
+        raise ValueError(f"regularization must be 'l1' or 'l2', received {regularization!r}.")
+    return ops.sum(ops.stack([ops.sum(PENALTIES[regularization](kernel)) for kernel in kernels]))
+
+
+# The weight penalties a method's `penalty` names (aftt_tf.methods), defined here.
+PENALTIES = {"l1": ops.abs, "l2": ops.square}
 
 
 def classification_loss(
