@@ -898,15 +898,14 @@ def _layer_name_of_tensor(name: str) -> str | None:
     nested layer's path). Fused names join several with ';'
     ('model/bn_1/batchnorm/mul_1;model/dw_1/depthwise'): the part with a weight op names
     the layer, else the first part (its top-level scope)."""
-    scopes = []
-    for part in name.split(";"):
-        components = part.split("/")
-        if len(components) < 3:
-            continue
-        for index, word in enumerate(components[2:], start=2):
-            if _is_weight_word(word):
-                return _scope_path(components, index)
-        scopes.append(re.sub(r"_\d+$", "", components[1]) or None)
+    found = _weight_op_scope(name)
+    if found is not None:
+        return found
+    scopes = [
+        re.sub(r"_\d+$", "", part.split("/")[1]) or None
+        for part in name.split(";")
+        if len(part.split("/")) >= 3
+    ]
     return scopes[0] if scopes else None
 
 

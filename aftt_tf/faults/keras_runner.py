@@ -562,20 +562,6 @@ class CampaignRunner(CellRunner):
         correct = (golden == np.asarray(self._chunk_labels)) & np.asarray(self._valid)
         return float(correct.sum()) / self.num_examples
 
-    def _int8_codes(self, name: str, index: int, tensor, clean: np.ndarray):
-        """The kernel's int8 codes as the converter stores them, with the signs of a
-        BatchNormalization it folds into the layer (read once per campaign)."""
-        if (name, index) not in self._codes:
-            signs = None
-            norm = targets.normalization_after(self._faulty, name) if "/" not in name else None
-            if norm is not None and tensor.attribute == "kernel":
-                layer = self._faulty.get_layer(norm)
-                gamma = np.asarray(layer.gamma) if layer.scale else np.ones(clean.shape[-1])
-                axes = int8_storage.channel_axes(clean.shape, tensor.filter_axis)
-                signs = np.where(gamma < 0, -1.0, 1.0).reshape([clean.shape[a] for a in axes])
-            self._codes[(name, index)] = int8_storage.quantize(clean, tensor.filter_axis, signs)
-        return self._codes[(name, index)]
-
     def close(self) -> None:
         """Puts the clean values back into a subclassed model's variables."""
         if getattr(self, "injector", None) is not None:
@@ -662,31 +648,25 @@ class FaultInjector:
 
     def inject(self, rate: float, trial: int) -> dict[str, Any]:
         """Assigns the faults of cell (rate, trial); returns per-layer fault counts."""
-        spec = self.spec
-        per_layer, faulted, total = {}, 0, 0
-        self._pes = systolic.cell_pes(spec, rate, trial)  # A systolic array's faulty PEs.
-        for name, layer in self.fault_layers.items():
-            rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
-            if not spec.fault_kind.on_parameters:  # Held outputs (node faults).
-                size = int(np.prod(layer.node_keep.shape))
-                positions = placement.output_positions(
-                    spec, self._pes, layer.node_keep.shape, rate, rng
-                )
-                keep = np.ones(size, np.float32)
-                keep[positions] = 0.0
-                layer.node_keep.assign(keep.reshape(layer.node_keep.shape))
-                count, elements = len(positions), size
-            else:
-                count, elements = self._inject_parameters(name, layer, rate, trial, rng)
-            per_layer[name] = {"faulted": count, "elements": elements}
-            if name in self.protected_counts:
-                per_layer[name]["protected"] = self.protected_counts[name]
-            faulted += count
-            total += elements
-        result = {"faulted": faulted, "elements": total, "per_layer": per_layer}
-        if self._pes is not None:
-            result["faulty_pes"] = len(self._pes)
-        return result
+        self._pes = systolic.cell_pes(self.spec, rate, trial)  # An array's faulty PEs.
+        return placement.cell_counts(
+            list(self.fault_layers),
+            lambda name: self._inject_layer(name, rate, trial),
+            self.protected_counts,
+            self._pes,
+        )
+
+    def _inject_layer(self, name: str, rate: float, trial: int) -> tuple[int, int]:
+        spec, layer = self.spec, self.fault_layers[name]
+        rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
+        if spec.fault_kind.on_parameters:
+            return self._inject_parameters(name, layer, rate, trial, rng)
+        size = int(np.prod(layer.node_keep.shape))  # Held outputs (node faults).
+        positions = placement.output_positions(spec, self._pes, layer.node_keep.shape, rate, rng)
+        keep = np.ones(size, np.float32)
+        keep[positions] = 0.0
+        layer.node_keep.assign(keep.reshape(layer.node_keep.shape))
+        return len(positions), size
 
     def _inject_parameters(self, name, layer, rate, trial, rng) -> tuple[int, int]:
         spec = self.spec

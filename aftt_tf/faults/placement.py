@@ -108,3 +108,20 @@ def parameter_fault(
     keep[positions] = 0.0
     replacement[positions] = faulty[positions]
     return keep.reshape(parameter.shape), replacement.reshape(parameter.shape)
+
+
+def cell_counts(names, count_of, protected_counts: dict, pes) -> dict:
+    """A cell's fault counts, the same record in every runtime: per layer (faulted,
+    elements and, with a protection plan, the drawn elements it dropped), the totals, and
+    a systolic array's faulty PEs. `count_of(name)` places the layer's faults."""
+    per_layer, faulted, total = {}, 0, 0
+    for name in names:
+        count, elements = count_of(name)
+        per_layer[name] = {"faulted": count, "elements": elements}
+        if name in protected_counts:
+            per_layer[name]["protected"] = protected_counts[name]
+        faulted, total = faulted + count, total + elements
+    result = {"faulted": faulted, "elements": total, "per_layer": per_layer}
+    if pes is not None:
+        result["faulty_pes"] = len(pes)
+    return result

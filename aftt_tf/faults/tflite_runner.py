@@ -547,33 +547,30 @@ class TFLiteRunner(CellRunner):
         if self.split is not None:
             return self._inject_transient(rate, trial)
         self.buffer[:] = self.content
-        per_layer, faulted, total = {}, 0, 0
         self._pes = systolic.cell_pes(spec, rate, trial)  # A systolic array's faulty PEs.
-        for name in self.target_names:
-            rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
-            if not spec.fault_kind.on_parameters:  # Held outputs (node faults).
-                mask = self.masks[name]
-                units = int(np.prod(mask.shape))
-                positions = placement.output_positions(spec, self._pes, mask.shape[1:], rate, rng)
-                self._write(mask, tflite_nodes.mask_values(mask, positions))
-                count, elements = len(positions), units
-            else:
-                count, elements = 0, 0
-                if "weights" in spec.targets:
-                    count, elements = self._inject_parameters(name, rate, trial, rng)
-                for target in spec.targets:
-                    if target != "weights":
-                        extra = self._inject_metadata(name, target, rate, trial)
-                        count, elements = count + extra[0], elements + extra[1]
-            per_layer[name] = {"faulted": count, "elements": elements}
-            if name in self.protected_counts:
-                per_layer[name]["protected"] = self.protected_counts[name]
-            faulted += count
-            total += elements
-        result = {"faulted": faulted, "elements": total, "per_layer": per_layer}
-        if self._pes is not None:
-            result["faulty_pes"] = len(self._pes)
-        return result
+        return placement.cell_counts(
+            self.target_names,
+            lambda name: self._inject_layer(name, rate, trial),
+            self.protected_counts,
+            self._pes,
+        )
+
+    def _inject_layer(self, name: str, rate: float, trial: int) -> tuple[int, int]:
+        spec = self.spec
+        rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
+        if not spec.fault_kind.on_parameters:  # Held outputs (node faults).
+            mask = self.masks[name]
+            positions = placement.output_positions(spec, self._pes, mask.shape[1:], rate, rng)
+            self._write(mask, tflite_nodes.mask_values(mask, positions))
+            return len(positions), int(np.prod(mask.shape))
+        count, elements = 0, 0
+        if "weights" in spec.targets:
+            count, elements = self._inject_parameters(name, rate, trial, rng)
+        for target in spec.targets:
+            if target != "weights":
+                extra = self._inject_metadata(name, target, rate, trial)
+                count, elements = count + extra[0], elements + extra[1]
+        return count, elements
 
     def _inject_metadata(self, name: str, target: str, rate: float, trial: int):
         """Faults in one layer's biases, per-channel scales or output zero point, each
