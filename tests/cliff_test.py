@@ -102,3 +102,14 @@ def test_a_search_stopped_by_what_a_cell_holds_measures_its_highest_rate():
     assert found["rates"][0] is not None and found["rates"][1:] == [None, None]
     assert 0.001 < found["highest_placeable"] <= 0.01 and "too many" in found["limit"]
     assert cliff.campaign_rates(found) == (0.0, found["rates"][0], found["highest_placeable"])
+
+
+def test_a_transient_cell_beyond_what_a_cell_holds_is_refused_when_drawn():
+    """The cliff search probes rates of its own: each cell checks its rate, so the search
+    stops where the campaign would be refused (it found 0.293 and then failed, before)."""
+    from aftt_tf.faults import transient
+
+    spec = FaultSpec(kind="activation_bit", rates=(0.0,))
+    with pytest.raises(FaultTargetError, match="more than 20,000,000"):
+        transient.plan_cell(spec, {"a": 4000}, {"a": 32}, 10_000, 0.6, 0)
+    assert len(transient.plan_cell(spec, {"a": 40}, {"a": 32}, 100, 0.5, 0)["a"]) == 2000

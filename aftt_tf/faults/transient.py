@@ -82,7 +82,13 @@ def check_size(spec: FaultSpec, sizes: dict[str, int], num_examples: int) -> Non
             f"--faults_per_inference={spec.faults_per_inference} is more than the "
             f"{total} output elements of the targeted layers in one inference."
         )
-    rate = max(spec.rates)
+    check_rate(spec, sizes, num_examples, max(spec.rates))
+
+
+def check_rate(spec: FaultSpec, sizes: dict[str, int], num_examples: int, rate: float) -> None:
+    """FaultTargetError when a cell at `rate` would hold more than MAX_FAULTS_PER_CELL
+    transient faults (checked again per cell: a cliff search probes rates of its own)."""
+    total = sum(sizes.values())
     expected = (
         rate * num_examples * spec.faults_per_inference
         if spec.faults_per_inference
@@ -107,6 +113,7 @@ def plan_cell(
     """The transient faults of cell (rate, trial): per layer (model order of `sizes`,
     output elements of one inference), sorted by inference. `widths` are the stored
     bits of each layer's values (what a random bit position ranges over)."""
+    check_rate(spec, sizes, num_examples, rate)
     if spec.faults_per_inference:
         return _per_inference(spec, sizes, widths, num_examples, rate, trial)
     result = {}
