@@ -69,9 +69,11 @@ class FaultSpec:
     model with the same layer names and shapes.
 
     Attributes:
-        kind: 'weight', 'filter', 'node', 'stuck_value' or 'bit' (permanent faults), or
+        kind: the name of a registered fault kind (`kinds`): 'weight', 'filter',
+            'node', 'stuck_value', 'bit', 'bit_error' (permanent faults), or
             'activation_bit' / 'activation_value' (transient faults in the targeted
-            layers' outputs, drawn anew for every inference: `transient`).
+            layers' outputs, drawn anew for every inference: `transient`); `fault_kind`
+            is its object.
         rates: fractions of each targeted layer's elements (filters, nodes) faulted; for
             transient faults the fraction of output elements faulted over all inferences
             (or, with `faults_per_inference`, the fraction of inferences struck).
