@@ -44,8 +44,11 @@ def _table(path: Path, title: str) -> None:
     results = json.loads((path / "results.json").read_text())
     choice = results["rate_choice"]  # The plain file's cliff: where it keeps 90/50/20%.
     chance = choice["chance"]  # The most frequent class's share of the test labels.
-    kept = ", ".join(f"{r:.3g} ({k:.0%})" for r, k in zip(rates, choice["keeps"], strict=False))
-    print(f"\n**{title}** (rates where {choice['model']} keeps about: {kept})\n")
+    labels = {r: f"keeps about {k:.0%}" for r, k in zip(choice["rates"], choice["keeps"], strict=True)}
+    if choice.get("highest_placeable"):
+        labels.setdefault(choice["highest_placeable"], "the highest rate a cell can hold")
+    kept = ", ".join(f"{r:.3g} ({labels.get(r, '?')})" for r in rates)
+    print(f"\n**{title}** (rates where {choice['model']}: {kept})\n")
     header = "| method | clean (- none) |" + "".join(
         f" {r:.3g}: accuracy, kept, - none |" for r in rates
     )
