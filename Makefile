@@ -60,6 +60,7 @@ bench: deps
 	$(BIN)/python -m benchmarks.nested_campaign
 	$(BIN)/python -m benchmarks.transient_campaign
 	$(BIN)/python -m benchmarks.nan_guard_campaign
+	$(BIN)/python -m benchmarks.bit_error_training
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
