@@ -120,3 +120,18 @@ def test_a_float_file_is_refused_with_int8_storage(conv_bn_depthwise):
     spec = FaultSpec(kind="bit_error", rates=(0.0, 0.01), trials=1, storage="int8")
     with pytest.raises(FaultTargetError, match="stores the targeted kernels as float32"):
         tflite_runner.TFLiteModel(paths["float32"]).select_layers(spec)
+
+
+def test_layers_whose_codes_were_not_checked_are_refused():
+    """An attention projection's kernel (heads x head size) may be quantised along other
+    channels in the file: --storage=int8 refuses to guess, naming the layer."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((6, 8))
+    x = keras.layers.MultiHeadAttention(2, 4, name="mha")(inputs, inputs)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
+    spec = FaultSpec(kind="bit_error", rates=(0.0, 0.01), storage="int8")
+    with pytest.raises(FaultTargetError, match=r"mha/query \(EinsumDense\)"):
+        keras_runner.KerasModel(model).select_layers(spec)
+    spec = FaultSpec(kind="bit_error", rates=(0.0, 0.01), storage="int8", exclude_layers=("mha/*",))
+    assert keras_runner.KerasModel(model).select_layers(spec) == ["out"]

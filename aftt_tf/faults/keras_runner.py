@@ -227,7 +227,7 @@ class KerasModel(CampaignModel):
                 "stored int8/int32 values exist in .tflite files, not in a Keras model; run "
                 "this campaign on the exported file (biases with the kernels: --include_bias)."
             )
-        return targets.select_layers(
+        names = targets.select_layers(
             self.model,
             spec.fault_kind,
             spec.scope,
@@ -236,6 +236,9 @@ class KerasModel(CampaignModel):
             exclude=spec.exclude_layers,
             weights=spec.site_weights,
         )
+        if spec.storage == "int8":
+            _check_int8_simulated(self.model, names, spec.site_weights)
+        return names
 
     def coverage(self, spec: FaultSpec) -> dict[str, Any]:
         """What the spec faults of this model's weights, and what it leaves out and why."""
@@ -280,6 +283,30 @@ class KerasModel(CampaignModel):
             self.golden_cache: dict[tuple, np.ndarray] = {}
         return CampaignRunner(
             self.model, spec, images, labels, batch_size, transform, self.golden_cache
+        )
+
+
+# Layer types whose int8 codes `int8_storage` was checked against the converter's
+# (tests/int8_storage_test.py): other layouts (attention, recurrent, separable,
+# transposed kernels) may be quantised along other channels in the file.
+INT8_SIMULATED = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
+
+def _check_int8_simulated(model: keras.Model, names: list[str], weights: str) -> None:
+    """FaultTargetError naming the layers whose int8 codes --storage=int8 would simulate
+    without having been checked against the converter's (a silent mismatch otherwise)."""
+    found = {site.path: site.layer for site in registry.sites(model, weights)}
+    unchecked = [
+        f"{name} ({type(found[name]).__name__})"
+        for name in names
+        if type(found[name]) not in INT8_SIMULATED
+    ]
+    if unchecked:
+        raise FaultTargetError(
+            f"--storage=int8 simulates the converter's per-channel codes of Dense, Conv2D "
+            f"and DepthwiseConv2D kernels; {', '.join(unchecked[:4])} may be quantised along "
+            "other channels in the file. Leave them out with --exclude_layers, or run the "
+            "campaign on the int8 .tflite itself."
         )
 
 
