@@ -86,3 +86,27 @@ def test_export_refuses_unknown_format_and_missing_model(model_path, tmp_path):
     result = _run("export", [f"--model={tmp_path / 'missing.keras'}", f"--out={tmp_path / 'e'}"])
     assert result.returncode != 0 and "does not exist" in result.stderr
     assert not (tmp_path / "e").exists()
+
+
+@requires_fashion_mnist
+def test_bit_errors_in_int8_codes_and_a_kind_of_ones_own_through_the_cli(model_path, tmp_path):
+    common = [
+        f"--model={model_path}",
+        "--rates=0,0.02",
+        "--trials=2",
+        "--test_examples=300",
+        "--data=fashion_mnist",
+        "--allow_chance_accuracy",
+    ]
+    out = tmp_path / "bit_error"
+    result = _run("faults", [*common, "--fault=bit_error", "--storage=int8", f"--out={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    spec = json.loads((out / "results.json").read_text())["spec"]
+    assert (spec["kind"], spec["storage"]) == ("bit_error", "int8")
+    out = tmp_path / "own"
+    argv = [*common, "--import=tests.own_kinds", "--fault=stuck_at_minus_max", f"--out={out}"]
+    result = _run("faults", argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["spec"]["kind"] == "stuck_at_minus_max"
+    result = _run("faults", [*common, "--fault=stuck_at_minus_max", f"--out={tmp_path / 'x'}"])
+    assert result.returncode == 2 and "Unknown fault kind 'stuck_at_minus_max'" in result.stderr
