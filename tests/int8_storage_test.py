@@ -135,3 +135,56 @@ def test_layers_whose_codes_were_not_checked_are_refused():
         keras_runner.KerasModel(model).select_layers(spec)
     spec = FaultSpec(kind="bit_error", rates=(0.0, 0.01), storage="int8", exclude_layers=("mha/*",))
     assert keras_runner.KerasModel(model).select_layers(spec) == ["out"]
+
+
+def test_a_nested_backbones_folded_normalization_is_found(tmp_path):
+    """A BatchNormalization inside a nested backbone folds into its convolution in the
+    file too: the simulated codes carry its signs (before, only top-level layers' did)."""
+    keras.utils.set_random_seed(4)
+    inner_in = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(6, 3, name="conv")(inner_in)
+    x = keras.layers.BatchNormalization(name="norm")(x)
+    backbone = keras.Model(inner_in, keras.layers.ReLU()(x), name="backbone")
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.Flatten()(backbone(inputs))
+    wide = keras.initializers.RandomNormal(stddev=1.0, seed=4)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out", kernel_initializer=wide)(x))
+    rng = np.random.default_rng(4)
+    gamma = np.array([-1.2, 0.8, -0.6, 1.1, -0.9, 0.7])
+    backbone.get_layer("norm").set_weights([gamma, rng.normal(0, 0.1, 6), np.zeros(6), np.ones(6)])
+    images = rng.normal(size=(120, 10, 10, 3)).astype(np.float32)
+    labels = np.argmax(np.asarray(model(images)), -1)
+    path = conversion.tflite_files(model, tmp_path, "nested", images, modes=("int8",))["int8"]
+    file = tflite_runner.TFLiteModel(path)
+    spec = FaultSpec(kind="bit_error", rates=(0.0, 0.01), trials=1, storage="int8")
+    runner = keras_runner.CampaignRunner(model, spec, images, labels, 60, transform=RAW)
+    try:
+        tensor = runner.injector._tensors["backbone/conv"][0]
+        codes = runner.injector._int8_codes(
+            "backbone/conv", 0, tensor, np.asarray(tensor.variable.numpy())
+        )
+    finally:
+        runner.close()
+    kernel = file.layers["backbone/conv"].kernels[0]
+    stored = tflite_runner.TensorValues(file.content, kernel.weights).values
+    in_keras_order = stored[kernel.keras_to_file_positions(np.arange(codes.values.size))]
+    np.testing.assert_array_equal(in_keras_order, codes.values)
+    assert (codes.signs < 0).any()
+
+
+def test_a_subclassed_model_holding_batch_normalization_is_refused():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(4, 3, name="conv")
+            self.norm = keras.layers.BatchNormalization(name="norm")
+            self.out = keras.layers.Dense(3, name="out")
+
+        def call(self, x):
+            return self.out(keras.layers.Flatten()(self.norm(self.conv(x))))
+
+    model = Net()
+    model(np.zeros((1, 8, 8, 3), np.float32))
+    spec = FaultSpec(kind="bit_error", rates=(0.0, 0.01), storage="int8")
+    with pytest.raises(FaultTargetError, match="holding BatchNormalization layers"):
+        keras_runner.KerasModel(model).select_layers(spec)

@@ -305,9 +305,11 @@ def _check_int8_simulated(model: keras.Model, names: list[str], weights: str) ->
         raise FaultTargetError(
             f"--storage=int8 simulates the converter's per-channel codes of Dense, Conv2D "
             f"and DepthwiseConv2D kernels; {', '.join(unchecked[:4])} may be quantised along "
-            "other channels in the file. Leave them out with --exclude_layers, or run the "
-            "campaign on the int8 .tflite itself."
+            "other channels in the file. Leave them out with --exclude_layers (they then "
+            "stay float32), or run the campaign on the int8 .tflite itself."
         )
+    for name in names:  # A BatchNormalization folded where it cannot be seen: refused.
+        targets.folded_normalization(model, name)
 
 
 def _values_per_inference(layer) -> int | None:
@@ -716,10 +718,9 @@ class FaultInjector:
             0 if bias is None else clean[bias].size,
             rate,
             rng_for,
-            (
-                [8 if self._int8 else clean[i].dtype.itemsize * 8 for i in kernels],
-                32 if bias is None else clean[bias].dtype.itemsize * 8,
-            ),
+            # Per-bit faults act on the values as faulted here: int8 codes, or the
+            # float32 copies `placement.parameter_fault` corrupts (whatever the variable).
+            ([8 if self._int8 else 32 for _ in kernels], 32),
         )
         if self._plan is not None:
             self.protected_counts[name] = plan.protected
@@ -753,9 +754,8 @@ class FaultInjector:
         BatchNormalization it folds into the layer (read once per campaign)."""
         if (name, index) not in self._codes:
             signs = None
-            norm = targets.normalization_after(self._faulty, name) if "/" not in name else None
-            if norm is not None and tensor.attribute == "kernel":
-                layer = self._faulty.get_layer(norm)
+            layer = targets.folded_normalization(self._faulty, name)
+            if layer is not None and tensor.attribute == "kernel":
                 gamma = np.asarray(layer.gamma) if layer.scale else np.ones(clean.shape[-1])
                 axes = int8_storage.channel_axes(clean.shape, tensor.filter_axis)
                 signs = np.where(gamma < 0, -1.0, 1.0).reshape([clean.shape[a] for a in axes])

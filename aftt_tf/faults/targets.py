@@ -358,6 +358,31 @@ def normalization_after(model: keras.Model, name: str) -> str | None:
     return None
 
 
+def folded_normalization(model: keras.Model, path: str):
+    """The BatchNormalization a converter folds into layer `path` (one that alone reads
+    its output), looked up in the graph that holds the layer (a nested model's, for
+    'backbone/conv1'); None when there is none. FaultTargetError when that graph cannot
+    be read (a subclassed model or a composite layer) and holds BatchNormalization
+    layers: which one folds into which layer is then unknown."""
+    *containers, leaf = path.split("/")
+    holder = model
+    for part in containers:
+        holder = _child(holder, part)
+    if rewritable(holder):
+        name = normalization_after(holder, leaf)
+        return None if name is None else holder.get_layer(name)
+    inner = holder._flatten_layers(include_self=False, recursive=True)
+    if any(isinstance(layer, keras.layers.BatchNormalization) for layer in inner):
+        raise FaultTargetError(
+            f"{path}: {holder.name!r} is a subclassed model or composite layer holding "
+            "BatchNormalization layers; which of them a converter folds into which layer "
+            "(negating the stored int8 codes of channels with a negative scale) cannot be "
+            "read from it. Run this campaign on the int8 .tflite itself, or save the model "
+            "as a Functional one."
+        )
+    return None
+
+
 def strip_faults(model: keras.Model) -> keras.Model:
     """The fault-free model: fault layers replaced by their plain Keras layers, weights kept."""
     model = as_functional(model)
