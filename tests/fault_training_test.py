@@ -88,6 +88,7 @@ def test_harden_trains_against_bit_errors_in_int8_codes_and_mixtures():
         ({"fault_kinds": ("bit_error",)}, "pass --storage=int8"),
         ({"fault_kinds": ("bit",), "fault_max_rate": 0.02}, "pass --storage=int8"),
         ({"fault_kinds": ("bit_error",), "storage": "int8"}, "fault_aware_max_rate <= 0.1"),
+        ({"fault_kinds": ("node",), "storage": "int8"}, "nothing would be quantised"),
         ({"fault_kinds": ("activation_bit",)}, "takes a non-empty list of distinct kinds"),
         ({"fault_kinds": ("weight", "weight")}, "distinct"),
         ({"method": "none", "storage": "int8"}, "use it with --method=fat"),

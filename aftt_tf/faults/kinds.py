@@ -76,7 +76,6 @@ class FaultKind:
         non_finite: its faults can make outputs NaN or infinite.
         bit_meaning: its rate or position means a bit of the stored format, so models
             storing weights differently cannot be paired in one campaign.
-        needs_value: --stuck_value is required.
         takes_value: --stuck_value is read.
         output_stationary: an output_stationary array's stuck accumulators realise it.
         stuck_at_zero: its faults hold elements at 0 (masks: repair, fault calibration).
@@ -90,7 +89,6 @@ class FaultKind:
     per_element: ClassVar[bool] = False
     non_finite: ClassVar[bool] = False
     bit_meaning: ClassVar[bool] = False
-    needs_value: ClassVar[bool] = False
     takes_value: ClassVar[bool] = False
     output_stationary: ClassVar[bool] = False
     stuck_at_zero: ClassVar[bool] = False
@@ -151,15 +149,12 @@ class FaultKind:
         return f"FaultKind({self.name!r}, {self.family})"
 
 
-class _StuckAtZero(FaultKind):
-    family = PARAMETER
+class _HeldAtZero(FaultKind):
+    """Elements held at 0 (kernel elements, filters, layer outputs): one training draw,
+    a keep mask; kernels and node masks alike are multiplied by it."""
+
     stuck_at_zero = True
     trainable = True
-
-    def corrupt(self, stored, positions, rng, spec):
-        values = np.array(stored.values, copy=True)
-        values[positions] = stored.zero(positions)
-        return values
 
     def training_value(self, variable, rate, seed, step):
         import tensorflow as tf
@@ -175,6 +170,15 @@ class _StuckAtZero(FaultKind):
 
     def _spread(self, keep, variable, step):
         return keep
+
+
+class _StuckAtZero(_HeldAtZero):
+    family = PARAMETER
+
+    def corrupt(self, stored, positions, rng, spec):
+        values = np.array(stored.values, copy=True)
+        values[positions] = stored.zero(positions)
+        return values
 
 
 class WeightKind(_StuckAtZero):
@@ -296,16 +300,11 @@ class BitErrorKind(FaultKind):
         return values
 
 
-class NodeKind(FaultKind):
+class NodeKind(_HeldAtZero):
     name = "node"
     family = OUTPUT
     summary = "stuck-at-0 layer outputs (hidden units, feature-map elements)"
     output_stationary = True
-    stuck_at_zero = True
-    trainable = True
-    training_value = _StuckAtZero.training_value
-    _draw_shape = _StuckAtZero._draw_shape
-    _spread = _StuckAtZero._spread
 
 
 class ActivationBitKind(FaultKind):
@@ -331,7 +330,6 @@ class ActivationValueKind(FaultKind):
     family = TRANSIENT
     summary = "transient layer outputs set to --stuck_value, drawn anew for every inference"
     non_finite = True
-    needs_value = True
     takes_value = True
 
     def check(self, spec):
@@ -460,6 +458,12 @@ def trainable(
         )
     if storage not in ("float32", "int8"):
         raise ValueError(f"Unknown storage {storage!r}; expected float32 or int8.")
+    if storage != "float32" and not any(get(name).on_parameters for name in requested):
+        raise ValueError(
+            f"--storage={storage} trains on int8 codes of the kernels, which "
+            f"{','.join(requested)} faults do not touch (nothing would be quantised): add a "
+            "kind that faults weights (bit_error, weight, ...) or leave --storage out."
+        )
     for name in requested:
         if storage not in get(name).training_storages:
             raise ValueError(
