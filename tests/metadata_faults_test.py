@@ -106,3 +106,17 @@ def test_metadata_faults_move_accuracy_and_are_refused_where_absent(int8_file):
         FaultSpec(kind="node", targets=("scales",)).validate()
     assert FaultSpec(targets=("weights",)).key() == FaultSpec().key()
     assert FaultSpec(targets=("scales",)).key() != FaultSpec().key()
+
+
+def test_a_zero_point_of_minus_128_stuck_at_the_largest_code_changes():
+    """Stuck at the tensor's max |code|: |-128| is 128, clipped to 127. It was computed in
+    int8, where |-128| overflows to -128, so the zero point of a ReLU output (-128) was
+    'stuck' at itself and the fault counted without changing anything."""
+    codes = tflite_runner._ZeroPointCodes(np.array([-128], np.int8))
+    spec = FaultSpec(kind="stuck_value", targets=("zero_points",))
+    stuck = spec.fault_kind.corrupt(codes, np.array([0]), np.random.default_rng(0), spec)
+    assert stuck.tolist() == [127]
+    # Keys printed by the head before the fix (5afd6ce): this one changes (cells written
+    # then are never resumed), a bit campaign's does not.
+    assert spec.key() != "1f40291e075dd486"
+    assert FaultSpec(kind="bit", targets=("zero_points",)).key() == "810fa2b0e80d9907"

@@ -236,6 +236,10 @@ class FaultSpec:
             # and through pooling layers (nan_semantics) counted some NaN inferences as
             # classes.
             values["nan"] = "propagated, pooling"
+        if "zero_points" in self.targets and self.fault_kind.takes_value:
+            # Cells written before took max |code| in int8, where |-128| overflows to -128:
+            # a zero point of -128 was "stuck" at itself. A new key: never mixed.
+            values["zero_point_value"] = "max |code| without overflow"
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -835,9 +835,7 @@ class _ZeroPointCodes:
     values: np.ndarray
 
     def reals(self) -> np.ndarray:
-        # The int8 codes themselves, as campaigns have always read them (so a stuck
-        # value's default, max |code|, keeps the int8 arithmetic of existing cells).
-        return self.values
+        return self.values.astype(np.float64)  # |-128| is 128 (in int8 it overflows).
 
     def zero(self, positions: np.ndarray) -> np.ndarray:
         return np.zeros(len(positions), np.int8)
