@@ -120,3 +120,19 @@ def test_the_trainer_is_a_wrapper_for_a_users_own_fit():
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e))],
     )
     assert seen == [0, 1] and np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.parametrize("kind", ["weight", "filter", "stuck_value", "bit", "bit_error"])
+def test_every_kind_keeps_what_a_protection_plan_covers(kind):
+    """The plan is applied once, for every kind (filter's mask is per filter, bit kinds
+    flip codes: they ignored it, or broke on its shape, before)."""
+    kernel = _kernel((3, 3, 2, 8))
+    guard = tf.constant(
+        (np.arange(kernel.shape.num_elements()) % 2).reshape(kernel.shape), tf.float32
+    )
+    step = kinds.TrainingStep(filter_axis=3, guard=guard, storage="int8")
+    faulty = kinds.get(kind).training_faults(kernel, 0.5, tf.constant([2, 9], tf.int64), step)
+    clean = step.stored(kernel).numpy()
+    covered = guard.numpy() == 1
+    np.testing.assert_array_equal(faulty.numpy()[covered], clean[covered])
+    assert (faulty.numpy()[~covered] != clean[~covered]).any()

@@ -133,6 +133,12 @@ class FaultKind:
         gradient reaching the fault-free elements (straight-through for int8 codes)."""
         raise NotImplementedError(f"Fault-aware training cannot draw {self.name} faults.")
 
+    def training_faults(self, variable, rate, seed, step: TrainingStep):
+        """`training_value`, the elements a protection plan covers kept clean (what the
+        trainer calls: every kind honours a plan the same way)."""
+        faulty = self.training_value(variable, rate, seed, step)
+        return faulty if step.guard is None else step.protect(variable, faulty)
+
     # Transient kinds -----------------------------------------------------------------
     def draw_bits(self, spec: Any, widths, count: int, rng: np.random.Generator):
         """Bit of each of `count` transient faults (None: the kind writes values, not
@@ -161,8 +167,6 @@ class _HeldAtZero(FaultKind):
 
         uniform = tf.random.stateless_uniform(self._draw_shape(variable, step), seed=seed)
         keep = tf.cast(uniform >= rate, variable.dtype)
-        if step.guard is not None:  # Elements a protection plan covers never fault.
-            keep = tf.maximum(keep, step.guard)
         return step.stored(variable) * self._spread(keep, variable, step)
 
     def _draw_shape(self, variable, step):
@@ -363,6 +367,10 @@ class TrainingStep:
 
             return int8_storage.quantized(variable, self.filter_axis)
         return variable
+
+    def protect(self, variable, faulty):
+        """`faulty` where the plan's mask is 0, the clean stored value where it is 1."""
+        return self.stored(variable) * self.guard + faulty * (1 - self.guard)
 
     def flipped(self, variable, flips):
         """The kernel with the bits `flips` (int32 masks) of its int8 codes flipped."""

@@ -156,6 +156,8 @@ class HardenConfig:
 
     def _check_fault_aware(self) -> None:
         """Fault kinds, storage and max rate of fault-aware training (`kinds.trainable`)."""
+        if self.storage not in ("float32", "int8"):
+            raise ValueError(f"--storage must be float32 or int8, received {self.storage!r}.")
         if not methods.get(self.method).fault_aware:
             if self.storage != "float32":
                 raise ValueError(

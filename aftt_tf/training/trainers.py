@@ -427,7 +427,7 @@ class ClassifierTrainer(keras.Model):
                 # Kernel faults are large: drawn only in the steps that draw their kind.
                 value = tf.cond(
                     kind_index == position,
-                    lambda v=variable, k=kind, s=seed, t=step_of: k.training_value(v, rate, s, t),
+                    lambda v=variable, k=kind, s=seed, t=step_of: k.training_faults(v, rate, s, t),
                     lambda value=value: tf.identity(value),
                 )
             mapping.append((variable, value))
