@@ -104,9 +104,13 @@ def test_bit_errors_in_int8_codes_and_a_kind_of_ones_own_through_the_cli(model_p
     spec = json.loads((out / "results.json").read_text())["spec"]
     assert (spec["kind"], spec["storage"]) == ("bit_error", "int8")
     out = tmp_path / "own"
-    argv = [*common, "--import=tests.own_kinds", "--fault=stuck_at_minus_max", f"--out={out}"]
+    argv = [*common, "--import=tests.own_kinds", "--fault=stuck_at_mean_magnitude", f"--out={out}"]
     result = _run("faults", argv)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((out / "results.json").read_text())["spec"]["kind"] == "stuck_at_minus_max"
-    result = _run("faults", [*common, "--fault=stuck_at_minus_max", f"--out={tmp_path / 'x'}"])
-    assert result.returncode == 2 and "Unknown fault kind 'stuck_at_minus_max'" in result.stderr
+    assert (
+        json.loads((out / "results.json").read_text())["spec"]["kind"] == "stuck_at_mean_magnitude"
+    )
+    result = _run("faults", [*common, "--fault=stuck_at_mean_magnitude", f"--out={tmp_path / 'x'}"])
+    assert (
+        result.returncode == 2 and "Unknown fault kind 'stuck_at_mean_magnitude'" in result.stderr
+    )

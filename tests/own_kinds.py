@@ -1,5 +1,5 @@
 """A fault kind of a user's own, for `--import=tests.own_kinds` (tests/faults_cli_test.py):
-weights stuck at minus their tensor's largest |w|."""
+weights stuck at their tensor's mean |w| (a weak stuck-at fault)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import numpy as np
 from aftt_tf.faults import kinds
 
 
-class StuckAtMinusMax(kinds.FaultKind):
-    name = "stuck_at_minus_max"
+class StuckAtMeanMagnitude(kinds.FaultKind):
+    name = "stuck_at_mean_magnitude"
     family = kinds.PARAMETER
-    summary = "weights stuck at minus their tensor's largest |w|"
+    summary = "weights stuck at their tensor's mean |w|"
     per_element = True
 
     def corrupt(self, stored, positions, rng, spec):
-        values = np.array(stored.values, copy=True)
-        values[positions] = stored.encode(-float(np.max(np.abs(stored.reals()))), positions)
-        return values
+        faulty = np.array(stored.values, copy=True)
+        faulty[positions] = stored.encode(float(np.mean(np.abs(stored.reals()))), positions)
+        return faulty
 
 
-kinds.register(StuckAtMinusMax)
+kinds.register(StuckAtMeanMagnitude)
