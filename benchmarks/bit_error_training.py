@@ -25,8 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from aftt_tf import data  # noqa: E402
-from aftt_tf.faults import inputs as model_inputs  # noqa: E402
+from aftt_tf.data import datasets as data  # noqa: E402
+from aftt_tf.data import inputs as model_inputs  # noqa: E402
 from aftt_tf.training import trainers  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""What the one NaN rule costs (`faults/nan_semantics.py`), per runtime.
+"""What the one NaN rule costs (`runtimes/nan_semantics.py`), per runtime.
 
     .venv/bin/python -m benchmarks.nan_guard_campaign
 
@@ -26,8 +26,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from aftt_tf.faults import inputs, keras_runner, nan_semantics, tflite_runner  # noqa: E402
+from aftt_tf.data import inputs  # noqa: E402
 from aftt_tf.faults.spec import FaultSpec  # noqa: E402
+from aftt_tf.runtimes import keras_runner, nan_semantics, tflite_runner  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 RAW = inputs.resolve("raw")

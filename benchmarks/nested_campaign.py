@@ -24,8 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from aftt_tf.faults import keras_runner  # noqa: E402
 from aftt_tf.faults.spec import FaultSpec  # noqa: E402
+from aftt_tf.runtimes import keras_runner  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 L = keras.layers

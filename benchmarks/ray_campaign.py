@@ -26,9 +26,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from aftt_tf import data  # noqa: E402
-from aftt_tf.faults import campaign, keras_runner, ray_executor, tflite_runner  # noqa: E402
+from aftt_tf.campaigns import engine as campaign  # noqa: E402
+from aftt_tf.campaigns import ray_executor
+from aftt_tf.data import datasets as data  # noqa: E402
 from aftt_tf.faults.spec import FaultSpec  # noqa: E402
+from aftt_tf.runtimes import keras_runner, tflite_runner  # noqa: E402
 from aftt_tf.training import networks  # noqa: E402
 
 

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from aftt_tf import data  # noqa: E402
+from aftt_tf.data import datasets as data  # noqa: E402
 from aftt_tf.training import complexity, networks, trainers  # noqa: E402
 from benchmarks.common import matmul_gflops  # noqa: E402
 

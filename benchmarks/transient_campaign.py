@@ -33,9 +33,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from aftt_tf import tflite_file  # noqa: E402
-from aftt_tf.faults import inputs, keras_runner, tflite_runner  # noqa: E402
+from aftt_tf.data import inputs  # noqa: E402
 from aftt_tf.faults.spec import FaultSpec  # noqa: E402
+from aftt_tf.runtimes import (  # noqa: E402
+    keras_runner,
+    tflite_file,  # noqa: E402
+    tflite_runner,
+)
 from benchmarks import common  # noqa: E402
 
 RAW = inputs.resolve("raw")

@@ -15,7 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from aftt_tf.faults.statistics import confidence_interval
+from aftt_tf.campaigns.statistics import confidence_interval
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "results/bit_error_hardening/fmnist_cnn")
 KINDS = {
@@ -44,7 +44,9 @@ def _table(path: Path, title: str) -> None:
     results = json.loads((path / "results.json").read_text())
     choice = results["rate_choice"]  # The plain file's cliff: where it keeps 90/50/20%.
     chance = choice["chance"]  # The most frequent class's share of the test labels.
-    labels = {r: f"keeps about {k:.0%}" for r, k in zip(choice["rates"], choice["keeps"], strict=True)}
+    labels = {
+        r: f"keeps about {k:.0%}" for r, k in zip(choice["rates"], choice["keeps"], strict=True)
+    }
     if choice.get("highest_placeable"):
         labels.setdefault(choice["highest_placeable"], "the highest rate a cell can hold")
     kept = ", ".join(f"{r:.3g} ({labels.get(r, '?')})" for r in rates)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aftt_tf.faults import statistics
+from aftt_tf.campaigns import statistics
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "results/sensitivity")
 MODELS = {"mlp": "paper MLP (fmnist_mlp)", "mobilenet": "MobileNetV2 0.35 / CIFAR-10"}

@@ -16,8 +16,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aftt_tf"
 # Lowest first; a module may import modules of its own layer or of layers below it.
 LAYERS = (
     ("aftt_tf", "aftt_tf.vocabulary", "aftt_tf.io_utils", "aftt_tf.progress", "aftt_tf.checks"),
-    ("aftt_tf.data", "aftt_tf.tflite_file"),
+    ("aftt_tf.data",),
     ("aftt_tf.faults",),
+    ("aftt_tf.runtimes",),
+    ("aftt_tf.campaigns",),
+    ("aftt_tf.sensitivity",),
     ("aftt_tf.training",),
     ("aftt_tf.deploy",),
     ("aftt_tf.reproduce",),
@@ -110,16 +113,16 @@ def test_no_import_circles():
 
 def test_the_check_sees_a_circle_and_an_upward_import():
     """The two checks above can fail: a made-up graph with both defects trips them."""
-    assert _layer("aftt_tf.cli.faults") > _layer("aftt_tf.faults.campaign")
+    assert _layer("aftt_tf.cli.faults") > _layer("aftt_tf.campaigns.engine")
     tree = ast.parse(
-        "from aftt_tf.cli import faults\nimport aftt_tf.faults.campaign as c\n"
-        "from aftt_tf.faults import evaluate\n"
+        "from aftt_tf.cli import faults\nimport aftt_tf.campaigns.engine as c\n"
+        "from aftt_tf.faults import FaultSpec\n"
     )
-    names = {"aftt_tf.cli.faults", "aftt_tf.cli", "aftt_tf.faults", "aftt_tf.faults.campaign"}
+    names = {"aftt_tf.cli.faults", "aftt_tf.cli", "aftt_tf.faults", "aftt_tf.campaigns.engine"}
     assert _imports("aftt_tf.x", tree, names) == {
         "aftt_tf.cli.faults",
-        "aftt_tf.faults.campaign",
-        "aftt_tf.faults",  # `evaluate` is an attribute of the package: its __init__ runs.
+        "aftt_tf.campaigns.engine",
+        "aftt_tf.faults",  # `FaultSpec` is an attribute of the package: its __init__ runs.
     }
 
 
@@ -203,7 +206,7 @@ def test_the_readme_layout_names_every_package_and_module():
     packages = [p for p in entries if p.startswith("aftt_tf/")]
     expected = [
         "aftt_tf/" + layer[0].split(".", 1)[1].replace(".", "/") + "/"
-        for layer in reversed(LAYERS[2:])
+        for layer in reversed(LAYERS[1:])
     ] + ["aftt_tf/"]
     assert packages == expected, packages
     for package in packages:
@@ -240,7 +243,9 @@ def test_every_runtime_implements_the_whole_interface_and_the_engine_probes_noth
     a method exists (a missing one would skip a check silently)."""
     import inspect
 
-    from aftt_tf.faults import keras_runner, ray_executor, spec, tflite_runner
+    from aftt_tf.campaigns import ray_executor
+    from aftt_tf.faults import spec
+    from aftt_tf.runtimes import keras_runner, tflite_runner
     from aftt_tf.training import repair
 
     models = [
@@ -260,8 +265,8 @@ def test_every_runtime_implements_the_whole_interface_and_the_engine_probes_noth
         assert issubclass(cls, spec.CampaignModel) and not inspect.isabstract(cls), cls
     for cls in runners:
         assert issubclass(cls, spec.CellRunner) and not inspect.isabstract(cls), cls
-    for module in ("campaign.py", "campaign_lib.py"):
-        source = (Path("aftt_tf/faults") / module).read_text()
+    for module in ("engine.py", "campaign_lib.py"):
+        source = (PACKAGE / "campaigns" / module).read_text()
         probes = re.findall(r"(?:getattr|hasattr)\((?:adapter|runner|model|first)\b", source)
         assert not probes, (module, probes)
 

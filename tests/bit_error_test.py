@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf.faults import FaultSpec, keras_runner, sampling, tflite_runner
-from aftt_tf.faults import inputs as input_transforms
+from aftt_tf.data import inputs as input_transforms
+from aftt_tf.faults import FaultSpec, sampling
+from aftt_tf.runtimes import keras_runner, tflite_runner
 from tests import conversion
 
 RAW = input_transforms.resolve("raw")
@@ -85,7 +86,7 @@ def test_keras_and_the_float32_file_flip_the_same_bits(model_and_files):
 def test_a_pairing_where_the_file_dropped_an_all_zero_bias_is_refused(tmp_path):
     """The converter drops a Dense's all-zero bias: with --include_bias the .keras would
     fault 5 more elements (bits of 0.0) than the file, so the pair is refused."""
-    from aftt_tf.faults import evaluate
+    from aftt_tf.campaigns import evaluate
 
     keras.utils.set_random_seed(2)
     inputs = keras.Input((6,))

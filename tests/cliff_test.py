@@ -8,8 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf.faults import campaign_lib, cliff, console, inputs, keras_runner
+from aftt_tf.campaigns import campaign_lib, cliff, console
+from aftt_tf.data import inputs
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
+from aftt_tf.runtimes import keras_runner
 from tests import tiny_models
 
 L = keras.layers

@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from aftt_tf import data  # noqa: E402
+from aftt_tf.data import datasets as data  # noqa: E402
 
 FASHION_MNIST_DIR = data.DEFAULT_LOCAL_DIRS["fashion_mnist"]
 

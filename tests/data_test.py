@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data
+from aftt_tf.data import datasets as data
 from tests.conftest import requires_fashion_mnist
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data, tflite_file
+from aftt_tf.campaigns import statistics
+from aftt_tf.data import datasets as data
 from aftt_tf.deploy import export_lib
-from aftt_tf.faults import keras_runner, statistics, tflite_runner
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
+from aftt_tf.runtimes import keras_runner, tflite_file, tflite_runner
 from aftt_tf.training import networks, trainers
 from tests.conftest import requires_fashion_mnist
 
@@ -288,8 +289,9 @@ NO_TENSORFLOW = textwrap.dedent(
 
     sys.meta_path.insert(0, Block())
     import numpy as np
-    from aftt_tf import data
-    from aftt_tf.faults import campaign, runtimes
+    from aftt_tf.data import datasets as data
+    from aftt_tf.campaigns import engine as campaign
+    from aftt_tf import runtimes
     from aftt_tf.faults.spec import FaultSpec
     arrays, _ = data.load_arrays("fashion_mnist", source="local")
     images, labels = arrays["test"]

@@ -20,9 +20,10 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf import data, io_utils
+from aftt_tf import io_utils
+from aftt_tf.campaigns import engine as campaign
+from aftt_tf.data import datasets as data
 from aftt_tf.deploy import export_lib
-from aftt_tf.faults import campaign
 from aftt_tf.faults.spec import FaultSpec
 from aftt_tf.training import train_lib
 from aftt_tf.training.config import TrainConfig

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data
-from aftt_tf.faults import fault_map, keras_runner, tflite_runner
+from aftt_tf.data import datasets as data
+from aftt_tf.faults import fault_map
 from aftt_tf.faults.spec import FaultSpec, RepairProtocol
+from aftt_tf.runtimes import keras_runner, tflite_runner
 from aftt_tf.training import repair
 from tests.conftest import requires_fashion_mnist
 

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 
 import aftt_tf  # noqa: F401
-from aftt_tf.faults import analysis, campaign, keras_runner, layers, sampling, statistics, targets
+from aftt_tf.campaigns import analysis, statistics
+from aftt_tf.campaigns import engine as campaign
+from aftt_tf.faults import sampling
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, layers, targets
 from aftt_tf.training import networks
 
 

@@ -14,7 +14,9 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf.faults import campaign, console, frontend, plots
+from aftt_tf.campaigns import console, plots
+from aftt_tf.campaigns import engine as campaign
+from aftt_tf.data import frontend
 from aftt_tf.faults.spec import CampaignModel, FaultSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +161,7 @@ def test_tensorflow_log_is_quiet_by_default(tmp_path):
 
 
 def test_rate_zero_is_evaluated_once_per_model(monkeypatch):
-    from aftt_tf.faults import keras_runner
+    from aftt_tf.runtimes import keras_runner
 
     calls = []
     original = keras_runner.CampaignRunner.evaluate_cell

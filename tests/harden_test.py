@@ -15,8 +15,9 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf import data
-from aftt_tf.faults import FaultSpec, evaluate
+from aftt_tf.campaigns import evaluate
+from aftt_tf.data import datasets as data
+from aftt_tf.faults import FaultSpec
 from aftt_tf.training import harden
 from tests.conftest import requires_fashion_mnist
 
@@ -190,7 +191,7 @@ def test_range_restriction_beats_no_clipping_under_large_stuck_values(trained, t
     assert fresh.returncode == 0 and int(fresh.stdout.split()[-1]) == len(clipped.layers)
     np.testing.assert_allclose(loaded.predict(test.inputs[:50]), clipped.predict(test.inputs[:50]))
     from aftt_tf.deploy import export_lib
-    from aftt_tf.tflite_file import TFLiteFile
+    from aftt_tf.runtimes.tflite_file import TFLiteFile
 
     np.savez(tmp_path / "test.npz", x=test.inputs[:500], y=test.labels[:500])
     manifest = export_lib.export_classifier(

@@ -8,9 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf.faults import FaultSpec, evaluate, keras_runner, tflite_runner
-from aftt_tf.faults import inputs as input_transforms
+from aftt_tf.campaigns import evaluate
+from aftt_tf.data import inputs as input_transforms
+from aftt_tf.faults import FaultSpec
 from aftt_tf.faults.spec import FaultTargetError
+from aftt_tf.runtimes import keras_runner, tflite_runner
 from tests import conversion
 
 RAW = input_transforms.resolve("raw")

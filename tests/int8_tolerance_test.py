@@ -6,10 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf import data
+from aftt_tf.campaigns import int8_stats
+from aftt_tf.data import datasets as data
 from aftt_tf.deploy import export_lib
-from aftt_tf.faults import int8_stats, keras_runner, tflite_runner
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, tflite_runner
 from tests.conftest import fashion_mnist_available, requires_fashion_mnist
 from tests.export_test import _trained_classifier
 
@@ -255,8 +256,8 @@ def test_faults_cli_records_per_layer_statistics(int8_exports, tmp_path):
 
 @requires_fashion_mnist
 def test_per_rate_deployment_runs_each_rate_on_its_own_file(int8_exports, tmp_path):
+    from aftt_tf.campaigns import engine as campaign
     from aftt_tf.deploy import fault_calibration
-    from aftt_tf.faults import campaign
     from aftt_tf.faults.spec import FaultTargetError
 
     model_path, out, _ = int8_exports

@@ -105,7 +105,7 @@ def data(root: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def run(root: Path, name: str, model_file: str, spec: FaultSpec, out: Path):
     """The campaign `name` on the fixture's model file, written (or resumed) in `out`."""
-    from aftt_tf.faults import evaluate
+    from aftt_tf.campaigns import evaluate
 
     return evaluate(
         {name: str(root / model_file)},

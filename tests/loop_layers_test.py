@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from aftt_tf.faults import inputs, keras_runner, tflite_runner
+from aftt_tf.data import inputs
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, tflite_runner
 
 L = keras.layers
 RAW = inputs.resolve("raw")

@@ -15,9 +15,9 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf.faults import inputs as input_transforms
-from aftt_tf.faults import keras_runner, nan_semantics, tflite_runner
+from aftt_tf.data import inputs as input_transforms
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, nan_semantics, tflite_runner
 from tests import conversion
 
 L = keras.layers

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data
-from aftt_tf.faults import keras_runner, registry, tflite_runner
+from aftt_tf.data import datasets as data
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, registry, tflite_runner
 from tests import conversion
 from tests.conftest import requires_fashion_mnist
 from tests.export_test import _assert_not_significantly_beyond

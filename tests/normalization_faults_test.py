@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf.faults import inputs, keras_runner, sampling, tflite_runner
+from aftt_tf.data import inputs
+from aftt_tf.faults import sampling
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, tflite_runner
 from tests import cli_helpers
 
 L = keras.layers

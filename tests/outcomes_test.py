@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf.faults import console, evaluate, keras_runner, tflite_runner
+from aftt_tf.campaigns import console, evaluate
 from aftt_tf.faults.spec import FaultSpec, predictions
+from aftt_tf.runtimes import keras_runner, tflite_runner
 
 L = keras.layers
 

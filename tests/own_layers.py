@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 
-import aftt_tf.faults
+import aftt_tf.campaigns
 
 
 class UsersDense(keras.layers.Layer):
@@ -36,4 +36,4 @@ class UnregisteredDense(UsersDense):
     """The same layer, never registered: reached only by weights='all_trainable'."""
 
 
-aftt_tf.faults.register_layer(OwnDense, kernels=("w",), bias="b")
+aftt_tf.campaigns.register_layer(OwnDense, kernels=("w",), bias="b")

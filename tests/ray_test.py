@@ -12,9 +12,11 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf import data
-from aftt_tf.faults import campaign, keras_runner, ray_executor, tflite_runner
+from aftt_tf.campaigns import engine as campaign
+from aftt_tf.campaigns import ray_executor
+from aftt_tf.data import datasets as data
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, tflite_runner
 from tests.conftest import reproduce_smoke, requires_fashion_mnist
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from aftt_tf import io_utils
-from aftt_tf.faults import campaign, fault_map, systolic
+from aftt_tf.campaigns import engine as campaign
+from aftt_tf.faults import fault_map, systolic
 from aftt_tf.faults.spec import FaultSpec
 from aftt_tf.reproduce import campaign_report
 from aftt_tf.training import harden
@@ -296,8 +297,9 @@ def folded(tmp_path_factory):
 
 
 def test_a_map_value_the_file_stores_folded_is_refused_in_the_file(folded, tmp_path):
-    from aftt_tf.faults import inputs, tflite_runner
+    from aftt_tf.data import inputs
     from aftt_tf.faults.spec import FaultTargetError
+    from aftt_tf.runtimes import tflite_runner
 
     model, path, images = folded
     labels = np.argmax(np.asarray(model(images)), -1)
@@ -325,7 +327,7 @@ def test_a_map_value_the_file_stores_folded_is_refused_in_the_file(folded, tmp_p
 
 
 def test_a_directory_given_as_model_is_named(tmp_path):
-    from aftt_tf.faults import keras_runner
+    from aftt_tf.runtimes import keras_runner
 
     (tmp_path / "run").mkdir()
     _model().save(tmp_path / "run" / "classifier.keras")
@@ -334,7 +336,7 @@ def test_a_directory_given_as_model_is_named(tmp_path):
 
 
 def test_a_model_of_two_inputs_is_named_not_blamed_on_the_data():
-    from aftt_tf.faults import keras_runner
+    from aftt_tf.runtimes import keras_runner
 
     a, b = keras.Input((4,)), keras.Input((2,))
     joined = L.Concatenate()([a, b])
@@ -344,7 +346,7 @@ def test_a_model_of_two_inputs_is_named_not_blamed_on_the_data():
 
 
 def test_an_npz_spec_carries_its_own_keys(tmp_path):
-    from aftt_tf import data
+    from aftt_tf.data import datasets as data
 
     np.savez(tmp_path / "test.npz", x_test=np.zeros((4, 6), np.float32), y_test=np.arange(4))
     loaded = data.load_evaluation_data(f"npz:{tmp_path / 'test.npz'}:x_test,y_test")
@@ -358,7 +360,7 @@ def test_missing_files_and_modules_are_named_before_tensorflow(tmp_path):
     without importing TensorFlow (which takes a minute under load)."""
     script = f"""
 import sys
-from aftt_tf.faults import campaign_lib
+from aftt_tf.campaigns import campaign_lib
 from aftt_tf.faults.spec import FaultSpec
 def check(**kwargs):
     options = dict(models=("{tmp_path}/m.keras",), out="{tmp_path}/out", spec=FaultSpec())
@@ -404,7 +406,7 @@ def test_fault_aware_training_with_nothing_to_fault_is_refused():
 def test_an_unrolled_recurrent_files_shared_kernels_count_once(tmp_path):
     """Every step of an unrolled GRU reads the same kernels: the file's coverage counts
     them once (it reported 28 steps' worth before)."""
-    from aftt_tf.faults import tflite_runner
+    from aftt_tf.runtimes import tflite_runner
     from tests import conversion
 
     keras.utils.set_random_seed(0)
@@ -441,7 +443,7 @@ def test_the_stderr_filter_keeps_the_last_lines_of_a_native_abort():
 
 def test_rate_zero_is_evaluated_once_per_model(tmp_path, monkeypatch):
     """Rate 0 faults nothing: one evaluation per model, recorded for every trial."""
-    from aftt_tf.faults import keras_runner
+    from aftt_tf.runtimes import keras_runner
 
     calls = []
     original = keras_runner.CampaignRunner.evaluate_cell

@@ -20,10 +20,13 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf import data, io_utils
+from aftt_tf import io_utils
+from aftt_tf.campaigns import campaign_lib, ray_executor
+from aftt_tf.campaigns import engine as campaign
 from aftt_tf.cli import common
+from aftt_tf.data import datasets as data
+from aftt_tf.data import inputs
 from aftt_tf.deploy import export_lib
-from aftt_tf.faults import campaign, campaign_lib, inputs, ray_executor
 from aftt_tf.faults.spec import FaultSpec, outcome_of
 from aftt_tf.training import phases
 from aftt_tf.training.repair_config import RepairConfig
@@ -178,7 +181,7 @@ def int8_file(tmp_path_factory):
 
 def test_an_int8_file_refuses_a_stuck_value_it_cannot_store(int8_file):
     from aftt_tf.faults.spec import FaultTargetError
-    from aftt_tf.faults.tflite_runner import TFLiteModel
+    from aftt_tf.runtimes.tflite_runner import TFLiteModel
 
     model = TFLiteModel.load(int8_file)
     with pytest.raises(FaultTargetError, match="cannot be stored in the int8 weights"):
@@ -525,7 +528,7 @@ def _umask() -> int:
 
 
 def test_damaged_model_files_are_named(tmp_path):
-    from aftt_tf.faults import keras_runner, tflite_runner
+    from aftt_tf.runtimes import keras_runner, tflite_runner
 
     keras_file = tmp_path / "broken.keras"
     keras_file.write_bytes(b"not a zip at all")
@@ -586,7 +589,7 @@ def test_readme_says_what_import_runs():
 def test_the_python_api_is_notebook_friendly():
     import matplotlib
 
-    from aftt_tf.faults import evaluate
+    from aftt_tf.campaigns import evaluate
 
     backend = matplotlib.get_backend()
     model = _model()

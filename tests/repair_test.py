@@ -11,10 +11,10 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf import data, tflite_file
-from aftt_tf.faults import keras_runner
-from aftt_tf.faults import layers as fault_layers
+from aftt_tf.data import datasets as data
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, tflite_file
+from aftt_tf.runtimes import layers as fault_layers
 from aftt_tf.training import networks, phases, repair
 from tests.conftest import requires_fashion_mnist
 
@@ -176,7 +176,7 @@ def test_repaired_campaign_at_rate_zero_is_plain_fine_tuning(trained_path, tmp_p
     """The repaired protocol: a rate-0 cell equals plain fine-tuning of the same length
     (aftt-repair at rate 0), repaired cells beat the deployed protocol's same cells, and
     one compiled training function serves every cell."""
-    from aftt_tf.faults import campaign
+    from aftt_tf.campaigns import engine as campaign
     from aftt_tf.faults.spec import RepairProtocol
 
     arrays, _ = data.load_arrays("fashion_mnist", source="local")
@@ -213,8 +213,8 @@ def test_repaired_campaign_at_rate_zero_is_plain_fine_tuning(trained_path, tmp_p
 def test_cli_repaired_protocol_and_its_refusal_on_a_tflite(trained_path, tmp_path):
     import tensorflow as tf
 
-    from aftt_tf.faults import tflite_runner
     from aftt_tf.faults.spec import FaultTargetError, RepairProtocol
+    from aftt_tf.runtimes import tflite_runner
 
     argv = [
         sys.executable,

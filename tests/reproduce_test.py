@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf.faults import campaign
+from aftt_tf.campaigns import engine as campaign
 from aftt_tf.reproduce import config as reproduce_config
 from aftt_tf.reproduce import document, pipeline, sections
 from aftt_tf.training import config as config_lib

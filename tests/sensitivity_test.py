@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data, tflite_file
-from aftt_tf.faults import keras_runner, protection, sensitivity, tflite_runner
+from aftt_tf.data import datasets as data
+from aftt_tf.faults import protection
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, tflite_file, tflite_runner
+from aftt_tf.sensitivity import scores as sensitivity
 from tests.conftest import fashion_mnist_available, requires_fashion_mnist
 
 L = keras.layers
@@ -309,7 +311,8 @@ def test_a_killed_run_starts_over_and_foreign_files_are_refused(tmp_path):
     """What a killed run left (config.json, plans/, no manifest) is cleared by the next
     run of the command; a user's files or another finished run are never touched."""
     from aftt_tf import io_utils
-    from aftt_tf.faults import frontend, sensitivity_run
+    from aftt_tf.data import frontend
+    from aftt_tf.sensitivity import sensitivity_run
 
     config = sensitivity_run.SensitivityConfig(
         model="m.keras", out=str(tmp_path / "out"), data=frontend.DataOptions()

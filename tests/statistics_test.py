@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from aftt_tf.faults import statistics
+from aftt_tf.campaigns import statistics
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 29, 100, 1000])

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf.faults import keras_runner, systolic, tflite_runner
+from aftt_tf.faults import systolic
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
+from aftt_tf.runtimes import keras_runner, tflite_runner
 
 L = keras.layers
 

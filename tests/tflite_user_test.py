@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data, tflite_file
-from aftt_tf.faults import keras_runner, tflite_runner
+from aftt_tf.data import datasets as data
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, tflite_file, tflite_runner
 from tests.conftest import requires_fashion_mnist
 from tests.export_test import _assert_not_significantly_beyond
 
@@ -123,7 +123,7 @@ def test_other_storages_track_float32_under_the_same_faults(mode, user_files):
 def test_stuck_at_zero_writes_the_zero_point_of_asymmetric_weights():
     """uint8 weights with zero points (older converters, asymmetric schemes): real 0 is the
     zero point, not the stored value 0."""
-    from aftt_tf import tflite_file
+    from aftt_tf.runtimes import tflite_file
 
     stored = np.array([[10, 20, 30], [5, 6, 7]], np.uint8)
     tensor = tflite_file.ConstantTensor(

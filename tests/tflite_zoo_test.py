@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import tflite_file
-from aftt_tf.faults import keras_runner, tflite_runner
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, tflite_file, tflite_runner
 from tests.export_test import _assert_not_significantly_beyond
 
 pytestmark = pytest.mark.slow  # Minutes: left out by `make test-fast`.
@@ -256,7 +255,7 @@ def test_export_layer_map_accounts_for_every_zoo_model(zoo):
 def test_resuming_cells_that_faulted_other_layers_is_refused(zoo, tmp_path):
     """Cells written by a version whose layer rule targeted other layers (here: a cell
     edited to name fewer layers) are not mixed into the campaign."""
-    from aftt_tf.faults import campaign
+    from aftt_tf.campaigns import engine as campaign
 
     model, paths, images, labels = zoo["transpose"]
     spec = FaultSpec(kind="node", rates=(0.0, 0.2), trials=2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aftt_tf.faults import analysis, console
+from aftt_tf.campaigns import analysis, console
 
 
 def _cells(model: str, clean: float, faulty: dict[float, float], trials: int = 8):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import aftt_tf.faults.layers  # noqa: F401  (registers serializable objects)
+import aftt_tf.runtimes.layers  # noqa: F401  (registers serializable objects)
 from aftt_tf import io_utils
 from aftt_tf.training import phases, train_lib, trainers
 from aftt_tf.training.config import TrainConfig

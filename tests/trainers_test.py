@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data
+from aftt_tf.data import datasets as data
 from aftt_tf.training import networks, trainers
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data
-from aftt_tf.faults import inputs as input_transforms
-from aftt_tf.faults import keras_runner, tflite_runner, tflite_transient, transient
+from aftt_tf.data import datasets as data
+from aftt_tf.data import inputs as input_transforms
+from aftt_tf.faults import transient
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
+from aftt_tf.runtimes import keras_runner, tflite_runner, tflite_transient
 from tests import cli_helpers, conversion
 from tests.conftest import requires_fashion_mnist
 

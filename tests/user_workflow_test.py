@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf import data
+from aftt_tf.data import datasets as data
 from tests.conftest import requires_fashion_mnist
 
 pytestmark = [requires_fashion_mnist, pytest.mark.slow]

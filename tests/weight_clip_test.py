@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from aftt_tf import tflite_file
+from aftt_tf.runtimes import tflite_file
 from aftt_tf.training import harden
 from tests import conversion
 

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf import data
-from aftt_tf.faults import campaign, keras_runner, sampling
-from aftt_tf.faults.inputs import resolve
+from aftt_tf.campaigns import engine as campaign
+from aftt_tf.data import datasets as data
+from aftt_tf.data.inputs import resolve
+from aftt_tf.faults import sampling
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
+from aftt_tf.runtimes import keras_runner
 from tests.conftest import requires_fashion_mnist
 
 pytestmark = requires_fashion_mnist

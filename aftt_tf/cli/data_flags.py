@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 
 def options(data: str):
     """The `frontend.DataOptions` of these flags and `data`."""
-    from aftt_tf.faults.frontend import DataOptions
+    from aftt_tf.data.frontend import DataOptions
 
     return DataOptions(
         data=data,

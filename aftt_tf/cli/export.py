@@ -86,11 +86,12 @@ def main(argv: list[str]) -> None:
             f"--fault_calibration_rates must be numbers, received {FLAGS.fault_calibration_rates}."
         ) from None
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf import data, io_utils
+    from aftt_tf import io_utils
+    from aftt_tf.data import datasets as data
     from aftt_tf.deploy import export_lib
 
     config = _config_from_flags(export_lib, rates)
-    from aftt_tf.faults import campaign_lib
+    from aftt_tf.campaigns import campaign_lib
 
     with common.usage_errors(data.DataUnavailableError):
         campaign_lib.import_modules(data_flags.imports())

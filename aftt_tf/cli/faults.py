@@ -89,7 +89,7 @@ flags.DEFINE_enum(
     "registered: kernels of registered layer types, inside nested models and composite "
     "layers too (layers are named by path: backbone/conv1, mha/query); all_trainable: also "
     "every trainable variable of rank >= 2 of other layers (a layer of your own; or "
-    "register it with aftt_tf.faults.register_layer in an --import module).",
+    "register it with aftt_tf.campaigns.register_layer in an --import module).",
 )
 flags.DEFINE_bool(
     "include_normalization",
@@ -236,8 +236,9 @@ def main(argv: list[str]) -> None:
     if not FLAGS.out:
         raise common.usage_error("--out is required: the campaign directory.")
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf import data
-    from aftt_tf.faults import campaign, campaign_lib
+    from aftt_tf.campaigns import campaign_lib
+    from aftt_tf.campaigns import engine as campaign
+    from aftt_tf.data import datasets as data
     from aftt_tf.faults.spec import FaultTargetError
     from aftt_tf.io_utils import OutputError
 
@@ -272,7 +273,7 @@ def main(argv: list[str]) -> None:
     )
     with common.usage_errors(data.DataUnavailableError):
         models, test_data = _checked_models_and_data(config)
-    from aftt_tf.faults.ray_executor import RayUnavailableError
+    from aftt_tf.campaigns.ray_executor import RayUnavailableError
 
     with common.refusals(
         FaultTargetError, OutputError, campaign.ChanceAccuracyError, RayUnavailableError
@@ -288,7 +289,8 @@ def main(argv: list[str]) -> None:
 def _checked_models_and_data(config):
     """The models and test data, every input check made (usage errors, before any work);
     the models wrapped for the repaired protocol when it is asked for."""
-    from aftt_tf.faults import campaign, campaign_lib
+    from aftt_tf.campaigns import campaign_lib
+    from aftt_tf.campaigns import engine as campaign
 
     config.validate()
     models = campaign_lib.load_models(config)
@@ -316,7 +318,8 @@ def _repairing(config, models: dict) -> dict:
     """The .keras models wrapped for the repaired protocol, with the training data."""
     if config.executor != "local":
         raise ValueError("--repair_epochs runs locally; drop --executor=ray.")
-    from aftt_tf.faults import campaign_lib, keras_runner
+    from aftt_tf.campaigns import campaign_lib
+    from aftt_tf.runtimes import keras_runner
     from aftt_tf.training import repair
 
     train = campaign_lib.load_train_data(config, next(iter(models.values())).input_shape)
@@ -347,7 +350,7 @@ def _print_statistics(statistics: dict) -> None:
 
 
 def _print_summary(results: dict) -> None:
-    from aftt_tf.faults import console
+    from aftt_tf.campaigns import console
 
     print("\n".join(console.summary_lines(results)))
 

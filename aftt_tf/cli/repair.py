@@ -108,8 +108,8 @@ def main(argv: list[str]) -> None:
         config.validate()
         repair_config.check_directory(config)
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf import data
-    from aftt_tf.faults import campaign_lib
+    from aftt_tf.campaigns import campaign_lib
+    from aftt_tf.data import datasets as data
     from aftt_tf.faults.spec import FaultTargetError
     from aftt_tf.io_utils import OutputError
     from aftt_tf.training import repair

@@ -18,8 +18,9 @@ import logging
 
 from absl import flags
 
-from aftt_tf import data, vocabulary
+from aftt_tf import vocabulary
 from aftt_tf.cli import common, data_flags, executor_flags, harden_flags, train_flags
+from aftt_tf.data import datasets as data
 from aftt_tf.io_utils import OutputError
 
 flags.DEFINE_list(
@@ -231,13 +232,13 @@ def _compare_config():
 
 def _compare_main() -> None:
     """aftt-reproduce --model: the comparison on the user's model (user_comparison)."""
-    from aftt_tf.faults import campaign_lib
+    from aftt_tf.campaigns import campaign_lib
 
     with common.usage_errors():
         config = _compare_config()
         config.validate()
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf.faults.campaign import ChanceAccuracyError
+    from aftt_tf.campaigns.engine import ChanceAccuracyError
     from aftt_tf.faults.spec import FaultTargetError
     from aftt_tf.reproduce import user_comparison
 

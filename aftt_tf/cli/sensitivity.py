@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
         raise common.usage_error(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.model or not FLAGS.out:
         raise common.usage_error("--model and --out are required.")
-    from aftt_tf.faults.sensitivity_run import SensitivityConfig
+    from aftt_tf.sensitivity.sensitivity_run import SensitivityConfig
 
     config = SensitivityConfig(
         model=FLAGS.model,
@@ -93,10 +93,11 @@ def main(argv: list[str]) -> None:
     with common.usage_errors():
         config.validate()
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf import data
-    from aftt_tf.faults import campaign_lib, sensitivity_run
+    from aftt_tf.campaigns import campaign_lib
+    from aftt_tf.data import datasets as data
     from aftt_tf.faults.spec import FaultTargetError
     from aftt_tf.io_utils import OutputError
+    from aftt_tf.sensitivity import sensitivity_run
 
     with common.refusals(
         FaultTargetError, data.DataUnavailableError, FileNotFoundError, ValueError, OutputError

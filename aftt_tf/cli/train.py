@@ -13,8 +13,8 @@ import logging
 
 from absl import flags
 
-from aftt_tf import data
 from aftt_tf.cli import common, data_flags, harden_flags, train_flags
+from aftt_tf.data import datasets as data
 from aftt_tf.io_utils import OutputError
 
 flags.DEFINE_bool("overwrite", False, "Delete an existing run directory with another config first.")
@@ -62,7 +62,7 @@ def _harden_main() -> None:
         config = harden_flags.run_config()
         config.validate()  # Before TensorFlow loads: bad values cost nothing.
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf.faults import campaign_lib
+    from aftt_tf.campaigns import campaign_lib
     from aftt_tf.training import harden_run
 
     with common.usage_errors(data.DataUnavailableError):

@@ -5,6 +5,6 @@
 - `qat`: quantization-aware training, the only module that imports
   tensorflow-model-optimization and tf_keras (lazily).
 
-The .tflite files are read with `aftt_tf.tflite_file`, which the TFLite fault runtime
+The .tflite files are read with `aftt_tf.runtimes.tflite_file`, which the TFLite fault runtime
 shares and which needs no TensorFlow.
 """

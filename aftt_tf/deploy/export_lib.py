@@ -23,10 +23,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf import checks, io_utils, tflite_file, vocabulary
+from aftt_tf import checks, io_utils, vocabulary
+from aftt_tf.data import frontend
 from aftt_tf.deploy import int8_converter
-from aftt_tf.faults import frontend, keras_runner, targets
 from aftt_tf.faults.spec import check_classifier_outputs, outcome_of
+from aftt_tf.runtimes import keras_runner, targets, tflite_file
 from aftt_tf.vocabulary import DEFAULT_EXPORT_FORMATS, TFLITE_FILES
 from aftt_tf.vocabulary import EXPORT_FORMATS as FORMATS
 
@@ -93,7 +94,7 @@ class ExportConfig:
 
     def data_options(self):
         """The shared data flags (`faults.frontend.DataOptions`)."""
-        from aftt_tf.faults.frontend import options_of
+        from aftt_tf.data.frontend import options_of
 
         return options_of(self)
 
@@ -224,7 +225,7 @@ def prepare(config: ExportConfig) -> Prepared:
         "test": (_model_inputs(transform, test.images), test.labels),
     }
     if not config.allow_chance_accuracy:
-        from aftt_tf.faults.campaign import check_accuracy
+        from aftt_tf.campaigns.engine import check_accuracy
 
         logits = source.predict(arrays["test"][0][:2000], batch_size=1000, verbose=0)
         clean = outcome_of(logits, arrays["test"][1][:2000]).accuracy
@@ -438,7 +439,7 @@ def _storage_tolerance(weights: tflite_file.ConstantTensor, kernel: np.ndarray) 
 def _input_masked_kernel(model, layer, kernel: np.ndarray):
     """(mask layer, kernel with the rows of held-at-0 inputs zeroed) when a Dense layer
     reads a NodeFault's output: converters fold the constant mask into its weights."""
-    from aftt_tf.faults import layers as fault_layers
+    from aftt_tf.runtimes import layers as fault_layers
 
     if not isinstance(layer, keras.layers.Dense) or kernel.ndim != 2:
         return None, None
@@ -735,8 +736,8 @@ def _left_out_operators(path: Path) -> list[dict[str, Any]]:
     """Weight-bearing operators of the file that fault campaigns do not reach, with the
     reason (empty for files of the supported layer types): the manifest lists every
     weight-bearing operator, mapped to a layer above or here."""
-    from aftt_tf.faults import tflite_runner
     from aftt_tf.faults.spec import FaultSpec
+    from aftt_tf.runtimes import tflite_runner
 
     coverage = tflite_runner.TFLiteModel(path).coverage(FaultSpec(kind="weight"))
     return coverage["left_out"]

@@ -21,10 +21,11 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from aftt_tf import tflite_file
+from aftt_tf.data import inputs
 from aftt_tf.deploy import int8_converter
-from aftt_tf.faults import inputs, kinds, tflite_runner
+from aftt_tf.faults import kinds
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import tflite_file, tflite_runner
 
 
 @dataclasses.dataclass(frozen=True)

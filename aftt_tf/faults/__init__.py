@@ -1,33 +1,32 @@
-"""Fault injection and campaigns: *where* faults go, *what* they are, *how* they act, and
-the engine that measures accuracy under them with paired statistics.
+"""The fault model: what a fault is, where it may go and how positions are drawn. It
+imports no TensorFlow and knows no runtime, so every runtime and trainer shares it.
 
 - `spec`: `FaultSpec`, the cell record, the runtime interface (`CampaignModel`).
-- `selection` (where, every runtime) and `targets` (where + apply/strip, Keras);
-  `sampling` (what); `layers` (how: registered Keras layers holding the masks).
-- `keras_runner`, `tflite_runner` (+ `tflite_nodes`, node-fault masks written into the
-  flatbuffer): the runtimes; `runtimes` picks one for a model or file.
-- `campaign` (engine: plan, resume, shards, outputs), `analysis` (summaries, paired
-  differences, AUC, verdict), `statistics`, `plots`; `campaign_lib` (what aftt-faults runs);
-  `ray_executor` (cells on Ray actors, `--executor=ray`; Ray is imported only there).
+- `kinds`: every fault kind as a registered object (its traits, checks and how it changes
+  stored values); `selection` (which layers and tensors), `sampling` (which positions),
+  `placement` (counts and positions per tensor), `systolic` (array-shaped faults),
+  `transient` (per-inference positions), `fault_map` (measured chip maps), `protection`
+  (protection plans), `int8_storage` (the converter's int8 codes of a float weight).
 
-`spec`, `selection`, `sampling`, `statistics`, `analysis`, `campaign`, `runtimes` and
-`tflite_runner` import no TensorFlow, so .tflite campaigns run on devices with numpy and
-ai-edge-litert only. Importing `layers` (or any Keras-side module) registers the fault
-layers, so `keras.saving.load_model` can read `.keras` files that hold them.
-
-From Python: `evaluate(models, FaultSpec(...), (inputs, labels))` (see `api`).
+Campaigns are in `aftt_tf.campaigns` (`evaluate`), runtimes in `aftt_tf.runtimes`.
 """
 
-from aftt_tf.faults.api import CampaignResult, evaluate
 from aftt_tf.faults.spec import FaultSpec
 
-
-def register_layer(layer_class, kernels=("kernel",), filter_axis=None, bias=None) -> None:
-    """Makes a layer type of your own faultable (see `registry.register_layer`); imports
-    Keras only when called, so .tflite-only installs stay light."""
-    from aftt_tf.faults import registry
-
-    registry.register_layer(layer_class, kernels=kernels, filter_axis=filter_axis, bias=bias)
+_MOVED = {
+    "evaluate": "aftt_tf.campaigns",
+    "CampaignResult": "aftt_tf.campaigns",
+    "register_layer": "aftt_tf.campaigns",
+}
 
 
-__all__ = ["CampaignResult", "FaultSpec", "evaluate", "register_layer"]
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise AttributeError(
+            f"aftt_tf.faults.{name} moved to {_MOVED[name]}: "
+            f"write `from {_MOVED[name]} import {name}`."
+        )
+    raise AttributeError(f"module 'aftt_tf.faults' has no attribute {name!r}")
+
+
+__all__ = ["FaultSpec"]

@@ -239,7 +239,7 @@ def write(directories: list[str | Path], out: str | Path, owner: str = "") -> tu
     """report.md and report.html in `out` for the campaign `directories` (one view).
     `owner`: the run whose directory `out` is (aftt-reproduce's), which holds its own
     files beside the report; otherwise `out` must be aftt-report's (`check_out`)."""
-    from aftt_tf.faults import plots
+    from aftt_tf.campaigns import plots
 
     paths = check_directories(directories)
     if not owner:

@@ -341,7 +341,7 @@ class ReproduceConfig:
 
     def ray_config(self):
         """The `ray_executor.RayConfig` of executor='ray' (Ray itself is not imported)."""
-        from aftt_tf.faults import ray_executor
+        from aftt_tf.campaigns import ray_executor
 
         return ray_executor.config_from_flags(
             self.ray_address, self.ray_workers, self.resources_per_worker

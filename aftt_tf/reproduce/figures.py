@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import vocabulary
-from aftt_tf.faults import plots
+from aftt_tf.campaigns import plots
 from aftt_tf.reproduce.config import RUNTIME_NAMES
 
 
@@ -20,7 +20,7 @@ def _save_png(figure, path: Path) -> None:
 def kernels(path: str, part: str) -> np.ndarray:
     """All kernel elements of the classifier's extractor (part 'extractor') or of the
     whole classifier ('all')."""
-    from aftt_tf.faults import keras_runner, targets
+    from aftt_tf.runtimes import keras_runner, targets
 
     model = keras_runner.load_model(path)
     values = [
@@ -36,7 +36,7 @@ def weight_histograms(trained: dict[str, Any], path: Path) -> dict[str, Any]:
 
     Returns per method and part the std, max |w| and L2 norm of the kernels.
     """
-    from aftt_tf.faults.plots import subplots
+    from aftt_tf.campaigns.plots import subplots
 
     statistics = {}
     figure, axes = subplots(1, 2, figsize=(11, 4))
@@ -66,7 +66,7 @@ def weight_histograms(trained: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def aae_losses(history: list[dict[str, Any]], path: Path, method: str) -> None:
     """Fig. 5 analog: Game 1 reconstruction loss and Game 2 discriminator/extractor losses."""
-    from aftt_tf.faults.plots import subplots
+    from aftt_tf.campaigns.plots import subplots
 
     epochs = [row["epoch"] for row in history]
     figure, axes = subplots(1, 3, figsize=(13, 3.6))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf.faults import campaign
+from aftt_tf.campaigns import engine as campaign
 from aftt_tf.reproduce import document
 from aftt_tf.reproduce.config import (
     RUNTIME_NAMES,

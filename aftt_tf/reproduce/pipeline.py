@@ -255,7 +255,7 @@ def _train_units_on_ray(config, units, costs, splits, progress: Progress, log: L
     OUT/train, so a killed cluster resumes where it stopped. Units whose pre-training an
     earlier unit shares wait for it and copy it, as in a local run. (Ray is connected by
     `_run_stages`.)"""
-    from aftt_tf.faults import ray_executor
+    from aftt_tf.campaigns import ray_executor
     from aftt_tf.training import train_lib
 
     ray = ray_executor.import_ray()
@@ -453,9 +453,9 @@ def _write_chip_files(config: ReproduceConfig, model: str, files: dict) -> dict[
     """Writes the per-rate files (each complete before the manifest names it)."""
     import tempfile
 
-    from aftt_tf import data
+    from aftt_tf.data import datasets as data
     from aftt_tf.deploy import export_lib, fault_calibration
-    from aftt_tf.faults import keras_runner
+    from aftt_tf.runtimes import keras_runner
 
     deployable = export_lib.deployable_classifier(keras_runner.load_model(model))
     arrays, _ = data.load_arrays(config.train.dataset, config.train.data_dir or None)
@@ -485,7 +485,7 @@ def _node_layers(model, scope: str) -> tuple[str, ...]:
     the node faults both runtimes can place identically."""
     import keras
 
-    from aftt_tf.faults import targets
+    from aftt_tf.runtimes import targets
 
     return tuple(
         layer.name
@@ -528,7 +528,8 @@ def _no_repair_rates(config: ReproduceConfig, kind: str) -> str:
 
 def _campaign_layers(config: ReproduceConfig, reference, kind: str, scope: str):
     """(layer names or () for every layer the kind takes, reason the campaign cannot run)."""
-    from aftt_tf.faults import kinds, targets
+    from aftt_tf.faults import kinds
+    from aftt_tf.runtimes import targets
 
     fault_kind = kinds.get(kind)
     if fault_kind.on_outputs:  # The paper's node faults: hidden fully connected layers.
@@ -578,7 +579,7 @@ def campaign_stage(
     """Runs every (kind, scope, runtime) campaign over all methods, paired (on `executor`'s
     workers when given), then the repaired ones (on `train_data`); returns {name:
     results.json content, or {"skipped": reason}}."""
-    from aftt_tf.faults import keras_runner
+    from aftt_tf.runtimes import keras_runner
 
     keras_models = {m: keras_runner.load_model(e["model"]) for m, e in trained.items()}
     plans = _campaign_plans(config, next(iter(keras_models.values())))
@@ -612,7 +613,7 @@ def campaign_stage(
 def _runtime_models(
     runtime: str, keras_models: dict, exports: dict, train_data: tuple, kind: str = "weight"
 ):
-    from aftt_tf.faults import keras_runner, tflite_runner
+    from aftt_tf.runtimes import keras_runner, tflite_runner
 
     if runtime == "repaired":
         from aftt_tf.training import repair
@@ -650,7 +651,7 @@ def _run_one_campaign(
 ) -> dict[str, Any]:
     """Runs (or resumes) one paired campaign; a model that cannot take it skips it."""
     runtime, spec = plan
-    from aftt_tf.faults import campaign
+    from aftt_tf.campaigns import engine as campaign
     from aftt_tf.faults.spec import FaultTargetError
 
     cells_per_campaign = len(spec.rates) * spec.trials * len(models)
@@ -703,8 +704,9 @@ def statistics_stage(
     """Per-layer int8 statistics under weight faults (scope all, the campaign's rates and
     seed, 3 fault maps, 500 test images) of every int8 file beside its Keras model;
     OUT/int8_stats/<method>_<runtime>.json, reused while the file is unchanged."""
-    from aftt_tf.faults import int8_stats, keras_runner, tflite_runner
+    from aftt_tf.campaigns import int8_stats
     from aftt_tf.faults.spec import FaultSpec
+    from aftt_tf.runtimes import keras_runner, tflite_runner
 
     spec = FaultSpec(kind="weight", rates=config.rates, trials=3, seed=config.campaign_seed)
     images = test_images[:500].astype(np.float32) / 255.0
@@ -759,7 +761,7 @@ def _ray_session(config: ReproduceConfig):
     if config.executor != "ray":
         yield
         return
-    from aftt_tf.faults import ray_executor
+    from aftt_tf.campaigns import ray_executor
 
     started = ray_executor.connect(config.ray_config())
     try:
@@ -776,7 +778,7 @@ def _campaign_executor(config: ReproduceConfig):
     if config.executor != "ray":
         yield None
         return
-    from aftt_tf.faults import ray_executor
+    from aftt_tf.campaigns import ray_executor
 
     with ray_executor.RayExecutor(config.ray_config()) as executor:
         yield executor

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import methods as training_methods
-from aftt_tf.faults import campaign
-from aftt_tf.faults.statistics import confidence_interval
+from aftt_tf.campaigns import engine as campaign
+from aftt_tf.campaigns.statistics import confidence_interval
 from aftt_tf.reproduce import document
 from aftt_tf.reproduce.config import ReproduceConfig, campaign_name
 from aftt_tf.reproduce.paper import PAPER_FAULTS

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from aftt_tf import methods, vocabulary
-from aftt_tf.faults import analysis, campaign
+from aftt_tf.campaigns import analysis
+from aftt_tf.campaigns import engine as campaign
 from aftt_tf.reproduce import document, figures
 from aftt_tf.reproduce.config import RUNTIME_NAMES, ReproduceConfig, campaign_name
 from aftt_tf.reproduce.paper import (

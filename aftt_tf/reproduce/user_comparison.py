@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aftt_tf import io_utils, methods, progress, vocabulary
-from aftt_tf.faults import frontend
+from aftt_tf.data import frontend
 
 RUNTIMES = vocabulary.COMPARISON_RUNTIMES
 
@@ -102,7 +102,7 @@ def fault_kinds(config: ComparisonConfig, model) -> list[str]:
         return list(config.faults)
     import keras
 
-    from aftt_tf.faults import registry
+    from aftt_tf.runtimes import registry
 
     kinds = ["weight", "node"]
     if any(
@@ -117,8 +117,8 @@ def fault_kinds(config: ComparisonConfig, model) -> list[str]:
 
 def compare(config: ComparisonConfig) -> dict[str, Any]:
     """Runs (or resumes) the comparison; returns {'report': path, 'verdicts': lines}."""
-    from aftt_tf.faults import keras_runner
     from aftt_tf.reproduce import campaign_report
+    from aftt_tf.runtimes import keras_runner
 
     config.validate()
     out = Path(config.out)
@@ -210,7 +210,8 @@ def _export(config: ComparisonConfig, method: str, model: Path) -> Path:
 
 
 def _campaign(config: ComparisonConfig, files: dict[str, Path], kind: str, directory: Path):
-    from aftt_tf.faults import campaign_lib, kinds
+    from aftt_tf.campaigns import campaign_lib
+    from aftt_tf.faults import kinds
     from aftt_tf.faults.spec import FaultSpec
 
     fault_kind = kinds.get(kind)

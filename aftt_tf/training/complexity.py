@@ -15,7 +15,7 @@ import dataclasses
 
 import keras
 
-from aftt_tf.faults import registry
+from aftt_tf.runtimes import registry
 
 
 @dataclasses.dataclass(frozen=True)

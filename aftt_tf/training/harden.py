@@ -38,10 +38,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from aftt_tf import data, methods, vocabulary
-from aftt_tf.faults import frontend, kinds, registry, targets
-from aftt_tf.faults import inputs as input_transforms
-from aftt_tf.faults.layers import RANGE_MODES, ActivationClip
+from aftt_tf import methods, vocabulary
+from aftt_tf.data import datasets as data
+from aftt_tf.data import frontend
+from aftt_tf.data import inputs as input_transforms
+from aftt_tf.faults import kinds
+from aftt_tf.runtimes import registry, targets
+from aftt_tf.runtimes.layers import RANGE_MODES, ActivationClip
 from aftt_tf.training import phases, trainers
 from aftt_tf.training.config import FINETUNE_LEARNING_RATE
 
@@ -220,8 +223,8 @@ def _clone(model: keras.Model, **kwargs) -> keras.Model:
 
 def check_model(model: keras.Model, config: HardenConfig) -> str:
     """ValueError for a model the method cannot take; returns its output kind."""
-    from aftt_tf.faults import keras_runner
     from aftt_tf.faults.spec import check_classifier_outputs
+    from aftt_tf.runtimes import keras_runner
 
     adapter = keras_runner.KerasModel(model)
     check_classifier_outputs(adapter.output_shapes, model.name)
@@ -252,7 +255,7 @@ def check_model(model: keras.Model, config: HardenConfig) -> str:
                 f"{model.name} has no layer whose kernels weight faults reach (Dense, "
                 "convolutions, recurrent, attention, registered layers): fault-aware "
                 "training would train without faults. Register custom layers with "
-                "aftt_tf.faults.register_layer (--import) or pick another method."
+                "aftt_tf.campaigns.register_layer (--import) or pick another method."
             )
     _check_finite_weights(model, f"{model.name} (before training)")
     if method.pretrains:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import checks, io_utils
-from aftt_tf.faults import frontend
+from aftt_tf.data import frontend
 
 HELD_OUT_FRACTION = 0.1
 
@@ -134,7 +134,8 @@ def run(config: HardenRunConfig) -> dict[str, Any]:
     """Hardens the model into the run directory (resuming); returns its metrics."""
     import keras
 
-    from aftt_tf.faults import campaign, keras_runner
+    from aftt_tf.campaigns import engine as campaign
+    from aftt_tf.runtimes import keras_runner
     from aftt_tf.training import harden
 
     config.validate()

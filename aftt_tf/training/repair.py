@@ -20,8 +20,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from aftt_tf import data, io_utils
-from aftt_tf.faults import campaign, frontend, keras_runner, targets
+from aftt_tf import io_utils
+from aftt_tf.campaigns import engine as campaign
+from aftt_tf.data import datasets as data
+from aftt_tf.data import frontend
 from aftt_tf.faults.spec import (
     CampaignModel,
     CellRunner,
@@ -32,6 +34,7 @@ from aftt_tf.faults.spec import (
     outcome_of,
     predictions,
 )
+from aftt_tf.runtimes import keras_runner, targets
 from aftt_tf.training import phases, trainers
 from aftt_tf.training.repair_config import RepairConfig, check_directory, record
 
@@ -260,7 +263,7 @@ class RepairCellRunner(CellRunner):
     one trainer and one compiled training function serve every cell (no retrace)."""
 
     def __init__(self, model, spec: FaultSpec, test, train, batch_size: int, transform=None):
-        from aftt_tf.faults import inputs
+        from aftt_tf.data import inputs
 
         if not targets.rewritable(model):
             raise FaultTargetError(

@@ -73,7 +73,7 @@ class RepairConfig:
 
     def data_options(self):
         """The shared data flags (`faults.frontend.DataOptions`)."""
-        from aftt_tf.faults.frontend import options_of
+        from aftt_tf.data.frontend import options_of
 
         return options_of(self)
 

@@ -26,7 +26,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from aftt_tf import data, io_utils
+from aftt_tf import io_utils
+from aftt_tf.data import datasets as data
 from aftt_tf.training import complexity, networks, phases, trainers
 from aftt_tf.training.config import TrainConfig
 from aftt_tf.training.phases import RunDirectoryError, TrainingDivergedError

@@ -13,8 +13,9 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from aftt_tf.faults import kinds, registry, targets
-from aftt_tf.faults import layers as fault_layers
+from aftt_tf.faults import kinds
+from aftt_tf.runtimes import layers as fault_layers
+from aftt_tf.runtimes import registry, targets
 from aftt_tf.vocabulary import CLASSIFICATION_LOSSES, REGULARIZATIONS
 
 

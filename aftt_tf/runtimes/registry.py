@@ -321,7 +321,7 @@ def _left_out_reason(layer, faultable: bool, reason: str) -> str:
         return (
             f"{type(layer).__name__} is not a faultable layer type (supported: "
             f"{', '.join(supported_type_names())}; a layer of your own: "
-            "aftt_tf.faults.register_layer, or --weights=all_trainable)"
+            "aftt_tf.campaigns.register_layer, or --weights=all_trainable)"
         )
     entry = layer_type(layer)
     return (

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf.faults import inputs, runtimes
+from aftt_tf import runtimes
+from aftt_tf.data import inputs
 from aftt_tf.faults.spec import CampaignModel, CellRunner, FaultSpec
 
 ACTOR_PREFIX = "aftt-cell-worker-"

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import io_utils
-from aftt_tf.faults import analysis, console, inputs
-from aftt_tf.faults.runtimes import as_campaign_model
+from aftt_tf.campaigns import analysis, console
+from aftt_tf.campaigns.statistics import confidence_interval
+from aftt_tf.data import inputs
 from aftt_tf.faults.spec import (
     CampaignModel,
     CellRunner,
@@ -33,8 +34,8 @@ from aftt_tf.faults.spec import (
     RepairProtocol,
     check_classifier_outputs,
 )
-from aftt_tf.faults.statistics import confidence_interval
 from aftt_tf.progress import Progress
+from aftt_tf.runtimes import as_campaign_model
 
 CELLS_FILE = "cells.jsonl"
 CAMPAIGN_FILE = "campaign.json"
@@ -928,7 +929,7 @@ def _write_trials(path: Path, cells: list[dict[str, Any]]) -> None:
 
 def _write_plots(out_dir: Path, summary: dict[str, Any], spec: dict[str, Any]) -> None:
     try:
-        from aftt_tf.faults import plots
+        from aftt_tf.campaigns import plots
     except ImportError:  # matplotlib is optional on edge devices.
         logging.warning("matplotlib is not installed: no plots in %s", out_dir)
         return

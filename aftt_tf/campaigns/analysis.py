@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf.faults.statistics import confidence_interval
+from aftt_tf.campaigns.statistics import confidence_interval
 
 # How the intervals of a campaign are computed; written into results.json.
 INTERVAL_METHOD = (

@@ -31,8 +31,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aftt_tf.faults import keras_runner, protection, registry, statistics
+from aftt_tf.campaigns import statistics
+from aftt_tf.faults import protection
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import keras_runner, registry
 
 SCORES = ("taylor", "gradient", "hessian", "magnitude")
 # Per-layer predictors compared with per-layer campaigns.
@@ -343,7 +345,7 @@ def check_against_campaigns(
     """Per-layer campaign drops (one layer faulted at `rate`, `trials` trials) for as
     many layers as `budget_seconds` allows (highest-ranked first), and each score's
     Spearman correlation with them."""
-    from aftt_tf.faults import inputs as input_transforms
+    from aftt_tf.data import inputs as input_transforms
 
     raw = input_transforms.resolve("raw")
     start = time.perf_counter()
@@ -467,7 +469,7 @@ def verify(
     per-rate accuracy and the paired differences of each plan against 'none' and of the
     ranked plan against 'random'. With `check_cells`, every cell is checked to have
     faulted no protected element."""
-    from aftt_tf.faults import inputs as input_transforms
+    from aftt_tf.data import inputs as input_transforms
 
     raw = input_transforms.resolve("raw")
     accuracy: dict[str, dict[float, list[float]]] = {}

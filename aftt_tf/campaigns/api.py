@@ -1,6 +1,7 @@
 """`evaluate`: a fault campaign from Python, on models and data already in memory.
 
-    from aftt_tf.faults import FaultSpec, evaluate
+    from aftt_tf.faults import FaultSpec
+    from aftt_tf.campaigns import evaluate
 
     result = evaluate({"mine": model}, FaultSpec(kind="weight", rates=(0, 0.3), trials=10),
                       (images, labels))
@@ -21,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf.faults import campaign
-from aftt_tf.faults.runtimes import load_campaign_model
+from aftt_tf.campaigns import engine as campaign
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import load_campaign_model
 
 
 @dataclasses.dataclass
@@ -75,7 +76,7 @@ class CampaignResult:
     def plot(self, group: str = "all", title: str = ""):
         """Accuracy vs rate (95% CI bands) as a matplotlib Figure, drawn without pyplot:
         a notebook's backend and open figures are left alone; display or save it."""
-        from aftt_tf.faults import plots
+        from aftt_tf.campaigns import plots
 
         return plots.accuracy_vs_rate_figure([(title or self._title(), self.summary)], group)
 
@@ -181,7 +182,7 @@ def python_names(message: str) -> str:
 
 def _model(value: Any):
     if isinstance(value, (bytes, bytearray)):
-        from aftt_tf.faults import tflite_runner
+        from aftt_tf.runtimes import tflite_runner
 
         return tflite_runner.TFLiteModel.from_bytes(bytes(value))
     if isinstance(value, (str, Path)):

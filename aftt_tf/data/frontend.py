@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import checks, data, vocabulary
-from aftt_tf.faults import inputs
+from aftt_tf import checks, vocabulary
+from aftt_tf.data import datasets as data
+from aftt_tf.data import inputs
 
 DATA_FORMS = "a built-in name, tfds:NAME[:SPLIT], npz:PATH or folder:PATH"
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import tflite_file
-from aftt_tf.faults import inputs
+from aftt_tf.data import inputs
 from aftt_tf.faults.spec import FaultSpec
+from aftt_tf.runtimes import tflite_file
 
 INT8_MIN, INT8_MAX = -128, 127
 
@@ -87,7 +87,7 @@ def activation_quantization(model) -> dict[str, tuple[float, int]]:
 def tflite_cells(model, spec: FaultSpec, images: np.ndarray):
     """A function of (rate, trial) -> per-layer statistics of a full-int8 .tflite under
     that cell of `spec`; the file is parsed (and rewritten for node masks) once."""
-    from aftt_tf.faults.tflite_runner import TFLiteRunner
+    from aftt_tf.runtimes.tflite_runner import TFLiteRunner
 
     quantization = activation_quantization(model)
     runner = TFLiteRunner(  # `images` are model inputs already: passed as they are.
@@ -115,7 +115,7 @@ def keras_points(model, names) -> tuple[dict[str, str], dict[str, str]]:
     """For each .tflite layer name, the Keras layer whose output the file's activation
     tensor holds: the layer itself, or the BatchNormalization that alone reads it (the
     converter folds it in). Returns (name -> Keras layer, name -> why left out)."""
-    from aftt_tf.faults import targets
+    from aftt_tf.runtimes import targets
 
     points, left_out = {}, {}
     for name in names:
@@ -140,7 +140,7 @@ def keras_cells(model, spec: FaultSpec, images: np.ndarray, quantization: dict):
     layers left out with the reason. One faulty copy and one probe serve every cell."""
     import keras
 
-    from aftt_tf.faults import keras_runner, targets
+    from aftt_tf.runtimes import keras_runner, targets
 
     if not targets.rewritable(model):
         reason = "a subclassed Keras model: its layer outputs cannot be read"

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert.tools import flatbuffer_utils
 
-from aftt_tf import tflite_file
 from aftt_tf.faults import transient
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
+from aftt_tf.runtimes import tflite_file
 
 
 class _Piece:

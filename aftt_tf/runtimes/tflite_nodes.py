@@ -21,7 +21,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from aftt_tf import tflite_file
+from aftt_tf.runtimes import tflite_file
 
 _MASK_NAME = "aftt_node_fault_mask/"
 

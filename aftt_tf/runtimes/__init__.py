@@ -6,6 +6,14 @@ this registry; a new runtime is one module with `load`, `payload` and `restore` 
 
 The runtime modules are imported only when used, so a .tflite campaign on a device
 without TensorFlow never imports it.
+
+- Keras: `keras_runner` (the runtime), `targets` (which layers, applying and stripping
+  faults), `layers` (registered Keras layers holding the masks), `transient_layer`,
+  `registry` (layer types a campaign can fault, `register_layer`).
+- TFLite: `tflite_runner` (the runtime), `tflite_file` (a .tflite reader and writer
+  without TensorFlow), `tflite_nodes` (node-fault masks written into the flatbuffer),
+  `tflite_transient` (transient faults in a cut file).
+- Both: `nan_semantics` (one NaN/Inf rule for both runtimes).
 """
 
 from __future__ import annotations
@@ -63,8 +71,8 @@ def for_path(path: str | Path) -> Runtime:
     return found[0] if found else _RUNTIMES[DEFAULT]
 
 
-register(Runtime("tflite", (".tflite",), "aftt_tf.faults.tflite_runner"))
-register(Runtime("keras", (".keras",), "aftt_tf.faults.keras_runner"))
+register(Runtime("tflite", (".tflite",), "aftt_tf.runtimes.tflite_runner"))
+register(Runtime("keras", (".keras",), "aftt_tf.runtimes.keras_runner"))
 
 
 def as_campaign_model(model: Any) -> CampaignModel:
@@ -72,7 +80,7 @@ def as_campaign_model(model: Any) -> CampaignModel:
     models); anything else is taken as a Keras model (TensorFlow is imported only then)."""
     if isinstance(model, CampaignModel):
         return model
-    from aftt_tf.faults import keras_runner
+    from aftt_tf.runtimes import keras_runner
 
     return keras_runner.KerasModel(model)
 

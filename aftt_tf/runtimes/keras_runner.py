@@ -25,20 +25,16 @@ import numpy as np
 import tensorflow as tf
 
 from aftt_tf import checks
+from aftt_tf.data import inputs
 from aftt_tf.faults import (
     fault_map,
-    inputs,
     int8_storage,
-    nan_semantics,
     placement,
     protection,
-    registry,
     sampling,
     systolic,
-    targets,
     transient,
 )
-from aftt_tf.faults import layers as fault_layers
 from aftt_tf.faults.spec import (
     CampaignModel,
     CellRunner,
@@ -47,6 +43,8 @@ from aftt_tf.faults.spec import (
     Outcome,
     cell_result,
 )
+from aftt_tf.runtimes import layers as fault_layers
+from aftt_tf.runtimes import nan_semantics, registry, targets
 
 
 def model_fingerprint(model: keras.Model) -> str:
@@ -59,7 +57,7 @@ def model_fingerprint(model: keras.Model) -> str:
 
 def load_model(path: str | Path) -> keras.Model:
     """Loads a .keras classifier with a clear error for missing, foreign or corrupt files."""
-    import aftt_tf.faults.layers  # noqa: F401  (registers fault layers)
+    import aftt_tf.runtimes.layers  # noqa: F401  (registers fault layers)
 
     path = Path(path)
     checks.model_file(path)

@@ -26,8 +26,13 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import io_utils
-from aftt_tf.faults import campaign, frontend, keras_runner, kinds, plots, sensitivity
+from aftt_tf.campaigns import engine as campaign
+from aftt_tf.campaigns import plots
+from aftt_tf.data import frontend
+from aftt_tf.faults import kinds
 from aftt_tf.faults.spec import check_classifier_outputs
+from aftt_tf.runtimes import keras_runner
+from aftt_tf.sensitivity import scores as sensitivity
 
 TARGET_LADDER = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from aftt_tf.faults import kinds, registry, selection
-from aftt_tf.faults import layers as fault_layers
+from aftt_tf.faults import kinds, selection
 from aftt_tf.faults.spec import FaultTargetError
+from aftt_tf.runtimes import layers as fault_layers
+from aftt_tf.runtimes import registry
 
 # Kept for callers that filter by type; the registry is the source of truth.
 WEIGHT_LAYER_TYPES = tuple(t for entry in registry.REGISTRY for t in entry.types)
@@ -188,7 +189,7 @@ def output_fault(kind: kinds.FaultKind, target: str, name: str):
     """The layer that faults `target`'s output: a NodeFault (node faults) or an
     ActivationFault (transient faults, `transient_layer`)."""
     if kind.transient:
-        from aftt_tf.faults.transient_layer import ActivationFault
+        from aftt_tf.runtimes.transient_layer import ActivationFault
 
         return ActivationFault(target=target, name=f"{name}_activation_fault")
     return fault_layers.NodeFault(target=target, name=f"{name}_node_fault")

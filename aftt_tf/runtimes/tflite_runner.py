@@ -1,6 +1,6 @@
 """Fault campaigns on .tflite files, with numpy and ai-edge-litert only (no TensorFlow).
 
-The file is read once into memory and parsed by `aftt_tf.tflite_file`: each Keras layer
+The file is read once into memory and parsed by `aftt_tf.runtimes.tflite_file`: each Keras layer
 is one weight-bearing operator (or two: SeparableConv2D) whose weights and bias live in
 constant buffers. A parameter-fault trial restores the original bytes of the touched
 buffers, writes the faulty values in the file's own representation and builds an
@@ -31,19 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import tflite_file
+from aftt_tf.data import inputs
 from aftt_tf.faults import (
     fault_map,
-    inputs,
     kinds,
-    nan_semantics,
     placement,
     protection,
     sampling,
     selection,
     systolic,
-    tflite_nodes,
-    tflite_transient,
     transient,
 )
 from aftt_tf.faults.spec import (
@@ -55,7 +51,8 @@ from aftt_tf.faults.spec import (
     outcome_of,
     predictions,
 )
-from aftt_tf.tflite_file import (
+from aftt_tf.runtimes import nan_semantics, tflite_file, tflite_nodes, tflite_transient
+from aftt_tf.runtimes.tflite_file import (
     BatchedInterpreter,
     ConstantTensor,
     element_scales,

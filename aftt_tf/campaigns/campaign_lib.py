@@ -14,10 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import checks, data, io_utils, vocabulary
-from aftt_tf.faults import campaign, cliff, frontend, inputs, kinds
-from aftt_tf.faults.runtimes import as_campaign_model, load_campaign_model
+from aftt_tf import checks, io_utils, vocabulary
+from aftt_tf.campaigns import cliff
+from aftt_tf.campaigns import engine as campaign
+from aftt_tf.data import datasets as data
+from aftt_tf.data import frontend, inputs
+from aftt_tf.faults import kinds
 from aftt_tf.faults.spec import CampaignModel, FaultSpec
+from aftt_tf.runtimes import as_campaign_model, load_campaign_model
 
 
 @dataclasses.dataclass
@@ -111,7 +115,7 @@ class CampaignConfig:
 
     def ray_config(self):
         """The `ray_executor.RayConfig` of --executor=ray (Ray itself is not imported)."""
-        from aftt_tf.faults import ray_executor
+        from aftt_tf.campaigns import ray_executor
 
         return ray_executor.config_from_flags(
             self.ray_address, self.ray_workers, self.resources_per_worker, self.imports
@@ -257,7 +261,7 @@ def run(
     }
     if config.executor == "local":
         return campaign.run_campaign(models, spec, images, labels, config.out, **options)
-    from aftt_tf.faults import ray_executor
+    from aftt_tf.campaigns import ray_executor
 
     with ray_executor.RayExecutor(config.ray_config()) as executor:
         return campaign.run_campaign(
@@ -298,8 +302,8 @@ def layer_statistics(
     every full-int8 .tflite, beside the campaign's .keras model it was exported from (by
     the export manifest's source hash); OUT/per_layer_stats.json. Models it cannot
     describe are listed with the reason."""
-    from aftt_tf.faults import int8_stats
-    from aftt_tf.faults.tflite_runner import TFLiteModel
+    from aftt_tf.campaigns import int8_stats
+    from aftt_tf.runtimes.tflite_runner import TFLiteModel
 
     images = test_data[0][:count]
     values = transform_of(config, test_data[0]).apply(images).astype(np.float32)
