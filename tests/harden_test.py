@@ -17,6 +17,7 @@ import pytest
 
 from aftt_tf.campaigns import evaluate
 from aftt_tf.data import datasets as data
+from aftt_tf.data.frontend import DataOptions
 from aftt_tf.faults import FaultSpec
 from aftt_tf.training import harden
 from tests.conftest import requires_fashion_mnist
@@ -179,7 +180,7 @@ def test_range_restriction_beats_no_clipping_under_large_stuck_values(trained, t
         [
             sys.executable,
             "-c",
-            "import sys; from aftt_tf.faults import keras_runner; "
+            "import sys; from aftt_tf.runtimes import keras_runner; "
             "print(len(keras_runner.load_model(sys.argv[1]).layers))",
             str(path),
         ],
@@ -199,8 +200,7 @@ def test_range_restriction_beats_no_clipping_under_large_stuck_values(trained, t
             model=str(path),
             out=str(tmp_path / "export"),
             formats=("tflite_float32", "tflite_int8"),
-            data=f"npz:{tmp_path / 'test.npz'}",
-            input_transform="raw",
+            data_options=DataOptions(data=f"npz:{tmp_path / 'test.npz'}", input_transform="raw"),
             calibration_steps=20,
         )
     )

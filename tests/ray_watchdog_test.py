@@ -28,7 +28,7 @@ def test_a_killed_driver_leaves_no_ray_process(tmp_path):
     script.write_text(
         "import sys, time\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from aftt_tf.faults import ray_executor\n"
+        "from aftt_tf.campaigns import ray_executor\n"
         "ray_executor.connect(ray_executor.config_from_flags('', 0, 'cpu=1'))\n"
         "print('started', flush=True)\n"
         "time.sleep(600)\n"
