@@ -71,6 +71,9 @@ def test_smoke_flagfile_runs_through_the_cli(tmp_path):
         (["--learning_rate=0"], "learning_rate must be a finite number > 0, received 0.0"),
         (["--validation_fraction=1.5"], "validation_fraction must be in [0, 1), received 1.5"),
         (["--method=none", "--freeze_extractor"], "only methods aftt, aftt_fat pre-train one"),
+        (["--weight_clip=auto"], "--weight_clip is for your own model (--model)"),
+        (["--method=fat", "--fault_aware_clean_loss"], "--fault_aware_clean_loss is for your own"),
+        (["--method=fat", "--storage=int8"], "--storage is for your own model"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(argv, message, tmp_path):

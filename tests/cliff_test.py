@@ -10,6 +10,7 @@ import pytest
 
 from aftt_tf.campaigns import campaign_lib, cliff, console
 from aftt_tf.data import inputs
+from aftt_tf.data.frontend import DataOptions
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
 from aftt_tf.runtimes import keras_runner
 from tests import tiny_models
@@ -58,7 +59,7 @@ def test_a_campaign_at_the_cliff_records_and_prints_its_rates(tmp_path):
         models=(f"a={tmp_path / 'a.keras'}", f"b={tmp_path / 'b.keras'}"),
         out=str(tmp_path / "c"),
         spec=FaultSpec(kind="weight", rates=(0.0,), trials=3),
-        input_transform="raw",
+        data_options=DataOptions(input_transform="raw"),
         cliff=True,
     )
     results = campaign_lib.run(

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from aftt_tf.campaigns import statistics
 from aftt_tf.data import datasets as data
+from aftt_tf.data.frontend import DataOptions
 from aftt_tf.deploy import export_lib
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
 from aftt_tf.runtimes import keras_runner, tflite_file, tflite_runner
@@ -81,7 +82,7 @@ def mlp_export(tmp_path_factory):
         qat_epochs=1,
         qat_examples=2048,
         test_examples=1000,
-        data="fashion_mnist",
+        data_options=DataOptions(data="fashion_mnist"),
     )
     manifest = export_lib.export_classifier(config)
     return model_path, root / "export", manifest
@@ -97,7 +98,7 @@ def cnn_export(tmp_path_factory):
         formats=("tflite_float32", "tflite_int8"),
         calibration_steps=20,
         test_examples=1000,
-        data="fashion_mnist",
+        data_options=DataOptions(data="fashion_mnist"),
     )
     export_lib.export_classifier(config)
     return model_path, root / "export"
@@ -403,7 +404,7 @@ def test_export_refuses_existing_output_and_leaves_nothing_on_failure(
                 out=str(tmp_path / "failed"),
                 formats=("tflite_float32",),
                 test_examples=100,
-                data="fashion_mnist",
+                data_options=DataOptions(data="fashion_mnist"),
             )
         )
     assert not (tmp_path / "failed").exists()

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from aftt_tf.data import datasets as data
+from aftt_tf.data.frontend import DataOptions
 from aftt_tf.faults import fault_map
 from aftt_tf.faults.spec import FaultSpec, RepairProtocol
 from aftt_tf.runtimes import keras_runner, tflite_runner
@@ -215,7 +216,7 @@ def test_a_node_repair_writes_no_map(trained, tmp_path):
             rate=0.3,
             epochs=1,
             train_examples=500,
-            data="fashion_mnist",
+            data_options=DataOptions(data="fashion_mnist"),
         )
     )
     assert metrics["fault_map"]["file"] is None

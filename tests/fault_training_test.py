@@ -136,3 +136,42 @@ def test_every_kind_keeps_what_a_protection_plan_covers(kind):
     covered = guard.numpy() == 1
     np.testing.assert_array_equal(faulty.numpy()[covered], clean[covered])
     assert (faulty.numpy()[~covered] != clean[~covered]).any()
+
+
+@pytest.mark.parametrize("storage, kind", [("int8", "bit_error"), ("float32", "weight")])
+def test_the_clean_loss_is_the_mean_of_the_faulty_and_the_fault_free_pass(storage, kind):
+    """--fault_aware_clean_loss: one step's loss is (faulty + fault-free) / 2, both over
+    the same stored weights (int8: the quantised codes), as RandBET trains."""
+    model = tiny_models.dense_classifier(features=6, hidden=16, classes=3)
+    images, labels = tiny_models.own_labels(model, 64)
+    trainer = trainers.ClassifierTrainer(
+        model,
+        loss="crossentropy",
+        fault_aware_kinds=(kind,),
+        fault_aware_max_rate=0.09,
+        fault_storage=storage,
+        fault_aware_clean_loss=True,
+    )
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0))  # Weights stay: the loss is exact.
+    step = trainer.optimizer.iterations
+    with keras.StatelessScope(state_mapping=trainer.fault_mapping(step)):
+        faulty = trainers.classification_loss(labels, model(images), "crossentropy", "logits")
+    with keras.StatelessScope(state_mapping=trainer.clean_mapping()):
+        clean = trainers.classification_loss(labels, model(images), "crossentropy", "logits")
+    plain = trainers.classification_loss(labels, model(images), "crossentropy", "logits")
+    logs = trainer.train_step((tf.constant(images), tf.constant(labels)))
+    expected = 0.5 * (float(faulty) + float(clean))
+    np.testing.assert_allclose(float(logs["classification_loss"]), expected, rtol=1e-5)
+    assert abs(float(faulty) - float(clean)) > 1e-4  # The step was faulty at all.
+    if storage == "int8":  # The clean pass reads the int8 codes, not the float weights.
+        assert float(clean) != float(plain)
+    else:
+        np.testing.assert_allclose(float(clean), float(plain), rtol=1e-6)
+
+
+def test_the_clean_loss_needs_fault_aware_training():
+    model = tiny_models.dense_classifier(features=6, hidden=16, classes=3)
+    with pytest.raises(ValueError, match="give fault_aware_kinds too"):
+        trainers.ClassifierTrainer(model, fault_aware_clean_loss=True)
+    with pytest.raises(ValueError, match="use it with --method=fat"):
+        harden.HardenConfig(method="none", fault_clean_loss=True).validate()

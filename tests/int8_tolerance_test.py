@@ -8,6 +8,7 @@ import pytest
 
 from aftt_tf.campaigns import int8_stats
 from aftt_tf.data import datasets as data
+from aftt_tf.data.frontend import DataOptions
 from aftt_tf.deploy import export_lib
 from aftt_tf.faults.spec import FaultSpec
 from aftt_tf.runtimes import keras_runner, tflite_runner
@@ -97,7 +98,7 @@ def int8_exports(tmp_path_factory):
         qat_epochs=1,
         qat_examples=4096,
         test_examples=2000,
-        data="fashion_mnist",
+        data_options=DataOptions(data="fashion_mnist"),
     )
     manifest = export_lib.export_classifier(config)
     return model_path, root / "export", manifest

@@ -361,6 +361,7 @@ def test_missing_files_and_modules_are_named_before_tensorflow(tmp_path):
     script = f"""
 import sys
 from aftt_tf.campaigns import campaign_lib
+from aftt_tf.data.frontend import DataOptions
 from aftt_tf.faults.spec import FaultSpec
 def check(**kwargs):
     options = dict(models=("{tmp_path}/m.keras",), out="{tmp_path}/out", spec=FaultSpec())
@@ -371,7 +372,7 @@ def check(**kwargs):
         print(error)
 check()
 open("{tmp_path}/m.keras", "w").close()
-check(data="npz:{tmp_path}/none.npz")
+check(data_options=DataOptions(data="npz:{tmp_path}/none.npz"))
 check(imports=("no_such_module_here",))
 print("tensorflow" in sys.modules)
 """

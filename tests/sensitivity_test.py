@@ -315,7 +315,7 @@ def test_a_killed_run_starts_over_and_foreign_files_are_refused(tmp_path):
     from aftt_tf.sensitivity import sensitivity_run
 
     config = sensitivity_run.SensitivityConfig(
-        model="m.keras", out=str(tmp_path / "out"), data=frontend.DataOptions()
+        model="m.keras", out=str(tmp_path / "out"), data_options=frontend.DataOptions()
     )
     out = Path(config.out)
     out.mkdir()

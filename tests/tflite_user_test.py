@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from aftt_tf.data import datasets as data
+from aftt_tf.data.frontend import DataOptions
 from aftt_tf.faults.spec import FaultSpec
 from aftt_tf.runtimes import keras_runner, tflite_file, tflite_runner
 from tests.conftest import requires_fashion_mnist
@@ -195,7 +196,7 @@ def test_export_of_a_sequential_model_with_folded_batch_normalization(tmp_path):
             formats=("tflite_float32", "tflite_int8"),
             calibration_steps=10,
             test_examples=500,
-            data="fashion_mnist",
+            data_options=DataOptions(data="fashion_mnist"),
         )
     )
     for name in ("model_float32.tflite", "model_int8.tflite"):

@@ -34,13 +34,10 @@ class CampaignConfig:
         out: campaign directory (resumed if it holds the same campaign).
         spec: the faults.
         dataset: built-in test data (empty: inferred from the models' input shape);
-            `data` overrides it.
-        data: any test data: a built-in name, `tfds:NAME:SPLIT`, `npz:PATH` or `folder:PATH`.
-        data_dir, tfds_data_dir: local raw data and prepared TFDS data directories.
-        npz_keys: names of the images and labels arrays of an .npz.
+            `data_options.data` overrides it.
+        data_options: the test data (a built-in name, `tfds:NAME:SPLIT`, `npz:PATH` or
+            `folder:PATH`), its directories and how it becomes model inputs.
         test_examples: evaluate only this many test examples (0: all).
-        input_transform: 'auto', 'unit', 'raw', 'symmetric' or 'MODULE:FUNCTION'.
-        input_scale, input_offset: an affine transform x * scale + offset instead.
         allow_chance_accuracy: run even when a model is at chance level before faults.
         repair_data: training data of the repaired protocol (same forms as `data`;
             default: the built-in dataset the models' run names).
@@ -58,14 +55,8 @@ class CampaignConfig:
     out: str
     spec: FaultSpec
     dataset: str = ""
-    data: str = ""
-    data_dir: str = ""
-    tfds_data_dir: str = ""
-    npz_keys: tuple[str, str] = ("x", "y")
+    data_options: frontend.DataOptions = frontend.DataOptions()
     test_examples: int = 0
-    input_transform: str = "auto"
-    input_scale: float | None = None
-    input_offset: float | None = None
     allow_chance_accuracy: bool = False
     repair_data: str = ""
     imports: tuple[str, ...] = ()
@@ -83,9 +74,6 @@ class CampaignConfig:
         """Raises ValueError for bad values, before any model or data file is read."""
         for name in self.imports:
             checks.module_exists(name, f"--import={name}")
-        if self.imports and self.spec.kind not in kinds.names():
-            import_modules(self.imports)  # They may register the kind (kinds.register).
-        self.spec.validate()
         if not self.models:
             raise ValueError("--model is required (a classifier.keras from aftt-train).")
         if self.test_examples < 0 or self.batch_size < 1:
@@ -93,8 +81,6 @@ class CampaignConfig:
                 f"--test_examples must be >= 0 and --batch_size >= 1; received "
                 f"{self.test_examples} and {self.batch_size}."
             )
-        if len(self.npz_keys) != 2:
-            raise ValueError(f"--npz_keys takes two names (images, labels), got {self.npz_keys}.")
         if self.executor not in ("local", "ray"):
             raise ValueError(f"--executor must be local or ray, received {self.executor!r}.")
         if self.executor == "ray" and self.num_shards > 1:
@@ -105,12 +91,11 @@ class CampaignConfig:
         if self.executor == "ray":
             self.ray_config()
         campaign.shard_cells([], self.num_shards, self.shard_index)
-        inputs.resolve(self.input_transform, self.input_scale, self.input_offset)
+        self.data_options.validate()
         for path in parse_models(self.models).values():  # Before TensorFlow loads.
             checks.model_file(path)
-        for spec in (self.data, self.repair_data):
-            if spec:
-                data.check_data_spec(spec, tuple(self.npz_keys))
+        if self.repair_data:
+            data.check_data_spec(self.repair_data, tuple(self.data_options.npz_keys))
         campaign.check_campaign_directory(self.out, self.spec)
 
     def ray_config(self):
@@ -145,6 +130,15 @@ def import_modules(names: tuple[str, ...]) -> None:
         checks.user_import(name, f"--import={name}")
 
 
+def import_kind_modules(imports: tuple[str, ...], kind: str) -> None:
+    """Imports the --import modules first when `kind` is none of the registered kinds:
+    they may register it (`kinds.register`) before a FaultSpec naming it is built."""
+    for name in imports:
+        checks.module_exists(name, f"--import={name}")
+    if imports and kind not in kinds.names():
+        import_modules(imports)
+
+
 def load_models(config: CampaignConfig) -> dict[str, CampaignModel]:
     """The campaign models, each checked to take the spec's faults and one input shape."""
     import_modules(config.imports)
@@ -167,7 +161,7 @@ def load_test_data(
     """Test inputs, labels and their description (raises data.DataUnavailableError when
     none can be read, ValueError when they do not fit the models or none is named)."""
     first_path = next(iter(parse_models(config.models).values()), None)
-    source = frontend.resolve_source(config.data or config.dataset, first_path)
+    source = frontend.resolve_source(config.data_options.data or config.dataset, first_path)
     if source in vocabulary.DATASETS:  # Known shape: refuse before reading any data.
         _check_shape(vocabulary.input_shape_for(source), input_shape, source)
     examples = frontend.load(source, "test", _data_options(config))
@@ -189,7 +183,7 @@ def transform_of(config: CampaignConfig, images: np.ndarray) -> inputs.InputTran
 
 
 def _data_options(config: CampaignConfig) -> frontend.DataOptions:
-    return frontend.options_of(config)
+    return config.data_options.or_dataset(config.dataset)
 
 
 def load_train_data(config: CampaignConfig, input_shape: tuple[int, ...]):

@@ -369,7 +369,6 @@ def check_inputs(
     """Every check `run_campaign` makes of its inputs before any work (examples, labels,
     input transform, model outputs, bit meaning); a binary calls it where a failure is
     a usage error. Returns the resolved transform."""
-    spec.validate()
     images, labels = np.asarray(images), np.asarray(labels)
     inputs.check_examples(images, labels)
     resolved = _transform(transform, images)
@@ -669,7 +668,6 @@ def _clean_for(clean: dict[str, Any] | None, targets: list[str]) -> dict[str, An
 
 
 def _check_plan(spec: FaultSpec, num_shards: int, executor: Any = None) -> None:
-    spec.validate()
     if spec.target_margin and (num_shards > 1 or executor is not None):
         raise ValueError(
             "target_margin sizes trials sequentially; it cannot be combined with shards or "

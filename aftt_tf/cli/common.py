@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from absl import app, flags
 
@@ -17,6 +18,8 @@ from aftt_tf.io_utils import OutputError
 
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
+FLAGS = flags.FLAGS
+T = TypeVar("T")
 _REMEDIES = {
     errno.ENOSPC: "free space there or choose another --out; finished work is kept and resumes",
     errno.EROFS: "the file system is read-only; choose another --out",
@@ -25,6 +28,38 @@ _REMEDIES = {
     errno.ENOTDIR: "a path component is a file, not a directory; choose another --out",
     errno.EISDIR: "a directory stands where a file was expected",
 }
+
+
+def from_flags(config_class: Callable[..., T], names: str, /, **values: Any) -> T:
+    """`config_class(...)` with each field in `names` (space-separated) taken from the flag
+    of the same name (a list flag as a tuple) and the others from `values`: a binary maps
+    its flags to its config in one line, and a flag missing from the binary fails loudly."""
+    taken = {}
+    for name in names.split():
+        value = FLAGS[name].value
+        taken[name] = tuple(value) if isinstance(value, list) else value
+    return config_class(**taken, **values)
+
+
+def numbers(name: str, kind: type = float) -> tuple:
+    """The list flag `name` as a tuple of `kind` (float or int); a usage error naming the
+    flag when a value is no such number."""
+    try:
+        return tuple(kind(value) for value in FLAGS[name].value)
+    except ValueError:
+        noun = "integers" if kind is int else "numbers"
+        raise usage_error(
+            f"--{name} must be comma-separated {noun}, received {FLAGS[name].value}."
+        ) from None
+
+
+def check_arguments(argv: list[str], *required: str) -> None:
+    """A usage error for positional arguments, or when a required flag is empty."""
+    if len(argv) > 1:
+        raise usage_error(f"Unexpected arguments: {argv[1:]}")
+    if not all(FLAGS[name].value for name in required):
+        names = " and ".join(f"--{name}" for name in required)
+        raise usage_error(f"{names} {'are' if len(required) > 1 else 'is'} required.")
 
 
 def usage_error(message: str) -> app.UsageError:

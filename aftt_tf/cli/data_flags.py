@@ -1,13 +1,19 @@
 """How stored examples become model inputs, and the user's own code: the flags every
 binary that reads the user's data shares (aftt-faults, aftt-export, aftt-repair, and
-aftt-train/aftt-reproduce with --model). Each binary defines its own --data (test or
-training data) and --data_dir/--tfds_data_dir.
+aftt-train/aftt-reproduce with --model), and where local and TFDS data live. Each binary
+defines its own --data (test or training data).
 """
 
 from __future__ import annotations
 
 from absl import flags
 
+from aftt_tf.cli import common
+
+flags.DEFINE_string(
+    "data_dir", "", "Local raw data directory (IDX .gz files or the CIFAR-10 image folder)."
+)
+flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
 flags.DEFINE_list("npz_keys", ["x", "y"], "Names of the inputs and labels arrays of npz: data.")
 flags.DEFINE_string(
     "input_transform",
@@ -36,14 +42,10 @@ def options(data: str):
     """The `frontend.DataOptions` of these flags and `data`."""
     from aftt_tf.data.frontend import DataOptions
 
-    return DataOptions(
+    return common.from_flags(
+        DataOptions,
+        "data_dir tfds_data_dir npz_keys input_transform input_scale input_offset",
         data=data,
-        data_dir=FLAGS.data_dir,
-        tfds_data_dir=FLAGS.tfds_data_dir,
-        npz_keys=tuple(FLAGS.npz_keys),
-        input_transform=FLAGS.input_transform,
-        input_scale=FLAGS.input_scale,
-        input_offset=FLAGS.input_offset,
     )
 
 

@@ -45,8 +45,6 @@ flags.DEFINE_string(
     "int8 calibration and QAT data (default: a built-in or TFDS training split; for a "
     "file, the --data file itself, recorded in the manifest).",
 )
-flags.DEFINE_string("data_dir", "", "Local raw data directory.")
-flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
 flags.DEFINE_integer("test_examples", 0, "Test images for the manifest's accuracies (0: all).")
 flags.DEFINE_integer("seed", 0, "Seed of calibration order and QAT.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing export directory.")
@@ -70,10 +68,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise common.usage_error(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.model or not FLAGS.out:
-        raise common.usage_error("--model and --out are required.")
+    common.check_arguments(argv, "model", "out")
     unknown = [name for name in FLAGS.formats if name not in FORMATS]
     if unknown:
         raise common.usage_error(
@@ -115,32 +110,13 @@ def main(argv: list[str]) -> None:
 
 def _config_from_flags(export_lib, rates: tuple[float, ...]):
     """The ExportConfig of the parsed flags."""
-    return export_lib.ExportConfig(
-        model=FLAGS.model,
-        out=FLAGS.out,
-        formats=tuple(FLAGS.formats),
-        calibration_steps=FLAGS.calibration_steps,
-        calibration_batch_size=FLAGS.calibration_batch_size,
-        qat_epochs=FLAGS.qat_epochs,
-        qat_examples=FLAGS.qat_examples,
-        qat_learning_rate=FLAGS.qat_learning_rate,
-        dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir,
-        test_examples=FLAGS.test_examples,
-        overwrite=FLAGS.overwrite,
-        seed=FLAGS.seed,
-        fault_calibration_kind=FLAGS.fault_calibration_kind,
+    return common.from_flags(
+        export_lib.ExportConfig,
+        "model out formats calibration_steps calibration_batch_size qat_epochs qat_examples "
+        "qat_learning_rate dataset test_examples overwrite seed fault_calibration_kind "
+        "fault_calibration_draws fault_qat_max_rate calibration_data allow_chance_accuracy",
         fault_calibration_rates=rates,
-        fault_calibration_draws=FLAGS.fault_calibration_draws,
-        fault_qat_max_rate=FLAGS.fault_qat_max_rate,
-        data=FLAGS.data,
-        calibration_data=FLAGS.calibration_data,
-        tfds_data_dir=FLAGS.tfds_data_dir,
-        npz_keys=tuple(FLAGS.npz_keys),
-        input_transform=FLAGS.input_transform,
-        input_scale=FLAGS.input_scale,
-        input_offset=FLAGS.input_offset,
-        allow_chance_accuracy=FLAGS.allow_chance_accuracy,
+        data_options=data_flags.options(FLAGS.data),
         formats_given=FLAGS["formats"].present,
     )
 

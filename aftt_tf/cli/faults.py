@@ -169,8 +169,6 @@ flags.DEFINE_string(
     "Any test data: a built-in name, tfds:NAME:SPLIT, npz:PATH (arrays named by --npz_keys; "
     "labels integer or one-hot) or folder:PATH (PATH/<class>/*.jpg|png, classes alphabetical).",
 )
-flags.DEFINE_string("data_dir", "", "Local raw data directory (see aftt-train).")
-flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
 flags.DEFINE_integer("test_examples", 0, "Use only this many test examples (0: all).")
 flags.DEFINE_integer("batch_size", 2000, "Evaluation chunk size.")
 flags.DEFINE_string("out", None, "Output directory (resumed if it holds the same campaign).")
@@ -192,30 +190,13 @@ def _spec_from_flags():
         raise common.usage_error(
             f"--rates must be numbers in [0, 1] or 'cliff', received {FLAGS.rates}."
         ) from None
-    return FaultSpec(
+    return common.from_flags(
+        FaultSpec,
+        "trials seed scope layers exclude_layers sampling include_bias weights "
+        "include_normalization protected fault_map array dataflow targets include_output_nodes "
+        "stuck_value bit_position bit_mode storage faults_per_inference target_margin",
         kind=FLAGS.fault,
         rates=rates,
-        trials=FLAGS.trials,
-        seed=FLAGS.seed,
-        scope=FLAGS.scope,
-        layers=tuple(FLAGS.layers),
-        exclude_layers=tuple(FLAGS.exclude_layers),
-        sampling=FLAGS.sampling,
-        include_bias=FLAGS.include_bias,
-        weights=FLAGS.weights,
-        include_normalization=FLAGS.include_normalization,
-        protected=FLAGS.protected,
-        fault_map=FLAGS.fault_map,
-        array=FLAGS.array,
-        dataflow=FLAGS.dataflow,
-        targets=tuple(FLAGS.targets),
-        include_output_nodes=FLAGS.include_output_nodes,
-        stuck_value=FLAGS.stuck_value,
-        bit_position=FLAGS.bit_position,
-        bit_mode=FLAGS.bit_mode,
-        storage=FLAGS.storage,
-        faults_per_inference=FLAGS.faults_per_inference,
-        target_margin=FLAGS.target_margin,
         repair=RepairProtocol(
             epochs=FLAGS.repair_epochs,
             learning_rate=FLAGS.repair_learning_rate,
@@ -248,26 +229,17 @@ def main(argv: list[str]) -> None:
         _print_summary(results)
         return
     _check_statistics_flags()
-    config = campaign_lib.CampaignConfig(
+    with common.usage_errors():  # A kind an --import module registers, then the spec.
+        campaign_lib.import_kind_modules(data_flags.imports(), FLAGS.fault)
+        spec = _spec_from_flags()
+    config = common.from_flags(
+        campaign_lib.CampaignConfig,
+        "out dataset test_examples allow_chance_accuracy repair_data batch_size num_shards "
+        "shard_index per_layer",
         models=tuple(FLAGS.model),
-        out=FLAGS.out,
-        spec=_spec_from_flags(),
-        dataset=FLAGS.dataset,
-        data=FLAGS.data,
-        data_dir=FLAGS.data_dir,
-        tfds_data_dir=FLAGS.tfds_data_dir,
-        npz_keys=tuple(FLAGS.npz_keys),
-        test_examples=FLAGS.test_examples,
-        input_transform=FLAGS.input_transform,
-        input_scale=FLAGS.input_scale,
-        input_offset=FLAGS.input_offset,
-        allow_chance_accuracy=FLAGS.allow_chance_accuracy,
-        repair_data=FLAGS.repair_data,
-        imports=tuple(FLAGS["import"].value),
-        batch_size=FLAGS.batch_size,
-        num_shards=FLAGS.num_shards,
-        shard_index=FLAGS.shard_index,
-        per_layer=FLAGS.per_layer,
+        spec=spec,
+        data_options=data_flags.options(FLAGS.data),
+        imports=data_flags.imports(),
         cliff=_cliff(),
         **executor_flags.values(),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from absl import flags
 
 from aftt_tf.cli import (
+    common,
     data_flags,
     train_flags,  # noqa: F401  (defines the training flags read here)
 )
@@ -68,6 +69,14 @@ flags.DEFINE_string(
     "every method (clip + fat, clip + range); the int8 export's scales follow.",
 )
 
+flags.DEFINE_bool(
+    "fault_aware_clean_loss",
+    False,
+    "--model, fat/aftt_fat: each step's loss is the mean of the faulty pass's and a "
+    "fault-free pass's over the same stored weights (RandBET trains on clean and perturbed "
+    "weights together): less clean accuracy lost, twice the compute per step.",
+)
+
 flags.DEFINE_enum(
     "storage",
     "float32",
@@ -78,6 +87,23 @@ flags.DEFINE_enum(
 )
 
 FLAGS = flags.FLAGS
+# Flags that only the user-model path reads (the paper's networks refuse them).
+MODEL_ONLY = (
+    "data",
+    "validation_data",
+    "test_data",
+    "from_scratch",
+    "split_layer",
+    "decoder_width",
+    "range_statistic",
+    "range_mode",
+    "range_percentile",
+    "range_examples",
+    "protected",
+    "weight_clip",
+    "fault_aware_clean_loss",
+    "storage",
+)
 
 
 def data_options():
@@ -91,31 +117,19 @@ def harden_config(method: str):
     from aftt_tf.training import harden
     from aftt_tf.training.config import FINETUNE_LEARNING_RATE
 
-    return harden.HardenConfig(
+    return common.from_flags(
+        harden.HardenConfig,
+        "epochs from_scratch batch_size reg_lambda split_layer pretrain_epochs decoder_width "
+        "prior_stddev discriminator_steps range_statistic range_mode range_percentile "
+        "range_examples seed protected weight_clip storage",
+        fault_clean_loss=FLAGS.fault_aware_clean_loss,
         method=method,
-        epochs=FLAGS.epochs,
-        from_scratch=FLAGS.from_scratch,
         learning_rate=(
             FLAGS.learning_rate if FLAGS["learning_rate"].present else FINETUNE_LEARNING_RATE
         ),
-        batch_size=FLAGS.batch_size,
         loss=FLAGS.classification_loss if FLAGS["classification_loss"].present else "crossentropy",
-        reg_lambda=FLAGS.reg_lambda,
         fault_kinds=tuple(FLAGS.fault_aware_kinds),
         fault_max_rate=FLAGS.fault_aware_max_rate,
-        split_layer=FLAGS.split_layer,
-        pretrain_epochs=FLAGS.pretrain_epochs,
-        decoder_width=FLAGS.decoder_width,
-        prior_stddev=FLAGS.prior_stddev,
-        discriminator_steps=FLAGS.discriminator_steps,
-        range_statistic=FLAGS.range_statistic,
-        range_mode=FLAGS.range_mode,
-        range_percentile=FLAGS.range_percentile,
-        range_examples=FLAGS.range_examples,
-        seed=FLAGS.seed,
-        protected=FLAGS.protected,
-        weight_clip=FLAGS.weight_clip,
-        storage=FLAGS.storage,
     )
 
 
@@ -123,13 +137,9 @@ def run_config():
     """The `harden_run.HardenRunConfig` of aftt-train --model."""
     from aftt_tf.training import harden_run
 
-    return harden_run.HardenRunConfig(
-        model=FLAGS.model,
-        out=FLAGS.out,
+    return common.from_flags(
+        harden_run.HardenRunConfig,
+        "model out validation_data test_data train_examples allow_chance_accuracy",
         harden=harden_config(FLAGS.method),
         data_options=data_options(),
-        validation_data=FLAGS.validation_data,
-        test_data=FLAGS.test_data,
-        train_examples=FLAGS.train_examples,
-        allow_chance_accuracy=FLAGS.allow_chance_accuracy,
     )

@@ -43,8 +43,6 @@ flags.DEFINE_string(
     "Data the accuracies are measured on (default: the built-in or TFDS test split; for a "
     "file, a seeded 20% of --data held out from the repair).",
 )
-flags.DEFINE_string("data_dir", "", "Local raw data directory.")
-flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
 flags.DEFINE_integer("data_seed", 0, "Seed of the batch order and of the held-out part.")
 flags.DEFINE_string(
     "fault_map",
@@ -65,42 +63,19 @@ def config_from_flags():
     """The RepairConfig of the parsed flags (imports no TensorFlow)."""
     from aftt_tf.training.repair_config import RepairConfig
 
-    return RepairConfig(
+    return common.from_flags(
+        RepairConfig,
+        "fault rate seed trial layers epochs learning_rate weight_decay optimizer batch_size "
+        "loss train_examples dataset data_seed test_data allow_chance_accuracy protected "
+        "fault_map",
         model=FLAGS.model or "",
         out=FLAGS.out or "",
-        fault=FLAGS.fault,
-        rate=FLAGS.rate,
-        seed=FLAGS.seed,
-        trial=FLAGS.trial,
-        layers=tuple(FLAGS.layers),
-        epochs=FLAGS.epochs,
-        learning_rate=FLAGS.learning_rate,
-        weight_decay=FLAGS.weight_decay,
-        optimizer=FLAGS.optimizer,
-        batch_size=FLAGS.batch_size,
-        loss=FLAGS.loss,
-        train_examples=FLAGS.train_examples,
-        dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir,
-        data_seed=FLAGS.data_seed,
-        data=FLAGS.data,
-        test_data=FLAGS.test_data,
-        tfds_data_dir=FLAGS.tfds_data_dir,
-        npz_keys=tuple(FLAGS.npz_keys),
-        input_transform=FLAGS.input_transform,
-        input_scale=FLAGS.input_scale,
-        input_offset=FLAGS.input_offset,
-        allow_chance_accuracy=FLAGS.allow_chance_accuracy,
-        protected=FLAGS.protected,
-        fault_map=FLAGS.fault_map,
+        data_options=data_flags.options(FLAGS.data),
     )
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise common.usage_error(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.model or not FLAGS.out:
-        raise common.usage_error("--model and --out are required.")
+    common.check_arguments(argv, "model", "out")
     config = config_from_flags()
     from aftt_tf.training import repair_config
 

@@ -110,38 +110,20 @@ flags.DEFINE_bool(
 FLAGS = flags.FLAGS
 
 
-def _floats(name: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(value) for value in FLAGS[name].value)
-    except ValueError:
-        raise common.usage_error(
-            f"--{name} must be comma-separated numbers, received {FLAGS[name].value}."
-        ) from None
-
-
-def _integers(name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(value) for value in FLAGS[name].value)
-    except ValueError:
-        raise common.usage_error(
-            f"--{name} must be comma-separated integers, received {FLAGS[name].value}."
-        ) from None
-
-
 def _protocol_values() -> dict:
     return {
         "sampling": FLAGS.sampling,
         "weight_kernels": FLAGS.weight_kernels,
         "protocols": tuple(FLAGS.protocols),
-        "repair_epochs": _integers("repair_epochs"),
-        "repair_rates": _floats("repair_rates"),
+        "repair_epochs": common.numbers("repair_epochs", int),
+        "repair_rates": common.numbers("repair_rates"),
         "repair_trials": FLAGS.repair_trials,
         "repair_train_examples": FLAGS.repair_train_examples,
         "repair_learning_rate": FLAGS.repair_learning_rate,
         "repair_weight_decay": FLAGS.repair_weight_decay,
         "repair_batch_size": FLAGS.repair_batch_size,
         "int8_modes": tuple(FLAGS.int8_modes),
-        "fault_calibration_rates": _floats("fault_calibration_rates"),
+        "fault_calibration_rates": common.numbers("fault_calibration_rates"),
         "fault_qat_max_rate": FLAGS.fault_qat_max_rate,
         "fault_qat_epochs": FLAGS.fault_qat_epochs,
         "per_layer_stats": FLAGS.per_layer_stats,
@@ -162,12 +144,12 @@ def config_from_flags():
         train=train_config,
         out=FLAGS.out,
         methods=tuple(FLAGS.methods),
-        l1_lambda_grid=_floats("l1_lambda_grid"),
-        l2_lambda_grid=_floats("l2_lambda_grid"),
+        l1_lambda_grid=common.numbers("l1_lambda_grid"),
+        l2_lambda_grid=common.numbers("l2_lambda_grid"),
         faults=tuple(FLAGS.faults),
         scopes=tuple(FLAGS.scopes),
         runtimes=tuple(FLAGS.runtimes),
-        rates=_floats("rates"),
+        rates=common.numbers("rates"),
         trials=FLAGS.trials,
         campaign_seed=FLAGS.campaign_seed,
         campaign_test_examples=FLAGS.campaign_test_examples,
@@ -221,7 +203,7 @@ def _compare_config():
         data_options=harden_flags.data_options(),
         test_data=FLAGS.test_data,
         faults=tuple(FLAGS.faults),
-        rates=_floats("rates") if _explicit_rates() else (0.0, 0.1, 0.3, 0.5),
+        rates=common.numbers("rates") if _explicit_rates() else (0.0, 0.1, 0.3, 0.5),
         cliff=not _explicit_rates(),
         trials=FLAGS.trials,
         seed=FLAGS.campaign_seed,

@@ -26,8 +26,6 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("test_data", "", "Data of the campaigns instead (then --data is all scores).")
 flags.DEFINE_integer("test_examples", 0, "Campaigns on a seeded sample of this many (0: all).")
-flags.DEFINE_string("data_dir", "", "Local raw data directory.")
-flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory (tfds: data).")
 flags.DEFINE_integer("examples", 512, "Examples the gradients and Hessian estimate read.")
 flags.DEFINE_integer(
     "score_batch_size",
@@ -55,40 +53,18 @@ flags.DEFINE_integer("seed", 0, "Seed of the sample, the probes, the random plan
 FLAGS = flags.FLAGS
 
 
-def _floats(name: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(value) for value in FLAGS[name].value)
-    except ValueError:
-        raise common.usage_error(f"--{name} takes numbers, received {FLAGS[name].value}.") from None
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise common.usage_error(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.model or not FLAGS.out:
-        raise common.usage_error("--model and --out are required.")
+    common.check_arguments(argv, "model", "out")
     from aftt_tf.sensitivity.sensitivity_run import SensitivityConfig
 
-    config = SensitivityConfig(
-        model=FLAGS.model,
-        out=FLAGS.out,
-        data=data_flags.options(FLAGS.data),
-        test_data=FLAGS.test_data,
-        test_examples=FLAGS.test_examples,
-        examples=FLAGS.examples,
-        score_batch_size=FLAGS.score_batch_size,
-        hutchinson_samples=FLAGS.hutchinson_samples,
-        rate=FLAGS.rate,
-        score=FLAGS.score,
-        check_trials=FLAGS.check_trials,
-        check_seconds=FLAGS.check_seconds,
-        budgets=_floats("protect_budget"),
-        target_accuracy=FLAGS.target_accuracy,
-        fault=FLAGS.fault,
-        verify_rates=_floats("verify_rates"),
-        verify_trials=FLAGS.verify_trials,
-        seed=FLAGS.seed,
-        allow_chance_accuracy=FLAGS.allow_chance_accuracy,
+    config = common.from_flags(
+        SensitivityConfig,
+        "model out test_data test_examples examples score_batch_size hutchinson_samples rate "
+        "score check_trials check_seconds target_accuracy fault verify_trials seed "
+        "allow_chance_accuracy",
+        data_options=data_flags.options(FLAGS.data),
+        budgets=common.numbers("protect_budget"),
+        verify_rates=common.numbers("verify_rates"),
     )
     with common.usage_errors():
         config.validate()

@@ -29,6 +29,11 @@ def main(argv: list[str]) -> None:
     if FLAGS.model:
         _harden_main()
         return
+    given = [name for name in harden_flags.MODEL_ONLY if FLAGS[name].present]
+    if given:
+        raise common.usage_error(
+            f"--{given[0]} is for your own model (--model); the paper's networks do not read it."
+        )
     config = train_flags.config_from_flags()
     logging.getLogger().setLevel(logging.INFO)
     from aftt_tf.training import train_lib  # TensorFlow is imported only after flags are valid.
@@ -37,17 +42,8 @@ def main(argv: list[str]) -> None:
         metrics = train_lib.train_and_evaluate(config, FLAGS.out, overwrite=FLAGS.overwrite)
     except (train_lib.RunDirectoryError, data.DataUnavailableError, OutputError) as error:
         raise common.usage_error(str(error)) from None
-    summary = {
-        key: metrics[key]
-        for key in (
-            "method",
-            "architecture",
-            "train_accuracy",
-            "test_accuracy",
-            "generalization_error",
-        )
-    }
-    print(json.dumps(summary, indent=2))
+    keys = ("method", "architecture", "train_accuracy", "test_accuracy", "generalization_error")
+    print(json.dumps({key: metrics[key] for key in keys}, indent=2))
     print(f"Run directory: {FLAGS.out}")
 
 
@@ -68,18 +64,15 @@ def _harden_main() -> None:
     with common.usage_errors(data.DataUnavailableError):
         campaign_lib.import_modules(data_flags.imports())
         metrics = harden_run.run(config)
-    summary = {
-        key: metrics.get(key)
-        for key in (
-            "method",
-            "validation_accuracy_before",
-            "validation_accuracy",
-            "test_accuracy_before",
-            "test_accuracy",
-            "batch_normalization",
-        )
-    }
-    print(json.dumps(summary, indent=2))
+    keys = (
+        "method",
+        "validation_accuracy_before",
+        "validation_accuracy",
+        "test_accuracy_before",
+        "test_accuracy",
+        "batch_normalization",
+    )
+    print(json.dumps({key: metrics.get(key) for key in keys}, indent=2))
     print(f"Hardened classifier: {FLAGS.out}/classifier.keras")
 
 

@@ -22,8 +22,6 @@ flags.DEFINE_enum("architecture", _DEFAULTS.architecture, vocabulary.ARCHITECTUR
 flags.DEFINE_string(
     "dataset", "", f"One of {', '.join(vocabulary.DATASETS)}; empty: the architecture's."
 )
-flags.DEFINE_string("data_dir", "", "Local raw data (IDX .gz files or CIFAR-10 image folder).")
-flags.DEFINE_string("tfds_data_dir", "", "tensorflow-datasets data directory.")
 flags.DEFINE_enum(
     "data_source", _DEFAULTS.data_source, vocabulary.DATA_SOURCES, "Where to load data from."
 )

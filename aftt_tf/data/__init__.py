@@ -2,6 +2,6 @@
 scaling, user transforms) and its checks. Imports no TensorFlow at import time.
 
 - `datasets`: Fashion-MNIST and CIFAR-10 from TFDS or local files, with fingerprints.
-- `frontend`: turns a dataset into what a given model takes (`options_of`, `prepare`).
+- `frontend`: turns a dataset into what a given model takes (`DataOptions`, `load`, `resolve_source`).
 - `inputs`: named and user input transforms (`--input_transform`).
 """

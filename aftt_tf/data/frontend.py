@@ -62,6 +62,11 @@ class DataOptions:
         if self.input_transform != "auto" or self.input_scale is not None:
             inputs.resolve(self.input_transform, self.input_scale, self.input_offset)
 
+    def or_dataset(self, dataset: str) -> DataOptions:
+        """These options with `dataset` (a binary's --dataset) as the data when --data is
+        empty."""
+        return dataclasses.replace(self, data=self.data or dataset)
+
     def transform(self, images: np.ndarray) -> inputs.InputTransform:
         """The transform of these stored examples ('auto' looks at them)."""
         return inputs.resolve(
@@ -73,18 +78,13 @@ class DataOptions:
         )
 
 
-def options_of(config: Any) -> DataOptions:
-    """The DataOptions of any config with the shared data fields (data or dataset,
-    data_dir, tfds_data_dir, npz_keys, input_transform, input_scale, input_offset)."""
-    return DataOptions(
-        data=getattr(config, "data", "") or getattr(config, "dataset", ""),
-        data_dir=config.data_dir,
-        tfds_data_dir=config.tfds_data_dir,
-        npz_keys=tuple(config.npz_keys),
-        input_transform=config.input_transform,
-        input_scale=config.input_scale,
-        input_offset=config.input_offset,
-    )
+def flat_record(values: dict[str, Any]) -> dict[str, Any]:
+    """A config's `dataclasses.asdict` with its `data_options` fields at the top level, as
+    config.json files have always recorded them (old run directories resume)."""
+    values = dict(values)
+    values.update(values.pop("data_options"))
+    values["npz_keys"] = list(values["npz_keys"])
+    return values
 
 
 @dataclasses.dataclass

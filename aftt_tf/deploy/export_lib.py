@@ -44,15 +44,13 @@ class ExportConfig:
         calibration_batch_size: images per calibration batch.
         qat_epochs: quantization-aware fine-tuning epochs.
         qat_examples: training examples used for QAT (0: all).
-        dataset / data_dir: a built-in dataset (older spelling of `data`) and the local
-            raw data directory.
-        data: the data the manifest's accuracies are measured on, in any form (a built-in
-            name or tfds:NAME: its test split; npz:PATH, folder:PATH); default: the
-            dataset the model's aftt-train run names. Without either: an error.
+        dataset: a built-in dataset (older spelling of `data_options.data`).
+        data_options: the data the manifest's accuracies are measured on, in any form (a
+            built-in name or tfds:NAME: its test split; npz:PATH, folder:PATH; default:
+            the dataset the model's aftt-train run names; without either: an error), its
+            directories and input transform, as in aftt-faults.
         calibration_data: int8 calibration and QAT data (default: a built-in or TFDS
             dataset's training split; for a file, the same file, as recorded).
-        tfds_data_dir, npz_keys, input_transform, input_scale, input_offset: as in
-            aftt-faults; every file is calibrated and measured on the model's inputs.
         allow_chance_accuracy: export even when the model is at chance level on the data.
         formats_given: False when `formats` are the defaults: a default format that
             cannot be made for this model is left out with the reason instead of refused.
@@ -74,7 +72,6 @@ class ExportConfig:
     qat_examples: int = 0
     qat_learning_rate: float = 1e-4
     dataset: str = ""
-    data_dir: str = ""
     test_examples: int = 0
     overwrite: bool = False
     seed: int = 0
@@ -82,21 +79,10 @@ class ExportConfig:
     fault_calibration_rates: tuple[float, ...] = (0.0, 0.3, 0.6)
     fault_calibration_draws: int = 4
     fault_qat_max_rate: float = 0.6
-    data: str = ""
+    data_options: frontend.DataOptions = frontend.DataOptions()
     calibration_data: str = ""
-    tfds_data_dir: str = ""
-    npz_keys: tuple[str, str] = ("x", "y")
-    input_transform: str = "auto"
-    input_scale: float | None = None
-    input_offset: float | None = None
     allow_chance_accuracy: bool = False
     formats_given: bool = True
-
-    def data_options(self):
-        """The shared data flags (`faults.frontend.DataOptions`)."""
-        from aftt_tf.data.frontend import options_of
-
-        return options_of(self)
 
     def fault_calibration(self):
         from aftt_tf.deploy.fault_calibration import FaultCalibration
@@ -127,9 +113,9 @@ class ExportConfig:
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, received {self.seed}.")
         self._check_fault_options()
-        self.data_options().validate()
+        self.data_options.or_dataset(self.dataset).validate()
         if self.calibration_data:
-            dataclasses.replace(self.data_options(), data=self.calibration_data).validate()
+            dataclasses.replace(self.data_options, data=self.calibration_data).validate()
         model = Path(self.model)
         checks.model_file(model)
         if model.suffix == ".tflite":
@@ -203,8 +189,8 @@ def prepare(config: ExportConfig) -> Prepared:
     check_classifier_outputs(adapter.output_shapes, config.model)
     left_out = _formats_left_out(config, source)
     model = deployable_classifier(source)
-    options = config.data_options()
-    named = config.data or config.dataset or _run_config(config).get("dataset", "")
+    options = config.data_options.or_dataset(config.dataset)
+    named = options.data or _run_config(config).get("dataset", "")
     origin = frontend.resolve_source(named, config.model)
     test = frontend.load(origin, "test", options)
     calibration_source = config.calibration_data or origin
@@ -754,7 +740,7 @@ def _write_manifest(
     io_utils.write_json(
         staging / "config.json",
         {
-            **dataclasses.asdict(config),
+            **frontend.flat_record(dataclasses.asdict(config)),
             "dataset": prepared.dataset if prepared.dataset in vocabulary.DATASETS else "",
             "data_source": prepared.data_source,
         },

@@ -149,8 +149,12 @@ class FaultSpec:
     repair: RepairProtocol | None = None
     storage: str = "float32"
 
+    def __post_init__(self) -> None:
+        self.validate()  # A FaultSpec that exists is valid: no caller checks it again.
+
     def validate(self) -> None:
-        """Raises ValueError naming the field, the value received and what is expected."""
+        """Raises ValueError naming the field, the value received and what is expected
+        (at construction; again only where files it names may have changed)."""
         kind = kinds.get(self.kind)  # ValueError listing the registered kinds.
         if not self.rates:
             raise ValueError("rates is empty; give at least one fault rate in [0, 1].")

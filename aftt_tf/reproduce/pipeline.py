@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import io_utils, vocabulary
+from aftt_tf.data import frontend
 from aftt_tf.progress import Progress
 from aftt_tf.reproduce.config import (
     INT8_MODE_FORMATS,
@@ -346,7 +347,7 @@ def _export_config(config: ReproduceConfig, method: str, model: str, mode: str):
         out=str(directory),
         formats=(INT8_MODE_FORMATS[mode],),
         calibration_steps=config.calibration_steps,
-        data_dir=config.train.data_dir,
+        data_options=frontend.DataOptions(data_dir=config.train.data_dir),
         test_examples=config.train.test_examples,
         overwrite=True,
         seed=config.train.seed,

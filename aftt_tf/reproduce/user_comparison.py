@@ -194,14 +194,8 @@ def _export(config: ComparisonConfig, method: str, model: Path) -> Path:
             model=str(model),
             out=str(out),
             formats=("tflite_int8",),
-            data=config.test_source(),
+            data_options=dataclasses.replace(options, data=config.test_source()),
             calibration_data=options.data or "",
-            data_dir=options.data_dir,
-            tfds_data_dir=options.tfds_data_dir,
-            npz_keys=tuple(options.npz_keys),
-            input_transform=options.input_transform,
-            input_scale=options.input_scale,
-            input_offset=options.input_offset,
             test_examples=config.test_examples,
             overwrite=True,
         )
@@ -218,19 +212,12 @@ def _campaign(config: ComparisonConfig, files: dict[str, Path], kind: str, direc
     rates = config.rates
     if fault_kind.bit_meaning:  # Bits of values: the rates of bit and transient bit faults.
         rates = config.transient_rates if fault_kind.transient else config.bit_rates
-    options = config.data_options
     campaign = campaign_lib.CampaignConfig(
         models=tuple(f"{method}={path}" for method, path in files.items()),
         out=str(directory),
         spec=FaultSpec(kind=kind, rates=tuple(rates), trials=config.trials, seed=config.seed),
-        data=config.test_source(),
-        data_dir=options.data_dir,
-        tfds_data_dir=options.tfds_data_dir,
-        npz_keys=tuple(options.npz_keys),
+        data_options=dataclasses.replace(config.data_options, data=config.test_source()),
         test_examples=config.test_examples,
-        input_transform=options.input_transform,
-        input_scale=options.input_scale,
-        input_offset=options.input_offset,
         cliff=config.cliff,
     )
     logging.info("Campaign %s", directory)

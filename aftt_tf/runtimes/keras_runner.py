@@ -374,7 +374,6 @@ class CampaignRunner(CellRunner):
         transform: inputs.InputTransform | None = None,
         golden_cache: dict | None = None,
     ):
-        spec.validate()
         self._golden_cache = golden_cache
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, received {batch_size}.")

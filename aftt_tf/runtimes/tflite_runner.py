@@ -464,7 +464,6 @@ class TFLiteRunner(CellRunner):
         batch_size: int = 1000,
         transform: inputs.InputTransform | None = None,
     ):
-        spec.validate()
         if spec.fault_kind.non_finite and not model.guards:
             guarded = model.guarded()  # One NaN semantics with Keras (nan_semantics).
             if guarded is not model:

@@ -41,7 +41,7 @@ TARGET_LADDER = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 class SensitivityConfig:
     model: str
     out: str
-    data: frontend.DataOptions
+    data_options: frontend.DataOptions
     test_data: str = ""
     test_examples: int = 0
     examples: int = 512
@@ -100,7 +100,7 @@ class SensitivityConfig:
                 raise ValueError(f"--verify_rates are fractions in [0, 1], received {rate}.")
         if self.verify_trials < 2 or self.check_trials < 1:
             raise ValueError("--verify_trials must be >= 2 and --check_trials >= 1.")
-        self.data.validate()
+        self.data_options.validate()
 
 
 def run(config: SensitivityConfig) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def _prepare(config: SensitivityConfig) -> _Prepared:
     check_classifier_outputs(adapter.output_shapes, config.model)
     output_kind = frontend.training_output_kind(model, config.model)
     score_part, test_part = _data(config, adapter)
-    transform = config.data.transform(score_part.images)
+    transform = config.data_options.transform(score_part.images)
     score_inputs = transform.apply(score_part.images).astype(np.float32)
     test_inputs = transform.apply(test_part.images).astype(np.float32)
     predicted = np.argmax(model.predict(test_inputs, verbose=0, batch_size=1000), -1)
@@ -235,17 +235,17 @@ def _prepare(config: SensitivityConfig) -> _Prepared:
 def _data(config: SensitivityConfig, adapter) -> tuple[frontend.Examples, frontend.Examples]:
     """(score data, test data): a built-in or TFDS source's train and test splits; a file
     split into a seeded 80% for scores and 20% held out for campaigns, unless --test_data."""
-    source = frontend.resolve_source(config.data.data, config.model)
+    source = frontend.resolve_source(config.data_options.data, config.model)
     builtin_or_tfds = ":" not in source or source.startswith("tfds:")
     if config.test_data:
-        score_part = frontend.load(source, "train", config.data)
-        test_part = frontend.load(config.test_data, "test", config.data)
+        score_part = frontend.load(source, "train", config.data_options)
+        test_part = frontend.load(config.test_data, "test", config.data_options)
     elif builtin_or_tfds:
-        score_part = frontend.load(source, "train", config.data)
-        test_part = frontend.load(source, "test", config.data)
+        score_part = frontend.load(source, "train", config.data_options)
+        test_part = frontend.load(source, "test", config.data_options)
     else:
         score_part, test_part = frontend.split_off(
-            frontend.load(source, "train", config.data), 0.2, config.seed
+            frontend.load(source, "train", config.data_options), 0.2, config.seed
         )
     for part in (score_part, test_part):
         frontend.check_fits(part, adapter.input_shape, adapter.num_outputs)
@@ -392,6 +392,7 @@ def _search_target(config, out, model, scores, fingerprint, inputs, labels, file
 
 def _record(config: SensitivityConfig) -> dict[str, Any]:
     values = dataclasses.asdict(config)
+    values["data"] = values.pop("data_options")  # The key config.json has always had.
     values["budgets"] = list(config.budgets)
     values["verify_rates"] = list(config.verify_rates)
     return values

@@ -66,6 +66,8 @@ class HardenConfig:
         reg_lambda: penalty weight of l1/l2.
         fault_kinds, fault_max_rate: fault-aware training's kinds and maximum rate (each
             step draws one kind and a rate uniform in [0, fault_max_rate]).
+        fault_clean_loss: fault-aware steps also take a fault-free pass and train on the
+            mean of both losses (`ClassifierTrainer.fault_aware_clean_loss`).
         split_layer: aftt: the last layer of the feature extractor (default: the input
             of the final Dense block, see `default_split_layer`).
         pretrain_epochs: aftt: epochs of the two games.
@@ -110,6 +112,7 @@ class HardenConfig:
     # What fault-aware training faults: 'float32' weights or 'int8' codes (int8_storage,
     # straight-through): random bit error training with fault_kinds=('bit_error',).
     storage: str = "float32"
+    fault_clean_loss: bool = False
 
     def validate(self) -> None:
         """ValueError naming the first bad value (nothing is loaded yet)."""
@@ -162,6 +165,11 @@ class HardenConfig:
         if self.storage not in ("float32", "int8"):
             raise ValueError(f"--storage must be float32 or int8, received {self.storage!r}.")
         if not methods.get(self.method).fault_aware:
+            if self.fault_clean_loss:
+                raise ValueError(
+                    "--fault_aware_clean_loss adds a fault-free pass to fault-aware steps: use "
+                    f"it with --method={' or '.join(methods.names(fault_aware=True))}."
+                )
             if self.storage != "float32":
                 raise ValueError(
                     f"--storage={self.storage} says what fault-aware training faults: use it "
@@ -181,6 +189,8 @@ class HardenConfig:
             values.pop("storage")
         if not self.weight_clip:  # Records of runs made before clipping existed stay equal.
             values.pop("weight_clip")
+        if not self.fault_clean_loss:  # And those made before the clean term.
+            values.pop("fault_clean_loss")
         if self.protected:  # The plan's content too: another plan at that path is another run.
             from aftt_tf.faults import protection
 
@@ -736,6 +746,7 @@ def _supervised(model, config, train, validation, workdir, output_kind, phase, e
             fault_aware_kinds=tuple(config.fault_kinds) if faults else (),
             fault_aware_max_rate=config.fault_max_rate if faults else 0.0,
             fault_storage=config.storage,
+            fault_aware_clean_loss=config.fault_clean_loss and faults,
             seed=config.seed,
             output_kind=output_kind,
             protected=_plan(config) if faults else None,

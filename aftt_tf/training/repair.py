@@ -77,8 +77,8 @@ def repair_data(config: RepairConfig, input_shape, outputs):
     --data names the training data (a built-in dataset or TFDS name: its training split);
     --test_data the evaluation data (default: the built-in or TFDS test split; for a
     file, a seeded 20% of it held out and never trained on)."""
-    options = config.data_options()
-    source = frontend.resolve_source(config.data or config.dataset, config.model)
+    options = config.data_options.or_dataset(config.dataset)
+    source = frontend.resolve_source(options.data, config.model)
     train = frontend.load(source, "train", options)
     if config.test_data:
         test = frontend.load(config.test_data, "test", options)

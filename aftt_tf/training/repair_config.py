@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aftt_tf import io_utils, vocabulary
+from aftt_tf.data.frontend import DataOptions, flat_record
 from aftt_tf.faults import kinds
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
@@ -31,15 +32,13 @@ class RepairConfig:
         loss: classification loss; '' takes the run's (config.json beside the model),
             else 'crossentropy'.
         train_examples: train on only this many examples (0: all).
-        dataset, data_dir: built-in training data (older spelling of `data`) and the
-            local raw data directory.
+        dataset: built-in training data (older spelling of `data_options.data`).
         data_seed: order of the training batches (and of the held-out part of a file).
-        data: training data in any form (a built-in name, tfds:NAME, npz:PATH,
-            folder:PATH); default: the dataset the model's aftt-train run names.
+        data_options: the training data in any form (a built-in name, tfds:NAME,
+            npz:PATH, folder:PATH; default: the dataset the model's aftt-train run names),
+            its directories and input transform, as in aftt-faults.
         test_data: the data the accuracies are measured on (default: the built-in or
             TFDS test split; for a file, a seeded 20% of it, held out from training).
-        tfds_data_dir, npz_keys, input_transform, input_scale, input_offset: as in
-            aftt-faults.
         allow_chance_accuracy: repair even when the model is at chance level before faults.
     """
 
@@ -58,24 +57,12 @@ class RepairConfig:
     loss: str = ""
     train_examples: int = 0
     dataset: str = ""
-    data_dir: str = ""
     data_seed: int = 0
-    data: str = ""
+    data_options: DataOptions = DataOptions()
     test_data: str = ""
-    tfds_data_dir: str = ""
-    npz_keys: tuple[str, str] = ("x", "y")
-    input_transform: str = "auto"
-    input_scale: float | None = None
-    input_offset: float | None = None
     allow_chance_accuracy: bool = False
     protected: str = ""  # A protection plan: its elements keep their values in the map.
     fault_map: str = ""  # A chip's fault map: its faults on top of the (rate, trial) cell.
-
-    def data_options(self):
-        """The shared data flags (`faults.frontend.DataOptions`)."""
-        from aftt_tf.data.frontend import options_of
-
-        return options_of(self)
 
     def validate(self) -> None:
         """Raises ValueError for bad values (files are checked when the repair starts)."""
@@ -102,9 +89,9 @@ class RepairConfig:
             )
         if self.train_examples < 0 or self.seed < 0 or self.trial < 0:
             raise ValueError("--train_examples, --seed and --trial must be >= 0.")
-        self.data_options().validate()
+        self.data_options.or_dataset(self.dataset).validate()
         if self.test_data:
-            replace = dataclasses.replace(self.data_options(), data=self.test_data)
+            replace = dataclasses.replace(self.data_options, data=self.test_data)
             replace.validate()
         if not math.isfinite(self.rate):
             raise ValueError(f"--rate must be in [0, 1], received {self.rate}.")
@@ -153,9 +140,10 @@ def check_directory(config: RepairConfig) -> bool:
 
 
 def record(config: RepairConfig) -> dict[str, Any]:
-    """What config.json holds: the config and the repaired model's sha256."""
-    values = dataclasses.asdict(config)
+    """What config.json holds: the config (its data options at the top level, as repairs
+    have always recorded them) and the repaired model's sha256."""
+    values = flat_record(dataclasses.asdict(config))
     values["layers"] = list(config.layers)
-    values["npz_keys"] = list(config.npz_keys)
+    values["npz_keys"] = list(config.data_options.npz_keys)
     values["model_sha256"] = io_utils.sha256_file(Path(config.model))
     return values

@@ -288,6 +288,11 @@ class ClassifierTrainer(keras.Model):
         fault_aware_max_rate: each step draws its kind uniformly from
             `fault_aware_kinds` and its fault rate uniformly from [0, this], so the
             model sees the whole range a campaign evaluates.
+        fault_aware_clean_loss: each step's loss is the mean of the faulty pass's and a
+            fault-free pass's (over the same stored weights: int8 codes with
+            `fault_storage='int8'`), as random bit error training (RandBET, Stutz et al.
+            2021) trains on clean and perturbed weights together, so clean accuracy is
+            not traded away; twice the compute of a faulty step.
         seed: seed of the fault maps; step i's map depends only on (seed, i), so a
             resumed run draws the same faults as an uninterrupted one.
         output_kind: 'logits' or 'probabilities' (a final softmax): what the loss reads.
@@ -306,6 +311,7 @@ class ClassifierTrainer(keras.Model):
         output_kind: str = "logits",
         protected=None,
         fault_storage: str = "float32",
+        fault_aware_clean_loss: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -337,6 +343,12 @@ class ClassifierTrainer(keras.Model):
         self.node_masks = []
         self._drawn_kinds = [kinds.get(name) for name in self.fault_aware_kinds]
         self.fault_storage = fault_storage
+        self.fault_aware_clean_loss = bool(fault_aware_clean_loss)
+        if self.fault_aware_clean_loss and not self.fault_aware_kinds:
+            raise ValueError(
+                "fault_aware_clean_loss adds a fault-free pass to fault-aware steps; give "
+                "fault_aware_kinds too."
+            )
         if any(kind.on_parameters for kind in self._drawn_kinds):
             self._collect_fault_kernels(protected)
         if any(kind.on_outputs for kind in self._drawn_kinds):
@@ -434,6 +446,15 @@ class ClassifierTrainer(keras.Model):
             mapping.append((variable, value))
         return mapping
 
+    def clean_mapping(self) -> list[tuple[keras.Variable, tf.Tensor]]:
+        """(variable, value) pairs of a fault-free pass over the same stored weights: the
+        kernels as stored (int8: quantised, straight-through), node masks of ones."""
+        mapping = [
+            (variable, kinds.TrainingStep(axis, None, self.fault_storage).stored(variable))
+            for variable, axis in zip(self.fault_kernels, self.fault_axes, strict=True)
+        ]
+        return mapping + [(mask, tf.ones_like(mask)) for mask in self.node_masks]
+
     def train_step(self, data):
         images, labels = data
         variables = self.trainable_variables_list()
@@ -446,6 +467,14 @@ class ClassifierTrainer(keras.Model):
             else:
                 logits = self.classifier(images, training=True)
             loss, data_loss, penalty = self.total_loss(labels, logits)
+            if self.fault_aware_clean_loss:
+                with keras.StatelessScope(state_mapping=self.clean_mapping()):
+                    clean_logits = model(images, training=True)
+                clean_loss = classification_loss(
+                    labels, clean_logits, self.classification_loss_name, self.output_kind
+                )
+                data_loss = 0.5 * (data_loss + clean_loss)
+                loss = data_loss + penalty
             scaled_loss = _replica_scale(loss)
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
