@@ -1,5 +1,6 @@
 import gzip
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +113,14 @@ def test_real_fashion_mnist_splits():
 
 
 CIFAR_DIR = data.DEFAULT_LOCAL_DIRS["cifar10"]
+
+
+def test_the_default_cifar_folder_is_the_shared_one_beside_the_checkout():
+    """The default is ../shared/data/cifar10-jpeg next to the checkout, wherever the
+    module lives (a move of datasets.py one folder down once pointed it into the checkout,
+    and the real-data test above then skipped instead of failing)."""
+    checkout = Path(__file__).resolve().parents[1]
+    assert Path(CIFAR_DIR) == checkout.parent / "shared" / "data" / "cifar10-jpeg"
 
 
 @pytest.mark.skipif(

@@ -225,13 +225,63 @@ def _operators(tflite) -> set[str]:
 
 def test_aftt_moves_the_latent_toward_the_prior(trained):
     model, train, _ = trained["dense"]
-    config = harden.HardenConfig(method="aftt", epochs=1, pretrain_epochs=3, batch_size=64)
+    config = harden.HardenConfig(
+        method="aftt", epochs=1, pretrain_epochs=3, batch_size=64, prior="gaussian"
+    )
     _, record = harden.harden(model, config, train)
     games = record["phases"]["pretrain"]
 
     after, before = games["latent_moments_after"], games["latent_moments_before"]
     assert after["wasserstein2_to_prior"] < before["wasserstein2_to_prior"], (before, after)
     assert games["split_layer"] == "hidden"
+
+
+def test_the_auto_prior_fits_the_latent_and_the_games_keep_normalization_statistics(
+    trained, tmp_path
+):
+    """A latent after a ReLU is non-negative: 'auto' gives it a rectified Gaussian of its
+    own second moment (a zero-mean N(0, 1) cannot match it), and the games train the
+    extractor's weights while its BatchNormalization statistics stay as the head reads."""
+    model, train, _ = trained["cnn"]
+    copy = harden.copy_model(model)
+    config = harden.HardenConfig(method="aftt", pretrain_epochs=1, batch_size=64)
+    extractor, _ = harden.split_models(copy, "flatten")
+    codes = np.asarray(extractor.predict(train.inputs[:1000], verbose=0)).reshape(1000, -1)
+    statistics = {
+        name: [w.numpy().copy() for w in copy.get_layer(name).non_trainable_weights]
+        for name in ("bn1", "bn2")
+    }
+    kernel = copy.get_layer("conv1").kernel.numpy().copy()
+    games = harden._games(copy, config, train, tmp_path)
+    prior = games["prior"]
+    assert prior["kind"] == "rectified_gaussian", prior
+    np.testing.assert_allclose(prior["stddev"], np.sqrt(2 * np.mean(codes.astype(np.float64) ** 2)))
+    for name, before in statistics.items():
+        for old, new in zip(before, copy.get_layer(name).non_trainable_weights, strict=True):
+            np.testing.assert_array_equal(old, new.numpy())
+    assert copy.get_layer("bn1").trainable  # Frozen for the games only.
+    assert not np.array_equal(kernel, copy.get_layer("conv1").kernel.numpy())
+    assert games["batch_normalization_frozen"] == ["bn1", "bn2"]
+    flat = keras.Model(extractor.inputs, L.Flatten(name="latent")(extractor.output))
+    fitted = harden.latent_moments(flat, train.inputs, prior)
+    paper = harden.latent_moments(flat, train.inputs, {"kind": "gaussian", "stddev": 1.0})
+    assert fitted["wasserstein2_to_prior"] < paper["wasserstein2_to_prior"]
+
+
+def test_a_signed_latent_gets_a_gaussian_of_its_scale():
+    inputs = keras.Input((6,))
+    code = L.Dense(8, name="code")(inputs)  # Linear: values of both signs.
+    model = keras.Model(inputs, L.Dense(3, name="out")(code))
+    extractor, _ = harden.split_models(model, "code")
+    values = np.random.default_rng(0).normal(0, 3, (200, 6)).astype(np.float32)
+    prior = harden.choose_prior(extractor, values, harden.HardenConfig(method="aftt"))
+    codes = np.asarray(extractor(values), np.float64)
+    assert prior["kind"] == "gaussian"
+    np.testing.assert_allclose(prior["stddev"], np.sqrt(np.mean(codes**2)), rtol=1e-6)
+    explicit = harden.HardenConfig(method="aftt", prior="gaussian", prior_stddev=0.5)
+    assert harden.choose_prior(extractor, values, explicit)["stddev"] == 0.5
+    with pytest.raises(ValueError, match="--prior must be auto, gaussian or rectified_gaussian"):
+        harden.HardenConfig(method="aftt", prior="laplace").validate()
 
 
 def test_bad_models_and_layers_are_refused(trained):

@@ -69,6 +69,15 @@ flags.DEFINE_string(
     "every method (clip + fat, clip + range); the int8 export's scales follow.",
 )
 
+flags.DEFINE_enum(
+    "prior",
+    "auto",
+    ["auto", "gaussian", "rectified_gaussian"],
+    "--model, aftt/aftt_fat: Game 2's prior. auto fits the latent code: a non-negative latent "
+    "(after a ReLU) gets a rectified Gaussian, any other a Gaussian, each with the latent's "
+    "second moment; gaussian / rectified_gaussian use --prior_stddev.",
+)
+
 flags.DEFINE_bool(
     "fault_aware_clean_loss",
     False,
@@ -102,6 +111,7 @@ MODEL_ONLY = (
     "protected",
     "weight_clip",
     "fault_aware_clean_loss",
+    "prior",
     "storage",
 )
 
@@ -117,11 +127,16 @@ def harden_config(method: str):
     from aftt_tf.training import harden
     from aftt_tf.training.config import FINETUNE_LEARNING_RATE
 
+    if FLAGS.prior == "auto" and FLAGS["prior_stddev"].present:
+        raise common.usage_error(
+            "--prior_stddev sets an explicit prior's sigma; --prior=auto measures it from "
+            "the latent code. Pass --prior=gaussian or --prior=rectified_gaussian with it."
+        )
     return common.from_flags(
         harden.HardenConfig,
         "epochs from_scratch batch_size reg_lambda split_layer pretrain_epochs decoder_width "
         "prior_stddev discriminator_steps range_statistic range_mode range_percentile "
-        "range_examples seed protected weight_clip storage",
+        "range_examples seed protected weight_clip storage prior",
         fault_clean_loss=FLAGS.fault_aware_clean_loss,
         method=method,
         learning_rate=(

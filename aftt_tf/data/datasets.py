@@ -30,10 +30,13 @@ from aftt_tf import checks, io_utils
 from aftt_tf.vocabulary import DATA_SOURCES as SOURCES
 from aftt_tf.vocabulary import DATASETS
 
+# The checkout's root is three folders above this file (aftt_tf/data/datasets.py); the
+# workplace's shared data sit beside the checkout (../shared).
+REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_LOCAL_DIRS = {
     "fashion_mnist": "/usr/share/datasets/fashion-mnist",
     "mnist": "/usr/share/datasets/mnist",
-    "cifar10": str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"),
+    "cifar10": str(REPOSITORY.parent / "shared" / "data" / "cifar10-jpeg"),
 }
 CIFAR10_CLASSES = (
     "airplane",

@@ -72,7 +72,14 @@ class HardenConfig:
             of the final Dense block, see `default_split_layer`).
         pretrain_epochs: aftt: epochs of the two games.
         decoder_width: aftt: width of the generated decoder.
-        prior_stddev, discriminator_steps: aftt: Game 2's prior and D updates per batch.
+        prior: aftt: Game 2's prior. 'auto' fits it to the model's latent code before
+            the games: a non-negative latent (after a ReLU) gets a rectified Gaussian
+            max(0, z), z ~ N(0, s^2) with s = sqrt(2 E[x^2]), any other a Gaussian with
+            s = sqrt(E[x^2]), so the prior has the latent's support and scale;
+            'gaussian' or 'rectified_gaussian' with sigma = prior_stddev (the paper's
+            networks: gaussian, 1.0).
+        prior_stddev, discriminator_steps: aftt: an explicit prior's sigma, and D updates
+            per batch.
         range_statistic: range: 'max' or 'percentile' of each activation on the data.
         range_mode: range: 'clip' (saturate at the bound, Ranger) or 'zero' (values
             outside the bounds become 0, FT-ClipAct).
@@ -98,6 +105,7 @@ class HardenConfig:
     split_layer: str = ""
     pretrain_epochs: int = 3
     decoder_width: int = 256
+    prior: str = "auto"
     prior_stddev: float = 1.0
     discriminator_steps: int = 1
     range_statistic: str = "max"
@@ -131,6 +139,10 @@ class HardenConfig:
             raise ValueError(f"--method={self.method} trains: --epochs must be >= 1.")
         if method.pretrains and self.pretrain_epochs < 1:
             raise ValueError(f"--method={self.method} needs --pretrain_epochs >= 1.")
+        if self.prior not in ("auto", *trainers.PRIORS):
+            raise ValueError(
+                f"--prior must be auto, {' or '.join(trainers.PRIORS)}; received {self.prior!r}."
+            )
         for name in ("learning_rate", "reg_lambda", "prior_stddev"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name != "reg_lambda" and not value):
@@ -191,6 +203,8 @@ class HardenConfig:
             values.pop("weight_clip")
         if not self.fault_clean_loss:  # And those made before the clean term.
             values.pop("fault_clean_loss")
+        if not methods.get(self.method).pretrains:  # Only the games read a prior.
+            values.pop("prior")
         if self.protected:  # The plan's content too: another plan at that path is another run.
             from aftt_tf.faults import protection
 
@@ -715,7 +729,7 @@ def _normalization_record(model: keras.Model, config: HardenConfig, fault_aware:
         return "none in the model"
     parts = []
     if methods.get(config.method).pretrains:
-        parts.append("statistics updated by the games (pre-training)")
+        parts.append("frozen during the games (pre-training: their statistics kept)")
     if config.epochs == 0:
         parts.append("not trained by supervised epochs (--epochs=0)")
     elif fault_aware:
@@ -788,7 +802,9 @@ _IDENTITY = input_transforms.resolve("raw")
 
 
 def _games(model, config, train, workdir) -> dict[str, Any]:
-    """Game 1 and Game 2 (`trainers.AdversarialAutoencoder`) on the model's extractor."""
+    """Game 1 and Game 2 (`trainers.AdversarialAutoencoder`) on the model's extractor, with
+    a prior fitted to its latent code (`choose_prior`) and its BatchNormalization layers
+    frozen: the games train the extractor's weights, not the statistics the head reads."""
     split = config.split_layer or default_split_layer(model)
     extractor, _ = split_models(model, split)
     image_range = float(np.max(np.abs(train.inputs))) or 1.0
@@ -796,56 +812,110 @@ def _games(model, config, train, workdir) -> dict[str, Any]:
     flat, decoder, discriminator = game_networks(
         extractor, tuple(model.input_shape[1:]), config.decoder_width, image_range
     )
-    autoencoder = trainers.AdversarialAutoencoder(
-        flat,
-        decoder,
-        discriminator,
-        prior_stddev=config.prior_stddev,
-        discriminator_steps=config.discriminator_steps,
-        seed=config.seed,
-        reconstruction_scale=1.0 / image_range,
-    )
-    autoencoder.compile(
-        reconstruction_optimizer=keras.optimizers.Adam(1e-3),
-        discriminator_optimizer=keras.optimizers.Adam(5e-5),
-        adversarial_optimizer=keras.optimizers.Adam(1e-4),
-    )
-    state_variables = autoencoder.variables + phases.optimizer_variables(
-        autoencoder.optimizers, autoencoder.player_variables()
-    )
-    before = latent_moments(flat, train.inputs, config.prior_stddev)
-    state = phases.run_phase(
-        PRETRAIN,
-        autoencoder,
-        state_variables,
-        lambda first, last: data.train_dataset(
-            train.inputs, None, config.batch_size, config.seed, first, last, transform=_IDENTITY
-        ),
-        config.pretrain_epochs,
-        workdir,
-    )
+    prior = choose_prior(flat, train.inputs, config)
+    frozen = [layer for layer in _batch_norms(extractor) if layer.trainable]
+    for layer in frozen:  # Inference mode: moving statistics stay as the head expects.
+        layer.trainable = False
+    try:
+        autoencoder = trainers.AdversarialAutoencoder(
+            flat,
+            decoder,
+            discriminator,
+            prior_stddev=prior["stddev"],
+            prior=prior["kind"],
+            discriminator_steps=config.discriminator_steps,
+            seed=config.seed,
+            reconstruction_scale=1.0 / image_range,
+        )
+        autoencoder.compile(
+            reconstruction_optimizer=keras.optimizers.Adam(1e-3),
+            discriminator_optimizer=keras.optimizers.Adam(5e-5),
+            adversarial_optimizer=keras.optimizers.Adam(1e-4),
+        )
+        state_variables = autoencoder.variables + phases.optimizer_variables(
+            autoencoder.optimizers, autoencoder.player_variables()
+        )
+        before = latent_moments(flat, train.inputs, prior)
+        state = phases.run_phase(
+            PRETRAIN,
+            autoencoder,
+            state_variables,
+            lambda first, last: data.train_dataset(
+                train.inputs, None, config.batch_size, config.seed, first, last, transform=_IDENTITY
+            ),
+            config.pretrain_epochs,
+            workdir,
+        )
+    finally:
+        for layer in frozen:
+            layer.trainable = True
     return {
         "split_layer": split,
         "latent_dim": int(flat.output.shape[-1]),
         "epochs": state["epochs_completed"],
         "history": state["history"],
+        "prior": prior,
+        "batch_normalization_frozen": [layer.name for layer in frozen],
         "latent_moments_before": before,
-        "latent_moments_after": latent_moments(flat, train.inputs, config.prior_stddev),
-        "prior_stddev": config.prior_stddev,
+        "latent_moments_after": latent_moments(flat, train.inputs, prior),
     }
 
 
-def latent_moments(
-    extractor: keras.Model, inputs: np.ndarray, prior_stddev: float = 1.0, count: int = 1000
-) -> dict:
-    """Moments of the latent code over `count` inputs and their distance to the prior
-    N(0, prior_stddev^2 I): per dimension d with mean m_d and deviation s_d, the squared
-    2-Wasserstein distance of N(m_d, s_d^2) to the prior, averaged over dimensions."""
+def choose_prior(
+    extractor: keras.Model, inputs: np.ndarray, config: HardenConfig, count: int = 1000
+) -> dict[str, Any]:
+    """Game 2's prior: {kind, stddev, why}. 'auto' reads the latent code of `count`
+    training inputs: all >= 0 (a ReLU's output: no zero-mean Gaussian can match it) gives
+    a rectified Gaussian, otherwise a Gaussian; sigma gives the prior the latent's second
+    moment E[x^2] (a rectified N(0, s^2) has E = s^2 / 2)."""
+    if config.prior != "auto":
+        return {"kind": config.prior, "stddev": config.prior_stddev, "why": "--prior"}
+    codes = _codes(extractor, inputs, count)
+    second_moment = float(np.mean(codes**2))
+    if not (math.isfinite(second_moment) and second_moment > 0):
+        raise ValueError(
+            f"The latent code at the split layer has mean square {second_moment} over "
+            f"{len(codes)} training inputs: there is nothing for a prior to fit. Name "
+            "another --split_layer, or pass --prior=gaussian --prior_stddev=S."
+        )
+    if float(codes.min()) >= 0:
+        return {
+            "kind": "rectified_gaussian",
+            "stddev": math.sqrt(2 * second_moment),
+            "why": f"auto: the latent is non-negative over {len(codes)} training inputs",
+        }
+    return {
+        "kind": "gaussian",
+        "stddev": math.sqrt(second_moment),
+        "why": f"auto: the latent takes negative values over {len(codes)} training inputs",
+    }
+
+
+def _codes(extractor: keras.Model, inputs: np.ndarray, count: int) -> np.ndarray:
     codes = np.asarray(extractor.predict(inputs[:count], batch_size=500, verbose=0))
-    codes = codes.reshape(len(codes), -1).astype(np.float64)
+    return codes.reshape(len(codes), -1).astype(np.float64)
+
+
+def latent_moments(
+    extractor: keras.Model, inputs: np.ndarray, prior: dict[str, Any], count: int = 1000
+) -> dict:
+    """Moments of the latent code over `count` inputs and their distance to the prior:
+    per dimension d with mean m_d and deviation s_d, the squared 2-Wasserstein distance
+    of N(m_d, s_d^2) to a Gaussian with the prior's mean and deviation (a rectified
+    N(0, sigma^2) has mean sigma / sqrt(2 pi) and variance sigma^2 (1/2 - 1/(2 pi))),
+    averaged over dimensions."""
+    codes = _codes(extractor, inputs, count)
     means, deviations = codes.mean(axis=0), codes.std(axis=0)
+    sigma = float(prior["stddev"])
+    prior_mean, prior_std = 0.0, sigma
+    if prior["kind"] == "rectified_gaussian":
+        prior_mean = sigma / math.sqrt(2 * math.pi)
+        prior_std = sigma * math.sqrt(0.5 - 1 / (2 * math.pi))
     return {
         "mean": float(codes.mean()),
         "std": float(codes.std()),
-        "wasserstein2_to_prior": float(np.mean(means**2 + (deviations - prior_stddev) ** 2)),
+        "minimum": float(codes.min()),
+        "wasserstein2_to_prior": float(
+            np.mean((means - prior_mean) ** 2 + (deviations - prior_std) ** 2)
+        ),
     }

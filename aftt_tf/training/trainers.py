@@ -28,6 +28,11 @@ def _mean_metrics(*names: str) -> dict[str, keras.metrics.Mean]:
     return {name: keras.metrics.Mean(name=name) for name in names}
 
 
+# Game 2's priors: the paper's zero-mean Gaussian, and its rectification max(0, z) for a
+# latent read after a ReLU (non-negative), which a zero-mean Gaussian cannot match.
+PRIORS = ("gaussian", "rectified_gaussian")
+
+
 class AdversarialAutoencoder(keras.Model):
     """Unsupervised phase of AFTT (paper section V.A, Algorithm 1).
 
@@ -36,7 +41,9 @@ class AdversarialAutoencoder(keras.Model):
     1. Game 1: one step of the extractor q and decoder p on the reconstruction loss
        L_R = mean ||x - p(q(x))||^2 (pixel mean).
     2. Game 2, discriminator: `discriminator_steps` steps of D on the gain G_D, with
-       real codes z' ~ N(0, prior_stddev^2 I) and fake codes z = q(x) (extractor fixed).
+       real codes z' ~ N(0, prior_stddev^2 I) (or, `prior='rectified_gaussian'`,
+       max(0, z') for a latent that is non-negative, after a ReLU) and fake codes
+       z = q(x) (extractor fixed).
     3. Game 2, extractor: one step of q on L_G = -mean log D(q(x)) (D fixed).
 
     Each player has its own optimizer and updates only its own variables. The code
@@ -49,6 +56,8 @@ class AdversarialAutoencoder(keras.Model):
         decoder: Functional model latent code -> image.
         discriminator: Functional model latent code -> one logit.
         prior_stddev: standard deviation sigma of the Gaussian prior.
+        prior: 'gaussian' (the paper's) or 'rectified_gaussian' (max(0, z'): the
+            distribution of a ReLU of a zero-mean Gaussian, for non-negative latents).
         discriminator_steps: k, discriminator updates per batch.
         seed: seed of the prior sampler.
         reconstruction_scale: the reconstruction error is multiplied by this before it
@@ -64,9 +73,13 @@ class AdversarialAutoencoder(keras.Model):
         discriminator_steps: int = 1,
         seed: int | None = None,
         reconstruction_scale: float = 1.0,
+        prior: str = "gaussian",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {', '.join(PRIORS)}, received {prior!r}.")
+        self.prior = prior
         self.reconstruction_scale = float(reconstruction_scale)
         if prior_stddev <= 0:
             raise ValueError(f"prior_stddev must be > 0, received {prior_stddev}.")
@@ -162,6 +175,8 @@ class AdversarialAutoencoder(keras.Model):
                 real_codes = self.prior_stddev * keras.random.normal(
                     (batch_size, self.latent_dim), seed=self.seed_generator
                 )
+                if self.prior == "rectified_gaussian":
+                    real_codes = ops.relu(real_codes)
                 with tf.GradientTape() as discriminator_tape:
                     real_logits = self.discriminator(real_codes, training=True)
                     fake_logits = self.discriminator(fixed_fake_codes, training=True)
