@@ -89,7 +89,7 @@ def test_harden_trains_against_bit_errors_in_int8_codes_and_mixtures():
         ({"fault_kinds": ("bit",), "fault_max_rate": 0.02}, "pass --storage=int8"),
         ({"fault_kinds": ("bit_error",), "storage": "int8"}, "fault_aware_max_rate <= 0.1"),
         ({"fault_kinds": ("node",), "storage": "int8"}, "nothing would be quantised"),
-        ({"fault_kinds": ("activation_bit",)}, "takes a non-empty list of distinct kinds"),
+        ({"fault_kinds": ("activation_bit",)}, "cannot draw activation_bit faults"),
         ({"fault_kinds": ("weight", "weight")}, "distinct"),
         ({"method": "none", "storage": "int8"}, "use it with --method=fat"),
     ],
@@ -175,3 +175,45 @@ def test_the_clean_loss_needs_fault_aware_training():
         trainers.ClassifierTrainer(model, fault_aware_clean_loss=True)
     with pytest.raises(ValueError, match="use it with --method=fat"):
         harden.HardenConfig(method="none", fault_clean_loss=True).validate()
+
+
+def test_transient_value_faults_strike_each_inference_anew_in_training():
+    """--fault_aware_kinds=activation_value: each step sets a rate of every hidden
+    layer's outputs to the value, drawn per inference (rows differ), through the kind."""
+    model = tiny_models.dense_classifier(features=6, hidden=64, classes=3)
+    images, labels = tiny_models.own_labels(model, 256)
+    trainer = trainers.ClassifierTrainer(
+        model,
+        loss="crossentropy",
+        fault_aware_kinds=("activation_value",),
+        fault_aware_max_rate=0.5,
+        fault_aware_value=50.0,
+    )
+    (layer,) = trainer.transient_faults
+    hidden = keras.Model(trainer.node_view.inputs, trainer.node_view.get_layer(layer.name).output)
+    with keras.StatelessScope(state_mapping=trainer.fault_mapping(tf.constant(3, tf.int64))):
+        struck = hidden(images).numpy() == 50.0
+    assert 0.05 < struck.mean() < 0.5  # The step's rate, uniform in [0, 0.5].
+    assert len({row.tobytes() for row in struck[:20]}) == 20  # Drawn anew per inference.
+    with keras.StatelessScope(state_mapping=trainer.clean_mapping()):
+        assert not (hidden(images).numpy() == 50.0).any()
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = trainer.fit(images, labels, batch_size=64, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_transient_training_needs_its_value_and_bit_flips_are_refused_with_the_reason():
+    model = tiny_models.dense_classifier(features=6, hidden=16, classes=3)
+    with pytest.raises(ValueError, match="give fault_aware_value"):
+        trainers.ClassifierTrainer(
+            model, fault_aware_kinds=("activation_value",), fault_aware_max_rate=0.1
+        )
+    with pytest.raises(ValueError, match="give --fault_aware_value"):
+        harden.HardenConfig(method="fat", fault_kinds=("activation_value",)).validate()
+    with pytest.raises(ValueError, match="cannot draw activation_bit faults: a flipped float32"):
+        harden.HardenConfig(method="fat", fault_kinds=("activation_bit",)).validate()
+    config = harden.HardenConfig(
+        method="fat", epochs=1, fault_kinds=("activation_value", "weight"), fault_value=1e3
+    )
+    config.validate()
+    assert config.as_dict()["fault_value"] == 1e3

@@ -368,7 +368,7 @@ def test_fault_aware_training_reaches_nested_layers(trained):
     from aftt_tf.training import trainers
 
     model, _, images, _ = trained["nested"]
-    view, masks = trainers._with_node_masks(model)
+    view, masks, _ = trainers._with_output_faults(model, True, [], None)
     assert [tuple(mask.shape) for mask in masks] == [(26, 26, 8), (12, 12, 12), (24,)]
     backbone = view.get_layer("backbone")
     assert backbone.get_layer("conv1") is model.get_layer("backbone").get_layer("conv1")

@@ -78,6 +78,13 @@ flags.DEFINE_enum(
     "second moment; gaussian / rectified_gaussian use --prior_stddev.",
 )
 
+flags.DEFINE_float(
+    "fault_aware_value",
+    None,
+    "--model, fat/aftt_fat with --fault_aware_kinds=activation_value: the value the struck "
+    "outputs take (e.g. 1e4, a large corrupted activation).",
+)
+
 flags.DEFINE_bool(
     "fault_aware_clean_loss",
     False,
@@ -111,6 +118,7 @@ MODEL_ONLY = (
     "protected",
     "weight_clip",
     "fault_aware_clean_loss",
+    "fault_aware_value",
     "prior",
     "storage",
 )
@@ -138,6 +146,7 @@ def harden_config(method: str):
         "prior_stddev discriminator_steps range_statistic range_mode range_percentile "
         "range_examples seed protected weight_clip storage prior",
         fault_clean_loss=FLAGS.fault_aware_clean_loss,
+        fault_value=FLAGS.fault_aware_value,
         method=method,
         learning_rate=(
             FLAGS.learning_rate if FLAGS["learning_rate"].present else FINETUNE_LEARNING_RATE

@@ -87,7 +87,7 @@ flags.DEFINE_list(
     list(_DEFAULTS.fault_aware_kinds),
     "fat/aftt_fat: fault kinds drawn during supervised training, one per step (the "
     "campaigns' kinds: weight, filter, node, stuck_value; bit and bit_error with "
-    "--storage=int8).",
+    "--storage=int8; activation_value with --fault_aware_value).",
 )
 flags.DEFINE_float(
     "fault_aware_max_rate",

@@ -93,6 +93,8 @@ class FaultKind:
     output_stationary: ClassVar[bool] = False
     stuck_at_zero: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
+    # Why fault-aware training cannot draw a kind (said when it is asked for).
+    training_refusal: ClassVar[str] = ""
     # Storages fault-aware training can draw it in ('float32' variables, 'int8' codes).
     training_storages: ClassVar[tuple[str, ...]] = ("float32", "int8")
     training_max_rate: ClassVar[float] = 1.0  # Largest fault-aware max rate that makes sense.
@@ -131,6 +133,12 @@ class FaultKind:
         """This training step's faulty value of `variable` (a kernel; for output kinds a
         node mask of ones) at `rate`, drawn with the stateless `seed`: TensorFlow, the
         gradient reaching the fault-free elements (straight-through for int8 codes)."""
+        raise NotImplementedError(f"Fault-aware training cannot draw {self.name} faults.")
+
+    def training_outputs(self, outputs, rate, seed, value):
+        """Transient kinds: this training step's faulty `outputs` of one layer (a batch),
+        each element struck with probability `rate`, drawn anew for every inference
+        (row) with the stateless `seed`; `value` is what a value kind writes."""
         raise NotImplementedError(f"Fault-aware training cannot draw {self.name} faults.")
 
     def training_faults(self, variable, rate, seed, step: TrainingStep):
@@ -317,6 +325,12 @@ class ActivationBitKind(FaultKind):
     summary = "transient bit flips in layer outputs, drawn anew for every inference"
     non_finite = True
     bit_meaning = True
+    training_refusal = (
+        "a flipped float32 exponent bit in an activation makes the loss infinite or NaN, "
+        "and training does not simulate int8 activations; train against activation_value "
+        "(large corrupted outputs, --fault_aware_value) or bound activations with "
+        "--method=range, the defence against such flips"
+    )
 
     def draw_bits(self, spec, widths, count, rng):
         if spec.bit_position >= 0:
@@ -335,6 +349,13 @@ class ActivationValueKind(FaultKind):
     summary = "transient layer outputs set to --stuck_value, drawn anew for every inference"
     non_finite = True
     takes_value = True
+    trainable = True
+
+    def training_outputs(self, outputs, rate, seed, value):
+        import tensorflow as tf
+
+        struck = tf.random.stateless_uniform(tf.shape(outputs), seed=seed) < rate
+        return tf.where(struck, tf.cast(value, outputs.dtype), outputs)
 
     def check(self, spec):
         if spec.stuck_value is None:
@@ -459,6 +480,12 @@ def trainable(
     the flag and the kinds training can draw (in `storage`) otherwise."""
     allowed = trainable_names()
     unknown = [name for name in requested if name not in allowed]
+    refused = [name for name in unknown if name in _KINDS and get(name).training_refusal]
+    if refused:
+        raise ValueError(
+            f"{flag}={','.join(requested)}: fault-aware training cannot draw {refused[0]} "
+            f"faults: {get(refused[0]).training_refusal}."
+        )
     if unknown or not requested or len(set(requested)) != len(requested):
         raise ValueError(
             f"{flag}={','.join(requested)}: it takes a non-empty list of distinct kinds among "

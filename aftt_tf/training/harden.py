@@ -66,6 +66,8 @@ class HardenConfig:
         reg_lambda: penalty weight of l1/l2.
         fault_kinds, fault_max_rate: fault-aware training's kinds and maximum rate (each
             step draws one kind and a rate uniform in [0, fault_max_rate]).
+        fault_value: the value activation_value training faults write into struck
+            outputs (`ClassifierTrainer.fault_aware_value`).
         fault_clean_loss: fault-aware steps also take a fault-free pass and train on the
             mean of both losses (`ClassifierTrainer.fault_aware_clean_loss`).
         split_layer: aftt: the last layer of the feature extractor (default: the input
@@ -121,6 +123,7 @@ class HardenConfig:
     # straight-through): random bit error training with fault_kinds=('bit_error',).
     storage: str = "float32"
     fault_clean_loss: bool = False
+    fault_value: float | None = None
 
     def validate(self) -> None:
         """ValueError naming the first bad value (nothing is loaded yet)."""
@@ -189,6 +192,15 @@ class HardenConfig:
                 )
             return
         kinds.trainable(self.fault_kinds, "--fault_aware_kinds", self.storage, self.fault_max_rate)
+        takes_value = [name for name in self.fault_kinds if kinds.get(name).takes_value]
+        if any(kinds.get(name).transient for name in takes_value) and self.fault_value is None:
+            raise ValueError(
+                f"--fault_aware_kinds={','.join(self.fault_kinds)}: activation_value faults "
+                "write a value into the struck outputs; give --fault_aware_value (e.g. 1e4, "
+                "a large corrupted activation)."
+            )
+        if self.fault_value is not None and not math.isfinite(self.fault_value):
+            raise ValueError(f"--fault_aware_value must be finite, received {self.fault_value}.")
         if not 0.0 < self.fault_max_rate < 1.0:
             raise ValueError(
                 f"--fault_aware_max_rate must be in (0, 1), received {self.fault_max_rate}."
@@ -203,6 +215,8 @@ class HardenConfig:
             values.pop("weight_clip")
         if not self.fault_clean_loss:  # And those made before the clean term.
             values.pop("fault_clean_loss")
+        if self.fault_value is None:  # And those made before transient training.
+            values.pop("fault_value")
         if not methods.get(self.method).pretrains:  # Only the games read a prior.
             values.pop("prior")
         if self.protected:  # The plan's content too: another plan at that path is another run.
@@ -761,6 +775,7 @@ def _supervised(model, config, train, validation, workdir, output_kind, phase, e
             fault_aware_max_rate=config.fault_max_rate if faults else 0.0,
             fault_storage=config.storage,
             fault_aware_clean_loss=config.fault_clean_loss and faults,
+            fault_aware_value=config.fault_value,
             seed=config.seed,
             output_kind=output_kind,
             protected=_plan(config) if faults else None,

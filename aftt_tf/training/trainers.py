@@ -303,6 +303,8 @@ class ClassifierTrainer(keras.Model):
         fault_aware_max_rate: each step draws its kind uniformly from
             `fault_aware_kinds` and its fault rate uniformly from [0, this], so the
             model sees the whole range a campaign evaluates.
+        fault_aware_value: the value transient value faults write into the struck
+            outputs ('activation_value': a corrupted activation, e.g. 1e4).
         fault_aware_clean_loss: each step's loss is the mean of the faulty pass's and a
             fault-free pass's (over the same stored weights: int8 codes with
             `fault_storage='int8'`), as random bit error training (RandBET, Stutz et al.
@@ -327,6 +329,7 @@ class ClassifierTrainer(keras.Model):
         protected=None,
         fault_storage: str = "float32",
         fault_aware_clean_loss: bool = False,
+        fault_aware_value: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -356,7 +359,14 @@ class ClassifierTrainer(keras.Model):
         self.protected_masks: list = []
         self.node_view = None
         self.node_masks = []
+        self.transient_faults: list[_TransientTrainingFault] = []
         self._drawn_kinds = [kinds.get(name) for name in self.fault_aware_kinds]
+        transient = [kind for kind in self._drawn_kinds if kind.transient]
+        if any(kind.takes_value for kind in transient) and fault_aware_value is None:
+            raise ValueError(
+                "Fault-aware training against activation_value writes a value into the "
+                "struck outputs: give fault_aware_value (--fault_aware_value, e.g. 1e4)."
+            )
         self.fault_storage = fault_storage
         self.fault_aware_clean_loss = bool(fault_aware_clean_loss)
         if self.fault_aware_clean_loss and not self.fault_aware_kinds:
@@ -367,7 +377,10 @@ class ClassifierTrainer(keras.Model):
         if any(kind.on_parameters for kind in self._drawn_kinds):
             self._collect_fault_kernels(protected)
         if any(kind.on_outputs for kind in self._drawn_kinds):
-            self.node_view, self.node_masks = _with_node_masks(classifier)
+            node = any(kind.on_outputs and not kind.transient for kind in self._drawn_kinds)
+            self.node_view, self.node_masks, self.transient_faults = _with_output_faults(
+                classifier, node, transient, fault_aware_value
+            )
         if self.fault_aware_kinds:
             _check_frozen_normalization(classifier)
 
@@ -450,7 +463,7 @@ class ClassifierTrainer(keras.Model):
             # Fault-free: the kernel as stored (int8: quantised), a node mask of ones.
             value = tf.ones_like(variable) if step_of.output else step_of.stored(variable)
             for position, kind in enumerate(self._drawn_kinds):
-                if kind.on_outputs != step_of.output:
+                if kind.on_outputs != step_of.output or kind.transient:
                     continue
                 # Kernel faults are large: drawn only in the steps that draw their kind.
                 value = tf.cond(
@@ -459,6 +472,10 @@ class ClassifierTrainer(keras.Model):
                     lambda value=value: tf.identity(value),
                 )
             mapping.append((variable, value))
+        for index, layer in enumerate(self.transient_faults, start=len(mapping) + 1):
+            drawn = kind_index == self._drawn_kinds.index(layer.kind)
+            mapping.append((layer.rate, tf.where(drawn, rate, 0.0)))
+            mapping.append((layer.seed, tf.random.experimental.stateless_fold_in(step_seed, index)))
         return mapping
 
     def clean_mapping(self) -> list[tuple[keras.Variable, tf.Tensor]]:
@@ -468,6 +485,7 @@ class ClassifierTrainer(keras.Model):
             (variable, kinds.TrainingStep(axis, None, self.fault_storage).stored(variable))
             for variable, axis in zip(self.fault_kernels, self.fault_axes, strict=True)
         ]
+        mapping += [(layer.rate, tf.zeros_like(layer.rate)) for layer in self.transient_faults]
         return mapping + [(mask, tf.ones_like(mask)) for mask in self.node_masks]
 
     def train_step(self, data):
@@ -551,20 +569,56 @@ def _check_frozen_normalization(classifier: keras.Model) -> None:
         )
 
 
-def _with_node_masks(classifier: keras.Model) -> tuple[keras.Model, list[keras.Variable]]:
-    """A view of `classifier` that shares its layers (and weights) and multiplies the
-    output of every hidden weight layer by a node mask, for fault-aware training; layers
-    of nested Sequential/Functional models (a backbone) included, as campaigns fault them.
+class _TransientTrainingFault(keras.layers.Layer):
+    """Training only (never saved): a layer's outputs with a transient kind's faults,
+    each inference (row) drawn anew through the kind (`FaultKind.training_outputs`); the
+    trainer maps `rate` (0 in steps that draw another kind) and `seed` every step."""
 
-    The mask sits where campaigns put node faults: after the layer, or after the
-    BatchNormalization that alone reads it (converters fold it in, so a chip's dead
+    def __init__(self, kind: kinds.FaultKind, value: float | None, **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind
+        self.value = 0.0 if value is None else float(value)
+
+    def build(self, input_shape):
+        self.rate = self.add_weight(name="rate", shape=(), initializer="zeros", trainable=False)
+        self.seed = self.add_weight(
+            name="seed", shape=(2,), initializer="zeros", dtype="int64", trainable=False
+        )
+
+    def call(self, inputs):
+        return self.kind.training_outputs(inputs, self.rate, self.seed, self.value)
+
+
+def _with_output_faults(
+    classifier: keras.Model, node: bool, transient: list, value: float | None
+) -> tuple[keras.Model, list[keras.Variable], list[_TransientTrainingFault]]:
+    """A view of `classifier` that shares its layers (and weights) and faults the output
+    of every hidden weight layer for fault-aware training: a node mask (stuck-at-0 node
+    faults) when `node`, and a `_TransientTrainingFault` per `transient` kind; layers of
+    nested Sequential/Functional models (a backbone) included, as campaigns fault them.
+
+    Faults sit where campaigns put node and transient faults: after the layer, or after
+    the BatchNormalization that alone reads it (converters fold it in, so a chip's dead
     unit is 0 after normalisation). A Sequential model is viewed as a Functional one."""
     hidden = [site.path for site in targets.node_sites(classifier) if site.in_graph]
     masks: list[keras.Variable] = []
-    return _masked_view(classifier, "", hidden, masks), masks
+    layers: list[_TransientTrainingFault] = []
+
+    def fault(outputs, target: str, name: str):
+        if node:
+            node_fault = fault_layers.NodeFault(target=target, name=f"{name}_training_fault")
+            outputs = node_fault(outputs)
+            masks.append(node_fault.node_keep)
+        for kind in transient:
+            layer = _TransientTrainingFault(kind, value, name=f"{name}_training_{kind.name}")
+            outputs = layer(outputs)
+            layers.append(layer)
+        return outputs
+
+    return _masked_view(classifier, "", hidden, fault), masks, layers
 
 
-def _masked_view(model: keras.Model, prefix: str, hidden: list[str], masks: list) -> keras.Model:
+def _masked_view(model: keras.Model, prefix: str, hidden: list[str], fault) -> keras.Model:
     graph = targets.as_functional(model)
     local = [path[len(prefix) :] for path in hidden if path.startswith(prefix)]
     own = {path for path in local if "/" not in path}
@@ -579,17 +633,13 @@ def _masked_view(model: keras.Model, prefix: str, hidden: list[str], masks: list
 
     def clone_function(layer):
         if layer.name in nested:
-            return _masked_view(layer, f"{prefix}{layer.name}/", hidden, masks)
+            return _masked_view(layer, f"{prefix}{layer.name}/", hidden, fault)
         return layer
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
         if layer.name in sites:
-            node_fault = fault_layers.NodeFault(
-                target=f"{prefix}{sites[layer.name]}", name=f"{sites[layer.name]}_training_fault"
-            )
-            outputs = node_fault(outputs)
-            masks.append(node_fault.node_keep)
+            outputs = fault(outputs, f"{prefix}{sites[layer.name]}", sites[layer.name])
         return outputs
 
     return keras.models.clone_model(
