@@ -23,6 +23,7 @@ import pytest
 from aftt_tf import io_utils
 from aftt_tf.campaigns import engine as campaign
 from aftt_tf.data import datasets as data
+from aftt_tf.data.frontend import DataOptions
 from aftt_tf.deploy import export_lib
 from aftt_tf.faults.spec import FaultSpec
 from aftt_tf.training import train_lib
@@ -410,7 +411,7 @@ def test_export_removes_staging_left_by_a_killed_export(model_path, tmp_path):
         out=str(out),
         formats=("tflite_float32",),
         test_examples=200,
-        data="fashion_mnist",
+        data_options=DataOptions(data="fashion_mnist"),
         allow_chance_accuracy=True,  # An untrained model.
     )
     export_lib.export_classifier(config)

@@ -108,7 +108,8 @@ def test_repair_writes_its_map_and_a_repair_from_it_is_the_same(trained, tmp_pat
     """aftt-repair writes fault_map.json of its cell; repairing from that map at rate 0
     places the same faults (the same faulty accuracy before repair) and trains the same."""
     _, path, _, _ = trained
-    common = {"fault": "weight", "epochs": 1, "train_examples": 1000, "data": "fashion_mnist"}
+    common = {"fault": "weight", "epochs": 1, "train_examples": 1000}
+    common["data_options"] = DataOptions(data="fashion_mnist")
     first = repair.repair(
         repair.RepairConfig(model=str(path), out=str(tmp_path / "one"), rate=0.5, trial=1, **common)
     )

@@ -410,3 +410,17 @@ def test_reproduce_compares_methods_on_the_users_model(trained, tmp_path):
         cwd=REPO,
     )
     assert missing.returncode == 2 and "--test_data is required" in missing.stderr
+
+
+def test_the_games_move_a_trained_extractor_as_far_as_fine_tuning_does():
+    """The games' extractor rates scale with the supervised rate from the paper's 1e-3:
+    at the fine-tuning default 1e-4 they are a tenth of the paper's; the new
+    discriminator keeps the paper's rate."""
+    rates = harden.game_learning_rates(harden.HardenConfig(method="aftt"))
+    assert rates == pytest.approx(
+        {"reconstruction": 1e-4, "discriminator": 5e-5, "adversarial": 1e-5}
+    )
+    paper = harden.game_learning_rates(harden.HardenConfig(method="aftt", learning_rate=1e-3))
+    assert paper == pytest.approx(
+        {"reconstruction": 1e-3, "discriminator": 5e-5, "adversarial": 1e-4}
+    )

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from aftt_tf.data import datasets as data
+from aftt_tf.data.frontend import DataOptions
 from aftt_tf.faults.spec import FaultSpec
 from aftt_tf.runtimes import keras_runner, tflite_file
 from aftt_tf.runtimes import layers as fault_layers
@@ -52,7 +53,7 @@ def _config(model, out, **overrides) -> repair.RepairConfig:
         "rate": 0.5,
         "epochs": 1,
         "train_examples": 2000,
-        "data": "fashion_mnist",
+        "data_options": DataOptions(data="fashion_mnist"),
     }
     return repair.RepairConfig(model=str(model), out=str(out), **{**values, **overrides})
 
