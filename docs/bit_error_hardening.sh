@@ -7,6 +7,7 @@
 #   bash docs/bit_error_hardening.sh fmnist_cnn [OUT]      (about 25 min on 2 cores)
 #   bash docs/bit_error_hardening.sh cifar10_conv3 [OUT]   (about 20 min on 2 cores)
 #   EPOCHS=4 ONLY="none clip_bet clip_bet_mid" bash docs/bit_error_hardening.sh fmnist_cnn OUT4
+#   DATA_DIR=DIR: CIFAR-10's image folder when the checkout has no ../shared beside it.
 # Budget (2 CPU cores): base 4 (fmnist_cnn) or 6 (cifar10_conv3) epochs; every method 2
 # epochs at learning rate 3e-4; campaigns on 5,000 test images, 10 paired trials per rate.
 # cifar10_conv3 takes five methods and two fault kinds (its epochs are slower).
@@ -18,7 +19,7 @@ EPOCHS=${EPOCHS:-2}  # Every method's epochs (the same for all: like for like).
 ONLY=${ONLY:-}  # Space-separated method names to run (default: all of the architecture's).
 case $ARCH in
   fmnist_cnn) BASE_EPOCHS=4; DATA=(--dataset=fashion_mnist) ;;
-  cifar10_conv3) BASE_EPOCHS=6; DATA=(--dataset=cifar10) ;;
+  cifar10_conv3) BASE_EPOCHS=6; DATA=(--dataset=cifar10 ${DATA_DIR:+--data_dir=$DATA_DIR}) ;;
   *) echo "unknown architecture $ARCH" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT"
@@ -38,6 +39,9 @@ VARIANTS=(
   "clip_bet:fat:$BET --weight_clip=auto"
   "clip_bet_mid:fat:$BET_MID --weight_clip=auto"
   "clip_bet_low:fat:$BET_LOW --weight_clip=auto"
+  # RandBET's clean + perturbed loss (--fault_aware_clean_loss): twice the compute per step.
+  "clip_bet_clean:fat:$BET --weight_clip=auto --fault_aware_clean_loss"
+  "clip_bet_mid_clean:fat:$BET_MID --weight_clip=auto --fault_aware_clean_loss"
   "fat:fat:--fault_aware_kinds=weight,node --fault_aware_max_rate=0.3"
 )
 KINDS_GIVEN=${KINDS:-}

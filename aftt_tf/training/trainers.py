@@ -354,6 +354,12 @@ class ClassifierTrainer(keras.Model):
         self.fault_aware_kinds = tuple(fault_aware_kinds)
         self.fault_aware_max_rate = float(fault_aware_max_rate)
         self.fault_seed = int(seed)
+        self.fault_storage = fault_storage
+        self.fault_aware_clean_loss = bool(fault_aware_clean_loss)
+        self._set_up_faults(protected, fault_aware_value)
+
+    def _set_up_faults(self, protected, value: float | None) -> None:
+        """The kernels, node masks and transient layers fault-aware steps fault."""
         self.fault_kernels = []
         self.fault_axes: list[int | None] = []  # Each kernel's filter axis.
         self.protected_masks: list = []
@@ -362,13 +368,11 @@ class ClassifierTrainer(keras.Model):
         self.transient_faults: list[_TransientTrainingFault] = []
         self._drawn_kinds = [kinds.get(name) for name in self.fault_aware_kinds]
         transient = [kind for kind in self._drawn_kinds if kind.transient]
-        if any(kind.takes_value for kind in transient) and fault_aware_value is None:
+        if any(kind.takes_value for kind in transient) and value is None:
             raise ValueError(
                 "Fault-aware training against activation_value writes a value into the "
                 "struck outputs: give fault_aware_value (--fault_aware_value, e.g. 1e4)."
             )
-        self.fault_storage = fault_storage
-        self.fault_aware_clean_loss = bool(fault_aware_clean_loss)
         if self.fault_aware_clean_loss and not self.fault_aware_kinds:
             raise ValueError(
                 "fault_aware_clean_loss adds a fault-free pass to fault-aware steps; give "
@@ -379,10 +383,10 @@ class ClassifierTrainer(keras.Model):
         if any(kind.on_outputs for kind in self._drawn_kinds):
             node = any(kind.on_outputs and not kind.transient for kind in self._drawn_kinds)
             self.node_view, self.node_masks, self.transient_faults = _with_output_faults(
-                classifier, node, transient, fault_aware_value
+                self.classifier, node, transient, value
             )
         if self.fault_aware_kinds:
-            _check_frozen_normalization(classifier)
+            _check_frozen_normalization(self.classifier)
 
     def _collect_fault_kernels(self, protected) -> None:
         """Every trained layer of a registered type, inside nested models too, in model
