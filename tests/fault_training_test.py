@@ -217,3 +217,22 @@ def test_transient_training_needs_its_value_and_bit_flips_are_refused_with_the_r
     )
     config.validate()
     assert config.as_dict()["fault_value"] == 1e3
+
+
+def test_harden_trains_against_transient_value_faults_mixed_with_weight_faults():
+    model = tiny_models.dense_classifier(features=6, hidden=32, classes=3)
+    images, labels = tiny_models.own_labels(model, 512)
+    config = harden.HardenConfig(
+        method="fat",
+        epochs=1,
+        batch_size=64,
+        fault_kinds=("activation_value", "weight"),
+        fault_max_rate=0.2,
+        fault_value=100.0,
+    )
+    hardened, record = harden.harden(model, config, harden.TrainingData(images, labels))
+    assert np.isfinite(record["phases"]["finetune"]["history"][0]["loss"])
+    assert not np.array_equal(
+        hardened.get_layer("hidden").kernel.numpy(), model.get_layer("hidden").kernel.numpy()
+    )
+    assert [layer.name for layer in hardened.layers] == [layer.name for layer in model.layers]
