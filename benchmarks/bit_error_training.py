@@ -8,7 +8,9 @@ classes: BatchNormalization, depthwise convolutions), on random inputs. Both tra
 `ClassifierTrainer`s with every BatchNormalization frozen and the same `tf.data` pipeline:
   * same trainer without faults: no fault kinds;
   * bit-error training: fault_aware_kinds=('bit_error',), fault_storage='int8', max rate
-    0.02: every kernel quantised per channel, 8 coins per code, straight-through.
+    0.02: every kernel quantised per channel, 8 coins per code, straight-through;
+  * with the clean term (--fault_aware_clean_loss): the same, plus a fault-free pass per
+    step (reported, no target: it is opt-in and costs a second forward and backward pass).
 After a warm-up that absorbs tracing, interleaved, the best of 5 epochs each.
 Target: bit-error training / the same trainer without faults <= 1.5.
 """
@@ -55,7 +57,17 @@ def benchmark(steps: int, batch_size: int) -> dict:
     bit_errors = _trainer(
         fault_aware_kinds=("bit_error",), fault_aware_max_rate=0.02, fault_storage="int8"
     )
-    runs = {"same_trainer_without_faults": plain, "bit_error_training": bit_errors}
+    clean_term = _trainer(
+        fault_aware_kinds=("bit_error",),
+        fault_aware_max_rate=0.02,
+        fault_storage="int8",
+        fault_aware_clean_loss=True,
+    )
+    runs = {
+        "same_trainer_without_faults": plain,
+        "bit_error_training": bit_errors,
+        "bit_error_training_with_clean_loss": clean_term,
+    }
     for trainer in runs.values():  # Traces.
         trainer.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
     seconds = {name: [] for name in runs}
@@ -72,7 +84,9 @@ def benchmark(steps: int, batch_size: int) -> dict:
         **{f"{name}_epoch_seconds": value for name, value in best.items()},
         "bit_error_over_same_trainer": best["bit_error_training"]
         / best["same_trainer_without_faults"],
-        "target": "<= 1.5",
+        "with_clean_loss_over_same_trainer": best["bit_error_training_with_clean_loss"]
+        / best["same_trainer_without_faults"],
+        "target": "<= 1.5 (bit_error_training)",
     }
 
 

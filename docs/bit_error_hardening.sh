@@ -39,7 +39,7 @@ VARIANTS=(
   "clip_bet:fat:$BET --weight_clip=auto"
   "clip_bet_mid:fat:$BET_MID --weight_clip=auto"
   "clip_bet_low:fat:$BET_LOW --weight_clip=auto"
-  # RandBET's clean + perturbed loss (--fault_aware_clean_loss): twice the compute per step.
+  # RandBET's clean + perturbed loss (--fault_aware_clean_loss): a second pass per step.
   "clip_bet_clean:fat:$BET --weight_clip=auto --fault_aware_clean_loss"
   "clip_bet_mid_clean:fat:$BET_MID --weight_clip=auto --fault_aware_clean_loss"
   "fat:fat:--fault_aware_kinds=weight,node --fault_aware_max_rate=0.3"

@@ -90,7 +90,7 @@ flags.DEFINE_bool(
     False,
     "--model, fat/aftt_fat: each step's loss is the mean of the faulty pass's and a "
     "fault-free pass's over the same stored weights (RandBET trains on clean and perturbed "
-    "weights together): less clean accuracy lost, twice the compute per step.",
+    "weights together): less clean accuracy lost, a second forward and backward pass per step.",
 )
 
 flags.DEFINE_enum(

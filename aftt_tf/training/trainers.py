@@ -309,7 +309,7 @@ class ClassifierTrainer(keras.Model):
             fault-free pass's (over the same stored weights: int8 codes with
             `fault_storage='int8'`), as random bit error training (RandBET, Stutz et al.
             2021) trains on clean and perturbed weights together, so clean accuracy is
-            not traded away; twice the compute of a faulty step.
+            not traded away; a second forward and backward pass per step.
         seed: seed of the fault maps; step i's map depends only on (seed, i), so a
             resumed run draws the same faults as an uninterrupted one.
         output_kind: 'logits' or 'probabilities' (a final softmax): what the loss reads.
