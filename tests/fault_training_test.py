@@ -65,21 +65,27 @@ def test_filter_training_drops_whole_filters():
     np.testing.assert_array_equal(value.numpy()[..., ~dropped], kernel.numpy()[..., ~dropped])
 
 
-def test_harden_trains_against_bit_errors_in_int8_codes_and_mixtures():
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"fault_kinds": ("bit_error", "node"), "fault_max_rate": 0.02, "storage": "int8"},
+        {
+            "fault_kinds": ("activation_value", "weight"),
+            "fault_max_rate": 0.2,
+            "fault_value": 100.0,
+        },
+    ],
+)
+def test_harden_trains_against_mixtures_of_kinds(fields):
+    """Bit errors in int8 codes with node faults; transient value faults with weight faults."""
     model = tiny_models.dense_classifier(features=6, hidden=32, classes=3)
     images, labels = tiny_models.own_labels(model, 512)
-    config = harden.HardenConfig(
-        method="fat",
-        epochs=1,
-        batch_size=64,
-        fault_kinds=("bit_error", "node"),
-        fault_max_rate=0.02,
-        storage="int8",
-    )
+    config = harden.HardenConfig(method="fat", epochs=1, batch_size=64, **fields)
     hardened, record = harden.harden(model, config, harden.TrainingData(images, labels))
     assert all(np.isfinite(epoch["loss"]) for epoch in record["phases"]["finetune"]["history"])
     before = model.get_layer("hidden").kernel.numpy()
     assert not np.array_equal(hardened.get_layer("hidden").kernel.numpy(), before)
+    assert [layer.name for layer in hardened.layers] == [layer.name for layer in model.layers]
 
 
 @pytest.mark.parametrize(
@@ -217,22 +223,3 @@ def test_transient_training_needs_its_value_and_bit_flips_are_refused_with_the_r
     )
     config.validate()
     assert config.as_dict()["fault_value"] == 1e3
-
-
-def test_harden_trains_against_transient_value_faults_mixed_with_weight_faults():
-    model = tiny_models.dense_classifier(features=6, hidden=32, classes=3)
-    images, labels = tiny_models.own_labels(model, 512)
-    config = harden.HardenConfig(
-        method="fat",
-        epochs=1,
-        batch_size=64,
-        fault_kinds=("activation_value", "weight"),
-        fault_max_rate=0.2,
-        fault_value=100.0,
-    )
-    hardened, record = harden.harden(model, config, harden.TrainingData(images, labels))
-    assert np.isfinite(record["phases"]["finetune"]["history"][0]["loss"])
-    assert not np.array_equal(
-        hardened.get_layer("hidden").kernel.numpy(), model.get_layer("hidden").kernel.numpy()
-    )
-    assert [layer.name for layer in hardened.layers] == [layer.name for layer in model.layers]
