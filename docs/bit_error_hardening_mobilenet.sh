@@ -11,22 +11,7 @@ O=${1:-results/bit_error_hardening}/mobilenet_v2
 BIN=${BIN:-.venv/bin}
 DATA=(--data=cifar10 --input_transform=symmetric)
 mkdir -p "$O"
-[ -f "$O/untrained.keras" ] || "$BIN/python" - "$O/untrained.keras" <<'PY'
-import sys
-
-import keras
-
-keras.utils.set_random_seed(0)
-model = keras.applications.MobileNetV2(
-    input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None
-)
-for layer in model.layers:  # keras.applications' 0.999 needs far more steps than this budget.
-    if isinstance(layer, keras.layers.BatchNormalization):
-        layer.momentum = 0.9
-model.save(sys.argv[1])
-PY
-[ -f "$O/base/metrics.json" ] || "$BIN/aftt-train" --model="$O/untrained.keras" "${DATA[@]}" \
-  --method=none --from_scratch --epochs=6 --learning_rate=1e-3 --batch_size=128 --out="$O/base"
+bash docs/mobilenet_base.sh "$O"
 train() {  # NAME METHOD [FLAGS...]
   local name=$1 method=$2
   shift 2

@@ -10,22 +10,7 @@ OUT=${1:-results/harden_mobilenet}
 BIN=${BIN:-.venv/bin}
 DATA=(--data=cifar10 --input_transform=symmetric)
 mkdir -p "$OUT"
-[ -f "$OUT/untrained.keras" ] || "$BIN/python" - "$OUT/untrained.keras" <<'PY'
-import sys
-
-import keras
-
-keras.utils.set_random_seed(0)
-model = keras.applications.MobileNetV2(
-    input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None
-)
-for layer in model.layers:  # keras.applications' 0.999 needs far more steps than this budget.
-    if isinstance(layer, keras.layers.BatchNormalization):
-        layer.momentum = 0.9
-model.save(sys.argv[1])
-PY
-[ -f "$OUT/base/metrics.json" ] || "$BIN/aftt-train" --model="$OUT/untrained.keras" "${DATA[@]}" --method=none --from_scratch \
-  --epochs=6 --learning_rate=1e-3 --batch_size=128 --out="$OUT/base"
+bash docs/mobilenet_base.sh "$OUT"
 # name:method[:extra flags]; range_zero: bounds at the 99.9th percentile, values outside -> 0.
 VARIANTS=(
   "none:none"
