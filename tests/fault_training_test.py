@@ -97,7 +97,10 @@ def test_harden_trains_against_mixtures_of_kinds(fields):
         ({"fault_kinds": ("node",), "storage": "int8"}, "nothing would be quantised"),
         ({"fault_kinds": ("activation_bit",)}, "cannot draw activation_bit faults"),
         ({"fault_kinds": ("weight", "weight")}, "distinct"),
-        ({"method": "none", "storage": "int8"}, "use it with --method=fat"),
+        (
+            {"method": "none", "storage": "int8"},
+            "--storage is not read by --method=none: it is for --method=fat or aftt_fat",
+        ),
     ],
 )
 def test_what_fault_aware_training_cannot_draw_is_refused(fields, message):
@@ -179,7 +182,10 @@ def test_the_clean_loss_needs_fault_aware_training():
     model = tiny_models.dense_classifier(features=6, hidden=16, classes=3)
     with pytest.raises(ValueError, match="give fault_aware_kinds too"):
         trainers.ClassifierTrainer(model, fault_aware_clean_loss=True)
-    with pytest.raises(ValueError, match="use it with --method=fat"):
+    with pytest.raises(
+        ValueError,
+        match="--fault_aware_clean_loss is not read by --method=none: it is for --method=fat",
+    ):
         harden.HardenConfig(method="none", fault_clean_loss=True).validate()
 
 
@@ -223,3 +229,25 @@ def test_transient_training_needs_its_value_and_bit_flips_are_refused_with_the_r
     )
     config.validate()
     assert config.as_dict()["fault_value"] == 1e3
+
+
+def test_options_a_method_does_not_read_are_refused_alone_and_dropped_in_a_comparison():
+    """Fault-aware and games' options given to a method that ignores them are an error
+    (never silently dropped); a comparison shares one config among its methods, so each
+    run gets the options its method reads, and an option no method reads is an error."""
+    from aftt_tf.data.frontend import DataOptions
+    from aftt_tf.reproduce.user_comparison import ComparisonConfig
+
+    with pytest.raises(ValueError, match="--prior is not read by --method=fat: it is for"):
+        harden.HardenConfig(method="fat", prior="gaussian").validate()
+    with pytest.raises(ValueError, match="add activation_value to --fault_aware_kinds"):
+        harden.HardenConfig(method="fat", fault_value=1e3).validate()
+    shared = harden.HardenConfig(
+        method="none", storage="int8", fault_kinds=("bit_error",), fault_max_rate=0.02
+    )
+    assert shared.for_method("none").storage == "float32"
+    assert shared.for_method("fat").storage == "int8"
+    options = DataOptions(data="fashion_mnist")
+    ComparisonConfig("m.keras", "out", ("none", "fat"), shared, options).validate()
+    with pytest.raises(ValueError, match="--storage is read by none of --methods=none,range"):
+        ComparisonConfig("m.keras", "out", ("none", "range"), shared, options).validate()

@@ -89,8 +89,19 @@ class ComparisonConfig:
                 "measure on data the methods were not trained on."
             )
         self.data_options.validate()
-        for method in self.methods:
-            dataclasses.replace(self.harden, method=method).validate()
+        for method in self.methods:  # Each run reads its own options.
+            self.harden.for_method(method).validate()
+        unused = set.intersection(
+            *(
+                set(dataclasses.replace(self.harden, method=m).unread_options())
+                for m in self.methods
+            )
+        )
+        if unused:
+            raise ValueError(
+                f"{sorted(unused)[0]} is read by none of --methods={','.join(self.methods)}; "
+                "add a method that reads it or leave it out."
+            )
 
     def test_source(self) -> str:
         return self.test_data or frontend.resolve_source(self.data_options.data, self.model)
@@ -170,7 +181,7 @@ def _harden(config: ComparisonConfig, method: str) -> Path:
     run = harden_run.HardenRunConfig(
         model=config.model,
         out=str(Path(config.out) / "runs" / method),
-        harden=dataclasses.replace(config.harden, method=method),
+        harden=config.harden.for_method(method),
         data_options=config.data_options,
         test_data=config.test_data,
     )

@@ -125,6 +125,26 @@ class HardenConfig:
     fault_clean_loss: bool = False
     fault_value: float | None = None
 
+    def unread_options(self) -> list[str]:
+        """The options set away from their defaults that this config's method does not
+        read (fault-aware training's, the games' prior), as their flags."""
+        method = methods.get(self.method)
+        return [
+            flag
+            for field, (trait, flag) in _METHOD_OPTIONS.items()
+            if not getattr(method, trait) and getattr(self, field) != _DEFAULTS[field]
+        ]
+
+    def for_method(self, method: str) -> HardenConfig:
+        """This config for `method`, the options it does not read at their defaults (a
+        comparison shares one config among methods that read different options)."""
+        config = dataclasses.replace(self, method=method)
+        trait_of = methods.get(method)
+        unread = {
+            f: _DEFAULTS[f] for f, (t, _) in _METHOD_OPTIONS.items() if not getattr(trait_of, t)
+        }
+        return dataclasses.replace(config, **unread)
+
     def validate(self) -> None:
         """ValueError naming the first bad value (nothing is loaded yet)."""
         method = methods.get(self.method)  # ValueError naming the registered methods.
@@ -150,12 +170,13 @@ class HardenConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0) or (name != "reg_lambda" and not value):
                 raise ValueError(f"{name} must be a finite number > 0, received {value}.")
+        unread = self.unread_options()
+        if unread:
+            raise ValueError(
+                f"{unread[0]} is not read by --method={self.method}: it is for "
+                f"{_readers(unread[0])}."
+            )
         if self.protected:
-            if not method.fault_aware:
-                raise ValueError(
-                    "--protected shapes the faults of fault-aware training: use it with "
-                    f"--method={' or '.join(methods.names(fault_aware=True))}."
-                )
             from aftt_tf.faults import protection
 
             if any(kinds.get(name).on_outputs for name in self.fault_kinds):
@@ -180,16 +201,6 @@ class HardenConfig:
         if self.storage not in ("float32", "int8"):
             raise ValueError(f"--storage must be float32 or int8, received {self.storage!r}.")
         if not methods.get(self.method).fault_aware:
-            if self.fault_clean_loss:
-                raise ValueError(
-                    "--fault_aware_clean_loss adds a fault-free pass to fault-aware steps: use "
-                    f"it with --method={' or '.join(methods.names(fault_aware=True))}."
-                )
-            if self.storage != "float32":
-                raise ValueError(
-                    f"--storage={self.storage} says what fault-aware training faults: use it "
-                    f"with --method={' or '.join(methods.names(fault_aware=True))}."
-                )
             return
         kinds.trainable(self.fault_kinds, "--fault_aware_kinds", self.storage, self.fault_max_rate)
         takes_value = [name for name in self.fault_kinds if kinds.get(name).takes_value]
@@ -198,6 +209,13 @@ class HardenConfig:
                 f"--fault_aware_kinds={','.join(self.fault_kinds)}: activation_value faults "
                 "write a value into the struck outputs; give --fault_aware_value (e.g. 1e4, "
                 "a large corrupted activation)."
+            )
+        if self.fault_value is not None and not any(
+            kinds.get(name).transient and kinds.get(name).takes_value for name in self.fault_kinds
+        ):
+            raise ValueError(
+                "--fault_aware_value is the value activation_value training writes; add "
+                "activation_value to --fault_aware_kinds or leave it out."
             )
         if self.fault_value is not None and not math.isfinite(self.fault_value):
             raise ValueError(f"--fault_aware_value must be finite, received {self.fault_value}.")
@@ -226,6 +244,26 @@ class HardenConfig:
         else:  # Records of runs made before plans existed stay equal.
             values.pop("protected")
         return values
+
+
+# Options only some methods read: field -> (the method trait that reads it, its flag).
+_METHOD_OPTIONS = {
+    "protected": ("fault_aware", "--protected"),
+    "storage": ("fault_aware", "--storage"),
+    "fault_clean_loss": ("fault_aware", "--fault_aware_clean_loss"),
+    "fault_value": ("fault_aware", "--fault_aware_value"),
+    "prior": ("pretrains", "--prior"),
+}
+_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(HardenConfig)
+    if field.name in _METHOD_OPTIONS
+}
+
+
+def _readers(flag: str) -> str:
+    trait = next(t for t, f in _METHOD_OPTIONS.values() if f == flag)
+    return "--method=" + " or ".join(methods.names(**{trait: True}))
 
 
 def copy_model(model: keras.Model) -> keras.Model:
