@@ -42,6 +42,9 @@ VARIANTS=(
   # RandBET's clean + perturbed loss (--fault_aware_clean_loss): a second pass per step.
   "clip_bet_clean:fat:$BET --weight_clip=auto --fault_aware_clean_loss"
   "clip_bet_mid_clean:fat:$BET_MID --weight_clip=auto --fault_aware_clean_loss"
+  # Tighter clipping (2 standard deviations per layer): an MSB flip moves a weight less.
+  "clip2_bet_mid:fat:$BET_MID --weight_clip=2std"
+  "clip2_bet_mid_clean:fat:$BET_MID --weight_clip=2std --fault_aware_clean_loss"
   "fat:fat:--fault_aware_kinds=weight,node --fault_aware_max_rate=0.3"
 )
 KINDS_GIVEN=${KINDS:-}

@@ -28,23 +28,24 @@ def _data(model, count: int = 512):
     return harden.TrainingData(images, np.argmax(np.asarray(model(images - 0.5)), -1))
 
 
-@pytest.mark.parametrize("method", ["none", "fat"])
-def test_every_kernel_stays_within_its_bound(method):
+@pytest.mark.parametrize(("method", "clip", "stds"), [("none", "auto", 3.0), ("fat", "2std", 2.0)])
+def test_every_kernel_stays_within_its_bound(method, clip, stds):
     model = _model()
     train = _data(model)
-    stds = {n: float(np.std(model.get_layer(n).kernel.numpy())) for n in ("hidden", "out")}
+    deviations = {n: float(np.std(model.get_layer(n).kernel.numpy())) for n in ("hidden", "out")}
     config = harden.HardenConfig(
         method=method,
         epochs=2,
         batch_size=32,
         learning_rate=1e-2,
-        weight_clip="auto",
+        weight_clip=clip,
         fault_kinds=("weight",),
     )
     hardened, record = harden.harden(model, config, train)
+    assert record["weight_clip"]["stds"] == stds
     for name in ("hidden", "out"):
         bound = record["weight_clip"]["bounds"][f"{name}/kernel"]
-        assert bound == pytest.approx(harden.AUTO_CLIP_STDS * stds[name])
+        assert bound == pytest.approx(stds * deviations[name])
         kernel = hardened.get_layer(name).kernel.numpy()
         assert np.abs(kernel).max() <= bound * (1 + 1e-6)
         assert hardened.get_layer(name).kernel.constraint is None  # Not saved with it.
@@ -67,7 +68,15 @@ def test_a_fixed_bound_sets_the_int8_scales(tmp_path):
         assert scales.max() * 127 <= 0.05 * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "big", "nan"])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", (None, None)), ("auto", (None, 3.0)), ("2.5std", (None, 2.5)), ("0.1", (0.1, None))],
+)
+def test_the_clip_rule_reads_stds_per_layer_or_one_bound(value, expected):
+    assert harden.clip_rule(value) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "big", "nan", "std", "0std", "-2std", "infstd"])
 def test_a_bad_bound_is_refused(value):
-    with pytest.raises(ValueError, match="--weight_clip must be 'auto' or a positive number"):
+    with pytest.raises(ValueError, match="--weight_clip must be 'auto', a positive number"):
         harden.HardenConfig(method="none", weight_clip=value).validate()

@@ -65,7 +65,8 @@ flags.DEFINE_string(
     "weight_clip",
     "",
     "--model: hold every kernel in [-b, b] through training ('auto': per layer, 3 standard "
-    "deviations of its kernel at the start; or a number for all layers); composes with "
+    "deviations of its kernel at the start; 'Kstd' such as '2.5std': K of them; or a "
+    "number for all layers); composes with "
     "every method (clip + fat, clip + range); the int8 export's scales follow.",
 )
 

@@ -88,9 +88,10 @@ class HardenConfig:
         range_percentile: range: the percentile (e.g. 99.99) when statistic='percentile'.
         range_examples: range: training examples the bounds are read from (0: all).
         seed: initialisation, batch order and fault maps.
-        weight_clip: '' (off), 'auto' or a number: every kernel is held in [-b, b] through
-            the supervised phases (after each step), b per layer ('auto': AUTO_CLIP_STDS
-            standard deviations of its kernel at the start) or the number for all. The
+        weight_clip: '' (off), 'auto', 'Kstd' or a number: every kernel is held in [-b, b]
+            through the supervised phases (after each step), b per layer (K standard
+            deviations of its kernel at the start; 'auto': AUTO_CLIP_STDS) or the number
+            for all. The
             int8 export's per-channel scales then follow the clipped weights (Stutz et
             al., MLSys 2021). Composes with every method.
     """
@@ -117,7 +118,8 @@ class HardenConfig:
     seed: int = 0
     protected: str = ""  # A protection plan: fault-aware training never faults its elements.
     # Weight clipping through training: '' off, 'auto' (per layer, AUTO_CLIP_STDS standard
-    # deviations of its kernel when training starts) or a bound for every layer ('0.1').
+    # deviations of its kernel when training starts), 'Kstd' (K of them, e.g. '2.5std') or
+    # a bound for every layer ('0.1').
     weight_clip: str = ""
     # What fault-aware training faults: 'float32' weights or 'int8' codes (int8_storage,
     # straight-through): random bit error training with fault_kinds=('bit_error',).
@@ -154,7 +156,7 @@ class HardenConfig:
             raise ValueError("epochs and pretrain_epochs must be >= 0, batch_size >= 1.")
         from aftt_tf.training.config import check_epochs
 
-        clip_bound(self.weight_clip)  # ValueError for a bad --weight_clip.
+        clip_rule(self.weight_clip)  # ValueError for a bad --weight_clip.
 
         check_epochs("epochs", self.epochs)
         check_epochs("pretrain_epochs", self.pretrain_epochs)
@@ -699,9 +701,11 @@ def _harden_in(model, config, train, validation, workdir: Path, output_kind: str
     epochs = config.epochs
     if config.weight_clip:
         bounds = _clipped_kernels(hardened, config)
+        fixed, stds = clip_rule(config.weight_clip)
         record["weight_clip"] = {
-            "mode": "auto" if config.weight_clip == "auto" else "fixed",
-            "stds": AUTO_CLIP_STDS if config.weight_clip == "auto" else None,
+            "mode": "fixed" if fixed is not None else "per_layer_stds",
+            "given": config.weight_clip,
+            "stds": stds,
             "bounds": bounds,
         }
     if fault_aware and config.from_scratch and _batch_norms(hardened):
@@ -723,21 +727,29 @@ def _harden_in(model, config, train, validation, workdir: Path, output_kind: str
 # 'auto' weight clipping: this many standard deviations of each kernel when training
 # starts (about 0.3% of a Gaussian kernel's weights lie beyond it).
 AUTO_CLIP_STDS = 3.0
+_STDS_SUFFIX = "std"
 
 
-def clip_bound(text: str) -> float | None:
-    """The bound of --weight_clip (None: 'auto' or off); ValueError for anything else."""
-    if text in ("", "auto"):
-        return None
+def clip_rule(text: str) -> tuple[float | None, float | None]:
+    """--weight_clip read as (a bound for every layer, standard deviations per layer);
+    (None, None) when off. 'auto' is AUTO_CLIP_STDS standard deviations, '2.5std' is 2.5
+    and '0.1' a bound of 0.1 for every kernel. ValueError for anything else."""
+    if text == "":
+        return None, None
+    if text == "auto":
+        return None, AUTO_CLIP_STDS
+    stds = text.endswith(_STDS_SUFFIX)
     try:
-        bound = float(text)
+        number = float(text.removesuffix(_STDS_SUFFIX) if stds else text)
     except ValueError:
-        bound = float("nan")
-    if not (math.isfinite(bound) and bound > 0):
+        number = float("nan")
+    if not (math.isfinite(number) and number > 0):
         raise ValueError(
-            f"--weight_clip must be 'auto' or a positive number (e.g. 0.1), received {text!r}."
+            "--weight_clip must be 'auto', a positive number of standard deviations per "
+            f"layer such as '2.5std', or a positive bound for every layer (e.g. 0.1), "
+            f"received {text!r}."
         )
-    return bound
+    return (None, number) if stds else (number, None)
 
 
 def _clipped_kernels(model: keras.Model, config: HardenConfig) -> dict[str, float]:
@@ -745,11 +757,11 @@ def _clipped_kernels(model: keras.Model, config: HardenConfig) -> dict[str, floa
     constraint the optimizer applies after each step; the weights are clipped at once);
     returns the bounds per kernel. `_unclip` takes the constraints off."""
     bounds = {}
-    fixed = clip_bound(config.weight_clip)
+    fixed, stds = clip_rule(config.weight_clip)
     for site in registry.sites(model):
         for label, variable, _ in site.kernels:
             values = np.asarray(variable)
-            bound = fixed if fixed is not None else AUTO_CLIP_STDS * float(np.std(values))
+            bound = fixed if fixed is not None else stds * float(np.std(values))
             if not bound > 0:
                 continue  # A constant kernel (all zeros): nothing to clip.
             variable.constraint = _Clip(bound)
