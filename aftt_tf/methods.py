@@ -90,5 +90,15 @@ for _method in (
         rewires=True,
         trains=False,
     ),
+    # Range restriction, then fault-aware training through the bounds: the bounds keep a
+    # struck output finite, so training can draw activation_bit faults.
+    Method(
+        "range_fat",
+        "range restriction + fault-aware training",
+        fault_aware=True,
+        restricts_range=True,
+        paper=False,
+        rewires=True,
+    ),
 ):
     register(_method)

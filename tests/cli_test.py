@@ -88,7 +88,10 @@ def test_bad_input_is_refused_before_any_work(argv, message, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--method=magic"], "value should be one of <none|l1|l2|fat|aftt|aftt_fat|range>"),
+        (
+            ["--method=magic"],
+            "value should be one of <none|l1|l2|fat|aftt|aftt_fat|range|range_fat>",
+        ),
         (
             ["--architecture=vgg16"],
             "value should be one of <fmnist_mlp|fmnist_cnn|cifar10_conv7|cifar10_conv3>",

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from aftt_tf.faults import int8_storage, kinds
+from aftt_tf.runtimes import layers as fault_layers
 from aftt_tf.training import harden, trainers
 from tests import tiny_models
 
@@ -95,7 +96,7 @@ def test_harden_trains_against_mixtures_of_kinds(fields):
         ({"fault_kinds": ("bit",), "fault_max_rate": 0.02}, "pass --storage=int8"),
         ({"fault_kinds": ("bit_error",), "storage": "int8"}, "fault_aware_max_rate <= 0.1"),
         ({"fault_kinds": ("node",), "storage": "int8"}, "nothing would be quantised"),
-        ({"fault_kinds": ("activation_bit",)}, "cannot draw activation_bit faults"),
+        ({"fault_kinds": ("activation_bit",)}, "use --method=range_fat"),
         ({"fault_kinds": ("weight", "weight")}, "distinct"),
         (
             {"method": "none", "storage": "int8"},
@@ -214,7 +215,7 @@ def test_transient_value_faults_strike_each_inference_anew_in_training():
     assert np.isfinite(history.history["loss"]).all()
 
 
-def test_transient_training_needs_its_value_and_bit_flips_are_refused_with_the_reason():
+def test_transient_training_needs_its_value():
     model = tiny_models.dense_classifier(features=6, hidden=16, classes=3)
     with pytest.raises(ValueError, match="give fault_aware_value"):
         trainers.ClassifierTrainer(
@@ -222,8 +223,6 @@ def test_transient_training_needs_its_value_and_bit_flips_are_refused_with_the_r
         )
     with pytest.raises(ValueError, match="give --fault_aware_value"):
         harden.HardenConfig(method="fat", fault_kinds=("activation_value",)).validate()
-    with pytest.raises(ValueError, match="cannot draw activation_bit faults: a flipped float32"):
-        harden.HardenConfig(method="fat", fault_kinds=("activation_bit",)).validate()
     config = harden.HardenConfig(
         method="fat", epochs=1, fault_kinds=("activation_value", "weight"), fault_value=1e3
     )
@@ -251,3 +250,62 @@ def test_options_a_method_does_not_read_are_refused_alone_and_dropped_in_a_compa
     ComparisonConfig("m.keras", "out", ("none", "fat"), shared, options).validate()
     with pytest.raises(ValueError, match="--storage is read by none of --methods=none,range"):
         ComparisonConfig("m.keras", "out", ("none", "range"), shared, options).validate()
+
+
+def test_activation_bit_training_flips_one_bit_of_each_struck_float32_output():
+    """The kind's training faults: one bit of the float32 word flipped per struck
+    output (a NaN trained as an infinity of its sign), nothing else changed, gradients
+    only through the unstruck outputs."""
+    kind = kinds.get("activation_bit")
+    values = np.random.default_rng(0).uniform(-3, 3, (256, 64)).astype(np.float32)
+    values[:, 0] = 1.5  # In [1, 2): flipping exponent bit 30 makes a NaN.
+    inputs = tf.constant(values)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        faulty = kind.training_outputs(inputs, tf.constant(0.25), tf.constant([4, 2], tf.int64), 0)
+        total = tf.reduce_sum(tf.where(tf.math.is_finite(faulty), faulty, 0.0))
+    gradient = tape.gradient(total, inputs).numpy()
+    faulty = faulty.numpy()
+    struck = faulty.view(np.int32) != values.view(np.int32)
+    assert 0.22 < struck.mean() < 0.28
+    assert not np.isnan(faulty).any()
+    finite = struck & np.isfinite(faulty)
+    changed = (faulty.view(np.uint32) ^ values.view(np.uint32))[finite]
+    assert all(bin(int(word)).count("1") == 1 for word in changed)
+    infinite = struck & ~np.isfinite(faulty)
+    assert infinite.any() and np.all(np.abs(values[infinite]) >= 1)
+    np.testing.assert_array_equal(gradient, np.where(struck, 0.0, 1.0))
+
+
+def test_activation_bit_training_runs_through_the_bounds_of_range_fat():
+    """--method=range_fat: bounds after every layer, then fault-aware training against
+    transient bit flips in their outputs; the loss stays finite and the clips stay."""
+    model = tiny_models.dense_classifier(features=6, hidden=32, classes=3)
+    images, labels = tiny_models.own_labels(model, 512)
+    config = harden.HardenConfig(
+        method="range_fat",
+        epochs=2,
+        batch_size=64,
+        fault_kinds=("activation_bit", "weight"),
+        fault_max_rate=0.2,
+        range_examples=512,
+    )
+    config.validate()
+    hardened, record = harden.harden(model, config, harden.TrainingData(images, labels))
+    history = record["phases"]["finetune"]["history"]
+    assert len(history) == 2 and all(np.isfinite(epoch["loss"]) for epoch in history)
+    assert "hidden" in record["bounds"]
+    assert any(isinstance(layer, fault_layers.ActivationClip) for layer in hardened.layers)
+    assert not np.array_equal(
+        hardened.get_layer("hidden").kernel.numpy(), model.get_layer("hidden").kernel.numpy()
+    )
+
+
+def test_activation_bit_training_is_refused_where_an_output_is_not_bounded():
+    model = tiny_models.dense_classifier(features=6, hidden=16, classes=3)
+    with pytest.raises(ValueError, match=r"outputs of \['hidden'\] reach the next layer unbounded"):
+        trainers.ClassifierTrainer(
+            model, fault_aware_kinds=("activation_bit",), fault_aware_max_rate=0.1
+        )
+    with pytest.raises(ValueError, match="use --method=range_fat"):
+        harden.HardenConfig(method="aftt_fat", fault_kinds=("activation_bit",)).validate()

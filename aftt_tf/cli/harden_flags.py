@@ -17,8 +17,8 @@ from aftt_tf.cli import (
 flags.DEFINE_string(
     "model",
     None,
-    "Your own trained .keras classifier: hardened with --method (none, l1, l2, fat, aftt, "
-    "aftt_fat, range) instead of training a paper --architecture.",
+    "Your own trained .keras classifier: hardened with --method (any of them; range and "
+    "range_fat only here) instead of training a paper --architecture.",
 )
 flags.DEFINE_string(
     "data",

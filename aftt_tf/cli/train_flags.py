@@ -16,7 +16,8 @@ flags.DEFINE_enum(
     "method",
     _DEFAULTS.method,
     vocabulary.USER_METHODS,
-    "Training method (range: activation range restriction, with --model only).",
+    "Training method (range: activation range restriction; range_fat: range, then "
+    "fault-aware training through the bounds; both with --model only).",
 )
 flags.DEFINE_enum("architecture", _DEFAULTS.architecture, vocabulary.ARCHITECTURES, "Network.")
 flags.DEFINE_string(

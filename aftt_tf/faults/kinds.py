@@ -99,6 +99,9 @@ class FaultKind:
     training_storages: ClassVar[tuple[str, ...]] = ("float32", "int8")
     training_max_rate: ClassVar[float] = 1.0  # Largest fault-aware max rate that makes sense.
     per_bit: ClassVar[bool] = False  # The rate is per stored bit (sampling.BitMasks positions).
+    # Its training faults can reach the next layer as huge or infinite values: training
+    # needs each faulted output bounded first (--method=range_fat).
+    training_needs_bounds: ClassVar[bool] = False
 
     @property
     def on_parameters(self) -> bool:
@@ -325,12 +328,8 @@ class ActivationBitKind(FaultKind):
     summary = "transient bit flips in layer outputs, drawn anew for every inference"
     non_finite = True
     bit_meaning = True
-    training_refusal = (
-        "a flipped float32 exponent bit in an activation makes the loss infinite or NaN, "
-        "and training does not simulate int8 activations; train against activation_value "
-        "(large corrupted outputs, --fault_aware_value) or bound activations with "
-        "--method=range, the defence against such flips"
-    )
+    trainable = True
+    training_needs_bounds = True
 
     def draw_bits(self, spec, widths, count, rng):
         if spec.bit_position >= 0:
@@ -341,6 +340,25 @@ class ActivationBitKind(FaultKind):
 
     def corrupt_outputs(self, values, bits, spec, stored=None):
         return sampling.set_bits(np.asarray(values), bits, spec.bit_mode)
+
+    def training_outputs(self, outputs, rate, seed, value):
+        """One uniformly drawn bit of the float32 word flipped in each struck output, as a
+        campaign's default (--bit_position=-1, --bit_mode=flip) on a Keras model. A flip
+        that makes a NaN (an exponent bit of a value in [1, 2)) is trained as an infinity
+        of its sign, which the bound after the layer saturates: a NaN has no order to
+        clip and no gradient to learn from. Gradients reach the unstruck outputs only."""
+        import tensorflow as tf
+
+        shape = tf.shape(outputs)
+        uniform = tf.random.stateless_uniform(tf.concat([[2], shape], 0), seed=seed)
+        struck = uniform[0] < rate
+        bits = tf.cast(tf.floor(uniform[1] * 32), tf.int32)
+        words = tf.bitcast(tf.cast(outputs, tf.float32), tf.int32)
+        words = tf.bitwise.bitwise_xor(words, tf.bitwise.left_shift(1, bits))
+        flipped = tf.bitcast(words, tf.float32)
+        infinity = tf.where(words < 0, -np.inf, np.inf)  # The sign bit as flipped.
+        flipped = tf.where(tf.math.is_nan(flipped), tf.cast(infinity, tf.float32), flipped)
+        return tf.where(struck, tf.cast(tf.stop_gradient(flipped), outputs.dtype), outputs)
 
 
 class ActivationValueKind(FaultKind):

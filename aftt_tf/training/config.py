@@ -151,12 +151,12 @@ class TrainConfig:
                 "early_stopping_patience needs a validation split; set validation_fraction > 0."
             )
         kinds.trainable(self.fault_aware_kinds)
-        valued = [name for name in self.fault_aware_kinds if kinds.get(name).transient]
-        if valued:
+        transient = [name for name in self.fault_aware_kinds if kinds.get(name).transient]
+        if transient:
             raise ValueError(
-                f"fault_aware_kinds={','.join(self.fault_aware_kinds)}: {valued[0]} training "
-                "writes --fault_aware_value into struck outputs, which the paper's networks "
-                "do not take; use it on your own model (aftt-train --model)."
+                f"fault_aware_kinds={','.join(self.fault_aware_kinds)}: {transient[0]} faults "
+                "strike layer outputs anew for every inference, which the paper's networks "
+                "do not train against; use it on your own model (aftt-train --model)."
             )
         if self.freeze_extractor and not self.pretrains:
             raise ValueError(

@@ -44,7 +44,7 @@ from aftt_tf.data import frontend
 from aftt_tf.data import inputs as input_transforms
 from aftt_tf.faults import kinds
 from aftt_tf.runtimes import registry, targets
-from aftt_tf.runtimes.layers import RANGE_MODES, ActivationClip
+from aftt_tf.runtimes.layers import RANGE_MODES, ActivationClip, range_clip_name
 from aftt_tf.training import phases, trainers
 from aftt_tf.training.config import FINETUNE_LEARNING_RATE
 
@@ -205,6 +205,16 @@ class HardenConfig:
         if not methods.get(self.method).fault_aware:
             return
         kinds.trainable(self.fault_kinds, "--fault_aware_kinds", self.storage, self.fault_max_rate)
+        unbounded = [name for name in self.fault_kinds if kinds.get(name).training_needs_bounds]
+        if unbounded and not methods.get(self.method).restricts_range:
+            raise ValueError(
+                f"--fault_aware_kinds={','.join(self.fault_kinds)}: a flipped float32 exponent "
+                f"bit in a layer output ({unbounded[0]}) reaches the next layer as a value up to "
+                "3.4e38 or infinite, which makes the loss infinite; training against it needs "
+                "each faulted output bounded first: use --method="
+                f"{' or '.join(methods.names(restricts_range=True, fault_aware=True))} "
+                "(activation range restriction, then fault-aware training)."
+            )
         takes_value = [name for name in self.fault_kinds if kinds.get(name).takes_value]
         if any(kinds.get(name).transient for name in takes_value) and self.fault_value is None:
             raise ValueError(
@@ -255,6 +265,10 @@ _METHOD_OPTIONS = {
     "fault_clean_loss": ("fault_aware", "--fault_aware_clean_loss"),
     "fault_value": ("fault_aware", "--fault_aware_value"),
     "prior": ("pretrains", "--prior"),
+    "range_statistic": ("restricts_range", "--range_statistic"),
+    "range_mode": ("restricts_range", "--range_mode"),
+    "range_percentile": ("restricts_range", "--range_percentile"),
+    "range_examples": ("restricts_range", "--range_examples"),
 }
 _DEFAULTS = {
     field.name: field.default
@@ -619,7 +633,7 @@ def with_range_clips(
 
     def clip(name: str) -> ActivationClip:
         low, high = bounds[name]
-        return ActivationClip(low, high, mode, name=f"{name}_range_clip")
+        return ActivationClip(low, high, mode, name=range_clip_name(name))
 
     def clone_function(layer):
         if isinstance(layer, keras.Model) and targets.rewritable(layer):

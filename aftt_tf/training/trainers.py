@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from aftt_tf import methods
 from aftt_tf.faults import kinds
 from aftt_tf.runtimes import layers as fault_layers
 from aftt_tf.runtimes import registry, targets
@@ -603,12 +604,18 @@ def _with_output_faults(
 
     Faults sit where campaigns put node and transient faults: after the layer, or after
     the BatchNormalization that alone reads it (converters fold it in, so a chip's dead
-    unit is 0 after normalisation). A Sequential model is viewed as a Functional one."""
+    unit is 0 after normalisation). A Sequential model is viewed as a Functional one.
+    A kind that needs bounds (`FaultKind.training_needs_bounds`) is refused unless the
+    layer's ActivationClip reads the faulty outputs first."""
     hidden = [site.path for site in targets.node_sites(classifier) if site.in_graph]
     masks: list[keras.Variable] = []
     layers: list[_TransientTrainingFault] = []
+    needs_bounds = [kind for kind in transient if kind.training_needs_bounds]
+    unbounded: list[str] = []
 
-    def fault(outputs, target: str, name: str):
+    def fault(outputs, target: str, name: str, bounded: bool):
+        if needs_bounds and not bounded:
+            unbounded.append(target)
         if node:
             node_fault = fault_layers.NodeFault(target=target, name=f"{name}_training_fault")
             outputs = node_fault(outputs)
@@ -619,7 +626,18 @@ def _with_output_faults(
             layers.append(layer)
         return outputs
 
-    return _masked_view(classifier, "", hidden, fault), masks, layers
+    view = _masked_view(classifier, "", hidden, fault)
+    if unbounded:
+        raise ValueError(
+            f"Fault-aware training against {needs_bounds[0].name}: the outputs of "
+            f"{unbounded[:5]} reach the next layer unbounded, where a flipped float32 "
+            "exponent bit (up to 3.4e38 or infinite) makes the loss infinite. Bound each "
+            "faulted output right after its layer: aftt_tf.training.harden with "
+            f"method={' or '.join(methods.names(restricts_range=True, fault_aware=True))} "
+            "puts an ActivationClip there (a layer whose outputs go through "
+            "BatchNormalization first cannot be bounded that way: exclude it or fold it)."
+        )
+    return view, masks, layers
 
 
 def _masked_view(model: keras.Model, prefix: str, hidden: list[str], fault) -> keras.Model:
@@ -643,7 +661,11 @@ def _masked_view(model: keras.Model, prefix: str, hidden: list[str], fault) -> k
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
         if layer.name in sites:
-            outputs = fault(outputs, f"{prefix}{sites[layer.name]}", sites[layer.name])
+            # Bounded: the fault sits on the layer itself and its own clip reads it next.
+            bounded = sites[layer.name] == layer.name and any(
+                other.name == fault_layers.range_clip_name(layer.name) for other in graph.layers
+            )
+            outputs = fault(outputs, f"{prefix}{sites[layer.name]}", sites[layer.name], bounded)
         return outputs
 
     return keras.models.clone_model(
