@@ -384,7 +384,7 @@ def test_faulted_weights_get_no_gradient():
 def test_fault_aware_config_validation():
     config_lib.TrainConfig(method="fat").validate()
     config_lib.TrainConfig(method="fat", fault_aware_kinds=("filter", "node")).validate()
-    with pytest.raises(ValueError, match="cannot draw activation_bit faults: a flipped float32"):
+    with pytest.raises(ValueError, match="activation_bit faults strike layer outputs anew"):
         config_lib.TrainConfig(method="fat", fault_aware_kinds=("activation_bit",)).validate()
     with pytest.raises(ValueError, match=r"fault_aware_max_rate must be in \(0, 1\)"):
         config_lib.TrainConfig(method="fat", fault_aware_max_rate=0.0).validate()
