@@ -35,14 +35,8 @@ from aftt_tf.faults import (
     systolic,
     transient,
 )
-from aftt_tf.faults.spec import (
-    CampaignModel,
-    CellRunner,
-    FaultSpec,
-    FaultTargetError,
-    Outcome,
-    cell_result,
-)
+from aftt_tf.faults import spec as fault_spec
+from aftt_tf.faults.spec import FaultSpec, FaultTargetError
 from aftt_tf.runtimes import layers as fault_layers
 from aftt_tf.runtimes import nan_semantics, registry, targets
 
@@ -129,7 +123,7 @@ def load(path: Path) -> KerasModel:
     return KerasModel(load_model(path))
 
 
-def payload(model: CampaignModel) -> dict[str, Any]:
+def payload(model: fault_spec.CampaignModel) -> dict[str, Any]:
     """The `runtimes` entry: the model saved as .keras bytes (for a Ray worker)."""
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "model.keras"
@@ -144,7 +138,7 @@ def restore(payload: dict[str, Any]) -> KerasModel:
         return KerasModel(load_model(path))
 
 
-class KerasModel(CampaignModel):
+class KerasModel(fault_spec.CampaignModel):
     """A Keras classifier (Sequential, Functional or subclassed) as a campaign model."""
 
     runtime = "keras"
@@ -351,7 +345,7 @@ def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
     return f"outside --scope={spec.scope}"
 
 
-class CampaignRunner(CellRunner):
+class CampaignRunner(fault_spec.CellRunner):
     """Evaluates one model under one FaultSpec; `evaluate_cell(rate, trial)` per trial.
 
     Args:
@@ -558,12 +552,12 @@ class CampaignRunner(CellRunner):
             self._chunk_index.assign(index)
         return self._chunk_outputs(chunk)
 
-    def outcome(self) -> Outcome:
+    def outcome(self) -> fault_spec.Outcome:
         """Correct, non-finite and masked inferences with the faults as currently assigned."""
         correct, non_finite, masked = self._count_outcomes(
             self._chunks, self._chunk_labels, self._valid, self._golden
         )
-        return Outcome(
+        return fault_spec.Outcome(
             int(correct.numpy()), int(non_finite.numpy()), self.num_examples, int(masked.numpy())
         )
 
@@ -577,7 +571,7 @@ class CampaignRunner(CellRunner):
 
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         counts = self.inject(rate, trial)
-        result = cell_result(rate, trial, self.outcome(), counts)
+        result = fault_spec.cell_result(rate, trial, self.outcome(), counts)
         if self.spec.fault_map:  # Rate 0 is the mapped chip, not the fault-free model.
             result["fault_free_accuracy"] = self.fault_free_accuracy()
         return result
