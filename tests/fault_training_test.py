@@ -309,3 +309,27 @@ def test_activation_bit_training_is_refused_where_an_output_is_not_bounded():
         )
     with pytest.raises(ValueError, match="use --method=range_fat"):
         harden.HardenConfig(method="aftt_fat", fault_kinds=("activation_bit",)).validate()
+
+
+def test_training_faults_sit_where_campaigns_put_each_kind():
+    """Node masks right after the convolution (0 passes a ReLU unchanged), transient
+    faults past the ReLU layer that alone reads it (converters fuse it: the stored value
+    is the activated one), as `targets.output_point` places them for campaigns."""
+    from aftt_tf.runtimes import targets
+
+    inputs = keras.Input((8, 8, 1))
+    hidden = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    hidden = keras.layers.ReLU(name="relu")(hidden)
+    outputs = keras.layers.Dense(3, name="out")(keras.layers.Flatten(name="flat")(hidden))
+    model = keras.Model(inputs, outputs)
+    trainer = trainers.ClassifierTrainer(
+        model,
+        fault_aware_kinds=("node", "activation_value"),
+        fault_aware_max_rate=0.1,
+        fault_aware_value=5.0,
+    )
+    names = [layer.name for layer in trainer.node_view.layers]
+    assert names.index("conv_training_fault") == names.index("conv") + 1
+    assert names.index("conv_training_activation_value") == names.index("relu") + 1
+    for kind, point in (("node", "conv"), ("activation_value", "relu")):
+        assert targets.output_point(model, "conv", kinds.get(kind)) == point

@@ -365,10 +365,11 @@ def test_fault_aware_training_reaches_nested_layers(trained):
     """Fault-aware training draws node masks after the nested backbone's layers (conv2's
     after its BatchNormalization, where campaigns put it) and weight faults in its
     kernels, on a view that shares the model's weights."""
+    from aftt_tf.faults import kinds
     from aftt_tf.training import trainers
 
     model, _, images, _ = trained["nested"]
-    view, masks, _ = trainers._with_output_faults(model, True, [], None)
+    view, masks, _ = trainers._with_output_faults(model, kinds.get("node"), [], None)
     assert [tuple(mask.shape) for mask in masks] == [(26, 26, 8), (12, 12, 12), (24,)]
     backbone = view.get_layer("backbone")
     assert backbone.get_layer("conv1") is model.get_layer("backbone").get_layer("conv1")

@@ -260,7 +260,7 @@ def _apply(model: keras.Model, kind: str, paths: set[str], prefix: str) -> keras
     # A node fault holds the layer's output at 0 after a BatchNormalization that reads it
     # alone (converters fold it into the layer, so the .tflite's output is the normalised
     # one): both runtimes then fault the same values.
-    node_sites_ = {_output_point(model, name, kind): name for name in targets}
+    node_sites_ = {output_point(model, name, kind): name for name in targets}
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
@@ -298,7 +298,7 @@ def readers(model: keras.Model, name: str) -> list[keras.layers.Layer]:
     return _consumers(model).get(name, [])
 
 
-def _output_point(model: keras.Model, name: str, kind: str) -> str:
+def output_point(model: keras.Model, name: str, kind) -> str:
     """The layer after whose output `kind`'s fault on layer `name` sits: past a
     BatchNormalization and then a Rescaling that alone read it (folded by converters),
     and for transient

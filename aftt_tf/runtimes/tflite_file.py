@@ -198,7 +198,7 @@ class TFLiteLayer:
     node_tensor: int | None = None  # Where node faults hold the output at 0 (None: unknown).
     # Where transient faults corrupt the output: the node point, or past a ReLU/ReLU6/tanh
     # operator that alone reads it (as the Keras runtime places them; see
-    # targets._output_point), so an unfused activation is on the same side in both.
+    # targets.output_point), so an unfused activation is on the same side in both.
     transient_tensor: int | None = None
     node_refusal: str | None = None  # Why node faults cannot be placed, when they cannot.
     shared_operators: list[int] = dataclasses.field(default_factory=list)

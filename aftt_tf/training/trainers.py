@@ -382,7 +382,10 @@ class ClassifierTrainer(keras.Model):
         if any(kind.on_parameters for kind in self._drawn_kinds):
             self._collect_fault_kernels(protected)
         if any(kind.on_outputs for kind in self._drawn_kinds):
-            node = any(kind.on_outputs and not kind.transient for kind in self._drawn_kinds)
+            node = next(
+                (kind for kind in self._drawn_kinds if kind.on_outputs and not kind.transient),
+                None,
+            )
             self.node_view, self.node_masks, self.transient_faults = _with_output_faults(
                 self.classifier, node, transient, value
             )
@@ -595,52 +598,68 @@ class _TransientTrainingFault(keras.layers.Layer):
 
 
 def _with_output_faults(
-    classifier: keras.Model, node: bool, transient: list, value: float | None
+    classifier: keras.Model,
+    node: kinds.FaultKind | None,
+    transient: list[kinds.FaultKind],
+    value: float | None,
 ) -> tuple[keras.Model, list[keras.Variable], list[_TransientTrainingFault]]:
     """A view of `classifier` that shares its layers (and weights) and faults the output
     of every hidden weight layer for fault-aware training: a node mask (stuck-at-0 node
-    faults) when `node`, and a `_TransientTrainingFault` per `transient` kind; layers of
+    faults) when `node` (the stuck-at-0 output kind drawn) is given, and a `_TransientTrainingFault` per `transient` kind; layers of
     nested Sequential/Functional models (a backbone) included, as campaigns fault them.
 
-    Faults sit where campaigns put node and transient faults: after the layer, or after
-    the BatchNormalization that alone reads it (converters fold it in, so a chip's dead
-    unit is 0 after normalisation). A Sequential model is viewed as a Functional one.
-    A kind that needs bounds (`FaultKind.training_needs_bounds`) is refused unless the
-    layer's ActivationClip reads the faulty outputs first."""
+    Each fault sits where campaigns put that kind (`targets.output_point`): after the
+    layer, or after the BatchNormalization (and Rescaling) that alone reads it, since
+    converters fold them in; transient faults also past a ReLU that alone reads that
+    (converters fuse it). A Sequential model is viewed as a Functional one. A kind that
+    needs bounds (`FaultKind.training_needs_bounds`) is refused unless the output it
+    strikes is bounded next (the ActivationClip of range restriction reads it)."""
     hidden = [site.path for site in targets.node_sites(classifier) if site.in_graph]
     masks: list[keras.Variable] = []
     layers: list[_TransientTrainingFault] = []
     needs_bounds = [kind for kind in transient if kind.training_needs_bounds]
     unbounded: list[str] = []
 
-    def fault(outputs, target: str, name: str, bounded: bool):
+    def fault_nodes(outputs, target: str, name: str, bounded: bool):
+        node_fault = fault_layers.NodeFault(target=target, name=f"{name}_training_fault")
+        outputs = node_fault(outputs)  # Builds the mask.
+        masks.append(node_fault.node_keep)
+        return outputs
+
+    def fault_transient(outputs, target: str, name: str, bounded: bool):
         if needs_bounds and not bounded:
             unbounded.append(target)
-        if node:
-            node_fault = fault_layers.NodeFault(target=target, name=f"{name}_training_fault")
-            outputs = node_fault(outputs)
-            masks.append(node_fault.node_keep)
         for kind in transient:
             layer = _TransientTrainingFault(kind, value, name=f"{name}_training_{kind.name}")
             outputs = layer(outputs)
             layers.append(layer)
         return outputs
 
-    view = _masked_view(classifier, "", hidden, fault)
+    # Where each family's faults sit (one transient kind stands for all: they share it).
+    faults = {}
+    if node is not None:
+        faults[node] = fault_nodes
+    if transient:
+        faults[transient[0]] = fault_transient
+    view = _masked_view(classifier, "", hidden, faults)
     if unbounded:
         raise ValueError(
             f"Fault-aware training against {needs_bounds[0].name}: the outputs of "
             f"{unbounded[:5]} reach the next layer unbounded, where a flipped float32 "
             "exponent bit (up to 3.4e38 or infinite) makes the loss infinite. Bound each "
-            "faulted output right after its layer: aftt_tf.training.harden with "
+            "faulted output right after it: aftt_tf.training.harden with "
             f"method={' or '.join(methods.names(restricts_range=True, fault_aware=True))} "
-            "puts an ActivationClip there (a layer whose outputs go through "
-            "BatchNormalization first cannot be bounded that way: exclude it or fold it)."
+            "puts an ActivationClip after every ReLU-family activation (an output that "
+            "goes through BatchNormalization first, or has no such activation, cannot be "
+            "bounded that way: leave those layers out or change the kind)."
         )
     return view, masks, layers
 
 
-def _masked_view(model: keras.Model, prefix: str, hidden: list[str], fault) -> keras.Model:
+def _masked_view(model: keras.Model, prefix: str, hidden: list[str], faults: dict) -> keras.Model:
+    """`model` rebuilt with `faults[kind](outputs, target, name, bounded)` applied at each
+    hidden layer's output point for that kind (`targets.output_point`); `bounded`: the
+    ActivationClip of range restriction reads that output next."""
     graph = targets.as_functional(model)
     local = [path[len(prefix) :] for path in hidden if path.startswith(prefix)]
     own = {path for path in local if "/" not in path}
@@ -651,21 +670,23 @@ def _masked_view(model: keras.Model, prefix: str, hidden: list[str], fault) -> k
         and targets.rewritable(layer)
         and any(path.startswith(f"{layer.name}/") for path in local)
     }
-    sites = {targets.normalization_after(graph, name) or name: name for name in own}
+    points = {
+        kind: {targets.output_point(graph, name, kind): name for name in own} for kind in faults
+    }
+    clips = {layer.name for layer in graph.layers if isinstance(layer, fault_layers.ActivationClip)}
 
     def clone_function(layer):
         if layer.name in nested:
-            return _masked_view(layer, f"{prefix}{layer.name}/", hidden, fault)
+            return _masked_view(layer, f"{prefix}{layer.name}/", hidden, faults)
         return layer
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
-        if layer.name in sites:
-            # Bounded: the fault sits on the layer itself and its own clip reads it next.
-            bounded = sites[layer.name] == layer.name and any(
-                other.name == fault_layers.range_clip_name(layer.name) for other in graph.layers
-            )
-            outputs = fault(outputs, f"{prefix}{sites[layer.name]}", sites[layer.name], bounded)
+        for kind, fault in faults.items():
+            if layer.name in points[kind]:
+                name = points[kind][layer.name]
+                bounded = fault_layers.range_clip_name(layer.name) in clips
+                outputs = fault(outputs, f"{prefix}{name}", name, bounded)
         return outputs
 
     return keras.models.clone_model(
