@@ -8,6 +8,7 @@
 #   bash docs/bit_error_hardening.sh cifar10_conv3 [OUT]   (about 20 min on 2 cores)
 #   EPOCHS=4 ONLY="none clip_bet clip_bet_mid" bash docs/bit_error_hardening.sh fmnist_cnn OUT4
 #   DATA_DIR=DIR: CIFAR-10's image folder when the checkout has no ../shared beside it.
+#   FLOAT_KINDS="activation_bit": also campaigns of these kinds on the float32 Keras models.
 # Budget (2 CPU cores): base 4 (fmnist_cnn) or 6 (cifar10_conv3) epochs; every method 2
 # epochs at learning rate 3e-4; campaigns on 5,000 test images, 10 paired trials per rate.
 # cifar10_conv3 takes five methods and two fault kinds (its epochs are slower).
@@ -53,11 +54,14 @@ if [ "$ARCH" = fmnist_cnn ]; then  # The fast model: every method and transient 
   VARIANTS+=(
     "bet:fat:$BET"
     "range:range:--range_examples=10000"
+    # Bounds, then training against transient float32 bit flips in layer outputs.
+    "range_fat:range_fat:--range_examples=10000 --fault_aware_kinds=activation_bit --fault_aware_max_rate=0.05"
     "aftt_fat:aftt_fat:--fault_aware_kinds=weight,node --fault_aware_max_rate=0.3 --pretrain_epochs=1"
   )
   [ -n "${KINDS_GIVEN:-}" ] || KINDS+=(activation_bit)
 fi
 int8=()
+keras_models=()
 for variant in "${VARIANTS[@]}"; do
   IFS=: read -r name method extra <<< "$variant"
   [ -z "$ONLY" ] || [[ " $ONLY " == *" $name "* ]] || continue
@@ -69,8 +73,13 @@ for variant in "${VARIANTS[@]}"; do
     --model="$OUT/$name/classifier.keras" "${DATA[@]}" --formats=tflite_int8 \
     --test_examples=5000 --out="$OUT/export_$name"
   int8+=(--model=$name="$OUT/export_$name/model_int8.tflite")
+  keras_models+=(--model=$name="$OUT/$name/classifier.keras")
 done
 CAMPAIGN=("${DATA[@]}" --test_examples=5000 --trials=10 --seed=0 --rates=cliff)
 for kind in "${KINDS[@]}"; do
   "$BIN/aftt-faults" "${int8[@]}" "${CAMPAIGN[@]}" --fault=$kind --out="$OUT/campaigns/$kind"
+done
+# FLOAT_KINDS: campaigns on the Keras models too (float32 values: Keras = float32 file).
+for kind in ${FLOAT_KINDS:-}; do
+  "$BIN/aftt-faults" "${keras_models[@]}" "${CAMPAIGN[@]}" --fault=$kind --out="$OUT/campaigns/float32_$kind"
 done
