@@ -15,10 +15,11 @@ import keras
 import numpy as np
 import pytest
 
+from aftt_tf import methods
 from aftt_tf.campaigns import evaluate
 from aftt_tf.data import datasets as data
 from aftt_tf.data.frontend import DataOptions
-from aftt_tf.faults import FaultSpec
+from aftt_tf.faults import FaultSpec, kinds
 from aftt_tf.training import harden
 from tests.conftest import requires_fashion_mnist
 
@@ -318,6 +319,32 @@ def test_trainer_refuses_fault_aware_training_with_live_batch_statistics(trained
     model, _, _ = trained["cnn"]
     with pytest.raises(ValueError, match="statistics would come from faulty passes"):
         trainers.ClassifierTrainer(model, fault_aware_kinds=("weight",), fault_aware_max_rate=0.5)
+
+
+@pytest.mark.parametrize("kind", kinds.trainable_names())
+def test_every_fault_kind_is_trainable_on_a_users_cnn(kind, trained):
+    """Every kind campaigns measure trains from harden() on the BatchNorm + depthwise
+    CNN, each with what its traits ask for: int8 codes for bit kinds, a value for
+    activation_value, bounds (range_fat) for activation_bit."""
+    model, train, _ = trained["cnn"]
+    fault_kind = kinds.get(kind)
+    bounded = methods.names(restricts_range=True, fault_aware=True)[0]
+    config = harden.HardenConfig(
+        method=bounded if fault_kind.training_needs_bounds else "fat",
+        epochs=1,
+        fault_kinds=(kind,),
+        fault_max_rate=min(0.05, fault_kind.training_max_rate),
+        storage="float32" if "float32" in fault_kind.training_storages else "int8",
+        fault_value=1e3 if fault_kind.transient and fault_kind.takes_value else None,
+        range_examples=1000 if fault_kind.training_needs_bounds else 10000,
+    )
+    config.validate()
+    hardened, record = harden.harden(model, config, train)
+    history = record["phases"]["finetune"]["history"]
+    assert np.isfinite(history[0]["loss"])
+    assert not np.array_equal(
+        hardened.get_layer("fc").kernel.numpy(), model.get_layer("fc").kernel.numpy()
+    )
 
 
 @pytest.mark.slow

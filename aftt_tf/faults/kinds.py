@@ -229,6 +229,7 @@ class StuckValueKind(FaultKind):
     per_element = True
     non_finite = True
     takes_value = True
+    trainable = True  # At the campaigns' default value: the tensor's largest |w|.
 
     def stuck_value(self, stored: StoredValues, spec: Any) -> float:
         if spec.stuck_value is not None:
