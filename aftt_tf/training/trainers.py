@@ -594,7 +594,12 @@ class _TransientTrainingFault(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        return self.kind.training_outputs(inputs, self.rate, self.seed, self.value)
+        # Steps that draw another kind (rate 0) skip the kind's random draws altogether.
+        return ops.cond(
+            self.rate > 0,
+            lambda: self.kind.training_outputs(inputs, self.rate, self.seed, self.value),
+            lambda: inputs,
+        )
 
 
 def _with_output_faults(
