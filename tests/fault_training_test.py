@@ -333,3 +333,31 @@ def test_training_faults_sit_where_campaigns_put_each_kind():
     assert names.index("conv_training_activation_value") == names.index("relu") + 1
     for kind, point in (("node", "conv"), ("activation_value", "relu")):
         assert targets.output_point(model, "conv", kinds.get(kind)) == point
+
+
+def test_range_fat_bounds_every_output_activation_bit_training_strikes():
+    """A linear convolution (the paper's fmnist_cnn has one) has no activation to bound:
+    range_fat bounds its output too when training draws activation_bit, and only then."""
+    inputs = keras.Input((8, 8, 1))
+    hidden = keras.layers.Conv2D(4, 3, activation="relu", name="conv_1")(inputs)
+    hidden = keras.layers.Conv2D(4, 3, name="conv_2")(hidden)  # Linear.
+    hidden = keras.layers.MaxPooling2D(name="pool")(hidden)
+    outputs = keras.layers.Dense(3, name="logits")(keras.layers.Flatten(name="flat")(hidden))
+    model = keras.Model(inputs, outputs)
+    images = np.random.default_rng(0).random((256, 8, 8, 1)).astype(np.float32)
+    labels = np.argmax(np.asarray(model(images)), -1)
+    data = harden.TrainingData(images, labels)
+    config = harden.HardenConfig(
+        method="range_fat",
+        epochs=1,
+        batch_size=64,
+        fault_kinds=("activation_bit",),
+        fault_max_rate=0.1,
+        range_examples=256,
+    )
+    hardened, record = harden.harden(model, config, data)
+    assert set(record["bounds"]) == {"conv_1", "conv_2"}
+    assert np.isfinite(record["phases"]["finetune"]["history"][0]["loss"])
+    weights = harden.HardenConfig(**{**config.__dict__, "fault_kinds": ("weight",)})
+    _, record = harden.harden(model, weights, data)
+    assert set(record["bounds"]) == {"conv_1"}  # As range: activations only.

@@ -585,12 +585,17 @@ _PERCENTILE_SAMPLE = 1_000_000  # Values per activation kept for a percentile.
 
 
 def activation_bounds(
-    model: keras.Model, inputs: np.ndarray, config: HardenConfig, batch_size: int = 500
+    model: keras.Model,
+    inputs: np.ndarray,
+    config: HardenConfig,
+    extra: tuple[str, ...] = (),
+    batch_size: int = 500,
 ) -> dict[str, tuple[float, float]]:
-    """{layer: (lower, upper)} of each activation on `inputs` in one inference pass:
-    the min and the max (running, nothing kept), or the percentile and its mirror
-    (`range_statistic`, on a seeded sample of each activation's values)."""
-    names = activation_points(model)
+    """{layer: (lower, upper)} of each activation (and of the `extra` layers' outputs) on
+    `inputs` in one inference pass: the min and the max (running, nothing kept), or the
+    percentile and its mirror (`range_statistic`, on a seeded sample of each one's
+    values)."""
+    names = list(dict.fromkeys([*activation_points(model), *extra]))
     count = config.range_examples or len(inputs)
     rng = np.random.default_rng(config.seed)
     sample = inputs[rng.permutation(len(inputs))[:count]]
@@ -622,6 +627,28 @@ def activation_bounds(
             lower = float(np.percentile(values, 100.0 - config.range_percentile))
         bounds[name] = (min(lower, 0.0) if low[name] >= 0 else lower, upper)
     return bounds
+
+
+def _struck_points(model: keras.Model, config: HardenConfig) -> tuple[str, ...]:
+    """The layers whose outputs fault-aware training strikes with a kind that needs
+    bounds (activation_bit), where campaigns put it (`targets.output_point`): bounded
+    too, so that every struck output is saturated before the next layer reads it (a
+    linear convolution's output has no activation to bound). Empty for other kinds."""
+    bounded = [
+        kinds.get(name) for name in config.fault_kinds if kinds.get(name).training_needs_bounds
+    ]
+    if not (bounded and methods.get(config.method).fault_aware):
+        return ()
+    points = []
+    for site in targets.node_sites(model):
+        if not site.in_graph:
+            continue  # Inside a composite layer: training cannot strike it either.
+        *containers, leaf = site.path.split("/")
+        holder = model
+        for part in containers:
+            holder = holder.get_layer(part)
+        points.append(targets.output_point(targets.as_functional(holder), leaf, bounded[0]))
+    return tuple(points)
 
 
 def with_range_clips(
@@ -708,7 +735,8 @@ def _harden_in(model, config, train, validation, workdir: Path, output_kind: str
     if method.pretrains:
         record["phases"][PRETRAIN] = _games(hardened, config, train, workdir)
     if method.restricts_range:
-        bounds = activation_bounds(hardened, train.inputs, config)
+        struck = _struck_points(hardened, config)
+        bounds = activation_bounds(hardened, train.inputs, config, struck)
         hardened = with_range_clips(hardened, bounds, config.range_mode)
         record["bounds"] = {name: list(value) for name, value in bounds.items()}
     fault_aware = method.fault_aware
