@@ -99,9 +99,9 @@ class FaultKind:
     training_storages: ClassVar[tuple[str, ...]] = ("float32", "int8")
     training_max_rate: ClassVar[float] = 1.0  # Largest fault-aware max rate that makes sense.
     per_bit: ClassVar[bool] = False  # The rate is per stored bit (sampling.BitMasks positions).
-    # Its training faults can reach the next layer as huge or infinite values: training
-    # needs each faulted output bounded first (--method=range_fat).
-    training_needs_bounds: ClassVar[bool] = False
+    # Why its training faults need each struck output bounded before the next layer
+    # reads it ('': they do not); trainers say it when they refuse an unbounded output.
+    training_needs_bounds: ClassVar[str] = ""
 
     @property
     def on_parameters(self) -> bool:
@@ -330,7 +330,10 @@ class ActivationBitKind(FaultKind):
     non_finite = True
     bit_meaning = True
     trainable = True
-    training_needs_bounds = True
+    training_needs_bounds = (
+        "a flipped float32 exponent bit makes a struck output up to 3.4e38 or infinite, "
+        "which makes the loss infinite"
+    )
 
     def draw_bits(self, spec, widths, count, rng):
         if spec.bit_position >= 0:

@@ -205,13 +205,12 @@ class HardenConfig:
         if not methods.get(self.method).fault_aware:
             return
         kinds.trainable(self.fault_kinds, "--fault_aware_kinds", self.storage, self.fault_max_rate)
-        unbounded = [name for name in self.fault_kinds if kinds.get(name).training_needs_bounds]
+        unbounded = [kinds.get(n) for n in self.fault_kinds if kinds.get(n).training_needs_bounds]
         if unbounded and not methods.get(self.method).restricts_range:
             raise ValueError(
-                f"--fault_aware_kinds={','.join(self.fault_kinds)}: a flipped float32 exponent "
-                f"bit in a layer output ({unbounded[0]}) reaches the next layer as a value up to "
-                "3.4e38 or infinite, which makes the loss infinite; training against it needs "
-                "each faulted output bounded first: use --method="
+                f"--fault_aware_kinds={','.join(self.fault_kinds)}: {unbounded[0].name}: "
+                f"{unbounded[0].training_needs_bounds}; training against it needs each "
+                "faulted output bounded first: use --method="
                 f"{' or '.join(methods.names(restricts_range=True, fault_aware=True))} "
                 "(activation range restriction, then fault-aware training)."
             )

@@ -650,13 +650,11 @@ def _with_output_faults(
     if unbounded:
         raise ValueError(
             f"Fault-aware training against {needs_bounds[0].name}: the outputs of "
-            f"{unbounded[:5]} reach the next layer unbounded, where a flipped float32 "
-            "exponent bit (up to 3.4e38 or infinite) makes the loss infinite. Bound each "
-            "faulted output right after it: aftt_tf.training.harden with "
+            f"{unbounded[:5]} reach the next layer unbounded ({needs_bounds[0].name}: "
+            f"{needs_bounds[0].training_needs_bounds}). Bound each struck output right "
+            "after it: aftt_tf.training.harden with "
             f"method={' or '.join(methods.names(restricts_range=True, fault_aware=True))} "
-            "puts an ActivationClip after every ReLU-family activation (an output that "
-            "goes through BatchNormalization first, or has no such activation, cannot be "
-            "bounded that way: leave those layers out or change the kind)."
+            "puts an ActivationClip there (trainer.classifier must be that bounded model)."
         )
     return view, masks, layers
 
