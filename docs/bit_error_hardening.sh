@@ -9,6 +9,8 @@
 #   EPOCHS=4 ONLY="none clip_bet clip_bet_mid" bash docs/bit_error_hardening.sh fmnist_cnn OUT4
 #   DATA_DIR=DIR: CIFAR-10's image folder when the checkout has no ../shared beside it.
 #   FLOAT_KINDS="activation_bit": also campaigns of these kinds on the float32 Keras models.
+#   TRIALS=40 CAMPAIGNS=campaigns_40: more paired trials (narrower intervals) into another
+#     campaign folder; --rates=cliff is searched on the first 3 trials, so the rates repeat.
 # Budget (2 CPU cores): base 4 (fmnist_cnn) or 6 (cifar10_conv3) epochs; every method 2
 # epochs at learning rate 3e-4; campaigns on 5,000 test images, 10 paired trials per rate.
 # cifar10_conv3 takes five methods and two fault kinds (its epochs are slower).
@@ -44,6 +46,8 @@ VARIANTS=(
   "clip_bet_clean:fat:$BET --weight_clip=auto --fault_aware_clean_loss"
   "clip_bet_mid_clean:fat:$BET_MID --weight_clip=auto --fault_aware_clean_loss"
   # Tighter clipping (2 standard deviations per layer): an MSB flip moves a weight less.
+  "clip2_bet:fat:$BET --weight_clip=2std"
+  "clip2_bet_clean:fat:$BET --weight_clip=2std --fault_aware_clean_loss"
   "clip2_bet_mid:fat:$BET_MID --weight_clip=2std"
   "clip2_bet_mid_clean:fat:$BET_MID --weight_clip=2std --fault_aware_clean_loss"
   "fat:fat:--fault_aware_kinds=weight,node --fault_aware_max_rate=0.3"
@@ -75,11 +79,13 @@ for variant in "${VARIANTS[@]}"; do
   int8+=(--model=$name="$OUT/export_$name/model_int8.tflite")
   keras_models+=(--model=$name="$OUT/$name/classifier.keras")
 done
-CAMPAIGN=("${DATA[@]}" --test_examples=5000 --trials=10 --seed=0 --rates=cliff)
+TRIALS=${TRIALS:-10}
+CAMPAIGNS=${CAMPAIGNS:-campaigns}
+CAMPAIGN=("${DATA[@]}" --test_examples=5000 --trials=$TRIALS --seed=0 --rates=cliff)
 for kind in "${KINDS[@]}"; do
-  "$BIN/aftt-faults" "${int8[@]}" "${CAMPAIGN[@]}" --fault=$kind --out="$OUT/campaigns/$kind"
+  "$BIN/aftt-faults" "${int8[@]}" "${CAMPAIGN[@]}" --fault=$kind --out="$OUT/$CAMPAIGNS/$kind"
 done
 # FLOAT_KINDS: campaigns on the Keras models too (float32 values: Keras = float32 file).
 for kind in ${FLOAT_KINDS:-}; do
-  "$BIN/aftt-faults" "${keras_models[@]}" "${CAMPAIGN[@]}" --fault=$kind --out="$OUT/campaigns/float32_$kind"
+  "$BIN/aftt-faults" "${keras_models[@]}" "${CAMPAIGN[@]}" --fault=$kind --out="$OUT/$CAMPAIGNS/float32_$kind"
 done
