@@ -67,7 +67,9 @@ def _naive_seconds_per_cell(model, spec, images, labels, cells) -> float:
                 value = np.asarray(variable.numpy())
                 if variable is getattr(layer, "kernel", None):
                     rng = sampling.trial_rng(spec.seed, spec.kind, layer.name, rate, trial)
-                    positions = sampling.sample_positions(value.size, rate, rng, spec.sampling)
+                    positions = sampling.sample_positions(
+                        value.size, rate, rng, spec.placement.sampling
+                    )
                     value = value.copy().reshape(-1)
                     value[positions] = 0
                     value = value.reshape(variable.shape)

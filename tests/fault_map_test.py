@@ -67,7 +67,7 @@ def test_a_cell_map_reads_back_to_the_same_faults_in_both_runtimes(suffix, train
             kind="weight",
             rates=(0.0,),
             trials=1,
-            include_bias=spec.include_bias,
+            include_bias=spec.selection.include_bias,
             fault_map=str(tmp_path / f"map{suffix}"),
         )
         expected = keras_runner.KerasModel(model).runner(spec, images, labels, 500)

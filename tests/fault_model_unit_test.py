@@ -5,10 +5,13 @@ TensorFlow: each function on its own, with exact expected values."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from aftt_tf.faults import kinds, placement, sampling, selection
+from aftt_tf.faults import spec as spec_lib
 from aftt_tf.faults.spec import FaultSpec, FaultTargetError
 
 
@@ -152,3 +155,36 @@ def test_spec_checks_and_keys():
     assert key == FaultSpec(kind="weight", rates=(0.5, 0.7), trials=30).key()  # Resumable.
     assert key != FaultSpec(kind="weight", seed=1).key()
     assert key != FaultSpec(kind="weight", layers=("conv1",)).key()
+
+
+def test_spec_is_composed_of_groups_that_check_their_own_fields():
+    flat = FaultSpec(kind="bit", bit_position=30, layers=("dense",), sampling="bernoulli")
+    grouped = FaultSpec(
+        kind="bit",
+        selection=spec_lib.Selection(layers=("dense",)),
+        value=spec_lib.FaultValue(bit_position=30),
+        placement=spec_lib.Placement(sampling="bernoulli"),
+    )
+    assert flat == grouped and flat.key() == grouped.key()
+    assert flat.selection.layers == ("dense",) and flat.value.bit_position == 30
+    assert flat.timing == spec_lib.Timing()  # Permanent: no per-inference count.
+    # A flat field given over its group replaces that field only (dataclasses.replace).
+    moved = dataclasses.replace(flat, layers=("conv",))
+    assert moved.selection.layers == ("conv",) and moved.value.bit_position == 30
+    assert FaultSpec.from_dict(flat.as_dict()) == flat  # campaign.json round trip.
+    # The flat record is the one campaign.json and the key always had: no group names.
+    assert not set(flat.as_dict()) & {"selection", "value", "placement", "timing"}
+    with pytest.raises(TypeError, match="no field.*bit_postion"):
+        FaultSpec(kind="bit", bit_postion=3)
+    # Each group refuses its own bad field before any kind is looked at.
+    with pytest.raises(ValueError, match="bit_position must be in 0..31"):
+        spec_lib.FaultValue(bit_position=40)
+    with pytest.raises(ValueError, match="Unknown scope"):
+        spec_lib.Selection(scope="everything")
+    with pytest.raises(ValueError, match="faults_per_inference"):
+        spec_lib.Timing(faults_per_inference=-1)
+    with pytest.raises(ValueError, match="ROWSxCOLS|array"):
+        spec_lib.Placement(array="8by8")
+    # How groups go with the kind is the spec's check, once, at construction.
+    with pytest.raises(ValueError, match="--faults_per_inference places transient faults"):
+        FaultSpec(kind="weight", timing=spec_lib.Timing(faults_per_inference=2))

@@ -85,7 +85,7 @@ def test_campaign_plans_name_each_protocol_and_the_papers_fig1_kernels():
     )
     (runtime, spec), _ = plans["weight_all_keras_bernoulli_repaired5"]
     assert runtime == "repaired" and spec.repair.epochs == 5 and spec.rates == (0.0, 0.6)
-    assert spec.sampling == "bernoulli" and spec.protocol == "repaired"
+    assert spec.placement.sampling == "bernoulli" and spec.protocol == "repaired"
     (runtime, deployed), _ = plans["weight_all_keras_bernoulli"]
     assert deployed.repair is None and deployed.rates == config.rates
     # Same kind, seed, sampling and layers: the two protocols draw the same positions.
@@ -103,7 +103,7 @@ def test_campaign_plans_name_each_protocol_and_the_papers_fig1_kernels():
     plans = {name: plan for name, plan, _ in pipeline._campaign_plans(cnn_config, cnn)}
     _, spec = plans["weight_all_keras_bernoulli_4d"]
     convolutions = [layer.name for layer in cnn.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert list(spec.layers) == convolutions and convolutions
+    assert list(spec.selection.layers) == convolutions and convolutions
 
 
 def dataclass_replace(config, **changes):

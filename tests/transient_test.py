@@ -165,7 +165,7 @@ def test_keras_and_float32_file_corrupt_the_same_values(name, trained):
         file_cell = runner.evaluate_cell(rate, 0)
         for key in ("accuracy", "non_finite", "sdc"):
             assert file_cell[key] == pytest.approx(cell[key], abs=1.5 / EXAMPLES), key
-        if spec.bit_position == 30:  # The exponent's top bit: detected errors in both.
+        if spec.value.bit_position == 30:  # The exponent's top bit: detected errors in both.
             assert cell["non_finite"] > 0
 
 

@@ -31,7 +31,6 @@ from aftt_tf.faults.spec import (
     CampaignModel,
     CellRunner,
     FaultSpec,
-    RepairProtocol,
     check_classifier_outputs,
 )
 from aftt_tf.progress import Progress
@@ -422,10 +421,10 @@ def _check_like_for_like(adapters: dict, spec: FaultSpec) -> None:
         differing = sorted(name for name in elements if elements[name] != first.get(name))
         if differing:
             name = differing[0]
-            held = "kernel and bias" if spec.include_bias else "kernel"
+            held = "kernel and bias" if spec.selection.include_bias else "kernel"
             dropped = (
                 " or dropped an all-zero bias (leave out --include_bias)"
-                if spec.include_bias
+                if spec.selection.include_bias
                 else ""
             )
             raise ValueError(
@@ -448,7 +447,7 @@ def _check_bit_meaning(adapters: dict, spec: FaultSpec) -> None:
         held = "layer outputs" if spec.fault_kind.transient else "weights"
         raise ValueError(
             f"A bit campaign pairs models whose {held} are stored differently ({described}): "
-            f"bit {spec.bit_position if spec.bit_position >= 0 else '(random)'} would be "
+            f"bit {spec.value.bit_position if spec.value.bit_position >= 0 else '(random)'} would be "
             "another bit of another number format in each, and the comparison would mean "
             "nothing. Run one bit campaign per storage type (e.g. the .keras and the float32 "
             ".tflite together, the int8 files together)."
@@ -945,7 +944,7 @@ def _title(spec: dict[str, Any]) -> str:
 def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Combines the cells of shard directories (same spec and models) into one result."""
     metas = _shard_metas(shard_dirs)
-    spec = _spec_of(metas[0]["spec"])
+    spec = FaultSpec.from_dict(metas[0]["spec"])
     shard_records = [
         record
         for directory, meta in zip(shard_dirs, metas, strict=True)
@@ -1006,19 +1005,6 @@ def _shard_metas(shard_dirs: list[str | Path]) -> list[dict[str, Any]]:
             f"Expected shards 0..{metas[0]['num_shards'] - 1}, got {sorted(m['shard_index'] for m in metas)}."
         )
     return metas
-
-
-def _spec_of(values: dict[str, Any]) -> FaultSpec:
-    """The FaultSpec recorded as `spec.as_dict()`."""
-    return FaultSpec(
-        **{
-            **values,
-            "rates": tuple(values["rates"]),
-            "layers": tuple(values["layers"]),
-            "exclude_layers": tuple(values.get("exclude_layers", ())),
-            "repair": RepairProtocol(**values["repair"]) if values.get("repair") else None,
-        }
-    )
 
 
 def _complete_shard(directory: Path, meta: dict[str, Any], spec: FaultSpec) -> list[dict]:

@@ -285,7 +285,7 @@ class CellWorker:
         for other in [other for other in self.runners if other != key]:
             self.runners.pop(other).close()
         if key not in self.runners:
-            runner_spec = FaultSpec(**{**spec, "rates": tuple(spec["rates"])})
+            runner_spec = FaultSpec.from_dict(spec)
             self.runners[key] = self.models[fingerprint].runner(
                 runner_spec, images, labels, batch_size, transform=transform
             )

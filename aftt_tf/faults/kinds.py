@@ -232,8 +232,8 @@ class StuckValueKind(FaultKind):
     trainable = True  # At the campaigns' default value: the tensor's largest |w|.
 
     def stuck_value(self, stored: StoredValues, spec: Any) -> float:
-        if spec.stuck_value is not None:
-            return float(spec.stuck_value)
+        if spec.value.stuck_value is not None:
+            return float(spec.value.stuck_value)
         return float(np.max(np.abs(stored.reals()))) if stored.values.size else 0.0
 
     def corrupt(self, stored, positions, rng, spec):
@@ -271,7 +271,7 @@ class BitKind(FaultKind):
     def corrupt(self, stored, positions, rng, spec):
         values = np.array(stored.values, copy=True)
         values[positions] = sampling.corrupt_bits(
-            values[positions], rng, spec.bit_position, spec.bit_mode
+            values[positions], rng, spec.value.bit_position, spec.value.bit_mode
         )
         return values
 
@@ -299,7 +299,7 @@ class BitErrorKind(FaultKind):
         return step.flipped(variable, tf.reduce_sum(flips, axis=-1))
 
     def check(self, spec):
-        if spec.bit_position != -1 or spec.bit_mode != "flip":
+        if spec.value.bit_position != -1 or spec.value.bit_mode != "flip":
             raise ValueError(
                 "--fault=bit_error flips every stored bit with the rate, independently: "
                 "--bit_position and --bit_mode do not apply (use --fault=bit for one "
@@ -336,14 +336,14 @@ class ActivationBitKind(FaultKind):
     )
 
     def draw_bits(self, spec, widths, count, rng):
-        if spec.bit_position >= 0:
-            return np.full(count, spec.bit_position, np.int32)
+        if spec.value.bit_position >= 0:
+            return np.full(count, spec.value.bit_position, np.int32)
         if np.ndim(widths) == 0:
             return rng.integers(0, widths, size=count).astype(np.int32)
         return rng.integers(0, widths).astype(np.int32)
 
     def corrupt_outputs(self, values, bits, spec, stored=None):
-        return sampling.set_bits(np.asarray(values), bits, spec.bit_mode)
+        return sampling.set_bits(np.asarray(values), bits, spec.value.bit_mode)
 
     def training_outputs(self, outputs, rate, seed, value):
         """One uniformly drawn bit of the float32 word flipped in each struck output, as a
@@ -380,7 +380,7 @@ class ActivationValueKind(FaultKind):
         return tf.where(struck, tf.cast(value, outputs.dtype), outputs)
 
     def check(self, spec):
-        if spec.stuck_value is None:
+        if spec.value.stuck_value is None:
             raise ValueError(
                 "--fault=activation_value needs the value the faulted outputs take: give "
                 "--stuck_value (e.g. 1e4 for a large corrupted activation)."
@@ -388,7 +388,7 @@ class ActivationValueKind(FaultKind):
 
     def corrupt_outputs(self, values, bits, spec, stored=None):
         values = np.asarray(values)
-        value = spec.stuck_value if stored is None else stored
+        value = spec.value.stuck_value if stored is None else stored
         return np.full(values.shape, value, values.dtype)
 
 

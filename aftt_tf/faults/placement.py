@@ -47,7 +47,7 @@ def parameter_plan(
     (`guard`) drops the drawn positions it covers. `widths`: bits per stored kernel and
     bias element (per-bit kinds)."""
     if pes is not None:
-        return systolic.layer_plan(spec.array, kernel_shapes, pes)
+        return systolic.layer_plan(spec.placement.array, kernel_shapes, pes)
     return sampling.plan_layer_fault(
         kernel_shapes,
         filter_axes,
@@ -55,8 +55,8 @@ def parameter_plan(
         spec.fault_kind,
         rate,
         rng_for,
-        spec.sampling,
-        spec.include_bias,
+        spec.placement.sampling,
+        spec.selection.include_bias,
         None if guard is None else [guard.indices(name, attribute) for attribute in attributes],
         widths,
     )
@@ -66,8 +66,8 @@ def output_positions(spec, pes: np.ndarray | None, shape, rate: float, rng) -> n
     """Flat positions of one inference's output (`shape`, no batch) that node faults hold
     at 0: the accumulators of the faulty PEs (output stationary), or drawn per unit."""
     if pes is None:
-        return sampling.sample_positions(int(np.prod(shape)), rate, rng, spec.sampling)
-    return systolic.output_positions(tuple(shape), pes, *systolic.parse_array(spec.array))
+        return sampling.sample_positions(int(np.prod(shape)), rate, rng, spec.placement.sampling)
+    return systolic.output_positions(tuple(shape), pes, *systolic.parse_array(spec.placement.array))
 
 
 def stored_fault(

@@ -64,9 +64,186 @@ class RepairProtocol:
 
 
 @dataclasses.dataclass(frozen=True)
+class Selection:
+    """*Where* faults may go: the layers, the kinds of stored values and the elements a
+    protection plan holds back.
+
+    Attributes:
+        scope: 'all', 'extractor' or 'head'.
+        layers: restrict to these layer names or glob patterns (empty: every layer the
+            kind can take).
+        exclude_layers: leave out layers matching these names or glob patterns.
+        weights: 'registered' (the kernels of registered layer types, nested ones
+            included) or 'all_trainable' (also every trainable variable of rank >= 2 of
+            layers no registry entry describes).
+        include_bias: fault biases too (parameter kinds).
+        include_normalization: parameter faults also reach the scale (gamma) and offset
+            (beta) of BatchNormalization, LayerNormalization and GroupNormalization layers
+            (in .tflite files: the constants that hold them, see docs).
+        include_output_nodes: allow node faults in the output layer.
+        targets: what parameter faults reach: 'weights' (kernels), and in int8 .tflite
+            files 'scales' (each kernel's per-channel float32 scales), 'zero_points' (the
+            int8 zero point of the layer's output tensor) and 'biases' (the stored biases,
+            int32 in int8 files) as targets of their own.
+        protected: path of a protection plan (`protection`): faults drawn on the elements
+            it names are dropped ('': none). The key holds the plan's content hash.
+    """
+
+    scope: str = "all"
+    layers: tuple[str, ...] = ()
+    exclude_layers: tuple[str, ...] = ()
+    weights: str = "registered"
+    include_bias: bool = False
+    include_normalization: bool = False
+    include_output_nodes: bool = False
+    targets: tuple[str, ...] = ("weights",)
+    protected: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("scope", self.scope, vocabulary.SCOPES)
+        _choice("weights", self.weights, ("registered", "all_trainable"))
+        targets = tuple(self.targets)
+        unknown = [t for t in targets if t not in TARGETS]
+        if not targets or unknown or len(set(targets)) != len(targets):
+            raise ValueError(
+                f"targets must be distinct names among {', '.join(TARGETS)}, received "
+                f"{list(targets)}."
+            )
+        if "biases" in targets and self.include_bias:
+            raise ValueError("--targets=biases already faults the biases; drop --include_bias.")
+        if self.protected and targets != ("weights",):
+            raise ValueError("A protection plan covers weights: use it with --targets=weights.")
+
+    @property
+    def site_weights(self) -> str:
+        """What `registry.sites` finds: `weights`, plus normalisation layers when
+        `include_normalization`."""
+        return self.weights + ("+normalization" if self.include_normalization else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultValue:
+    """*What* a faulted element becomes, beyond what its kind says, and in which storage.
+
+    Attributes:
+        stuck_value: value of 'stuck_value' faults; None: the layer's max |w|.
+        bit_position: float32 bit for 'bit' faults (0..31), -1: random per element.
+        bit_mode: 'flip', 'stuck_at_1' or 'stuck_at_0'.
+        storage: how parameter faults see the targeted kernels: 'float32' (Keras: the
+            float32 variables; a file: as it stores them) or 'int8' (Keras simulates the
+            per-channel symmetric int8 codes the converter stores, `int8_storage`, and
+            faults those codes; a file must store int8 kernels).
+    """
+
+    stuck_value: float | None = None
+    bit_position: int = -1
+    bit_mode: str = "flip"
+    storage: str = "float32"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("bit_mode", self.bit_mode, vocabulary.BIT_MODES)
+        _choice("storage", self.storage, STORAGES)
+        if not -1 <= self.bit_position <= 31:
+            raise ValueError(
+                "bit_position must be in 0..31 (float32) or -1 (random), received "
+                f"{self.bit_position}."
+            )
+        if self.stuck_value is not None and not (
+            math.isfinite(self.stuck_value) and abs(self.stuck_value) <= FLOAT32_MAX
+        ):
+            raise ValueError(
+                f"stuck_value must be a finite float32 value (|v| <= {FLOAT32_MAX:.4g}), "
+                f"received {self.stuck_value}; a NaN or infinite weight is not a stuck-at "
+                "fault. Use --fault=bit to corrupt the exponent bits instead."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """*How* positions are drawn: per element, by faulty processing elements of a
+    systolic array, and on top of a chip's known faults.
+
+    Attributes:
+        sampling: 'exact' (round(rate*n) distinct elements) or 'bernoulli'.
+        array: 'ROWSxCOLS' of a systolic array: the rate is the share of faulty
+            processing elements, placed by `dataflow` ('weight_stationary': their weight
+            registers, parameter kinds; 'output_stationary': their accumulators, node
+            faults); '' : faults drawn per element (`systolic`).
+        dataflow: see `array`.
+        fault_map: path of a fault map (`fault_map`): the chip's known faults, applied in
+            every cell on top of the sampled ones ('': none). The key holds its hash.
+    """
+
+    sampling: str = "exact"
+    array: str = ""
+    dataflow: str = "weight_stationary"
+    fault_map: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        from aftt_tf.faults import systolic
+
+        _choice("sampling", self.sampling, vocabulary.SAMPLINGS)
+        _choice("dataflow", self.dataflow, systolic.DATAFLOWS)
+        if self.array:
+            systolic.parse_array(self.array)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """*When* faults strike. Permanent kinds strike every inference; transient kinds
+    (`kinds.TRANSIENT`) are drawn anew per inference: per output element at the rate, or
+    `faults_per_inference` faults in each struck inference (a rate r strikes
+    round(r * examples) inferences)."""
+
+    faults_per_inference: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        count = self.faults_per_inference
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(
+                f"faults_per_inference must be an integer >= 0 (0: a rate per element), "
+                f"received {count!r}."
+            )
+
+
+# Each group's fields, by name: FaultSpec(layers=...) and the flat records (campaign.json,
+# Ray payloads, the key) route a field to its group through this table.
+_GROUPS: dict[str, type] = {
+    "selection": Selection,
+    "value": FaultValue,
+    "placement": Placement,
+    "timing": Timing,
+}
+_GROUP_OF = {
+    field.name: group for group, cls in _GROUPS.items() for field in dataclasses.fields(cls)
+}
+DEFAULT_RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+@dataclasses.dataclass(frozen=True, init=False)
 class FaultSpec:
     """One seeded fault campaign; the same spec gives the same fault positions on any
     model with the same layer names and shapes.
+
+    Composed of the fault `kind` (a registered `kinds.FaultKind`), the campaign's design
+    (rates, trials, seed, target margin), `selection` (where), `value` (what a faulted
+    element becomes), `placement` (how positions are drawn), `timing` (when) and the
+    protocol (`repair`). Each group checks its own fields when it is made; the spec checks
+    how they go with the kind, once, at construction. The groups' fields may also be given
+    flat (`FaultSpec(kind="bit", bit_position=30, layers=("dense",))`): the flat form is
+    the one the CLI, campaign.json and the key use.
 
     Attributes:
         kind: the name of a registered fault kind (`kinds`): 'weight', 'filter',
@@ -79,128 +256,104 @@ class FaultSpec:
             (or, with `faults_per_inference`, the fraction of inferences struck).
         trials: trials per rate (the maximum when target_margin > 0).
         seed: campaign seed.
-        scope: 'all', 'extractor' or 'head'.
-        layers: restrict to these layer names or glob patterns (empty: every layer the
-            kind can take).
-        exclude_layers: leave out layers matching these names or glob patterns.
-        sampling: 'exact' (round(rate*n) distinct elements) or 'bernoulli'.
-        include_bias: fault biases too (parameter kinds).
-        weights: 'registered' (the kernels of registered layer types, nested ones
-            included) or 'all_trainable' (also every trainable variable of rank >= 2 of
-            layers no registry entry describes).
-        include_normalization: parameter faults also reach the scale (gamma) and offset
-            (beta) of BatchNormalization, LayerNormalization and GroupNormalization layers
-            (in .tflite files: the constants that hold them, see README).
-        targets: what parameter faults reach: 'weights' (kernels), and in int8 .tflite
-            files 'scales' (each kernel's per-channel float32 scales), 'zero_points' (the
-            int8 zero point of the layer's output tensor) and 'biases' (the stored biases,
-            int32 in int8 files) as targets of their own.
-        array: 'ROWSxCOLS' of a systolic array: the rate is the share of faulty
-            processing elements, placed by `dataflow` ('weight_stationary': their weight
-            registers, parameter kinds; 'output_stationary': their accumulators, node
-            faults); '' : faults drawn per element (`systolic`).
-        fault_map: path of a fault map (`fault_map`): the chip's known faults, applied in
-            every cell on top of the sampled ones ('': none). The key holds its hash.
-        protected: path of a protection plan (`protection`): faults drawn on the elements
-            it names are dropped ('': none). The key holds the plan's content hash.
-        include_output_nodes: allow node faults in the output layer.
-        stuck_value: value of 'stuck_value' faults; None: the layer's max |w|.
-        bit_position: float32 bit for 'bit' faults (0..31), -1: random per element.
-        bit_mode: 'flip', 'stuck_at_1' or 'stuck_at_0'.
-        faults_per_inference: transient faults only; > 0: each struck inference gets this
-            many faults placed uniformly over every targeted output element (a rate r
-            strikes round(r * examples) inferences); 0: each output element of each
-            inference is faulted at the rate.
         target_margin: > 0 sizes trials per rate sequentially until the 95% CI
             half-width of the accuracy is at most this (statistical fault injection,
             Leveugle et al., DATE 2009), between `min_trials` and `trials`.
         min_trials: first trials before the margin is checked.
+        selection, value, placement, timing: the groups above.
         repair: None: the 'deployed' protocol (faults evaluated as they are); a
             `RepairProtocol`: each cell is evaluated after a repair around its faults.
-        storage: how parameter faults see the targeted kernels: 'float32' (Keras: the
-            float32 variables; a file: as it stores them) or 'int8' (Keras simulates the
-            per-channel symmetric int8 codes the converter stores, `int8_storage`, and
-            faults those codes; a file must store int8 kernels).
     """
 
-    kind: str = "weight"
-    rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-    trials: int = 30
-    seed: int = 0
-    scope: str = "all"
-    layers: tuple[str, ...] = ()
-    exclude_layers: tuple[str, ...] = ()
-    sampling: str = "exact"
-    include_bias: bool = False
-    weights: str = "registered"
-    include_normalization: bool = False
-    targets: tuple[str, ...] = ("weights",)
-    protected: str = ""
-    fault_map: str = ""
-    array: str = ""
-    dataflow: str = "weight_stationary"
-    include_output_nodes: bool = False
-    stuck_value: float | None = None
-    bit_position: int = -1
-    bit_mode: str = "flip"
-    faults_per_inference: int = 0
-    target_margin: float = 0.0
-    min_trials: int = 5
-    repair: RepairProtocol | None = None
-    storage: str = "float32"
+    kind: str
+    rates: tuple[float, ...]
+    trials: int
+    seed: int
+    target_margin: float
+    min_trials: int
+    selection: Selection
+    value: FaultValue
+    placement: Placement
+    timing: Timing
+    repair: RepairProtocol | None
 
-    def __post_init__(self) -> None:
-        self.validate()  # A FaultSpec that exists is valid: no caller checks it again.
+    def __init__(
+        self,
+        kind: str = "weight",
+        rates: tuple[float, ...] = DEFAULT_RATES,
+        trials: int = 30,
+        seed: int = 0,
+        target_margin: float = 0.0,
+        min_trials: int = 5,
+        selection: Selection | None = None,
+        value: FaultValue | None = None,
+        placement: Placement | None = None,
+        timing: Timing | None = None,
+        repair: RepairProtocol | None = None,
+        **fields: Any,
+    ) -> None:
+        unknown = sorted(set(fields) - set(_GROUP_OF))
+        if unknown:
+            raise TypeError(
+                f"FaultSpec has no field(s) {', '.join(unknown)}; its fields are kind, "
+                f"rates, trials, seed, target_margin, min_trials, repair and "
+                f"{', '.join(sorted(_GROUP_OF))} (or their groups {', '.join(_GROUPS)})."
+            )
+        given = {"selection": selection, "value": value, "placement": placement, "timing": timing}
+        for group, cls in _GROUPS.items():
+            flat = {name: v for name, v in fields.items() if _GROUP_OF[name] == group}
+            base = given[group] if given[group] is not None else cls()
+            # Flat fields over a given group: what dataclasses.replace(spec, layers=...) does.
+            object.__setattr__(self, group, dataclasses.replace(base, **flat) if flat else base)
+        for name, item in (
+            ("kind", kind),
+            ("rates", tuple(rates)),
+            ("trials", trials),
+            ("seed", seed),
+            ("target_margin", target_margin),
+            ("min_trials", min_trials),
+            ("repair", repair),
+        ):
+            object.__setattr__(self, name, item)
+        self._check()  # A FaultSpec that exists is valid: no caller checks it again.
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FaultSpec:
+        """The spec recorded as `as_dict()` (campaign.json, Ray payloads); fields a
+        record written before they existed lacks take their defaults."""
+        values = dict(values)
+        for name in ("rates", "layers", "exclude_layers", "targets"):
+            if name in values:
+                values[name] = tuple(values[name])
+        if isinstance(values.get("repair"), dict):
+            values["repair"] = RepairProtocol(**values["repair"])
+        return cls(**values)
 
     def validate(self) -> None:
         """Raises ValueError naming the field, the value received and what is expected
         (at construction; again only where files it names may have changed)."""
+        for group in _GROUPS:
+            getattr(self, group).validate()
+        self._check()
+
+    def _check(self) -> None:
+        """The campaign's design, then how each group goes with the kind."""
         kind = kinds.get(self.kind)  # ValueError listing the registered kinds.
-        if not self.rates:
-            raise ValueError("rates is empty; give at least one fault rate in [0, 1].")
-        for rate in self.rates:
-            if not (isinstance(rate, (int, float)) and math.isfinite(rate) and 0.0 <= rate <= 1.0):
-                raise ValueError(
-                    f"Fault rate {rate!r} is outside [0, 1]; rates are fractions (0.7 = 70%)."
-                )
-        if len(set(self.rates)) != len(self.rates):
-            raise ValueError(f"rates contain duplicates: {list(self.rates)}.")
-        if len(self.rates) > MAX_RATES:
-            raise ValueError(
-                f"{len(self.rates)} rates is more than the {MAX_RATES} a campaign takes; "
-                "split the campaign into several directories."
-            )
-        if not isinstance(self.trials, int) or isinstance(self.trials, bool) or self.trials < 1:
-            raise ValueError(f"trials must be an integer >= 1, received {self.trials!r}.")
-        if self.trials > MAX_TRIALS:
-            raise ValueError(
-                f"trials={self.trials} is more than {MAX_TRIALS} per rate (the 95% interval "
-                "of 10,000 trials is already about 1% of the spread); for a target precision "
-                "use --target_margin, or run shards."
-            )
-        _choice("scope", self.scope, vocabulary.SCOPES)
-        _choice("sampling", self.sampling, vocabulary.SAMPLINGS)
-        _choice("bit_mode", self.bit_mode, vocabulary.BIT_MODES)
-        _choice("weights", self.weights, ("registered", "all_trainable"))
+        _check_design(self)
         _check_targets(self)
         _check_array(self)
         _check_files(self)
         _check_transient(self)
         _check_storage(self)
         kind.check(self)
-        if self.include_normalization and not kind.per_element:
+        if self.selection.include_normalization and not kind.per_element:
             raise ValueError(
                 f"--include_normalization adds normalisation scales and offsets to parameter "
                 f"faults: use it with --fault={' or '.join(_per_element_names())}, not "
                 f"{self.kind}."
             )
-        _check_numbers(self)
-
-    @property
-    def site_weights(self) -> str:
-        """What `registry.sites` finds for this spec: `weights`, plus normalisation layers
-        when `include_normalization`."""
-        return self.weights + ("+normalization" if self.include_normalization else "")
+        if self.repair is not None:
+            self.repair.validate()
 
     @property
     def protocol(self) -> str:
@@ -213,11 +366,20 @@ class FaultSpec:
         return kinds.get(self.kind)
 
     def as_dict(self) -> dict[str, Any]:
-        result = dataclasses.asdict(self)
-        result["rates"] = [float(r) for r in self.rates]
-        result["layers"] = list(self.layers)
-        result["exclude_layers"] = list(self.exclude_layers)
-        result["targets"] = list(self.targets)
+        """The flat record (campaign.json, the key): every group's fields by name."""
+        result: dict[str, Any] = {
+            "kind": self.kind,
+            "rates": [float(r) for r in self.rates],
+            "trials": self.trials,
+            "seed": self.seed,
+            "target_margin": self.target_margin,
+            "min_trials": self.min_trials,
+            "repair": None if self.repair is None else dataclasses.asdict(self.repair),
+        }
+        for group in _GROUPS:
+            result.update(dataclasses.asdict(getattr(self, group)))
+        for name in ("layers", "exclude_layers", "targets"):
+            result[name] = list(result[name])
         return result
 
     def key(self) -> str:
@@ -229,9 +391,9 @@ class FaultSpec:
             if values[name] == default:  # Keys of campaigns written before them stay valid.
                 values.pop(name)
         if values.get("fault_map"):
-            values["fault_map"] = fault_map_module.digest_of(self.fault_map)
+            values["fault_map"] = fault_map_module.digest_of(self.placement.fault_map)
         if values.get("protected"):  # The plan's content, wherever its file lies.
-            values["protected"] = protection.digest_of(self.protected)
+            values["protected"] = protection.digest_of(self.selection.protected)
         if self.fault_kind.non_finite:
             # Cells of these kinds written before outcomes were counted called NaN outputs
             # class 0: a new key, so they are never resumed or averaged with new ones.
@@ -240,7 +402,7 @@ class FaultSpec:
             # and through pooling layers (nan_semantics) counted some NaN inferences as
             # classes.
             values["nan"] = "propagated, pooling"
-        if "zero_points" in self.targets and self.fault_kind.takes_value:
+        if "zero_points" in self.selection.targets and self.fault_kind.takes_value:
             # Cells written before took max |code| in int8, where |-128| overflows to -128:
             # a zero point of -128 was "stuck" at itself. A new key: never mixed.
             values["zero_point_value"] = "max |code| without overflow"
@@ -273,11 +435,29 @@ TARGETS = ("weights", "scales", "zero_points", "biases")
 METADATA_TARGETS = ("scales", "zero_points")
 
 
-def _check_numbers(spec: FaultSpec) -> None:
-    """Bit position, margins, seed, repair and stuck value: numbers in range."""
-    if not -1 <= spec.bit_position <= 31:
+def _check_design(spec: FaultSpec) -> None:
+    """Rates, trials, margins and seed: numbers in range."""
+    if not spec.rates:
+        raise ValueError("rates is empty; give at least one fault rate in [0, 1].")
+    for rate in spec.rates:
+        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and 0.0 <= rate <= 1.0):
+            raise ValueError(
+                f"Fault rate {rate!r} is outside [0, 1]; rates are fractions (0.7 = 70%)."
+            )
+    if len(set(spec.rates)) != len(spec.rates):
+        raise ValueError(f"rates contain duplicates: {list(spec.rates)}.")
+    if len(spec.rates) > MAX_RATES:
         raise ValueError(
-            f"bit_position must be in 0..31 (float32) or -1 (random), received {spec.bit_position}."
+            f"{len(spec.rates)} rates is more than the {MAX_RATES} a campaign takes; "
+            "split the campaign into several directories."
+        )
+    if not isinstance(spec.trials, int) or isinstance(spec.trials, bool) or spec.trials < 1:
+        raise ValueError(f"trials must be an integer >= 1, received {spec.trials!r}.")
+    if spec.trials > MAX_TRIALS:
+        raise ValueError(
+            f"trials={spec.trials} is more than {MAX_TRIALS} per rate (the 95% interval "
+            "of 10,000 trials is already about 1% of the spread); for a target precision "
+            "use --target_margin, or run shards."
         )
     if not math.isfinite(spec.target_margin) or spec.target_margin < 0:
         raise ValueError(
@@ -287,80 +467,54 @@ def _check_numbers(spec: FaultSpec) -> None:
         raise ValueError("min_trials must be an integer >= 2 when target_margin is used.")
     if not isinstance(spec.seed, int) or spec.seed < 0:
         raise ValueError(f"seed must be an integer >= 0, received {spec.seed!r}.")
-    if spec.repair is not None:
-        spec.repair.validate()
-    if spec.stuck_value is not None and not (
-        math.isfinite(spec.stuck_value) and abs(spec.stuck_value) <= FLOAT32_MAX
-    ):
-        raise ValueError(
-            f"stuck_value must be a finite float32 value (|v| <= {FLOAT32_MAX:.4g}), "
-            f"received {spec.stuck_value}; a NaN or infinite weight is not a stuck-at "
-            "fault. Use --fault=bit to corrupt the exponent bits instead."
-        )
 
 
 def _check_storage(spec: FaultSpec) -> None:
     """--storage=int8 faults int8 kernel codes: parameter faults on kernels only (int8
     files keep biases as int32 with activation-dependent scales, and fold normalisation
     layers), and no fault map (it holds real values)."""
-    _choice("storage", spec.storage, STORAGES)
-    if spec.storage == "float32":
+    if spec.value.storage == "float32":
         return
     extras = {
-        "--include_bias": spec.include_bias,
-        "--include_normalization": spec.include_normalization,
-        "--fault_map": spec.fault_map,
-        "--targets": tuple(spec.targets) != ("weights",),
+        "--include_bias": spec.selection.include_bias,
+        "--include_normalization": spec.selection.include_normalization,
+        "--fault_map": spec.placement.fault_map,
+        "--targets": tuple(spec.selection.targets) != ("weights",),
         "--repair_epochs": spec.repair is not None,
     }
     given = [flag for flag, value in extras.items() if value]
     if not spec.fault_kind.on_parameters or given:
         raise ValueError(
-            f"--storage={spec.storage} faults the int8 codes of kernels with parameter fault "
-            f"kinds ({', '.join(kinds.names(kinds.PARAMETER))}); "
+            f"--storage={spec.value.storage} faults the int8 codes of kernels with parameter "
+            f"fault kinds ({', '.join(kinds.names(kinds.PARAMETER))}); "
             + (f"leave out {', '.join(given)}." if given else f"not {spec.kind}.")
         )
 
 
 def _check_targets(spec: FaultSpec) -> None:
-    targets = tuple(spec.targets)
-    unknown = [t for t in targets if t not in TARGETS]
-    if not targets or unknown or len(set(targets)) != len(targets):
+    if tuple(spec.selection.targets) != ("weights",) and not spec.fault_kind.per_element:
         raise ValueError(
-            f"targets must be distinct names among {', '.join(TARGETS)}, received {list(targets)}."
+            f"--targets={','.join(spec.selection.targets)} takes "
+            f"{', '.join(_per_element_names())} faults; {spec.kind} faults do not act on "
+            "single stored elements."
         )
-    if targets != ("weights",) and not spec.fault_kind.per_element:
-        raise ValueError(
-            f"--targets={','.join(targets)} takes {', '.join(_per_element_names())} faults; "
-            f"{spec.kind} faults do not act on single stored elements."
-        )
-    if "biases" in targets and spec.include_bias:
-        raise ValueError("--targets=biases already faults the biases; drop --include_bias.")
-    if spec.protected and targets != ("weights",):
-        raise ValueError("A protection plan covers weights: use it with --targets=weights.")
 
 
 def _check_transient(spec: FaultSpec) -> None:
     """Transient faults live in one inference's outputs: no weights, plans, maps or
     arrays go with them, and a stuck activation needs its value."""
-    count = spec.faults_per_inference
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise ValueError(
-            f"faults_per_inference must be an integer >= 0 (0: a rate per element), "
-            f"received {count!r}."
-        )
     if not spec.fault_kind.transient:
-        if count:
+        if spec.timing.faults_per_inference:
             raise ValueError(
                 "--faults_per_inference places transient faults: use it with --fault="
                 f"{' or '.join(kinds.names(kinds.TRANSIENT))}."
             )
         return
     extras = {
-        "--include_bias": spec.include_bias,
-        "--protected": spec.protected,
-        "--fault_map": spec.fault_map,
-        "--array": spec.array,
+        "--include_bias": spec.selection.include_bias,
+        "--protected": spec.selection.protected,
+        "--fault_map": spec.placement.fault_map,
+        "--array": spec.placement.array,
         "--repair_epochs": spec.repair is not None,
     }
     given = [flag for flag, value in extras.items() if value]
@@ -376,42 +530,40 @@ def _check_files(spec: FaultSpec) -> None:
     """A fault map and a protection plan hold weight elements: readable, and not with
     node faults (which hold outputs at 0)."""
     parameter_names = ", ".join(kinds.names(kinds.PARAMETER))
-    if spec.fault_map:
+    if spec.placement.fault_map:
         if spec.fault_kind.family == kinds.OUTPUT:
             raise ValueError(
                 f"A fault map holds faults in weights; {spec.kind} faults hold outputs. Use "
                 f"it with {parameter_names} faults."
             )
-        fault_map_module.load(spec.fault_map)
-    if spec.protected:
+        fault_map_module.load(spec.placement.fault_map)
+    if spec.selection.protected:
         if spec.fault_kind.family == kinds.OUTPUT:
             raise ValueError(
                 f"A protection plan protects weight elements; {spec.kind} faults hold layer "
                 f"outputs. Use it with {parameter_names} faults."
             )
-        protection.load(spec.protected)  # A missing or damaged plan: one clear error.
+        protection.load(spec.selection.protected)  # A missing or damaged plan: one clear error.
 
 
 def _check_array(spec: FaultSpec) -> None:
-    from aftt_tf.faults import systolic
-
-    _choice("dataflow", spec.dataflow, systolic.DATAFLOWS)
-    if not spec.array:
+    placement = spec.placement
+    if not placement.array:
         return
-    systolic.parse_array(spec.array)
     stationary = kinds.names(output_stationary=True)
-    if spec.dataflow == "weight_stationary" and not spec.fault_kind.per_element:
+    if placement.dataflow == "weight_stationary" and not spec.fault_kind.per_element:
         raise ValueError(
             "--dataflow=weight_stationary places faulty weight registers: use --fault="
             f"{' or '.join(_per_element_names())}; stuck accumulators are "
             f"--dataflow=output_stationary with --fault={' or '.join(stationary)}."
         )
-    if spec.dataflow == "output_stationary" and not spec.fault_kind.output_stationary:
+    if placement.dataflow == "output_stationary" and not spec.fault_kind.output_stationary:
         raise ValueError(
             "--dataflow=output_stationary places stuck-at-0 accumulators, which hold outputs "
             f"at 0: use --fault={' or '.join(stationary)}."
         )
-    if spec.include_bias or spec.protected or tuple(spec.targets) != ("weights",):
+    selection = spec.selection
+    if selection.include_bias or selection.protected or tuple(selection.targets) != ("weights",):
         raise ValueError(
             "--array places faults by PE: without --include_bias, --protected or --targets."
         )

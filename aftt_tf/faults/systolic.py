@@ -79,13 +79,13 @@ def weight_positions(kernel_shape, pes: np.ndarray, rows: int, cols: int) -> np.
 def cell_pes(spec, rate: float, trial: int) -> np.ndarray | None:
     """The faulty PEs of a campaign cell (None without --array): one draw for the whole
     array, labelled 'array', so every layer and runtime sees the same chip."""
-    if not spec.array:
+    if not spec.placement.array:
         return None
     from aftt_tf.faults.sampling import trial_rng
 
-    rows, cols = parse_array(spec.array)
+    rows, cols = parse_array(spec.placement.array)
     rng = trial_rng(spec.seed, spec.kind, "array", rate, trial)
-    return faulty_pes(rows, cols, rate, rng, spec.sampling)
+    return faulty_pes(rows, cols, rate, rng, spec.placement.sampling)
 
 
 def output_positions(output_shape, pes: np.ndarray, rows: int, cols: int) -> np.ndarray:

@@ -77,9 +77,9 @@ def check_size(spec: FaultSpec, sizes: dict[str, int], num_examples: int) -> Non
     """FaultTargetError before any work when the largest rate's cells would hold more
     faults than MAX_FAULTS_PER_CELL, or when N faults cannot fit in one inference."""
     total = sum(sizes.values())
-    if spec.faults_per_inference > total:
+    if spec.timing.faults_per_inference > total:
         raise FaultTargetError(
-            f"--faults_per_inference={spec.faults_per_inference} is more than the "
+            f"--faults_per_inference={spec.timing.faults_per_inference} is more than the "
             f"{total} output elements of the targeted layers in one inference."
         )
     check_rate(spec, sizes, num_examples, max(spec.rates))
@@ -90,8 +90,8 @@ def check_rate(spec: FaultSpec, sizes: dict[str, int], num_examples: int, rate: 
     transient faults (checked again per cell: a cliff search probes rates of its own)."""
     total = sum(sizes.values())
     expected = (
-        rate * num_examples * spec.faults_per_inference
-        if spec.faults_per_inference
+        rate * num_examples * spec.timing.faults_per_inference
+        if spec.timing.faults_per_inference
         else rate * num_examples * total
     )
     if expected > MAX_FAULTS_PER_CELL:
@@ -114,13 +114,15 @@ def plan_cell(
     output elements of one inference), sorted by inference. `widths` are the stored
     bits of each layer's values (what a random bit position ranges over)."""
     check_rate(spec, sizes, num_examples, rate)
-    if spec.faults_per_inference:
+    if spec.timing.faults_per_inference:
         return _per_inference(spec, sizes, widths, num_examples, rate, trial)
     result = {}
     for name, size in sizes.items():
         rng = sampling.trial_rng(spec.seed, spec.kind, name, rate, trial)
         population = num_examples * size
-        flat = np.sort(_distinct(population, _count(population, rate, rng, spec.sampling), rng))
+        flat = np.sort(
+            _distinct(population, _count(population, rate, rng, spec.placement.sampling), rng)
+        )
         examples, elements = np.divmod(flat, size)
         result[name] = LayerFaults(examples, elements, _bits(spec, widths[name], len(flat), rng))
     return result
@@ -128,8 +130,10 @@ def plan_cell(
 
 def _per_inference(spec, sizes, widths, num_examples, rate, trial) -> dict[str, LayerFaults]:
     rng = sampling.trial_rng(spec.seed, spec.kind, _INFERENCES_LABEL, rate, trial)
-    struck = np.sort(_distinct(num_examples, _count(num_examples, rate, rng, spec.sampling), rng))
-    per = spec.faults_per_inference
+    struck = np.sort(
+        _distinct(num_examples, _count(num_examples, rate, rng, spec.placement.sampling), rng)
+    )
+    per = spec.timing.faults_per_inference
     names = sorted(sizes)  # One order for every runtime (their layer orders may differ).
     total = sum(sizes.values())
     flat = _distinct_rows(len(struck), total, per, rng)  # (struck, per) in 0..total-1.
@@ -190,6 +194,6 @@ def _bits(spec: FaultSpec, width: int, count: int, rng) -> np.ndarray | None:
 
 def corrupt(values: np.ndarray, bits: np.ndarray | None, spec: FaultSpec, stored=None):
     """The faulty versions of `values` (the faulted elements, as stored): the kind's
-    `corrupt_outputs` (bits flipped or stuck per `spec.bit_mode`, or the stuck value;
+    `corrupt_outputs` (bits flipped or stuck per `spec.value.bit_mode`, or the stuck value;
     `stored`: that value in the tensor's own encoding, for quantized outputs)."""
     return spec.fault_kind.corrupt_outputs(values, bits, spec, stored)

@@ -663,7 +663,9 @@ def _run_one_campaign(
         progress.skip(cells_per_campaign)
         progress.print(f"{name}: not run ({error})")
         return {"skipped": str(error)}
-    progress.print(f"{name}: {spec.kind} faults, scope {spec.scope}, {_where(runtime, spec)}")
+    progress.print(
+        f"{name}: {spec.kind} faults, scope {spec.selection.scope}, {_where(runtime, spec)}"
+    )
     ran = 0
 
     def on_cell(cell):

@@ -194,17 +194,17 @@ class KerasModel(fault_spec.CampaignModel):
         """The storage types of the values `spec` faults (what a bit position means): the
         weights' types, or for transient faults the types of the layers' outputs."""
         names = set(self.select_layers(spec))
-        if spec.storage == "int8":  # Simulated int8 codes (int8_storage).
+        if spec.value.storage == "int8":  # Simulated int8 codes (int8_storage).
             return {"int8"}
         if spec.fault_kind.transient:
             return {
                 str(site.layer.compute_dtype)
-                for site in registry.sites(self.model, spec.site_weights)
+                for site in registry.sites(self.model, spec.selection.site_weights)
                 if site.path in names
             }
         return {
             str(np.dtype(variable.dtype).name)
-            for site in registry.sites(self.model, spec.site_weights)
+            for site in registry.sites(self.model, spec.selection.site_weights)
             if site.path in names
             for _, variable, _ in site.kernels
         }
@@ -213,38 +213,44 @@ class KerasModel(fault_spec.CampaignModel):
         return model_fingerprint(self.model)
 
     def select_layers(self, spec: FaultSpec) -> list[str]:
-        if tuple(spec.targets) != ("weights",):
+        if tuple(spec.selection.targets) != ("weights",):
             raise FaultTargetError(
-                f"--targets={','.join(spec.targets)}: quantization scales, zero points and "
+                f"--targets={','.join(spec.selection.targets)}: quantization scales, zero points and "
                 "stored int8/int32 values exist in .tflite files, not in a Keras model; run "
                 "this campaign on the exported file (biases with the kernels: --include_bias)."
             )
         names = targets.select_layers(
             self.model,
             spec.fault_kind,
-            spec.scope,
-            spec.layers,
-            spec.include_output_nodes,
-            exclude=spec.exclude_layers,
-            weights=spec.site_weights,
+            spec.selection.scope,
+            spec.selection.layers,
+            spec.selection.include_output_nodes,
+            exclude=spec.selection.exclude_layers,
+            weights=spec.selection.site_weights,
         )
-        if spec.storage == "int8":
-            _check_int8_simulated(self.model, names, spec.site_weights)
+        if spec.value.storage == "int8":
+            _check_int8_simulated(self.model, names, spec.selection.site_weights)
         return names
 
     def coverage(self, spec: FaultSpec) -> dict[str, Any]:
         """What the spec faults of this model's weights, and what it leaves out and why."""
         targeted = self.select_layers(spec)
         reasons = {}
-        for site in registry.sites(self.model, spec.site_weights):
+        for site in registry.sites(self.model, spec.selection.site_weights):
             if site.path not in targeted:
                 reasons[site.path] = _reason_not_targeted(self.model, site.path, spec)
         result = registry.coverage(
-            self.model, targeted, spec.include_bias, reasons, spec.fault_kind, spec.site_weights
+            self.model,
+            targeted,
+            spec.selection.include_bias,
+            reasons,
+            spec.fault_kind,
+            spec.selection.site_weights,
         )
         if spec.fault_kind.transient:
             found = {
-                site.path: site.layer for site in registry.sites(self.model, spec.site_weights)
+                site.path: site.layer
+                for site in registry.sites(self.model, spec.selection.site_weights)
             }
             result["outputs"] = transient.output_coverage(
                 {name: _values_per_inference(found[name]) for name in targeted},
@@ -258,8 +264,8 @@ class KerasModel(fault_spec.CampaignModel):
         targeted = set(self.select_layers(spec))
         return {
             site.path: sum(int(np.prod(variable.shape)) for _, variable, _ in site.kernels)
-            + (int(np.prod(site.bias[1].shape)) if spec.include_bias and site.bias else 0)
-            for site in registry.sites(self.model, spec.site_weights)
+            + (int(np.prod(site.bias[1].shape)) if spec.selection.include_bias and site.bias else 0)
+            for site in registry.sites(self.model, spec.selection.site_weights)
             if site.path in targeted
         }
 
@@ -320,8 +326,8 @@ def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
             spec.fault_kind,
             "all",
             (name,),
-            spec.include_output_nodes,
-            weights=spec.site_weights,
+            spec.selection.include_output_nodes,
+            weights=spec.selection.site_weights,
         )
     except ValueError as error:
         if spec.fault_kind.whole_filters:
@@ -329,20 +335,20 @@ def _reason_not_targeted(model: keras.Model, name: str, spec: FaultSpec) -> str:
         if "composite layer" in str(error):
             return "inside a composite layer: node faults go after layers of a model's graph"
         return "the output layer: faults in layer outputs leave it out (--include_output_nodes)"
-    if spec.layers and name not in targets.select_layers(
+    if spec.selection.layers and name not in targets.select_layers(
         model,
         spec.fault_kind,
         "all",
-        spec.layers,
-        spec.include_output_nodes,
-        weights=spec.site_weights,
+        spec.selection.layers,
+        spec.selection.include_output_nodes,
+        weights=spec.selection.site_weights,
     ):
         return "not named by --layers"
-    if spec.exclude_layers:
+    if spec.selection.exclude_layers:
         plain = dataclasses.replace(spec, exclude_layers=())
         if name in KerasModel(model).select_layers(plain):
             return "excluded by --exclude_layers"
-    return f"outside --scope={spec.scope}"
+    return f"outside --scope={spec.selection.scope}"
 
 
 class CampaignRunner(fault_spec.CellRunner):
@@ -392,7 +398,7 @@ class CampaignRunner(fault_spec.CellRunner):
             self.faulty = model
         else:
             self.faulty = targets.apply_faults(
-                model, spec.fault_kind, self.target_names, spec.site_weights
+                model, spec.fault_kind, self.target_names, spec.selection.site_weights
             )
         if self._ieee:  # One NaN/Inf rule with the .tflite runtime, on this model only.
             self._nan_guards = nan_semantics.guard_layers(self.faulty)
@@ -420,7 +426,7 @@ class CampaignRunner(fault_spec.CellRunner):
         if self._chunk_index is not None:
             self.injector.set_chunk_size(int(self._chunks.shape[1]))
         self._count_outcomes = tf.function(self._count_outcomes_impl)
-        if spec.storage == "int8":  # The fault-free model holds its quantised kernels.
+        if spec.value.storage == "int8":  # The fault-free model holds its quantised kernels.
             self.injector.inject(0.0, 0)
         self._golden = self._golden_predictions()
 
@@ -572,7 +578,7 @@ class CampaignRunner(fault_spec.CellRunner):
     def evaluate_cell(self, rate: float, trial: int) -> dict[str, Any]:
         counts = self.inject(rate, trial)
         result = fault_spec.cell_result(rate, trial, self.outcome(), counts)
-        if self.spec.fault_map:  # Rate 0 is the mapped chip, not the fault-free model.
+        if self.spec.placement.fault_map:  # Rate 0 is the mapped chip, not the fault-free model.
             result["fault_free_accuracy"] = self.fault_free_accuracy()
         return result
 
@@ -601,9 +607,9 @@ class FaultInjector:
     def __init__(self, faulty: keras.Model, spec: FaultSpec, target_names, in_place: bool):
         self.spec = spec
         self._faulty = faulty
-        self._int8 = spec.storage == "int8"  # Kernels as int8 codes (int8_storage).
+        self._int8 = spec.value.storage == "int8"  # Kernels as int8 codes (int8_storage).
         self._codes: dict[tuple[str, int], int8_storage.Int8Codes] = {}
-        found = {site.path: site for site in registry.sites(faulty, spec.site_weights)}
+        found = {site.path: site for site in registry.sites(faulty, spec.selection.site_weights)}
         self.fault_layers, self._tensors = {}, {}
         for name in target_names:
             layer = (
@@ -619,18 +625,18 @@ class FaultInjector:
         ]
         self.in_place = bool(self.in_place_targets)
         self._clean: dict[str, list[np.ndarray]] = {}
-        self._plan = protection.load(spec.protected) if spec.protected else None
+        self._plan = protection.load(spec.selection.protected) if spec.selection.protected else None
         self.protected_counts: dict[str, int] = {}
         self._map_faults = {}
         self._pes = None
-        if spec.array and spec.fault_kind.on_parameters:  # Layers the array cannot hold.
+        if spec.placement.array and spec.fault_kind.on_parameters:  # Layers the array cannot hold.
             for name, tensors in self._tensors.items():
                 kernels = [t for t in tensors if not t.bias]
                 shapes = [tuple(t.variable.shape) for t in kernels]
                 if systolic.unsupported(shapes, [t.filter_axis for t in kernels]):
                     raise FaultTargetError(systolic.refusal(name))
-        if spec.fault_map:
-            loaded = fault_map.load(spec.fault_map)
+        if spec.placement.fault_map:
+            loaded = fault_map.load(spec.placement.fault_map)
             fault_map.check_fits(
                 loaded,
                 {
@@ -771,7 +777,7 @@ class TransientInjector:
         self.fault_layers = {}
         for name in target_names:
             layer = targets.fault_layer(faulty, name, spec.fault_kind)
-            layer.bind(spec.fault_kind, spec.bit_mode, spec.stuck_value, chunk_index)
+            layer.bind(spec.fault_kind, spec.value.bit_mode, spec.value.stuck_value, chunk_index)
             self.fault_layers[name] = layer
         self.sizes = {name: layer.elements for name, layer in self.fault_layers.items()}
         self.widths = {
@@ -779,9 +785,9 @@ class TransientInjector:
             for name, layer in self.fault_layers.items()
         }
         for name, width in self.widths.items():
-            if spec.bit_position >= width:
+            if spec.value.bit_position >= width:
                 raise FaultTargetError(
-                    f"bit_position {spec.bit_position} does not exist in the {width}-bit "
+                    f"bit_position {spec.value.bit_position} does not exist in the {width}-bit "
                     f"outputs of {name!r}; use 0..{width - 1} or -1."
                 )
         self.num_examples = num_examples
@@ -830,7 +836,7 @@ def faulty_copy(
     """A copy of a Sequential/Functional `model` with fault layers holding the faults of
     cell (rate, trial) of a `spec` campaign, and the fault counts."""
     names = KerasModel(model).select_layers(spec)
-    faulty = targets.apply_faults(model, spec.fault_kind, names, spec.site_weights)
+    faulty = targets.apply_faults(model, spec.fault_kind, names, spec.selection.site_weights)
     injector = FaultInjector(faulty, spec, names, in_place=False)
     if spec.fault_kind.on_parameters:
         injector.check_masked("Repair")
@@ -843,9 +849,9 @@ def cell_fault_map(model: keras.Model, spec: FaultSpec, rate: float, trial: int)
     read back (`FaultSpec(fault_map=...)`, rate 0) faults exactly these elements."""
     from aftt_tf.faults import fault_map as maps
 
-    if spec.storage != "float32":
+    if spec.value.storage != "float32":
         raise ValueError(
-            f"A fault map holds real weight values; --storage={spec.storage} cells change "
+            f"A fault map holds real weight values; --storage={spec.value.storage} cells change "
             "every kernel element to its quantised value. Write maps of float32 campaigns."
         )
     names = KerasModel(model).select_layers(spec)
@@ -853,7 +859,7 @@ def cell_fault_map(model: keras.Model, spec: FaultSpec, rate: float, trial: int)
     faulty = (
         model
         if in_place
-        else targets.apply_faults(model, spec.fault_kind, names, spec.site_weights)
+        else targets.apply_faults(model, spec.fault_kind, names, spec.selection.site_weights)
     )
     injector = FaultInjector(faulty, spec, names, in_place)
     try:

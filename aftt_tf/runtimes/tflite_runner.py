@@ -110,7 +110,7 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
     def _view(self, spec: FaultSpec) -> TFLiteModel | None:
         """This file with its normalisation constants among its layers, when `spec` asks
         for them (--include_normalization) and this is not that view already."""
-        if not spec.include_normalization or getattr(self, "_with_normalization", False):
+        if not spec.selection.include_normalization or getattr(self, "_with_normalization", False):
             return None
         separate, _ = self.normalization  # Read from the weight layers, cached: the view keeps it.
         view = copy.copy(self)
@@ -138,16 +138,16 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
         names = selection.select(
             self.candidates(),
             spec.fault_kind,
-            spec.scope,
-            spec.layers,
-            spec.include_output_nodes,
+            spec.selection.scope,
+            spec.selection.layers,
+            spec.selection.include_output_nodes,
             model_name=self.path.name,
             names_from="the export's manifest.json",
-            exclude=spec.exclude_layers,
+            exclude=spec.selection.exclude_layers,
         )
         self._check_targets(names, spec)
         kind = spec.fault_kind
-        if spec.storage == "int8":
+        if spec.value.storage == "int8":
             stored = {k.weights.dtype.name for name in names for k in self.layers[name].kernels}
             if stored != {"int8"}:
                 raise FaultTargetError(
@@ -155,19 +155,19 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
                     f"targeted kernels as {'/'.join(sorted(stored))}. Run it without "
                     "--storage (faults act on what a file stores), or use the int8 export."
                 )
-        if kind.on_parameters and kind.bit_meaning and "weights" in spec.targets:
+        if kind.on_parameters and kind.bit_meaning and "weights" in spec.selection.targets:
             for name in names:
                 bits = min(k.weights.dtype.itemsize for k in self.layers[name].kernels) * 8
-                if spec.bit_position >= bits:
+                if spec.value.bit_position >= bits:
                     raise FaultTargetError(
-                        f"bit_position {spec.bit_position} does not exist in the {bits}-bit "
+                        f"bit_position {spec.value.bit_position} does not exist in the {bits}-bit "
                         f"weights of {name!r}; use 0..{bits - 1} or -1."
                     )
         if (
             kind.on_parameters
             and kind.takes_value
-            and spec.stuck_value is not None
-            and "weights" in spec.targets
+            and spec.value.stuck_value is not None
+            and "weights" in spec.selection.targets
         ):
             for name in names:
                 self._check_storable(name, spec)
@@ -177,7 +177,7 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
         """Each --targets entry must exist in the file (a float file has no int8 scales or
         zero points), and a bit position must exist in what it names."""
         widths = {"scales": 32, "zero_points": 8, "biases": None}
-        for target in spec.targets:
+        for target in spec.selection.targets:
             if target == "weights":
                 continue
             tensors = [t for name in names for t in metadata_tensors(self.layers[name], target)]
@@ -192,9 +192,9 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
                     )
                 )
             bits = widths[target] or min(t.dtype.itemsize for t in tensors) * 8
-            if spec.fault_kind.bit_meaning and spec.bit_position >= bits:
+            if spec.fault_kind.bit_meaning and spec.value.bit_position >= bits:
                 raise FaultTargetError(
-                    f"bit_position {spec.bit_position} does not exist in the {bits}-bit "
+                    f"bit_position {spec.value.bit_position} does not exist in the {bits}-bit "
                     f"{target.replace('_', ' ')}; use 0..{bits - 1} or -1."
                 )
 
@@ -220,7 +220,7 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
         (clamping it to the int8 range would measure another fault than the one asked)."""
         layer = self.layers[name]
         tensors = [kernel.weights for kernel in layer.kernels]
-        if spec.include_bias and layer.bias is not None:
+        if spec.selection.include_bias and layer.bias is not None:
             tensors.append(layer.bias)
         for tensor in tensors:
             if np.issubdtype(tensor.dtype, np.floating):
@@ -231,11 +231,11 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
             low = (max(info.min, -info.max) - zero_points) * scales
             high = (info.max - zero_points) * scales
             half_step = scales / 2
-            if np.any(spec.stuck_value < low - half_step) or np.any(
-                spec.stuck_value > high + half_step
+            if np.any(spec.value.stuck_value < low - half_step) or np.any(
+                spec.value.stuck_value > high + half_step
             ):
                 raise FaultTargetError(
-                    f"stuck_value {spec.stuck_value:g} cannot be stored in the "
+                    f"stuck_value {spec.value.stuck_value:g} cannot be stored in the "
                     f"{tensor.dtype.name} weights of {name!r} in {self.path.name}: with their "
                     f"scales they hold only [{float(np.max(low)):.6g}, {float(np.min(high)):.6g}] "
                     "in every element (a larger value would be clamped, a different fault). "
@@ -293,7 +293,7 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
     def _kind_coverage(self, spec: FaultSpec, targeted: list[str]) -> dict[str, Any]:
         """Coverage entries of normalisation targets, transient faults and --targets."""
         result: dict[str, Any] = {}
-        if spec.include_normalization:
+        if spec.selection.include_normalization:
             separate, folded = self.normalization
             result["normalization"] = {
                 "separate": {  # The attributes each holds: a zero offset may be gone.
@@ -314,9 +314,10 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
                 },
                 self.weight_storage(spec),
             )
-        if tuple(spec.targets) != ("weights",):
+        if tuple(spec.selection.targets) != ("weights",):
             result["targets"] = {
-                target: _target_coverage(self, targeted, target) for target in spec.targets
+                target: _target_coverage(self, targeted, target)
+                for target in spec.selection.targets
             }
         return result
 
@@ -343,7 +344,7 @@ class TFLiteModel(tflite_file.TFLiteFile, CampaignModel):
         layers = {name: model.layers[name] for name in model.select_layers(spec)}
         return {
             name: sum(int(np.prod(k.keras_kernel_shape)) for k in layer.kernels)
-            + (int(np.prod(layer.bias.shape)) if spec.include_bias and layer.bias else 0)
+            + (int(np.prod(layer.bias.shape)) if spec.selection.include_bias and layer.bias else 0)
             for name, layer in layers.items()
         }
 
@@ -504,13 +505,13 @@ class TFLiteRunner(CellRunner):
         points = {name: self.model.layers[name].transient_tensor for name in self.target_names}
         split = tflite_transient.SplitModel(self.model, points, self.batch_size)
         for name, width in split.widths.items():
-            if spec.fault_kind.bit_meaning and spec.bit_position >= width:
+            if spec.fault_kind.bit_meaning and spec.value.bit_position >= width:
                 raise FaultTargetError(
-                    f"bit_position {spec.bit_position} does not exist in the {width}-bit "
+                    f"bit_position {spec.value.bit_position} does not exist in the {width}-bit "
                     f"outputs of {name!r} in {self.model.path.name}; use 0..{width - 1} or -1."
                 )
             if spec.fault_kind.takes_value:
-                split.stored_value(name, spec.stuck_value)
+                split.stored_value(name, spec.value.stuck_value)
         transient.check_size(spec, split.sizes, len(self.labels))
         return split
 
@@ -560,9 +561,9 @@ class TFLiteRunner(CellRunner):
             self._write(mask, tflite_nodes.mask_values(mask, positions))
             return len(positions), int(np.prod(mask.shape))
         count, elements = 0, 0
-        if "weights" in spec.targets:
+        if "weights" in spec.selection.targets:
             count, elements = self._inject_parameters(name, rate, trial, rng)
-        for target in spec.targets:
+        for target in spec.selection.targets:
             if target != "weights":
                 extra = self._inject_metadata(name, target, rate, trial)
                 count, elements = count + extra[0], elements + extra[1]
@@ -576,7 +577,7 @@ class TFLiteRunner(CellRunner):
         for index, tensor in enumerate(metadata_tensors(self.model.layers[name], target)):
             size = int(np.prod(tensor.shape))
             rng = sampling.trial_rng(spec.seed, spec.kind, f"{name}/{target}/{index}", rate, trial)
-            positions = sampling.sample_positions(size, rate, rng, spec.sampling)
+            positions = sampling.sample_positions(size, rate, rng, spec.placement.sampling)
             if len(positions):
                 if target == "zero_points":
                     values = _faulty_zero_points(self.content, tensor, positions, spec, rng)
@@ -655,7 +656,7 @@ class TFLiteRunner(CellRunner):
             self.build_seconds += time.perf_counter() - start
             return self.model.dequantize_outputs(interpreter.outputs(self.inputs))
         except (RuntimeError, ValueError) as error:
-            if set(self.spec.targets) <= {"weights", "biases"}:
+            if set(self.spec.selection.targets) <= {"weights", "biases"}:
                 raise
             self.refused = str(error).split("\n")[0][:300]
             return np.full((len(self.labels), self.model.num_outputs), np.nan, np.float32)
@@ -682,7 +683,7 @@ class TFLiteRunner(CellRunner):
         counts = self.inject(rate, trial)
         self.patch_seconds += time.perf_counter() - start
         result = cell_result(rate, trial, outcome_of(self.logits(), self.labels, golden), counts)
-        if self.spec.fault_map:  # Rate 0 is the mapped chip, not the fault-free file.
+        if self.spec.placement.fault_map:  # Rate 0 is the mapped chip, not the fault-free file.
             result["fault_free_accuracy"] = float(np.mean(golden == self.labels))
         if self.refused:
             result["runtime_refused"] = self.refused
@@ -707,13 +708,13 @@ def _unsupported_reason(operator: str) -> str:
 def _check_extras(model: TFLiteModel, spec: FaultSpec, names: list[str]):
     """(protection plan, fault map by tensor) of a campaign on this file, each checked
     against the targeted layers, and --array layers checked: all before any cell."""
-    if spec.array and spec.fault_kind.on_parameters:
+    if spec.placement.array and spec.fault_kind.on_parameters:
         for name in names:
             layer = model.layers[name]
             shapes = [k.keras_kernel_shape for k in layer.kernels]
             if systolic.unsupported(shapes, layer.filter_axes):
                 raise FaultTargetError(systolic.refusal(name))
-    plan = protection.load(spec.protected) if spec.protected else None
+    plan = protection.load(spec.selection.protected) if spec.selection.protected else None
     if plan is not None:
         protection.check_plan_fits(
             plan,
@@ -727,8 +728,8 @@ def _check_extras(model: TFLiteModel, spec: FaultSpec, names: list[str]):
             f"the targeted layers of {model.path.name}",
         )
     mapped = {}
-    if spec.fault_map:
-        loaded = fault_map.load(spec.fault_map)
+    if spec.placement.fault_map:
+        loaded = fault_map.load(spec.placement.fault_map)
         shapes = {}
         for name in names:
             layer = model.layers[name]

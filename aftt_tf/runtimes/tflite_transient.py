@@ -139,7 +139,7 @@ class SplitModel:
         ascending), each cut tensor corrupted at the plan's faults on those examples."""
         stored = {}
         if spec.fault_kind.takes_value:
-            stored = {name: self.stored_value(name, spec.stuck_value) for name in self.points}
+            stored = {name: self.stored_value(name, spec.value.stuck_value) for name in self.points}
         # Struck inferences are few at soft-error rates: the pieces take batches of the
         # next power of two (>= 16) that holds them, not padding to the full batch.
         batch = min(self.batch_size, max(16, 1 << (len(inputs) - 1).bit_length()))
