@@ -9,6 +9,8 @@
 #   EPOCHS=4 ONLY="none clip_bet clip_bet_mid" bash docs/bit_error_hardening.sh fmnist_cnn OUT4
 #   DATA_DIR=DIR: CIFAR-10's image folder when the checkout has no ../shared beside it.
 #   FLOAT_KINDS="activation_bit": also campaigns of these kinds on the float32 Keras models.
+#   SEED=1: every method trained with another seed (data order, fault draws) from the same
+#     base, into another OUT: a replicate of the whole comparison.
 #   TRIALS=40 CAMPAIGNS=campaigns_40: more paired trials (narrower intervals) into another
 #     campaign folder; --rates=cliff is searched on the first 3 trials, so the rates repeat.
 # Budget (2 CPU cores): base 4 (fmnist_cnn) or 6 (cifar10_conv3) epochs; every method 2
@@ -20,6 +22,7 @@ OUT=${2:-results/bit_error_hardening}/$ARCH
 BIN=${BIN:-.venv/bin}
 EPOCHS=${EPOCHS:-2}  # Every method's epochs (the same for all: like for like).
 ONLY=${ONLY:-}  # Space-separated method names to run (default: all of the architecture's).
+SEED=${SEED:-0}  # The methods' training seed (the base is trained with seed 0).
 case $ARCH in
   fmnist_cnn) BASE_EPOCHS=4; DATA=(--dataset=fashion_mnist) ;;
   cifar10_conv3) BASE_EPOCHS=6; DATA=(--dataset=cifar10 ${DATA_DIR:+--data_dir=$DATA_DIR}) ;;
@@ -71,7 +74,7 @@ for variant in "${VARIANTS[@]}"; do
   [ -z "$ONLY" ] || [[ " $ONLY " == *" $name "* ]] || continue
   # shellcheck disable=SC2086  # $extra holds several flags.
   [ -f "$OUT/$name/metrics.json" ] || "$BIN/aftt-train" --model="$OUT/base/classifier.keras" \
-    "${DATA[@]}" --method=$method --epochs=$EPOCHS --learning_rate=3e-4 --batch_size=128 $extra \
+    "${DATA[@]}" --method=$method --epochs=$EPOCHS --learning_rate=3e-4 --batch_size=128 --seed=$SEED $extra \
     --out="$OUT/$name"
   [ -f "$OUT/export_$name/manifest.json" ] || "$BIN/aftt-export" \
     --model="$OUT/$name/classifier.keras" "${DATA[@]}" --formats=tflite_int8 \

@@ -1,6 +1,6 @@
 """Prints docs/results.md's hardening tables from docs/bit_error_hardening.sh's campaigns.
 
-.venv/bin/python docs/bit_error_hardening_table.py [results/bit_error_hardening/fmnist_cnn]
+.venv/bin/python docs/bit_error_hardening_table.py [results/bit_error_hardening/fmnist_cnn [campaigns]]
 
 Per fault kind (campaigns at the plain int8 file's cliff rates) and method: clean accuracy
 with its paired difference from `none` (same-length plain fine-tuning), and at each cliff
@@ -18,6 +18,7 @@ from pathlib import Path
 from aftt_tf.campaigns.statistics import confidence_interval
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "results/bit_error_hardening/fmnist_cnn")
+CAMPAIGNS = sys.argv[2] if len(sys.argv) > 2 else "campaigns"  # The script's CAMPAIGNS.
 KINDS = {
     "bit_error": "per-bit error rate (each stored bit of each int8 weight)",
     "weight": "stuck-at-0 int8 weights",
@@ -75,7 +76,7 @@ def _table(path: Path, title: str) -> None:
 
 def main() -> None:
     for kind, title in KINDS.items():
-        path = ROOT / "campaigns" / kind
+        path = ROOT / CAMPAIGNS / kind
         if (path / "results.json").exists():
             _table(path, title)
 
