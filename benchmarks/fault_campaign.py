@@ -32,6 +32,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from aftt_tf.campaigns import engine as campaign  # noqa: E402
+from aftt_tf.campaigns import shards
 from aftt_tf.data import datasets as data  # noqa: E402
 from aftt_tf.faults import sampling  # noqa: E402
 from aftt_tf.faults.spec import FaultSpec  # noqa: E402
@@ -163,7 +164,7 @@ def main() -> None:
     mlp = _model(args.model, "fmnist_mlp")
     spec = FaultSpec(kind="weight", rates=RATES, trials=args.trials)
     runner = keras_runner.CampaignRunner(mlp, spec, images, labels)
-    cells = campaign.cell_plan(spec)
+    cells = shards.cell_plan(spec)
     sample = [cell for cell in cells if cell[0] > 0][:: max(1, len(cells) // 40)]
     per_trial = _seconds_per_trial(runner, sample)
     flops = complexity.model_complexity(mlp).forward_flops * len(labels)

@@ -26,8 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from aftt_tf.campaigns import cell_log, ray_executor
 from aftt_tf.campaigns import engine as campaign  # noqa: E402
-from aftt_tf.campaigns import ray_executor
 from aftt_tf.data import datasets as data  # noqa: E402
 from aftt_tf.faults.spec import FaultSpec  # noqa: E402
 from aftt_tf.runtimes import keras_runner, tflite_runner  # noqa: E402
@@ -55,7 +55,7 @@ def _models(root: Path, images: np.ndarray) -> dict[str, object]:
 
 def _cells(out: Path) -> list[dict]:
     return sorted(
-        campaign.read_cells(out / campaign.CELLS_FILE),
+        cell_log.read_cells(out / cell_log.CELLS_FILE),
         key=lambda c: (c["model"], c["rate"], c["trial"]),
     )
 

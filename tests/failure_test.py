@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from aftt_tf import io_utils
+from aftt_tf.campaigns import cell_log
 from aftt_tf.campaigns import engine as campaign
 from aftt_tf.data import datasets as data
 from aftt_tf.data.frontend import DataOptions
@@ -120,7 +121,7 @@ def test_every_campaign_file_is_strict_json(tmp_path):
     campaign.run_campaign({"a": model, "b": model}, spec, images, labels, tmp_path, progress=False)
     for path in tmp_path.glob("*.json"):
         _strict_load(path)
-    for line in (tmp_path / campaign.CELLS_FILE).read_text().splitlines():
+    for line in (tmp_path / cell_log.CELLS_FILE).read_text().splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in cells"))
 
 
@@ -159,7 +160,7 @@ def test_campaign_directory_written_before_campaign_json_still_resumes(tmp_path)
     images, labels = _tiny_data(model)
     spec = FaultSpec(kind="weight", rates=(0.0, 0.3), trials=2)
     campaign.run_campaign({"m": model}, spec, images, labels, tmp_path, progress=False)
-    (tmp_path / campaign.CAMPAIGN_FILE).unlink()  # As written by earlier versions.
+    (tmp_path / cell_log.CAMPAIGN_FILE).unlink()  # As written by earlier versions.
     results = campaign.run_campaign({"m": model}, spec, images, labels, tmp_path, progress=False)
     assert results["skipped_cells"] == 4
 
@@ -199,7 +200,7 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path, model_path):
 
         with pytest.raises(io_utils.OutputError, match=f"PID {os.getpid()}"):
             campaign.run_campaign({"m": model}, spec, images, labels, out, progress=False)
-        assert not (out / campaign.CELLS_FILE).exists()
+        assert not (out / cell_log.CELLS_FILE).exists()
     # Released with the holder: the same campaign now runs.
     results = campaign.run_campaign({"m": model}, spec, images, labels, out, progress=False)
     assert results["summary"]["m"]["all"]["per_rate"][0]["trials"] == 1
@@ -245,10 +246,10 @@ def test_torn_last_record_is_reported_and_removed(tmp_path, caplog):
     images, labels = _tiny_data(model)
     spec = FaultSpec(kind="weight", rates=(0.0, 0.3), trials=2)
     campaign.run_campaign({"m": model}, spec, images, labels, tmp_path, progress=False)
-    cells_path = tmp_path / campaign.CELLS_FILE
+    cells_path = tmp_path / cell_log.CELLS_FILE
     lines = cells_path.read_text().splitlines(keepends=True)
     cells_path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # A crash.
-    assert len(campaign.read_cells(cells_path)) == 3
+    assert len(cell_log.read_cells(cells_path)) == 3
     results = campaign.run_campaign({"m": model}, spec, images, labels, tmp_path, progress=False)
     assert "torn last record" in caplog.text
     assert results["skipped_cells"] == 3  # The torn cell ran again.
@@ -257,7 +258,7 @@ def test_torn_last_record_is_reported_and_removed(tmp_path, caplog):
 
 
 def test_damaged_record_inside_the_file_is_an_error(tmp_path):
-    path = tmp_path / campaign.CELLS_FILE
+    path = tmp_path / cell_log.CELLS_FILE
     record = {
         "model": "m",
         "model_hash": "h",
@@ -269,14 +270,14 @@ def test_damaged_record_inside_the_file_is_an_error(tmp_path):
     }
     path.write_text(json.dumps(record) + '\nnot json\n{"rate": 0.1}\n')
     with pytest.raises(ValueError, match="line 2 is not a cell record"):
-        campaign.read_cells(path)
+        cell_log.read_cells(path)
 
 
 def test_full_disk_leaves_no_half_record(tmp_path, monkeypatch):
     model = _tiny_model()
     images, labels = _tiny_data(model)
     spec = FaultSpec(kind="weight", rates=(0.0, 0.3), trials=2)
-    real_open = campaign._open_no_follow
+    real_open = cell_log._open_no_follow
     writes = {"count": 0}
 
     class FullDisk:
@@ -303,11 +304,11 @@ def test_full_disk_leaves_no_half_record(tmp_path, monkeypatch):
     def fake_open(path, flags):
         return FullDisk(real_open(path, flags))
 
-    monkeypatch.setattr(campaign, "_open_no_follow", fake_open)
+    monkeypatch.setattr(cell_log, "_open_no_follow", fake_open)
     with pytest.raises(OSError, match="No space left"):
         campaign.run_campaign({"m": model}, spec, images, labels, tmp_path, progress=False)
     monkeypatch.undo()
-    content = (tmp_path / campaign.CELLS_FILE).read_text()
+    content = (tmp_path / cell_log.CELLS_FILE).read_text()
     assert content.endswith("\n") and len(content.splitlines()) == 2
     results = campaign.run_campaign({"m": model}, spec, images, labels, tmp_path, progress=False)
     assert results["skipped_cells"] == 2

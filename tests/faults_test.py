@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import aftt_tf  # noqa: F401
-from aftt_tf.campaigns import analysis, statistics
+from aftt_tf.campaigns import analysis, shards, statistics
 from aftt_tf.campaigns import engine as campaign
 from aftt_tf.faults import sampling
 from aftt_tf.faults.spec import FaultSpec
@@ -267,11 +267,11 @@ def test_shard_and_merge_equals_unsharded(tmp_path):
     reference = _campaign(tmp_path, "reference")
     for index in range(3):
         _campaign(tmp_path, f"shard{index}", num_shards=3, shard_index=index)
-    merged = campaign.merge_shards([tmp_path / f"shard{i}" for i in range(3)], tmp_path / "merged")
+    merged = shards.merge_shards([tmp_path / f"shard{i}" for i in range(3)], tmp_path / "merged")
     assert merged["summary"] == reference["summary"]
     assert merged["paired_differences"] == reference["paired_differences"]
     with pytest.raises(ValueError, match=r"Expected shards 0..2"):
-        campaign.merge_shards([tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "bad")
+        shards.merge_shards([tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "bad")
 
 
 def test_outputs_statistics_and_plots(tmp_path):

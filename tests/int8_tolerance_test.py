@@ -258,6 +258,7 @@ def test_faults_cli_records_per_layer_statistics(int8_exports, tmp_path):
 @requires_fashion_mnist
 def test_per_rate_deployment_runs_each_rate_on_its_own_file(int8_exports, tmp_path):
     from aftt_tf.campaigns import engine as campaign
+    from aftt_tf.campaigns import outputs
     from aftt_tf.deploy import fault_calibration
     from aftt_tf.faults.spec import FaultTargetError
 
@@ -285,7 +286,7 @@ def test_per_rate_deployment_runs_each_rate_on_its_own_file(int8_exports, tmp_pa
     )
     cells = {
         (c["model"], c["rate"], c["trial"]): c["accuracy"]
-        for c in campaign.campaign_cells(tmp_path / "campaign", results)
+        for c in outputs.campaign_cells(tmp_path / "campaign", results)
     }
     for trial in range(3):
         assert cells[("per_rate", 0.0, trial)] == cells[("ptq", 0.0, trial)]

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
+from aftt_tf.campaigns import cell_log, ray_executor
 from aftt_tf.campaigns import engine as campaign
-from aftt_tf.campaigns import ray_executor
 from aftt_tf.data import datasets as data
 from aftt_tf.faults.spec import FaultSpec
 from aftt_tf.runtimes import keras_runner, tflite_runner
@@ -64,7 +64,7 @@ def _campaign_models(root):
 
 
 def _cells(out) -> list[dict]:
-    cells = campaign.read_cells(out / campaign.CELLS_FILE)
+    cells = cell_log.read_cells(out / cell_log.CELLS_FILE)
     return sorted(cells, key=lambda c: (c["model"], c["rate"], c["trial"]))
 
 
@@ -164,7 +164,7 @@ def test_cli_runs_a_campaign_on_an_existing_cluster(cluster, models, tmp_path):
         [*argv, f"--out={tmp_path / 'cli'}"], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    cells = campaign.read_cells(tmp_path / "cli" / campaign.CELLS_FILE)
+    cells = cell_log.read_cells(tmp_path / "cli" / cell_log.CELLS_FILE)
     assert len(cells) == 6
     assert json.loads((tmp_path / "cli" / "results.json").read_text())["spec"]["trials"] == 3
     sharded = subprocess.run(

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from aftt_tf import io_utils
-from aftt_tf.campaigns import campaign_lib, ray_executor
+from aftt_tf.campaigns import campaign_lib, cell_log, ray_executor, shards
 from aftt_tf.campaigns import engine as campaign
 from aftt_tf.cli import common
 from aftt_tf.data import datasets as data
@@ -90,8 +90,8 @@ def test_a_link_at_cells_jsonl_is_refused_and_its_target_untouched(tmp_path):
     _campaign({"m": model}, out)
     victim = tmp_path / "victim.jsonl"
     victim.write_bytes(b'{"a": 1}\n{"torn')
-    (out / campaign.CELLS_FILE).unlink()
-    (out / campaign.CELLS_FILE).symlink_to(victim)
+    (out / cell_log.CELLS_FILE).unlink()
+    (out / cell_log.CELLS_FILE).symlink_to(victim)
     with pytest.raises(io_utils.OutputError, match="symbolic link"):
         _campaign({"m": model}, out)
     assert victim.read_bytes() == b'{"a": 1}\n{"torn'
@@ -102,10 +102,10 @@ def test_merge_into_a_finished_campaign_only_adds(tmp_path):
     images, labels = _data(model)
     finished = tmp_path / "finished"
     _campaign({"m": model}, finished, FaultSpec(kind="weight", rates=(0.0, 0.2), trials=2))
-    before = campaign.read_cells(finished / campaign.CELLS_FILE)
+    before = cell_log.read_cells(finished / cell_log.CELLS_FILE)
     other_rates = FaultSpec(kind="weight", rates=(0.5,), trials=2)
-    shards = [tmp_path / f"shard{index}" for index in range(2)]
-    for index, shard in enumerate(shards):
+    shard_dirs = [tmp_path / f"shard{index}" for index in range(2)]
+    for index, shard in enumerate(shard_dirs):
         campaign.run_campaign(
             {"m": model},
             other_rates,
@@ -116,8 +116,8 @@ def test_merge_into_a_finished_campaign_only_adds(tmp_path):
             shard_index=index,
             progress=False,
         )
-    results = campaign.merge_shards(shards, finished)
-    after = campaign.read_cells(finished / campaign.CELLS_FILE)
+    results = shards.merge_shards(shard_dirs, finished)
+    after = cell_log.read_cells(finished / cell_log.CELLS_FILE)
     assert all(cell in after for cell in before)
     assert len(after) == len(before) + 2
     assert [row["rate"] for row in results["summary"]["m"]["all"]["per_rate"]] == [0, 0.2, 0.5]
@@ -145,7 +145,7 @@ def test_stuck_values_that_overflow_are_counted_as_non_finite(tmp_path):
     assert rows[1.0]["mean"] == 0.0
     assert rows[1.0]["non_finite"] == {"mean": 1.0, "ci_low": 1.0, "ci_high": 1.0}
     assert rows[0.0]["non_finite"]["mean"] == 0.0
-    cells = campaign.read_cells(tmp_path / "c" / campaign.CELLS_FILE)
+    cells = cell_log.read_cells(tmp_path / "c" / cell_log.CELLS_FILE)
     assert {cell["non_finite"] for cell in cells if cell["rate"] == 1.0} == {1.0}
 
 
@@ -200,7 +200,7 @@ def test_swapped_labels_resume_under_the_models_content(tmp_path):
     assert swapped["summary"]["a"] == original["summary"]["b"]
     assert swapped["summary"]["b"] == original["summary"]["a"]
     assert swapped["models"] == {"a": original["models"]["b"], "b": original["models"]["a"]}
-    cells = campaign.read_cells(out / campaign.CELLS_FILE)
+    cells = cell_log.read_cells(out / cell_log.CELLS_FILE)
     assert len(cells) == 8
     assert {(c["model"], c["model_hash"]) for c in cells} == set(swapped["models"].items())
 
@@ -209,7 +209,7 @@ def test_a_duplicated_record_is_counted_once(tmp_path, caplog):
     model = _model()
     out = tmp_path / "c"
     _campaign({"m": model}, out, FaultSpec(kind="weight", rates=(0.0, 0.5), trials=3))
-    path = out / campaign.CELLS_FILE
+    path = out / cell_log.CELLS_FILE
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines) + lines[-1])
     results = _campaign({"m": model}, out, FaultSpec(kind="weight", rates=(0.0, 0.5), trials=3))
@@ -223,7 +223,7 @@ def test_a_line_that_is_no_cell_record_is_a_one_line_error(tmp_path, line):
     model = _model()
     out = tmp_path / "c"
     _campaign({"m": model}, out)
-    path = out / campaign.CELLS_FILE
+    path = out / cell_log.CELLS_FILE
     path.write_text(line + "\n" + path.read_text())
     with pytest.raises(ValueError, match="line 1 is not a cell record"):
         _campaign({"m": model}, out)
@@ -231,8 +231,8 @@ def test_a_line_that_is_no_cell_record_is_a_one_line_error(tmp_path, line):
 
 def _shards(tmp_path, model, spec=SPEC):
     images, labels = _data(model)
-    shards = [tmp_path / f"shard{index}" for index in range(2)]
-    for index, shard in enumerate(shards):
+    shard_dirs = [tmp_path / f"shard{index}" for index in range(2)]
+    for index, shard in enumerate(shard_dirs):
         campaign.run_campaign(
             {"m": model},
             spec,
@@ -243,25 +243,25 @@ def _shards(tmp_path, model, spec=SPEC):
             shard_index=index,
             progress=False,
         )
-    return shards
+    return shard_dirs
 
 
 def test_a_shard_with_a_torn_record_is_not_merged(tmp_path):
-    shards = _shards(tmp_path, _model())
-    path = shards[1] / campaign.CELLS_FILE
+    shard_dirs = _shards(tmp_path, _model())
+    path = shard_dirs[1] / cell_log.CELLS_FILE
     content = path.read_bytes()
     path.write_bytes(content[: len(content) - 20])  # Killed mid-record.
     with pytest.raises(ValueError, match="torn record"):
-        campaign.merge_shards(shards, tmp_path / "merged")
+        shards.merge_shards(shard_dirs, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
 
 
 def test_a_shard_with_missing_cells_is_not_merged(tmp_path):
-    shards = _shards(tmp_path, _model())
-    path = shards[0] / campaign.CELLS_FILE
+    shard_dirs = _shards(tmp_path, _model())
+    path = shard_dirs[0] / cell_log.CELLS_FILE
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
     with pytest.raises(ValueError, match="missing 1 of its cells"):
-        campaign.merge_shards(shards, tmp_path / "merged")
+        shards.merge_shards(shard_dirs, tmp_path / "merged")
 
 
 def _two_outputs():

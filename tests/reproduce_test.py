@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aftt_tf.campaigns import engine as campaign
+from aftt_tf.campaigns import cell_log, outputs
 from aftt_tf.reproduce import config as reproduce_config
 from aftt_tf.reproduce import document, pipeline, sections
 from aftt_tf.training import config as config_lib
@@ -228,14 +228,14 @@ def _verdict_from_files(tmp_path, accuracy_by_model):
     directory = tmp_path / "campaigns" / name
     directory.mkdir(parents=True)
     cells = _cells(accuracy_by_model)
-    (directory / campaign.CELLS_FILE).write_text("".join(json.dumps(c) + "\n" for c in cells))
+    (directory / cell_log.CELLS_FILE).write_text("".join(json.dumps(c) + "\n" for c in cells))
     meta = {
         "spec": {"kind": "weight", "scope": "all", "seed": 0},
         "spec_key": "spec",
         "models": {model: f"hash-{model}" for model in accuracy_by_model},
     }
-    results = campaign.write_outputs(
-        directory, campaign.read_cells(directory / campaign.CELLS_FILE), meta
+    results = outputs.write_outputs(
+        directory, cell_log.read_cells(directory / cell_log.CELLS_FILE), meta
     )
     verdict = sections.campaign_verdict(name, results, tmp_path)
     return verdict, sections.verdict_line("weight", "all", "keras", verdict)

@@ -255,6 +255,7 @@ def test_export_layer_map_accounts_for_every_zoo_model(zoo):
 def test_resuming_cells_that_faulted_other_layers_is_refused(zoo, tmp_path):
     """Cells written by a version whose layer rule targeted other layers (here: a cell
     edited to name fewer layers) are not mixed into the campaign."""
+    from aftt_tf.campaigns import cell_log
     from aftt_tf.campaigns import engine as campaign
 
     model, paths, images, labels = zoo["transpose"]
@@ -263,9 +264,9 @@ def test_resuming_cells_that_faulted_other_layers_is_refused(zoo, tmp_path):
     out = tmp_path / "campaign"
     options = {"progress": False, "allow_chance_accuracy": True}
     campaign.run_campaign({"m": tflite}, spec, images, labels, out, **options)
-    cells = (out / campaign.CELLS_FILE).read_text().splitlines()
+    cells = (out / cell_log.CELLS_FILE).read_text().splitlines()
     record = json.loads(cells[-1])
     record["per_layer"] = {"conv": record["per_layer"]["conv"]}
-    (out / campaign.CELLS_FILE).write_text("\n".join([*cells[:-1], json.dumps(record)]) + "\n")
+    (out / cell_log.CELLS_FILE).write_text("\n".join([*cells[:-1], json.dumps(record)]) + "\n")
     with pytest.raises(ValueError, match="cannot be resumed"):
         campaign.run_campaign({"m": tflite}, spec, images, labels, out, **options)

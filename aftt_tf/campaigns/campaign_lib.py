@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import checks, io_utils, vocabulary
-from aftt_tf.campaigns import cliff
+from aftt_tf.campaigns import cell_log, cliff, shards
 from aftt_tf.campaigns import engine as campaign
 from aftt_tf.data import datasets as data
 from aftt_tf.data import frontend, inputs
@@ -90,13 +90,13 @@ class CampaignConfig:
             )
         if self.executor == "ray":
             self.ray_config()
-        campaign.shard_cells([], self.num_shards, self.shard_index)
+        shards.shard_cells([], self.num_shards, self.shard_index)
         self.data_options.validate()
         for path in parse_models(self.models).values():  # Before TensorFlow loads.
             checks.model_file(path)
         if self.repair_data:
             data.check_data_spec(self.repair_data, tuple(self.data_options.npz_keys))
-        campaign.check_campaign_directory(self.out, self.spec)
+        cell_log.check_campaign_directory(self.out, self.spec)
 
     def ray_config(self):
         """The `ray_executor.RayConfig` of --executor=ray (Ray itself is not imported)."""

@@ -10,13 +10,8 @@ ai-edge-litert.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import errno
 import hashlib
-import json
-import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import io_utils
-from aftt_tf.campaigns import analysis, console
+from aftt_tf.campaigns import cell_log, console, outputs, shards
 from aftt_tf.campaigns.statistics import confidence_interval
 from aftt_tf.data import inputs
 from aftt_tf.faults.spec import (
@@ -35,268 +30,6 @@ from aftt_tf.faults.spec import (
 )
 from aftt_tf.progress import Progress
 from aftt_tf.runtimes import as_campaign_model
-
-CELLS_FILE = "cells.jsonl"
-CAMPAIGN_FILE = "campaign.json"
-# Files a campaign writes: none of them may be a link (it could lead outside --out).
-_OWN_FILES = (
-    CELLS_FILE,
-    CAMPAIGN_FILE,
-    "results.json",
-    "shard.json",
-    "trials.csv",
-    "per_layer_stats.json",
-    "accuracy_vs_rate.png",
-    "accuracy_vs_rate.svg",
-    "layer_sensitivity.png",
-    "layer_sensitivity.svg",
-)
-_TRIAL_COLUMNS = (
-    "model",
-    "group",
-    "rate",
-    "trial",
-    "accuracy",
-    "realized_fraction",
-    "faulted",
-    "per_layer",
-)
-
-
-def cell_plan(spec: FaultSpec) -> list[tuple[float, int]]:
-    """Every (rate, trial) cell in a fixed order."""
-    return [(float(rate), trial) for rate in spec.rates for trial in range(spec.trials)]
-
-
-def shard_cells(
-    cells: list[tuple[float, int]], num_shards: int, shard_index: int
-) -> list[tuple[float, int]]:
-    """Deterministic round-robin share of the cells for one shard."""
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ValueError(
-            f"shard_index must be in [0, num_shards) and num_shards >= 1; received "
-            f"shard_index={shard_index}, num_shards={num_shards}."
-        )
-    return [cell for index, cell in enumerate(cells) if index % num_shards == shard_index]
-
-
-# A record's fields and their types: anything else on a line is not a cell of ours.
-_RECORD_FIELDS = {
-    "model": str,
-    "model_hash": str,
-    "group": str,
-    "spec_key": str,
-    "rate": (int, float),
-    "trial": int,
-    "accuracy": (int, float),
-}
-
-
-def read_cells(path: Path) -> list[dict[str, Any]]:
-    """Completed cells of a cells.jsonl. A torn last line (a crash or a full disk mid-write)
-    is not a cell and is left out; `repair_cells` removes it before anything is appended.
-    A bad line elsewhere, or a line that is not a cell record (`{}`, `5`), means the file
-    was damaged or edited: ValueError names the line."""
-    if not path.exists() and not path.is_symlink():
-        return []
-    lines = _read_no_follow(path).split(b"\n")
-    cells = []
-    for number, line in enumerate(lines[:-1], start=1):
-        try:
-            cell = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            cell = None
-        problem = _record_problem(cell)
-        if problem:
-            raise ValueError(
-                f"{path} line {number} is not a cell record ({problem}); the file was damaged "
-                "or edited. Move it away to start the campaign afresh."
-            )
-        cells.append(cell)
-    return cells
-
-
-def _record_problem(cell: Any) -> str:
-    """Why a parsed line is not a cell record ('' when it is one)."""
-    if not isinstance(cell, dict):
-        return "not a JSON object" if cell is not None else "not JSON"
-    for name, types in _RECORD_FIELDS.items():
-        if name not in cell:
-            return f"no {name!r}"
-        if not isinstance(cell[name], types) or isinstance(cell[name], bool):
-            return f"{name!r} is {cell[name]!r}"
-    return ""
-
-
-def _read_no_follow(path: Path) -> bytes:
-    """The bytes of `path`, refusing a symbolic link (it could lead outside --out)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as error:
-        raise _link_error(path, error) from None
-    with os.fdopen(descriptor, "rb") as handle:
-        return handle.read()
-
-
-def _link_error(path: Path, error: OSError) -> OSError:
-    if error.errno == errno.ELOOP:
-        return io_utils.OutputError(
-            f"{path} is a symbolic link; campaign files are never written or read through "
-            "links (they could lead outside --out). Remove the link."
-        )
-    return error
-
-
-def _open_no_follow(path: Path, flags: int):
-    try:
-        return os.fdopen(os.open(path, flags | os.O_NOFOLLOW, 0o666), "r+b")
-    except OSError as error:
-        raise _link_error(path, error) from None
-
-
-def repair_cells(path: Path) -> int:
-    """Truncates a torn last record (no closing newline) away; returns the bytes removed."""
-    if not path.exists() and not path.is_symlink():
-        return 0
-    content = _read_no_follow(path)
-    end = content.rfind(b"\n") + 1
-    if end == len(content):
-        return 0
-    logging.warning(
-        "%s: removed a torn last record (%d bytes, from an interrupted write); its cell will "
-        "run again.",
-        path,
-        len(content) - end,
-    )
-    with _open_no_follow(path, os.O_RDWR) as handle:
-        handle.truncate(end)
-    return len(content) - end
-
-
-def _append_cell(path: Path, cell: dict[str, Any]) -> None:
-    """Appends one record with its newline in one write, flushed to disk; a failed write
-    (a full disk) is truncated away, so the file never keeps half a record."""
-    line = (io_utils.strict_json(cell, sort_keys=True) + "\n").encode()
-    with _open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND) as handle:
-        start = handle.seek(0, os.SEEK_END)
-        try:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except OSError as error:
-            handle.truncate(start)
-            raise OSError(error.errno, error.strerror, str(path)) from None
-
-
-def cell_key(cell: dict[str, Any]) -> tuple:
-    """What makes a cell one measurement: model content and label, group, spec, rate, trial."""
-    return (
-        cell["model_hash"],
-        cell["model"],
-        cell["group"],
-        cell["spec_key"],
-        float(cell["rate"]),
-        int(cell["trial"]),
-    )
-
-
-def unique_cells(cells: list[dict[str, Any]], source: str = "") -> list[dict[str, Any]]:
-    """The cells with each measurement once (the first record of a duplicate); a duplicate
-    is reported, never counted twice."""
-    seen, result = set(), []
-    for cell in cells:
-        key = cell_key(cell)
-        if key in seen:
-            logging.warning(
-                "%sleft out a duplicate record of %s [%s] rate %g trial %d.",
-                f"{source}: " if source else "",
-                cell["model"],
-                cell["group"],
-                cell["rate"],
-                cell["trial"],
-            )
-            continue
-        seen.add(key)
-        result.append(cell)
-    return result
-
-
-def _identity(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec fields that fix the cells' values (trials and rates may grow)."""
-    return {
-        k: v for k, v in spec.items() if k not in ("trials", "rates", "target_margin", "min_trials")
-    }
-
-
-def check_campaign_directory(
-    out_dir: str | Path, spec: FaultSpec, data: dict[str, Any] | None = None
-) -> None:
-    """Raises io_utils.OutputError unless `out_dir` is absent, empty, or holds this campaign
-    (the same spec up to trials and rates and, when `data` is given, the same test data
-    and input transform). Writes nothing."""
-    out_dir = Path(out_dir)
-    io_utils.check_output_path(out_dir)
-    if not out_dir.exists() or not io_utils.entries(out_dir):
-        return
-    io_utils.refuse_links(out_dir, _OWN_FILES)
-    recorded = _recorded_spec(out_dir)
-    if recorded is None:
-        raise io_utils.OutputError(
-            f"{out_dir} is not empty and is not an aftt-faults campaign directory (it holds "
-            f"{io_utils.entries(out_dir)[:5]}); choose another --out or empty it yourself."
-        )
-    current = _identity(spec.as_dict())
-    differences = [
-        f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}"
-        for key in sorted(set(recorded) | set(current))
-        if recorded.get(key) != current.get(key)
-    ]
-    if differences:
-        raise io_utils.OutputError(
-            f"{out_dir} holds a campaign with another fault spec ({'; '.join(differences)}). "
-            "Use another --out to keep both (trials and rates may change between runs)."
-        )
-    recorded_data = _recorded_data(out_dir)
-    if data is not None and recorded_data is not None:
-        changed = [
-            f"{key}: {recorded_data.get(key)!r} -> {data.get(key)!r}"
-            for key in ("source", "split", "examples", "sha256", "input_transform")
-            if recorded_data.get(key) != data.get(key)
-        ]
-        if changed:
-            raise io_utils.OutputError(
-                f"{out_dir} holds a campaign measured on other test data or inputs "
-                f"({'; '.join(changed)}); its cells cannot be reused. Use another --out."
-            )
-
-
-def _recorded_data(out_dir: Path) -> dict[str, Any] | None:
-    """The data identity recorded in campaign.json (directories from before it: None)."""
-    if not (out_dir / CAMPAIGN_FILE).exists():
-        return None
-    return io_utils.read_json(out_dir / CAMPAIGN_FILE).get("data")
-
-
-def _recorded_spec(out_dir: Path) -> dict[str, Any] | None:
-    """The identity of the campaign in `out_dir`: campaign.json, or (directories written
-    before it existed) results.json / shard.json; None when it is no campaign directory."""
-    for name in (CAMPAIGN_FILE, "results.json", "shard.json"):
-        if (out_dir / name).exists():
-            record = io_utils.read_json(out_dir / name)
-            if isinstance(record, dict) and isinstance(record.get("spec"), dict):
-                return _identity({**FaultSpec().as_dict(), **record["spec"]})
-    return None
-
-
-def _claim(out_dir: Path, spec: FaultSpec, data: dict[str, Any] | None = None) -> None:
-    """Writes campaign.json, which marks `out_dir` as this campaign's (under the lock).
-    Data recorded earlier is kept (a merge knows only the spec)."""
-    record = {"kind": "aftt-faults campaign", "spec": spec.as_dict()}
-    if data is None and (out_dir / CAMPAIGN_FILE).exists():
-        data = _recorded_data(out_dir)
-    if data is not None:
-        record["data"] = data
-    io_utils.write_json(out_dir / CAMPAIGN_FILE, record)
 
 
 def run_campaign(
@@ -340,7 +73,7 @@ def run_campaign(
     data = data_identity(images, labels, transform, data_description)
     if out_dir is not None:
         out_dir = Path(out_dir)
-        check_campaign_directory(out_dir, spec, data)
+        cell_log.check_campaign_directory(out_dir, spec, data)
     adapters = {label: as_campaign_model(model) for label, model in models.items()}
     _check_models(adapters, transform, images, spec)
     meta = _meta(spec, adapters, data, num_shards, shard_index)
@@ -350,11 +83,11 @@ def run_campaign(
     run = _Run(spec, images, labels, batch_size, transform, progress, on_cell)
     run.allow_chance_accuracy = allow_chance_accuracy
     run.executor = executor
-    plan = shard_cells(cell_plan(spec), num_shards, shard_index)
+    plan = shards.shard_cells(shards.cell_plan(spec), num_shards, shard_index)
     if out_dir is None:  # In memory: nothing is written, nothing resumes.
-        cells = _CellLog(None, spec.key())
+        cells = cell_log.CellLog(None, spec.key())
         meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
-        return {**results_of(cells.records, meta), "cells": cells.records}
+        return {**outputs.results_of(cells.records, meta), "cells": cells.records}
     return _run_in_directory(run, adapters, meta, plan, out_dir, data, per_layer)
 
 
@@ -464,19 +197,21 @@ def _run_in_directory(run: _Run, adapters, meta, plan, out_dir: Path, data, per_
     try:
         with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
             locked = True  # Only a run that holds the lock may remove what it wrote.
-            check_campaign_directory(out_dir, spec, data)  # Again, now no one else can write.
-            repair_cells(out_dir / CELLS_FILE)
-            cells = _CellLog(out_dir / CELLS_FILE, spec.key())
+            cell_log.check_campaign_directory(
+                out_dir, spec, data
+            )  # Again, now no one else can write.
+            cell_log.repair_cells(out_dir / cell_log.CELLS_FILE)
+            cells = cell_log.CellLog(out_dir / cell_log.CELLS_FILE, spec.key())
             cells.adopt(meta["models"])
             # campaign.json is written with the first cell: a run refused before it (a
             # model at chance level, a fault that cannot be placed) leaves nothing.
-            cells.before_first_append = lambda: _claim(out_dir, spec, data)
+            cells.before_first_append = lambda: cell_log.claim(out_dir, spec, data)
             meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
-            _claim(out_dir, spec, data)
+            cell_log.claim(out_dir, spec, data)
             if meta["num_shards"] > 1:
                 io_utils.write_json(out_dir / "shard.json", meta)
                 return meta
-            return write_outputs(out_dir, cells.records, meta)
+            return outputs.write_outputs(out_dir, cells.records, meta)
     except BaseException:
         if was_empty and (not locked or cells is None or not cells.appended):
             _remove_refused(out_dir, created, locked)
@@ -489,12 +224,12 @@ def _remove_refused(out_dir: Path, created: Path | None, locked: bool) -> None:
     if not locked:
         io_utils.remove_created(created, out_dir)
         return
-    for name in (CAMPAIGN_FILE, CELLS_FILE):
+    for name in (cell_log.CAMPAIGN_FILE, cell_log.CELLS_FILE):
         path = out_dir / name
         if (
             path.is_file()
             and not path.is_symlink()
-            and (name != CELLS_FILE or not path.stat().st_size)
+            and (name != cell_log.CELLS_FILE or not path.stat().st_size)
         ):
             path.unlink()
     io_utils.remove_created(created, out_dir)
@@ -674,108 +409,6 @@ def _check_plan(spec: FaultSpec, num_shards: int, executor: Any = None) -> None:
         )
 
 
-class _CellLog:
-    """The cells of one campaign directory: read once, appended one record at a time.
-
-    Cells belong to a model's content (its hash) and label: a relabelled model's cells
-    are adopted under its new label (`adopt`), duplicates are left out with a message."""
-
-    def __init__(self, path: Path | None, spec_key: str):
-        self.path = path  # None: in memory only (the Python API without a directory).
-        self.spec_key = spec_key
-        records = read_cells(path) if path is not None else []
-        self.records = unique_cells(records, str(path))
-        self._finished_before = list(self.records)
-        self.appended = 0
-        self.before_first_append: Callable[[], None] | None = None
-        if path is not None and len(self.records) != len(records):
-            self._rewrite()
-
-    def adopt(self, labels: dict[str, str]) -> None:
-        """Relabels the cells of a model recorded under a label this run does not use for
-        it (the same file passed as --model=new=PATH, or two labels swapped): they are
-        the same measurements, so they resume under the new label, with a message."""
-        pairs = {(label, model_hash) for label, model_hash in labels.items()}
-        recorded = {(c["model"], c["model_hash"]) for c in self.records}
-        renames = {}
-        for old_label, model_hash in sorted(recorded - pairs):
-            free = [
-                label
-                for label, current in labels.items()
-                if current == model_hash and (label, model_hash) not in recorded
-            ]
-            if len(free) == 1:
-                renames[(old_label, model_hash)] = free[0]
-        if not renames:
-            return
-        for (old_label, model_hash), new_label in renames.items():
-            logging.warning(
-                "%s: cells recorded for model %s... as %r belong to %r in this run (the same "
-                "file content); they resume under %r.",
-                self.path,
-                model_hash[:12],
-                old_label,
-                new_label,
-                new_label,
-            )
-        self.records = [
-            {**c, "model": renames.get((c["model"], c["model_hash"]), c["model"])}
-            for c in self.records
-        ]
-        self._finished_before = list(self.records)
-        self._rewrite()
-
-    def _rewrite(self) -> None:
-        if self.path is None:
-            return
-        with io_utils.atomic_path(self.path) as temporary:
-            temporary.write_text(
-                "".join(io_utils.strict_json(c, sort_keys=True) + "\n" for c in self.records)
-            )
-
-    def _own(self, model_hash: str, group: str, records=None, label=None) -> list[dict[str, Any]]:
-        return [
-            c
-            for c in (self.records if records is None else records)
-            if (c["model_hash"], c["spec_key"], c["group"]) == (model_hash, self.spec_key, group)
-            and (label is None or c["model"] == label)
-        ]
-
-    def done(self, model_hash: str, label: str, group: str) -> set[tuple[float, int]]:
-        """Cells of this model and label finished before this run started."""
-        own = self._own(model_hash, group, self._finished_before, label)
-        return {(c["rate"], c["trial"]) for c in own}
-
-    def check_targets(self, model_hash: str, group: str, targets: list[str], label: str) -> None:
-        """Refuses to resume cells that faulted other layers than this code targets (the
-        layer rule changed between versions, e.g. a new layer type became faultable):
-        mixing them would average two different campaigns under one name."""
-        for cell in self._own(model_hash, group, self._finished_before):
-            if "per_layer" in cell and set(cell["per_layer"]) != set(targets):
-                raise ValueError(
-                    f"{self.path} holds cells of {label!r} that faulted layers "
-                    f"{sorted(cell['per_layer'])}, but this version of aftt-tf targets "
-                    f"{sorted(targets)} for the same spec (its layer rules changed). Its cells "
-                    "cannot be resumed: write to a new --out (or remove the directory)."
-                )
-
-    def accuracies_by_rate(
-        self, model_hash: str, label: str, group: str
-    ) -> dict[float, list[float]]:
-        result: dict[float, list[float]] = {}
-        for cell in self._own(model_hash, group, label=label):
-            result.setdefault(cell["rate"], []).append(cell["accuracy"])
-        return result
-
-    def append(self, record: dict[str, Any]) -> None:
-        if self.path is not None:
-            if not self.appended and self.before_first_append is not None:
-                self.before_first_append()
-            _append_cell(self.path, record)
-        self.appended += 1
-        self.records.append(record)
-
-
 def _groups(adapter: CampaignModel, spec: FaultSpec, per_layer: bool):
     """('all', spec), or one (layer, spec restricted to it) per target layer."""
     if not per_layer:
@@ -787,7 +420,7 @@ def _groups(adapter: CampaignModel, spec: FaultSpec, per_layer: bool):
 class _Recorder:
     """Appends one finished cell to the log and reports it (the single writer)."""
 
-    def __init__(self, cells: _CellLog, context: dict[str, str], bar, on_cell):
+    def __init__(self, cells: cell_log.CellLog, context: dict[str, str], bar, on_cell):
         self.cells, self.context, self.bar, self.on_cell = cells, context, bar, on_cell
         self.completed = cells.accuracies_by_rate(
             context["model_hash"], context["model"], context["group"]
@@ -850,189 +483,3 @@ def _margin_reached(accuracies: list[float], spec: FaultSpec) -> bool:
     if len(accuracies) < spec.min_trials:
         return False
     return confidence_interval(accuracies)[2] <= spec.target_margin
-
-
-def _belongs(cell: dict[str, Any], meta: dict[str, Any]) -> bool:
-    """A cell of this campaign: its spec, and a model under the label it has now."""
-    return (
-        cell["spec_key"] == meta["spec_key"]
-        and meta["models"].get(cell["model"]) == cell["model_hash"]
-    )
-
-
-def campaign_cells(out_dir: str | Path, results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The cells of `out_dir` that belong to `results` (its spec and models)."""
-    cells = read_cells(Path(out_dir) / CELLS_FILE)
-    return unique_cells([cell for cell in cells if _belongs(cell, results)], str(out_dir))
-
-
-def write_outputs(
-    out_dir: Path, cells: list[dict[str, Any]], meta: dict[str, Any]
-) -> dict[str, Any]:
-    """results.json, trials.csv and plots, each written atomically."""
-    results = results_of(cells, meta)
-    io_utils.write_json(out_dir / "results.json", results)
-    _write_trials(out_dir / "trials.csv", results_cells(cells, meta))
-    _write_plots(out_dir, results["summary"], meta["spec"])
-    return results
-
-
-def results_cells(cells: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The cells of this campaign's spec and models, each measurement once."""
-    return unique_cells([c for c in cells if _belongs(c, meta)])
-
-
-def results_of(cells: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """Summaries, paired differences and verdict of a campaign's cells, with its metadata."""
-    cells = results_cells(cells, meta)
-    # One order whatever order the cells finished in (shards, Ray): sums, hence the last
-    # bits of every statistic, do not depend on it.
-    cells = sorted(cells, key=lambda c: (c["model"], c["group"], c["rate"], c["trial"]))
-    summary = analysis.summarize(cells)
-    margin = meta["spec"].get("target_margin") or 0.0
-    if margin:
-        for groups in summary.values():
-            for entry in groups.values():
-                for row in entry["per_rate"]:
-                    row["margin_reached"] = bool(row["ci_half_width"] <= margin)
-    labels = list(meta["models"])
-    comparisons = {
-        f"{a} - {b}": analysis.paired_differences(cells, a, b)
-        for i, a in enumerate(labels)
-        for b in labels[i + 1 :]
-    }
-    results = {
-        "verdict": analysis.verdict(cells) if len(labels) > 1 else None,
-        "tolerance_verdict": analysis.tolerance_verdict(cells, meta.get("chance_accuracy")),
-        **meta,
-        "versions": io_utils.versions(),
-        "summary": {label: summary[label] for label in labels if label in summary},
-        "paired_differences": comparisons,
-        "interval_method": analysis.INTERVAL_METHOD,
-    }
-    return results
-
-
-def _write_trials(path: Path, cells: list[dict[str, Any]]) -> None:
-    with io_utils.atomic_path(path) as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(_TRIAL_COLUMNS)
-            for c in sorted(cells, key=lambda c: (c["model"], c["group"], c["rate"], c["trial"])):
-                row = [c[name] for name in _TRIAL_COLUMNS]
-                row[-1] = json.dumps(c["per_layer"])
-                writer.writerow(row)
-
-
-def _write_plots(out_dir: Path, summary: dict[str, Any], spec: dict[str, Any]) -> None:
-    try:
-        from aftt_tf.campaigns import plots
-    except ImportError:  # matplotlib is optional on edge devices.
-        logging.warning("matplotlib is not installed: no plots in %s", out_dir)
-        return
-    title = _title(spec)
-    if any("all" in groups for groups in summary.values()):  # --per_layer has no 'all'.
-        plots.accuracy_vs_rate(summary, out_dir / "accuracy_vs_rate", title=title)
-    if any(group != "all" for groups in summary.values() for group in groups):
-        plots.layer_sensitivity(summary, out_dir / "layer_sensitivity", title=title)
-
-
-def _title(spec: dict[str, Any]) -> str:
-    return f"{spec['kind']} faults, scope={spec['scope']}, seed={spec['seed']}"
-
-
-def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
-    """Combines the cells of shard directories (same spec and models) into one result."""
-    metas = _shard_metas(shard_dirs)
-    spec = FaultSpec.from_dict(metas[0]["spec"])
-    shard_records = [
-        record
-        for directory, meta in zip(shard_dirs, metas, strict=True)
-        for record in _complete_shard(Path(directory), meta, spec)
-    ]
-    out_dir = Path(out_dir)
-    check_campaign_directory(out_dir, spec)
-    meta = {
-        **metas[0],
-        "num_shards": 1,
-        "shard_index": 0,
-        "merged_from": [str(d) for d in shard_dirs],
-    }
-    with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
-        check_campaign_directory(out_dir, spec)
-        # A merge only adds: cells already in --out (other rates, trials or models of the
-        # same campaign) are kept; a cell measured twice must agree.
-        existing = read_cells(out_dir / CELLS_FILE) if (out_dir / CELLS_FILE).exists() else []
-        merged = {cell_key(c): c for c in unique_cells(existing, str(out_dir))}
-        for cell in shard_records:
-            earlier = merged.setdefault(cell_key(cell), cell)
-            if earlier["accuracy"] != cell["accuracy"]:
-                raise ValueError(
-                    f"{out_dir} already holds {cell['model']} [{cell['group']}] rate "
-                    f"{cell['rate']:g} trial {cell['trial']} with accuracy {earlier['accuracy']}, "
-                    f"but a shard has {cell['accuracy']}: they are not the same campaign. "
-                    "Merge into another --out."
-                )
-        ordered = sorted(
-            merged.values(), key=lambda c: (c["model"], c["group"], c["rate"], c["trial"])
-        )
-        _claim(out_dir, spec)
-        with io_utils.atomic_path(out_dir / CELLS_FILE) as temporary:
-            temporary.write_text(
-                "".join(io_utils.strict_json(c, sort_keys=True) + "\n" for c in ordered)
-            )
-        return write_outputs(out_dir, ordered, meta)
-
-
-def _shard_metas(shard_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """The shard.json of every shard; ValueError unless they are all the shards of one
-    campaign."""
-    metas = []
-    for directory in shard_dirs:
-        path = Path(directory) / "shard.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{directory} is not a shard output (no shard.json).")
-        metas.append(io_utils.read_json(path))
-    keys = {
-        (m["spec_key"], json.dumps(m["models"], sort_keys=True), m["num_shards"]) for m in metas
-    }
-    if len(keys) != 1:
-        raise ValueError(
-            "Shards come from different specs, models or shard counts; merge only one campaign."
-        )
-    if sorted(m["shard_index"] for m in metas) != list(range(metas[0]["num_shards"])):
-        raise ValueError(
-            f"Expected shards 0..{metas[0]['num_shards'] - 1}, got {sorted(m['shard_index'] for m in metas)}."
-        )
-    return metas
-
-
-def _complete_shard(directory: Path, meta: dict[str, Any], spec: FaultSpec) -> list[dict]:
-    """The cells of a finished shard; ValueError for a shard that was interrupted (a torn
-    last record, or fewer cells than its share of the plan): merging it would report
-    fewer trials without a word."""
-    path = directory / CELLS_FILE
-    content = _read_no_follow(path) if path.exists() else b""
-    if content and not content.endswith(b"\n"):
-        raise ValueError(
-            f"Shard {directory} ends in a torn record (it was interrupted); run the shard "
-            "again with the same flags to finish it, then merge."
-        )
-    cells = unique_cells([c for c in read_cells(path) if _belongs(c, meta)], str(directory))
-    planned = set(shard_cells(cell_plan(spec), meta["num_shards"], meta["shard_index"]))
-    by_group: dict[tuple[str, str], set] = {}
-    for cell in cells:
-        by_group.setdefault((cell["model"], cell["group"]), set()).add(
-            (cell["rate"], cell["trial"])
-        )
-    for label in meta["models"]:
-        groups = {group: done for (model, group), done in by_group.items() if model == label}
-        missing = {group: len(planned - done) for group, done in groups.items()}
-        if planned and (not groups or any(missing.values())):
-            count = sum(missing.values()) if groups else len(planned)
-            raise ValueError(
-                f"Shard {directory} is missing {count} of its cells of {label!r} (it was "
-                "interrupted or is still running); run the shard again with the same flags "
-                "to finish it, then merge."
-            )
-    return cells

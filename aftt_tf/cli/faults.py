@@ -217,7 +217,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS.out:
         raise common.usage_error("--out is required: the campaign directory.")
     logging.getLogger().setLevel(logging.INFO)
-    from aftt_tf.campaigns import campaign_lib
+    from aftt_tf.campaigns import campaign_lib, shards
     from aftt_tf.campaigns import engine as campaign
     from aftt_tf.data import datasets as data
     from aftt_tf.faults.spec import FaultTargetError
@@ -225,7 +225,7 @@ def main(argv: list[str]) -> None:
 
     if FLAGS.merge:
         with common.usage_errors():
-            results = campaign.merge_shards(FLAGS.merge, FLAGS.out)
+            results = shards.merge_shards(FLAGS.merge, FLAGS.out)
         _print_summary(results)
         return
     _check_statistics_flags()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf.campaigns import engine as campaign
+from aftt_tf.campaigns import outputs
 from aftt_tf.reproduce import document
 from aftt_tf.reproduce.config import (
     RUNTIME_NAMES,
@@ -32,7 +32,7 @@ CLEAN_TOLERANCE = 0.005
 
 def _cells(out: Path, name: str, campaigns: dict[str, Any]) -> list[dict[str, Any]]:
     result = campaigns.get(name) or {}
-    return campaign.campaign_cells(out / name, result) if "summary" in result else []
+    return outputs.campaign_cells(out / name, result) if "summary" in result else []
 
 
 def mode_gaps(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from aftt_tf import methods as training_methods
-from aftt_tf.campaigns import engine as campaign
+from aftt_tf.campaigns import outputs
 from aftt_tf.campaigns.statistics import confidence_interval
 from aftt_tf.reproduce import document
 from aftt_tf.reproduce.config import ReproduceConfig, campaign_name
@@ -112,7 +112,7 @@ def comparison(
             deployed_name = campaign_name(kind, scope, "keras", config.variant)
             deployed = campaigns.get(deployed_name) or {}
             deployed_cells = (
-                campaign.campaign_cells(out / deployed_name, deployed)
+                outputs.campaign_cells(out / deployed_name, deployed)
                 if "summary" in deployed
                 else []
             )
@@ -121,7 +121,7 @@ def comparison(
                 name = campaign_name(kind, scope, "keras", config.variant, epochs)
                 result = campaigns.get(name) or {}
                 if "summary" in result:
-                    repaired[epochs] = campaign.campaign_cells(out / name, result)
+                    repaired[epochs] = outputs.campaign_cells(out / name, result)
             rates = sorted({c["rate"] for cells in repaired.values() for c in cells} - {0.0})
             for rate in rates:
                 entry = _rate_entry(kind, scope, rate, methods, paper, deployed_cells, repaired)

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aftt_tf import methods, vocabulary
-from aftt_tf.campaigns import analysis
-from aftt_tf.campaigns import engine as campaign
+from aftt_tf.campaigns import analysis, outputs
 from aftt_tf.reproduce import document, figures
 from aftt_tf.reproduce.config import RUNTIME_NAMES, ReproduceConfig, campaign_name
 from aftt_tf.reproduce.paper import (
@@ -185,7 +184,7 @@ def pretraining_games(trained: dict[str, Any], out: Path) -> tuple[list, dict[st
 
 def campaign_verdict(name: str, result: dict[str, Any], out: Path) -> dict[str, Any]:
     """The campaign's verdict plus where AFTT stands against the most tolerant method."""
-    cells = campaign.campaign_cells(out / "campaigns" / name, result)
+    cells = outputs.campaign_cells(out / "campaigns" / name, result)
     verdict = dict(result["verdict"])
     ranking = verdict.get("ranking", [])
     proposed = methods.proposed()  # Reports rank the paper's proposed method.
