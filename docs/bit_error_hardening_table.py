@@ -43,14 +43,15 @@ def _table(path: Path, title: str) -> None:
     models = list(dict.fromkeys(c["model"] for c in cells))
     rates = sorted({c["rate"] for c in cells if c["rate"] > 0})
     results = json.loads((path / "results.json").read_text())
-    choice = results["rate_choice"]  # The plain file's cliff: where it keeps 90/50/20%.
-    chance = choice["chance"]  # The most frequent class's share of the test labels.
+    # The plain file's cliff (--rates=cliff: where it keeps 90/50/20%), or rates given.
+    choice = results.get("rate_choice") or {"rates": [], "keeps": [], "model": "rates given"}
+    chance = results["chance_accuracy"]  # The most frequent class's share of the labels.
     labels = {
         r: f"keeps about {k:.0%}" for r, k in zip(choice["rates"], choice["keeps"], strict=True)
     }
     if choice.get("highest_placeable"):
         labels.setdefault(choice["highest_placeable"], "the highest rate a cell can hold")
-    kept = ", ".join(f"{r:.3g} ({labels.get(r, '?')})" for r in rates)
+    kept = ", ".join(f"{r:.3g} ({labels.get(r, 'given')})" for r in rates)
     print(f"\n**{title}** (rates where {choice['model']}: {kept})\n")
     header = "| method | clean (- none) |" + "".join(
         f" {r:.3g}: accuracy, kept, - none |" for r in rates
