@@ -70,8 +70,12 @@ class CampaignConfig:
     resources_per_worker: str = "cpu=1"
     cliff: bool = False  # --rates=cliff: rates found on the first model (faults.cliff).
 
+    def __post_init__(self) -> None:
+        self.validate()  # A CampaignConfig that exists is valid: `run` does not check again.
+
     def validate(self) -> None:
-        """Raises ValueError for bad values, before any model or data file is read."""
+        """Raises ValueError for bad values, before any model or data file is read (at
+        construction; the engine checks the directory again when it claims it)."""
         for name in self.imports:
             checks.module_exists(name, f"--import={name}")
         if not self.models:
@@ -231,7 +235,6 @@ def run(
     test_data: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Runs or resumes the campaign; loads the models and test data unless given."""
-    config.validate()
     models = models or load_models(config)
     models = {label: as_campaign_model(model) for label, model in models.items()}
     first = next(iter(models.values()))

@@ -232,18 +232,19 @@ def main(argv: list[str]) -> None:
     with common.usage_errors():  # A kind an --import module registers, then the spec.
         campaign_lib.import_kind_modules(data_flags.imports(), FLAGS.fault)
         spec = _spec_from_flags()
-    config = common.from_flags(
-        campaign_lib.CampaignConfig,
-        "out dataset test_examples allow_chance_accuracy repair_data batch_size num_shards "
-        "shard_index per_layer",
-        models=tuple(FLAGS.model),
-        spec=spec,
-        data_options=data_flags.options(FLAGS.data),
-        imports=data_flags.imports(),
-        cliff=_cliff(),
-        **executor_flags.values(),
-    )
+    # The config checks itself when made (files, directory, shards): usage errors too.
     with common.usage_errors(data.DataUnavailableError):
+        config = common.from_flags(
+            campaign_lib.CampaignConfig,
+            "out dataset test_examples allow_chance_accuracy repair_data batch_size num_shards "
+            "shard_index per_layer",
+            models=tuple(FLAGS.model),
+            spec=spec,
+            data_options=data_flags.options(FLAGS.data),
+            imports=data_flags.imports(),
+            cliff=_cliff(),
+            **executor_flags.values(),
+        )
         models, test_data = _checked_models_and_data(config)
     from aftt_tf.campaigns.ray_executor import RayUnavailableError
 
@@ -264,7 +265,6 @@ def _checked_models_and_data(config):
     from aftt_tf.campaigns import campaign_lib
     from aftt_tf.campaigns import engine as campaign
 
-    config.validate()
     models = campaign_lib.load_models(config)
     first = next(iter(models.values()))
     test_data = campaign_lib.load_test_data(config, first.input_shape)
