@@ -283,6 +283,7 @@ class FaultSpec:
         rates: tuple[float, ...] = DEFAULT_RATES,
         trials: int = 30,
         seed: int = 0,
+        *,  # The rest by name: a positional fifth argument was once `scope`.
         target_margin: float = 0.0,
         min_trials: int = 5,
         selection: Selection | None = None,
