@@ -186,17 +186,11 @@ def check_campaign_directory(
     (the same spec up to trials and rates and, when `data` is given, the same test data
     and input transform). Writes nothing."""
     out_dir = Path(out_dir)
-    io_utils.check_output_path(out_dir)
-    if not out_dir.exists() or not io_utils.entries(out_dir):
-        return
-    io_utils.refuse_links(out_dir, _OWN_FILES)
-    recorded = _recorded_spec(out_dir)
-    if recorded is None:
-        raise io_utils.OutputError(
-            f"{out_dir} is not empty and is not an aftt-faults campaign directory (it holds "
-            f"{io_utils.entries(out_dir)[:5]}); choose another --out or empty it yourself."
-        )
     current = _identity(spec.as_dict())
+    held = _held_campaign(out_dir)
+    if held is None:
+        return
+    recorded, recorded_data = held
     differences = [
         f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}"
         for key in sorted(set(recorded) | set(current))
@@ -207,7 +201,6 @@ def check_campaign_directory(
             f"{out_dir} holds a campaign with another fault spec ({'; '.join(differences)}). "
             "Use another --out to keep both (trials and rates may change between runs)."
         )
-    recorded_data = _recorded_data(out_dir)
     if data is not None and recorded_data is not None:
         changed = [
             f"{key}: {recorded_data.get(key)!r} -> {data.get(key)!r}"
@@ -221,22 +214,34 @@ def check_campaign_directory(
             )
 
 
+def _held_campaign(out_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """The identity of the campaign `out_dir` holds and its recorded data (campaign.json
+    read once; directories written before it: results.json or shard.json, no data); None
+    when `out_dir` is absent or empty; OutputError when it holds something else."""
+    io_utils.check_output_path(out_dir)
+    if not out_dir.exists() or not io_utils.entries(out_dir):
+        return None
+    io_utils.refuse_links(out_dir, _OWN_FILES)
+    data = None
+    for name in (CAMPAIGN_FILE, "results.json", "shard.json"):
+        if not (out_dir / name).exists():
+            continue
+        record = io_utils.read_json(out_dir / name)
+        if name == CAMPAIGN_FILE and isinstance(record, dict):
+            data = record.get("data")
+        if isinstance(record, dict) and isinstance(record.get("spec"), dict):
+            return _identity({**FaultSpec().as_dict(), **record["spec"]}), data
+    raise io_utils.OutputError(
+        f"{out_dir} is not empty and is not an aftt-faults campaign directory (it holds "
+        f"{io_utils.entries(out_dir)[:5]}); choose another --out or empty it yourself."
+    )
+
+
 def _recorded_data(out_dir: Path) -> dict[str, Any] | None:
     """The data identity recorded in campaign.json (directories from before it: None)."""
     if not (out_dir / CAMPAIGN_FILE).exists():
         return None
     return io_utils.read_json(out_dir / CAMPAIGN_FILE).get("data")
-
-
-def _recorded_spec(out_dir: Path) -> dict[str, Any] | None:
-    """The identity of the campaign in `out_dir`: campaign.json, or (directories written
-    before it existed) results.json / shard.json; None when it is no campaign directory."""
-    for name in (CAMPAIGN_FILE, "results.json", "shard.json"):
-        if (out_dir / name).exists():
-            record = io_utils.read_json(out_dir / name)
-            if isinstance(record, dict) and isinstance(record.get("spec"), dict):
-                return _identity({**FaultSpec().as_dict(), **record["spec"]})
-    return None
 
 
 def claim(out_dir: Path, spec: FaultSpec, data: dict[str, Any] | None = None) -> None:
