@@ -69,9 +69,12 @@ class CampaignConfig:
     ray_workers: int = 0
     resources_per_worker: str = "cpu=1"
     cliff: bool = False  # --rates=cliff: rates found on the first model (faults.cliff).
+    # The data options with --dataset filled in where --data is empty: resolved once, here.
+    resolved_data: frontend.DataOptions = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.validate()  # A CampaignConfig that exists is valid: `run` does not check again.
+        self.resolved_data = self.data_options.or_dataset(self.dataset)
 
     def validate(self) -> None:
         """Raises ValueError for bad values, before any model or data file is read (at
@@ -165,10 +168,10 @@ def load_test_data(
     """Test inputs, labels and their description (raises data.DataUnavailableError when
     none can be read, ValueError when they do not fit the models or none is named)."""
     first_path = next(iter(parse_models(config.models).values()), None)
-    source = frontend.resolve_source(config.data_options.data or config.dataset, first_path)
+    source = frontend.resolve_source(config.resolved_data.data, first_path)
     if source in vocabulary.DATASETS:  # Known shape: refuse before reading any data.
         _check_shape(vocabulary.input_shape_for(source), input_shape, source)
-    examples = frontend.load(source, "test", _data_options(config))
+    examples = frontend.load(source, "test", config.resolved_data)
     _check_shape(examples.images.shape[1:], input_shape, source)
     examples = examples.head(config.test_examples)
     logging.info(
@@ -183,11 +186,7 @@ def load_test_data(
 
 def transform_of(config: CampaignConfig, images: np.ndarray) -> inputs.InputTransform:
     """The campaign's input transform for these stored test inputs."""
-    return _data_options(config).transform(images)
-
-
-def _data_options(config: CampaignConfig) -> frontend.DataOptions:
-    return config.data_options.or_dataset(config.dataset)
+    return config.resolved_data.transform(images)
 
 
 def load_train_data(config: CampaignConfig, input_shape: tuple[int, ...]):
@@ -197,7 +196,7 @@ def load_train_data(config: CampaignConfig, input_shape: tuple[int, ...]):
     source = frontend.resolve_source(
         config.repair_data or config.dataset, first_path, "--repair_data"
     )
-    examples = frontend.load(source, "train", _data_options(config))
+    examples = frontend.load(source, "train", config.resolved_data)
     _check_shape(examples.images.shape[1:], input_shape, source)
     logging.info(
         "Repair data: %d examples from %s", len(examples.labels), examples.description["source"]
