@@ -7,6 +7,7 @@ campaign time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -255,14 +256,19 @@ def run(
         "data_description": description,
         "allow_chance_accuracy": config.allow_chance_accuracy,
     }
-    if config.executor == "local":
-        return campaign.run_campaign(models, spec, images, labels, config.out, **options)
-    from aftt_tf.campaigns import ray_executor
-
-    with ray_executor.RayExecutor(config.ray_config()) as executor:
+    with _executor(config) as executor:  # None: this process runs the cells.
         return campaign.run_campaign(
             models, spec, images, labels, config.out, executor=executor, **options
         )
+
+
+def _executor(config: CampaignConfig):
+    """The cells' executor as a context: Ray actors (--executor=ray), else None."""
+    if config.executor == "local":
+        return contextlib.nullcontext(None)
+    from aftt_tf.campaigns import ray_executor
+
+    return ray_executor.RayExecutor(config.ray_config())
 
 
 def find_cliff(model, label: str, spec: FaultSpec, images, labels, batch_size: int, transform):

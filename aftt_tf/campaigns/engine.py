@@ -85,7 +85,7 @@ def run_campaign(
     run.executor = executor
     plan = shards.shard_cells(shards.cell_plan(spec), num_shards, shard_index)
     if out_dir is None:  # In memory: nothing is written, nothing resumes.
-        cells = cell_log.CellLog(None, spec.key())
+        cells = cell_log.CellLog(None, meta["spec_key"])
         meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
         return {**outputs.results_of(cells.records, meta), "cells": cells.records}
     return _run_in_directory(run, adapters, meta, plan, out_dir, data, per_layer)
@@ -197,11 +197,10 @@ def _run_in_directory(run: _Run, adapters, meta, plan, out_dir: Path, data, per_
     try:
         with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
             locked = True  # Only a run that holds the lock may remove what it wrote.
-            cell_log.check_campaign_directory(
-                out_dir, spec, data
-            )  # Again, now no one else can write.
+            # Again, now that no one else can write.
+            cell_log.check_campaign_directory(out_dir, spec, data)
             cell_log.repair_cells(out_dir / cell_log.CELLS_FILE)
-            cells = cell_log.CellLog(out_dir / cell_log.CELLS_FILE, spec.key())
+            cells = cell_log.CellLog(out_dir / cell_log.CELLS_FILE, meta["spec_key"])
             cells.adopt(meta["models"])
             # campaign.json is written with the first cell: a run refused before it (a
             # model at chance level, a fault that cannot be placed) leaves nothing.
