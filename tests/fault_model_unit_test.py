@@ -176,6 +176,8 @@ def test_spec_is_composed_of_groups_that_check_their_own_fields():
     assert not set(flat.as_dict()) & {"selection", "value", "placement", "timing"}
     with pytest.raises(TypeError, match="no field.*bit_postion"):
         FaultSpec(kind="bit", bit_postion=3)
+    with pytest.raises(TypeError, match="selection must be a Selection"):
+        FaultSpec(kind="weight", selection={"layers": ("dense",)})
     with pytest.raises(TypeError, match="positional"):  # The fifth was once `scope`.
         FaultSpec("weight", (0.1,), 3, 0, "head")
     # Each group refuses its own bad field before any kind is looked at.

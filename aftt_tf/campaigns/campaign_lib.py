@@ -70,12 +70,14 @@ class CampaignConfig:
     ray_workers: int = 0
     resources_per_worker: str = "cpu=1"
     cliff: bool = False  # --rates=cliff: rates found on the first model (faults.cliff).
-    # The data options with --dataset filled in where --data is empty: resolved once, here.
-    resolved_data: frontend.DataOptions = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.validate()  # A CampaignConfig that exists is valid: `run` does not check again.
-        self.resolved_data = self.data_options.or_dataset(self.dataset)
+
+    @property
+    def resolved_data(self) -> frontend.DataOptions:
+        """The data options with --dataset filled in where --data is empty."""
+        return self.data_options.or_dataset(self.dataset)
 
     def validate(self) -> None:
         """Raises ValueError for bad values, before any model or data file is read (at

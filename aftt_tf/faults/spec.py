@@ -302,6 +302,11 @@ class FaultSpec:
             )
         given = {"selection": selection, "value": value, "placement": placement, "timing": timing}
         for group, cls in _GROUPS.items():
+            if given[group] is not None and not isinstance(given[group], cls):
+                raise TypeError(
+                    f"FaultSpec {group} must be a {cls.__name__} (or give its fields flat), "
+                    f"received {type(given[group]).__name__} {given[group]!r}."
+                )
             flat = {name: v for name, v in fields.items() if _GROUP_OF[name] == group}
             base = given[group] if given[group] is not None else cls()
             # Flat fields over a given group: what dataclasses.replace(spec, layers=...) does.

@@ -233,11 +233,6 @@ FAULTY_CLASSES = {keras.layers.Dense: FaultyDense, keras.layers.Conv2D: FaultyCo
 RANGE_MODES = ("clip", "zero")
 
 
-def range_clip_name(layer_name: str) -> str:
-    """The name of the ActivationClip that bounds `layer_name`'s outputs."""
-    return f"{layer_name}_range_clip"
-
-
 @keras.saving.register_keras_serializable(package="aftt_tf")
 class ActivationClip(keras.layers.Layer):
     """Activation range restriction of one tensor to [lower, upper]: 'clip' saturates

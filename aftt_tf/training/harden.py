@@ -44,7 +44,7 @@ from aftt_tf.data import frontend
 from aftt_tf.data import inputs as input_transforms
 from aftt_tf.faults import kinds
 from aftt_tf.runtimes import registry, targets
-from aftt_tf.runtimes.layers import RANGE_MODES, ActivationClip, range_clip_name
+from aftt_tf.runtimes.layers import RANGE_MODES, ActivationClip
 from aftt_tf.training import phases, trainers
 from aftt_tf.training.config import FINETUNE_LEARNING_RATE
 
@@ -659,7 +659,7 @@ def with_range_clips(
 
     def clip(name: str) -> ActivationClip:
         low, high = bounds[name]
-        return ActivationClip(low, high, mode, name=range_clip_name(name))
+        return ActivationClip(low, high, mode, name=f"{name}_range_clip")
 
     def clone_function(layer):
         if isinstance(layer, keras.Model) and targets.rewritable(layer):

@@ -676,7 +676,14 @@ def _masked_view(model: keras.Model, prefix: str, hidden: list[str], faults: dic
     points = {
         kind: {targets.output_point(graph, name, kind): name for name in own} for kind in faults
     }
-    clips = {layer.name for layer in graph.layers if isinstance(layer, fault_layers.ActivationClip)}
+    # Outputs that only an ActivationClip reads (range restriction's bound, right after).
+    bounded = {
+        point
+        for kind_points in points.values()
+        for point in kind_points
+        if (read_by := targets.readers(graph, point))
+        and all(isinstance(reader, fault_layers.ActivationClip) for reader in read_by)
+    }
 
     def clone_function(layer):
         if layer.name in nested:
@@ -688,8 +695,7 @@ def _masked_view(model: keras.Model, prefix: str, hidden: list[str], faults: dic
         for kind, fault in faults.items():
             if layer.name in points[kind]:
                 name = points[kind][layer.name]
-                bounded = fault_layers.range_clip_name(layer.name) in clips
-                outputs = fault(outputs, f"{prefix}{name}", name, bounded)
+                outputs = fault(outputs, f"{prefix}{name}", name, layer.name in bounded)
         return outputs
 
     return keras.models.clone_model(
