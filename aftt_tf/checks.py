@@ -1,61 +1,13 @@
-"""Checks of what users hand over (test arrays, labels) and the one way their own code
-is imported (--import, MODULE:FUNCTION). No TensorFlow; the lowest layer, so data
-loaders, runners and binaries share them."""
+"""Checks of the files and modules users hand over (model files, --import modules) and
+the one way their own code is imported (--import, MODULE:FUNCTION). No TensorFlow; the
+lowest layer, so data loaders, runners and binaries share them. (Checks of test arrays
+and labels are in `data.inputs`.)"""
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
-
-import numpy as np
-
-
-def check_examples(images: np.ndarray, labels: np.ndarray) -> None:
-    """ValueError naming what is wrong with test inputs or labels, before any inference:
-    no examples, strings, NaN/Inf inputs, labels that are not whole class indices."""
-    if images.dtype.kind in "USOV":
-        raise ValueError(
-            f"The inputs have dtype {images.dtype} (text or objects), not numbers; store "
-            "images or features as numeric arrays."
-        )
-    if len(images) == 0 or len(labels) == 0:
-        raise ValueError("The test data hold no examples; give at least one.")
-    if len(images) != len(labels):
-        raise ValueError(
-            f"{len(images)} inputs but {len(labels)} labels; give one label per example."
-        )
-    if images.dtype.kind == "f" and not np.all(np.isfinite(images)):
-        bad = int(np.sum(~np.all(np.isfinite(images.reshape(len(images), -1)), axis=1)))
-        raise ValueError(
-            f"{bad} of {len(images)} inputs hold NaN or infinite values; clean the data "
-            "(a fault campaign measures faults, not broken inputs)."
-        )
-    check_labels(labels)
-
-
-def check_labels(labels: np.ndarray) -> None:
-    """Labels must be whole, non-negative class indices (N,)."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise ValueError(
-            f"Labels of shape {labels.shape}: give integer labels (N,) (one-hot labels are "
-            "converted when data are loaded from files)."
-        )
-    if labels.dtype.kind not in "iuf" or labels.dtype == np.bool_:
-        raise ValueError(f"Labels have dtype {labels.dtype}; give integer class indices.")
-    if labels.dtype.kind == "f" and not (
-        np.all(np.isfinite(labels)) and np.all(np.mod(labels, 1) == 0)
-    ):
-        raise ValueError(
-            "Labels hold fractions or NaN/Inf values; give integer class indices (soft or "
-            "smoothed labels cannot be scored by top-1 accuracy)."
-        )
-    if len(labels) and (labels.min() < 0 or labels.max() >= 2**31):
-        raise ValueError(
-            f"Labels range over [{labels.min():g}, {labels.max():g}]; class indices must be "
-            "in [0, classes)."
-        )
 
 
 def user_import(name: str, what: str):

@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -294,11 +294,15 @@ def remove_created(created: Path | None, leaf: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def locked_directory(directory: str | os.PathLike) -> Iterator[Path | None]:
+def locked_directory(
+    directory: str | os.PathLike, undo: Callable[[], None] | None = None
+) -> Iterator[Path | None]:
     """Creates `directory` (and missing parents) and holds its lock for the block. When
     the lock is refused (another process holds it), removes what this call created and
-    raises OutputError: a refused run leaves nothing behind. Yields the outermost
-    directory it created (None: it existed), for callers that clean up on failure."""
+    raises OutputError: a refused run leaves nothing behind. When the block fails, `undo`
+    runs under the lock (the caller removes what it wrote, if it should), then the
+    directories this call created are removed if empty. Yields the outermost directory it
+    created (None: it existed), for callers that clean up on failure themselves."""
     directory = Path(directory)
     created = first_missing(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -308,7 +312,15 @@ def locked_directory(directory: str | os.PathLike) -> Iterator[Path | None]:
         except OutputError:
             remove_created(created, directory)
             raise
-        yield created
+        try:
+            yield created
+        except BaseException:
+            if undo is None:
+                raise
+            undo()
+            stack.close()  # The lock file goes, so an emptied directory can go too.
+            remove_created(created, directory)
+            raise
 
 
 class DirectoryLock:

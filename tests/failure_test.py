@@ -155,6 +155,30 @@ def test_campaign_with_another_spec_is_refused_naming_the_fields(tmp_path):
     assert results["skipped_cells"] == 4
 
 
+def test_a_campaign_that_claims_the_directory_first_keeps_its_files(tmp_path, monkeypatch):
+    """Another process claims an empty --out between this run's check and its lock: this
+    run is refused under the lock and removes nothing of the other's (whether --out was
+    empty is decided under the lock, not before it)."""
+    model = _tiny_model()
+    images, labels = _tiny_data(model)
+    out = tmp_path / "campaign"
+    theirs = FaultSpec(kind="node", rates=(0.0,), trials=1)
+    claimed = {"spec": {**theirs.as_dict()}, "kind": "aftt-faults campaign"}
+    enter = io_utils.DirectoryLock.__enter__
+
+    def after_the_other(lock):
+        (out / cell_log.CAMPAIGN_FILE).write_text(json.dumps(claimed))
+        (out / cell_log.CELLS_FILE).write_text("")
+        return enter(lock)
+
+    monkeypatch.setattr(io_utils.DirectoryLock, "__enter__", after_the_other)
+    ours = FaultSpec(kind="weight", rates=(0.0,), trials=1)
+    with pytest.raises(io_utils.OutputError, match="another fault spec"):
+        campaign.run_campaign({"m": model}, ours, images, labels, out, progress=False)
+    assert json.loads((out / cell_log.CAMPAIGN_FILE).read_text()) == claimed
+    assert (out / cell_log.CELLS_FILE).exists()
+
+
 def test_campaign_directory_written_before_campaign_json_still_resumes(tmp_path):
     model = _tiny_model()
     images, labels = _tiny_data(model)

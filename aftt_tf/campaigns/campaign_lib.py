@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import checks, io_utils, vocabulary
+from aftt_tf import checks, io_utils
 from aftt_tf.campaigns import cell_log, cliff, shards
 from aftt_tf.campaigns import engine as campaign
 from aftt_tf.data import datasets as data
@@ -42,7 +42,8 @@ class CampaignConfig:
         allow_chance_accuracy: run even when a model is at chance level before faults.
         repair_data: training data of the repaired protocol (same forms as `data`;
             default: the built-in dataset the models' run names).
-        imports: modules to import first (they register a model's custom classes).
+        imports: modules to import when the config is made (they register a model's
+            custom classes).
         batch_size: evaluation chunk size.
         num_shards, shard_index: this process's share of the cells.
         per_layer: fault one layer at a time (sensitivity).
@@ -81,9 +82,9 @@ class CampaignConfig:
 
     def validate(self) -> None:
         """Raises ValueError for bad values, before any model or data file is read (at
-        construction; the engine checks the directory again when it claims it)."""
-        for name in self.imports:
-            checks.module_exists(name, f"--import={name}")
+        construction; the engine checks the directory again when it claims it). Imports
+        the --import modules: they register the models' custom classes."""
+        import_modules(self.imports)
         if not self.models:
             raise ValueError("--model is required (a classifier.keras from aftt-train).")
         if self.test_examples < 0 or self.batch_size < 1:
@@ -106,7 +107,7 @@ class CampaignConfig:
             checks.model_file(path)
         if self.repair_data:
             data.check_data_spec(self.repair_data, tuple(self.data_options.npz_keys))
-        cell_log.check_campaign_directory(self.out, self.spec)
+        cell_log.check_campaign_directory(self.out, self.spec.as_dict())
 
     def ray_config(self):
         """The `ray_executor.RayConfig` of --executor=ray (Ray itself is not imported)."""
@@ -135,7 +136,10 @@ def import_modules(names: tuple[str, ...]) -> None:
 
     This runs the module's code, as `python -c 'import MODULE'` would; the current
     directory is searched first. Whatever the module raises, or a `sys.exit` in it,
-    becomes one ValueError naming the module (never a traceback or a silent exit)."""
+    becomes one ValueError naming the module (never a traceback or a silent exit). A
+    module that is not on the path is named before any of them runs."""
+    for name in names:
+        checks.module_exists(name, f"--import={name}")
     for name in names:
         checks.user_import(name, f"--import={name}")
 
@@ -143,15 +147,13 @@ def import_modules(names: tuple[str, ...]) -> None:
 def import_kind_modules(imports: tuple[str, ...], kind: str) -> None:
     """Imports the --import modules first when `kind` is none of the registered kinds:
     they may register it (`kinds.register`) before a FaultSpec naming it is built."""
-    for name in imports:
-        checks.module_exists(name, f"--import={name}")
     if imports and kind not in kinds.names():
         import_modules(imports)
 
 
 def load_models(config: CampaignConfig) -> dict[str, CampaignModel]:
-    """The campaign models, each checked to take the spec's faults and one input shape."""
-    import_modules(config.imports)
+    """The campaign models, each checked to take the spec's faults and one input shape
+    (the config imported the modules that register their custom classes)."""
     models = {
         label: load_campaign_model(path) for label, path in parse_models(config.models).items()
     }
@@ -166,83 +168,55 @@ def load_models(config: CampaignConfig) -> dict[str, CampaignModel]:
 
 
 def load_test_data(
-    config: CampaignConfig, input_shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Test inputs, labels and their description (raises data.DataUnavailableError when
-    none can be read, ValueError when they do not fit the models or none is named)."""
+    config: CampaignConfig, model: CampaignModel, given: frontend.Examples | None = None
+) -> tuple[frontend.Examples, inputs.InputTransform]:
+    """The test examples (`given`, else read from the data options) checked to fit the
+    models, and their input transform (raises data.DataUnavailableError when none can be
+    read, ValueError when they do not fit the models or none is named)."""
     first_path = next(iter(parse_models(config.models).values()), None)
-    source = frontend.resolve_source(config.resolved_data.data, first_path)
-    if source in vocabulary.DATASETS:  # Known shape: refuse before reading any data.
-        _check_shape(vocabulary.input_shape_for(source), input_shape, source)
-    examples = frontend.load(source, "test", config.resolved_data)
-    _check_shape(examples.images.shape[1:], input_shape, source)
-    examples = examples.head(config.test_examples)
+    examples, transform = frontend.for_model(
+        config.resolved_data,
+        "test",
+        first_path,
+        model.input_shape,
+        model.num_outputs,
+        config.test_examples,
+        given,
+    )
     logging.info(
         "Test data: %d examples from %s", len(examples.labels), examples.description["source"]
     )
-    return (
-        examples.images,
-        examples.labels,
-        {**examples.description, "class_names": list(examples.class_names)},
-    )
+    return examples, transform
 
 
-def transform_of(config: CampaignConfig, images: np.ndarray) -> inputs.InputTransform:
-    """The campaign's input transform for these stored test inputs."""
-    return config.resolved_data.transform(images)
-
-
-def load_train_data(config: CampaignConfig, input_shape: tuple[int, ...]):
-    """(images, labels) the repaired protocol trains on: --repair_data (a built-in
-    dataset's training split, or the whole file), separate from the evaluation data."""
+def load_train_data(config: CampaignConfig, model: CampaignModel) -> frontend.Examples:
+    """The examples the repaired protocol trains on: --repair_data (a built-in dataset's
+    training split, or the whole file), separate from the evaluation data."""
     first_path = next(iter(parse_models(config.models).values()), None)
-    source = frontend.resolve_source(
-        config.repair_data or config.dataset, first_path, "--repair_data"
+    options = dataclasses.replace(config.resolved_data, data=config.repair_data or config.dataset)
+    examples, _ = frontend.for_model(
+        options, "train", first_path, model.input_shape, None, flag="--repair_data"
     )
-    examples = frontend.load(source, "train", config.resolved_data)
-    _check_shape(examples.images.shape[1:], input_shape, source)
     logging.info(
         "Repair data: %d examples from %s", len(examples.labels), examples.description["source"]
     )
-    return examples.images, examples.labels
-
-
-def check_labels(labels: np.ndarray, class_names: list[str], outputs: int | None) -> None:
-    """Labels must index the models' outputs; a class folder must have one folder per output."""
-    if outputs is None:
-        return
-    if class_names and len(class_names) != outputs:
-        raise ValueError(
-            f"The image folder has {len(class_names)} classes {class_names[:5]}... but the "
-            f"models have {outputs} outputs; pass a folder with one subfolder per class."
-        )
-    if len(labels) and (labels.min() < 0 or labels.max() >= outputs):
-        raise ValueError(
-            f"Labels range over [{labels.min()}, {labels.max()}] but the models have {outputs} "
-            "outputs; check the labels' encoding."
-        )
-
-
-def _check_shape(data_shape: tuple[int, ...], input_shape: tuple[int, ...], dataset: str) -> None:
-    if tuple(data_shape) != tuple(input_shape):
-        raise ValueError(
-            f"The models take inputs of shape {tuple(input_shape)} but {dataset} examples have "
-            f"shape {tuple(data_shape)}; pass the --data the models were trained on."
-        )
+    return examples
 
 
 def run(
     config: CampaignConfig,
     models: dict[str, CampaignModel] | None = None,
-    test_data: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None,
+    test_data: frontend.Examples | tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Runs or resumes the campaign; loads the models and test data unless given."""
+    """Runs or resumes the campaign; loads the models and test data unless given (test
+    data as `frontend.Examples` or (images, labels, description))."""
     models = models or load_models(config)
     models = {label: as_campaign_model(model) for label, model in models.items()}
     first = next(iter(models.values()))
-    images, labels, description = test_data or load_test_data(config, first.input_shape)
-    check_labels(labels, description.get("class_names", []), first.num_outputs)
-    transform = transform_of(config, images)
+    if isinstance(test_data, tuple):  # The Python API's (images, labels, description).
+        test_data = frontend.Examples.of(*test_data)
+    examples, transform = load_test_data(config, first, test_data)
+    images, labels = examples.images, examples.labels
     spec, rate_choice = config.spec, None
     if config.cliff:
         label, first = next(iter(models.items()))
@@ -255,7 +229,7 @@ def run(
         "shard_index": config.shard_index,
         "per_layer": config.per_layer,
         "transform": transform,
-        "data_description": description,
+        "data_description": examples.record(),
         "allow_chance_accuracy": config.allow_chance_accuracy,
     }
     with _executor(config) as executor:  # None: this process runs the cells.
@@ -298,7 +272,7 @@ def find_cliff(model, label: str, spec: FaultSpec, images, labels, batch_size: i
 def layer_statistics(
     config: CampaignConfig,
     models: dict[str, CampaignModel],
-    test_data: tuple[np.ndarray, np.ndarray, dict[str, Any]],
+    test_data: frontend.Examples,
     trials: int = 3,
     count: int = 500,
 ) -> dict[str, Any]:
@@ -309,8 +283,8 @@ def layer_statistics(
     from aftt_tf.campaigns import int8_stats
     from aftt_tf.runtimes.tflite_runner import TFLiteModel
 
-    images = test_data[0][:count]
-    values = transform_of(config, test_data[0]).apply(images).astype(np.float32)
+    transform = config.resolved_data.transform(test_data.images)
+    values = transform.apply(test_data.images[:count]).astype(np.float32)
     paths = parse_models(config.models)
     keras_by_hash = {
         io_utils.sha256_file(paths[label]): model

@@ -5,11 +5,12 @@ the checks that keep one directory to one campaign and its files free of links.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,16 +181,17 @@ def _identity(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_campaign_directory(
-    out_dir: str | Path, spec: FaultSpec, data: dict[str, Any] | None = None
-) -> None:
+    out_dir: str | Path, spec: dict[str, Any], data: dict[str, Any] | None = None
+) -> bool:
     """Raises io_utils.OutputError unless `out_dir` is absent, empty, or holds this campaign
-    (the same spec up to trials and rates and, when `data` is given, the same test data
-    and input transform). Writes nothing."""
+    (the same spec record, `FaultSpec.as_dict`, up to trials and rates and, when `data` is
+    given, the same test data and input transform). Writes nothing. Returns True when
+    `out_dir` is absent or empty."""
     out_dir = Path(out_dir)
-    current = _identity(spec.as_dict())
+    current = _identity(spec)
     held = _held_campaign(out_dir)
     if held is None:
-        return
+        return True
     recorded, recorded_data = held
     differences = [
         f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}"
@@ -212,6 +214,7 @@ def check_campaign_directory(
                 f"{out_dir} holds a campaign measured on other test data or inputs "
                 f"({'; '.join(changed)}); its cells cannot be reused. Use another --out."
             )
+    return False
 
 
 def _held_campaign(out_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
@@ -244,15 +247,60 @@ def _recorded_data(out_dir: Path) -> dict[str, Any] | None:
     return io_utils.read_json(out_dir / CAMPAIGN_FILE).get("data")
 
 
-def claim(out_dir: Path, spec: FaultSpec, data: dict[str, Any] | None = None) -> None:
-    """Writes campaign.json, which marks `out_dir` as this campaign's (under the lock).
-    Data recorded earlier is kept (a merge knows only the spec)."""
-    record = {"kind": "aftt-faults campaign", "spec": spec.as_dict()}
+def claim(out_dir: Path, spec: dict[str, Any], data: dict[str, Any] | None = None) -> None:
+    """Writes campaign.json, which marks `out_dir` as this campaign's (under the lock): its
+    spec record and data. Data recorded earlier is kept (a merge knows only the spec)."""
+    record = {"kind": "aftt-faults campaign", "spec": spec}
     if data is None and (out_dir / CAMPAIGN_FILE).exists():
         data = _recorded_data(out_dir)
     if data is not None:
         record["data"] = data
     io_utils.write_json(out_dir / CAMPAIGN_FILE, record)
+
+
+@contextlib.contextmanager
+def opened(out_dir: Path | None, meta: dict[str, Any]) -> Iterator[CellLog]:
+    """The cells log a run records its cells in: in memory when `out_dir` is None (nothing
+    written, nothing resumed), else `out_dir`'s, held under its lock.
+
+    The directory must hold no other campaign (`meta`'s spec record and data), checked
+    before anything is created and again under the lock; a torn last record is repaired
+    and the cells of relabelled models adopted. campaign.json is written with the first
+    cell and at the end, so a run refused before its first cell leaves a directory that
+    was empty as it was."""
+    if out_dir is None:
+        yield CellLog(None, meta["spec_key"], meta["models"])
+        return
+    spec, data = meta["spec"], meta["data"]
+    check_campaign_directory(out_dir, spec, data)
+    held: dict[str, Any] = {}  # Under the lock: whether it was empty, and the log.
+
+    def undo() -> None:  # Runs under the lock when the run fails.
+        log = held.get("cells")
+        if held.get("was_empty") and (log is None or not log.added):
+            _remove_own_files(out_dir)
+
+    with io_utils.locked_directory(out_dir, undo):
+        # Again, now that no one else writes (and only now is "was it empty" certain).
+        held["was_empty"] = check_campaign_directory(out_dir, spec, data)
+        repair_cells(out_dir / CELLS_FILE)
+        held["cells"] = cells = CellLog(out_dir / CELLS_FILE, meta["spec_key"], meta["models"])
+        cells.before_first_add = lambda: claim(out_dir, spec, data)
+        yield cells
+        claim(out_dir, spec, data)
+
+
+def _remove_own_files(out_dir: Path) -> None:
+    """campaign.json and an empty cells.jsonl: what a run refused before its first cell
+    wrote into a directory that was empty (never a link, never a recorded cell)."""
+    for name in (CAMPAIGN_FILE, CELLS_FILE):
+        path = out_dir / name
+        if (
+            path.is_file()
+            and not path.is_symlink()
+            and (name != CELLS_FILE or not path.stat().st_size)
+        ):
+            path.unlink()
 
 
 class CellLog:
@@ -261,23 +309,24 @@ class CellLog:
     Cells belong to a model's content (its hash) and label: a relabelled model's cells
     are adopted under its new label (`adopt`), duplicates are left out with a message."""
 
-    def __init__(self, path: Path | None, spec_key: str):
+    def __init__(self, path: Path | None, spec_key: str, labels: dict[str, str]):
         self.path = path  # None: in memory only (the Python API without a directory).
         self.spec_key = spec_key
         records = read_cells(path) if path is not None else []
-        self.records = unique_cells(records, str(path))
+        self.records = self._adopted(unique_cells(records, str(path)), labels)
         self._finished_before = list(self.records)
-        self.appended = 0
-        self.before_first_append: Callable[[], None] | None = None
-        if path is not None and len(self.records) != len(records):
+        self.added = 0
+        self.before_first_add: Callable[[], None] | None = None
+        if path is not None and self.records != records:
             self._rewrite()
 
-    def adopt(self, labels: dict[str, str]) -> None:
-        """Relabels the cells of a model recorded under a label this run does not use for
-        it (the same file passed as --model=new=PATH, or two labels swapped): they are
-        the same measurements, so they resume under the new label, with a message."""
+    def _adopted(self, records: list[dict[str, Any]], labels: dict[str, str]) -> list[dict]:
+        """The records with the cells of a model recorded under a label this run does not
+        use for it (the same file passed as --model=new=PATH, or two labels swapped)
+        relabelled: they are the same measurements, so they resume under the new label,
+        with a message. `labels`: {label: model hash} of this run."""
         pairs = {(label, model_hash) for label, model_hash in labels.items()}
-        recorded = {(c["model"], c["model_hash"]) for c in self.records}
+        recorded = {(c["model"], c["model_hash"]) for c in records}
         renames = {}
         for old_label, model_hash in sorted(recorded - pairs):
             free = [
@@ -287,8 +336,6 @@ class CellLog:
             ]
             if len(free) == 1:
                 renames[(old_label, model_hash)] = free[0]
-        if not renames:
-            return
         for (old_label, model_hash), new_label in renames.items():
             logging.warning(
                 "%s: cells recorded for model %s... as %r belong to %r in this run (the same "
@@ -299,16 +346,11 @@ class CellLog:
                 new_label,
                 new_label,
             )
-        self.records = [
-            {**c, "model": renames.get((c["model"], c["model_hash"]), c["model"])}
-            for c in self.records
+        return [
+            {**c, "model": renames.get((c["model"], c["model_hash"]), c["model"])} for c in records
         ]
-        self._finished_before = list(self.records)
-        self._rewrite()
 
     def _rewrite(self) -> None:
-        if self.path is None:
-            return
         with io_utils.atomic_path(self.path) as temporary:
             temporary.write_text(
                 "".join(io_utils.strict_json(c, sort_keys=True) + "\n" for c in self.records)
@@ -348,10 +390,12 @@ class CellLog:
             result.setdefault(cell["rate"], []).append(cell["accuracy"])
         return result
 
-    def append(self, record: dict[str, Any]) -> None:
+    def add(self, record: dict[str, Any]) -> None:
+        """Records one finished cell: on disk first (campaign.json with the first), then
+        in memory."""
         if self.path is not None:
-            if not self.appended and self.before_first_append is not None:
-                self.before_first_append()
+            if not self.added and self.before_first_add is not None:
+                self.before_first_add()
             _append_cell(self.path, record)
-        self.appended += 1
+        self.added += 1
         self.records.append(record)

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import io_utils
 from aftt_tf.campaigns import cell_log, console, outputs, shards
 from aftt_tf.campaigns.statistics import confidence_interval
 from aftt_tf.data import inputs
@@ -68,14 +67,9 @@ def run_campaign(
     """
     _check_plan(spec, num_shards, executor)
     images, labels = np.asarray(images), np.asarray(labels)
-    inputs.check_examples(images, labels)
-    transform = _transform(transform, images)
-    data = data_identity(images, labels, transform, data_description)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        cell_log.check_campaign_directory(out_dir, spec, data)
     adapters = {label: as_campaign_model(model) for label, model in models.items()}
-    _check_models(adapters, transform, images, spec)
+    transform = check_inputs(adapters, spec, images, labels, transform)
+    data = data_identity(images, labels, transform, data_description)
     meta = _meta(spec, adapters, data, num_shards, shard_index)
     meta["chance_accuracy"] = float(np.bincount(labels.astype(np.int64)).max()) / len(labels)
     if rate_choice is not None:  # How the rates were chosen (--rates=cliff), recorded.
@@ -84,11 +78,10 @@ def run_campaign(
     run.allow_chance_accuracy = allow_chance_accuracy
     run.executor = executor
     plan = shards.shard_cells(shards.cell_plan(spec), num_shards, shard_index)
-    if out_dir is None:  # In memory: nothing is written, nothing resumes.
-        cells = cell_log.CellLog(None, meta["spec_key"])
+    out_dir = None if out_dir is None else Path(out_dir)
+    with cell_log.opened(out_dir, meta) as cells:
         meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
-        return {**outputs.results_of(cells.records, meta), "cells": cells.records}
-    return _run_in_directory(run, adapters, meta, plan, out_dir, data, per_layer)
+        return outputs.finished(out_dir, cells.records, meta)
 
 
 def check_inputs(
@@ -102,23 +95,20 @@ def check_inputs(
     input transform, model outputs, bit meaning); a binary calls it where a failure is
     a usage error. Returns the resolved transform."""
     images, labels = np.asarray(images), np.asarray(labels)
-    inputs.check_examples(images, labels)
-    resolved = _transform(transform, images)
     adapters = {label: as_campaign_model(model) for label, model in models.items()}
-    _check_models(adapters, resolved, images, spec)
+    shapes = [tuple(adapter.input_shape) for adapter in adapters.values()]
+    resolved = inputs.prepared(images, labels, transform, shapes)
+    _check_models(adapters, spec)
     return resolved
 
 
-def _check_models(
-    adapters: dict, transform: inputs.InputTransform, images: np.ndarray, spec: FaultSpec
-) -> None:
-    """Every model has one (batch, classes) output and takes what the transform makes;
-    a bit position means the same bit in every model."""
+def _check_models(adapters: dict, spec: FaultSpec) -> None:
+    """Every model has one (batch, classes) output; a bit position means the same bit in
+    every model."""
     for label, adapter in adapters.items():
         shapes = adapter.output_shapes
         if shapes is not None:
             check_classifier_outputs(shapes, label)
-        inputs.check_transform(transform, images, tuple(adapter.input_shape))
     if spec.fault_kind.bit_meaning:
         _check_bit_meaning(adapters, spec)
     if len(adapters) > 1:
@@ -187,53 +177,6 @@ def _check_bit_meaning(adapters: dict, spec: FaultSpec) -> None:
         )
 
 
-def _run_in_directory(run: _Run, adapters, meta, plan, out_dir: Path, data, per_layer: bool):
-    """The campaign's missing cells, recorded in `out_dir` under its lock; a run refused
-    before its first cell leaves a directory that was empty as it was."""
-    spec = run.spec
-    created = io_utils.first_missing(out_dir)
-    was_empty = created is not None or not io_utils.entries(out_dir)
-    cells, locked = None, False
-    try:
-        with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
-            locked = True  # Only a run that holds the lock may remove what it wrote.
-            # Again, now that no one else can write.
-            cell_log.check_campaign_directory(out_dir, spec, data)
-            cell_log.repair_cells(out_dir / cell_log.CELLS_FILE)
-            cells = cell_log.CellLog(out_dir / cell_log.CELLS_FILE, meta["spec_key"])
-            cells.adopt(meta["models"])
-            # campaign.json is written with the first cell: a run refused before it (a
-            # model at chance level, a fault that cannot be placed) leaves nothing.
-            cells.before_first_append = lambda: cell_log.claim(out_dir, spec, data)
-            meta["skipped_cells"] = run.models(adapters, meta["models"], plan, cells, per_layer)
-            cell_log.claim(out_dir, spec, data)
-            if meta["num_shards"] > 1:
-                io_utils.write_json(out_dir / "shard.json", meta)
-                return meta
-            return outputs.write_outputs(out_dir, cells.records, meta)
-    except BaseException:
-        if was_empty and (not locked or cells is None or not cells.appended):
-            _remove_refused(out_dir, created, locked)
-        raise
-
-
-def _remove_refused(out_dir: Path, created: Path | None, locked: bool) -> None:
-    """What a run refused before its first cell wrote into a directory that was empty (a
-    run refused at the lock wrote nothing: another process owns what is there)."""
-    if not locked:
-        io_utils.remove_created(created, out_dir)
-        return
-    for name in (cell_log.CAMPAIGN_FILE, cell_log.CELLS_FILE):
-        path = out_dir / name
-        if (
-            path.is_file()
-            and not path.is_symlink()
-            and (name != cell_log.CELLS_FILE or not path.stat().st_size)
-        ):
-            path.unlink()
-    io_utils.remove_created(created, out_dir)
-
-
 def _meta(spec, adapters, data, num_shards: int, shard_index: int) -> dict[str, Any]:
     return {
         "spec": spec.as_dict(),
@@ -245,12 +188,6 @@ def _meta(spec, adapters, data, num_shards: int, shard_index: int) -> dict[str, 
         "num_shards": num_shards,
         "shard_index": shard_index,
     }
-
-
-def _transform(transform: inputs.InputTransform | str, images: np.ndarray):
-    if isinstance(transform, str):
-        return inputs.resolve(transform, dtype=images.dtype, sample=images)
-    return transform
 
 
 def data_identity(
@@ -427,7 +364,7 @@ class _Recorder:
 
     def __call__(self, result: dict[str, Any]) -> None:
         record = {**self.context, "spec_key": self.cells.spec_key, **result}
-        self.cells.append(record)
+        self.cells.add(record)
         self.completed.setdefault(result["rate"], []).append(result["accuracy"])
         if self.on_cell:
             self.on_cell(record)

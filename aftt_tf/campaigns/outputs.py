@@ -40,14 +40,27 @@ def campaign_cells(out_dir: str | Path, results: dict[str, Any]) -> list[dict[st
     return unique_cells([cell for cell in cells if belongs(cell, results)], str(out_dir))
 
 
+def finished(
+    out_dir: Path | None, cells: list[dict[str, Any]], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """What a run returns and writes: in memory (no `out_dir`), the results with their
+    cells; a shard, its shard.json (the merge computes results); else `write_outputs`."""
+    if out_dir is None:
+        return {**results_of(cells, meta), "cells": cells}
+    if meta["num_shards"] > 1:
+        io_utils.write_json(out_dir / "shard.json", meta)
+        return meta
+    return write_outputs(out_dir, cells, meta)
+
+
 def write_outputs(
     out_dir: Path, cells: list[dict[str, Any]], meta: dict[str, Any]
 ) -> dict[str, Any]:
-    """results.json, trials.csv and plots, each written atomically."""
+    """results.json, the plots and trials.csv, each written atomically."""
     results = results_of(cells, meta)
     io_utils.write_json(out_dir / "results.json", results)
-    _write_trials(out_dir / "trials.csv", results_cells(cells, meta))
     _write_plots(out_dir, results["summary"], meta["spec"])
+    _write_trials(out_dir / "trials.csv", results_cells(cells, meta))
     return results
 
 

@@ -41,7 +41,7 @@ def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str,
         for record in _complete_shard(Path(directory), meta, spec)
     ]
     out_dir = Path(out_dir)
-    cell_log.check_campaign_directory(out_dir, spec)
+    cell_log.check_campaign_directory(out_dir, spec.as_dict())
     meta = {
         **metas[0],
         "num_shards": 1,
@@ -49,7 +49,7 @@ def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str,
         "merged_from": [str(d) for d in shard_dirs],
     }
     with io_utils.DirectoryLock(out_dir / io_utils.LOCK_FILE, str(out_dir)):
-        cell_log.check_campaign_directory(out_dir, spec)
+        cell_log.check_campaign_directory(out_dir, spec.as_dict())
         # A merge only adds: cells already in --out (other rates, trials or models of the
         # same campaign) are kept; a cell measured twice must agree.
         existing = (
@@ -70,7 +70,7 @@ def merge_shards(shard_dirs: list[str | Path], out_dir: str | Path) -> dict[str,
         ordered = sorted(
             merged.values(), key=lambda c: (c["model"], c["group"], c["rate"], c["trial"])
         )
-        cell_log.claim(out_dir, spec)
+        cell_log.claim(out_dir, spec.as_dict())
         with io_utils.atomic_path(out_dir / cell_log.CELLS_FILE) as temporary:
             temporary.write_text(
                 "".join(io_utils.strict_json(c, sort_keys=True) + "\n" for c in ordered)

@@ -267,12 +267,8 @@ def _checked_models_and_data(config):
 
     models = campaign_lib.load_models(config)
     first = next(iter(models.values()))
-    test_data = campaign_lib.load_test_data(config, first.input_shape)
-    campaign_lib.check_labels(
-        test_data[1], test_data[2]["class_names"], getattr(first, "num_outputs", None)
-    )
-    transform = campaign_lib.transform_of(config, test_data[0])
-    campaign.check_inputs(models, config.spec, test_data[0], test_data[1], transform)
+    test_data, transform = campaign_lib.load_test_data(config, first)
+    campaign.check_inputs(models, config.spec, test_data.images, test_data.labels, transform)
     if config.spec.repair is not None:
         models = _repairing(config, models)
     return models, test_data
@@ -294,9 +290,9 @@ def _repairing(config, models: dict) -> dict:
     from aftt_tf.runtimes import keras_runner
     from aftt_tf.training import repair
 
-    train = campaign_lib.load_train_data(config, next(iter(models.values())).input_shape)
+    train = campaign_lib.load_train_data(config, next(iter(models.values())))
     return {
-        label: repair.RepairingModel(model.model, *train)
+        label: repair.RepairingModel(model.model, train.images, train.labels)
         if isinstance(model, keras_runner.KerasModel)
         else model  # A .tflite: its campaign refuses the protocol with the reason.
         for label, model in models.items()

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aftt_tf import checks, io_utils
+from aftt_tf import io_utils
+from aftt_tf.data import inputs
 from aftt_tf.vocabulary import DATA_SOURCES as SOURCES
 from aftt_tf.vocabulary import DATASETS
 
@@ -585,7 +586,7 @@ def _npz_data(path: Path, keys: tuple[str, str]) -> EvaluationData:
             "give integer labels (N,) or one-hot labels (N, classes)."
         )
     try:
-        checks.check_examples(images, labels)
+        inputs.check_examples(images, labels)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     description = {"source": f"npz:{path.resolve()}", "keys": list(keys)}

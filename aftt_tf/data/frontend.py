@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf import checks, vocabulary
+from aftt_tf import vocabulary
 from aftt_tf.data import datasets as data
 from aftt_tf.data import inputs
 
@@ -104,6 +104,17 @@ class Examples:
             self.images[:count], self.labels[:count], self.description, self.class_names
         )
 
+    def record(self) -> dict[str, Any]:
+        """Where the examples came from, with their class names (a campaign's record)."""
+        return {**self.description, "class_names": list(self.class_names)}
+
+    @classmethod
+    def of(cls, images: np.ndarray, labels: np.ndarray, description: dict[str, Any]) -> Examples:
+        """Arrays the caller holds, described (`class_names` in it become the names)."""
+        description = dict(description)
+        names = tuple(description.pop("class_names", ()))
+        return cls(np.asarray(images), np.asarray(labels), description, names)
+
 
 def model_dataset(model_path: str | Path | None) -> str | None:
     """The built-in dataset a model's own run names: aftt-train's config.json or
@@ -163,24 +174,64 @@ def load(source: str, split: str, options: DataOptions) -> Examples:
         examples = Examples(
             loaded.images, loaded.labels, dict(loaded.description), tuple(loaded.class_names)
         )
-    checks.check_examples(examples.images, examples.labels)
+    inputs.check_examples(examples.images, examples.labels)
     return examples
 
 
-def check_fits(examples: Examples, input_shape: tuple[int, ...], outputs: int | None) -> None:
-    """The examples' shape is the model's input shape and every label indexes an output."""
-    shape = tuple(examples.images.shape[1:])
-    if shape != tuple(input_shape):
+def for_model(
+    options: DataOptions,
+    split: str,
+    model_path: str | Path | None,
+    input_shape: tuple[int, ...],
+    outputs: int | None,
+    count: int = 0,
+    given: Examples | None = None,
+    flag: str = "--data",
+) -> tuple[Examples, inputs.InputTransform]:
+    """The first `count` examples (0: all) a model is measured on, checked to fit it, and
+    their input transform: `given` (the Python API's arrays), else the `split` of the
+    options' data (of the data the model's own run names when it names none). A built-in
+    dataset of another shape is refused before any of it is read."""
+    examples = given
+    if examples is None:
+        source = resolve_source(options.data, model_path, flag)
+        if source in vocabulary.DATASETS:
+            check_shape(vocabulary.input_shape_for(source), input_shape, source)
+        examples = load(source, split, options)
+    else:
+        inputs.check_examples(examples.images, examples.labels)
+    examples = examples.head(count)
+    check_fits(examples, input_shape, outputs)
+    return examples, options.transform(examples.images)
+
+
+def check_shape(data_shape: tuple[int, ...], input_shape: tuple[int, ...], source: str) -> None:
+    """The examples' shape is the model's input shape."""
+    if tuple(data_shape) != tuple(input_shape):
         raise ValueError(
-            f"The model takes inputs of shape {tuple(input_shape)} but "
-            f"{examples.description.get('source', 'the data')} holds examples of shape "
-            f"{shape}; pass the data the model was trained on."
+            f"The model takes inputs of shape {tuple(input_shape)} but {source} examples have "
+            f"shape {tuple(data_shape)}; pass the data the model was trained on (--data)."
         )
-    if outputs is not None and len(examples.labels) and examples.labels.max() >= outputs:
+
+
+def check_fits(examples: Examples, input_shape: tuple[int, ...], outputs: int | None) -> None:
+    """The examples' shape is the model's input shape, a class folder has one subfolder
+    per output, and every label indexes an output."""
+    source = examples.description.get("source", "the data")
+    check_shape(examples.images.shape[1:], input_shape, source)
+    if outputs is None:
+        return
+    names = examples.class_names
+    if names and len(names) != outputs:
         raise ValueError(
-            f"Labels of {examples.description.get('source', 'the data')} go up to "
-            f"{int(examples.labels.max())} but the model has {outputs} outputs; check the "
-            "labels' encoding."
+            f"{source} has {len(names)} classes {list(names[:5])}... but the model has "
+            f"{outputs} outputs; pass a folder with one subfolder per class."
+        )
+    labels = examples.labels
+    if len(labels) and (labels.min() < 0 or labels.max() >= outputs):
+        raise ValueError(
+            f"Labels of {source} range over [{int(labels.min())}, {int(labels.max())}] but "
+            f"the model has {outputs} outputs; check the labels' encoding."
         )
 
 

@@ -18,9 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from aftt_tf.checks import check_examples, check_labels, user_import
+from aftt_tf.checks import user_import
 
-__all__ = ["InputTransform", "check_examples", "check_labels", "check_transform", "resolve"]
+__all__ = [
+    "InputTransform",
+    "check_examples",
+    "check_labels",
+    "check_transform",
+    "prepared",
+    "resolve",
+]
 
 PRESETS = ("auto", "unit", "raw", "symmetric")
 # (divisor, offset): x / divisor + offset; division keeps 'unit' bit-identical to x / 255.
@@ -51,6 +58,53 @@ class InputTransform:
             return batch if batch.dtype != np.float64 else batch.astype(np.float32)
         values = batch.astype(np.float32) / np.float32(self.divisor)
         return values + np.float32(self.offset) if self.offset else values
+
+
+def check_examples(images: np.ndarray, labels: np.ndarray) -> None:
+    """ValueError naming what is wrong with test inputs or labels, before any inference:
+    no examples, strings, NaN/Inf inputs, labels that are not whole class indices."""
+    if images.dtype.kind in "USOV":
+        raise ValueError(
+            f"The inputs have dtype {images.dtype} (text or objects), not numbers; store "
+            "images or features as numeric arrays."
+        )
+    if len(images) == 0 or len(labels) == 0:
+        raise ValueError("The test data hold no examples; give at least one.")
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{len(images)} inputs but {len(labels)} labels; give one label per example."
+        )
+    if images.dtype.kind == "f" and not np.all(np.isfinite(images)):
+        bad = int(np.sum(~np.all(np.isfinite(images.reshape(len(images), -1)), axis=1)))
+        raise ValueError(
+            f"{bad} of {len(images)} inputs hold NaN or infinite values; clean the data "
+            "(a fault campaign measures faults, not broken inputs)."
+        )
+    check_labels(labels)
+
+
+def check_labels(labels: np.ndarray) -> None:
+    """Labels must be whole, non-negative class indices (N,)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(
+            f"Labels of shape {labels.shape}: give integer labels (N,) (one-hot labels are "
+            "converted when data are loaded from files)."
+        )
+    if labels.dtype.kind not in "iuf" or labels.dtype == np.bool_:
+        raise ValueError(f"Labels have dtype {labels.dtype}; give integer class indices.")
+    if labels.dtype.kind == "f" and not (
+        np.all(np.isfinite(labels)) and np.all(np.mod(labels, 1) == 0)
+    ):
+        raise ValueError(
+            "Labels hold fractions or NaN/Inf values; give integer class indices (soft or "
+            "smoothed labels cannot be scored by top-1 accuracy)."
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= 2**31):
+        raise ValueError(
+            f"Labels range over [{labels.min():g}, {labels.max():g}]; class indices must be "
+            "in [0, classes)."
+        )
 
 
 def resolve(
@@ -141,3 +195,20 @@ def check_transform(
         )
     if result.dtype.kind == "f" and not np.all(np.isfinite(result)):
         raise ValueError(f"Input transform {transform.name!r} returned NaN or Inf values.")
+
+
+def prepared(
+    images: np.ndarray,
+    labels: np.ndarray,
+    transform: InputTransform | str,
+    input_shapes: list[tuple[int, ...]],
+) -> InputTransform:
+    """Every check of test inputs before any work: the examples and labels, the transform
+    (a name is resolved against the images: 'auto' looks at them) and, for a user's
+    function, what it makes for each model's input shape. Returns the transform."""
+    check_examples(images, labels)
+    if isinstance(transform, str):
+        transform = resolve(transform, dtype=images.dtype, sample=images)
+    for shape in dict.fromkeys(input_shapes):
+        check_transform(transform, images, shape)
+    return transform
