@@ -183,3 +183,27 @@ def test_rate_zero_is_evaluated_once_per_model(monkeypatch):
     zero = [c for c in result["cells"] if c["rate"] == 0.0]
     assert {tuple(c["per_layer"]) for c in zero} == {("hidden",), ("out",)}
     assert len({c["accuracy"] for c in zero}) == 1
+
+
+def test_for_model_checks_given_arrays_as_it_checks_loaded_ones():
+    """The Python API's arrays go through the same checks as data read from files: shape,
+    one class folder per output, labels that index an output; then `count` and the
+    transform."""
+    images = np.arange(40 * 6, dtype=np.uint8).reshape(40, 6)
+    labels = np.arange(40) % 3
+    options = frontend.DataOptions()
+    given = frontend.Examples.of(images, labels, {})
+    examples, transform = frontend.for_model(options, "test", None, (6,), 3, 10, given)
+    assert len(examples.labels) == 10 and transform.name == "unit"
+    assert examples.record() == {"class_names": []}
+    with pytest.raises(ValueError, match=r"inputs of shape \(7,\) but the data examples"):
+        frontend.for_model(options, "test", None, (7,), 3, given=given)
+    with pytest.raises(ValueError, match=r"range over \[0, 2\] but the model has 2 outputs"):
+        frontend.for_model(options, "test", None, (6,), 2, given=given)
+    folder = frontend.Examples.of(images, labels, {"source": "f", "class_names": ["a", "b"]})
+    with pytest.raises(ValueError, match="f has 2 classes .* but the model has 3 outputs"):
+        frontend.for_model(options, "test", None, (6,), 3, given=folder)
+    with pytest.raises(ValueError, match="hold no examples"):
+        frontend.for_model(
+            options, "test", None, (6,), 3, given=frontend.Examples.of(images[:0], labels[:0], {})
+        )

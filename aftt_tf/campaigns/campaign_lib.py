@@ -184,7 +184,9 @@ def load_test_data(
         given,
     )
     logging.info(
-        "Test data: %d examples from %s", len(examples.labels), examples.description["source"]
+        "Test data: %d examples from %s",
+        len(examples.labels),
+        examples.description.get("source", "the given arrays"),
     )
     return examples, transform
 
