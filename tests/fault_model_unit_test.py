@@ -151,6 +151,9 @@ def test_spec_checks_and_keys():
     ):
         with pytest.raises(ValueError):
             FaultSpec(**{"kind": "weight", **bad}).validate()
+    for not_a_sequence in (0.5, "0.1,0.2", None):
+        with pytest.raises(ValueError, match="rates must be a sequence of fractions"):
+            FaultSpec(kind="weight", rates=not_a_sequence)
     key = FaultSpec(kind="weight", rates=(0.1,), trials=3).key()
     assert key == FaultSpec(kind="weight", rates=(0.5, 0.7), trials=30).key()  # Resumable.
     assert key != FaultSpec(kind="weight", seed=1).key()

@@ -207,3 +207,30 @@ def test_for_model_checks_given_arrays_as_it_checks_loaded_ones():
         frontend.for_model(
             options, "test", None, (6,), 3, given=frontend.Examples.of(images[:0], labels[:0], {})
         )
+
+
+def test_repair_data_get_no_transform_guess_of_their_own(tmp_path):
+    """Training data of the repaired protocol go through the test data's transform: float
+    pixels in [0, 255] (which 'auto' alone would refuse as ambiguous) are read, checked
+    for shape and labels, and returned; labels beyond the outputs are refused."""
+    from aftt_tf.campaigns import campaign_lib
+
+    model = keras.Sequential([keras.Input((6,)), L.Dense(3)])
+    model.save(tmp_path / "m.keras")
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 6)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", x=pixels, y=np.arange(30) % 3)
+    np.savez(tmp_path / "bad.npz", x=pixels, y=np.arange(30) % 5)
+
+    def config(repair_data):
+        return campaign_lib.CampaignConfig(
+            models=(str(tmp_path / "m.keras"),),
+            out=str(tmp_path / "out"),
+            spec=FaultSpec(kind="weight", rates=(0.0,)),
+            repair_data=repair_data,
+        )
+
+    adapter = campaign.as_campaign_model(model)
+    train = campaign_lib.load_train_data(config(f"npz:{tmp_path / 'train.npz'}"), adapter)
+    np.testing.assert_array_equal(train.images, pixels)
+    with pytest.raises(ValueError, match=r"range over \[0, 4\] but the model has 3 outputs"):
+        campaign_lib.load_train_data(config(f"npz:{tmp_path / 'bad.npz'}"), adapter)

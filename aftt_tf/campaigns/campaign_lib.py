@@ -195,10 +195,13 @@ def load_train_data(config: CampaignConfig, model: CampaignModel) -> frontend.Ex
     """The examples the repaired protocol trains on: --repair_data (a built-in dataset's
     training split, or the whole file), separate from the evaluation data."""
     first_path = next(iter(parse_models(config.models).values()), None)
-    options = dataclasses.replace(config.resolved_data, data=config.repair_data or config.dataset)
-    examples, _ = frontend.for_model(
-        options, "train", first_path, model.input_shape, None, flag="--repair_data"
+    source = frontend.resolve_source(
+        config.repair_data or config.dataset, first_path, "--repair_data"
     )
+    examples = frontend.load(source, "train", config.resolved_data)
+    # No transform of its own: the repairs feed it through the test data's (an 'auto'
+    # guess on these examples alone could refuse them wrongly).
+    frontend.check_fits(examples, model.input_shape, model.num_outputs)
     logging.info(
         "Repair data: %d examples from %s", len(examples.labels), examples.description["source"]
     )
@@ -215,7 +218,12 @@ def run(
     models = models or load_models(config)
     models = {label: as_campaign_model(model) for label, model in models.items()}
     first = next(iter(models.values()))
-    if isinstance(test_data, tuple):  # The Python API's (images, labels, description).
+    if isinstance(test_data, tuple):  # The Python API's (images, labels[, description]).
+        if len(test_data) not in (2, 3):
+            raise ValueError(
+                f"test_data is a tuple of {len(test_data)} items; give (images, labels) or "
+                "(images, labels, description), or a frontend.Examples."
+            )
         test_data = frontend.Examples.of(*test_data)
     examples, transform = load_test_data(config, first, test_data)
     images, labels = examples.images, examples.labels

@@ -109,9 +109,11 @@ class Examples:
         return {**self.description, "class_names": list(self.class_names)}
 
     @classmethod
-    def of(cls, images: np.ndarray, labels: np.ndarray, description: dict[str, Any]) -> Examples:
+    def of(
+        cls, images: np.ndarray, labels: np.ndarray, description: dict[str, Any] | None = None
+    ) -> Examples:
         """Arrays the caller holds, described (`class_names` in it become the names)."""
-        description = dict(description)
+        description = dict(description or {})
         names = tuple(description.pop("class_names", ()))
         return cls(np.asarray(images), np.asarray(labels), description, names)
 

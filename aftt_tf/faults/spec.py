@@ -300,6 +300,11 @@ class FaultSpec:
                 f"rates, trials, seed, target_margin, min_trials, repair and "
                 f"{', '.join(sorted(_GROUP_OF))} (or their groups {', '.join(_GROUPS)})."
             )
+        if isinstance(rates, (str, bytes)) or not isinstance(rates, (list, tuple, np.ndarray)):
+            raise ValueError(
+                f"rates must be a sequence of fractions in [0, 1], e.g. (0.0, 0.1, 0.2); "
+                f"received {rates!r}."
+            )
         given = {"selection": selection, "value": value, "placement": placement, "timing": timing}
         for group, cls in _GROUPS.items():
             if given[group] is not None and not isinstance(given[group], cls):
